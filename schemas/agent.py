@@ -1,0 +1,182 @@
+"""The agent record and the control messages that maintain it.
+
+An agent describes itself with an ``AgentCard`` (the A2A Agent Card vocabulary where the two
+overlap: name, description, version, capabilities/skills, tags). The coordinator stores it, plus
+the fields it owns (instance, status, load, times), as an ``AgentRecord`` in a flat Redis hash of
+strings: readable with ``HGETALL``; lists and maps are JSON.
+
+Control messages travel in envelopes of kind ``control`` on the control stream:
+
+* ``announce`` (payload ``Announce``): join or update; answered on ``reply_to`` with a ``reply``
+  envelope of type ``announce_result``: payload = the stored record, or ``error`` = why refused.
+* ``heartbeat`` (payload ``Heartbeat``): extends liveness to entry time + ``ttl_ms``; an unknown
+  instance is told to re-announce with a ``reannounce`` control envelope on its reply list.
+* ``leave`` (payload ``Leave``): deregisters at once.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from schemas.names import Identifier
+from schemas.semver import check_version
+
+__all__ = [
+    "MAX_RECORD_BYTES",
+    "AgentCard",
+    "AgentRecord",
+    "AgentStatus",
+    "Announce",
+    "ControlType",
+    "Heartbeat",
+    "Leave",
+]
+
+#: Largest encoded record (all hash fields and values together) the coordinator accepts.
+MAX_RECORD_BYTES = 16 * 1024
+_MAX_LIST = 64
+
+
+class AgentStatus(StrEnum):
+    STARTING = "starting"
+    READY = "ready"
+    BUSY = "busy"
+    DRAINING = "draining"
+
+
+class ControlType(StrEnum):
+    ANNOUNCE = "announce"
+    HEARTBEAT = "heartbeat"
+    LEAVE = "leave"
+    ANNOUNCE_RESULT = "announce_result"
+    REANNOUNCE = "reannounce"
+
+
+Version = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class AgentCard(BaseModel):
+    """What an agent says about itself when it announces."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: Identifier = Field(description="Unique among live agents; the agent's address.")
+    role: Identifier = Field(description="What kind of work it does; role queues are per role.")
+    version: Version = Field(default="0.0.0", description="SemVer 2.0 of the agent's code.")
+    description: str = Field(default="", max_length=1024)
+    capabilities: tuple[Identifier, ...] = Field(default=(), max_length=_MAX_LIST)
+    tags: tuple[Identifier, ...] = Field(default=(), max_length=_MAX_LIST)
+    region: str | None = Field(default=None, max_length=128)
+    host: str | None = Field(default=None, max_length=255)
+    pid: int | None = Field(default=None, ge=0)
+    max_concurrency: int = Field(default=1, ge=1, le=100_000)
+    metadata: dict[str, str] = Field(default_factory=dict, max_length=32)
+
+    @field_validator("version")
+    @classmethod
+    def _semver(cls, v: str) -> str:
+        return check_version(v)
+
+    @field_validator("capabilities", "tags")
+    @classmethod
+    def _dedupe(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(v))
+
+
+class AgentRecord(AgentCard):
+    """A registry entry: the card plus what the coordinator owns."""
+
+    instance_id: str = Field(min_length=1, max_length=64, description="Changes on each run.")
+    status: AgentStatus = AgentStatus.READY
+    load: int = Field(default=0, ge=0, description="Work items in progress.")
+    registered_at: datetime
+    last_seen: datetime
+    heartbeat_ms: int = Field(ge=1)
+    ttl_ms: int = Field(ge=1)
+
+    @property
+    def id(self) -> str:
+        """The agent's id is its name (its address); ``instance_id`` tells runs apart."""
+        return self.name
+
+    @property
+    def free_slots(self) -> int:
+        return max(0, self.max_concurrency - self.load)
+
+    @property
+    def load_ratio(self) -> float:
+        return self.load / self.max_concurrency
+
+    # -- the Redis hash (flat strings) ---------------------------------------------------------
+    def to_hash(self) -> dict[str, str]:
+        """Encode as the registry hash: strings only, JSON for lists and maps, ISO-8601 times."""
+        data = self.model_dump(mode="json", exclude_none=True)
+        out: dict[str, str] = {}
+        for key, value in data.items():
+            if isinstance(value, (list, dict)):
+                out[key] = orjson.dumps(value).decode()
+            else:
+                out[key] = str(value)
+        return out
+
+    @classmethod
+    def from_hash(cls, raw: dict[bytes, bytes] | dict[str, str]) -> AgentRecord:
+        """Decode a registry hash (as returned by ``HGETALL``)."""
+        data: dict[str, Any] = {}
+        for k, v in raw.items():
+            key = k.decode() if isinstance(k, bytes) else k
+            text = v.decode() if isinstance(v, bytes) else v
+            if key in _JSON_FIELDS:
+                data[key] = orjson.loads(text)
+            else:
+                data[key] = text
+        return cls.model_validate(data)
+
+
+_JSON_FIELDS = frozenset({"capabilities", "tags", "metadata"})
+
+
+class Announce(BaseModel):
+    """Payload of an ``announce`` control message."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    card: AgentCard
+    instance_id: str = Field(min_length=1, max_length=64)
+    status: AgentStatus = AgentStatus.READY
+    load: int = Field(default=0, ge=0)
+    heartbeat_ms: int = Field(ge=100, le=3_600_000)
+    ttl_ms: int = Field(ge=300, le=86_400_000)
+
+    @model_validator(mode="after")
+    def _ttl_covers_heartbeats(self) -> Announce:
+        if self.ttl_ms < 2 * self.heartbeat_ms:
+            raise ValueError(
+                f"ttl_ms ({self.ttl_ms}) must be at least twice heartbeat_ms "
+                f"({self.heartbeat_ms}) so one late heartbeat does not expire the agent"
+            )
+        return self
+
+
+class Heartbeat(BaseModel):
+    """Payload of a ``heartbeat`` control message."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    instance_id: str = Field(min_length=1, max_length=64)
+    load: int = Field(default=0, ge=0)
+    status: AgentStatus = AgentStatus.READY
+
+
+class Leave(BaseModel):
+    """Payload of a ``leave`` control message."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    instance_id: str = Field(min_length=1, max_length=64)
+    reason: str = Field(default="shutdown", max_length=256)

@@ -1,0 +1,194 @@
+"""Errors: as data on the wire (``ErrorInfo``) and as exceptions in Python (one root).
+
+Exception tree (every exception agentbus raises derives from ``AgentbusError``)::
+
+    AgentbusError
+    ├── ConfigurationError        bad settings (URL, intervals, namespace)
+    ├── ConnectionFailed          Redis unreachable after retries (wraps the redis-py error)
+    ├── InvalidInput              a value was refused before it left the process
+    │   └── PayloadTooLarge       the encoded payload exceeds ``max_payload_bytes``
+    ├── ProtocolError             bytes on the wire that do not decode to a known version
+    ├── RegistrationError         the agent could not join the registry
+    │   ├── NoCoordinator         no coordinator answered the announcement in time
+    │   ├── NameTaken             another live instance holds the name
+    │   └── Refused               the coordinator refused the announcement (reason in ``info``)
+    └── MessagingError            a message could not be delivered or answered
+        ├── AgentNotFound         the target agent is not alive
+        ├── NoResponders          nobody alive can answer (empty role, dead agent)
+        ├── RequestTimeout        no reply before the deadline
+        └── RemoteError           the handler answered with an error (code, description, details)
+
+Each exception carries ``info: ErrorInfo``, the same object that travels on the wire, so an error
+raised in one process can be re-raised unchanged in another.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "AgentNotFound",
+    "AgentbusError",
+    "ConfigurationError",
+    "ConnectionFailed",
+    "ErrorCode",
+    "ErrorInfo",
+    "InvalidInput",
+    "MessagingError",
+    "NameTaken",
+    "NoCoordinator",
+    "NoResponders",
+    "PayloadTooLarge",
+    "ProtocolError",
+    "Refused",
+    "RegistrationError",
+    "RemoteError",
+    "RequestTimeout",
+    "error_from_info",
+]
+
+
+class ErrorCode(StrEnum):
+    """Stable error codes. New codes may be added; existing ones never change meaning."""
+
+    BAD_REQUEST = "bad_request"  # payload failed validation (details: pydantic errors)
+    UNKNOWN_TYPE = "unknown_type"  # no handler for the message type
+    HANDLER_ERROR = "handler_error"  # the handler raised (details: exception type)
+    DEADLINE_EXCEEDED = "deadline_exceeded"  # the request's deadline passed before handling
+    NO_RESPONDERS = "no_responders"
+    NOT_FOUND = "not_found"
+    TIMEOUT = "timeout"
+    TOO_LARGE = "too_large"
+    INVALID_NAME = "invalid_name"
+    INVALID_VERSION = "invalid_version"
+    INVALID_RECORD = "invalid_record"
+    NAME_TAKEN = "name_taken"
+    UNKNOWN_AGENT = "unknown_agent"  # heartbeat from an instance the registry does not hold
+    UNSUPPORTED_VERSION = "unsupported_version"  # envelope version this side cannot read
+    UNDECODABLE = "undecodable"  # bytes that are not a valid envelope
+    NO_COORDINATOR = "no_coordinator"
+    CONNECTION = "connection"
+    CONFIGURATION = "configuration"
+    INTERNAL = "internal"
+
+
+class ErrorInfo(BaseModel):
+    """An error as data: what crosses the wire in replies, refusals and dead letters."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    code: str = Field(description="A stable machine-readable code, usually an ErrorCode value.")
+    description: str = Field(description="One sentence for a person.")
+    details: dict[str, Any] = Field(default_factory=dict, description="Structured context.")
+
+
+class AgentbusError(Exception):
+    """Root of every exception agentbus raises."""
+
+    default_code: ClassVar[str] = ErrorCode.INTERNAL
+
+    def __init__(
+        self,
+        description: str,
+        *,
+        code: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(description)
+        self.info = ErrorInfo(
+            code=code or self.default_code, description=description, details=details or {}
+        )
+
+    @property
+    def code(self) -> str:
+        return self.info.code
+
+    @property
+    def description(self) -> str:
+        return self.info.description
+
+    @property
+    def details(self) -> dict[str, Any]:
+        return self.info.details
+
+
+class ConfigurationError(AgentbusError):
+    default_code = ErrorCode.CONFIGURATION
+
+
+class ConnectionFailed(AgentbusError):
+    default_code = ErrorCode.CONNECTION
+
+
+class InvalidInput(AgentbusError):
+    default_code = ErrorCode.BAD_REQUEST
+
+
+class PayloadTooLarge(InvalidInput):
+    default_code = ErrorCode.TOO_LARGE
+
+
+class ProtocolError(AgentbusError):
+    default_code = ErrorCode.UNDECODABLE
+
+
+class RegistrationError(AgentbusError):
+    default_code = ErrorCode.INVALID_RECORD
+
+
+class NoCoordinator(RegistrationError):
+    default_code = ErrorCode.NO_COORDINATOR
+
+
+class NameTaken(RegistrationError):
+    default_code = ErrorCode.NAME_TAKEN
+
+
+class Refused(RegistrationError):
+    pass
+
+
+class MessagingError(AgentbusError):
+    pass
+
+
+class AgentNotFound(MessagingError):
+    default_code = ErrorCode.NOT_FOUND
+
+
+class NoResponders(MessagingError):
+    default_code = ErrorCode.NO_RESPONDERS
+
+
+class RequestTimeout(MessagingError):
+    default_code = ErrorCode.TIMEOUT
+
+
+class RemoteError(MessagingError):
+    """The remote handler answered with an error; ``code``/``description``/``details`` are its."""
+
+    default_code = ErrorCode.HANDLER_ERROR
+
+    def __str__(self) -> str:
+        return f"[{self.code}] {self.description}"
+
+
+_REGISTRATION_CODES: dict[str, type[RegistrationError]] = {
+    ErrorCode.NAME_TAKEN: NameTaken,
+}
+
+
+def error_from_info(info: ErrorInfo, *, registration: bool = False) -> AgentbusError:
+    """Turn wire ``ErrorInfo`` back into an exception.
+
+    Replies to requests always become ``RemoteError`` (the remote side failed); answers to an
+    announcement become the matching ``RegistrationError`` subclass.
+    """
+    if registration:
+        cls: type[AgentbusError] = _REGISTRATION_CODES.get(info.code, Refused)
+    else:
+        cls = RemoteError
+    return cls(info.description, code=info.code, details=dict(info.details))

@@ -1,0 +1,187 @@
+"""Every Redis key, stream, consumer group and channel agentbus uses is named here.
+
+No other module formats a key. ``KeySpace(ns)`` builds them for one namespace (default
+``agentbus``). The layout has two halves:
+
+* the **registry** (control plane) lives under the hash tag ``{registry}``, so one Lua script can
+  update a record and all its indexes atomically, also on Redis Cluster (one slot);
+* the **data plane** lives under one hash tag per agent (``{<name>}``), per role (``{<role>}``)
+  and per session, so traffic spreads over a cluster and each agent's own keys share one
+  prefix, ``<ns>:agent:{<name>}:``, for a per-agent ACL.
+
+Data model (mirrored in docs/PROTOCOL.md; ``R`` = ``<ns>:{registry}``):
+
+=====================================  ======  ==========================  =============  ==============
+key                                    type    TTL                         written by     read by
+=====================================  ======  ==========================  =============  ==============
+R:agent:<name>                         hash    none; removed on leave or   coordinator    everyone
+                                               expiry by the sweeper
+R:agents                               set     none                        coordinator    discovery, CLI
+R:role:<role>                          set     none                        coordinator    discovery, send
+R:cap:<capability>                     set     none                        coordinator    discovery
+R:tag:<tag>                            set     none                        coordinator    discovery
+R:deadlines                            zset    none (score = deadline ms)  coordinator    sweeper
+R:clock                                hash    none                        sweeper        sweeper
+R:control                              stream  MAXLEN ~ (settings)         agents         coordinators
+R:events                               stream  MAXLEN ~ (settings)         coordinator    watchers
+R:coordinators                         zset    none (score = last tick)    coordinator    CLI
+R:coordinator:<id>                     string  PX 3 x tick                 coordinator    ``check``
+<ns>:agent:{<name>}:inbox              stream  MAXLEN ~ (settings)         senders        the agent
+<ns>:agent:{<name>}:replies:<inst>     list    PX request deadline         responders     the agent
+<ns>:agent:{<name>}:stats              hash    none                        the agent      CLI
+<ns>:role:{<role>}:queue               stream  MAXLEN ~ (settings)         senders        role members
+<ns>:session:{<session>}:activity      stream  MAXLEN ~ (settings)         agents         UIs
+<ns>:deadletter                        stream  MAXLEN ~ (settings)         everyone       ``deadletter``
+=====================================  ======  ==========================  =============  ==============
+
+Pub/sub channels: ``<ns>:broadcast`` (every agent), ``<ns>:broadcast:role:<role>``,
+``<ns>:topic:<topic>`` (subscribers may use glob patterns), ``<ns>:events`` (change feed mirror),
+``<ns>:session:<session>:activity`` (activity mirror).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+__all__ = [
+    "AGENT_GROUP",
+    "COORDINATOR_GROUP",
+    "DEFAULT_NAMESPACE",
+    "ROLE_GROUP",
+    "KeySpace",
+    "validate_namespace",
+]
+
+DEFAULT_NAMESPACE = "agentbus"
+
+#: Consumer group of the coordinators on the control stream.
+COORDINATOR_GROUP = "coordinators"
+#: Consumer group of an agent on its own inbox (consumers are instance ids).
+AGENT_GROUP = "agent"
+#: Consumer group of the members of a role on the role queue (consumers are instance ids).
+ROLE_GROUP = "members"
+
+_NAMESPACE_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+
+
+def validate_namespace(ns: str) -> str:
+    """Return ``ns`` if it is a valid namespace, else raise ``ValueError``."""
+    if not _NAMESPACE_RE.match(ns):
+        raise ValueError(
+            f"invalid namespace {ns!r}: use 1-64 of a-z, 0-9, '.', '_', '-', starting with a "
+            "letter or digit"
+        )
+    return ns
+
+
+@dataclass(frozen=True, slots=True)
+class KeySpace:
+    """Builds the names of one namespace. Cheap to create; all methods are pure."""
+
+    ns: str = DEFAULT_NAMESPACE
+
+    def __post_init__(self) -> None:
+        validate_namespace(self.ns)
+
+    # -- registry (one hash tag: {registry}) -------------------------------------------------
+    @property
+    def registry_prefix(self) -> str:
+        """``<ns>:{registry}:``, the prefix Lua scripts append index names to."""
+        return f"{self.ns}:{{registry}}:"
+
+    def record(self, name: str) -> str:
+        return f"{self.registry_prefix}agent:{name}"
+
+    @property
+    def record_prefix(self) -> str:
+        return f"{self.registry_prefix}agent:"
+
+    def agents(self) -> str:
+        return f"{self.registry_prefix}agents"
+
+    def role_index(self, role: str) -> str:
+        return f"{self.registry_prefix}role:{role}"
+
+    @property
+    def role_index_prefix(self) -> str:
+        return f"{self.registry_prefix}role:"
+
+    def capability_index(self, capability: str) -> str:
+        return f"{self.registry_prefix}cap:{capability}"
+
+    @property
+    def capability_index_prefix(self) -> str:
+        return f"{self.registry_prefix}cap:"
+
+    def tag_index(self, tag: str) -> str:
+        return f"{self.registry_prefix}tag:{tag}"
+
+    @property
+    def tag_index_prefix(self) -> str:
+        return f"{self.registry_prefix}tag:"
+
+    def deadlines(self) -> str:
+        return f"{self.registry_prefix}deadlines"
+
+    def clock(self) -> str:
+        return f"{self.registry_prefix}clock"
+
+    def control(self) -> str:
+        return f"{self.registry_prefix}control"
+
+    def events(self) -> str:
+        return f"{self.registry_prefix}events"
+
+    def coordinators(self) -> str:
+        return f"{self.registry_prefix}coordinators"
+
+    def coordinator_health(self, coordinator_id: str) -> str:
+        return f"{self.registry_prefix}coordinator:{coordinator_id}"
+
+    # -- data plane: one hash tag per agent / role / session ---------------------------------
+    def agent_prefix(self, name: str) -> str:
+        """``<ns>:agent:{<name>}:``: every data-plane key of one agent (grant it in an ACL)."""
+        return f"{self.ns}:agent:{{{name}}}:"
+
+    def inbox(self, name: str) -> str:
+        return f"{self.agent_prefix(name)}inbox"
+
+    def replies(self, name: str, instance_id: str) -> str:
+        return f"{self.agent_prefix(name)}replies:{instance_id}"
+
+    def stats(self, name: str) -> str:
+        return f"{self.agent_prefix(name)}stats"
+
+    def role_queue(self, role: str) -> str:
+        return f"{self.ns}:role:{{{role}}}:queue"
+
+    def session_activity(self, session_id: str) -> str:
+        return f"{self.ns}:session:{{{session_id}}}:activity"
+
+    def deadletter(self) -> str:
+        return f"{self.ns}:deadletter"
+
+    # -- pub/sub channels --------------------------------------------------------------------
+    def broadcast_channel(self, role: str | None = None) -> str:
+        if role is None:
+            return f"{self.ns}:broadcast"
+        return f"{self.ns}:broadcast:role:{role}"
+
+    def topic_channel(self, topic: str) -> str:
+        """Channel of a topic; ``topic`` may be a glob pattern when used with PSUBSCRIBE."""
+        return f"{self.ns}:topic:{topic}"
+
+    @property
+    def topic_channel_prefix(self) -> str:
+        return f"{self.ns}:topic:"
+
+    def events_channel(self) -> str:
+        return f"{self.ns}:events"
+
+    def session_channel(self, session_id: str) -> str:
+        return f"{self.ns}:session:{session_id}:activity"
+
+    # -- patterns for SCAN (inspection only, never on a hot path) ---------------------------
+    def all_keys_pattern(self) -> str:
+        return f"{self.ns}:*"

@@ -1,0 +1,70 @@
+"""Validation of the identifiers that end up inside Redis key names.
+
+A name is an address: it goes into keys such as ``<ns>:agent:{<name>}:inbox``, so characters
+that break keys, hash tags or glob patterns (space, ``:``, ``{``, ``}``, ``*``, ``?``, ``[``) are
+refused. The same rule covers roles, capabilities, tags and session ids.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from pydantic import AfterValidator
+
+__all__ = [
+    "MAX_NAME_LENGTH",
+    "Identifier",
+    "TopicName",
+    "check_identifier",
+    "check_topic",
+    "check_topic_pattern",
+]
+
+MAX_NAME_LENGTH = 128
+
+_IDENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@/-]*$")
+_TOPIC_RE = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+_TOPIC_PATTERN_RE = re.compile(r"^[A-Za-z0-9_*-]+(\.[A-Za-z0-9_*-]+)*$")
+
+
+def check_identifier(value: str, what: str = "name") -> str:
+    """Return ``value`` if it is a valid identifier, else raise ``ValueError`` saying why."""
+    if not isinstance(value, str):
+        raise ValueError(f"{what} must be a string, got {type(value).__name__}")
+    if not value:
+        raise ValueError(f"{what} must not be empty")
+    if len(value) > MAX_NAME_LENGTH:
+        raise ValueError(f"{what} is {len(value)} characters long; the limit is {MAX_NAME_LENGTH}")
+    if not _IDENT_RE.match(value):
+        bad = sorted({c for c in value if not (c.isascii() and (c.isalnum() or c in "._@/-"))})
+        shown = ", ".join(repr(c) for c in bad) or "its first character"
+        raise ValueError(
+            f"{what} {value!r} has characters that cannot be part of a Redis key ({shown}); "
+            "use letters, digits, '.', '_', '-', '@', '/', starting with a letter or digit"
+        )
+    return value
+
+
+def check_topic(value: str) -> str:
+    """A topic: dot-separated words of letters, digits, '_' and '-' (``news.eu``)."""
+    if not value or len(value) > 256 or not _TOPIC_RE.match(value):
+        raise ValueError(
+            f"invalid topic {value!r}: use dot-separated words of letters, digits, '_', '-' "
+            "(at most 256 characters)"
+        )
+    return value
+
+
+def check_topic_pattern(value: str) -> str:
+    """A topic or a pattern in which ``*`` matches any run of characters (``news.*``)."""
+    if not value or len(value) > 256 or not _TOPIC_PATTERN_RE.match(value):
+        raise ValueError(
+            f"invalid topic pattern {value!r}: use dot-separated words of letters, digits, "
+            "'_', '-' and '*'"
+        )
+    return value
+
+
+Identifier = Annotated[str, AfterValidator(check_identifier)]
+TopicName = Annotated[str, AfterValidator(check_topic)]

@@ -1,0 +1,68 @@
+"""Shared fixtures: one throwaway redis-server per test session, one namespace per test.
+
+Tests never touch the Redis on port 6379 and never FLUSHALL: each test gets a fresh namespace
+and its keys are deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from agent_sdk.embedded import RedisServer
+from agent_sdk.settings import Settings
+from schemas.keys import KeySpace
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer(extra_args=("--enable-debug-command", "local"))
+    with server:
+        yield server
+
+
+@pytest.fixture
+def namespace(redis_server: RedisServer) -> Iterator[str]:
+    ns = f"t{uuid.uuid4().hex[:10]}"
+    yield ns
+    if not redis_server.running:
+        return
+    client = redis.Redis(port=redis_server.port)
+    try:
+        batch = list(client.scan_iter(match=f"{ns}:*", count=1000))
+        for i in range(0, len(batch), 500):
+            client.delete(*batch[i : i + 500])
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def keys(namespace: str) -> KeySpace:
+    return KeySpace(namespace)
+
+
+@pytest.fixture
+def settings(redis_server: RedisServer, namespace: str) -> Settings:
+    """Fast liveness settings for tests (the smallest the product allows)."""
+    return Settings(
+        redis_url=redis_server.url,
+        namespace=namespace,
+        heartbeat_interval=0.1,
+        ttl=0.5,
+        announce_timeout=5.0,
+        request_timeout=5.0,
+        claim_interval=0.2,
+        shutdown_grace=2.0,
+    )
+
+
+@pytest.fixture
+async def r(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    """A raw asyncio client (decoded strings) to inspect what agentbus wrote."""
+    client = aioredis.Redis(port=redis_server.port, decode_responses=True)
+    yield client
+    await client.aclose()
