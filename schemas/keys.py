@@ -27,7 +27,7 @@ R:events                               stream  MAXLEN ~ (settings)         coord
 R:coordinators                         zset    none (score = last tick)    coordinator    CLI
 R:coordinator:<id>                     string  PX 3 x tick                 coordinator    ``check``
 <ns>:agent:{<name>}:inbox              stream  MAXLEN ~ (settings)         senders        the agent
-<ns>:agent:{<name>}:replies:<inst>     list    PX request deadline         responders     the agent
+<ns>:agent:{<name>}:replies:<instance> list    PX request deadline         responders     the agent
 <ns>:agent:{<name>}:stats              hash    none                        the agent      CLI
 <ns>:role:{<role>}:queue               stream  MAXLEN ~ (settings)         senders        role members
 <ns>:session:{<session>}:activity      stream  MAXLEN ~ (settings)         agents         UIs
