@@ -70,6 +70,7 @@ class RedisServer:
         fsync_always: bool = False,
         binary: str | None = None,
         extra_args: tuple[str, ...] = (),
+        new_session: bool = False,
     ) -> None:
         self.binary = find_redis_server(binary)
         self.port = port or free_port()
@@ -80,6 +81,9 @@ class RedisServer:
         self.appendonly = appendonly
         self.fsync_always = fsync_always
         self.extra_args = extra_args
+        # In its own session the server does not get the terminal's Ctrl-C: its owner stops it
+        # after draining what still needs Redis (``agentbus up`` stops the coordinator first).
+        self.new_session = new_session
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -110,7 +114,10 @@ class RedisServer:
             return self
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
-            self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            self.command(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=self.new_session,
         )
         self._wait_ready(timeout)
         return self
