@@ -1,0 +1,299 @@
+"""OpenTelemetry for agentbus: trace context in envelope headers, messaging spans, metrics.
+
+Library code uses the OpenTelemetry **API** only. Until an application installs the SDK (the
+``otel`` extra; ``agentbus coordinator --otel console|otlp`` does it for the daemon) every tracer
+and instrument here is the API's no-op: spans are non-recording, attribute dicts are never built
+(each helper checks ``span.is_recording()``) and a counter ``add`` is one attribute check. Trace
+context still passes *through* a process without the SDK, so a trace is not broken by it.
+
+Spans follow the OpenTelemetry messaging semantic conventions:
+
+=====================  ========  ===================================  ============================
+span name              kind      ``messaging.operation.type``         made by
+=====================  ========  ===================================  ============================
+``send <dest>``        PRODUCER  ``send``                             send, publish, broadcast
+``request <dest>``     CLIENT    ``send``                             request (covers the wait)
+``process <dest>``     CONSUMER  ``process``                          the handler that serves it
+=====================  ========  ===================================  ============================
+
+The producer/client span injects W3C ``traceparent``/``tracestate`` into the envelope
+``headers``; the consumer extracts them, so send/request and the handler form one trace across
+processes with the handler span as the child of the sender's span.
+
+Typical use (messaging code)::
+
+    headers: dict[str, str] = {}
+    with producer_span("summarizer-1", "summarize", message_id=mid, headers=headers):
+        ...  # build the envelope with ``headers`` and XADD it
+
+    with consumer_span("summarizer-1", env.type, headers=env.headers, message_id=env.id):
+        await handler(env)
+
+Metric names, units and attributes are listed in docs/OBSERVABILITY.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping
+from contextlib import contextmanager
+from functools import lru_cache
+
+from opentelemetry import metrics, propagate, trace
+from opentelemetry.context import Context
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+
+__all__ = [
+    "ATTR_CONVERSATION_ID",
+    "ATTR_DESTINATION",
+    "ATTR_MESSAGE_ID",
+    "ATTR_MESSAGE_TYPE",
+    "ATTR_OPERATION_NAME",
+    "ATTR_OPERATION_TYPE",
+    "ATTR_SYSTEM",
+    "INSTRUMENTATION_NAME",
+    "SYSTEM",
+    "consumer_span",
+    "extract",
+    "inject",
+    "mark_error",
+    "producer_span",
+    "record_dead_lettered",
+    "record_expired",
+    "record_failed",
+    "record_handled",
+    "record_heartbeat",
+    "record_received",
+    "record_request_duration",
+    "record_sent",
+    "set_registry_size",
+]
+
+INSTRUMENTATION_NAME = "agentbus"
+SYSTEM = "agentbus"
+
+ATTR_SYSTEM = "messaging.system"
+ATTR_DESTINATION = "messaging.destination.name"
+ATTR_OPERATION_TYPE = "messaging.operation.type"
+ATTR_OPERATION_NAME = "messaging.operation.name"
+ATTR_MESSAGE_ID = "messaging.message.id"
+ATTR_CONVERSATION_ID = "messaging.message.conversation_id"
+ATTR_MESSAGE_TYPE = "agentbus.message.type"
+ATTR_KIND = "agentbus.message.kind"
+ATTR_ERROR_CODE = "error.type"
+ATTR_REASON = "agentbus.reason"
+ATTR_NAMESPACE = "agentbus.namespace"
+ATTR_OUTCOME = "agentbus.outcome"
+
+# Proxy objects: they delegate to the real SDK once the application installs one, at any time.
+_tracer = trace.get_tracer(INSTRUMENTATION_NAME)
+_meter = metrics.get_meter(INSTRUMENTATION_NAME)
+
+
+# -- context propagation ---------------------------------------------------------------------
+def inject(headers: MutableMapping[str, str], context: Context | None = None) -> None:
+    """Write the current (or given) trace context into envelope ``headers`` (W3C by default)."""
+    propagate.inject(headers, context=context)
+
+
+def extract(headers: Mapping[str, str] | None) -> Context:
+    """The trace context carried by envelope ``headers`` (an empty context when there is none)."""
+    if not headers:
+        return Context()
+    return propagate.extract(headers)
+
+
+# -- spans -----------------------------------------------------------------------------------
+def _annotate(
+    span: Span,
+    *,
+    destination: str,
+    operation_type: str,
+    operation_name: str,
+    message_type: str,
+    message_id: str | None,
+    conversation_id: str | None,
+) -> None:
+    if not span.is_recording():
+        return
+    span.set_attribute(ATTR_SYSTEM, SYSTEM)
+    span.set_attribute(ATTR_DESTINATION, destination)
+    span.set_attribute(ATTR_OPERATION_TYPE, operation_type)
+    span.set_attribute(ATTR_OPERATION_NAME, operation_name)
+    span.set_attribute(ATTR_MESSAGE_TYPE, message_type)
+    if message_id is not None:
+        span.set_attribute(ATTR_MESSAGE_ID, message_id)
+    if conversation_id is not None:
+        span.set_attribute(ATTR_CONVERSATION_ID, conversation_id)
+
+
+@contextmanager
+def producer_span(
+    destination: str,
+    message_type: str,
+    *,
+    message_id: str | None = None,
+    conversation_id: str | None = None,
+    headers: MutableMapping[str, str] | None = None,
+    operation: str = "send",
+    request: bool = False,
+) -> Iterator[Span]:
+    """A span around sending one message; injects its context into ``headers`` when given.
+
+    ``operation`` names the operation (``send``, ``publish``, ``broadcast``); ``request=True``
+    makes it a CLIENT span named ``request <destination>`` meant to cover the wait for the reply.
+    An exception escaping the block is recorded and sets the status to ERROR.
+    """
+    name = f"{'request' if request else operation} {destination}"
+    kind = SpanKind.CLIENT if request else SpanKind.PRODUCER
+    with _tracer.start_as_current_span(name, kind=kind) as span:
+        _annotate(
+            span,
+            destination=destination,
+            operation_type="send",
+            operation_name="request" if request else operation,
+            message_type=message_type,
+            message_id=message_id,
+            conversation_id=conversation_id,
+        )
+        if headers is not None:
+            propagate.inject(headers)
+        yield span
+
+
+@contextmanager
+def consumer_span(
+    destination: str,
+    message_type: str,
+    *,
+    headers: Mapping[str, str] | None,
+    message_id: str | None = None,
+    conversation_id: str | None = None,
+) -> Iterator[Span]:
+    """A CONSUMER span around processing one message, child of the context in ``headers``."""
+    parent = extract(headers)
+    with _tracer.start_as_current_span(
+        f"process {destination}", context=parent, kind=SpanKind.CONSUMER
+    ) as span:
+        _annotate(
+            span,
+            destination=destination,
+            operation_type="process",
+            operation_name="process",
+            message_type=message_type,
+            message_id=message_id,
+            conversation_id=conversation_id,
+        )
+        yield span
+
+
+def mark_error(span: Span, code: str, description: str = "") -> None:
+    """Mark ``span`` failed with an agentbus error code (for errors returned, not raised)."""
+    if span.is_recording():
+        span.set_attribute(ATTR_ERROR_CODE, code)
+        span.set_status(Status(StatusCode.ERROR, description or code))
+
+
+# -- metrics ---------------------------------------------------------------------------------
+_sent = _meter.create_counter(
+    "agentbus.messages.sent", unit="{message}", description="Messages sent, by type and kind."
+)
+_received = _meter.create_counter(
+    "agentbus.messages.received", unit="{message}", description="Messages taken for handling."
+)
+_failed = _meter.create_counter(
+    "agentbus.messages.failed", unit="{message}", description="Messages whose handling failed."
+)
+_dead_lettered = _meter.create_counter(
+    "agentbus.messages.dead_lettered", unit="{message}", description="Messages dead-lettered."
+)
+_request_duration = _meter.create_histogram(
+    "agentbus.request.duration",
+    unit="s",
+    description="Request to reply (or timeout/error), seen by the requester.",
+)
+_handler_duration = _meter.create_histogram(
+    "agentbus.handler.duration", unit="s", description="Time a handler took, by type and outcome."
+)
+_heartbeats = _meter.create_counter(
+    "agentbus.heartbeats.processed", unit="{heartbeat}", description="Heartbeats processed."
+)
+_expiries = _meter.create_counter(
+    "agentbus.agents.expired", unit="{agent}", description="Agents expired by the sweeper."
+)
+_registry_sizes: dict[str, int] = {}
+
+
+def _observe_registry(_options: CallbackOptions) -> Iterable[Observation]:
+    return [Observation(n, {ATTR_NAMESPACE: ns}) for ns, n in list(_registry_sizes.items())]
+
+
+_meter.create_observable_gauge(
+    "agentbus.registry.size",
+    callbacks=[_observe_registry],
+    unit="{agent}",
+    description="Live agents in the registry, as last seen by a coordinator in this process.",
+)
+
+
+@lru_cache(maxsize=1024)
+def _type_attrs(message_type: str, kind: str | None = None) -> Mapping[str, str]:
+    # Cached and never mutated: no dict is built per message on the hot path.
+    attrs = {ATTR_MESSAGE_TYPE: message_type}
+    if kind is not None:
+        attrs[ATTR_KIND] = kind
+    return attrs
+
+
+@lru_cache(maxsize=1024)
+def _type_code_attrs(message_type: str, code: str) -> Mapping[str, str]:
+    return {ATTR_MESSAGE_TYPE: message_type, ATTR_ERROR_CODE: code}
+
+
+def record_sent(message_type: str, kind: str = "send") -> None:
+    _sent.add(1, _type_attrs(message_type, kind))
+
+
+def record_received(message_type: str) -> None:
+    _received.add(1, _type_attrs(message_type))
+
+
+def record_failed(message_type: str, code: str) -> None:
+    _failed.add(1, _type_code_attrs(message_type, code))
+
+
+def record_dead_lettered(message_type: str | None, reason: str) -> None:
+    _dead_lettered.add(1, _type_code_attrs(message_type or "unknown", reason))
+
+
+def record_request_duration(message_type: str, seconds: float, outcome: str = "ok") -> None:
+    """``outcome``: ``ok``, or the error code (``timeout``, ``no_responders``, ...)."""
+    _request_duration.record(seconds, _outcome_attrs(message_type, outcome))
+
+
+def record_handled(message_type: str, seconds: float, outcome: str = "ok") -> None:
+    """A handler finished: its duration, and a failure count unless ``outcome`` is ``ok``."""
+    _handler_duration.record(seconds, _outcome_attrs(message_type, outcome))
+    if outcome != "ok":
+        _failed.add(1, _type_code_attrs(message_type, outcome))
+
+
+@lru_cache(maxsize=1024)
+def _outcome_attrs(message_type: str, outcome: str) -> Mapping[str, str]:
+    return {ATTR_MESSAGE_TYPE: message_type, ATTR_OUTCOME: outcome}
+
+
+def record_heartbeat(count: int = 1) -> None:
+    """The coordinator processed ``count`` heartbeats."""
+    _heartbeats.add(count)
+
+
+def record_expired(count: int = 1, reason: str = "heartbeat_missed") -> None:
+    """The sweeper expired ``count`` agents."""
+    if count:
+        _expiries.add(count, {ATTR_REASON: reason})
+
+
+def set_registry_size(namespace: str, size: int) -> None:
+    """Remember the registry size of ``namespace``; the gauge reports it when collected."""
+    _registry_sizes[namespace] = size
