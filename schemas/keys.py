@@ -30,7 +30,8 @@ R:coordinator:<id>                     string  PX 3 x tick                 coord
 <ns>:agent:{<name>}:replies:<instance> list    PX request deadline         responders     the agent
 <ns>:agent:{<name>}:stats              hash    none                        the agent      CLI
 <ns>:role:{<role>}:queue               stream  MAXLEN ~ (settings)         senders        role members
-<ns>:session:{<session>}:activity      stream  MAXLEN ~ (settings)         agents         UIs
+<ns>:session:{<session>}:activity      stream  MAXLEN ~; PX retention      agents         UIs
+<ns>:session:{<session>}:seq           string  PX retention                agents         agents
 <ns>:deadletter                        stream  MAXLEN ~ (settings)         everyone       ``deadletter``
 =====================================  ======  ==========================  =============  ==============
 
@@ -158,6 +159,10 @@ class KeySpace:
 
     def session_activity(self, session_id: str) -> str:
         return f"{self.ns}:session:{{{session_id}}}:activity"
+
+    def session_seq(self, session_id: str) -> str:
+        """Counter behind the per-session activity sequence numbers (INCR, same slot)."""
+        return f"{self.ns}:session:{{{session_id}}}:seq"
 
     def deadletter(self) -> str:
         return f"{self.ns}:deadletter"
