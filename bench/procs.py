@@ -1,0 +1,141 @@
+"""Event loops and worker processes.
+
+Benchmarks that measure "between two processes" run the other side in a process started with
+the ``spawn`` method (a fresh interpreter, as a real agent would be). A worker is an async
+function ``fn(ctx, *args)``: it calls ``ctx.ready()`` once it can serve, may ``ctx.put()``
+results, and is terminated by ``Worker.stop()`` when it serves forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing as mp
+import queue
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
+
+__all__ = ["Worker", "WorkerContext", "pick_loop", "run", "spawn"]
+
+T = TypeVar("T")
+
+
+def pick_loop(preference: str = "auto") -> str:
+    """``uvloop`` when asked for or available (``auto``), else ``asyncio``."""
+    if preference == "asyncio":
+        return "asyncio"
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        if preference == "uvloop":
+            raise
+        return "asyncio"
+    return "uvloop"
+
+
+def run(coro: Coroutine[Any, Any, T], loop: str) -> T:
+    """Run ``coro`` to completion on a new event loop of the given kind."""
+    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    if loop == "uvloop":
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(coro)
+
+
+class WorkerContext:
+    """What a worker function gets: ``ready()`` to say it serves, ``put()`` to send results."""
+
+    def __init__(self, ready: Any, results: Any) -> None:
+        self._ready = ready
+        self._results = results
+
+    def ready(self) -> None:
+        self._ready.set()
+
+    def put(self, value: Any) -> None:
+        self._results.put(value)
+
+
+WorkerFn = Callable[..., Awaitable[Any]]
+
+
+def _child(fn: WorkerFn, args: tuple[Any, ...], loop: str, ready: Any, results: Any) -> None:
+    ctx = WorkerContext(ready, results)
+    try:
+        run(_call(fn, ctx, args), loop)
+    except KeyboardInterrupt:
+        pass
+    except BaseException as e:
+        results.put({"error": f"{type(e).__name__}: {e}"})
+        raise
+
+
+async def _call(fn: WorkerFn, ctx: WorkerContext, args: tuple[Any, ...]) -> None:
+    await fn(ctx, *args)
+
+
+class Worker:
+    """A spawned worker process and its result queue."""
+
+    def __init__(self, process: Any, ready: Any, results: Any, name: str) -> None:
+        self.process = process
+        self._ready = ready
+        self._results = results
+        self.name = name
+
+    @property
+    def pid(self) -> int:
+        return int(self.process.pid)
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        if not self._ready.wait(timeout):
+            self.stop()
+            raise RuntimeError(f"worker {self.name} not ready after {timeout}s")
+        self._raise_if_failed()
+
+    def _raise_if_failed(self) -> None:
+        try:
+            value = self._results.get_nowait()
+        except queue.Empty:
+            return
+        if isinstance(value, dict) and "error" in value:
+            raise RuntimeError(f"worker {self.name} failed: {value['error']}")
+        self._pending = value
+
+    def result(self, timeout: float = 120.0) -> Any:
+        pending = getattr(self, "_pending", None)
+        if pending is not None:
+            self._pending = None
+            return pending
+        try:
+            value = self._results.get(timeout=timeout)
+        except queue.Empty:
+            raise RuntimeError(f"worker {self.name} gave no result in {timeout}s") from None
+        if isinstance(value, dict) and "error" in value:
+            raise RuntimeError(f"worker {self.name} failed: {value['error']}")
+        return value
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self.process.is_alive():
+            self.process.terminate()
+        self.process.join(timeout)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+
+
+def spawn(fn: WorkerFn, *args: Any, loop: str, wait: bool = True) -> Worker:
+    """Start ``fn(ctx, *args)`` in a new process; by default wait until it is ready."""
+    ctx = mp.get_context("spawn")
+    ready = ctx.Event()
+    results = ctx.Queue()
+    name = getattr(fn, "__name__", "worker")
+    process = ctx.Process(
+        target=_child, args=(fn, args, loop, ready, results), name=name, daemon=True
+    )
+    process.start()
+    worker = Worker(process, ready, results, name)
+    if wait:
+        worker.wait_ready()
+    return worker
