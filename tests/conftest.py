@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 
 from agent_sdk.embedded import RedisServer
 from agent_sdk.settings import Settings
+from coordinator import Coordinator, CoordinatorSettings
 from schemas.keys import KeySpace
 
 
@@ -66,3 +67,25 @@ async def r(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
     client = aioredis.Redis(port=redis_server.port, decode_responses=True)
     yield client
     await client.aclose()
+
+
+@pytest.fixture
+def coordinator_settings(settings: Settings) -> CoordinatorSettings:
+    """``settings`` plus fast coordinator loops (sweep every 20 ms, claim after 0.5 s)."""
+    return CoordinatorSettings(
+        **settings.model_dump(),
+        coordinator_id=f"test-{uuid.uuid4().hex[:8]}",
+        sweep_interval=0.02,
+        stall_threshold=0.3,
+        claim_idle=0.5,
+        health_interval=0.2,
+        read_block=0.5,
+        drain_timeout=5.0,
+    )
+
+
+@pytest.fixture
+async def coordinator(coordinator_settings: CoordinatorSettings) -> AsyncIterator[Coordinator]:
+    """A started in-process coordinator on the test namespace; stopped afterwards."""
+    async with Coordinator(coordinator_settings) as c:
+        yield c

@@ -1,0 +1,39 @@
+-- heartbeat batch: extend deadlines, refresh last_seen/load/status, XACK every entry.
+-- KEYS[1..3] and ARGV[1..6]: see common.lua.  KEYS[4] R:control.
+-- ARGV[7] consumer group  ARGV[8..] five per heartbeat: entry id, name, instance_id, load, status
+-- Returns the 1-based positions of heartbeats whose instance the registry does not hold.
+-- @include common
+local unknown = {}
+local ids = {}
+local n = 0
+local now = nil
+for i = 8, #ARGV, 5 do
+  n = n + 1
+  local eid, name, inst, load, status = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+  ids[n] = eid
+  local rkey = P.record .. name
+  local cur = redis.call('HMGET', rkey, 'instance_id', 'ttl_ms', 'status', 'load', 'role')
+  if cur[1] ~= inst then
+    unknown[#unknown + 1] = n
+  else
+    local ems = entry_ms(eid)
+    local ch = redis.call('ZADD', P.deadlines, 'GT', 'CH', ems + tonumber(cur[2]), name)
+    if ch == 1 then
+      if cur[3] ~= status then
+        redis.call('HSET', rkey, 'last_seen', iso(ems), 'load', load, 'status', status)
+        now = now or now_ms()
+        emit({ 'type', 'agent_updated', 'name', name, 'instance_id', inst, 'role', cur[5] or '',
+          'at', iso(now), 'changes',
+          '{"status":[' .. cjson.encode(cur[3] or '') .. ',' .. cjson.encode(status) .. ']}' })
+      elseif cur[4] ~= load then
+        redis.call('HSET', rkey, 'last_seen', iso(ems), 'load', load)
+      else
+        redis.call('HSET', rkey, 'last_seen', iso(ems))
+      end
+    end
+  end
+end
+for a = 1, n, 1000 do
+  redis.call('XACK', KEYS[4], ARGV[7], unpack(ids, a, math.min(n, a + 999)))
+end
+return unknown

@@ -1,0 +1,73 @@
+"""Coordinator settings: the shared ``Settings`` plus the daemon's own knobs.
+
+Every option has an ``AGENTBUS_*`` environment variable (``AGENTBUS_SWEEP_INTERVAL=0.05``).
+The inherited ``ttl`` is the fleet's TTL: the sweeper's grace period after a stall.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+
+from pydantic import Field, field_validator
+
+from agent_sdk.settings import Settings
+
+__all__ = ["CoordinatorSettings", "default_coordinator_id"]
+
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@/-]{0,127}$")
+
+
+def default_coordinator_id() -> str:
+    """``<hostname>-<pid>``, with characters a key cannot hold replaced by ``-``."""
+    host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname()) or "host"
+    return f"{host}-{os.getpid()}"
+
+
+class CoordinatorSettings(Settings):
+    """Settings of one coordinator process."""
+
+    coordinator_id: str = Field(
+        default_factory=default_coordinator_id,
+        description="Consumer name in the control group and health key suffix.",
+    )
+    sweep_interval: float = Field(default=0.1, gt=0, le=60, description="Seconds between sweeps.")
+    stall_threshold: float = Field(
+        default=1.0, gt=0, description="No sweep for this long means a stall: grace follows."
+    )
+    batch_size: int = Field(default=500, ge=1, le=10_000, description="Control entries per read.")
+    read_block: float = Field(default=1.0, gt=0, le=60, description="XREADGROUP BLOCK seconds.")
+    claim_idle: float = Field(
+        default=1.0, gt=0, description="Claim control entries pending this long (dead peers)."
+    )
+    health_interval: float = Field(default=1.0, gt=0, description="Health key refresh period.")
+    control_maxlen: int = Field(default=100_000, ge=10, description="Approximate control cap.")
+    events_maxlen: int = Field(default=100_000, ge=10, description="Approximate change-feed cap.")
+    drain_timeout: float = Field(default=5.0, ge=0, description="Seconds to drain on stop.")
+    reply_ttl: float = Field(default=60.0, gt=0, description="PEXPIRE of reply lists we push.")
+
+    @field_validator("coordinator_id")
+    @classmethod
+    def _check_id(cls, v: str) -> str:
+        if not _ID_RE.match(v):
+            raise ValueError(
+                f"coordinator_id {v!r} must be 1-128 letters, digits, '.', '_', '-', '@', '/'"
+            )
+        return v
+
+    @property
+    def sweep_ms(self) -> int:
+        return max(1, round(self.sweep_interval * 1000))
+
+    @property
+    def stall_ms(self) -> int:
+        return max(1, round(self.stall_threshold * 1000))
+
+    @property
+    def claim_idle_ms(self) -> int:
+        return max(1, round(self.claim_idle * 1000))
+
+    @property
+    def reply_ttl_ms(self) -> int:
+        return max(1, round(self.reply_ttl * 1000))

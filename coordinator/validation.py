@@ -1,0 +1,159 @@
+"""Checking control messages before they reach Lua: pure functions, no I/O.
+
+* ``prepare_announce`` turns an announce payload into the record to store, or an ``ErrorInfo``
+  with the code the protocol names (``invalid_name``, ``invalid_version``, ``invalid_record``,
+  ``too_large``) and the pydantic errors as details.
+* ``fast_heartbeat`` parses the common, well-formed heartbeat entry without pydantic (it is the
+  hot path: one per agent per second); anything unusual returns ``None`` and takes the slow,
+  fully validated path.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+
+from schemas.agent import MAX_RECORD_BYTES, AgentRecord, AgentStatus, Announce
+from schemas.errors import ErrorCode, ErrorInfo
+
+__all__ = [
+    "FastHeartbeat",
+    "PreparedAnnounce",
+    "fast_heartbeat",
+    "is_identifier",
+    "iso_ms",
+    "prepare_announce",
+    "validation_error_info",
+]
+
+_IDENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@/-]{0,127}$")
+_IDENT_BYTES_RE = re.compile(rb"^[A-Za-z0-9][A-Za-z0-9._@/-]{0,127}$")
+_NAME_FIELDS = frozenset({"name", "role", "capabilities", "tags"})
+_STATUSES = frozenset(s.value for s in AgentStatus)
+_HB_ENVELOPE_FIELDS = frozenset(
+    {b"v", b"id", b"kind", b"type", b"sender", b"target", b"sent_at", b"headers", b"payload"}
+)
+_HB_PAYLOAD_FIELDS = frozenset({"instance_id", "load", "status"})
+
+#: (entry id, name, instance id, load, status): what the heartbeat script takes, as strings.
+FastHeartbeat = tuple[str, str, str, str, str]
+
+
+def is_identifier(value: str) -> bool:
+    """Whether ``value`` may be part of a key (the name rule of ``schemas.names``)."""
+    return bool(_IDENT_RE.match(value))
+
+
+def iso_ms(ms: int) -> str:
+    """Milliseconds since the epoch as ISO-8601 UTC with milliseconds (the Lua scripts' form)."""
+    dt = datetime.fromtimestamp(ms / 1000, UTC)
+    return dt.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def fast_heartbeat(entry_id: str, fields: dict[bytes, bytes]) -> FastHeartbeat | None:
+    """Parse a plain heartbeat entry, or ``None`` when it needs the full (slow) validation."""
+    if fields.get(b"type") != b"heartbeat" or not fields.keys() <= _HB_ENVELOPE_FIELDS:
+        return None
+    v = fields.get(b"v")
+    if v is not None and v != b"1":
+        return None
+    sender = fields.get(b"sender")
+    if sender is None or not _IDENT_BYTES_RE.match(sender):
+        return None
+    try:
+        payload = orjson.loads(fields.get(b"payload", b"null"))
+    except orjson.JSONDecodeError:
+        return None
+    if type(payload) is not dict or not payload.keys() <= _HB_PAYLOAD_FIELDS:
+        return None
+    inst = payload.get("instance_id")
+    load = payload.get("load", 0)
+    status = payload.get("status", "ready")
+    if (
+        type(inst) is not str
+        or not _IDENT_RE.match(inst)
+        or len(inst) > 64
+        or type(load) is not int
+        or load < 0
+        or status not in _STATUSES
+    ):
+        return None
+    return (entry_id, sender.decode(), inst, str(load), status)
+
+
+def validation_error_info(e: ValidationError, what: str) -> ErrorInfo:
+    """A pydantic error as wire ``ErrorInfo``, with the protocol's most specific code."""
+    errors = e.errors(include_url=False, include_context=False, include_input=False)
+    code = ErrorCode.INVALID_RECORD
+    for err in errors:
+        loc = tuple(err["loc"])
+        if len(loc) >= 2 and loc[0] == "card" and loc[1] in _NAME_FIELDS:
+            code = ErrorCode.INVALID_NAME
+            break
+        if loc[:2] == ("card", "version"):
+            code = ErrorCode.INVALID_VERSION
+    summary = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in errors)
+    return ErrorInfo(
+        code=code,
+        description=f"invalid {what}: {summary}",
+        details={"errors": orjson.loads(orjson.dumps(errors, default=str))},
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedAnnounce:
+    """A validated announcement: the record and its Redis hash, ready for the Lua script."""
+
+    record: AgentRecord
+    fields: dict[str, str]
+    record_json: bytes
+
+    @property
+    def name(self) -> str:
+        return self.record.name
+
+    @property
+    def instance_id(self) -> str:
+        return self.record.instance_id
+
+
+def prepare_announce(payload: Any, entry_ms: int) -> PreparedAnnounce | ErrorInfo:
+    """Validate an announce payload received in a control entry added at ``entry_ms``."""
+    try:
+        ann = Announce.model_validate(payload)
+    except ValidationError as e:
+        return validation_error_info(e, "announcement")
+    if not is_identifier(ann.instance_id):
+        return ErrorInfo(
+            code=ErrorCode.INVALID_NAME,
+            description=f"instance_id {ann.instance_id!r} cannot be part of a Redis key",
+            details={"field": "instance_id"},
+        )
+    at = datetime.fromtimestamp(entry_ms / 1000, UTC)
+    record = AgentRecord(
+        **ann.card.model_dump(),
+        instance_id=ann.instance_id,
+        status=ann.status,
+        load=ann.load,
+        registered_at=at,
+        last_seen=at,
+        heartbeat_ms=ann.heartbeat_ms,
+        ttl_ms=ann.ttl_ms,
+    )
+    fields = record.to_hash()
+    fields["registered_at"] = fields["last_seen"] = iso_ms(entry_ms)
+    size = sum(len(k.encode()) + len(v.encode()) for k, v in fields.items())
+    if size > MAX_RECORD_BYTES:
+        return ErrorInfo(
+            code=ErrorCode.TOO_LARGE,
+            description=f"the record is {size} bytes encoded; the limit is {MAX_RECORD_BYTES}",
+            details={"size": size, "limit": MAX_RECORD_BYTES},
+        )
+    plain = record.model_dump(mode="json", exclude_none=True)
+    plain["registered_at"] = plain["last_seen"] = fields["last_seen"]
+    return PreparedAnnounce(record=record, fields=fields, record_json=orjson.dumps(plain))
