@@ -1,0 +1,306 @@
+"""``Agent``: one member of the bus: registered, heartbeating, discoverable.
+
+::
+
+    async with Agent("summarizer-1", "summarizer", capabilities=["pdf"], version="1.2.0") as agent:
+        print(agent.record)             # what the registry holds
+        agent.set_status("busy")        # visible in the registry at once
+        peers = await agent.discover(role="summarizer")
+
+``async with agent`` starts the reply router (the instance's reply list is read before anything
+is sent), announces (``NoCoordinator``, ``NameTaken`` or ``Refused`` if that fails), starts the
+heartbeat loop, then starts the agent's components. On exit the components are stopped (drained
+for up to ``shutdown_grace``), the heartbeat stops and the agent leaves: its record is gone when
+``__aexit__`` returns.
+
+**Components** are the extension point of the messaging layer: anything with
+``async start()`` and ``async stop(grace)``; ``add_component`` before or after start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from collections.abc import Iterable, Mapping
+from types import TracebackType
+from typing import Any, Protocol, runtime_checkable
+
+from pydantic import ValidationError
+
+from agent_sdk.bus import Bus, resolve_settings
+from agent_sdk.discovery import StatusFilter
+from agent_sdk.membership import Membership
+from agent_sdk.replies import ReplyRouter
+from agent_sdk.selection import Strategy
+from agent_sdk.settings import Settings
+from schemas.agent import AgentCard, AgentRecord, AgentStatus
+from schemas.envelope import Envelope, new_id
+from schemas.errors import AgentbusError, InvalidInput
+from schemas.keys import KeySpace
+
+__all__ = ["Agent", "Component"]
+
+log = logging.getLogger("agentbus.agent")
+
+
+@runtime_checkable
+class Component(Protocol):
+    """Something an ``Agent`` runs while it is registered (inbox consumer, role member, …).
+
+    Started in order after the announcement was accepted; stopped in reverse order before the
+    agent leaves, with ``grace`` seconds to finish work in progress.
+    """
+
+    async def start(self) -> None: ...
+
+    async def stop(self, grace: float) -> None: ...
+
+
+class Agent:
+    """A registered agent. An async context manager; ``start``/``stop`` are idempotent."""
+
+    def __init__(
+        self,
+        name: str,
+        role: str,
+        *,
+        capabilities: Iterable[str] = (),
+        tags: Iterable[str] = (),
+        version: str = "0.0.0",
+        description: str = "",
+        region: str | None = None,
+        max_concurrency: int = 1,
+        metadata: Mapping[str, str] | None = None,
+        settings: Settings | None = None,
+        bus: Bus | None = None,
+        **overrides: Any,
+    ) -> None:
+        if bus is not None and (settings is not None or overrides):
+            raise InvalidInput("pass either bus= or settings/overrides, not both")
+        self.settings = bus.settings if bus is not None else resolve_settings(settings, overrides)
+        try:
+            self.card = AgentCard(
+                name=name,
+                role=role,
+                capabilities=tuple(capabilities),
+                tags=tuple(tags),
+                version=version,
+                description=description,
+                region=region,
+                host=socket.gethostname()[:255] or None,
+                pid=os.getpid(),
+                max_concurrency=max_concurrency,
+                metadata=dict(metadata or {}),
+            )
+        except ValidationError as e:
+            raise InvalidInput(f"invalid agent {name!r}: {e}") from e
+        self.instance_id = new_id()
+        self.bus = bus if bus is not None else Bus(self.settings)
+        self._owns_bus = bus is None
+        self.router = ReplyRouter(
+            self.settings,
+            self.settings.keys.replies(name, self.instance_id),
+            on_unsolicited=self._on_control,
+            owner=name,
+        )
+        self.stopped = asyncio.Event()
+        self._status = AgentStatus.READY
+        self._load = 0
+        self._components: list[Component] = []
+        self._started: list[Component] = []
+        self._membership: Membership | None = None
+        self._state = "new"  # new -> starting -> running -> stopping -> stopped
+
+    # -- identity ----------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.card.name
+
+    @property
+    def id(self) -> str:
+        """The agent's id is its name (its address)."""
+        return self.card.name
+
+    @property
+    def role(self) -> str:
+        return self.card.role
+
+    @property
+    def keys(self) -> KeySpace:
+        return self.settings.keys
+
+    @property
+    def reply_key(self) -> str:
+        """This instance's reply list (``reply_to`` of its requests)."""
+        return self.router.key
+
+    @property
+    def record(self) -> AgentRecord | None:
+        """The record the registry accepted (``None`` before the announce and after leaving)."""
+        return self._membership.record if self._membership is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self._state == "running"
+
+    def __repr__(self) -> str:
+        return f"Agent(name={self.name!r}, role={self.role!r}, instance_id={self.instance_id!r})"
+
+    # -- status and load ---------------------------------------------------------------------
+    @property
+    def status(self) -> AgentStatus:
+        return self._status
+
+    def set_status(self, status: AgentStatus | str) -> None:
+        """Change the status; a heartbeat carries it to the registry at once."""
+        try:
+            self._status = AgentStatus(status)
+        except ValueError as e:
+            raise InvalidInput(f"invalid status {status!r}") from e
+        if self._membership is not None:
+            self._membership.status = self._status
+            self._membership.wake()
+
+    @property
+    def load(self) -> int:
+        """Work items in progress (set by the messaging layer with ``set_load``)."""
+        return self._load
+
+    def set_load(self, load: int) -> None:
+        """Set the load reported by the next heartbeat."""
+        if load < 0:
+            raise InvalidInput(f"load must be >= 0, got {load}")
+        self._load = load
+        if self._membership is not None:
+            self._membership.load = load
+
+    # -- components --------------------------------------------------------------------------
+    def add_component(self, component: Component) -> None:
+        """Run ``component`` while registered (before start; ``start_component`` after)."""
+        if self._state != "new":
+            raise InvalidInput(
+                f"{self!r} is {self._state}: add components before it starts, or use "
+                "`await agent.start_component(c)`"
+            )
+        if component not in self._components:
+            self._components.append(component)
+
+    async def start_component(self, component: Component) -> None:
+        """Add ``component`` and, if the agent runs, start it now."""
+        if component not in self._components:
+            self._components.append(component)
+        if self._state == "running" and component not in self._started:
+            await component.start()
+            self._started.append(component)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def start(self) -> Agent:
+        if self._state != "new":
+            if self._state == "stopped":
+                raise InvalidInput(f"{self!r} was stopped; create a new Agent to run again")
+            return self
+        self._state = "starting"
+        self.stopped.clear()
+        try:
+            await self.bus.start()
+            await self.router.start()
+            membership = Membership(
+                self.bus.client, self.settings, self.card, self.instance_id, self.router
+            )
+            membership.status, membership.load = self._status, self._load
+            self._membership = membership
+            await membership.announce()
+            await membership.start()
+            for component in list(self._components):
+                await component.start()
+                self._started.append(component)
+        except BaseException:
+            await self._shutdown()
+            raise
+        self._state = "running"
+        log.info("%s registered (instance %s)", self.name, self.instance_id)
+        return self
+
+    async def stop(self) -> None:
+        if self._state in ("new", "stopped"):
+            return
+        if self._state == "stopping":
+            await self.stopped.wait()
+            return
+        await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        self._state = "stopping"
+        membership = self._membership
+        try:
+            if self._started and membership is not None and membership.registered:
+                self.set_status(AgentStatus.DRAINING)
+            for component in reversed(self._started):
+                try:
+                    await component.stop(self.settings.shutdown_grace)
+                except Exception:
+                    log.exception("%s: stopping component %r failed", self.name, component)
+            self._started.clear()
+            if membership is not None:
+                await membership.stop()
+                try:
+                    await membership.leave()
+                except AgentbusError as e:
+                    log.warning("%s: could not leave the registry cleanly: %s", self.name, e)
+            await self.router.stop()
+        finally:
+            if self._owns_bus:
+                await self.bus.stop()
+            self._state = "stopped"
+            self.stopped.set()
+
+    async def __aenter__(self) -> Agent:
+        return await self.start()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def _on_control(self, env: Envelope) -> None:
+        if self._membership is not None:
+            await self._membership.on_control(env)
+
+    # -- discovery (delegated to the bus) ----------------------------------------------------
+    async def discover(
+        self,
+        role: str | None = None,
+        capabilities: str | Iterable[str] | None = (),
+        tags: str | Iterable[str] | None = (),
+        status: StatusFilter = None,
+        max_load: int | None = None,
+        version: str | None = None,
+        limit: int | None = None,
+    ) -> list[AgentRecord]:
+        """See ``Bus.discover``."""
+        return await self.bus.discover(role, capabilities, tags, status, max_load, version, limit)
+
+    async def select(
+        self,
+        role: str | None = None,
+        capabilities: str | Iterable[str] | None = (),
+        tags: str | Iterable[str] | None = (),
+        status: StatusFilter = None,
+        max_load: int | None = None,
+        version: str | None = None,
+        *,
+        strategy: Strategy = "least_loaded",
+    ) -> AgentRecord:
+        """See ``Bus.select``."""
+        return await self.bus.select(
+            role, capabilities, tags, status, max_load, version, strategy=strategy
+        )
+
+    async def get(self, name: str) -> AgentRecord | None:
+        """See ``Bus.get``."""
+        return await self.bus.get(name)

@@ -1,0 +1,199 @@
+"""``Bus``: a connection to one agentbus (Redis URL + namespace) for clients and agents.
+
+A ``Bus`` holds the Redis client and the key space, and answers registry questions
+(``discover``, ``select``, ``get``). It is what a program that is *not* an agent uses (the CLI, a
+script that sends requests); every ``Agent`` owns one too (or shares one passed in)::
+
+    async with Bus(redis_url="redis://127.0.0.1:6379/0") as bus:
+        workers = await bus.discover(role="summarizer", capabilities=["pdf"], version="^1.2")
+        one = await bus.select(role="summarizer", strategy="least_loaded")
+
+``client_id`` identifies this bus as a sender (``sender`` = ``client-<client_id>``) and names its
+reply list ``reply_key`` for request replies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from types import TracebackType
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from agent_sdk.connection import make_client, redis_errors
+from agent_sdk.discovery import Discovery, StatusFilter
+from agent_sdk.selection import STRATEGIES, Selector, Strategy, no_responders
+from agent_sdk.settings import Settings
+from schemas.agent import AgentRecord, AgentStatus
+from schemas.envelope import new_id
+from schemas.errors import InvalidInput
+from schemas.keys import KeySpace
+
+__all__ = ["SELECTABLE", "Bus", "resolve_settings"]
+
+#: Statuses ``select`` considers when not told otherwise.
+SELECTABLE = (AgentStatus.READY, AgentStatus.BUSY)
+_NOT_STARTED = "the Bus is not started: use `async with Bus(...)` or `await bus.start()`"
+
+
+def resolve_settings(settings: Settings | None, overrides: dict[str, Any]) -> Settings:
+    """``settings`` (or the environment and defaults) with keyword ``overrides`` applied."""
+    if settings is None:
+        return Settings.load(**overrides)
+    if not overrides:
+        return settings
+    return Settings.load(**{**settings.model_dump(), **overrides})
+
+
+class Bus:
+    """Redis client + key space + registry reads. An async context manager.
+
+    ``start``/``stop`` are idempotent; ``stopped`` is set once stopped. Nothing connects before
+    ``start``. ``Bus(settings)`` or ``Bus(**overrides)`` (``Settings.load`` keyword names).
+    """
+
+    def __init__(self, settings: Settings | None = None, **overrides: Any) -> None:
+        settings = resolve_settings(settings, overrides)
+        self.settings = settings
+        self.keys: KeySpace = settings.keys
+        self.client_id = new_id()
+        self.stopped = asyncio.Event()
+        self._client: aioredis.Redis | None = None
+        self._discovery: Discovery | None = None
+        self._selector = Selector()
+
+    # -- identity ----------------------------------------------------------------------------
+    @property
+    def sender(self) -> str:
+        """The name this bus uses as ``sender`` when it is not an agent."""
+        return f"client-{self.client_id}"
+
+    @property
+    def reply_key(self) -> str:
+        """The reply list of this client (for request replies)."""
+        return self.keys.replies(self.sender, self.client_id)
+
+    @property
+    def started(self) -> bool:
+        return self._client is not None
+
+    @property
+    def client(self) -> aioredis.Redis:
+        """The Redis client (raises if the bus is not started)."""
+        if self._client is None:
+            raise RuntimeError(
+                "the Bus is not started: use `async with Bus(...)` or `await start()`"
+            )
+        return self._client
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def start(self) -> Bus:
+        if self._client is not None:
+            return self
+        client = make_client(self.settings)
+        try:
+            with redis_errors(self.settings, "connecting"):
+                await client.ping()
+        except BaseException:
+            await client.aclose()
+            raise
+        self._client = client
+        self._discovery = Discovery(client, self.settings)
+        self.stopped.clear()
+        return self
+
+    async def stop(self) -> None:
+        client, self._client = self._client, None
+        self._discovery = None
+        if client is not None:
+            await client.aclose()
+        self.stopped.set()
+
+    async def __aenter__(self) -> Bus:
+        return await self.start()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    # -- registry reads ----------------------------------------------------------------------
+    @property
+    def discovery(self) -> Discovery:
+        if self._discovery is None:
+            raise RuntimeError(
+                "the Bus is not started: use `async with Bus(...)` or `await start()`"
+            )
+        return self._discovery
+
+    async def discover(
+        self,
+        role: str | None = None,
+        capabilities: str | Iterable[str] | None = (),
+        tags: str | Iterable[str] | None = (),
+        status: StatusFilter = None,
+        max_load: int | None = None,
+        version: str | None = None,
+        limit: int | None = None,
+    ) -> list[AgentRecord]:
+        """Live agents matching every filter (see ``Discovery.discover``), sorted by name."""
+        return await self.discovery.discover(
+            role=role,
+            capabilities=capabilities,
+            tags=tags,
+            status=status,
+            max_load=max_load,
+            version=version,
+            limit=limit,
+        )
+
+    async def select(
+        self,
+        role: str | None = None,
+        capabilities: str | Iterable[str] | None = (),
+        tags: str | Iterable[str] | None = (),
+        status: StatusFilter = None,
+        max_load: int | None = None,
+        version: str | None = None,
+        *,
+        strategy: Strategy = "least_loaded",
+    ) -> AgentRecord:
+        """One live agent matching the filters, chosen by ``strategy``; ``NoResponders`` if none.
+
+        Without ``status``, only agents that take work are considered (``ready`` or ``busy``:
+        not ``starting`` nor ``draining``).
+        """
+        if strategy not in STRATEGIES:
+            raise InvalidInput(
+                f"unknown selection strategy {strategy!r}: use one of {', '.join(STRATEGIES)}"
+            )
+        query: dict[str, object] = {
+            "role": role,
+            "capabilities": _key_part(capabilities),
+            "tags": _key_part(tags),
+            "status": _key_part(status),
+            "max_load": max_load,
+            "version": version,
+        }
+        if status is None:
+            status = SELECTABLE
+        records = await self.discover(role, capabilities, tags, status, max_load, version)
+        if not records:
+            raise no_responders(self.settings, query)
+        return self._selector.pick(records, strategy, key=tuple(query.values()))
+
+    async def get(self, name: str) -> AgentRecord | None:
+        """The live agent called ``name``, or ``None``."""
+        return await self.discovery.get(name)
+
+
+def _key_part(value: object) -> object:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, Iterable):
+        return tuple(str(v) for v in value)
+    return value

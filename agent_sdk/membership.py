@@ -1,0 +1,292 @@
+"""Membership: announce, heartbeat, re-announce and leave for one agent instance.
+
+The protocol (docs/PROTOCOL.md, "Control plane"):
+
+* ``announce`` goes to the control stream with ``reply_to`` = the instance's reply list; the
+  coordinator answers ``announce_result`` (the stored record, or an error). No answer within
+  ``announce_timeout`` raises ``NoCoordinator``; a ``name_taken`` refusal is retried until
+  ``name_wait`` has passed (the holder may be a dead instance about to expire).
+* a heartbeat (current ``load`` and ``status``) every ``heartbeat_interval``; ``wake()`` sends
+  one at once (a status change should be visible now, not in a second).
+* the instance re-announces (same instance id) when the coordinator says ``reannounce`` (the
+  registry no longer holds it) or when the instance notices that its last successful heartbeat is
+  older than its TTL (it was stalled, or Redis was unreachable, and may have been expired).
+* ``leave`` on stop, then a short bounded wait until the record is gone (or a leave ack comes).
+
+The heartbeat loop never dies on an error: it logs, backs off and continues.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from datetime import timedelta
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from agent_sdk.connection import CONNECTION_ERRORS, redis_errors
+from agent_sdk.replies import ReplyRouter
+from agent_sdk.settings import Settings
+from schemas.agent import (
+    AgentCard,
+    AgentRecord,
+    AgentStatus,
+    Announce,
+    ControlType,
+    Heartbeat,
+    Leave,
+)
+from schemas.envelope import Envelope, Kind, encode_fields, utcnow
+from schemas.errors import (
+    AgentbusError,
+    NameTaken,
+    NoCoordinator,
+    ProtocolError,
+    error_from_info,
+)
+
+__all__ = ["CONTROL_MAXLEN", "Membership"]
+
+log = logging.getLogger("agentbus.membership")
+
+#: Approximate cap agents apply when they XADD to the control stream (coordinators trim too).
+CONTROL_MAXLEN = 100_000
+_LEAVE_WAIT_MAX = 2.0
+_RETRYABLE: tuple[type[BaseException], ...] = (
+    AgentbusError,
+    *CONNECTION_ERRORS,
+)  # seconds to wait for the record to go after ``leave``
+
+
+class Membership:
+    """Keeps one agent instance registered. Owned by ``Agent``; usable on its own."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        settings: Settings,
+        card: AgentCard,
+        instance_id: str,
+        router: ReplyRouter,
+    ) -> None:
+        self.client = client
+        self.settings = settings
+        self.card = card
+        self.instance_id = instance_id
+        self.router = router
+        self.status = AgentStatus.READY
+        self.load = 0
+        self.record: AgentRecord | None = None
+        self.reannounces = 0
+        self._keys = settings.keys
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._reannounce = asyncio.Event()
+
+    @property
+    def registered(self) -> bool:
+        return self.record is not None
+
+    # -- control envelopes -------------------------------------------------------------------
+    def _control(
+        self, ctype: ControlType, payload: Any, *, reply: bool, timeout: float
+    ) -> Envelope:
+        return Envelope(
+            kind=Kind.CONTROL,
+            type=ctype.value,
+            sender=self.card.name,
+            reply_to=self.router.key if reply else None,
+            deadline=utcnow() + timedelta(seconds=timeout) if reply else None,
+            payload=payload,
+        )
+
+    async def _xadd(self, env: Envelope, doing: str) -> None:
+        with redis_errors(self.settings, doing):
+            await self.client.xadd(
+                self._keys.control(),
+                encode_fields(env),  # type: ignore[arg-type]
+                maxlen=CONTROL_MAXLEN,
+                approximate=True,
+            )
+
+    # -- announce ----------------------------------------------------------------------------
+    async def announce(self) -> AgentRecord:
+        """Join the registry (retrying ``name_taken`` for up to ``name_wait``); the record."""
+        give_up = time.monotonic() + self.settings.name_wait
+        while True:
+            try:
+                record = await self._announce_once()
+            except NameTaken as e:
+                remaining = give_up - time.monotonic()
+                if remaining <= 0:
+                    raise
+                log.info("name %r is taken (%s); retrying for %.1fs", self.card.name, e, remaining)
+                await asyncio.sleep(min(remaining, self.settings.heartbeat_interval))
+                continue
+            self.record = record
+            return record
+
+    async def _announce_once(self) -> AgentRecord:
+        timeout = self.settings.announce_timeout
+        payload = Announce(
+            card=self.card,
+            instance_id=self.instance_id,
+            status=self.status,
+            load=self.load,
+            heartbeat_ms=self.settings.heartbeat_ms,
+            ttl_ms=self.settings.ttl_ms,
+        ).model_dump(mode="json", exclude_none=True)
+        env = self._control(ControlType.ANNOUNCE, payload, reply=True, timeout=timeout)
+        answer = self.router.expect(env.id)
+        try:
+            await self._xadd(env, f"announcing {self.card.name!r}")
+            try:
+                reply = await asyncio.wait_for(answer, timeout)
+            except TimeoutError:
+                raise self._no_coordinator(timeout) from None
+        finally:
+            self.router.discard(env.id)
+        if reply.error is not None:
+            raise error_from_info(reply.error, registration=True)
+        try:
+            return AgentRecord.model_validate(reply.payload)
+        except ValueError as e:
+            raise ProtocolError(f"the coordinator answered with an invalid record: {e}") from e
+
+    def _no_coordinator(self, timeout: float) -> NoCoordinator:
+        s = self.settings
+        return NoCoordinator(
+            f"no coordinator answered the announcement of {self.card.name!r} within {timeout:g}s "
+            f"on {s.display_url} (namespace {s.namespace!r}). Is a coordinator running? Start "
+            f"one with: agentbus coordinator --redis-url {s.display_url} "
+            f"--namespace {s.namespace}",
+            details={"url": s.display_url, "namespace": s.namespace, "timeout": timeout},
+        )
+
+    # -- heartbeats --------------------------------------------------------------------------
+    def wake(self) -> None:
+        """Send a heartbeat now (e.g. the status changed)."""
+        self._wake.set()
+
+    def request_reannounce(self) -> None:
+        self._reannounce.set()
+        self._wake.set()
+
+    async def on_control(self, env: Envelope) -> None:
+        """Handler for control envelopes nobody waited for (wired to the reply router)."""
+        if env.type == ControlType.REANNOUNCE:
+            log.info("%s: the coordinator asks for a re-announce", self.card.name)
+            self.request_reannounce()
+        else:
+            log.debug("%s: ignoring control envelope %s", self.card.name, env.type)
+
+    async def heartbeat(self) -> None:
+        payload = Heartbeat(instance_id=self.instance_id, load=self.load, status=self.status)
+        env = self._control(
+            ControlType.HEARTBEAT, payload.model_dump(mode="json"), reply=False, timeout=0
+        )
+        await self._xadd(env, f"sending a heartbeat for {self.card.name!r}")
+
+    async def start(self) -> None:
+        """Start the heartbeat loop (call after ``announce`` succeeded). Idempotent."""
+        if self._task is None:
+            self._task = asyncio.create_task(
+                self._loop(), name=f"agentbus-heartbeat:{self.card.name}"
+            )
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _loop(self) -> None:
+        interval = self.settings.heartbeat_interval
+        ttl = self.settings.ttl
+        last_ok = time.monotonic()
+        backoff = 0.05
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), interval)
+            self._wake.clear()
+            stalled = time.monotonic() - last_ok > ttl
+            try:
+                if self._reannounce.is_set() or stalled:
+                    if stalled:
+                        log.warning(
+                            "%s: no heartbeat for %.2fs (TTL %.2fs): re-announcing",
+                            self.card.name,
+                            time.monotonic() - last_ok,
+                            ttl,
+                        )
+                    self._reannounce.clear()
+                    self.record = await self._announce_once()
+                    self.reannounces += 1
+                else:
+                    await self.heartbeat()
+                last_ok = time.monotonic()
+                backoff = 0.05
+            except asyncio.CancelledError:
+                raise
+            except _RETRYABLE as e:
+                if isinstance(e, NameTaken | NoCoordinator) or stalled:
+                    self._reannounce.set()
+                log.warning(
+                    "%s: heartbeat/re-announce failed (%s); retrying in %.2fs",
+                    self.card.name,
+                    e,
+                    backoff,
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.settings.retry_max_backoff)
+            except Exception:
+                log.exception(
+                    "%s: heartbeat loop error; retrying in %.2fs", self.card.name, backoff
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.settings.retry_max_backoff)
+
+    # -- leave -------------------------------------------------------------------------------
+    async def leave(self, reason: str = "shutdown") -> None:
+        """Deregister, then wait (bounded) until the record is gone or no longer ours."""
+        if self.record is None:
+            return
+        self.record = None
+        payload = Leave(instance_id=self.instance_id, reason=reason).model_dump(mode="json")
+        wait = min(self.settings.announce_timeout, _LEAVE_WAIT_MAX)
+        env = self._control(ControlType.LEAVE, payload, reply=True, timeout=wait)
+        ack = self.router.expect(env.id) if self.router.running else None
+        try:
+            await self._xadd(env, f"leaving as {self.card.name!r}")
+            await self._wait_gone(ack, wait)
+        finally:
+            self.router.discard(env.id)
+
+    async def _wait_gone(self, ack: asyncio.Future[Envelope] | None, wait: float) -> None:
+        key = self._keys.record(self.card.name)
+        give_up = time.monotonic() + wait
+        pause = 0.002
+        while time.monotonic() < give_up:
+            with redis_errors(self.settings, "checking the leave"):
+                holder = await self.client.hget(key, "instance_id")
+            if holder is None or _text(holder) != self.instance_id:
+                return
+            if ack is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(ack), pause)
+                if ack.done():
+                    return
+            else:
+                await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.05)
+        log.warning(
+            "%s: the registry still holds the record %.1fs after leave", self.card.name, wait
+        )
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,203 @@
+"""The reply router: one ``BRPOP`` loop over an agent's (or client's) reply list.
+
+Everything that answers this process pushes a JSON envelope onto its reply list
+``<ns>:agent:{<name>}:replies:<instance>`` (``schemas.keys.KeySpace.replies``): the coordinator
+(``announce_result``, ``reannounce``) and responders to requests. The router pops them on a
+dedicated connection (blocking reads must not hold a pooled connection others need), decodes
+them and hands each to whoever waits for it:
+
+* ``expect(correlation_id)`` returns a future resolved by the reply whose ``correlation_id``
+  matches; register it *before* sending whatever is answered, and ``discard`` it in ``finally``;
+* an envelope nobody waits for goes to ``on_unsolicited`` if it is of kind ``control`` (e.g. the
+  coordinator's ``reannounce``); a late reply to a forgotten request is dropped (logged at debug);
+* an entry that does not decode is logged and dead-lettered (``<ns>:deadletter``).
+
+Replies are ``LPUSH``ed, so ``BRPOP`` reads them in arrival order. The loop survives Redis
+outages: it logs, backs off (capped exponential) and continues.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+
+import redis.asyncio as aioredis
+
+from agent_sdk.connection import CONNECTION_ERRORS, make_client
+from agent_sdk.settings import Settings
+from schemas.envelope import Envelope, Kind, decode_json, utcnow
+from schemas.errors import ProtocolError
+
+__all__ = ["ReplyRouter", "UnsolicitedHandler"]
+
+log = logging.getLogger("agentbus.replies")
+
+#: Called with a control envelope nobody waited for (``reannounce``, …).
+UnsolicitedHandler = Callable[[Envelope], Awaitable[None] | None]
+
+_POP_TIMEOUT = 1.0  # seconds a BRPOP blocks; bounds how stale the loop's view of "stop" is
+_BACKOFF_START = 0.05
+
+
+class ReplyRouter:
+    """Routes the envelopes of one reply list to waiting futures and a control callback.
+
+    ``start``/``stop`` are idempotent; ``stopped`` is set once the loop has ended. No task or
+    connection exists before ``start``.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        key: str,
+        *,
+        on_unsolicited: UnsolicitedHandler | None = None,
+        owner: str = "",
+    ) -> None:
+        self.settings = settings
+        self.key = key
+        self.owner = owner or key
+        self.on_unsolicited = on_unsolicited
+        self.stopped = asyncio.Event()
+        self._waiting: dict[str, asyncio.Future[Envelope]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._client: aioredis.Redis | None = None
+        self._ready = asyncio.Event()
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    # -- waiting for replies -----------------------------------------------------------------
+    def expect(self, correlation_id: str) -> asyncio.Future[Envelope]:
+        """A future for the reply to ``correlation_id`` (register before sending)."""
+        fut = self._waiting.get(correlation_id)
+        if fut is None or fut.done():
+            fut = asyncio.get_running_loop().create_future()
+            self._waiting[correlation_id] = fut
+        return fut
+
+    def discard(self, correlation_id: str) -> None:
+        """Stop waiting for ``correlation_id`` (cancels its future if still pending)."""
+        fut = self._waiting.pop(correlation_id, None)
+        if fut is not None and not fut.done():
+            fut.cancel()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._task is not None:
+            return
+        self.stopped.clear()
+        # One connection of our own: BRPOP blocks it for up to _POP_TIMEOUT.
+        self._client = make_client(self.settings, max_connections=1)
+        self._task = asyncio.create_task(self._run(), name=f"agentbus-replies:{self.owner}")
+        # Make sure the list is being read before anyone sends what is answered on it.
+        ready = asyncio.ensure_future(self._ready.wait())
+        await asyncio.wait({ready, self._task}, return_when=asyncio.FIRST_COMPLETED)
+        ready.cancel()
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is None:
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+        for fut in self._waiting.values():
+            if not fut.done():
+                fut.cancel()
+        self._waiting.clear()
+        self._ready.clear()
+        self.stopped.set()
+
+    # -- the loop ----------------------------------------------------------------------------
+    async def _run(self) -> None:
+        assert self._client is not None
+        client = self._client
+        backoff = _BACKOFF_START
+        while True:
+            try:
+                if not self._ready.is_set():
+                    await client.ping()
+                    self._ready.set()
+                item = await client.brpop([self.key], timeout=_POP_TIMEOUT)
+                backoff = _BACKOFF_START
+            except asyncio.CancelledError:
+                raise
+            except CONNECTION_ERRORS as e:
+                log.warning(
+                    "reply list %s: cannot reach Redis at %s (%s); retrying in %.2fs",
+                    self.key,
+                    self.settings.display_url,
+                    e,
+                    backoff,
+                )
+                self._ready.set()  # do not hold start() hostage to an outage
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.settings.retry_max_backoff)
+                continue
+            except Exception:
+                log.exception(
+                    "reply list %s: unexpected error; retrying in %.2fs", self.key, backoff
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.settings.retry_max_backoff)
+                continue
+            if item is not None:
+                await self._route(item[1])
+
+    async def _route(self, data: bytes | str) -> None:
+        try:
+            env = decode_json(data)
+        except ProtocolError as e:
+            log.warning("reply list %s: dead-lettering an undecodable entry: %s", self.key, e)
+            await self._dead_letter(data, e)
+            return
+        cid = env.correlation_id
+        fut = self._waiting.pop(cid, None) if cid is not None else None
+        if fut is not None:
+            if not fut.done():
+                fut.set_result(env)
+            return
+        if env.kind is Kind.CONTROL and self.on_unsolicited is not None:
+            try:
+                result = self.on_unsolicited(env)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                log.exception("reply list %s: control handler failed for %s", self.key, env.type)
+            return
+        log.debug(
+            "reply list %s: dropping %s %s (correlation_id=%s): nobody waits for it",
+            self.key,
+            env.kind.value,
+            env.type,
+            cid,
+        )
+
+    async def _dead_letter(self, data: bytes | str, error: ProtocolError) -> None:
+        if self._client is None:
+            return
+        fields: dict[str, str | bytes] = {
+            "reason": error.description,
+            "code": error.code,
+            "source": self.key,
+            "source_id": "",
+            "failed_at": utcnow().isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "orig.data": data,
+        }
+        try:
+            await self._client.xadd(
+                self.settings.keys.deadletter(),
+                fields,  # type: ignore[arg-type]
+                maxlen=self.settings.deadletter_maxlen,
+                approximate=True,
+            )
+        except Exception:
+            log.exception("reply list %s: could not dead-letter an undecodable entry", self.key)
