@@ -1,0 +1,239 @@
+"""Usage stats per agent: invocations, errors and latency by message type, kept in Redis.
+
+The hash ``KeySpace.stats(name)`` holds flat counters a person can read with ``HGETALL``::
+
+    summarize.invocations        42        handled messages of type summarize
+    summarize.errors             3         of which failed (error reply, exception, bad payload)
+    summarize.latency_ms.sum     1234.5    total handler time, milliseconds
+    summarize.latency_ms.le_50   17        invocations that took at most 50 ms (and more than
+                                           the previous bound: buckets are not cumulative)
+    summarize.latency_ms.le_inf  1         slower than the last bound
+    summarize.last_at            2026-11-21T10:00:00.000Z
+    started_at                   first time this agent name recorded anything
+
+The hot path (``UsageRecorder.record``) only adds to in-memory deltas; a background task flushes
+them every ``interval`` seconds in one pipelined round trip of ``HINCRBY``/``HINCRBYFLOAT``.
+A flush that fails keeps its deltas for the next one. ``read_usage`` turns the hash back into
+``TypeUsage`` rows with mean and approximate percentiles (interpolated within a bucket).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from bisect import bisect_left
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from agent_sdk.connection import redis_errors
+from agent_sdk.settings import Settings
+from schemas.envelope import utcnow
+
+__all__ = ["BUCKETS_MS", "TypeUsage", "UsageRecorder", "parse_usage", "read_usage"]
+
+log = logging.getLogger("agentbus.usage")
+
+#: Upper bounds (ms) of the latency buckets; a last ``le_inf`` bucket takes the rest.
+BUCKETS_MS: tuple[float, ...] = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+_BUCKET_NAMES = (*(f"le_{b:g}" for b in BUCKETS_MS), "le_inf")
+
+
+def _iso(ts: float | None = None) -> str:
+    at = utcnow() if ts is None else datetime.fromtimestamp(ts, UTC)
+    return at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class _Delta:
+    invocations: int = 0
+    errors: int = 0
+    latency_ms: float = 0.0
+    buckets: list[int] = field(default_factory=lambda: [0] * len(_BUCKET_NAMES))
+    last_at: float = 0.0  # time.time() of the last invocation
+
+    def merge(self, other: _Delta) -> None:
+        self.invocations += other.invocations
+        self.errors += other.errors
+        self.latency_ms += other.latency_ms
+        self.buckets = [a + b for a, b in zip(self.buckets, other.buckets, strict=True)]
+        self.last_at = max(self.last_at, other.last_at)
+
+
+class UsageRecorder:
+    """Counts one agent's handled messages; flushes to ``KeySpace.stats(name)`` periodically.
+
+    An async context manager (``start``/``stop`` idempotent; ``stop`` flushes what is left).
+    """
+
+    def __init__(
+        self, client: aioredis.Redis, settings: Settings, name: str, *, interval: float = 1.0
+    ) -> None:
+        self._client = client
+        self._settings = settings
+        self._key = settings.keys.stats(name)
+        self.name = name
+        self.interval = interval
+        self._pending: dict[str, _Delta] = defaultdict(_Delta)
+        self._task: asyncio.Task[None] | None = None
+
+    def record(self, message_type: str, seconds: float, error: bool = False) -> None:
+        """One handled message (no I/O: the next flush writes it)."""
+        d = self._pending[message_type]
+        ms = seconds * 1000.0
+        d.invocations += 1
+        d.errors += error
+        d.latency_ms += ms
+        d.buckets[bisect_left(BUCKETS_MS, ms)] += 1
+        d.last_at = time.time()
+
+    @property
+    def pending(self) -> int:
+        """Invocations recorded but not yet flushed."""
+        return sum(d.invocations for d in self._pending.values())
+
+    async def flush(self) -> None:
+        """Write the pending deltas in one pipelined round trip (kept on failure)."""
+        if not self._pending:
+            return
+        batch, self._pending = self._pending, defaultdict(_Delta)
+        pipe = self._client.pipeline(transaction=False)
+        pipe.hsetnx(self._key, "started_at", _iso())
+        for mtype, d in batch.items():
+            pipe.hincrby(self._key, f"{mtype}.invocations", d.invocations)
+            if d.errors:
+                pipe.hincrby(self._key, f"{mtype}.errors", d.errors)
+            pipe.hincrbyfloat(self._key, f"{mtype}.latency_ms.sum", round(d.latency_ms, 3))
+            for bucket, count in zip(_BUCKET_NAMES, d.buckets, strict=True):
+                if count:
+                    pipe.hincrby(self._key, f"{mtype}.latency_ms.{bucket}", count)
+            pipe.hset(self._key, f"{mtype}.last_at", _iso(d.last_at))
+        try:
+            with redis_errors(self._settings, f"writing usage stats of {self.name!r}"):
+                await pipe.execute()
+        except BaseException:
+            for mtype, d in batch.items():  # keep them for the next flush
+                self._pending[mtype].merge(d)
+            raise
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.flush()
+            except Exception as e:  # log, keep the deltas, try again next interval
+                log.warning("usage stats flush for %s failed: %s", self.name, e)
+
+    async def start(self) -> UsageRecorder:
+        if self._task is None:
+            self._task = asyncio.create_task(self._loop(), name=f"agentbus-usage-{self.name}")
+        return self
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        try:
+            await self.flush()
+        except Exception as e:
+            log.warning("final usage stats flush for %s failed: %s", self.name, e)
+
+    async def __aenter__(self) -> UsageRecorder:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+@dataclass(frozen=True, slots=True)
+class TypeUsage:
+    """Usage of one message type by one agent."""
+
+    type: str
+    invocations: int
+    errors: int
+    latency_ms_sum: float
+    buckets: tuple[int, ...]
+    last_at: str | None
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.invocations if self.invocations else 0.0
+
+    @property
+    def mean_ms(self) -> float | None:
+        return self.latency_ms_sum / self.invocations if self.invocations else None
+
+    def percentile_ms(self, q: float) -> float | None:
+        """Approximate ``q``-quantile (0-1) of latency, interpolated within its bucket."""
+        total = sum(self.buckets)
+        if not total:
+            return None
+        rank = q * total
+        seen = 0
+        for i, count in enumerate(self.buckets):
+            if count and seen + count >= rank:
+                low = BUCKETS_MS[i - 1] if i > 0 else 0.0
+                if i >= len(BUCKETS_MS):
+                    return low  # beyond the last bound: report the bound
+                return low + (BUCKETS_MS[i] - low) * max(0.0, rank - seen) / count
+            seen += count
+        return BUCKETS_MS[-1]
+
+    def as_dict(self) -> dict[str, Any]:
+        p50, p95 = self.percentile_ms(0.5), self.percentile_ms(0.95)
+        return {
+            "type": self.type,
+            "invocations": self.invocations,
+            "errors": self.errors,
+            "error_rate": round(self.error_rate, 4),
+            "mean_ms": None if self.mean_ms is None else round(self.mean_ms, 3),
+            "p50_ms": None if p50 is None else round(p50, 3),
+            "p95_ms": None if p95 is None else round(p95, 3),
+            "last_at": self.last_at,
+        }
+
+
+def parse_usage(fields: dict[Any, Any]) -> list[TypeUsage]:
+    """``TypeUsage`` rows (sorted by type) from the stats hash's fields."""
+    by_type: dict[str, dict[str, str]] = defaultdict(dict)
+    for k, v in fields.items():
+        key = k.decode() if isinstance(k, bytes) else str(k)
+        value = v.decode() if isinstance(v, bytes) else str(v)
+        for suffix in ("invocations", "errors", "last_at", "latency_ms.sum", *_latency_fields()):
+            if key.endswith("." + suffix):
+                by_type[key[: -len(suffix) - 1]][suffix] = value
+                break
+    rows = []
+    for mtype, f in sorted(by_type.items()):
+        total = float(f.get("latency_ms.sum", "0") or 0)
+        rows.append(
+            TypeUsage(
+                type=mtype,
+                invocations=int(f.get("invocations", "0")),
+                errors=int(f.get("errors", "0")),
+                latency_ms_sum=total if math.isfinite(total) else 0.0,
+                buckets=tuple(int(f.get(f"latency_ms.{b}", "0")) for b in _BUCKET_NAMES),
+                last_at=f.get("last_at"),
+            )
+        )
+    return rows
+
+
+def _latency_fields() -> tuple[str, ...]:
+    return tuple(f"latency_ms.{b}" for b in _BUCKET_NAMES)
+
+
+async def read_usage(client: aioredis.Redis, settings: Settings, name: str) -> list[TypeUsage]:
+    """The usage stats of agent ``name`` (empty when it never recorded any)."""
+    with redis_errors(settings, f"reading usage stats of {name!r}"):
+        fields: dict[Any, Any] = await client.hgetall(settings.keys.stats(name))
+    return parse_usage(fields)
