@@ -1,0 +1,133 @@
+"""Fast encoding of outgoing envelopes (the hot path builds no pydantic model).
+
+The receiving side decodes with ``schemas.envelope.decode_fields`` / ``decode_json`` (one
+pydantic validation per message); the sending side writes the same wire format directly:
+stream fields for streams, one JSON object for pub/sub and reply lists. The payload is
+serialised once (``orjson``) and that byte string is what the size limit is checked against.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+from pydantic import BaseModel
+
+from schemas.envelope import PROTOCOL_VERSION, Kind, new_id
+from schemas.errors import ErrorInfo, InvalidInput, PayloadTooLarge
+
+__all__ = ["Outgoing", "encode_payload", "iso", "to_jsonable"]
+
+_V = str(PROTOCOL_VERSION)
+
+
+def iso(dt: datetime) -> str:
+    """ISO-8601 UTC with milliseconds and a ``Z``, as the envelope carries times."""
+    return dt.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, BaseModel):
+        return obj.model_dump(mode="json")
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def to_jsonable(value: Any) -> Any:
+    """A pydantic model becomes its JSON-mode dump; anything else is returned as is."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    return value
+
+
+def encode_payload(payload: Any, limit: int) -> bytes:
+    """Serialise a payload (pydantic models included); refuse it when larger than ``limit``."""
+    try:
+        data = orjson.dumps(payload, default=_default, option=orjson.OPT_NON_STR_KEYS)
+    except TypeError as e:
+        raise InvalidInput(f"payload is not JSON serialisable: {e}") from e
+    if len(data) > limit:
+        raise PayloadTooLarge(
+            f"payload is {len(data)} bytes encoded; the limit (max_payload_bytes) is {limit}",
+            details={"size": len(data), "limit": limit},
+        )
+    return data
+
+
+@dataclass(slots=True)
+class Outgoing:
+    """An envelope about to leave, with its payload already encoded."""
+
+    type: str
+    sender: str
+    payload: bytes
+    kind: Kind = Kind.SEND
+    target: str | None = None
+    reply_to: str | None = None
+    correlation_id: str | None = None
+    deadline: datetime | None = None
+    headers: dict[str, str] | None = None
+    error: ErrorInfo | None = None
+    id: str = field(default_factory=new_id)
+    sent_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    def __post_init__(self) -> None:
+        if not self.type or len(self.type) > 128:
+            raise InvalidInput(f"message type must be 1-128 characters, got {self.type!r}")
+
+    @classmethod
+    def with_timeout(cls, timeout: float, **kwargs: Any) -> Outgoing:
+        now = datetime.now(UTC)
+        return cls(sent_at=now, deadline=now + timedelta(seconds=timeout), **kwargs)
+
+    def stream_args(self) -> list[str | bytes]:
+        """Flat ``field, value, ...`` for ``XADD`` (and for the send script's ARGV)."""
+        args: list[str | bytes] = [
+            "v", _V, "id", self.id, "kind", self.kind.value, "type", self.type,
+            "sender", self.sender, "sent_at", iso(self.sent_at),
+        ]  # fmt: skip
+        if self.target is not None:
+            args += ["target", self.target]
+        if self.reply_to is not None:
+            args += ["reply_to", self.reply_to]
+        if self.correlation_id is not None:
+            args += ["correlation_id", self.correlation_id]
+        if self.deadline is not None:
+            args += ["deadline", iso(self.deadline)]
+        if self.headers:
+            args += ["headers", orjson.dumps(self.headers)]
+        args += ["payload", self.payload]
+        if self.error is not None:
+            args += ["error", orjson.dumps(self.error.model_dump())]
+        return args
+
+    def stream_fields(self) -> dict[Any, Any]:
+        args = self.stream_args()
+        return dict(zip(args[::2], args[1::2], strict=True))
+
+    def json(self) -> bytes:
+        """One JSON object, for pub/sub and reply lists."""
+        out: dict[str, Any] = {
+            "v": PROTOCOL_VERSION,
+            "id": self.id,
+            "kind": self.kind.value,
+            "type": self.type,
+            "sender": self.sender,
+            "sent_at": iso(self.sent_at),
+        }
+        if self.target is not None:
+            out["target"] = self.target
+        if self.reply_to is not None:
+            out["reply_to"] = self.reply_to
+        if self.correlation_id is not None:
+            out["correlation_id"] = self.correlation_id
+        if self.deadline is not None:
+            out["deadline"] = iso(self.deadline)
+        if self.headers:
+            out["headers"] = self.headers
+        if self.payload != b"null":
+            out["payload"] = orjson.Fragment(self.payload)
+        if self.error is not None:
+            out["error"] = self.error.model_dump()
+        return orjson.dumps(out)

@@ -1,0 +1,143 @@
+"""Dead letters: entries that cannot be handled, kept for a person to inspect or replay.
+
+An entry is dead-lettered when it cannot be decoded (``undecodable``), has a version this side
+cannot read (``unsupported_version``), names a type nobody handles (``unknown_type``), carries an
+invalid payload (``bad_request``), expired before it was handled (``deadline_exceeded``) or failed
+``max_deliveries`` times (``max_deliveries``). The dead letter is an entry of ``<ns>:deadletter``
+with the fields ``reason`` (a sentence), ``code``, ``source`` (stream key), ``source_id`` (entry
+id), ``failed_at`` (ISO-8601 UTC), and every original field as ``orig.<field>``. Writing it and
+acknowledging the original are one script, so a reader never stalls on a bad entry.
+
+``list_dead_letters`` and ``replay`` are what ``agentbus deadletter`` shows and does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from agent_sdk.connection import redis_errors
+from agent_sdk.messaging.codec import iso
+from agent_sdk.messaging.scripts import Scripts
+from agent_sdk.settings import Settings
+from schemas.errors import InvalidInput
+
+__all__ = [
+    "ORIG_PREFIX",
+    "DeadLetter",
+    "dead_letter",
+    "delete_dead_letter",
+    "list_dead_letters",
+    "replay",
+]
+
+ORIG_PREFIX = "orig."
+
+
+def _text(v: Any) -> str:
+    return v.decode(errors="replace") if isinstance(v, bytes) else v
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """One entry of the dead-letter stream."""
+
+    id: str
+    reason: str
+    code: str
+    source: str
+    source_id: str
+    failed_at: str
+    original: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_entry(cls, entry_id: str, fields: Mapping[Any, Any]) -> DeadLetter:
+        plain = {_text(k): _text(v) for k, v in fields.items()}
+        return cls(
+            id=entry_id,
+            reason=plain.get("reason", ""),
+            code=plain.get("code", ""),
+            source=plain.get("source", ""),
+            source_id=plain.get("source_id", ""),
+            failed_at=plain.get("failed_at", ""),
+            original={
+                k[len(ORIG_PREFIX) :]: v for k, v in plain.items() if k.startswith(ORIG_PREFIX)
+            },
+        )
+
+    @property
+    def type(self) -> str | None:
+        return self.original.get("type")
+
+
+async def dead_letter(
+    client: aioredis.Redis,
+    scripts: Scripts,
+    settings: Settings,
+    *,
+    source: str,
+    entry_id: str,
+    fields: Mapping[Any, Any],
+    reason: str,
+    code: str,
+    group: str | None,
+) -> str:
+    """Move one entry to the dead-letter stream and XACK it in ``group`` (one EVALSHA)."""
+    args: list[str | bytes] = [
+        group or "", str(settings.deadletter_maxlen), entry_id,
+        "reason", reason, "code", code, "source", source, "source_id", entry_id,
+        "failed_at", iso(datetime.now(UTC)),
+    ]  # fmt: skip
+    for k, v in fields.items():
+        args += [ORIG_PREFIX + _text(k), v]
+    with redis_errors(settings, "dead-lettering a message"):
+        new_id = await scripts.deadletter(keys=[settings.keys.deadletter(), source], args=args)
+    return _text(new_id)
+
+
+async def list_dead_letters(
+    client: aioredis.Redis, settings: Settings, *, count: int = 100, newest_first: bool = True
+) -> list[DeadLetter]:
+    """The dead letters, newest first by default."""
+    key = settings.keys.deadletter()
+    with redis_errors(settings, "listing dead letters"):
+        if newest_first:
+            entries: Any = await client.xrevrange(key, count=count)
+        else:
+            entries = await client.xrange(key, count=count)
+    return [DeadLetter.from_entry(_text(eid), f) for eid, f in entries]
+
+
+async def replay(client: aioredis.Redis, settings: Settings, dead_letter_id: str) -> str:
+    """Put a dead letter's original fields back on its source stream; delete the dead letter.
+
+    The message gets a new entry id (and a fresh delivery count) but keeps its message ``id``
+    when the original had one, so idempotent handlers still recognise it. Returns the new entry id.
+    """
+    key = settings.keys.deadletter()
+    with redis_errors(settings, "replaying a dead letter"):
+        entries: Any = await client.xrange(key, min=dead_letter_id, max=dead_letter_id, count=1)
+        if not entries:
+            raise InvalidInput(f"no dead letter {dead_letter_id!r} in {key}")
+        letter = DeadLetter.from_entry(_text(entries[0][0]), entries[0][1])
+        if not letter.source or not letter.original:
+            raise InvalidInput(f"dead letter {dead_letter_id!r} has no source or no fields")
+        fields: dict[Any, Any] = dict(letter.original)
+        fields.setdefault("id", letter.source_id)
+        async with client.pipeline(transaction=True) as pipe:
+            pipe.xadd(letter.source, fields)
+            pipe.xdel(key, dead_letter_id)
+            new_id, _ = await pipe.execute()
+    return _text(new_id)
+
+
+async def delete_dead_letter(client: aioredis.Redis, settings: Settings, *ids: str) -> int:
+    """Delete dead letters by id; returns how many existed."""
+    if not ids:
+        return 0
+    with redis_errors(settings, "deleting dead letters"):
+        return int(await client.xdel(settings.keys.deadletter(), *ids))

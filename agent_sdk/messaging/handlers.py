@@ -1,0 +1,221 @@
+"""Message handlers: ``@agent.on("type")``, the ``Message`` a handler sees, and invocation.
+
+A handler is ``async def handler(payload, msg)`` (``msg`` optional). When the first parameter is
+annotated with a pydantic model, the payload is validated into it (failure: error ``bad_request``
+with the validation errors in ``details``); any other annotation (``dict``, ``Any``, none) gets
+the decoded JSON as is. The return value is the reply to a request (pydantic models serialised).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import typing
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from agent_sdk.messaging.codec import to_jsonable
+from schemas.envelope import Envelope, Kind
+from schemas.errors import AgentbusError, ErrorCode, ErrorInfo
+
+__all__ = ["Handler", "HandlerRegistry", "Message", "Outcome"]
+
+log = logging.getLogger("agentbus.messaging")
+
+Handler = Callable[..., Awaitable[Any]]
+
+
+class Message:
+    """One received message: the envelope plus how it was delivered."""
+
+    __slots__ = ("delivery_count", "entry_id", "envelope", "source")
+
+    def __init__(
+        self,
+        envelope: Envelope,
+        *,
+        delivery_count: int = 1,
+        source: str | None = None,
+        entry_id: str | None = None,
+    ) -> None:
+        self.envelope = envelope
+        #: 1 on the first delivery; grows each time the entry is claimed after a failure.
+        self.delivery_count = delivery_count
+        #: The stream (or channel) it came from, and its stream entry id (None for pub/sub).
+        self.source = source
+        self.entry_id = entry_id
+
+    @property
+    def id(self) -> str:
+        """The message id: the idempotency key (the same across redeliveries)."""
+        return self.envelope.id
+
+    @property
+    def type(self) -> str:
+        return self.envelope.type
+
+    @property
+    def kind(self) -> Kind:
+        return self.envelope.kind
+
+    @property
+    def sender(self) -> str:
+        return self.envelope.sender
+
+    @property
+    def target(self) -> str | None:
+        return self.envelope.target
+
+    @property
+    def correlation_id(self) -> str | None:
+        return self.envelope.correlation_id
+
+    @property
+    def reply_to(self) -> str | None:
+        return self.envelope.reply_to
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return self.envelope.headers
+
+    @property
+    def sent_at(self) -> datetime:
+        return self.envelope.sent_at
+
+    @property
+    def deadline(self) -> datetime | None:
+        return self.envelope.deadline
+
+    @property
+    def payload(self) -> Any:
+        return self.envelope.payload
+
+    @property
+    def error(self) -> ErrorInfo | None:
+        return self.envelope.error
+
+    @property
+    def redelivered(self) -> bool:
+        return self.delivery_count > 1
+
+    def __repr__(self) -> str:
+        return (
+            f"Message(id={self.id!r}, type={self.type!r}, kind={self.kind.value!r}, "
+            f"sender={self.sender!r}, delivery_count={self.delivery_count})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What came of handling one message: a result to reply with, or an error."""
+
+    result: Any = None
+    error: ErrorInfo | None = None
+    #: True when retrying cannot help (unknown type, invalid payload): never redeliver.
+    final: bool = True
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    func: Handler
+    model: type[BaseModel] | None
+    wants_msg: bool
+
+
+def _inspect(func: Handler) -> _Entry:
+    if not inspect.iscoroutinefunction(func):
+        raise TypeError(f"handler {func!r} must be an async function")
+    params = list(inspect.signature(func).parameters.values())
+    if not 1 <= len(params) <= 2:
+        raise TypeError(f"handler {func.__name__} must take (payload) or (payload, msg)")
+    try:
+        hints = typing.get_type_hints(func)
+    except Exception:  # unresolvable forward references: treat the payload as plain JSON
+        hints = {}
+    ann = hints.get(params[0].name)
+    model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    return _Entry(func, model, len(params) == 2)
+
+
+class HandlerRegistry:
+    """Handlers by message type."""
+
+    def __init__(self) -> None:
+        self._handlers: dict[str, _Entry] = {}
+
+    def on(self, type: str) -> Callable[[Handler], Handler]:
+        """Decorator: register an async handler for messages of ``type``."""
+        if not type or len(type) > 128:
+            raise ValueError(f"message type must be 1-128 characters, got {type!r}")
+
+        def register(func: Handler) -> Handler:
+            self._handlers[type] = _inspect(func)
+            return func
+
+        return register
+
+    def add(self, type: str, func: Handler) -> None:
+        self.on(type)(func)
+
+    def __contains__(self, type: object) -> bool:
+        return type in self._handlers
+
+    @property
+    def types(self) -> tuple[str, ...]:
+        return tuple(self._handlers)
+
+    async def handle(self, msg: Message) -> Outcome:
+        """Run the handler for ``msg``; every failure becomes an ``Outcome`` with an error."""
+        entry = self._handlers.get(msg.type)
+        if entry is None:
+            return Outcome(
+                error=ErrorInfo(
+                    code=ErrorCode.UNKNOWN_TYPE,
+                    description=f"no handler for message type {msg.type!r}",
+                    details={"type": msg.type, "known": sorted(self._handlers)},
+                )
+            )
+        payload = msg.payload
+        if entry.model is not None:
+            try:
+                payload = entry.model.model_validate(payload)
+            except ValidationError as e:
+                return Outcome(
+                    error=ErrorInfo(
+                        code=ErrorCode.BAD_REQUEST,
+                        description=f"invalid {msg.type!r} payload: {e.error_count()} problem(s)",
+                        details={
+                            "errors": e.errors(
+                                include_url=False, include_context=False, include_input=False
+                            )
+                        },
+                    )
+                )
+        try:
+            if entry.wants_msg:
+                result = await entry.func(payload, msg)
+            else:
+                result = await entry.func(payload)
+        except AgentbusError as e:
+            return Outcome(error=e.info, final=False)
+        except Exception as e:
+            log.exception(
+                "handler for %r failed on message %s from %s", msg.type, msg.id, msg.sender
+            )
+            return Outcome(
+                error=ErrorInfo(
+                    code=ErrorCode.HANDLER_ERROR,
+                    description=f"{type(e).__name__}: {e}",
+                    details={"exception": type(e).__name__},
+                ),
+                final=False,
+            )
+        return Outcome(result=to_jsonable(result))

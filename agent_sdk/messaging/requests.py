@@ -1,0 +1,208 @@
+"""Request-reply and scatter-gather, on top of the ``Sender`` and the ``ReplyRouter``.
+
+``request``: a fresh correlation id (the request's message id), the reply future registered with
+the router *before* the request leaves, a deadline in the envelope (default
+``settings.request_timeout``), ``AgentNotFound``/``NoResponders`` at once when nobody alive can
+answer, ``RemoteError`` when the handler failed, ``RequestTimeout`` otherwise; the future is
+discarded in ``finally``. While waiting, the target's liveness is re-checked every heartbeat
+interval, so a request to an agent that dies fails as soon as the registry drops it rather than
+at the timeout.
+
+``request_many``: one request per live member of a role, straight into each member's inbox (one
+pipeline); replies are collected until all answered, ``max_replies`` arrived, or the timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from agent_sdk.connection import redis_errors
+from agent_sdk.messaging.codec import Outgoing
+from agent_sdk.messaging.sender import Sender, Target
+from schemas.envelope import Envelope, Kind
+from schemas.errors import (
+    AgentNotFound,
+    NoResponders,
+    RemoteError,
+    RequestTimeout,
+    error_from_info,
+)
+
+__all__ = ["GatherResult", "ReplyPort", "Requester"]
+
+
+class ReplyPort(Protocol):
+    """What requests need of a reply router (``agent_sdk.replies.ReplyRouter``)."""
+
+    key: str
+
+    def expect(self, correlation_id: str) -> asyncio.Future[Envelope]: ...
+
+    def discard(self, correlation_id: str) -> None: ...
+
+
+@dataclass(slots=True)
+class GatherResult:
+    """What ``request_many`` collected.
+
+    ``replies``: member name → reply payload (successful answers); ``errors``: member name →
+    ``RemoteError`` (the member's handler failed); ``missing``: members that did not answer in
+    time. Iterating yields ``(name, payload)`` pairs of the successful replies.
+    """
+
+    replies: dict[str, Any] = field(default_factory=dict)
+    errors: dict[str, RemoteError] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)
+
+    def __iter__(self) -> Iterator[tuple[str, Any]]:
+        return iter(self.replies.items())
+
+    def __len__(self) -> int:
+        return len(self.replies)
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing
+
+
+def _raise_if_error(env: Envelope) -> Any:
+    if env.error is not None:
+        raise error_from_info(env.error)
+    return env.payload
+
+
+class Requester:
+    def __init__(self, sender: Sender, replies: ReplyPort) -> None:
+        self.sender = sender
+        self.replies = replies
+        self.settings = sender.settings
+
+    async def request(
+        self,
+        to: str | None,
+        type: str,
+        payload: Any = None,
+        *,
+        role: str | None = None,
+        timeout: float | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Any:
+        """Send a request and return the reply's payload."""
+        target = Target(to, role)
+        timeout = self.settings.request_timeout if timeout is None else timeout
+        out = Outgoing.with_timeout(
+            timeout, type=type, sender=self.sender.sender, kind=Kind.REQUEST,
+            payload=self.sender.payload(payload), target=target.label,
+            reply_to=self.replies.key, headers=headers,
+        )  # fmt: skip
+        fut = self.replies.expect(out.id)
+        try:
+            await self.sender.deliver(target, out, queue_if_absent=False)
+            env = await self._wait(fut, target, timeout, out)
+            return _raise_if_error(env)
+        finally:
+            self.replies.discard(out.id)
+
+    async def _wait(
+        self, fut: asyncio.Future[Envelope], target: Target, timeout: float, out: Outgoing
+    ) -> Envelope:
+        give_up = time.monotonic() + timeout
+        check_every = self.settings.heartbeat_interval
+        while True:
+            left = give_up - time.monotonic()
+            if left <= 0:
+                raise RequestTimeout(
+                    f"no reply to {out.type!r} from {target.label} within {timeout}s",
+                    details={"target": target.label, "type": out.type, "timeout": timeout,
+                             "id": out.id},
+                )  # fmt: skip
+            done, _ = await asyncio.wait({fut}, timeout=min(left, check_every))
+            if done:
+                return fut.result()
+            await self._check_alive(target, out)
+
+    async def _check_alive(self, target: Target, out: Outgoing) -> None:
+        client, keys = self.sender.client, self.sender.keys
+        with redis_errors(self.settings, "checking the target of a request"):
+            if target.name is not None:
+                alive = bool(await client.exists(keys.record(target.name)))
+            else:
+                assert target.role is not None
+                alive = bool(await client.scard(keys.role_index(target.role)))
+        if alive:
+            return
+        if target.name is not None:
+            raise AgentNotFound(
+                f"agent {target.name!r} left or expired before answering {out.type!r}",
+                details={"agent": target.name, "id": out.id},
+            )
+        raise NoResponders(
+            f"every member of role {target.role!r} left before answering {out.type!r}",
+            details={"role": target.role, "id": out.id},
+        )
+
+    async def request_many(
+        self,
+        role: str,
+        type: str,
+        payload: Any = None,
+        *,
+        timeout: float | None = None,
+        max_replies: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> GatherResult:
+        """Ask every live member of ``role``; collect until all, ``max_replies`` or timeout."""
+        Target(None, role)  # validates the role name
+        timeout = self.settings.request_timeout if timeout is None else timeout
+        members = await self.sender.members(role)
+        if not members:
+            raise NoResponders(
+                f"no live member of role {role!r} in namespace {self.settings.namespace!r}",
+                details={"role": role},
+            )
+        body = self.sender.payload(payload)
+        keys, maxlen = self.sender.keys, self.settings.inbox_maxlen
+        pending: dict[asyncio.Future[Envelope], str] = {}
+        ids: list[str] = []
+        result = GatherResult()
+        try:
+            async with self.sender.client.pipeline(transaction=False) as pipe:
+                for name in members:
+                    out = Outgoing.with_timeout(
+                        timeout, type=type, sender=self.sender.sender, kind=Kind.REQUEST,
+                        payload=body, target=name, reply_to=self.replies.key, headers=headers,
+                    )  # fmt: skip
+                    ids.append(out.id)
+                    pending[self.replies.expect(out.id)] = name
+                    pipe.xadd(keys.inbox(name), out.stream_fields(), maxlen=maxlen,
+                              approximate=True)  # fmt: skip
+                with redis_errors(self.settings, f"sending {type!r} to role {role!r}"):
+                    await pipe.execute()
+            give_up = time.monotonic() + timeout
+            wanted = len(members) if max_replies is None else min(max_replies, len(members))
+            while pending and len(result.replies) + len(result.errors) < wanted:
+                left = give_up - time.monotonic()
+                if left <= 0:
+                    break
+                done, _ = await asyncio.wait(
+                    set(pending), timeout=left, return_when=asyncio.FIRST_COMPLETED
+                )
+                for fut in done:
+                    name = pending.pop(fut)
+                    env = fut.result()
+                    if env.error is not None:
+                        result.errors[name] = RemoteError(
+                            env.error.description, code=env.error.code,
+                            details=dict(env.error.details),
+                        )  # fmt: skip
+                    else:
+                        result.replies[name] = env.payload
+            result.missing = sorted(pending.values())
+            return result
+        finally:
+            for cid in ids:
+                self.replies.discard(cid)

@@ -1,0 +1,188 @@
+"""Sending: to an agent's inbox, to a role queue, broadcast, and topics.
+
+* ``send(to, type, payload)``: one ``EVALSHA`` checks the agent's registry record exists and
+  ``XADD``s to its inbox (``AgentNotFound`` at once when it does not; ``queue_if_absent=True``
+  skips the check and leaves the message in the bounded inbox).
+* ``send(role=..., type=..., payload=...)``: the same script checks ``SCARD`` of the role index
+  and appends to the role queue (``NoResponders`` when the role is empty).
+* ``broadcast``: ``PUBLISH`` (at-most-once, live subscribers only) or, with ``durable=True``, one
+  ``XADD`` per live member's inbox in one pipeline.
+* ``publish``: ``PUBLISH`` on the topic's channel.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from agent_sdk.connection import redis_errors
+from agent_sdk.messaging.codec import Outgoing, encode_payload
+from agent_sdk.messaging.scripts import Scripts
+from agent_sdk.settings import Settings
+from schemas.envelope import Kind
+from schemas.errors import AgentNotFound, InvalidInput, NoResponders
+from schemas.names import check_identifier, check_topic
+
+__all__ = ["Sender", "Target"]
+
+
+def _text(v: bytes | str) -> str:
+    return v.decode() if isinstance(v, bytes) else v
+
+
+class Target:
+    """Where a message goes: one agent (``to``) or one member of a role (``role``)."""
+
+    __slots__ = ("name", "role")
+
+    def __init__(self, to: str | None, role: str | None) -> None:
+        if (to is None) == (role is None):
+            raise InvalidInput("give exactly one of an agent name (to=...) or role=...")
+        try:
+            if to is not None:
+                check_identifier(to, "agent name")
+            if role is not None:
+                check_identifier(role, "role")
+        except ValueError as e:
+            raise InvalidInput(str(e)) from e
+        self.name = to
+        self.role = role
+
+    @property
+    def label(self) -> str:
+        """The envelope's ``target`` field: the agent name, or ``role:<role>``."""
+        return self.name if self.name is not None else f"role:{self.role}"
+
+
+class Sender:
+    """Everything that puts a message on the bus for one sender identity."""
+
+    def __init__(
+        self, client: aioredis.Redis, settings: Settings, scripts: Scripts, sender: str
+    ) -> None:
+        self.client = client
+        self.settings = settings
+        self.scripts = scripts
+        self.sender = sender
+        self.keys = settings.keys
+
+    def payload(self, payload: Any) -> bytes:
+        return encode_payload(payload, self.settings.max_payload_bytes)
+
+    async def deliver(self, target: Target, out: Outgoing, *, queue_if_absent: bool) -> str:
+        """Append ``out`` to the target's stream after the liveness check; returns the entry id."""
+        keys = self.keys
+        if target.name is not None:
+            check_key, stream, mode = keys.record(target.name), keys.inbox(target.name), "record"
+            maxlen = self.settings.inbox_maxlen
+        else:
+            assert target.role is not None
+            check_key, stream, mode = (
+                keys.role_index(target.role),
+                keys.role_queue(target.role),
+                "role",
+            )
+            maxlen = self.settings.queue_maxlen
+        if queue_if_absent:
+            mode = "none"
+        with redis_errors(self.settings, f"sending {out.type!r} to {target.label}"):
+            entry_id = await self.scripts.send(
+                keys=[check_key, stream], args=[mode, maxlen, *out.stream_args()]
+            )
+        if entry_id is None:
+            if target.name is not None:
+                raise AgentNotFound(
+                    f"agent {target.name!r} is not registered (not alive) in namespace "
+                    f"{self.settings.namespace!r}; pass queue_if_absent=True to queue anyway",
+                    details={"agent": target.name},
+                )
+            raise NoResponders(
+                f"no live member of role {target.role!r} in namespace {self.settings.namespace!r}",
+                details={"role": target.role},
+            )
+        return _text(entry_id)
+
+    async def send(
+        self,
+        to: str | None,
+        type: str,
+        payload: Any = None,
+        *,
+        role: str | None = None,
+        headers: dict[str, str] | None = None,
+        queue_if_absent: bool = False,
+        ttl: float | None = None,
+    ) -> str:
+        """Fire-and-forget to an agent or a role member; returns the message id."""
+        target = Target(to, role)
+        body = self.payload(payload)
+        fields: dict[str, Any] = {
+            "type": type, "sender": self.sender, "payload": body, "target": target.label,
+            "headers": headers,
+        }  # fmt: skip
+        out = Outgoing.with_timeout(ttl, **fields) if ttl is not None else Outgoing(**fields)
+        await self.deliver(target, out, queue_if_absent=queue_if_absent)
+        return out.id
+
+    async def members(self, role: str | None) -> list[str]:
+        """Live agents of a role (every live agent when ``role`` is None), from the registry."""
+        key = self.keys.agents() if role is None else self.keys.role_index(role)
+        with redis_errors(self.settings, "reading the registry"):
+            names = await self.client.smembers(key)
+        return sorted(_text(n) for n in names)
+
+    async def broadcast(
+        self,
+        type: str,
+        payload: Any = None,
+        *,
+        role: str | None = None,
+        durable: bool = False,
+        headers: dict[str, str] | None = None,
+    ) -> int:
+        """Send to every live agent (or every member of ``role``).
+
+        Without ``durable``: one ``PUBLISH``, at-most-once, to whoever is subscribed right now;
+        returns how many received it. With ``durable=True``: one copy in each live member's inbox
+        (at-least-once, handled like ``send``); returns how many copies were queued.
+        """
+        if role is not None:
+            try:
+                check_identifier(role, "role")
+            except ValueError as e:
+                raise InvalidInput(str(e)) from e
+        body = self.payload(payload)
+        label = f"role:{role}" if role is not None else "*"
+        if not durable:
+            out = Outgoing(type=type, sender=self.sender, payload=body, kind=Kind.BROADCAST,
+                           target=label, headers=headers)  # fmt: skip
+            with redis_errors(self.settings, f"broadcasting {type!r}"):
+                return int(await self.client.publish(self.keys.broadcast_channel(role), out.json()))
+        names = await self.members(role)
+        if not names:
+            return 0
+        maxlen = self.settings.inbox_maxlen
+        with redis_errors(self.settings, f"broadcasting {type!r} durably"):
+            async with self.client.pipeline(transaction=False) as pipe:
+                for name in names:
+                    out = Outgoing(type=type, sender=self.sender, payload=body,
+                                   kind=Kind.BROADCAST, target=name, headers=headers)  # fmt: skip
+                    pipe.xadd(self.keys.inbox(name), out.stream_fields(), maxlen=maxlen,
+                              approximate=True)  # fmt: skip
+                await pipe.execute()
+        return len(names)
+
+    async def publish(
+        self, topic: str, payload: Any = None, *, headers: dict[str, str] | None = None,
+        type: str | None = None,
+    ) -> int:  # fmt: skip
+        """``PUBLISH`` on a topic (at-most-once); returns how many subscribers received it."""
+        try:
+            check_topic(topic)
+        except ValueError as e:
+            raise InvalidInput(str(e)) from e
+        out = Outgoing(type=type or topic, sender=self.sender, payload=self.payload(payload),
+                       kind=Kind.PUBLISH, target=topic, headers=headers)  # fmt: skip
+        with redis_errors(self.settings, f"publishing on {topic!r}"):
+            return int(await self.client.publish(self.keys.topic_channel(topic), out.json()))

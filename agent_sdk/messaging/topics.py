@@ -1,0 +1,238 @@
+"""Pub/sub: one connection per agent (or client) shared by broadcasts and topic subscriptions.
+
+``subscribe("news.*")`` returns a ``Subscription``: an async context manager and an async iterator
+of ``Message``. It is active when the ``async with`` body starts (the ``PSUBSCRIBE`` is
+confirmed). Broadcast channels (``<ns>:broadcast``, ``<ns>:broadcast:role:<role>``) are
+``SUBSCRIBE``d for the agent and routed to its handlers.
+
+Delivery is at-most-once: messages published while the connection is down are lost. When the
+connection breaks, the loop logs, backs off, opens a new connection and subscribes again to every
+channel and pattern, so messages flow again after a reconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.client import PubSub
+
+from agent_sdk.messaging.handlers import Message
+from agent_sdk.settings import Settings
+from schemas.envelope import Envelope, decode_json
+from schemas.errors import InvalidInput, ProtocolError
+from schemas.names import check_topic_pattern
+
+__all__ = ["PubSubHub", "Subscription"]
+
+log = logging.getLogger("agentbus.messaging")
+
+BroadcastCallback = Callable[[Envelope, str], None]
+_QUEUE_MAX = 10_000
+_CONFIRM_TIMEOUT = 10.0
+
+
+def _text(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+class Subscription:
+    """Messages of one topic pattern; ``async with`` it, then ``async for msg in sub``."""
+
+    def __init__(self, hub: PubSubHub, pattern: str) -> None:
+        self.hub = hub
+        self.pattern = pattern
+        self.channel_pattern = hub.keys.topic_channel(pattern)
+        self.queue: asyncio.Queue[Message | None] = asyncio.Queue(_QUEUE_MAX)
+        #: Messages dropped because the consumer did not keep up (the queue was full).
+        self.dropped = 0
+        self._closed = False
+
+    async def __aenter__(self) -> Subscription:
+        await self.hub._add(self)
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self.hub._remove(self)
+        with contextlib.suppress(asyncio.QueueFull):
+            self.queue.put_nowait(None)
+
+    def _put(self, msg: Message) -> None:
+        try:
+            self.queue.put_nowait(msg)
+        except asyncio.QueueFull:
+            self.dropped += 1
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> Message:
+        if self._closed and self.queue.empty():
+            raise StopAsyncIteration
+        msg = await self.queue.get()
+        if msg is None:
+            raise StopAsyncIteration
+        return msg
+
+    async def get(self, timeout: float | None = None) -> Message:
+        """The next message; ``TimeoutError`` after ``timeout`` seconds."""
+        async with asyncio.timeout(timeout):
+            return await self.__anext__()
+
+
+class PubSubHub:
+    """Owns the pub/sub connection; ``start``/``stop`` are idempotent."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        settings: Settings,
+        *,
+        channels: tuple[str, ...] = (),
+        on_broadcast: BroadcastCallback | None = None,
+    ) -> None:
+        self.client = client
+        self.settings = settings
+        self.keys = settings.keys
+        self.channels = channels
+        self.on_broadcast = on_broadcast
+        self._subs: dict[str, list[Subscription]] = {}
+        self._confirmed: dict[str, asyncio.Event] = {}
+        self._pubsub: PubSub | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._ready: asyncio.Event | None = None
+        #: Times the connection was re-established after a failure.
+        self.reconnects = 0
+
+    async def start(self) -> None:
+        if self._task is not None:
+            return
+        self._ready = asyncio.Event()
+        self._task = asyncio.create_task(self._run(), name="agentbus-pubsub")
+        ready = asyncio.ensure_future(self._ready.wait())
+        await asyncio.wait({ready, self._task}, return_when=asyncio.FIRST_COMPLETED)
+        ready.cancel()
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is None:
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await self._close_pubsub()
+        for subs in list(self._subs.values()):
+            for sub in subs:
+                with contextlib.suppress(asyncio.QueueFull):
+                    sub.queue.put_nowait(None)
+
+    def subscribe(self, pattern: str) -> Subscription:
+        try:
+            check_topic_pattern(pattern)
+        except ValueError as e:
+            raise InvalidInput(str(e)) from e
+        return Subscription(self, pattern)
+
+    async def _add(self, sub: Subscription) -> None:
+        await self.start()
+        chan = sub.channel_pattern
+        first = chan not in self._subs
+        self._subs.setdefault(chan, []).append(sub)
+        if first:
+            event = self._confirmed.setdefault(chan, asyncio.Event())
+            if self._pubsub is not None:
+                with contextlib.suppress(Exception):  # a broken connection resubscribes all
+                    await self._pubsub.psubscribe(chan)
+            async with asyncio.timeout(_CONFIRM_TIMEOUT):
+                await event.wait()
+
+    async def _remove(self, sub: Subscription) -> None:
+        chan = sub.channel_pattern
+        subs = self._subs.get(chan, [])
+        if sub in subs:
+            subs.remove(sub)
+        if not subs and chan in self._subs:
+            del self._subs[chan]
+            self._confirmed.pop(chan, None)
+            if self._pubsub is not None:
+                with contextlib.suppress(Exception):
+                    await self._pubsub.punsubscribe(chan)
+
+    async def _close_pubsub(self) -> None:
+        pubsub, self._pubsub = self._pubsub, None
+        if pubsub is not None:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _connect(self) -> PubSub:
+        for event in self._confirmed.values():
+            event.clear()
+        pubsub = self.client.pubsub()
+        if self.channels:
+            await pubsub.subscribe(*self.channels)
+        if self._subs:
+            await pubsub.psubscribe(*self._subs)
+        if not self.channels and not self._subs:
+            await pubsub.connect()  # type: ignore[no-untyped-call]
+        return pubsub
+
+    async def _run(self) -> None:
+        assert self._ready is not None
+        backoff = 0.05
+        while True:
+            try:
+                if self._pubsub is None:
+                    self._pubsub = await self._connect()
+                    self._ready.set()
+                msg = await self._pubsub.get_message(timeout=None)
+                backoff = 0.05
+                if msg is not None:
+                    self._route(msg)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.warning("pub/sub connection to %s failed (%s); reconnecting in %.2fs",
+                            self.settings.display_url, e, backoff)  # fmt: skip
+                await self._close_pubsub()
+                self.reconnects += 1
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.settings.retry_max_backoff)
+
+    def _route(self, raw: dict[str, Any]) -> None:
+        kind = _text(raw.get("type"))
+        if kind in ("psubscribe", "subscribe"):
+            event = self._confirmed.get(_text(raw.get("channel")))
+            if event is not None:
+                event.set()
+            return
+        if kind not in ("pmessage", "message"):
+            return
+        channel = _text(raw.get("channel"))
+        try:
+            env = decode_json(raw["data"])
+        except ProtocolError as e:
+            log.warning("dropping an undecodable message on %s: %s", channel, e.description)
+            return
+        if kind == "message":
+            if self.on_broadcast is not None:
+                try:
+                    self.on_broadcast(env, channel)
+                except Exception:
+                    log.exception("broadcast callback failed on %s", channel)
+            return
+        msg = Message(env, source=channel)
+        for sub in self._subs.get(_text(raw.get("pattern")), ()):
+            sub._put(msg)
