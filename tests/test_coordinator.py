@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
 
-from coordinator import Coordinator
+from agent_sdk.connection import make_client
+from coordinator import Coordinator, CoordinatorSettings
+from coordinator.registry import Registry
+from coordinator.validation import PreparedAnnounce, prepare_announce
 from schemas.agent import AgentRecord
 from schemas.events import RegistryEvent
 from schemas.keys import KeySpace
@@ -53,3 +57,124 @@ async def test_announce_stores_readable_record_and_indexes(
     assert evs[0].record is not None
     assert evs[0].record["name"] == "summarizer-1"
     assert coordinator.stats.announces == 1
+
+
+async def test_heartbeat_extends_deadline_and_updates_load(
+    coordinator: Coordinator, r: aioredis.Redis, keys: KeySpace
+) -> None:
+    agent = FakeAgent(r, keys, "a1")
+    await agent.register()
+    first = await r.zscore(keys.deadlines(), "a1")
+    assert first is not None
+    entry_id = await agent.heartbeat(load=3)
+    expected = int(entry_id.split("-")[0]) + agent.ttl_ms
+
+    async def extended() -> bool:
+        return await r.zscore(keys.deadlines(), "a1") == expected
+
+    await wait_for(extended, message="deadline = heartbeat entry time + ttl")
+    assert expected > first
+    assert await r.hget(keys.record("a1"), "load") == "3"
+    assert coordinator.stats.heartbeats >= 1
+    # load alone is no registry change: only the registration event
+    assert [e.type for e in await events(r, keys)] == ["agent_registered"]
+
+
+async def test_heartbeat_status_change_is_an_update_event(
+    coordinator: Coordinator, r: aioredis.Redis, keys: KeySpace
+) -> None:
+    agent = FakeAgent(r, keys, "a1")
+    await agent.register()
+    await agent.heartbeat(status="draining")
+
+    async def updated() -> list[RegistryEvent]:
+        return [e for e in await events(r, keys) if e.type == "agent_updated"]
+
+    (ev,) = await wait_for(updated)
+    assert ev.changes == {"status": ["ready", "draining"]}
+    assert await r.hget(keys.record("a1"), "status") == "draining"
+
+
+async def test_leave_removes_at_once_with_event(
+    coordinator: Coordinator, r: aioredis.Redis, keys: KeySpace
+) -> None:
+    agent = FakeAgent(r, keys, "a1", capabilities=["c1"], tags=["t1"])
+    await agent.register()
+    await agent.leave(reply=True)
+    reply = await agent.next_reply()
+    assert reply["type"] == "leave_result"
+    assert reply["payload"] == {"removed": True}
+    assert not await r.exists(keys.record("a1"))
+    assert not await r.sismember(keys.agents(), "a1")
+    assert not await r.sismember(keys.role_index("worker"), "a1")
+    assert not await r.sismember(keys.capability_index("c1"), "a1")
+    assert not await r.sismember(keys.tag_index("t1"), "a1")
+    assert await r.zscore(keys.deadlines(), "a1") is None
+    evs = await events(r, keys)
+    assert [e.type for e in evs] == ["agent_registered", "agent_deregistered"]
+    assert evs[1].reason == "left"
+    assert coordinator.stats.leaves == 1
+
+
+async def test_reannounce_same_instance_updates_with_changes(
+    coordinator: Coordinator, r: aioredis.Redis, keys: KeySpace
+) -> None:
+    agent = FakeAgent(r, keys, "a1", capabilities=["old"], version="1.0.0")
+    first = await agent.register()
+    second = await agent.register(capabilities=["new"], version="1.1.0")
+    assert second["payload"]["registered_at"] == first["payload"]["registered_at"]
+    assert not await r.sismember(keys.capability_index("old"), "a1")
+    assert await r.sismember(keys.capability_index("new"), "a1")
+    evs = await events(r, keys)
+    assert [e.type for e in evs] == ["agent_registered", "agent_updated"]
+    assert evs[1].changes == {"capabilities": [["old"], ["new"]], "version": ["1.0.0", "1.1.0"]}
+    # the same announcement again changes nothing: no event
+    await agent.register(capabilities=["new"], version="1.1.0")
+    assert len(await events(r, keys)) == 2
+
+
+async def test_live_name_is_refused_with_holder_details(
+    coordinator: Coordinator, r: aioredis.Redis, keys: KeySpace
+) -> None:
+    holder = FakeAgent(r, keys, "a1", host="box-1", pid=1234, ttl_ms=60_000)
+    await holder.register()
+    rival = FakeAgent(r, keys, "a1", host="box-2", pid=99)
+    reply = await rival.register()
+    assert reply.get("payload") is None
+    error = reply["error"]
+    assert error["code"] == "name_taken"
+    details = error["details"]
+    assert details["instance_id"] == holder.instance_id
+    assert details["host"] == "box-1"
+    assert details["pid"] == 1234
+    assert details["last_seen"].endswith("Z")
+    assert 0 < details["expires_in_ms"] <= 60_000
+    assert await r.hget(keys.record("a1"), "instance_id") == holder.instance_id
+
+
+async def test_name_of_expired_unswept_holder_is_taken_over(
+    coordinator_settings: CoordinatorSettings, r: aioredis.Redis, keys: KeySpace
+) -> None:
+    """Straight through the registry scripts, so no sweeper can remove the holder first."""
+    client = make_client(coordinator_settings)
+    registry = Registry(client, coordinator_settings)
+    holder = FakeAgent(r, keys, "a1")
+    newcomer = FakeAgent(r, keys, "a1")
+    try:
+        for agent in (holder, newcomer):
+            now_ms = int(time.time() * 1000)
+            prepared = prepare_announce(agent.announce_payload(), now_ms)
+            assert isinstance(prepared, PreparedAnnounce)
+            outcome = await registry.announce(f"{now_ms}-0", prepared)
+            assert outcome.error is None
+            # the holder's deadline has passed, but no sweep has removed it yet
+            await r.zadd(keys.deadlines(), {"a1": 1})
+    finally:
+        await client.aclose()
+    assert await r.hget(keys.record("a1"), "instance_id") == newcomer.instance_id
+    types = [(e.type, e.reason, e.instance_id) for e in await events(r, keys)]
+    assert types == [
+        ("agent_registered", None, holder.instance_id),
+        ("agent_expired", "replaced", holder.instance_id),
+        ("agent_registered", None, newcomer.instance_id),
+    ]
