@@ -15,19 +15,22 @@ reply list ``reply_key`` for request replies.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Collection, Iterable
 from types import TracebackType
 from typing import Any
 
 import redis.asyncio as aioredis
 
+from agent_sdk.activity import ActivityLog
 from agent_sdk.connection import make_client, redis_errors
 from agent_sdk.discovery import Discovery, StatusFilter
 from agent_sdk.selection import STRATEGIES, Selector, Strategy, no_responders
 from agent_sdk.settings import Settings
+from agent_sdk.watch import watch_registry
 from schemas.agent import AgentRecord, AgentStatus
 from schemas.envelope import new_id
 from schemas.errors import InvalidInput
+from schemas.events import ActivityEvent, RegistryEvent, RegistryEventType
 from schemas.keys import KeySpace
 
 __all__ = ["SELECTABLE", "Bus", "resolve_settings"]
@@ -62,6 +65,7 @@ class Bus:
         self._client: aioredis.Redis | None = None
         self._discovery: Discovery | None = None
         self._selector = Selector()
+        self._activity: ActivityLog | None = None
 
     # -- identity ----------------------------------------------------------------------------
     @property
@@ -189,6 +193,34 @@ class Bus:
     async def get(self, name: str) -> AgentRecord | None:
         """The live agent called ``name``, or ``None``."""
         return await self.discovery.get(name)
+
+    # -- observability (agent_sdk.watch, agent_sdk.activity) ---------------------------------
+    def watch(
+        self,
+        since: str | None = None,
+        *,
+        roles: Collection[str] | None = None,
+        types: Collection[RegistryEventType | str] | None = None,
+        names: Collection[str] | None = None,
+    ) -> AsyncIterator[RegistryEvent]:
+        """Registry changes after ``since`` (``None``: all held, ``"now"``, or a revision):
+        ``async for event in bus.watch(since=last.revision, roles=["search"])``."""
+        return watch_registry(self.client, self.keys, since, roles=roles, types=types, names=names)
+
+    @property
+    def activity_log(self) -> ActivityLog:
+        """Writes and reads session activity (``agent.activity(session)`` uses it)."""
+        client = self.client
+        if self._activity is None or self._activity.client is not client:
+            self._activity = ActivityLog(client, self.settings)
+        return self._activity
+
+    def watch_session(
+        self, session_id: str, since: str | None = None
+    ) -> AsyncIterator[ActivityEvent]:
+        """A session's activity events in order, from ``since`` (``None``: all held, ``"now"``,
+        or the ``id`` of the last event handled)."""
+        return self.activity_log.watch(session_id, since)
 
 
 def _key_part(value: object) -> object:
