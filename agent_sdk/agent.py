@@ -23,15 +23,18 @@ import asyncio
 import logging
 import os
 import socket
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Protocol, runtime_checkable
 
 from pydantic import ValidationError
 
+from agent_sdk.activity import Activity
 from agent_sdk.bus import Bus, resolve_settings
 from agent_sdk.discovery import StatusFilter
 from agent_sdk.membership import Membership
+from agent_sdk.messaging import GatherResult, HandlerRegistry, Messaging, Subscription
+from agent_sdk.messaging.handlers import Handler
 from agent_sdk.replies import ReplyRouter
 from agent_sdk.selection import Strategy
 from agent_sdk.settings import Settings
@@ -111,6 +114,9 @@ class Agent:
         self._components: list[Component] = []
         self._started: list[Component] = []
         self._membership: Membership | None = None
+        #: Message handlers (``@agent.on``); the data plane (``Messaging``) exists once started.
+        self.handlers = HandlerRegistry()
+        self._messaging: Messaging | None = None
         self._state = "new"  # new -> starting -> running -> stopping -> stopped
 
     # -- identity ----------------------------------------------------------------------------
@@ -213,6 +219,14 @@ class Agent:
             self._membership = membership
             await membership.announce()
             await membership.start()
+            if self._messaging is None:  # the data plane: first started, last stopped
+                self._messaging = Messaging(
+                    self.bus.client, self.settings, name=self.name,
+                    instance_id=self.instance_id, role=self.role, replies=self.router,
+                    max_concurrency=self.card.max_concurrency, on_load=self.set_load,
+                    handlers=self.handlers,
+                )  # fmt: skip
+                self._components.insert(0, self._messaging)
             for component in list(self._components):
                 await component.start()
                 self._started.append(component)
@@ -271,6 +285,47 @@ class Agent:
         if self._membership is not None:
             await self._membership.on_control(env)
 
+    # -- messaging (delegated to agent_sdk.messaging.Messaging) ---------------------------------
+    @property
+    def messaging(self) -> Messaging:
+        if self._messaging is None:
+            raise InvalidInput(f"{self!r} is not started: use `async with agent:` first")
+        return self._messaging
+
+    def on(self, type: str) -> Callable[[Handler], Handler]:
+        """Decorator: ``@agent.on("summarize")`` registers an async handler for a type."""
+        return self.handlers.on(type)
+
+    async def send(
+        self, to: str | None = None, type: str | None = None, payload: Any = None, **kw: Any
+    ) -> str:
+        """Fire-and-forget to agent ``to`` or ``role=...``; see ``Messaging.send``."""
+        return await self.messaging.send(to, type, payload, **kw)
+
+    async def request(
+        self, to: str | None = None, type: str | None = None, payload: Any = None, **kw: Any
+    ) -> Any:
+        """Request-reply to ``to`` or ``role=...``; see ``Messaging.request``."""
+        return await self.messaging.request(to, type, payload, **kw)
+
+    async def request_many(
+        self, role: str | None = None, type: str | None = None, payload: Any = None, **kw: Any
+    ) -> GatherResult:
+        """Scatter-gather over a role; see ``Messaging.request_many``."""
+        return await self.messaging.request_many(role, type, payload, **kw)
+
+    async def broadcast(self, type: str, payload: Any = None, **kw: Any) -> int:
+        """See ``Messaging.broadcast``."""
+        return await self.messaging.broadcast(type, payload, **kw)
+
+    async def publish(self, topic: str, payload: Any = None, **kw: Any) -> int:
+        """See ``Messaging.publish``."""
+        return await self.messaging.publish(topic, payload, **kw)
+
+    def subscribe(self, pattern: str) -> Subscription:
+        """``async with agent.subscribe("news.*") as sub: async for msg in sub: ...``"""
+        return self.messaging.subscribe(pattern)
+
     # -- discovery (delegated to the bus) ----------------------------------------------------
     async def discover(
         self,
@@ -304,3 +359,10 @@ class Agent:
     async def get(self, name: str) -> AgentRecord | None:
         """See ``Bus.get``."""
         return await self.bus.get(name)
+
+    # -- activity (agent_sdk.activity) -------------------------------------------------------
+    def activity(self, session_id: str) -> Activity:
+        """Report this agent's work for a session: ``async with agent.activity(sid) as act:``
+        emits ``agent_started``, then ``agent_completed`` or ``agent_failed``; inside it
+        ``act.thinking(...)``, ``act.tool_executing(tool, args)``, ``act.tool_completed(...)``."""
+        return self.bus.activity_log.session(session_id, self.name)
