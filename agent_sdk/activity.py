@@ -84,7 +84,7 @@ class ActivityLog:
         maxlen: int = DEFAULT_MAXLEN,
         retention: float = DEFAULT_RETENTION,
     ) -> None:
-        self._client = client
+        self.client = client
         self._settings = settings
         self._keys = settings.keys
         self._maxlen = str(maxlen)
@@ -151,7 +151,7 @@ class ActivityLog:
         except ValueError as e:
             raise InvalidInput(str(e)) from e
         key = self._keys.session_activity(session)
-        async for entry_id, fields in tail_stream(self._client, key, since, block_ms=block_ms):
+        async for entry_id, fields in tail_stream(self.client, key, since, block_ms=block_ms):
             try:
                 yield ActivityEvent.from_fields(entry_id, fields)
             except ValueError as e:
