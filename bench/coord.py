@@ -1,0 +1,101 @@
+"""The real coordinator as a child process (``python -m coordinator``), watched with psutil."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+
+import psutil
+import redis
+
+from schemas.keys import KeySpace
+
+__all__ = ["CoordinatorProcess"]
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class CoordinatorProcess:
+    """One coordinator daemon for namespace ``ns``; ready when its health key exists."""
+
+    def __init__(self, url: str, ns: str, **settings: str) -> None:
+        self.url = url
+        self.ns = ns
+        self.coordinator_id = f"bench-{ns}"
+        self.settings = settings
+        self.process: subprocess.Popen[bytes] | None = None
+        self.ps: psutil.Process | None = None
+        self.log_path = Path(f"/tmp/agentbus-bench-coordinator-{ns}.log")
+
+    def start(self, timeout: float = 30.0) -> CoordinatorProcess:
+        env = dict(os.environ)
+        env.update(
+            AGENTBUS_REDIS_URL=self.url,
+            AGENTBUS_NAMESPACE=self.ns,
+            AGENTBUS_COORDINATOR_ID=self.coordinator_id,
+        )
+        env.update({f"AGENTBUS_{k.upper()}": v for k, v in self.settings.items()})
+        log = self.log_path.open("wb")
+        module = "coordinator" if (ROOT / "coordinator" / "__main__.py").exists() else None
+        self.module = module or "bench.run_coordinator"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", self.module],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        self.ps = psutil.Process(self.process.pid)
+        health = KeySpace(self.ns).coordinator_health(self.coordinator_id)
+        client = redis.Redis.from_url(self.url)
+        deadline = time.monotonic() + timeout
+        try:
+            while not client.exists(health):
+                if self.process.poll() is not None:
+                    raise RuntimeError(
+                        f"coordinator exited with {self.process.returncode}: "
+                        + self.log_path.read_text()[-2000:]
+                    )
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"coordinator not healthy after {timeout}s")
+                time.sleep(0.01)  # polling a child process we started: no event to wait on
+        finally:
+            client.close()
+        return self
+
+    def cpu_seconds(self) -> float:
+        assert self.ps is not None
+        t = self.ps.cpu_times()
+        return float(t.user + t.system)
+
+    def rss_mb(self) -> float:
+        assert self.ps is not None
+        return float(self.ps.memory_info().rss) / 1024 / 1024
+
+    def stop(self, timeout: float = 10.0) -> None:
+        proc, self.process = self.process, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def __enter__(self) -> CoordinatorProcess:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -1,0 +1,211 @@
+"""Simulated agents speaking the real control protocol (for fleets of thousands).
+
+One process can stand for thousands of agents: announces and heartbeats are real control
+envelopes (``schemas``) ``XADD``ed to the real control stream in pipelined batches, and the
+coordinator's ``announce_result`` replies are popped from each agent's real reply list.
+
+The fleet's cards make discovery selective: agent ``i`` has role ``role-<i % 10>`` and the
+capabilities ``skill-<(i // 10) % 5>`` and ``lang-<(i // 50) % 2>``, so every role + 2
+capabilities query matches exactly 1 % of the fleet (100 of 10,000).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+
+from schemas.agent import AgentCard, Announce, ControlType, Heartbeat
+from schemas.envelope import Envelope, Kind, encode_fields, new_id, utcnow
+from schemas.keys import KeySpace
+
+__all__ = [
+    "CONTROL_MAXLEN",
+    "SimAgent",
+    "announce_all",
+    "card_for",
+    "collect_results",
+    "heartbeat_fields",
+    "query_for",
+    "sim_agents",
+]
+
+CONTROL_MAXLEN = 100_000  # what the SDK applies to the control stream
+_PIPE = 500  # commands per pipeline round trip
+
+
+def card_for(i: int, prefix: str = "sim") -> AgentCard:
+    return AgentCard(
+        name=f"{prefix}-{i:05d}",
+        role=f"role-{i % 10}",
+        version="1.2.3",
+        description="simulated agent",
+        capabilities=(f"skill-{(i // 10) % 5}", f"lang-{(i // 50) % 2}"),
+        tags=("bench",),
+        host="bench",
+        pid=1,
+        max_concurrency=4,
+    )
+
+
+def query_for(j: int) -> tuple[str, tuple[str, str]]:
+    """The j-th discovery query: a role and two capabilities (1 % of the fleet matches)."""
+    return f"role-{j % 10}", (f"skill-{(j // 10) % 5}", f"lang-{(j // 50) % 2}")
+
+
+@dataclass(slots=True)
+class SimAgent:
+    card: AgentCard
+    instance_id: str
+    reply_to: str
+
+    @property
+    def name(self) -> str:
+        return self.card.name
+
+
+def sim_agents(keys: KeySpace, start: int, count: int, prefix: str = "sim") -> list[SimAgent]:
+    out = []
+    for i in range(start, start + count):
+        card = card_for(i, prefix)
+        instance = new_id()
+        out.append(SimAgent(card, instance, keys.replies(card.name, instance)))
+    return out
+
+
+def announce_fields(agent: SimAgent, heartbeat_ms: int, ttl_ms: int) -> dict[Any, Any]:
+    payload = Announce(
+        card=agent.card, instance_id=agent.instance_id, heartbeat_ms=heartbeat_ms, ttl_ms=ttl_ms
+    ).model_dump(mode="json", exclude_none=True)
+    env = Envelope(
+        kind=Kind.CONTROL,
+        type=ControlType.ANNOUNCE.value,
+        sender=agent.name,
+        reply_to=agent.reply_to,
+        deadline=utcnow() + timedelta(seconds=60),
+        payload=payload,
+    )
+    return dict(encode_fields(env))
+
+
+def heartbeat_fields(agent: SimAgent) -> dict[Any, Any]:
+    """A heartbeat envelope as the SDK writes it (fresh id and time each beat)."""
+    env = Envelope(
+        kind=Kind.CONTROL,
+        type=ControlType.HEARTBEAT.value,
+        sender=agent.name,
+        payload=Heartbeat(instance_id=agent.instance_id).model_dump(mode="json"),
+    )
+    return dict(encode_fields(env))
+
+
+class HeartbeatTemplate:
+    """Pre-encoded heartbeat fields; ``fields()`` refreshes only ``id`` and ``sent_at``."""
+
+    def __init__(self, agent: SimAgent) -> None:
+        self._base = heartbeat_fields(agent)
+
+    def fields(self, sent_at: str) -> dict[Any, Any]:
+        out = dict(self._base)
+        out["id"] = new_id()
+        out["sent_at"] = sent_at
+        return out
+
+
+async def announce_all(
+    r: aioredis.Redis,
+    keys: KeySpace,
+    agents: Sequence[SimAgent],
+    *,
+    heartbeat_ms: int = 1000,
+    ttl_ms: int = 3000,
+) -> None:
+    """XADD one announce per agent to the control stream, pipelined."""
+    control = keys.control()
+    encoded = [announce_fields(a, heartbeat_ms, ttl_ms) for a in agents]
+    for i in range(0, len(encoded), _PIPE):
+        pipe = r.pipeline(transaction=False)
+        for fields in encoded[i : i + _PIPE]:
+            pipe.xadd(control, fields, maxlen=CONTROL_MAXLEN, approximate=True)
+        await pipe.execute()
+
+
+async def collect_results(
+    r: aioredis.Redis, agents: Sequence[SimAgent], timeout: float = 60.0
+) -> tuple[int, list[str]]:
+    """Pop each agent's ``announce_result``; (accepted count, error codes of refusals)."""
+    waiting = list(agents)
+    accepted = 0
+    refused: list[str] = []
+    deadline = time.monotonic() + timeout
+    pause = 0.005
+    while waiting and time.monotonic() < deadline:
+        still = []
+        for i in range(0, len(waiting), _PIPE):
+            chunk = waiting[i : i + _PIPE]
+            pipe = r.pipeline(transaction=False)
+            for a in chunk:
+                pipe.rpop(a.reply_to)
+            for a, item in zip(chunk, await pipe.execute(), strict=True):
+                if item is None:
+                    still.append(a)
+                    continue
+                reply = orjson.loads(item)
+                if reply.get("error"):
+                    refused.append(str(reply["error"].get("code")))
+                else:
+                    accepted += 1
+        waiting = still
+        if waiting:
+            await asyncio.sleep(pause)  # polling reply lists of thousands of simulated agents
+            pause = min(pause * 2, 0.1)
+    return accepted, refused
+
+
+async def heartbeat_until(
+    r: aioredis.Redis,
+    keys: KeySpace,
+    agents: Sequence[SimAgent],
+    *,
+    interval: float,
+    stop: asyncio.Event,
+    ticks_per_interval: int = 10,
+) -> dict[str, Any]:
+    """Every agent heartbeats once per ``interval``, spread over ``ticks_per_interval`` slices.
+
+    Returns counts and how late the simulator ran (a late simulator would cause expiries that
+    are not the coordinator's fault).
+    """
+    control = keys.control()
+    templates = [HeartbeatTemplate(a) for a in agents]
+    slices = [templates[k::ticks_per_interval] for k in range(ticks_per_interval)]
+    tick = interval / ticks_per_interval
+    sent = 0
+    max_late = 0.0
+    next_at = time.monotonic()
+    k = 0
+    while not stop.is_set():
+        now = time.monotonic()
+        if now < next_at:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), next_at - now)
+            continue
+        max_late = max(max_late, now - next_at)
+        sent_at = utcnow().isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        batch = slices[k % ticks_per_interval]
+        for i in range(0, len(batch), _PIPE):
+            pipe = r.pipeline(transaction=False)
+            for t in batch[i : i + _PIPE]:
+                pipe.xadd(control, t.fields(sent_at), maxlen=CONTROL_MAXLEN, approximate=True)
+            await pipe.execute()
+        sent += len(batch)
+        k += 1
+        next_at += tick
+    return {"heartbeats": sent, "max_late_ms": round(max_late * 1000, 1)}
