@@ -3,7 +3,7 @@ topics and dead letters. ``Messaging`` bundles them; ``Agent`` and ``Bus`` deleg
 """
 
 from agent_sdk.messaging.deadletter import DeadLetter, list_dead_letters, replay
-from agent_sdk.messaging.handlers import Message
+from agent_sdk.messaging.handlers import HandlerRegistry, Message
 from agent_sdk.messaging.requests import GatherResult
 from agent_sdk.messaging.service import Messaging
 from agent_sdk.messaging.topics import Subscription
@@ -11,6 +11,7 @@ from agent_sdk.messaging.topics import Subscription
 __all__ = [
     "DeadLetter",
     "GatherResult",
+    "HandlerRegistry",
     "Message",
     "Messaging",
     "Subscription",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import time
 import typing
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -22,11 +23,13 @@ from agent_sdk.messaging.codec import to_jsonable
 from schemas.envelope import Envelope, Kind
 from schemas.errors import AgentbusError, ErrorCode, ErrorInfo
 
-__all__ = ["Handler", "HandlerRegistry", "Message", "Outcome"]
+__all__ = ["Handler", "HandlerRegistry", "Message", "Observer", "Outcome"]
 
 log = logging.getLogger("agentbus.messaging")
 
 Handler = Callable[..., Awaitable[Any]]
+#: Called after each handled message: (type, seconds, failed). E.g. ``UsageRecorder.record``.
+Observer = Callable[[str, float, bool], None]
 
 
 class Message:
@@ -148,8 +151,9 @@ def _inspect(func: Handler) -> _Entry:
 class HandlerRegistry:
     """Handlers by message type."""
 
-    def __init__(self) -> None:
+    def __init__(self, observer: Observer | None = None) -> None:
         self._handlers: dict[str, _Entry] = {}
+        self.observer = observer
 
     def on(self, type: str) -> Callable[[Handler], Handler]:
         """Decorator: register an async handler for messages of ``type``."""
@@ -174,6 +178,17 @@ class HandlerRegistry:
 
     async def handle(self, msg: Message) -> Outcome:
         """Run the handler for ``msg``; every failure becomes an ``Outcome`` with an error."""
+        if self.observer is None:
+            return await self._handle(msg)
+        t0 = time.perf_counter()
+        outcome = await self._handle(msg)
+        try:
+            self.observer(msg.type, time.perf_counter() - t0, not outcome.ok)
+        except Exception:
+            log.exception("handler observer failed")
+        return outcome
+
+    async def _handle(self, msg: Message) -> Outcome:
         entry = self._handlers.get(msg.type)
         if entry is None:
             return Outcome(

@@ -52,13 +52,14 @@ class Messaging:
         max_concurrency: int = 1,
         on_load: Callable[[int], None] | None = None,
         consume: bool = True,
+        handlers: HandlerRegistry | None = None,
     ) -> None:
         self.client = client
         self.settings = settings
         self.name = name
         self.instance_id = instance_id
         self.scripts = Scripts.register(client)
-        self.handlers = HandlerRegistry()
+        self.handlers = handlers if handlers is not None else HandlerRegistry()
         self.sender = Sender(client, settings, self.scripts, name)
         self._replies = replies
         self.consumer: Consumer | None = None
@@ -104,6 +105,14 @@ class Messaging:
         await self.stop()
 
     # -- handlers ---------------------------------------------------------------------------
+    @property
+    def replies(self) -> ReplyPort | None:
+        return self._replies
+
+    @replies.setter
+    def replies(self, port: ReplyPort | None) -> None:
+        self._replies = port
+
     def on(self, type: str) -> Callable[[Handler], Handler]:
         """Decorator: ``@messaging.on("summarize")`` registers an async handler."""
         return self.handlers.on(type)
