@@ -24,6 +24,8 @@ import redis.asyncio as aioredis
 from agent_sdk.activity import ActivityLog
 from agent_sdk.connection import make_client, redis_errors
 from agent_sdk.discovery import Discovery, StatusFilter
+from agent_sdk.messaging import GatherResult, Messaging, Subscription
+from agent_sdk.replies import ReplyRouter
 from agent_sdk.selection import STRATEGIES, Selector, Strategy, no_responders
 from agent_sdk.settings import Settings
 from agent_sdk.watch import watch_registry
@@ -66,6 +68,8 @@ class Bus:
         self._discovery: Discovery | None = None
         self._selector = Selector()
         self._activity: ActivityLog | None = None
+        self._messaging: Messaging | None = None
+        self._router: ReplyRouter | None = None
 
     # -- identity ----------------------------------------------------------------------------
     @property
@@ -108,6 +112,12 @@ class Bus:
         return self
 
     async def stop(self) -> None:
+        messaging, self._messaging = self._messaging, None
+        if messaging is not None:
+            await messaging.stop()
+        router, self._router = self._router, None
+        if router is not None:
+            await router.stop()
         client, self._client = self._client, None
         self._discovery = None
         if client is not None:
@@ -193,6 +203,54 @@ class Bus:
     async def get(self, name: str) -> AgentRecord | None:
         """The live agent called ``name``, or ``None``."""
         return await self.discovery.get(name)
+
+    # -- messaging as a client (agent_sdk.messaging; an Agent has its own) -------------------
+    @property
+    def messaging(self) -> Messaging:
+        """Send, request, publish and subscribe as ``sender`` (no inbox is read)."""
+        client = self.client
+        if self._messaging is None or self._messaging.client is not client:
+            self._messaging = Messaging(
+                client, self.settings, name=self.sender, instance_id=self.client_id,
+                consume=False,
+            )  # fmt: skip
+        return self._messaging
+
+    async def _requests(self) -> Messaging:
+        messaging = self.messaging
+        if self._router is None:
+            self._router = ReplyRouter(self.settings, self.reply_key, owner=self.sender)
+            await self._router.start()
+        messaging.replies = self._router
+        return messaging
+
+    async def send(
+        self, to: str | None = None, type: str | None = None, payload: Any = None, **kw: Any
+    ) -> str:
+        """Fire-and-forget to agent ``to`` or ``role=...``; see ``Messaging.send``."""
+        return await self.messaging.send(to, type, payload, **kw)
+
+    async def request(
+        self, to: str | None = None, type: str | None = None, payload: Any = None, **kw: Any
+    ) -> Any:
+        """Request-reply to ``to`` or ``role=...``; see ``Messaging.request``."""
+        return await (await self._requests()).request(to, type, payload, **kw)
+
+    async def request_many(
+        self, role: str | None = None, type: str | None = None, payload: Any = None, **kw: Any
+    ) -> GatherResult:
+        """Scatter-gather over a role; see ``Messaging.request_many``."""
+        return await (await self._requests()).request_many(role, type, payload, **kw)
+
+    async def broadcast(self, type: str, payload: Any = None, **kw: Any) -> int:
+        return await self.messaging.broadcast(type, payload, **kw)
+
+    async def publish(self, topic: str, payload: Any = None, **kw: Any) -> int:
+        return await self.messaging.publish(topic, payload, **kw)
+
+    def subscribe(self, pattern: str) -> Subscription:
+        """``async with bus.subscribe("news.*") as sub: async for msg in sub: ...``"""
+        return self.messaging.subscribe(pattern)
 
     # -- observability (agent_sdk.watch, agent_sdk.activity) ---------------------------------
     def watch(
