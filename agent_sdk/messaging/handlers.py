@@ -136,8 +136,13 @@ class _Entry:
 def _inspect(func: Handler) -> _Entry:
     if not inspect.iscoroutinefunction(func):
         raise TypeError(f"handler {func!r} must be an async function")
-    params = list(inspect.signature(func).parameters.values())
-    if not 1 <= len(params) <= 2:
+    params = [
+        p
+        for p in inspect.signature(func).parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    required = [p for p in params if p.default is p.empty]
+    if not params or len(required) > 2:
         raise TypeError(f"handler {func.__name__} must take (payload) or (payload, msg)")
     try:
         hints = typing.get_type_hints(func)
@@ -145,7 +150,7 @@ def _inspect(func: Handler) -> _Entry:
         hints = {}
     ann = hints.get(params[0].name)
     model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
-    return _Entry(func, model, len(params) == 2)
+    return _Entry(func, model, len(params) >= 2)
 
 
 class HandlerRegistry:
