@@ -16,6 +16,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from agent_sdk import telemetry
 from agent_sdk.connection import redis_errors
 from agent_sdk.messaging.codec import Outgoing, encode_payload
 from agent_sdk.messaging.scripts import Scripts
@@ -86,10 +87,21 @@ class Sender:
             maxlen = self.settings.queue_maxlen
         if queue_if_absent:
             mode = "none"
-        with redis_errors(self.settings, f"sending {out.type!r} to {target.label}"):
+        out.headers = dict(out.headers or {})
+        with (
+            telemetry.producer_span(
+                target.label, out.type, message_id=out.id, headers=out.headers,
+                conversation_id=out.correlation_id,
+            ) as span,
+            redis_errors(self.settings, f"sending {out.type!r} to {target.label}"),
+        ):  # fmt: skip
             entry_id = await self.scripts.send(
                 keys=[check_key, stream], args=[mode, maxlen, *out.stream_args()]
             )
+            if entry_id is None:
+                telemetry.mark_error(span, "not_found" if target.name else "no_responders")
+            else:
+                telemetry.record_sent(out.type, out.kind.value)
         if entry_id is None:
             if target.name is not None:
                 raise AgentNotFound(
@@ -154,11 +166,20 @@ class Sender:
                 raise InvalidInput(str(e)) from e
         body = self.payload(payload)
         label = f"role:{role}" if role is not None else "*"
-        if not durable:
-            out = Outgoing(type=type, sender=self.sender, payload=body, kind=Kind.BROADCAST,
-                           target=label, headers=headers)  # fmt: skip
-            with redis_errors(self.settings, f"broadcasting {type!r}"):
-                return int(await self.client.publish(self.keys.broadcast_channel(role), out.json()))
+        headers = dict(headers or {})
+        with telemetry.producer_span(label, type, headers=headers, operation="broadcast"):
+            telemetry.record_sent(type, Kind.BROADCAST.value)
+            if not durable:
+                out = Outgoing(type=type, sender=self.sender, payload=body, kind=Kind.BROADCAST,
+                               target=label, headers=headers)  # fmt: skip
+                with redis_errors(self.settings, f"broadcasting {type!r}"):
+                    channel = self.keys.broadcast_channel(role)
+                    return int(await self.client.publish(channel, out.json()))
+            return await self._broadcast_durably(type, body, role, headers)
+
+    async def _broadcast_durably(
+        self, type: str, body: bytes, role: str | None, headers: dict[str, str]
+    ) -> int:
         names = await self.members(role)
         if not names:
             return 0
@@ -182,7 +203,10 @@ class Sender:
             check_topic(topic)
         except ValueError as e:
             raise InvalidInput(str(e)) from e
-        out = Outgoing(type=type or topic, sender=self.sender, payload=self.payload(payload),
-                       kind=Kind.PUBLISH, target=topic, headers=headers)  # fmt: skip
-        with redis_errors(self.settings, f"publishing on {topic!r}"):
-            return int(await self.client.publish(self.keys.topic_channel(topic), out.json()))
+        headers = dict(headers or {})
+        with telemetry.producer_span(topic, type or topic, headers=headers, operation="publish"):
+            out = Outgoing(type=type or topic, sender=self.sender, payload=self.payload(payload),
+                           kind=Kind.PUBLISH, target=topic, headers=headers)  # fmt: skip
+            telemetry.record_sent(out.type, Kind.PUBLISH.value)
+            with redis_errors(self.settings, f"publishing on {topic!r}"):
+                return int(await self.client.publish(self.keys.topic_channel(topic), out.json()))
