@@ -20,11 +20,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from agent_sdk import telemetry
 from agent_sdk.connection import redis_errors
 from agent_sdk.messaging.codec import Outgoing
 from agent_sdk.messaging.sender import Sender, Target
 from schemas.envelope import Envelope, Kind
 from schemas.errors import (
+    AgentbusError,
     AgentNotFound,
     NoResponders,
     RemoteError,
@@ -100,12 +102,18 @@ class Requester:
             reply_to=self.replies.key, headers=headers,
         )  # fmt: skip
         fut = self.replies.expect(out.id)
+        started, outcome = time.perf_counter(), "ok"
         try:
-            await self.sender.deliver(target, out, queue_if_absent=False)
-            env = await self._wait(fut, target, timeout, out)
-            return _raise_if_error(env)
+            with telemetry.producer_span(target.label, type, message_id=out.id, request=True):
+                await self.sender.deliver(target, out, queue_if_absent=False)
+                env = await self._wait(fut, target, timeout, out)
+                return _raise_if_error(env)
+        except AgentbusError as e:
+            outcome = e.code
+            raise
         finally:
             self.replies.discard(out.id)
+            telemetry.record_request_duration(type, time.perf_counter() - started, outcome)
 
     async def _wait(
         self, fut: asyncio.Future[Envelope], target: Target, timeout: float, out: Outgoing
@@ -166,43 +174,46 @@ class Requester:
             )
         body = self.sender.payload(payload)
         keys, maxlen = self.sender.keys, self.settings.inbox_maxlen
-        pending: dict[asyncio.Future[Envelope], str] = {}
-        ids: list[str] = []
-        result = GatherResult()
-        try:
-            async with self.sender.client.pipeline(transaction=False) as pipe:
-                for name in members:
-                    out = Outgoing.with_timeout(
-                        timeout, type=type, sender=self.sender.sender, kind=Kind.REQUEST,
-                        payload=body, target=name, reply_to=self.replies.key, headers=headers,
-                    )  # fmt: skip
-                    ids.append(out.id)
-                    pending[self.replies.expect(out.id)] = name
-                    pipe.xadd(keys.inbox(name), out.stream_fields(), maxlen=maxlen,
-                              approximate=True)  # fmt: skip
-                with redis_errors(self.settings, f"sending {type!r} to role {role!r}"):
-                    await pipe.execute()
-            give_up = time.monotonic() + timeout
-            wanted = len(members) if max_replies is None else min(max_replies, len(members))
-            while pending and len(result.replies) + len(result.errors) < wanted:
-                left = give_up - time.monotonic()
-                if left <= 0:
-                    break
-                done, _ = await asyncio.wait(
-                    set(pending), timeout=left, return_when=asyncio.FIRST_COMPLETED
-                )
-                for fut in done:
-                    name = pending.pop(fut)
-                    env = fut.result()
-                    if env.error is not None:
-                        result.errors[name] = RemoteError(
-                            env.error.description, code=env.error.code,
-                            details=dict(env.error.details),
+        headers = dict(headers or {})
+        with telemetry.producer_span(f"role:{role}", type, headers=headers, request=True):
+            telemetry.record_sent(type, Kind.REQUEST.value)
+            pending: dict[asyncio.Future[Envelope], str] = {}
+            ids: list[str] = []
+            result = GatherResult()
+            try:
+                async with self.sender.client.pipeline(transaction=False) as pipe:
+                    for name in members:
+                        out = Outgoing.with_timeout(
+                            timeout, type=type, sender=self.sender.sender, kind=Kind.REQUEST,
+                            payload=body, target=name, reply_to=self.replies.key, headers=headers,
                         )  # fmt: skip
-                    else:
-                        result.replies[name] = env.payload
-            result.missing = sorted(pending.values())
-            return result
-        finally:
-            for cid in ids:
-                self.replies.discard(cid)
+                        ids.append(out.id)
+                        pending[self.replies.expect(out.id)] = name
+                        pipe.xadd(keys.inbox(name), out.stream_fields(), maxlen=maxlen,
+                                  approximate=True)  # fmt: skip
+                    with redis_errors(self.settings, f"sending {type!r} to role {role!r}"):
+                        await pipe.execute()
+                give_up = time.monotonic() + timeout
+                wanted = len(members) if max_replies is None else min(max_replies, len(members))
+                while pending and len(result.replies) + len(result.errors) < wanted:
+                    left = give_up - time.monotonic()
+                    if left <= 0:
+                        break
+                    done, _ = await asyncio.wait(
+                        set(pending), timeout=left, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    for fut in done:
+                        name = pending.pop(fut)
+                        env = fut.result()
+                        if env.error is not None:
+                            result.errors[name] = RemoteError(
+                                env.error.description, code=env.error.code,
+                                details=dict(env.error.details),
+                            )  # fmt: skip
+                        else:
+                            result.replies[name] = env.payload
+                result.missing = sorted(pending.values())
+                return result
+            finally:
+                for cid in ids:
+                    self.replies.discard(cid)
