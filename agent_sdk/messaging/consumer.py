@@ -29,6 +29,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from agent_sdk import telemetry
 from agent_sdk.messaging.deadletter import dead_letter
 from agent_sdk.messaging.handlers import HandlerRegistry, Message, Outcome
 from agent_sdk.messaging.replier import Replier
@@ -343,6 +344,8 @@ class Consumer:
         self, s: _Stream, entry_id: str, fields: Fields, reason: str, code: str
     ) -> None:
         log.warning("dead-lettering entry %s of %s: %s", entry_id, s.key, reason)
+        mtype = fields.get(b"type", fields.get("type"))
+        telemetry.record_dead_lettered(_text(mtype) if mtype is not None else None, code)
         await dead_letter(self.client, self.scripts, self.settings, source=s.key,
                           entry_id=entry_id, fields=fields, reason=reason, code=code,
                           group=s.group)  # fmt: skip
@@ -363,7 +366,22 @@ class Consumer:
             await self._to_dead_letter(s, entry_id, fields, reason, ErrorCode.DEADLINE_EXCEEDED)
             return
         msg = Message(env, delivery_count=count, source=s.key, entry_id=entry_id)
-        outcome = await self.handlers.handle(msg)
+        telemetry.record_received(env.type)
+        with telemetry.consumer_span(
+            env.target or self.name, env.type, headers=env.headers, message_id=env.id,
+            conversation_id=env.correlation_id or (env.id if env.kind is Kind.REQUEST else None),
+        ) as span:  # fmt: skip
+            outcome = await self.handlers.handle(msg)
+            if outcome.error is not None:
+                telemetry.mark_error(span, outcome.error.code, outcome.error.description)
+                telemetry.record_failed(env.type, outcome.error.code)
+            await self._settle(s, entry_id, fields, env, outcome, count)
+
+    async def _settle(
+        self, s: _Stream, entry_id: str, fields: Fields, env: Envelope, outcome: Outcome,
+        count: int,
+    ) -> None:  # fmt: skip
+        """Reply, acknowledge, dead-letter or leave for redelivery, by outcome."""
         if env.kind is Kind.REQUEST and env.reply_to:
             ack = [entry_id, *s.acks]
             s.acks = []
@@ -396,7 +414,14 @@ class Consumer:
         task.add_done_callback(self._work.discard)
 
     async def _live(self, msg: Message) -> None:
-        outcome: Outcome = await self.handlers.handle(msg)
+        telemetry.record_received(msg.type)
+        with telemetry.consumer_span(
+            msg.target or self.name, msg.type, headers=msg.headers, message_id=msg.id
+        ) as span:
+            outcome: Outcome = await self.handlers.handle(msg)
+            if outcome.error is not None:
+                telemetry.mark_error(span, outcome.error.code, outcome.error.description)
+                telemetry.record_failed(msg.type, outcome.error.code)
         if not outcome.ok and outcome.error is not None:
             log.warning("broadcast %s (%r) failed: %s", msg.id, msg.type, outcome.error.description)
 
