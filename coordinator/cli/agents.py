@@ -1,0 +1,102 @@
+"""``agentbus agents``: list live agents (filters, table or JSON); ``agents show NAME``."""
+
+from __future__ import annotations
+
+import click
+from rich.console import Console
+
+from agent_sdk.bus import Bus
+from agent_sdk.connection import redis_errors
+from agent_sdk.settings import Settings
+from coordinator.cli.base import CliState, dumps, pass_state, run_async
+from coordinator.cli.render import agent_details, agent_json, print_records
+from schemas.agent import AgentRecord, AgentStatus
+from schemas.errors import AgentNotFound
+
+__all__ = ["agents"]
+
+
+@click.group(invoke_without_command=True)
+@click.option("--role", help="Only agents of this role.")
+@click.option(
+    "--capability", "capabilities", multiple=True, help="Has this capability (repeat: all of)."
+)
+@click.option("--tag", "tags", multiple=True, help="Has this tag (repeat: any of).")
+@click.option(
+    "--status", type=click.Choice([s.value for s in AgentStatus]), help="Only this status."
+)
+@click.option("--version", "version", help="SemVer range, e.g. '>=1.2 <2' or '^1.4'.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of records.")
+@click.option("--jsonl", "as_jsonl", is_flag=True, help="Print one JSON record per line.")
+@pass_state
+@click.pass_context
+def agents(
+    ctx: click.Context,
+    state: CliState,
+    role: str | None,
+    capabilities: tuple[str, ...],
+    tags: tuple[str, ...],
+    status: str | None,
+    version: str | None,
+    as_json: bool,
+    as_jsonl: bool,
+) -> None:
+    """List the live agents (a table; --json/--jsonl for scripts)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    settings = state.settings()
+
+    async def fetch() -> list[AgentRecord]:
+        async with Bus(settings) as bus:
+            return await bus.discover(
+                role=role,
+                capabilities=list(capabilities) or None,
+                tags=list(tags) or None,
+                status=AgentStatus(status) if status else None,
+                version=version,
+            )
+
+    records = sorted(run_async(fetch), key=lambda r: (r.role, r.name))
+    if as_json:
+        click.echo(dumps([agent_json(r) for r in records], pretty=True))
+    elif as_jsonl:
+        for rec in records:
+            click.echo(dumps(agent_json(rec)))
+    else:
+        console = Console(highlight=False)
+        print_records(
+            console,
+            records,
+            f"no live agents match on {settings.display_url} (namespace {settings.namespace})",
+        )
+
+
+@agents.command()
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print the record as JSON.")
+@pass_state
+def show(state: CliState, name: str, as_json: bool) -> None:
+    """Every field of one live agent, and its usage counters."""
+    settings = state.settings()
+    record, stats = run_async(lambda: _fetch_one(settings, name))
+    if as_json:
+        click.echo(dumps({**agent_json(record), "stats": stats}, pretty=True))
+        return
+    Console(highlight=False).print(agent_details(record, stats))
+
+
+async def _fetch_one(settings: Settings, name: str) -> tuple[AgentRecord, dict[str, str]]:
+    async with Bus(settings) as bus:
+        record = await bus.get(name)
+        if record is None:
+            raise AgentNotFound(
+                f"no live agent named {name!r} on {settings.display_url} "
+                f"(namespace {settings.namespace})"
+            )
+        with redis_errors(settings, "reading agent stats"):
+            raw = await bus.client.hgetall(bus.keys.stats(name))
+    return record, {_text(k): _text(v) for k, v in raw.items()}
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

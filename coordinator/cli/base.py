@@ -1,0 +1,115 @@
+"""What every ``agentbus`` command shares: global options, settings, async running, errors.
+
+Every option is also an environment variable: the global ones are ``AGENTBUS_REDIS_URL`` and
+``AGENTBUS_NAMESPACE`` (the same names the SDK reads), and click's ``auto_envvar_prefix`` gives
+the others ``AGENTBUS_<COMMAND>_<OPTION>`` unless an option names its own (``--help`` shows it).
+
+Errors end here: an ``AgentbusError`` (or a Redis/OS error that escaped the SDK) becomes one line
+on stderr, ``agentbus: error [code]: description``, and exit status 1; never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, NoReturn, TypeVar
+
+import click
+import orjson
+from redis.exceptions import RedisError
+
+from agent_sdk.settings import Settings
+from coordinator.settings import CoordinatorSettings
+from schemas.errors import AgentbusError, ConfigurationError, ErrorCode
+
+__all__ = [
+    "EXIT_ERROR",
+    "AgentbusGroup",
+    "CliState",
+    "dumps",
+    "fail",
+    "json_payload",
+    "pass_state",
+    "run_async",
+]
+
+T = TypeVar("T")
+
+#: Exit status of a command that failed with an agentbus error (click uses 2 for bad usage).
+EXIT_ERROR = 1
+#: Exit status after Ctrl-C in a command that does not handle it itself (128 + SIGINT).
+EXIT_INTERRUPTED = 130
+
+
+@dataclass
+class CliState:
+    """The global options, resolved lazily into ``Settings`` (so ``--help`` never fails)."""
+
+    redis_url: str | None = None
+    namespace: str | None = None
+
+    def settings(self, **overrides: Any) -> Settings:
+        return Settings.load(redis_url=self.redis_url, namespace=self.namespace, **overrides)
+
+    def coordinator_settings(self, **overrides: Any) -> CoordinatorSettings:
+        """Coordinator settings (global options, then ``AGENTBUS_*``, then defaults)."""
+        values = {"redis_url": self.redis_url, "namespace": self.namespace, **overrides}
+        try:
+            return CoordinatorSettings(**{k: v for k, v in values.items() if v is not None})
+        except ValueError as e:
+            raise ConfigurationError(f"invalid coordinator settings: {e}") from e
+
+
+pass_state = click.make_pass_decorator(CliState, ensure=True)
+
+
+def fail(error: AgentbusError) -> NoReturn:
+    """Print ``error`` as one line and exit with ``EXIT_ERROR``."""
+    click.echo(f"agentbus: error [{error.code}]: {error.description}", err=True)
+    sys.exit(EXIT_ERROR)
+
+
+class AgentbusGroup(click.Group):
+    """A group that turns agentbus, Redis and OS errors into one line and a non-zero exit."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except AgentbusError as e:
+            fail(e)
+        except RedisError as e:
+            fail(AgentbusError(f"Redis error: {e}", code=ErrorCode.CONNECTION))
+        except OSError as e:
+            fail(AgentbusError(str(e), code=ErrorCode.INTERNAL))
+        except KeyboardInterrupt:
+            click.echo("agentbus: interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+
+
+def run_async(coro_fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run a coroutine on a fresh event loop (uvloop when installed: ``agentbus[fast]``)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro_fn())
+    return uvloop.run(coro_fn())
+
+
+def json_payload(value: str | None, what: str = "PAYLOAD") -> Any:
+    """Parse a JSON argument (``None`` stays ``None``), or a usage error saying why."""
+    if value is None:
+        return None
+    try:
+        return orjson.loads(value)
+    except orjson.JSONDecodeError as e:
+        raise click.BadParameter(
+            f'{what} must be JSON, e.g. \'{{"text": "hi"}}\' or \'"hi"\': {e}'
+        ) from e
+
+
+def dumps(value: Any, *, pretty: bool = False) -> str:
+    """JSON text for output (datetimes as ISO-8601, keys in order)."""
+    option = orjson.OPT_INDENT_2 if pretty else 0
+    return orjson.dumps(value, option=option | orjson.OPT_NON_STR_KEYS).decode()

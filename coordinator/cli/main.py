@@ -1,0 +1,42 @@
+"""The ``agentbus`` command: one click group; each verb lives in its own module."""
+
+from __future__ import annotations
+
+import click
+
+from coordinator.cli.agents import agents
+from coordinator.cli.base import AgentbusGroup, CliState
+from coordinator.cli.coordinator_cmd import coordinator
+from coordinator.cli.up import up
+
+__all__ = ["cli", "main"]
+
+
+@click.group(cls=AgentbusGroup, context_settings={"auto_envvar_prefix": "AGENTBUS"})
+@click.version_option(package_name="agentbus")
+@click.option(
+    "--redis-url",
+    envvar="AGENTBUS_REDIS_URL",
+    show_envvar=True,
+    help="Redis the bus lives on (default redis://127.0.0.1:6379/0; `agentbus up` prints one).",
+)
+@click.option(
+    "--namespace",
+    envvar="AGENTBUS_NAMESPACE",
+    show_envvar=True,
+    help="Prefix of every key (default agentbus): several buses can share one Redis.",
+)
+@click.pass_context
+def cli(ctx: click.Context, redis_url: str | None, namespace: str | None) -> None:
+    """agentbus: a registry and message bus for fleets of software agents, on Redis."""
+    ctx.obj = CliState(redis_url=redis_url, namespace=namespace)
+
+
+cli.add_command(up)
+cli.add_command(coordinator)
+cli.add_command(agents)
+
+
+def main() -> None:
+    """Console-script entry point (``agentbus``)."""
+    cli(prog_name="agentbus")

