@@ -23,7 +23,6 @@ import contextlib
 import logging
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -108,8 +107,9 @@ class Consumer:
         self._ack_event: asyncio.Event | None = None
         self._started = False
         self._turn = 0
-        #: Entries handled (any outcome), for tests and stats.
+        #: Entries handled (any outcome) and claim rounds done: for tests and stats.
         self.handled = 0
+        self.claim_rounds = 0
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -277,6 +277,7 @@ class Consumer:
                     s.cursor = await self._claim(
                         s, min_idle_ms=self.settings.ttl_ms, cursor=s.cursor
                     )
+            self.claim_rounds += 1
 
     # -- leases and acks -----------------------------------------------------------------------
     async def _lease_loop(self) -> None:
@@ -424,7 +425,3 @@ class Consumer:
                 telemetry.record_failed(msg.type, outcome.error.code)
         if not outcome.ok and outcome.error is not None:
             log.warning("broadcast %s (%r) failed: %s", msg.id, msg.type, outcome.error.description)
-
-    @staticmethod
-    def now() -> datetime:
-        return datetime.now(UTC)
