@@ -67,6 +67,7 @@ __all__ = [
     "record_request_duration",
     "record_sent",
     "set_registry_size",
+    "use_tracer_provider",
 ]
 
 INSTRUMENTATION_NAME = "agentbus"
@@ -86,8 +87,21 @@ ATTR_NAMESPACE = "agentbus.namespace"
 ATTR_OUTCOME = "agentbus.outcome"
 
 # Proxy objects: they delegate to the real SDK once the application installs one, at any time.
-_tracer = trace.get_tracer(INSTRUMENTATION_NAME)
+_tracer: trace.Tracer = trace.get_tracer(INSTRUMENTATION_NAME)
 _meter = metrics.get_meter(INSTRUMENTATION_NAME)
+
+
+def use_tracer_provider(provider: trace.TracerProvider | None) -> None:
+    """Trace with ``provider`` instead of the global one; ``None`` goes back to the global.
+
+    For tests (the global provider can be set only once per process) and for applications
+    that keep agentbus spans apart.
+    """
+    global _tracer
+    if provider is None:
+        _tracer = trace.get_tracer(INSTRUMENTATION_NAME)
+    else:
+        _tracer = provider.get_tracer(INSTRUMENTATION_NAME)
 
 
 # -- context propagation ---------------------------------------------------------------------
@@ -271,11 +285,9 @@ def record_request_duration(message_type: str, seconds: float, outcome: str = "o
     _request_duration.record(seconds, _outcome_attrs(message_type, outcome))
 
 
-def record_handled(message_type: str, seconds: float, outcome: str = "ok") -> None:
-    """A handler finished: its duration, and a failure count unless ``outcome`` is ``ok``."""
-    _handler_duration.record(seconds, _outcome_attrs(message_type, outcome))
-    if outcome != "ok":
-        _failed.add(1, _type_code_attrs(message_type, outcome))
+def record_handled(message_type: str, seconds: float, failed: bool = False) -> None:
+    """A handler finished after ``seconds`` (the shape of ``HandlerRegistry``'s observer)."""
+    _handler_duration.record(seconds, _outcome_attrs(message_type, "error" if failed else "ok"))
 
 
 @lru_cache(maxsize=1024)

@@ -1,26 +1,33 @@
-"""In-memory OpenTelemetry SDK for tests: one global provider per test process.
+"""In-memory OpenTelemetry SDK for tests.
 
-OpenTelemetry allows the global tracer/meter provider to be set once per process, so the first
-test that asks installs an SDK provider with an in-memory span exporter and a manual metric
-reader; ``otel()`` clears the spans before each use.
+Spans: a fresh SDK ``TracerProvider`` with an in-memory exporter per test, given to agentbus with
+``telemetry.use_tracer_provider`` (and taken back afterwards), so other tests in the process
+never see trace headers. Metrics: the global ``MeterProvider`` can be set only once per process,
+so the first test that asks installs one with an in-memory reader; values are cumulative, so
+tests use message types of their own.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
-from opentelemetry import metrics, trace
+from opentelemetry import metrics
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from agent_sdk import telemetry
+
 
 @dataclass
 class Otel:
     spans: InMemorySpanExporter
     metrics: InMemoryMetricReader
+    tracer_provider: TracerProvider
 
     def metric_points(self, name: str) -> list[tuple[dict[str, object], float]]:
         """(attributes, value) of every data point of metric ``name`` collected now."""
@@ -41,18 +48,26 @@ class Otel:
         return out
 
 
-_installed: Otel | None = None
+_reader: InMemoryMetricReader | None = None
 
 
-def otel() -> Otel:
-    global _installed
-    if _installed is None:
-        exporter = InMemorySpanExporter()
-        provider = TracerProvider()
-        provider.add_span_processor(SimpleSpanProcessor(exporter))
-        trace.set_tracer_provider(provider)
-        reader = InMemoryMetricReader()
-        metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
-        _installed = Otel(exporter, reader)
-    _installed.spans.clear()
-    return _installed
+def _metric_reader() -> InMemoryMetricReader:
+    global _reader
+    if _reader is None:
+        _reader = InMemoryMetricReader()
+        metrics.set_meter_provider(MeterProvider(metric_readers=[_reader]))
+    return _reader
+
+
+@contextmanager
+def otel() -> Iterator[Otel]:
+    """Record agentbus spans and metrics in memory inside the block."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    telemetry.use_tracer_provider(provider)
+    try:
+        yield Otel(exporter, _metric_reader(), provider)
+    finally:
+        telemetry.use_tracer_provider(None)
+        provider.shutdown()

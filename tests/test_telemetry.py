@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import pytest
 from opentelemetry import trace
@@ -11,11 +12,16 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from agent_sdk import telemetry
 from schemas.envelope import Envelope, decode_fields, encode_fields
-from tests.otel_support import otel
+from tests.otel_support import Otel, otel
 
 
-def test_producer_and_consumer_form_one_trace_through_stream_fields() -> None:
-    o = otel()
+@pytest.fixture(name="o")
+def _otel() -> Iterator[Otel]:
+    with otel() as o:
+        yield o
+
+
+def test_producer_and_consumer_form_one_trace_through_stream_fields(o: Otel) -> None:
     headers: dict[str, str] = {}
     with telemetry.producer_span("worker-1", "summarize", message_id="m1", headers=headers):
         env = Envelope(id="m1", type="summarize", headers=headers)
@@ -45,8 +51,7 @@ def test_producer_and_consumer_form_one_trace_through_stream_fields() -> None:
     assert dict(producer.attributes or {})["messaging.operation.type"] == "send"
 
 
-def test_request_span_is_client_and_carries_the_conversation_id() -> None:
-    o = otel()
+def test_request_span_is_client_and_carries_the_conversation_id(o: Otel) -> None:
     headers: dict[str, str] = {}
     with telemetry.producer_span(
         "role:search", "lookup", message_id="r1", headers=headers, request=True
@@ -64,9 +69,8 @@ def test_request_span_is_client_and_carries_the_conversation_id() -> None:
     assert dict(process.attributes or {})["messaging.message.conversation_id"] == "r1"
 
 
-def test_inject_uses_the_current_span_and_extract_round_trips() -> None:
-    otel()
-    tracer = trace.get_tracer("test")
+def test_inject_uses_the_current_span_and_extract_round_trips(o: Otel) -> None:
+    tracer = o.tracer_provider.get_tracer("test")
     with tracer.start_as_current_span("outer") as outer:
         headers: dict[str, str] = {}
         telemetry.inject(headers)
@@ -77,8 +81,7 @@ def test_inject_uses_the_current_span_and_extract_round_trips() -> None:
     assert remote.is_remote
 
 
-def test_extract_without_headers_starts_a_new_trace() -> None:
-    o = otel()
+def test_extract_without_headers_starts_a_new_trace(o: Otel) -> None:
     with telemetry.consumer_span("a", "t", headers={}):
         pass
     with telemetry.consumer_span("a", "t", headers={"traceparent": "garbage"}):
@@ -89,8 +92,7 @@ def test_extract_without_headers_starts_a_new_trace() -> None:
     assert first.context.trace_id != second.context.trace_id
 
 
-def test_an_exception_in_the_handler_marks_the_span_failed() -> None:
-    o = otel()
+def test_an_exception_in_the_handler_marks_the_span_failed(o: Otel) -> None:
     with (
         pytest.raises(ValueError, match="boom"),
         telemetry.consumer_span("a", "t", headers={}),
@@ -101,8 +103,7 @@ def test_an_exception_in_the_handler_marks_the_span_failed() -> None:
     assert any(e.name == "exception" for e in span.events)
 
 
-def test_mark_error_sets_the_code() -> None:
-    o = otel()
+def test_mark_error_sets_the_code(o: Otel) -> None:
     with telemetry.consumer_span("a", "t", headers={}) as span:
         telemetry.mark_error(span, "bad_request", "payload invalid")
     (done,) = o.spans.get_finished_spans()
@@ -110,12 +111,12 @@ def test_mark_error_sets_the_code() -> None:
     assert dict(done.attributes or {})["error.type"] == "bad_request"
 
 
-def test_counters_and_histograms_reach_the_sdk() -> None:
-    o = otel()
+def test_counters_and_histograms_reach_the_sdk(o: Otel) -> None:
     telemetry.record_sent("ping-test", "request")
     telemetry.record_sent("ping-test", "request")
     telemetry.record_received("ping-test")
-    telemetry.record_handled("ping-test", 0.01, "handler_error")
+    telemetry.record_failed("ping-test", "handler_error")
+    telemetry.record_handled("ping-test", 0.01, failed=True)
     telemetry.record_request_duration("ping-test", 0.02)
     telemetry.record_dead_lettered("ping-test", "max_deliveries")
     telemetry.record_heartbeat(3)
