@@ -29,6 +29,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from pydantic import ValidationError
 
+from agent_sdk import telemetry
 from agent_sdk.activity import Activity
 from agent_sdk.bus import Bus, resolve_settings
 from agent_sdk.discovery import StatusFilter
@@ -38,6 +39,7 @@ from agent_sdk.messaging.handlers import Handler
 from agent_sdk.replies import ReplyRouter
 from agent_sdk.selection import Strategy
 from agent_sdk.settings import Settings
+from agent_sdk.usage import UsageRecorder
 from schemas.agent import AgentCard, AgentRecord, AgentStatus
 from schemas.envelope import Envelope, new_id
 from schemas.errors import AgentbusError, InvalidInput
@@ -116,6 +118,8 @@ class Agent:
         self._membership: Membership | None = None
         #: Message handlers (``@agent.on``); the data plane (``Messaging``) exists once started.
         self.handlers = HandlerRegistry()
+        #: Usage stats of this agent's handlers (``agentbus stats``); exists once started.
+        self.usage: UsageRecorder | None = None
         self._messaging: Messaging | None = None
         self._state = "new"  # new -> starting -> running -> stopping -> stopped
 
@@ -227,6 +231,10 @@ class Agent:
                     handlers=self.handlers,
                 )  # fmt: skip
                 self._components.insert(0, self._messaging)
+                # usage stats: started before the data plane, stopped (and flushed) after it
+                self.usage = UsageRecorder(self.bus.client, self.settings, self.name)
+                self.handlers.observer = self._observe
+                self._components.insert(0, self.usage)
             for component in list(self._components):
                 await component.start()
                 self._started.append(component)
@@ -359,6 +367,12 @@ class Agent:
     async def get(self, name: str) -> AgentRecord | None:
         """See ``Bus.get``."""
         return await self.bus.get(name)
+
+    def _observe(self, message_type: str, seconds: float, failed: bool) -> None:
+        """The handler observer: usage stats in Redis and the handler-duration metric."""
+        if self.usage is not None:
+            self.usage.record(message_type, seconds, failed)
+        telemetry.record_handled(message_type, seconds, failed)
 
     # -- activity (agent_sdk.activity) -------------------------------------------------------
     def activity(self, session_id: str) -> Activity:
