@@ -130,12 +130,12 @@ class UsageRecorder:
             except Exception as e:  # log, keep the deltas, try again next interval
                 log.warning("usage stats flush for %s failed: %s", self.name, e)
 
-    async def start(self) -> UsageRecorder:
+    async def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._loop(), name=f"agentbus-usage-{self.name}")
-        return self
 
-    async def stop(self) -> None:
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop the flush task and flush what is left (``grace`` is unused: a component)."""
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -147,7 +147,8 @@ class UsageRecorder:
             log.warning("final usage stats flush for %s failed: %s", self.name, e)
 
     async def __aenter__(self) -> UsageRecorder:
-        return await self.start()
+        await self.start()
+        return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
