@@ -213,14 +213,15 @@ class Membership:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), interval)
             self._wake.clear()
-            stalled = time.monotonic() - last_ok > ttl
+            attempt = time.monotonic()
+            stalled = attempt - last_ok > ttl
             try:
                 if self._reannounce.is_set() or stalled:
                     if stalled:
                         log.warning(
                             "%s: no heartbeat for %.2fs (TTL %.2fs): re-announcing",
                             self.card.name,
-                            time.monotonic() - last_ok,
+                            attempt - last_ok,
                             ttl,
                         )
                     self._reannounce.clear()
@@ -228,7 +229,8 @@ class Membership:
                     self.reannounces += 1
                 else:
                     await self.heartbeat()
-                last_ok = time.monotonic()
+                # when it was sent, not when the answer came: a stall may sit in between
+                last_ok = attempt
                 backoff = 0.05
             except asyncio.CancelledError:
                 raise
