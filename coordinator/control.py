@@ -129,9 +129,10 @@ class ControlConsumer:
             await asyncio.wait({read, stop}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stop.cancel()
-        if not read.done():
-            read.cancel()
-            await asyncio.gather(read, return_exceptions=True)
+            if not read.done():  # asked to stop, or cancelled ourselves: abandon the read
+                read.cancel()
+                await asyncio.gather(read, return_exceptions=True)
+        if read.cancelled():
             return None
         response: Any = read.result()
         if not response:
