@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
+from agent_sdk import telemetry
 from agent_sdk.connection import make_client
 from agent_sdk.settings import Settings
 from coordinator.loops import RETRYABLE, periodic
@@ -62,7 +63,9 @@ class HealthReporter:
         pipe.set(keys.coordinator_health(s.coordinator_id), orjson.dumps(status), px=ttl_ms)
         pipe.zadd(keys.coordinators(), {s.coordinator_id: now_ms})
         pipe.zremrangebyscore(keys.coordinators(), "-inf", now_ms - _FORGET_MS)
-        await pipe.execute()
+        pipe.scard(keys.agents())
+        *_, agents = await pipe.execute()
+        telemetry.set_registry_size(s.namespace, int(agents))  # the registry size gauge
 
     async def run(self, stopping: asyncio.Event) -> None:
         await periodic(
