@@ -19,6 +19,7 @@ from types import TracebackType
 
 import redis.asyncio as aioredis
 
+from agent_sdk import telemetry
 from agent_sdk.connection import make_client, redis_errors
 from coordinator.control import ControlConsumer
 from coordinator.health import HealthReporter
@@ -106,6 +107,7 @@ class Coordinator:
             task = asyncio.create_task(coro, name=f"coordinator-{s.coordinator_id}-{name}")
             task.add_done_callback(self._task_done)
             self._tasks.append(task)
+        telemetry.observe_coordinator(s.coordinator_id, self.stats.as_dict)
         log.info(
             "coordinator %s ready on %s namespace %s",
             s.coordinator_id,
@@ -162,6 +164,7 @@ class Coordinator:
         await self._close()
 
     async def _close(self) -> None:
+        telemetry.forget_coordinator(self.settings.coordinator_id)
         client, self._client = self._client, None
         if client is not None:
             with contextlib.suppress(*RETRYABLE):
