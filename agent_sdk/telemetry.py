@@ -34,7 +34,7 @@ Metric names, units and attributes are listed in docs/OBSERVABILITY.md.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from functools import lru_cache
 
@@ -55,14 +55,14 @@ __all__ = [
     "SYSTEM",
     "consumer_span",
     "extract",
+    "forget_coordinator",
     "inject",
     "mark_error",
+    "observe_coordinator",
     "producer_span",
     "record_dead_lettered",
-    "record_expired",
     "record_failed",
     "record_handled",
-    "record_heartbeat",
     "record_received",
     "record_request_duration",
     "record_sent",
@@ -85,6 +85,7 @@ ATTR_ERROR_CODE = "error.type"
 ATTR_REASON = "agentbus.reason"
 ATTR_NAMESPACE = "agentbus.namespace"
 ATTR_OUTCOME = "agentbus.outcome"
+ATTR_COORDINATOR = "agentbus.coordinator.id"
 
 # Proxy objects: they delegate to the real SDK once the application installs one, at any time.
 _tracer: trace.Tracer = trace.get_tracer(INSTRUMENTATION_NAME)
@@ -229,17 +230,24 @@ _request_duration = _meter.create_histogram(
 _handler_duration = _meter.create_histogram(
     "agentbus.handler.duration", unit="s", description="Time a handler took, by type and outcome."
 )
-_heartbeats = _meter.create_counter(
-    "agentbus.heartbeats.processed", unit="{heartbeat}", description="Heartbeats processed."
-)
-_expiries = _meter.create_counter(
-    "agentbus.agents.expired", unit="{agent}", description="Agents expired by the sweeper."
-)
 _registry_sizes: dict[str, int] = {}
+_coordinators: dict[str, Callable[[], Mapping[str, int]]] = {}
 
 
 def _observe_registry(_options: CallbackOptions) -> Iterable[Observation]:
     return [Observation(n, {ATTR_NAMESPACE: ns}) for ns, n in list(_registry_sizes.items())]
+
+
+def _coordinator_counter(field: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
+    def observe(_options: CallbackOptions) -> Iterable[Observation]:
+        out = []
+        for cid, stats in list(_coordinators.items()):
+            value = stats().get(field)
+            if value is not None:
+                out.append(Observation(value, {ATTR_COORDINATOR: cid}))
+        return out
+
+    return observe
 
 
 _meter.create_observable_gauge(
@@ -248,6 +256,18 @@ _meter.create_observable_gauge(
     unit="{agent}",
     description="Live agents in the registry, as last seen by a coordinator in this process.",
 )
+# The coordinator counts in plain integers (no cost per heartbeat); these read them when
+# (and only when) a metric reader collects.
+for _name, _field, _unit, _description in (
+    ("agentbus.heartbeats.processed", "heartbeats", "{heartbeat}", "Heartbeats processed."),
+    ("agentbus.agents.expired", "expiries", "{agent}", "Agents expired by the sweeper."),
+    ("agentbus.agents.announced", "announces", "{agent}", "Announcements accepted."),
+    ("agentbus.agents.left", "leaves", "{agent}", "Agents that left (deregistered)."),
+    ("agentbus.control.dead_lettered", "dead_letters", "{message}", "Bad control messages."),
+):
+    _meter.create_observable_counter(
+        _name, callbacks=[_coordinator_counter(_field)], unit=_unit, description=_description
+    )
 
 
 @lru_cache(maxsize=1024)
@@ -295,15 +315,15 @@ def _outcome_attrs(message_type: str, outcome: str) -> Mapping[str, str]:
     return {ATTR_MESSAGE_TYPE: message_type, ATTR_OUTCOME: outcome}
 
 
-def record_heartbeat(count: int = 1) -> None:
-    """The coordinator processed ``count`` heartbeats."""
-    _heartbeats.add(count)
+def observe_coordinator(coordinator_id: str, stats: Callable[[], Mapping[str, int]]) -> None:
+    """Report a coordinator's cumulative counters (``heartbeats``, ``expiries``, ``announces``,
+    ``leaves``, ``dead_letters``) as metrics; ``stats`` is called only when metrics are read."""
+    _coordinators[coordinator_id] = stats
 
 
-def record_expired(count: int = 1, reason: str = "heartbeat_missed") -> None:
-    """The sweeper expired ``count`` agents."""
-    if count:
-        _expiries.add(count, {ATTR_REASON: reason})
+def forget_coordinator(coordinator_id: str) -> None:
+    """Stop reporting a coordinator that stopped."""
+    _coordinators.pop(coordinator_id, None)
 
 
 def set_registry_size(namespace: str, size: int) -> None:

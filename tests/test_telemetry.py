@@ -119,8 +119,7 @@ def test_counters_and_histograms_reach_the_sdk(o: Otel) -> None:
     telemetry.record_handled("ping-test", 0.01, failed=True)
     telemetry.record_request_duration("ping-test", 0.02)
     telemetry.record_dead_lettered("ping-test", "max_deliveries")
-    telemetry.record_heartbeat(3)
-    telemetry.record_expired(2)
+    telemetry.observe_coordinator("c-test", lambda: {"heartbeats": 3, "expiries": 2})
     telemetry.set_registry_size("ns-test", 7)
 
     def value(name: str, **attrs: object) -> float:
@@ -137,8 +136,11 @@ def test_counters_and_histograms_reach_the_sdk(o: Otel) -> None:
     assert value("agentbus.handler.duration", **{"agentbus.message.type": "ping-test"}) == 1
     dead = value("agentbus.messages.dead_lettered", **{"agentbus.message.type": "ping-test"})
     assert dead == 1
-    assert value("agentbus.heartbeats.processed") >= 3
-    assert value("agentbus.agents.expired") >= 2
+    coordinator = {"agentbus.coordinator.id": "c-test"}
+    assert value("agentbus.heartbeats.processed", **coordinator) == 3
+    assert value("agentbus.agents.expired", **coordinator) == 2
+    telemetry.forget_coordinator("c-test")
+    assert not [p for p in o.metric_points("agentbus.agents.expired") if p[0] == coordinator]
     assert value("agentbus.registry.size", **{"agentbus.namespace": "ns-test"}) == 7
 
 
