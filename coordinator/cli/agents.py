@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import click
-from rich.console import Console
 
 from agent_sdk.bus import Bus
 from agent_sdk.connection import redis_errors
 from agent_sdk.settings import Settings
-from coordinator.cli.base import CliState, dumps, pass_state, run_async
+from coordinator.cli.base import CliState, console, dumps, pass_state, run_async
 from coordinator.cli.render import agent_details, agent_json, print_records
 from schemas.agent import AgentRecord, AgentStatus
 from schemas.errors import AgentNotFound
@@ -63,9 +62,8 @@ def agents(
         for rec in records:
             click.echo(dumps(agent_json(rec)))
     else:
-        console = Console(highlight=False)
         print_records(
-            console,
+            console(),
             records,
             f"no live agents match on {settings.display_url} (namespace {settings.namespace})",
         )
@@ -82,7 +80,7 @@ def show(state: CliState, name: str, as_json: bool) -> None:
     if as_json:
         click.echo(dumps({**agent_json(record), "stats": stats}, pretty=True))
         return
-    Console(highlight=False).print(agent_details(record, stats))
+    console().print(agent_details(record, stats))
 
 
 async def _fetch_one(settings: Settings, name: str) -> tuple[AgentRecord, dict[str, str]]:

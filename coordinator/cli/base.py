@@ -11,6 +11,7 @@ on stderr, ``agentbus: error [code]: description``, and exit status 1; never a t
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -19,15 +20,17 @@ from typing import Any, NoReturn, TypeVar
 import click
 import orjson
 from redis.exceptions import RedisError
+from rich.console import Console
 
 from agent_sdk.settings import Settings
 from coordinator.settings import CoordinatorSettings
-from schemas.errors import AgentbusError, ConfigurationError, ErrorCode
+from schemas.errors import AgentbusError, ConfigurationError, ErrorCode, RemoteError
 
 __all__ = [
     "EXIT_ERROR",
     "AgentbusGroup",
     "CliState",
+    "console",
     "dumps",
     "fail",
     "json_payload",
@@ -67,7 +70,10 @@ pass_state = click.make_pass_decorator(CliState, ensure=True)
 
 def fail(error: AgentbusError) -> NoReturn:
     """Print ``error`` as one line and exit with ``EXIT_ERROR``."""
-    click.echo(f"agentbus: error [{error.code}]: {error.description}", err=True)
+    line = f"agentbus: error [{error.code}]: {error.description}"
+    if isinstance(error, RemoteError) and error.details:
+        line += f" (details: {dumps(error.details)})"
+    click.echo(line, err=True)
     sys.exit(EXIT_ERROR)
 
 
@@ -86,6 +92,12 @@ class AgentbusGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("agentbus: interrupted", err=True)
             sys.exit(EXIT_INTERRUPTED)
+
+
+def console() -> Console:
+    """A rich console for stdout: the terminal's width, or wide when piped (no wrapped tables)."""
+    wide = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 200
+    return Console(highlight=False, width=wide)
 
 
 def run_async(coro_fn: Callable[[], Coroutine[Any, Any, T]]) -> T:

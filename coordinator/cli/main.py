@@ -7,6 +7,8 @@ import click
 from coordinator.cli.agents import agents
 from coordinator.cli.base import AgentbusGroup, CliState
 from coordinator.cli.coordinator_cmd import coordinator
+from coordinator.cli.deadletter import deadletter
+from coordinator.cli.messages import broadcast, publish, request, send, subscribe
 from coordinator.cli.up import up
 
 __all__ = ["cli", "main"]
@@ -35,6 +37,8 @@ def cli(ctx: click.Context, redis_url: str | None, namespace: str | None) -> Non
 cli.add_command(up)
 cli.add_command(coordinator)
 cli.add_command(agents)
+for command in (send, request, broadcast, publish, subscribe, deadletter):
+    cli.add_command(command)
 
 
 def main() -> None:
