@@ -107,6 +107,7 @@ class Coordinator:
             task = asyncio.create_task(coro, name=f"coordinator-{s.coordinator_id}-{name}")
             task.add_done_callback(self._task_done)
             self._tasks.append(task)
+        # counters as metrics; after a stop the final values stay reported (cumulative)
         telemetry.observe_coordinator(s.coordinator_id, self.stats.as_dict)
         log.info(
             "coordinator %s ready on %s namespace %s",
@@ -164,7 +165,6 @@ class Coordinator:
         await self._close()
 
     async def _close(self) -> None:
-        telemetry.forget_coordinator(self.settings.coordinator_id)
         client, self._client = self._client, None
         if client is not None:
             with contextlib.suppress(*RETRYABLE):
