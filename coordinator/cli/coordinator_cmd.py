@@ -6,14 +6,24 @@ import click
 
 from coordinator.cli.base import CliState, pass_state, run_async
 from coordinator.health import check as health_check
+from coordinator.telemetry_setup import ENV_VAR, EXPORTERS, configure_telemetry
 
 __all__ = ["coordinator"]
 
 
 @click.group(invoke_without_command=True)
+@click.option(
+    "--otel",
+    type=click.Choice(EXPORTERS),
+    envvar=ENV_VAR,
+    show_envvar=True,
+    default=None,
+    help="Export OpenTelemetry spans and metrics: console (stdout) or otlp (OTEL_EXPORTER_OTLP_* "
+    "variables); default none. Needs agentbus[otel].",
+)
 @pass_state
 @click.pass_context
-def coordinator(ctx: click.Context, state: CliState) -> None:
+def coordinator(ctx: click.Context, state: CliState, otel: str | None) -> None:
     """Run the coordinator daemon against --redis-url (SIGTERM drains, a second one exits).
 
     Its settings come from AGENTBUS_* variables (see the README's configuration table).
@@ -22,7 +32,13 @@ def coordinator(ctx: click.Context, state: CliState) -> None:
         return
     from coordinator.daemon import run_daemon  # the daemon's imports only when it runs
 
-    raise SystemExit(run_daemon(state.coordinator_settings()))
+    settings = state.coordinator_settings()
+    exporting = configure_telemetry(otel, instance_id=settings.coordinator_id)
+    try:
+        code = run_daemon(settings)
+    finally:
+        exporting.shutdown()
+    raise SystemExit(code)
 
 
 @coordinator.command()
