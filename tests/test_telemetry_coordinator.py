@@ -30,6 +30,5 @@ async def test_heartbeats_expiries_and_registry_size_are_reported(
         await wait_for(lambda: point("agentbus.registry.size", ns) == 0, message="size 0")
         await agent.stop()
     await coordinator.stop()
-    assert coordinator.id not in {
-        a.get("agentbus.coordinator.id") for a, _ in o.metric_points("agentbus.agents.expired")
-    }
+    # a stopped coordinator's final counts are still exported (the daemon's last export)
+    assert point("agentbus.agents.expired", me) == 1
