@@ -11,6 +11,7 @@ on stderr, ``agentbus: error [code]: description``, and exit status 1; never a t
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sys
 from collections.abc import Callable, Coroutine
@@ -36,6 +37,7 @@ __all__ = [
     "json_payload",
     "pass_state",
     "run_async",
+    "setup_logging",
 ]
 
 T = TypeVar("T")
@@ -92,6 +94,16 @@ class AgentbusGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("agentbus: interrupted", err=True)
             sys.exit(EXIT_INTERRUPTED)
+
+
+def setup_logging(level: str) -> None:
+    """Log to stderr as ``time level logger: message`` (the CLI is the executable edge)."""
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
 
 
 def console() -> Console:

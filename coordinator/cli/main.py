@@ -5,11 +5,13 @@ from __future__ import annotations
 import click
 
 from coordinator.cli.agents import agents
-from coordinator.cli.base import AgentbusGroup, CliState
+from coordinator.cli.base import AgentbusGroup, CliState, setup_logging
 from coordinator.cli.coordinator_cmd import coordinator
 from coordinator.cli.deadletter import deadletter
 from coordinator.cli.messages import broadcast, publish, request, send, subscribe
+from coordinator.cli.stats_cmd import stats
 from coordinator.cli.up import up
+from coordinator.cli.watch_cmd import watch
 
 __all__ = ["cli", "main"]
 
@@ -28,9 +30,19 @@ __all__ = ["cli", "main"]
     show_envvar=True,
     help="Prefix of every key (default agentbus): several buses can share one Redis.",
 )
+@click.option(
+    "--log-level",
+    envvar="AGENTBUS_LOG_LEVEL",
+    show_envvar=True,
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+    default="warning",
+    show_default=True,
+    help="Log level (logs go to stderr).",
+)
 @click.pass_context
-def cli(ctx: click.Context, redis_url: str | None, namespace: str | None) -> None:
+def cli(ctx: click.Context, redis_url: str | None, namespace: str | None, log_level: str) -> None:
     """agentbus: a registry and message bus for fleets of software agents, on Redis."""
+    setup_logging(log_level)
     ctx.obj = CliState(redis_url=redis_url, namespace=namespace)
 
 
@@ -39,6 +51,8 @@ cli.add_command(coordinator)
 cli.add_command(agents)
 for command in (send, request, broadcast, publish, subscribe, deadletter):
     cli.add_command(command)
+cli.add_command(watch)
+cli.add_command(stats)
 
 
 def main() -> None:
