@@ -29,6 +29,7 @@ class Sizes:
     scaling: tuple[int, ...] = (100, 1000, 10_000)
     scaling_window: float = 10.0  # heartbeat CPU window per scaling point
     fleet_procs: int = 3
+    settle: float = 2.0  # seconds between a fleet's registration burst and its measured window
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -37,11 +38,12 @@ class Sizes:
             warmup=5,
             messages=300,
             agents=200,
-            duration=1.5,
+            duration=0.5,
             kills=2,
-            scaling=(20, 50),
-            scaling_window=0.5,
+            scaling=(30,),
+            scaling_window=0.3,
             fleet_procs=2,
+            settle=0.2,
         )
 
 

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import asyncio
-import multiprocessing as mp
 import time
 from typing import Any
 
@@ -17,7 +16,7 @@ import orjson
 
 from bench.common import Sizes, client, now_ns
 from bench.coord import CoordinatorProcess
-from bench.procs import WorkerContext, spawn
+from bench.procs import WorkerContext, context, spawn
 from bench.protocol import (
     CONTROL_MAXLEN,
     announce_all,
@@ -149,7 +148,7 @@ async def fleet_run(
     """N agents over ``procs`` processes against one coordinator process; measures the window."""
     keys = KeySpace(ns)
     r = client(url)
-    ctx = mp.get_context("spawn")
+    ctx = context()
     go, stop = ctx.Event(), ctx.Event()
     workers = []
     out: dict[str, Any] = {"agents": n, "window_s": window, "processes": procs}

@@ -74,6 +74,16 @@ async def raw_group(ctx: Context) -> None:
             "raw: stream XADD→XREADGROUP→XACK throughput (batched)",
             lambda: raw.stream_throughput(url, keys, s, loop),
         ),
+        (
+            "pubsub_throughput_unbatched",
+            "raw: pub/sub throughput, 1 PUBLISH per call, 64 in flight",
+            lambda: raw.pubsub_throughput_unbatched(url, keys, s, loop),
+        ),
+        (
+            "stream_throughput_unbatched",
+            "raw: stream throughput, 1 XADD per call, 64 in flight",
+            lambda: raw.stream_throughput_unbatched(url, keys, s, loop),
+        ),
     ]
     for key, title, make in measures:
         value = await make()
@@ -214,6 +224,17 @@ async def messaging_group(ctx: Context) -> None:
                 f"{messaging.RECEIVER_CONCURRENCY}",
             )
         )
+        base = _raw(ctx, "stream_throughput_unbatched")
+        if base is not None:
+            ctx.add(
+                Row(
+                    key="send_throughput.vs.unbatched",
+                    title="direct send throughput, 1 sender → 1 receiver",
+                    value=send,
+                    baseline_name="raw, 1 XADD per call, 64 in flight",
+                    baseline=base,
+                )
+            )
         bcast = await messaging.agentbus_broadcast(url, ns, s, loop)
         base = _raw(ctx, "pubsub_throughput")
         ctx.add(
@@ -228,6 +249,17 @@ async def messaging_group(ctx: Context) -> None:
                 note=f"{messaging.WINDOW} broadcasts in flight",
             )
         )
+        base = _raw(ctx, "pubsub_throughput_unbatched")
+        if base is not None:
+            ctx.add(
+                Row(
+                    key="broadcast_throughput.vs.unbatched",
+                    title="broadcast throughput to 1 subscriber",
+                    value=bcast,
+                    baseline_name="raw, 1 PUBLISH per call, 64 in flight",
+                    baseline=base,
+                )
+            )
     await _flush(url)
 
 
@@ -312,7 +344,9 @@ def _fleet_rows(ctx: Context, res: dict[str, object], label: str) -> None:
 async def fleet_group(ctx: Context) -> None:
     """``sizes.agents`` simulated agents heartbeating for ``sizes.duration`` seconds."""
     s = ctx.sizes
-    res = await fleet.fleet_run(ctx.url, "fleet", s.agents, s.duration, s.fleet_procs, ctx.loop)
+    res = await fleet.fleet_run(
+        ctx.url, "fleet", s.agents, s.duration, s.fleet_procs, ctx.loop, settle=s.settle
+    )
     ctx.details["fleet"] = res
     _fleet_rows(ctx, res, "fleet")
     await _flush(ctx.url)
@@ -330,7 +364,7 @@ async def scaling_group(ctx: Context) -> None:
             disc, found = await discovery.agentbus_discover(url, ns, small)
         await _flush(url)
         res = await fleet.fleet_run(
-            url, f"scale-hb-{n}", n, s.scaling_window, s.fleet_procs, ctx.loop
+            url, f"scale-hb-{n}", n, s.scaling_window, s.fleet_procs, ctx.loop, settle=s.settle
         )
         await _flush(url)
         point = {

@@ -25,9 +25,11 @@ __all__ = [
     "pubsub_oneway",
     "pubsub_rr",
     "pubsub_throughput",
+    "pubsub_throughput_unbatched",
     "registry_write",
     "stream_oneway",
     "stream_throughput",
+    "stream_throughput_unbatched",
 ]
 
 _SPARSE_GAP = 0.001  # seconds between messages in "sparse traffic" one-way runs
@@ -196,6 +198,56 @@ async def stream_throughput(url: str, keys: KeySpace, sizes: Sizes, loop: str) -
                 pipe.xadd(stream, fields, maxlen=maxlen, approximate=True)
             await pipe.execute()
             sent += _BATCH
+        res = worker.result(timeout=120)
+        return Throughput(res["count"], (res["last"] - t0) / 1e9)
+    finally:
+        worker.stop()
+        await r.aclose()
+
+
+async def stream_throughput_unbatched(
+    url: str, keys: KeySpace, sizes: Sizes, loop: str, window: int = 64
+) -> Throughput:
+    """One XADD call per message, ``window`` calls in flight (as a sender without batching)."""
+    stream = keys.inbox("raw-rx")
+    await _fresh_group(url, stream)
+    n = sizes.messages
+    worker = spawn(stream_consumer_worker, url, stream, n, "count", loop=loop)
+    r = client(url)
+    fields: dict[Any, Any] = dict(encode_fields(body_envelope()))
+    maxlen = max(10_000, n)
+    try:
+        t0 = now_ns()
+        sent = 0
+        while sent < n:
+            k = min(window, n - sent)
+            await asyncio.gather(
+                *(r.xadd(stream, fields, maxlen=maxlen, approximate=True) for _ in range(k))
+            )
+            sent += k
+        res = worker.result(timeout=120)
+        return Throughput(res["count"], (res["last"] - t0) / 1e9)
+    finally:
+        worker.stop()
+        await r.aclose()
+
+
+async def pubsub_throughput_unbatched(
+    url: str, keys: KeySpace, sizes: Sizes, loop: str, window: int = 64
+) -> Throughput:
+    """One PUBLISH call per message, ``window`` calls in flight."""
+    channel = keys.broadcast_channel()
+    n = sizes.messages
+    worker = spawn(pubsub_sub_worker, url, channel, n, "count", loop=loop)
+    r = client(url)
+    body = encode_json(body_envelope())
+    try:
+        t0 = now_ns()
+        sent = 0
+        while sent < n:
+            k = min(window, n - sent)
+            await asyncio.gather(*(r.publish(channel, body) for _ in range(k)))
+            sent += k
         res = worker.result(timeout=120)
         return Throughput(res["count"], (res["last"] - t0) / 1e9)
     finally:
