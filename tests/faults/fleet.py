@@ -1,0 +1,130 @@
+"""Agents for fault scenarios: several ``Agent``s in one process, each writing what it handles.
+
+Usage::
+
+    python -m tests.faults.fleet --log FILE --names a0,a1 [--role pool] [--concurrency 2]
+                                 [--hold 0] [--topic 'news.*']
+
+The bus comes from the ``AGENTBUS_*`` environment. Every event is one line appended to ``FILE``
+with a single ``write()`` on an ``O_APPEND`` descriptor, so lines survive a SIGKILL of this process
+and a Redis that lost its data (the ledger does not live in the system under test)::
+
+    ready <agent> <instance>        registered
+    start <agent> <msg id> <entry id> <delivery count> <type>
+    done  <agent> <msg id> <entry id> <delivery count> <type>
+    live  <agent> <msg id> <type>  a pub/sub broadcast handled
+    topic <agent> <msg id>         a topic message received
+    term  <agent>                  SIGTERM received: stopping
+    stopped <agent>                left the registry (``agent.stop()`` returned)
+
+Handlers: ``job`` and ``ask`` (hold ``payload["hold"]`` or ``--hold`` seconds, reply the agent's
+name), ``bcast`` (broadcasts), ``stall`` (blocks the event loop ``payload["seconds"]``: the fault
+of scenario 6). SIGTERM (or stdin closing) stops every agent gracefully, then the process exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+from agent_sdk import Agent
+from agent_sdk.messaging import Message
+
+
+class Ledger:
+    """Appends one line per event; atomic per line (O_APPEND, one write)."""
+
+    def __init__(self, path: str) -> None:
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def write(self, *words: object) -> None:
+        os.write(self.fd, (" ".join(str(w) for w in words) + "\n").encode())
+
+
+def build(name: str, role: str, concurrency: int, hold: float, ledger: Ledger) -> Agent:
+    agent = Agent(name, role, max_concurrency=concurrency)
+
+    async def work(payload: Any, msg: Message) -> str:
+        ledger.write("start", name, msg.id, msg.entry_id, msg.delivery_count, msg.type)
+        seconds = payload.get("hold", hold) if isinstance(payload, dict) else hold
+        if seconds:
+            await asyncio.sleep(float(seconds))  # the work itself
+        ledger.write("done", name, msg.id, msg.entry_id, msg.delivery_count, msg.type)
+        return name
+
+    agent.on("job")(work)
+    agent.on("ask")(work)
+
+    @agent.on("bcast")
+    async def bcast(payload: Any, msg: Message) -> None:
+        if msg.entry_id is None:
+            ledger.write("live", name, msg.id, msg.type)
+        else:
+            ledger.write("done", name, msg.id, msg.entry_id, msg.delivery_count, msg.type)
+
+    @agent.on("stall")
+    async def stall(payload: Any, msg: Message) -> str:
+        ledger.write("start", name, msg.id, msg.entry_id, msg.delivery_count, msg.type)
+        time.sleep(float(payload["seconds"]))  # blocks the whole event loop: the fault
+        ledger.write("done", name, msg.id, msg.entry_id, msg.delivery_count, msg.type)
+        return name
+
+    return agent
+
+
+async def listen(agent: Agent, pattern: str, ledger: Ledger, ready: asyncio.Event) -> None:
+    async with agent.subscribe(pattern) as sub:
+        ready.set()
+        async for msg in sub:
+            ledger.write("topic", agent.name, msg.id)
+
+
+async def main(args: argparse.Namespace) -> None:
+    ledger = Ledger(args.log)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    names = [n for n in args.names.split(",") if n]
+    agents = [build(n, args.role, args.concurrency, args.hold, ledger) for n in names]
+    await asyncio.gather(*(a.start() for a in agents))
+    listeners: list[asyncio.Task[None]] = []
+    for a in agents:
+        if args.topic:
+            subscribed = asyncio.Event()
+            listeners.append(asyncio.create_task(listen(a, args.topic, ledger, subscribed)))
+            await subscribed.wait()
+        ledger.write("ready", a.name, a.instance_id)
+    stdin_closed = asyncio.ensure_future(asyncio.to_thread(sys.stdin.read))
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({stdin_closed, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    for a in agents:
+        ledger.write("term", a.name)
+
+    async def stop_one(a: Agent) -> None:
+        await a.stop()
+        ledger.write("stopped", a.name)
+
+    for task in listeners:
+        task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.gather(*listeners, return_exceptions=True)
+    await asyncio.gather(*(stop_one(a) for a in agents))
+    stopping.cancel()
+    os._exit(0)  # the stdin reader thread may still block; nothing else is left to flush
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser()
+    p.add_argument("--log", required=True)
+    p.add_argument("--names", required=True)
+    p.add_argument("--role", default="pool")
+    p.add_argument("--concurrency", type=int, default=2)
+    p.add_argument("--hold", type=float, default=0.0)
+    p.add_argument("--topic", default="")
+    asyncio.run(main(p.parse_args()))

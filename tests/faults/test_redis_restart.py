@@ -1,0 +1,83 @@
+"""Scenarios 1 and 2: Redis SIGKILLed and restarted on the same port, with and without its data."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from agent_sdk import Bus
+from schemas.errors import AgentbusError
+from tests.faults.harness import Cluster, Traffic, report, run_traffic
+from tests.support import wait_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+
+NAMES_A = ["a0", "a1", "a2"]
+NAMES_B = ["b0", "b1"]
+
+
+async def test_redis_sigkill_with_aof_loses_nothing_acknowledged(cluster: Cluster) -> None:
+    cluster.coordinator("c1")
+    fa = cluster.fleet(NAMES_A, concurrency=4, topic="news.*")
+    fb = cluster.fleet(NAMES_B, concurrency=4)
+    names = NAMES_A + NAMES_B
+    await cluster.wait_ready(fa)
+    await cluster.wait_ready(fb)
+    traffic, stop = Traffic(), asyncio.Event()
+    async with Bus(cluster.settings) as bus:
+        sender = asyncio.create_task(run_traffic(bus, traffic, stop, names, topic="news.x"))
+        await wait_for(lambda: len(traffic.acked) >= 150, timeout=60, message="traffic flows")
+        before = len(traffic.acked)
+        outage = await asyncio.to_thread(cluster.restart_redis, 1.0)  # SIGKILL, 1 s down
+        restarted = time.monotonic()
+
+        # every process reconnects: the sender's calls succeed again ...
+        await wait_for(
+            lambda: len(traffic.acked) >= before + 150, timeout=90, message="traffic resumed"
+        )
+        resumed_after = time.monotonic() - restarted
+        # ... the registry is whole (AOF kept it; liveness never expired anyone) ...
+        await wait_for(lambda: cluster.registered() == set(names), timeout=30)
+        # ... and topic subscriptions are back: a topic message sent now is received
+        seen_topics = len(cluster.ledger().of("topic"))
+        await wait_for(
+            lambda: _more_topics(cluster, seen_topics, bus), timeout=60, message="topics resumed"
+        )
+        stop.set()
+        await sender
+
+    durable = set(traffic.acked)
+    await wait_for(
+        lambda: durable <= set(cluster.ledger().done_ids()),
+        timeout=90,
+        message="every acknowledged message handled",
+    )
+    ledger = cluster.ledger()
+    done = ledger.done_ids()
+    lost = durable - set(done)
+    live_expired = [e.name for e in cluster.expired()]
+    report(
+        "redis_restart_aof",
+        outage_s=round(outage, 2),
+        sent_acked=len(durable),
+        refused_during_outage=dict(traffic.refused),
+        requests_answered=traffic.answered,
+        handled=len(set(done) & durable),
+        duplicated=sum(done[m] - 1 for m in durable if done[m] > 1),
+        lost=len(lost),
+        traffic_resumed_s=round(resumed_after, 2),
+        expired_live_agents=live_expired,
+    )
+    assert not lost
+    assert live_expired == []  # no live agent expired by the outage
+    assert fa.alive and fb.alive, cluster.diagnostics()
+
+
+async def _more_topics(cluster: Cluster, seen: int, bus: Bus) -> bool:
+    try:
+        await bus.publish("news.after", {"probe": True})
+    except AgentbusError:
+        return False
+    return len(cluster.ledger().of("topic")) > seen
