@@ -48,33 +48,59 @@ def normalize_statuses(status: StatusFilter) -> tuple[AgentStatus, ...]:
 
 
 def _pairs(flat: Sequence[bytes | str]) -> dict[str, str]:
-    it = iter(flat)
-    return {_text(k): _text(v) for k, v in zip(it, it, strict=True)}
+    """A flat ``HGETALL`` array as a dict of strings (hot path: no per-item type checks)."""
+    if flat and isinstance(flat[0], bytes):
+        texts: Sequence[Any] = list(map(bytes.decode, flat))  # type: ignore[arg-type]
+    else:
+        texts = flat
+    return dict(zip(texts[::2], texts[1::2], strict=True))
+
+
+_STATUS = {s.value: s for s in AgentStatus}
 
 
 def _fast(d: dict[str, str]) -> AgentRecord:
+    """Build a record from a coordinator-written hash without re-validating it.
+
+    What ``model_construct`` does, minus its per-field default handling (which costs as much as
+    validation): every field is set here. ``tests/test_discovery.py`` checks the result equals
+    ``AgentRecord.from_hash`` (full validation) field for field.
+    """
     pid = d.get("pid")
+    caps = d.get("capabilities")
+    tags = d.get("tags")
+    meta = d.get("metadata")
     values: dict[str, Any] = {
         "name": d["name"],
         "role": d["role"],
         "version": d.get("version", "0.0.0"),
         "description": d.get("description", ""),
-        "capabilities": tuple(orjson.loads(d["capabilities"])) if "capabilities" in d else (),
-        "tags": tuple(orjson.loads(d["tags"])) if "tags" in d else (),
+        "capabilities": tuple(orjson.loads(caps)) if caps else (),
+        "tags": tuple(orjson.loads(tags)) if tags else (),
         "region": d.get("region"),
         "host": d.get("host"),
         "pid": int(pid) if pid is not None else None,
         "max_concurrency": int(d.get("max_concurrency", 1)),
-        "metadata": orjson.loads(d["metadata"]) if "metadata" in d else {},
+        "metadata": orjson.loads(meta) if meta else {},
         "instance_id": d["instance_id"],
-        "status": AgentStatus(d.get("status", "ready")),
+        "status": _STATUS[d.get("status", "ready")],
         "load": int(d.get("load", 0)),
         "registered_at": datetime.fromisoformat(d["registered_at"]),
         "last_seen": datetime.fromisoformat(d["last_seen"]),
         "heartbeat_ms": int(d["heartbeat_ms"]),
         "ttl_ms": int(d["ttl_ms"]),
     }
-    return AgentRecord.model_construct(**values)
+    if not (isinstance(values["metadata"], dict) and values["max_concurrency"] >= 1):
+        raise ValueError("needs validation")
+    record = AgentRecord.__new__(AgentRecord)
+    _set(record, "__dict__", values)
+    _set(record, "__pydantic_fields_set__", set(_RECORD_FIELDS))
+    _set(record, "__pydantic_extra__", None)
+    _set(record, "__pydantic_private__", None)
+    return record
+
+
+_set = object.__setattr__
 
 
 def decode_record(raw: Sequence[bytes | str] | dict[str, str]) -> AgentRecord:

@@ -1,0 +1,332 @@
+"""Discovery and selection against a registry built by the real coordinator."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+
+from agent_sdk import Agent, AgentRecord, AgentStatus, Bus, InvalidInput, NoResponders, Settings
+from agent_sdk.discovery import decode_record
+from coordinator import Coordinator, CoordinatorSettings
+from schemas.envelope import Envelope, Kind, decode_json, encode_fields
+from schemas.errors import ProtocolError
+from schemas.keys import KeySpace
+from schemas.semver import parse_range
+
+ROLES = ["alpha", "beta", "gamma", "delta"]
+CAPS = [f"c{i}" for i in range(8)]
+TAGS = [f"t{i}" for i in range(6)]
+VERSIONS = ["0.9.0", "1.0.0", "1.2.3", "1.10.0-rc.1", "1.10.0", "2.0.0", "2.1.5"]
+RANGES = ["^1.0", ">=1.2 <2", "~1.2.0", "2.x", "*", "<1", "1.10.0-rc.1", "^1.0 || ^2.1", ">2.1"]
+STATUSES = list(AgentStatus)
+FLEET_SIZE = 1000
+
+
+async def register_raw(
+    r: aioredis.Redis, keys: KeySpace, cards: list[dict[str, Any]], *, timeout: float = 60
+) -> None:
+    """Announce ``cards`` through the control stream (as agents would) and await every answer.
+
+    Long TTLs keep the fleet alive without heartbeats. Extra keys ``status``/``load`` of a
+    card go to the announcement.
+    """
+    reply_to = keys.replies("populator", "fleet")
+    pipe = r.pipeline(transaction=False)
+    for i, card in enumerate(cards):
+        card = dict(card)
+        status = card.pop("status", "ready")
+        load = card.pop("load", 0)
+        payload = {
+            "card": card,
+            "instance_id": f"inst-{i}",
+            "status": status,
+            "load": load,
+            "heartbeat_ms": 1_000_000,
+            "ttl_ms": 3_600_000,
+        }
+        env = Envelope(
+            kind=Kind.CONTROL,
+            type="announce",
+            sender=card["name"],
+            reply_to=reply_to,
+            payload=payload,
+        )
+        pipe.xadd(keys.control(), encode_fields(env))  # type: ignore[arg-type]
+    await pipe.execute()
+    for _ in cards:
+        item = await r.brpop([reply_to], timeout=timeout)
+        assert item is not None, "the coordinator did not answer every announcement"
+        answer = decode_json(item[1])
+        assert answer.error is None, answer.error
+
+
+def random_cards(rng: random.Random, n: int) -> list[dict[str, Any]]:
+    cards = []
+    for i in range(n):
+        max_conc = rng.randint(1, 8)
+        cards.append(
+            {
+                "name": f"agent-{i:04d}",
+                "role": rng.choice(ROLES),
+                "capabilities": rng.sample(CAPS, rng.randint(0, 4)),
+                "tags": rng.sample(TAGS, rng.randint(0, 3)),
+                "version": rng.choice(VERSIONS),
+                "max_concurrency": max_conc,
+                "metadata": {"i": str(i)},
+                "status": rng.choice(STATUSES).value,
+                "load": rng.randint(0, max_conc),
+            }
+        )
+    return cards
+
+
+@dataclass
+class Fleet:
+    loop: asyncio.AbstractEventLoop
+    bus: Bus
+    records: list[AgentRecord]
+
+    def run(self, coro: Any) -> Any:
+        return self.loop.run_until_complete(coro)
+
+
+@pytest.fixture
+def fleet(coordinator_settings: CoordinatorSettings, settings: Settings) -> Iterator[Fleet]:
+    """1,000 random agents registered by the coordinator; records read back by full validation.
+
+    Sync on purpose: hypothesis drives the examples, each run on this private event loop.
+    """
+    loop = asyncio.new_event_loop()
+
+    async def build() -> tuple[Bus, list[AgentRecord]]:
+        r = aioredis.Redis.from_url(settings.url)
+        try:
+            async with Coordinator(coordinator_settings):
+                await register_raw(r, settings.keys, random_cards(random.Random(7), FLEET_SIZE))
+            names = sorted(n.decode() for n in await r.smembers(settings.keys.agents()))
+            assert len(names) == FLEET_SIZE
+            records = [
+                AgentRecord.from_hash(await r.hgetall(settings.keys.record(n))) for n in names
+            ]
+        finally:
+            await r.aclose()
+        return await Bus(settings).start(), records
+
+    bus, records = loop.run_until_complete(build())
+    try:
+        yield Fleet(loop, bus, records)
+    finally:
+        loop.run_until_complete(bus.stop())
+        loop.close()
+
+
+def brute_force(records: list[AgentRecord], q: dict[str, Any]) -> list[AgentRecord]:
+    statuses = q["status"]
+    if isinstance(statuses, AgentStatus):
+        statuses = [statuses]
+    rng = parse_range(q["version"]) if q["version"] else None
+    return [
+        rec
+        for rec in records
+        if (q["role"] is None or rec.role == q["role"])
+        and all(c in rec.capabilities for c in q["capabilities"])
+        and (not q["tags"] or any(t in rec.tags for t in q["tags"]))
+        and (statuses is None or rec.status in statuses)
+        and (q["max_load"] is None or rec.load <= q["max_load"])
+        and (rng is None or rec.version in rng)
+    ]
+
+
+queries = st.fixed_dictionaries(
+    {
+        "role": st.none() | st.sampled_from([*ROLES, "nobody"]),
+        "capabilities": st.lists(st.sampled_from(CAPS), max_size=3, unique=True),
+        "tags": st.lists(st.sampled_from([*TAGS, "t-unused"]), max_size=3, unique=True),
+        "status": st.none()
+        | st.sampled_from(STATUSES)
+        | st.lists(st.sampled_from(STATUSES), min_size=1, max_size=3, unique=True),
+        "max_load": st.none() | st.integers(0, 8),
+        "version": st.none() | st.sampled_from(RANGES),
+    }
+)
+
+
+@hsettings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(q=queries)
+def test_discover_matches_a_brute_force_filter(fleet: Fleet, q: dict[str, Any]) -> None:
+    got = fleet.run(fleet.bus.discover(**q))
+    expected = brute_force(fleet.records, q)
+    assert [r.name for r in got] == [r.name for r in expected]
+    assert got == expected  # the lean decode gives the same records as full validation
+
+
+def test_discover_limit_returns_a_subset(fleet: Fleet) -> None:
+    everyone = {r.name for r in fleet.run(fleet.bus.discover(role="alpha"))}
+    assert len(everyone) > 10
+    some = fleet.run(fleet.bus.discover(role="alpha", limit=10))
+    assert len(some) == 10
+    assert {r.name for r in some} <= everyone
+    versioned = fleet.run(fleet.bus.discover(version="^1.0", limit=5))
+    assert len(versioned) == 5
+    assert all(r.version in parse_range("^1.0") for r in versioned)
+    assert fleet.run(fleet.bus.discover(limit=0)) == []
+
+
+def test_discover_without_filters_lists_everyone(fleet: Fleet) -> None:
+    assert fleet.run(fleet.bus.discover()) == fleet.records
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"role": "bad role"},
+        {"capabilities": ["a:b"]},
+        {"tags": ["*"]},
+        {"status": "sleeping"},
+        {"version": "not a range"},
+        {"limit": -1},
+    ],
+)
+async def test_discover_refuses_bad_filters(
+    settings: Settings, bad: dict[str, Any], redis_server: object
+) -> None:
+    async with Bus(settings) as bus:
+        with pytest.raises(InvalidInput):
+            await bus.discover(**bad)
+
+
+# -- decoding ------------------------------------------------------------------------------
+def _record(**overrides: Any) -> AgentRecord:
+    base: dict[str, Any] = {
+        "name": "n1",
+        "role": "r",
+        "instance_id": "i1",
+        "registered_at": "2026-11-21T10:00:00.123Z",
+        "last_seen": "2026-11-21T10:00:01.456Z",
+        "heartbeat_ms": 100,
+        "ttl_ms": 500,
+    }
+    return AgentRecord.model_validate({**base, **overrides})
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        _record(),
+        _record(
+            capabilities=("a", "b"),
+            tags=("x",),
+            region="eu-west",
+            host="h1",
+            pid=42,
+            max_concurrency=7,
+            load=3,
+            status="draining",
+            metadata={"k": "v", "ü": "✓"},
+            description='déjà vu: "quotes" and\nnewlines',
+            version="1.2.3-rc.1+build.5",
+        ),
+    ],
+)
+def test_lean_decode_equals_full_validation(record: AgentRecord) -> None:
+    raw = record.to_hash()
+    flat: list[bytes] = []
+    for k, v in raw.items():
+        flat += [k.encode(), v.encode()]
+    assert decode_record(flat) == AgentRecord.from_hash(raw) == record
+    assert decode_record(raw) == record
+    copy = decode_record(flat).model_copy(update={"load": 1})
+    assert copy.load == 1
+
+
+def test_decode_falls_back_to_validation_and_reports_bad_records() -> None:
+    raw = _record().to_hash()
+    raw["max_concurrency"] = "0"
+    with pytest.raises(ProtocolError, match="n1"):
+        decode_record(raw)
+    raw = _record().to_hash()
+    raw["future_field"] = "ignored"
+    assert decode_record(raw) == _record()
+
+
+# -- selection -----------------------------------------------------------------------------
+@pytest.fixture
+async def trio(
+    coordinator: Coordinator, settings: Settings, r: aioredis.Redis
+) -> list[dict[str, Any]]:
+    """Three workers registered through the coordinator with fixed loads (no heartbeats)."""
+    cards: list[dict[str, Any]] = [
+        {"name": "w-a", "role": "worker", "max_concurrency": 4, "load": 3},  # 0.75
+        {"name": "w-b", "role": "worker", "max_concurrency": 2, "load": 1},  # 0.5
+        {"name": "w-c", "role": "worker", "max_concurrency": 10, "load": 2},  # 0.2
+        {"name": "w-d", "role": "worker", "max_concurrency": 10, "load": 0, "status": "draining"},
+    ]
+    await register_raw(r, settings.keys, cards)
+    return cards
+
+
+async def test_select_least_loaded(trio: list[dict[str, Any]], settings: Settings) -> None:
+    async with Bus(settings) as bus:
+        recs = await bus.discover(role="worker")
+        assert [(x.name, x.load) for x in recs] == [("w-a", 3), ("w-b", 1), ("w-c", 2), ("w-d", 0)]
+        picks = {(await bus.select(role="worker")).name for _ in range(20)}
+        assert picks == {"w-c"}  # w-d has no load but is draining: never selected by default
+        assert (await bus.select(role="worker", max_load=1)).name == "w-b"
+        chosen = await bus.select(role="worker", status="draining")
+        assert chosen.name == "w-d"
+
+
+async def test_select_least_loaded_spreads_over_ties(
+    coordinator: Coordinator, settings: Settings, r: aioredis.Redis
+) -> None:
+    cards = [{"name": f"idle-{i}", "role": "idle"} for i in range(3)]
+    await register_raw(r, settings.keys, cards)
+    async with Bus(settings) as bus:
+        picks = {(await bus.select(role="idle")).name for _ in range(60)}
+    assert len(picks) > 1
+
+
+async def test_select_round_robin_takes_turns_per_caller(
+    trio: list[dict[str, Any]], settings: Settings
+) -> None:
+    async with Bus(settings) as first, Bus(settings) as second:
+        picks = [(await first.select(role="worker", strategy="round_robin")).name for _ in range(6)]
+        assert picks == ["w-a", "w-b", "w-c", "w-a", "w-b", "w-c"]
+        # another caller has its own turn
+        assert (await second.select(role="worker", strategy="round_robin")).name == "w-a"
+        # a different query has its own turn
+        assert (await first.select(role="worker", max_load=2, strategy="round_robin")).name == "w-b"
+    # the agent façade selects too
+    async with Agent("picker", "client", settings=settings) as agent:
+        assert (await agent.select(role="worker", strategy="round_robin")).name == "w-a"
+
+
+async def test_select_random_spreads(trio: list[dict[str, Any]], settings: Settings) -> None:
+    async with Bus(settings) as bus:
+        picks = [(await bus.select(role="worker", strategy="random")).name for _ in range(60)]
+    assert set(picks) <= {"w-a", "w-b", "w-c"}
+    assert len(set(picks)) > 1
+
+
+async def test_select_raises_no_responders(
+    coordinator: Coordinator, settings: Settings, redis_server: object
+) -> None:
+    async with Bus(settings) as bus:
+        with pytest.raises(NoResponders) as caught:
+            await bus.select(role="nobody", capabilities=["x"])
+        assert settings.namespace in str(caught.value)
+        assert "nobody" in str(caught.value)
+        assert caught.value.details["query"]["capabilities"] == ["x"]
+        with pytest.raises(InvalidInput):
+            await bus.select(role="worker", strategy="fastest")  # type: ignore[arg-type]
