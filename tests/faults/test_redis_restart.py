@@ -81,3 +81,51 @@ async def _more_topics(cluster: Cluster, seen: int, bus: Bus) -> bool:
     except AgentbusError:
         return False
     return len(cluster.ledger().of("topic")) > seen
+
+
+async def test_redis_restart_empty_fleet_reannounces(volatile_cluster: Cluster) -> None:
+    cluster = volatile_cluster
+    cluster.coordinator("c1")
+    fa = cluster.fleet(NAMES_A, concurrency=4, topic="news.*")
+    fb = cluster.fleet(NAMES_B, concurrency=4)
+    names = NAMES_A + NAMES_B
+    ready = {**await cluster.wait_ready(fa), **await cluster.wait_ready(fb)}
+    traffic, stop = Traffic(), asyncio.Event()
+    async with Bus(cluster.settings) as bus:
+        sender = asyncio.create_task(run_traffic(bus, traffic, stop, names))
+        await wait_for(lambda: len(traffic.acked) >= 150, timeout=60, message="traffic flows")
+        outage = await asyncio.to_thread(cluster.restart_redis, 0.5)  # comes back EMPTY
+        restarted = time.monotonic()
+        after_restart = len(traffic.acked)
+        assert cluster.registered() <= set(names)
+        # the registry is rebuilt from the live agents (heartbeat of an unknown instance ->
+        # reannounce), with the same instances: nobody restarted
+        await wait_for(lambda: cluster.registered() == set(names), timeout=60, message="rebuilt")
+        rebuilt_after = time.monotonic() - restarted
+        holders = {n: cluster.sync.hget(cluster.keys.record(n), "instance_id") for n in names}
+        assert holders == ready
+        await wait_for(
+            lambda: len(traffic.acked) >= after_restart + 150, timeout=60, message="traffic"
+        )
+        # no process stuck: every agent answers a request
+        for n in names:
+            assert await bus.request(n, "ask", {"probe": True}, timeout=30) == n
+        stop.set()
+        await sender
+    # every message acknowledged after the restart is handled (groups recreated on NOGROUP)
+    later = set(list(traffic.acked)[after_restart:])
+    await wait_for(
+        lambda: later <= set(cluster.ledger().done_ids()), timeout=60, message="all handled"
+    )
+    done = cluster.ledger().done_ids()
+    report(
+        "redis_restart_empty",
+        outage_s=round(outage, 2),
+        registry_rebuilt_s=round(rebuilt_after, 2),
+        sent_acked_after_restart=len(later),
+        lost_after_restart=len(later - set(done)),
+        lost_before_restart_unpersisted=len(set(list(traffic.acked)[:after_restart]) - set(done)),
+        duplicated=sum(n - 1 for n in done.values() if n > 1),
+        refused=dict(traffic.refused),
+    )
+    assert fa.alive and fb.alive, cluster.diagnostics()
