@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMappin
 from contextlib import contextmanager
 from functools import lru_cache
 
+from opentelemetry import context as otel_context
 from opentelemetry import metrics, propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.metrics import CallbackOptions, Observation
@@ -67,6 +68,7 @@ __all__ = [
     "record_request_duration",
     "record_sent",
     "set_registry_size",
+    "tracing_enabled",
     "use_tracer_provider",
 ]
 
@@ -98,11 +100,30 @@ def use_tracer_provider(provider: trace.TracerProvider | None) -> None:
     For tests (the global provider can be set only once per process) and for applications
     that keep agentbus spans apart.
     """
-    global _tracer
+    global _tracer, _override
     if provider is None:
-        _tracer = trace.get_tracer(INSTRUMENTATION_NAME)
+        _tracer, _override = trace.get_tracer(INSTRUMENTATION_NAME), False
     else:
-        _tracer = provider.get_tracer(INSTRUMENTATION_NAME)
+        _tracer, _override = provider.get_tracer(INSTRUMENTATION_NAME), True
+
+
+_override = False
+_global_sdk = False  # the global provider can be set once, never unset: remember it
+_NOOP_PROVIDERS = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
+
+
+def tracing_enabled() -> bool:
+    """True once an SDK tracer provider is installed (globally or with ``use_tracer_provider``).
+
+    While it is false the span helpers take a fast path: no span object, no context switch,
+    only the pass-through of a trace context that arrived in a message.
+    """
+    global _global_sdk
+    if _override or _global_sdk:
+        return True
+    # exact type test: cheap (isinstance against these ABCs costs more than the rest)
+    _global_sdk = type(trace.get_tracer_provider()) not in _NOOP_PROVIDERS
+    return _global_sdk
 
 
 # -- context propagation ---------------------------------------------------------------------
@@ -159,6 +180,12 @@ def producer_span(
     makes it a CLIENT span named ``request <destination>`` meant to cover the wait for the reply.
     An exception escaping the block is recorded and sets the status to ERROR.
     """
+    if not tracing_enabled():
+        current = trace.get_current_span()
+        if headers is not None and current.get_span_context().is_valid:
+            propagate.inject(headers)  # a trace that came in goes on
+        yield current
+        return
     name = f"{'request' if request else operation} {destination}"
     kind = SpanKind.CLIENT if request else SpanKind.PRODUCER
     with _tracer.start_as_current_span(name, kind=kind) as span:
@@ -186,6 +213,16 @@ def consumer_span(
     conversation_id: str | None = None,
 ) -> Iterator[Span]:
     """A CONSUMER span around processing one message, child of the context in ``headers``."""
+    if not tracing_enabled():
+        if not headers or "traceparent" not in headers:
+            yield trace.INVALID_SPAN
+            return
+        token = otel_context.attach(extract(headers))  # pass the trace through this process
+        try:
+            yield trace.get_current_span()
+        finally:
+            otel_context.detach(token)
+        return
     parent = extract(headers)
     with _tracer.start_as_current_span(
         f"process {destination}", context=parent, kind=SpanKind.CONSUMER

@@ -154,6 +154,12 @@ with telemetry.consumer_span("a", "t", headers=incoming) as span:
     with telemetry.producer_span("b", "t", headers=out) as inner:
         assert not inner.is_recording()
 telemetry.record_sent("t")
+# and adds nothing to messages when no trace came in
+fresh = {}
+with telemetry.producer_span("c", "t", headers=fresh):
+    pass
+assert fresh == {}, fresh
+assert not telemetry.tracing_enabled()
 # the API passes the trace through a process that exports nothing
 print(out["traceparent"].split("-")[1])
 """
