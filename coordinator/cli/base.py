@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import sys
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -108,7 +107,7 @@ def setup_logging(level: str) -> None:
 
 def console() -> Console:
     """A rich console for stdout: the terminal's width, or wide when piped (no wrapped tables)."""
-    wide = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 200
+    wide = None if sys.stdout.isatty() else 200
     return Console(highlight=False, width=wide)
 
 

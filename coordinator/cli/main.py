@@ -8,6 +8,7 @@ from coordinator.cli.agents import agents
 from coordinator.cli.base import AgentbusGroup, CliState, setup_logging
 from coordinator.cli.coordinator_cmd import coordinator
 from coordinator.cli.deadletter import deadletter
+from coordinator.cli.demo import demo
 from coordinator.cli.messages import broadcast, publish, request, send, subscribe
 from coordinator.cli.stats_cmd import stats
 from coordinator.cli.up import up
@@ -47,6 +48,7 @@ def cli(ctx: click.Context, redis_url: str | None, namespace: str | None, log_le
 
 
 cli.add_command(up)
+cli.add_command(demo)
 cli.add_command(coordinator)
 cli.add_command(agents)
 for command in (send, request, broadcast, publish, subscribe, deadletter):

@@ -1,0 +1,87 @@
+"""``agentbus demo`` runs the example agents end to end; its transcript shows every step."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from coordinator.cli import cli
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def transcript() -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", "coordinator.cli", "demo"],
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    return result.stdout
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    "expected",
+    [
+        # 1. registration: four processes announce, the table lists them
+        r"== 1\. Registration",
+        r"registered: planner, reviewer, summarizer-1, summarizer-2",
+        r"│ summarizer-2 +│ summarizer +│ ready",
+        # 2. discovery
+        r"discover\(role='summarizer'\) -> \['summarizer-1', 'summarizer-2'\]",
+        r"discover\(capabilities=\['review'\], tags=\['en'\]\) -> \['reviewer'\]",
+        # 3. request-reply through the planner, the role queue and the reviewer
+        r"planner replied: 2 summaries",
+        r'review: \{"approved":true',
+        # 4. kill -9 mid-task, redelivery to the other member, expiry, rejoin
+        r"kill -9 (summarizer-\d) \(pid \d+\) while it holds message (\w+)",
+        r"redelivered: summarizer-\d handled message \w+ on delivery 2",
+        r"summarizer-\d expired from the registry",
+        r"summarizer-\d restarted and registered again",
+        # 5. scatter-gather
+        r"2 replies, missing: none",
+        # 6. broadcast: every agent printed it
+        r"all 4 agents got it",
+        # 7. clean leave
+        r"agents still registered: \[\]",
+        r"demo complete: every step passed",
+    ],
+)
+def test_demo_transcript_shows_each_step(transcript: str, expected: str) -> None:
+    assert re.search(expected, transcript), f"{expected!r} not in:\n{transcript}"
+
+
+@pytest.mark.timeout(120)
+def test_the_killed_member_is_not_the_one_that_finished(transcript: str) -> None:
+    killed = re.search(r"kill -9 (summarizer-\d) .* message (\w+)", transcript)
+    done = re.search(r"redelivered: (summarizer-\d) handled message (\w+) on delivery", transcript)
+    assert killed
+    assert done
+    assert killed.group(1) != done.group(1)
+    assert killed.group(2) == done.group(2)  # the same message id: the idempotency key
+    for agent in ("planner", "summarizer-1", "summarizer-2", "reviewer"):
+        assert re.search(rf"{agent} │ got broadcast", transcript)
+
+
+def test_demo_without_the_examples_says_where_they_are(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["demo", "--examples", str(tmp_path)])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("agentbus: error [configuration]: the demo runs the agents")
+
+
+def test_examples_use_only_the_sdk() -> None:
+    """Example agents are what users copy: they import agent_sdk, never the coordinator."""
+    for path in (ROOT / "examples").glob("*.py"):
+        text = path.read_text()
+        assert "import coordinator" not in text
+        assert "from coordinator" not in text
