@@ -85,6 +85,7 @@ class Membership:
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._reannounce = asyncio.Event()
+        self._announced_at = time.monotonic()
 
     @property
     def registered(self) -> bool:
@@ -141,6 +142,7 @@ class Membership:
         ).model_dump(mode="json", exclude_none=True)
         env = self._control(ControlType.ANNOUNCE, payload, reply=True, timeout=timeout)
         answer = self.router.expect(env.id)
+        sent = time.monotonic()
         try:
             await self._xadd(env, f"announcing {self.card.name!r}")
             try:
@@ -152,9 +154,11 @@ class Membership:
         if reply.error is not None:
             raise error_from_info(reply.error, registration=True)
         try:
-            return AgentRecord.model_validate(reply.payload)
+            record = AgentRecord.model_validate(reply.payload)
         except ValueError as e:
             raise ProtocolError(f"the coordinator answered with an invalid record: {e}") from e
+        self._announced_at = sent
+        return record
 
     def _no_coordinator(self, timeout: float) -> NoCoordinator:
         s = self.settings
@@ -207,7 +211,7 @@ class Membership:
     async def _loop(self) -> None:
         interval = self.settings.heartbeat_interval
         ttl = self.settings.ttl
-        last_ok = time.monotonic()
+        last_ok = self._announced_at  # an accepted announce counts as a heartbeat
         backoff = 0.05
         while True:
             with contextlib.suppress(TimeoutError):
