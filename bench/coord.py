@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
@@ -77,6 +78,21 @@ class CoordinatorProcess:
     def rss_mb(self) -> float:
         assert self.ps is not None
         return float(self.ps.memory_info().rss) / 1024 / 1024
+
+    def final_stats(self) -> dict[str, object]:
+        """The counters the coordinator logs when it stops (``stopped ({...})``), if found."""
+        try:
+            text = self.log_path.read_text()
+        except OSError:
+            return {}
+        for line in reversed(text.splitlines()):
+            if " stopped ({" in line:
+                try:
+                    value = ast.literal_eval(line[line.index("({") + 1 : line.rindex(")")])
+                except (ValueError, SyntaxError):
+                    return {}
+                return dict(value) if isinstance(value, dict) else {}
+        return {}
 
     def stop(self, timeout: float = 10.0) -> None:
         proc, self.process = self.process, None

@@ -190,6 +190,7 @@ async def fleet_run(
             out["rss_peak_mb"] = peak_rss
             out["control_pending_max"] = lag_max
             out["expired_in_window"] = await _count_events(r, keys, since, "agent_expired")
+            out["expired_total"] = await _count_events(r, keys, "0-0", "agent_expired")
             out["registered_at_end"] = int(await r.scard(keys.agents()))
             mem1 = await _info_memory(r)
             control_mem = int(await r.memory_usage(keys.control(), samples=0) or 0)
@@ -204,6 +205,7 @@ async def fleet_run(
             out["heartbeats_sent"] = sum(b["heartbeats"] for b in beats)
             out["simulator_max_late_ms"] = max(b["max_late_ms"] for b in beats)
             out["coordinator"] = coordinator.module
+        out["coordinator_stats"] = coordinator.final_stats()
     finally:
         stop.set()
         for w in workers:
