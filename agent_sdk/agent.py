@@ -278,6 +278,10 @@ class Agent:
             self._state = "stopped"
             self.stopped.set()
 
+    async def wait_stopped(self) -> None:
+        """Return once stopped (``stopped`` is the underlying event)."""
+        await self.stopped.wait()
+
     async def __aenter__(self) -> Agent:
         return await self.start()
 

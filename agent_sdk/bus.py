@@ -124,6 +124,10 @@ class Bus:
             await client.aclose()
         self.stopped.set()
 
+    async def wait_stopped(self) -> None:
+        """Return once stopped (``stopped`` is the underlying event)."""
+        await self.stopped.wait()
+
     async def __aenter__(self) -> Bus:
         return await self.start()
 

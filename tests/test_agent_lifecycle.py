@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from agent_sdk import Agent, AgentStatus, Bus, NameTaken, NoCoordinator, Settings
+from agent_sdk import Agent, AgentStatus, Bus, InvalidInput, NameTaken, NoCoordinator, Settings
 from coordinator import Coordinator
 from schemas.keys import KeySpace
 from tests.support import wait_for
@@ -287,3 +287,22 @@ async def test_bus_is_idempotent_and_reads_the_registry(
     await bus.stop()
     await bus.stop()
     assert bus.stopped.is_set()
+
+
+async def test_agents_can_share_one_bus(coordinator: Coordinator, settings: Settings) -> None:
+    async with Bus(settings) as bus:
+        agents = [Agent(f"shared-{i}", "pool", bus=bus) for i in range(5)]
+        for agent in agents:
+            await agent.start()
+        assert [r.name for r in await bus.discover(role="pool")] == [a.name for a in agents]
+        for agent in agents:
+            await agent.stop()
+        assert bus.started  # the agents did not close the bus they were lent
+        assert await bus.discover(role="pool") == []
+
+
+def test_invalid_cards_are_refused_before_any_io() -> None:
+    with pytest.raises(InvalidInput, match="bad name"):
+        Agent("bad name", "worker", settings=Settings(redis_url="redis://127.0.0.1:1/0"))
+    with pytest.raises(InvalidInput, match="version"):
+        Agent("ok", "worker", version="1.0", settings=Settings(redis_url="redis://127.0.0.1:1/0"))
