@@ -105,9 +105,8 @@ class Registry:
         """Apply a batch of heartbeats and XACK them; return 0-based positions of unknown ones."""
         if not batch:
             return []
-        args: list[Any] = [*self._args, COORDINATOR_GROUP]
-        for hb in batch:
-            args.extend(hb)
+        blob = "\n".join([" ".join(hb) for hb in batch])  # one argument: cheap to pack
+        args: list[Any] = [*self._args, COORDINATOR_GROUP, blob]
         unknown = await self._scripts.heartbeat(keys=[*self._keys, self._control], args=args)
         return [int(i) - 1 for i in unknown]
 

@@ -1,15 +1,15 @@
 -- heartbeat batch: extend deadlines, refresh last_seen/load/status, XACK every entry.
 -- KEYS[1..3] and ARGV[1..6]: see common.lua.  KEYS[4] R:control.
--- ARGV[7] consumer group  ARGV[8..] five per heartbeat: entry id, name, instance_id, load, status
+-- ARGV[7] consumer group  ARGV[8] the batch: one line per heartbeat, "<entry id> <name>
+-- <instance_id> <load> <status>" (names never hold spaces), lines joined by newlines.
 -- Returns the 1-based positions of heartbeats whose instance the registry does not hold.
 -- @include common
 local unknown = {}
 local ids = {}
 local n = 0
 local now = nil
-for i = 8, #ARGV, 5 do
+for eid, name, inst, load, status in string.gmatch(ARGV[8], '(%S+) (%S+) (%S+) (%S+) (%S+)') do
   n = n + 1
-  local eid, name, inst, load, status = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   ids[n] = eid
   local rkey = P.record .. name
   local cur = redis.call('HMGET', rkey, 'instance_id', 'ttl_ms', 'status', 'load', 'role')
