@@ -7,6 +7,7 @@ derives from ``AgentbusError`` (the tree is drawn in ``schemas.errors``).
 
 from agent_sdk.agent import Agent, Component
 from agent_sdk.bus import Bus
+from agent_sdk.messaging import GatherResult, Message, Subscription
 from agent_sdk.settings import Settings
 from schemas.agent import AgentRecord, AgentStatus
 from schemas.envelope import Envelope
@@ -41,7 +42,9 @@ __all__ = [
     "ConnectionFailed",
     "Envelope",
     "ErrorInfo",
+    "GatherResult",
     "InvalidInput",
+    "Message",
     "MessagingError",
     "NameTaken",
     "NoCoordinator",
@@ -53,4 +56,5 @@ __all__ = [
     "RemoteError",
     "RequestTimeout",
     "Settings",
+    "Subscription",
 ]
