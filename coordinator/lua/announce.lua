@@ -12,10 +12,13 @@ local now = now_ms()
 local old = to_table(redis.call('HGETALL', rkey))
 
 if old.instance_id and old.instance_id ~= inst then
+  -- judged at the announcement's own time (never later than now): the holder's heartbeats
+  -- written before it have been applied, those after it are still waiting in the stream
+  local judged_at = math.min(now, entry_ms(eid))
   local dl = tonumber(redis.call('ZSCORE', P.deadlines, name) or '0')
-  if dl > now then
+  if dl > judged_at then
     return { 'name_taken', old.instance_id, old.host or '', old.pid or '', old.last_seen or '',
-      tostring(dl - now) }
+      tostring(math.max(0, dl - now)) }
   end
   expire(name, old, 'replaced', now)
   old = {}
