@@ -1,0 +1,99 @@
+"""Pure pieces of the coordinator: the fast heartbeat parser, time formatting, settings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+import redis.asyncio as aioredis
+from hypothesis import given
+from hypothesis import strategies as st
+
+from coordinator import CoordinatorSettings
+from coordinator.scripts import script_source
+from coordinator.validation import PreparedAnnounce, fast_heartbeat, iso_ms, prepare_announce
+
+HB: dict[bytes, bytes] = {
+    b"v": b"1",
+    b"kind": b"control",
+    b"type": b"heartbeat",
+    b"sender": b"agent-1",
+    b"payload": b'{"instance_id":"abc123","load":2,"status":"busy"}',
+}
+
+
+def test_fast_heartbeat_parses_the_plain_entry() -> None:
+    assert fast_heartbeat("1-0", HB) == ("1-0", "agent-1", "abc123", "2", "busy")
+    minimal = {b"type": b"heartbeat", b"sender": b"a", b"payload": b'{"instance_id":"i"}'}
+    assert fast_heartbeat("1-0", minimal) == ("1-0", "a", "i", "0", "ready")
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {b"type": b"announce"},
+        {b"v": b"2"},
+        {b"sender": b"bad name"},
+        {b"sender": b"x:y"},
+        {b"extra": b"1"},
+        {b"payload": b"{not json"},
+        {b"payload": b"[]"},
+        {b"payload": b'{"instance_id":"i","load":-1}'},
+        {b"payload": b'{"instance_id":"i","load":true}'},
+        {b"payload": b'{"instance_id":"i","status":"sleepy"}'},
+        {b"payload": b'{"instance_id":"i x"}'},
+        {b"payload": b'{"instance_id":"i","more":1}'},
+        {b"payload": b'{"load":1}'},
+    ],
+)
+def test_fast_heartbeat_leaves_anything_unusual_to_the_slow_path(
+    change: dict[bytes, bytes],
+) -> None:
+    assert fast_heartbeat("1-0", {**HB, **change}) is None
+
+
+@given(st.integers(min_value=0, max_value=4_102_444_800_000))
+def test_iso_ms_round_trips(ms: int) -> None:
+    from datetime import datetime
+
+    text = iso_ms(ms)
+    assert text.endswith("Z")
+    assert len(text) == 24
+    assert round(datetime.fromisoformat(text).timestamp() * 1000) == ms
+
+
+async def test_lua_iso_matches_python(r: aioredis.Redis) -> None:
+    samples = [0, 951_782_400_000, 951_868_799_999, 1_709_164_800_123, 1_798_761_599_999]
+    samples += [1_763_750_000_000 + k * 37_123_457 for k in range(50)]
+    script = script_source("common") + "local out = {} for i, v in ipairs(ARGV) do "
+    script += "out[i] = iso(tonumber(v)) end return out"
+    got: Any = await r.eval(script, 0, *samples)
+    assert got == [iso_ms(ms) for ms in samples]
+
+
+def test_prepare_announce_builds_flat_string_hash() -> None:
+    payload = {
+        "card": {"name": "a", "role": "w", "capabilities": ["x"], "metadata": {"k": "v"}},
+        "instance_id": "i1",
+        "heartbeat_ms": 100,
+        "ttl_ms": 500,
+    }
+    prepared = prepare_announce(payload, 1_763_750_000_123)
+    assert isinstance(prepared, PreparedAnnounce), prepared
+    fields = prepared.fields
+    assert all(isinstance(v, str) for v in fields.values())
+    assert fields["registered_at"] == fields["last_seen"] == "2025-11-21T18:33:20.123Z"
+    assert orjson.loads(fields["capabilities"]) == ["x"]
+    assert orjson.loads(prepared.record_json)["last_seen"] == fields["last_seen"]
+
+
+def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AGENTBUS_SWEEP_INTERVAL", "0.05")
+    monkeypatch.setenv("AGENTBUS_COORDINATOR_ID", "c-7")
+    monkeypatch.setenv("AGENTBUS_EVENTS_MAXLEN", "1234")
+    s = CoordinatorSettings()
+    assert (s.sweep_interval, s.coordinator_id, s.events_maxlen) == (0.05, "c-7", 1234)
+    assert CoordinatorSettings(coordinator_id="x").coordinator_id == "x"
+    with pytest.raises(ValueError, match="coordinator_id"):
+        CoordinatorSettings(coordinator_id="bad id")
