@@ -7,8 +7,10 @@ import click
 from agent_sdk.bus import Bus
 from agent_sdk.connection import redis_errors
 from agent_sdk.settings import Settings
+from agent_sdk.usage import parse_usage
 from coordinator.cli.base import CliState, console, dumps, pass_state, run_async
 from coordinator.cli.render import agent_details, agent_json, print_records
+from coordinator.cli.stats_cmd import usage_table
 from schemas.agent import AgentRecord, AgentStatus
 from schemas.errors import AgentNotFound
 
@@ -77,10 +79,15 @@ def show(state: CliState, name: str, as_json: bool) -> None:
     """Every field of one live agent, and its usage counters."""
     settings = state.settings()
     record, stats = run_async(lambda: _fetch_one(settings, name))
+    usage = parse_usage(stats)
     if as_json:
-        click.echo(dumps({**agent_json(record), "stats": stats}, pretty=True))
+        summary = [u.as_dict() for u in usage]
+        click.echo(dumps({**agent_json(record), "stats": stats, "usage": summary}, pretty=True))
         return
-    console().print(agent_details(record, stats))
+    out = console()
+    out.print(agent_details(record))
+    if usage:  # invocations, errors and latency by message type (agentbus stats NAME)
+        out.print(usage_table({name: usage}, title="usage"))
 
 
 async def _fetch_one(settings: Settings, name: str) -> tuple[AgentRecord, dict[str, str]]:
