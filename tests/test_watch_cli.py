@@ -130,3 +130,25 @@ async def test_stats_shows_usage_by_agent_and_type(
 def _text(result: Result) -> str:
     assert result.exit_code == 0, result.output
     return result.stdout
+
+
+async def test_agents_show_includes_the_usage_table(
+    coordinator: Coordinator, settings: Settings
+) -> None:
+    async with Agent("shown", "worker", settings=settings) as agent, Bus(settings) as client:
+
+        @agent.on("echo")
+        async def echo(payload: Any) -> Any:
+            return payload
+
+        await client.request("shown", "echo", 1)
+        assert agent.usage is not None
+        await agent.usage.flush()
+        human = await invoke(settings, "agents", "show", "shown")
+        data = orjson.loads(_text(await invoke(settings, "agents", "show", "shown", "--json")))
+    assert human.exit_code == 0, human.output
+    assert "usage" in human.stdout
+    assert "echo" in human.stdout
+    assert data["stats"]["echo.invocations"] == "1"
+    assert data["usage"][0]["type"] == "echo"
+    assert data["usage"][0]["invocations"] == 1
