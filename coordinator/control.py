@@ -281,6 +281,11 @@ class ControlConsumer:
         acks: list[str],
     ) -> None:
         if env.type == ControlType.ANNOUNCE:
+            if env.expired():  # the agent gave up waiting (NoCoordinator): do not register it
+                log.info("dropping announcement %s of %s: its deadline passed", eid, env.sender)
+                self.stats.stale += 1
+                acks.append(eid)
+                return
             reply_to = self._reply_address(env)
             if reply_to is None:
                 info = ErrorInfo(

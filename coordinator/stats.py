@@ -17,6 +17,7 @@ class CoordinatorStats:
     expiries: int = 0
     dead_letters: int = 0
     refused: int = 0
+    stale: int = 0  # announcements dropped because their deadline had passed
     reannounces: int = 0
     claimed: int = 0
     sweeps: int = 0

@@ -178,3 +178,20 @@ async def test_name_of_expired_unswept_holder_is_taken_over(
         ("agent_expired", "replaced", holder.instance_id),
         ("agent_registered", None, newcomer.instance_id),
     ]
+
+
+async def test_announce_past_its_deadline_is_dropped(
+    coordinator: Coordinator, r: aioredis.Redis, keys: KeySpace
+) -> None:
+    """The agent gave up waiting (NoCoordinator): registering it now would create a ghost."""
+    late = FakeAgent(r, keys, "late")
+    await late.send(
+        "announce",
+        late.announce_payload(),
+        reply_to=late.reply_key,
+        deadline="2020-01-01T00:00:00.000Z",
+    )
+    assert "error" not in await FakeAgent(r, keys, "on-time").register()
+    assert coordinator.stats.stale == 1
+    assert await r.smembers(keys.agents()) == {"on-time"}
+    assert await r.llen(late.reply_key) == 0
