@@ -1,0 +1,70 @@
+"""Scenario 6: an agent whose event loop blocks past its TTL; Redis blocked by DEBUG SLEEP."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from agent_sdk import Bus
+from tests.faults.harness import TTL, Cluster, report
+from tests.support import wait_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+
+
+async def test_stalled_agent_is_expired_then_reannounces(cluster: Cluster) -> None:
+    cluster.coordinator("c1")
+    stalled = cluster.fleet(["s0"], label="stalled")
+    bystanders = cluster.fleet(["b0", "b1"])
+    instance = (await cluster.wait_ready(stalled))["s0"]
+    await cluster.wait_ready(bystanders)
+    async with Bus(cluster.settings) as bus:
+        await bus.send("s0", "stall", {"seconds": 3 * TTL})  # blocks s0's loop for 3 TTLs
+        await wait_for(
+            lambda: any(e.name == "s0" for e in cluster.expired()), timeout=30, message="expiry"
+        )
+        assert "s0" not in cluster.registered()
+        # it wakes up, notices, and announces again (same instance): not a ghost
+        await wait_for(lambda: stalled.ledger().of("done"), timeout=30, message="s0 woke")
+        woke = time.monotonic()
+        await wait_for(lambda: "s0" in cluster.registered(), timeout=30, message="reannounced")
+        back_after = time.monotonic() - woke
+        assert cluster.sync.hget(cluster.keys.record("s0"), "instance_id") == instance
+        assert await bus.request("s0", "ask", {}, timeout=30) == "s0"
+    expired = [e.name for e in cluster.expired()]
+    report("agent_stall", stall_s=3 * TTL, reregistered_after_wake_s=round(back_after, 2),
+           expired=expired)  # fmt: skip
+    assert expired == ["s0"]  # the bystanders were never expired
+
+
+async def test_redis_debug_sleep_does_not_expire_the_fleet(cluster: Cluster) -> None:
+    cluster.coordinator("c1")
+    names = [f"a{i}" for i in range(8)]
+    fleets = [cluster.fleet(names[:4]), cluster.fleet(names[4:])]
+    for f in fleets:
+        await cluster.wait_ready(f)
+    sleep_s = 3 * TTL
+    await asyncio.to_thread(cluster.sync.execute_command, "DEBUG", "SLEEP", str(sleep_s))
+    redis_now_ms = int(cluster.sync.time()[0]) * 1000  # the stall is over
+
+    def everyone_heartbeated_since() -> bool:
+        raw: Any = cluster.sync.zrange(cluster.keys.deadlines(), 0, -1, withscores=True)
+        deadlines = dict(raw)
+        return set(deadlines) == set(names) and all(
+            d - cluster.settings.ttl_ms > redis_now_ms for d in deadlines.values()
+        )
+
+    t0 = time.monotonic()
+    await wait_for(everyone_heartbeated_since, timeout=30, message="fleet heartbeats again")
+    recovered = time.monotonic() - t0
+    async with Bus(cluster.settings) as bus:
+        for n in names:
+            assert await bus.request(n, "ask", {}, timeout=30) == n
+    expired = [e.name for e in cluster.expired()]
+    report("redis_debug_sleep", sleep_s=sleep_s, agents=len(names), expired=expired,
+           all_heartbeating_after_s=round(recovered, 2))  # fmt: skip
+    assert expired == []
+    assert cluster.registered() == set(names)
