@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import AsyncIterator, Collection
 from typing import Any
 
@@ -29,7 +30,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from agent_sdk.connection import CONNECTION_ERRORS
-from schemas.errors import AgentbusError
+from schemas.errors import AgentbusError, InvalidInput
 from schemas.events import RegistryEvent, RegistryEventType
 from schemas.keys import KeySpace
 
@@ -37,6 +38,7 @@ __all__ = ["EventsLost", "latest_id", "tail_stream", "watch_registry"]
 
 log = logging.getLogger("agentbus.watch")
 
+_ID_RE = re.compile(r"^\d+(-\d+)?$")
 _BLOCK_MS = 5_000
 _BATCH = 256
 _BACKOFF_MAX = 2.0
@@ -106,6 +108,11 @@ async def tail_stream(
 
     Connection errors are logged and retried with backoff, resuming from the last id yielded.
     """
+    if since is not None and since != "now" and not _ID_RE.match(since):
+        raise InvalidInput(
+            f"invalid resume point {since!r}: use a stream entry id such as 1700000000000-0, "
+            '"now", or None for everything held'
+        )
     if since == "now":
         since = await latest_id(client, key)
     last = since or "0-0"

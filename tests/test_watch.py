@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 from agent_sdk.connection import make_client
 from agent_sdk.settings import Settings
 from agent_sdk.watch import EventsLost, latest_id, watch_registry
+from schemas.errors import InvalidInput
 from schemas.events import RegistryEvent, RegistryEventType
 from schemas.keys import KeySpace
 from tests.support import wait_for
@@ -170,3 +171,8 @@ async def test_the_reader_survives_a_dropped_connection(
         await stream.aclose()  # type: ignore[attr-defined]
     finally:
         await plain.aclose()
+
+
+async def test_a_malformed_resume_point_is_refused(client: aioredis.Redis, keys: KeySpace) -> None:
+    with pytest.raises(InvalidInput, match="invalid resume point 'yesterday'"):
+        await _take(watch_registry(client, keys, since="yesterday"), 1)
