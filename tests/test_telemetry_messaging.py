@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sys
 from collections.abc import Iterator
 from typing import Any
 
+import orjson
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
@@ -133,3 +137,40 @@ async def test_handlers_usage_is_kept_per_agent_and_type(
     assert (rows["ok"].invocations, rows["ok"].errors) == (5, 0)
     assert (rows["bad"].invocations, rows["bad"].errors) == (2, 2)
     assert sum(rows["ok"].buckets) == 5
+
+
+async def test_the_trace_crosses_processes(
+    coordinator: Coordinator, settings: Settings, o: Otel
+) -> None:
+    env = {
+        **os.environ,
+        "AGENTBUS_REDIS_URL": settings.url,
+        "AGENTBUS_NAMESPACE": settings.namespace,
+        "AGENTBUS_HEARTBEAT_INTERVAL": "0.1",
+        "AGENTBUS_TTL": "0.5",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.traced_agent", "remote-1",
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env,
+    )  # fmt: skip
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    try:
+        assert await asyncio.wait_for(proc.stdout.readline(), 30) == b"ready\n"
+        async with Bus(settings) as client:
+            assert await client.request("remote-1", "echo", {"n": 1}) == {"n": 1}
+        proc.stdin.close()
+        out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    remote = {s["name"]: s for s in map(orjson.loads, out.splitlines())}
+    local = _by_name(o.spans.get_finished_spans())
+    send = local["send remote-1"]
+    process = remote["process remote-1"]
+    assert process["kind"] == "CONSUMER"
+    assert process["trace_id"] == f"{send.context.trace_id:032x}"
+    assert process["parent_span_id"] == f"{send.context.span_id:016x}"
+    assert process["parent_is_remote"] is True
+    assert _parent_is(send, local["request remote-1"])
