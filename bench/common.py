@@ -9,7 +9,7 @@ import redis.asyncio as aioredis
 
 from schemas.envelope import Envelope, Kind
 
-__all__ = ["Sizes", "body_envelope", "client", "now_ns"]
+__all__ = ["Sizes", "body_envelope", "client", "command_calls", "now_ns", "per_op"]
 
 #: CLOCK_MONOTONIC: one clock for every process on the machine, so one-way latencies between
 #: processes can be taken from a timestamp carried in the message.
@@ -50,6 +50,26 @@ class Sizes:
 def client(url: str, *, max_connections: int | None = None) -> aioredis.Redis:
     """A plain redis-py asyncio client: no ``socket_timeout`` (it costs 7-16 µs a call)."""
     return aioredis.Redis.from_url(url, socket_timeout=None, max_connections=max_connections)
+
+
+async def command_calls(url: str) -> dict[str, int]:
+    """Redis ``INFO commandstats`` call counts per command (to count commands per operation)."""
+    r = client(url)
+    try:
+        info = await r.info("commandstats")
+    finally:
+        await r.aclose()
+    return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in info.items()}
+
+
+def per_op(before: dict[str, int], after: dict[str, int], ops: int) -> dict[str, float]:
+    """Commands per operation between two ``command_calls`` snapshots (≥ 0.05 shown)."""
+    out = {}
+    for name, calls in after.items():
+        d = (calls - before.get(name, 0)) / max(ops, 1)
+        if d >= 0.05 and name not in ("info", "ping"):
+            out[name] = round(d, 2)
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
 def body_envelope(sender: str = "bench-tx", target: str = "bench-rx") -> Envelope:

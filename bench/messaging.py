@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 from typing import Any
 
-from bench.common import Sizes, now_ns
+from bench.common import Sizes, command_calls, now_ns, per_op
 from bench.procs import WorkerContext, spawn
 from bench.stats import Latency, Throughput
 
@@ -122,6 +122,7 @@ async def agentbus_rr(
     """Sequential request-reply: Bus.request in one process → Agent handler in another."""
     name = f"rx-rr-{tracing}"
     receiver = spawn(receiver_worker, url, ns, name, 0, 1, tracing, loop=loop)
+    before = await command_calls(url)
     try:
         client = spawn(client_worker, url, ns, name, "rr", sizes.samples, sizes.warmup,
                        tracing, loop=loop)  # fmt: skip
@@ -131,13 +132,17 @@ async def agentbus_rr(
             client.stop()
     finally:
         receiver.stop()
-    return Latency.from_ns(res["lat"]), {"client_spans": res["spans"]}
+    cmds = per_op(before, await command_calls(url), sizes.samples + sizes.warmup + 1)
+    return Latency.from_ns(res["lat"]), {"client_spans": res["spans"], "commands": cmds}
 
 
-async def _one_way(url: str, ns: str, n: int, loop: str, mode: str) -> Throughput:
+async def _one_way(
+    url: str, ns: str, n: int, loop: str, mode: str
+) -> tuple[Throughput, dict[str, float]]:
     name = f"rx-{mode}"
     receiver = spawn(receiver_worker, url, ns, name, n, RECEIVER_CONCURRENCY, "off",
                      loop=loop)  # fmt: skip
+    before = await command_calls(url)
     try:
         client = spawn(client_worker, url, ns, name, mode, n, 0, "off", loop=loop)
         try:
@@ -147,14 +152,19 @@ async def _one_way(url: str, ns: str, n: int, loop: str, mode: str) -> Throughpu
             client.stop()
     finally:
         receiver.stop()
-    return Throughput(got["count"], (got["last"] - sent["t0"]) / 1e9)
+    cmds = per_op(before, await command_calls(url), n)
+    return Throughput(got["count"], (got["last"] - sent["t0"]) / 1e9), cmds
 
 
-async def agentbus_send(url: str, ns: str, sizes: Sizes, loop: str) -> Throughput:
+async def agentbus_send(
+    url: str, ns: str, sizes: Sizes, loop: str
+) -> tuple[Throughput, dict[str, float]]:
     return await _one_way(url, ns, sizes.messages, loop, "send")
 
 
-async def agentbus_broadcast(url: str, ns: str, sizes: Sizes, loop: str) -> Throughput:
+async def agentbus_broadcast(
+    url: str, ns: str, sizes: Sizes, loop: str
+) -> tuple[Throughput, dict[str, float]]:
     return await _one_way(url, ns, sizes.messages, loop, "broadcast")
 
 
@@ -201,7 +211,9 @@ async def raw_responder_worker(ctx: WorkerContext, url: str, ns: str, name: str)
             )
 
 
-async def raw_same_commands_rr(url: str, ns: str, sizes: Sizes, loop: str) -> Latency:
+async def raw_same_commands_rr(
+    url: str, ns: str, sizes: Sizes, loop: str
+) -> tuple[Latency, dict[str, float]]:
     """Requester: EVALSHA (EXISTS + XADD inbox) then BRPOP its reply list; no agentbus code."""
     import orjson
 
@@ -211,6 +223,7 @@ async def raw_same_commands_rr(url: str, ns: str, sizes: Sizes, loop: str) -> La
 
     keys = KeySpace(ns)
     responder = spawn(raw_responder_worker, url, ns, "raw-rx", loop=loop)
+    before = await command_calls(url)
     r = client(url)
     send = r.register_script(_SEND_LUA)
     reply_to = keys.replies("raw-tx", new_id())
@@ -235,7 +248,8 @@ async def raw_same_commands_rr(url: str, ns: str, sizes: Sizes, loop: str) -> La
                 raise RuntimeError("raw same-commands request-reply: wrong correlation id")
             if i >= sizes.warmup:
                 samples.append(t1 - t0)
-        return Latency.from_ns(samples)
+        cmds = per_op(before, await command_calls(url), sizes.samples + sizes.warmup)
+        return Latency.from_ns(samples), cmds
     finally:
         responder.stop()
         await r.aclose()

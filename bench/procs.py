@@ -14,6 +14,7 @@ import os
 import queue
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -110,9 +111,13 @@ class Worker:
         return int(self.process.pid)
 
     def wait_ready(self, timeout: float = 60.0) -> None:
-        if not self._ready.wait(timeout):
-            self.stop()
-            raise RuntimeError(f"worker {self.name} not ready after {timeout}s")
+        deadline = time.monotonic() + timeout
+        while not self._ready.wait(0.05):
+            if not self.process.is_alive() or time.monotonic() > deadline:
+                self._raise_if_failed()
+                self.stop()
+                why = "exited" if not self.process.is_alive() else f"not ready after {timeout}s"
+                raise RuntimeError(f"worker {self.name} {why}")
         self._raise_if_failed()
 
     def _raise_if_failed(self) -> None:
