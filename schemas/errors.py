@@ -8,6 +8,7 @@ Exception tree (every exception agentbus raises derives from ``AgentbusError``):
     ├── InvalidInput              a value was refused before it left the process
     │   └── PayloadTooLarge       the encoded payload exceeds ``max_payload_bytes``
     ├── ProtocolError             bytes on the wire that do not decode to a known version
+    ├── EventsLost                a change feed / activity stream was trimmed past a resume point
     ├── RegistrationError         the agent could not join the registry
     │   ├── NoCoordinator         no coordinator answered the announcement in time
     │   ├── NameTaken             another live instance holds the name
@@ -36,6 +37,7 @@ __all__ = [
     "ConnectionFailed",
     "ErrorCode",
     "ErrorInfo",
+    "EventsLost",
     "InvalidInput",
     "MessagingError",
     "NameTaken",
@@ -73,6 +75,7 @@ class ErrorCode(StrEnum):
     CONNECTION = "connection"
     CONFIGURATION = "configuration"
     INTERNAL = "internal"
+    EVENTS_LOST = "events_lost"  # a stream was trimmed past the reader's resume point
 
 
 class ErrorInfo(BaseModel):
@@ -133,6 +136,12 @@ class PayloadTooLarge(InvalidInput):
 
 class ProtocolError(AgentbusError):
     default_code = ErrorCode.UNDECODABLE
+
+
+class EventsLost(AgentbusError):
+    """A stream was trimmed past the resume point: the events just after it are gone."""
+
+    default_code = ErrorCode.EVENTS_LOST
 
 
 class RegistrationError(AgentbusError):
