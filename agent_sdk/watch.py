@@ -30,7 +30,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from agent_sdk.connection import CONNECTION_ERRORS
-from schemas.errors import AgentbusError, InvalidInput
+from schemas.errors import EventsLost, InvalidInput
 from schemas.events import RegistryEvent, RegistryEventType
 from schemas.keys import KeySpace
 
@@ -42,12 +42,6 @@ _ID_RE = re.compile(r"^\d+(-\d+)?$")
 _BLOCK_MS = 5_000
 _BATCH = 256
 _BACKOFF_MAX = 2.0
-
-
-class EventsLost(AgentbusError):
-    """The stream was trimmed past the resume point: events between were dropped."""
-
-    default_code = "events_lost"
 
 
 def _text(value: bytes | str) -> str:
