@@ -5,6 +5,7 @@ selection); ``Settings`` configures both (``AGENTBUS_*`` environment variables).
 derives from ``AgentbusError`` (the tree is drawn in ``schemas.errors``).
 """
 
+from agent_sdk.activity import Activity
 from agent_sdk.agent import Agent, Component
 from agent_sdk.bus import Bus
 from agent_sdk.messaging import GatherResult, Message, Subscription
@@ -17,6 +18,7 @@ from schemas.errors import (
     ConfigurationError,
     ConnectionFailed,
     ErrorInfo,
+    EventsLost,
     InvalidInput,
     MessagingError,
     NameTaken,
@@ -29,8 +31,12 @@ from schemas.errors import (
     RemoteError,
     RequestTimeout,
 )
+from schemas.events import ActivityEvent, ActivityType, RegistryEvent, RegistryEventType
 
 __all__ = [
+    "Activity",
+    "ActivityEvent",
+    "ActivityType",
     "Agent",
     "AgentNotFound",
     "AgentRecord",
@@ -42,6 +48,7 @@ __all__ = [
     "ConnectionFailed",
     "Envelope",
     "ErrorInfo",
+    "EventsLost",
     "GatherResult",
     "InvalidInput",
     "Message",
@@ -53,6 +60,8 @@ __all__ = [
     "ProtocolError",
     "Refused",
     "RegistrationError",
+    "RegistryEvent",
+    "RegistryEventType",
     "RemoteError",
     "RequestTimeout",
     "Settings",
