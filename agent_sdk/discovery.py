@@ -1,11 +1,11 @@
 """Discovery: find live agents by role, capabilities, tags, status, load and version.
 
 ``Discovery.discover`` is one ``EVALSHA`` (``agent_sdk/lua/discover.lua``): the script intersects
-the index sets (role, every capability; tags are "any of"), reads each candidate's hash, filters
-status and load in Redis and returns the hashes. The SemVer range is applied in Python. Records
-are decoded on a lean path (``decode_record``): the registry is written by the coordinator, which
-validated every record, so the fields are converted directly; anything unexpected falls back to
-full pydantic validation.
+the index sets (role, every capability; tags are "any of"), reads each candidate's record fields
+(``HMGET``), filters status and load in Redis and returns the values. The SemVer range is
+applied in Python. Records are decoded on a lean path (``decode_record``): the registry is
+written by the coordinator, which validated every record, so the fields are converted directly;
+anything unexpected falls back to full pydantic validation.
 """
 
 from __future__ import annotations
@@ -32,6 +32,13 @@ StatusFilter = AgentStatus | str | Iterable[AgentStatus | str] | None
 
 _SCRIPT = resources.files("agent_sdk").joinpath("lua/discover.lua").read_text()
 _RECORD_FIELDS = frozenset(AgentRecord.model_fields)
+#: The fields discover.lua reads (HMGET), ``name``, ``status``, ``load`` first as it requires.
+_FIELD_ORDER: tuple[str, ...] = (
+    "name",
+    "status",
+    "load",
+    *(f for f in AgentRecord.model_fields if f not in ("name", "status", "load")),
+)
 
 
 def normalize_statuses(status: StatusFilter) -> tuple[AgentStatus, ...]:
@@ -54,6 +61,17 @@ def _pairs(flat: Sequence[bytes | str]) -> dict[str, str]:
     else:
         texts = flat
     return dict(zip(texts[::2], texts[1::2], strict=True))
+
+
+def _row(values: Sequence[bytes | str | None]) -> dict[str, str]:
+    """An ``HMGET`` row of ``_FIELD_ORDER`` values as a dict of the fields present."""
+    if isinstance(values[0], bytes):  # the Bus client: bytes (the hot path)
+        return {
+            f: v.decode()  # type: ignore[union-attr]
+            for f, v in zip(_FIELD_ORDER, values, strict=True)
+            if v is not None
+        }
+    return {f: v for f, v in zip(_FIELD_ORDER, values, strict=True) if isinstance(v, str)}
 
 
 _STATUS = {s.value: s for s in AgentStatus}
@@ -181,10 +199,11 @@ class Discovery:
             ",".join(s.value for s in statuses),
             "" if max_load is None else int(max_load),
             0 if (limit is None or rng is not None) else limit,
+            *_FIELD_ORDER,
         ]
         with redis_errors(self.settings, "discovering agents"):
             rows = await self._script(keys=all_of + any_of, args=args)
-        records = [decode_record(row) for row in rows]
+        records = [decode_record(_row(row)) for row in rows]
         if rng is not None:
             records = [r for r in records if r.version in rng]
             if limit is not None:

@@ -15,7 +15,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from agent_sdk import Agent, AgentRecord, AgentStatus, Bus, InvalidInput, NoResponders, Settings
-from agent_sdk.discovery import decode_record
+from agent_sdk.discovery import Discovery, decode_record
 from coordinator import Coordinator, CoordinatorSettings
 from schemas.envelope import Envelope, Kind, decode_json, encode_fields
 from schemas.errors import ProtocolError
@@ -330,3 +330,14 @@ async def test_select_raises_no_responders(
         assert caught.value.details["query"]["capabilities"] == ["x"]
         with pytest.raises(InvalidInput):
             await bus.select(role="worker", strategy="fastest")  # type: ignore[arg-type]
+
+
+async def test_discovery_works_on_a_decoding_client_too(
+    coordinator: Coordinator, settings: Settings, r: aioredis.Redis
+) -> None:
+    await register_raw(r, settings.keys, random_cards(random.Random(3), 20))
+    async with Bus(settings) as bus:
+        expected = await bus.discover(tags=["t1", "t2"])
+        assert expected
+        assert await Discovery(r, settings).discover(tags=["t1", "t2"]) == expected
+        assert await Discovery(r, settings).get(expected[0].name) == expected[0]

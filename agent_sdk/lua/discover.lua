@@ -7,11 +7,16 @@
 -- ARGV[3] statuses to keep, comma-separated ("" = any)
 -- ARGV[4] max_load ("" = any): keep agents whose load <= max_load
 -- ARGV[5] limit (0 = no limit)
--- Returns an array of HGETALL flat arrays (field, value, field, value, ...).
+-- ARGV[6 ..] the record fields to return, in this order; the first three must be
+--         'name', 'status', 'load'
+-- Returns one HMGET array per match (values in ARGV[6 ..] order; nil for an absent field).
+-- A name whose hash is gone (a sweep in progress) is skipped.
 local prefix = ARGV[1]
 local n_all = tonumber(ARGV[2])
 local max_load = tonumber(ARGV[4])
 local limit = tonumber(ARGV[5])
+local fields = {}
+for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
 
 local statuses = nil
 if ARGV[3] ~= '' then
@@ -42,17 +47,15 @@ for _, name in ipairs(candidates) do
     end
   end
   if keep then
-    local h = redis.call('HGETALL', prefix .. name)
-    if #h > 0 and (statuses ~= nil or max_load ~= nil) then
-      local status, load
-      for i = 1, #h, 2 do
-        local f = h[i]
-        if f == 'status' then status = h[i + 1] elseif f == 'load' then load = h[i + 1] end
-      end
-      if statuses ~= nil and not statuses[status or 'ready'] then keep = false end
-      if keep and max_load ~= nil and (tonumber(load) or 0) > max_load then keep = false end
+    local h = redis.call('HMGET', prefix .. name, unpack(fields))
+    if not h[1] then
+      keep = false
+    elseif statuses ~= nil and not statuses[h[2] or 'ready'] then
+      keep = false
+    elseif max_load ~= nil and (tonumber(h[3]) or 0) > max_load then
+      keep = false
     end
-    if keep and #h > 0 then
+    if keep then
       out[#out + 1] = h
       if limit > 0 and #out >= limit then break end
     end
