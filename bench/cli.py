@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import shlex
 import sys
@@ -57,6 +58,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--kills", type=int, help="failure detection: agents killed")
     p.add_argument("--scaling", help="comma list of fleet sizes for the scaling curves")
     p.add_argument("--markdown", action="store_true", help="also print a Markdown table")
+    p.add_argument(
+        "--write-docs",
+        type=Path,
+        metavar="MD",
+        help="replace the generated results block of this Markdown file (docs/BENCHMARKS.md)",
+    )
+    p.add_argument(
+        "--docs-from",
+        type=Path,
+        metavar="JSON",
+        help="only regenerate --write-docs from an existing results file, run nothing",
+    )
     p.add_argument("--no-nats", action="store_true", help="skip the NATS peer")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
@@ -109,6 +122,12 @@ async def _run_all(ctx: Context, selected: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.docs_from:
+        if not args.write_docs:
+            print("--docs-from needs --write-docs", file=sys.stderr)
+            return 2
+        report.update_doc(args.write_docs, json.loads(args.docs_from.read_text()))
+        return 0
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(name)s %(message)s",
@@ -143,6 +162,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.markdown:
         print()
         print(report.markdown(ctx.rows))
-    report.write_json(args.json, info, ctx.rows, {"details": ctx.details, "raw": ctx.raw})
+    raw = {k: v.as_dict() if hasattr(v, "as_dict") else v for k, v in ctx.raw.items()}
+    report.write_json(args.json, info, ctx.rows, {"details": ctx.details, "raw": raw})
     print(f"\nwritten: {args.json}")
+    if args.write_docs:
+        report.update_doc(args.write_docs, json.loads(args.json.read_text()))
+        print(f"updated: {args.write_docs}")
     return 0

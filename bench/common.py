@@ -22,7 +22,7 @@ class Sizes:
 
     samples: int = 5000  # sequential latency samples
     warmup: int = 300
-    messages: int = 100_000  # throughput runs
+    messages: int = 50_000  # throughput runs
     agents: int = 10_000  # fleet / discovery
     duration: float = 60.0  # heartbeat fleet window, seconds
     kills: int = 20  # failure detection
