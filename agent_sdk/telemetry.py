@@ -1,17 +1,19 @@
 """OpenTelemetry for agentbus: trace context in envelope headers, messaging spans, metrics.
 
 Library code uses the OpenTelemetry **API** only. Until an application installs the SDK (the
-``otel`` extra; ``agentbus coordinator --otel console|otlp`` does it for the daemon) every tracer
-and instrument here is the API's no-op: spans are non-recording, attribute dicts are never built
-(each helper checks ``span.is_recording()``) and a counter ``add`` is one attribute check. Trace
-context still passes *through* a process without the SDK, so a trace is not broken by it.
+``otel`` extra; ``agentbus coordinator --otel console|otlp`` does it for the daemon) nothing is
+recorded: the span helpers take a fast path (no span object, no context switch, no headers
+added) and only pass through a trace context that arrived in a message, so a process without the
+SDK does not break a trace. When recording, attributes are set only if ``span.is_recording()``.
+Metric instruments live in ``agent_sdk.telemetry_metrics`` and are re-exported here.
 
 Spans follow the OpenTelemetry messaging semantic conventions:
 
 =====================  ========  ===================================  ============================
 span name              kind      ``messaging.operation.type``         made by
 =====================  ========  ===================================  ============================
-``send <dest>``        PRODUCER  ``send``                             send, publish, broadcast
+``send <dest>``        PRODUCER  ``send``                             send (also inside a request)
+``broadcast <dest>``   PRODUCER  ``send``                             broadcast (``publish`` too)
 ``request <dest>``     CLIENT    ``send``                             request (covers the wait)
 ``process <dest>``     CONSUMER  ``process``                          the handler that serves it
 =====================  ========  ===================================  ============================
@@ -34,15 +36,27 @@ Metric names, units and attributes are listed in docs/OBSERVABILITY.md.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
-from functools import lru_cache
 
 from opentelemetry import context as otel_context
-from opentelemetry import metrics, propagate, trace
+from opentelemetry import propagate, trace
 from opentelemetry.context import Context
-from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+
+from agent_sdk.telemetry_metrics import (
+    ATTR_ERROR_CODE,
+    ATTR_MESSAGE_TYPE,
+    forget_coordinator,
+    observe_coordinator,
+    record_dead_lettered,
+    record_failed,
+    record_handled,
+    record_received,
+    record_request_duration,
+    record_sent,
+    set_registry_size,
+)
 
 __all__ = [
     "ATTR_CONVERSATION_ID",
@@ -81,17 +95,9 @@ ATTR_OPERATION_TYPE = "messaging.operation.type"
 ATTR_OPERATION_NAME = "messaging.operation.name"
 ATTR_MESSAGE_ID = "messaging.message.id"
 ATTR_CONVERSATION_ID = "messaging.message.conversation_id"
-ATTR_MESSAGE_TYPE = "agentbus.message.type"
-ATTR_KIND = "agentbus.message.kind"
-ATTR_ERROR_CODE = "error.type"
-ATTR_REASON = "agentbus.reason"
-ATTR_NAMESPACE = "agentbus.namespace"
-ATTR_OUTCOME = "agentbus.outcome"
-ATTR_COORDINATOR = "agentbus.coordinator.id"
 
 # Proxy objects: they delegate to the real SDK once the application installs one, at any time.
 _tracer: trace.Tracer = trace.get_tracer(INSTRUMENTATION_NAME)
-_meter = metrics.get_meter(INSTRUMENTATION_NAME)
 
 
 def use_tracer_provider(provider: trace.TracerProvider | None) -> None:
@@ -244,125 +250,3 @@ def mark_error(span: Span, code: str, description: str = "") -> None:
     if span.is_recording():
         span.set_attribute(ATTR_ERROR_CODE, code)
         span.set_status(Status(StatusCode.ERROR, description or code))
-
-
-# -- metrics ---------------------------------------------------------------------------------
-_sent = _meter.create_counter(
-    "agentbus.messages.sent", unit="{message}", description="Messages sent, by type and kind."
-)
-_received = _meter.create_counter(
-    "agentbus.messages.received", unit="{message}", description="Messages taken for handling."
-)
-_failed = _meter.create_counter(
-    "agentbus.messages.failed", unit="{message}", description="Messages whose handling failed."
-)
-_dead_lettered = _meter.create_counter(
-    "agentbus.messages.dead_lettered", unit="{message}", description="Messages dead-lettered."
-)
-_request_duration = _meter.create_histogram(
-    "agentbus.request.duration",
-    unit="s",
-    description="Request to reply (or timeout/error), seen by the requester.",
-)
-_handler_duration = _meter.create_histogram(
-    "agentbus.handler.duration", unit="s", description="Time a handler took, by type and outcome."
-)
-_registry_sizes: dict[str, int] = {}
-_coordinators: dict[str, Callable[[], Mapping[str, int]]] = {}
-
-
-def _observe_registry(_options: CallbackOptions) -> Iterable[Observation]:
-    return [Observation(n, {ATTR_NAMESPACE: ns}) for ns, n in list(_registry_sizes.items())]
-
-
-def _coordinator_counter(field: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
-    def observe(_options: CallbackOptions) -> Iterable[Observation]:
-        out = []
-        for cid, stats in list(_coordinators.items()):
-            value = stats().get(field)
-            if value is not None:
-                out.append(Observation(value, {ATTR_COORDINATOR: cid}))
-        return out
-
-    return observe
-
-
-_meter.create_observable_gauge(
-    "agentbus.registry.size",
-    callbacks=[_observe_registry],
-    unit="{agent}",
-    description="Live agents in the registry, as last seen by a coordinator in this process.",
-)
-# The coordinator counts in plain integers (no cost per heartbeat); these read them when
-# (and only when) a metric reader collects.
-for _name, _field, _unit, _description in (
-    ("agentbus.heartbeats.processed", "heartbeats", "{heartbeat}", "Heartbeats processed."),
-    ("agentbus.agents.expired", "expiries", "{agent}", "Agents expired by the sweeper."),
-    ("agentbus.agents.announced", "announces", "{agent}", "Announcements accepted."),
-    ("agentbus.agents.left", "leaves", "{agent}", "Agents that left (deregistered)."),
-    ("agentbus.control.dead_lettered", "dead_letters", "{message}", "Bad control messages."),
-):
-    _meter.create_observable_counter(
-        _name, callbacks=[_coordinator_counter(_field)], unit=_unit, description=_description
-    )
-
-
-@lru_cache(maxsize=1024)
-def _type_attrs(message_type: str, kind: str | None = None) -> Mapping[str, str]:
-    # Cached and never mutated: no dict is built per message on the hot path.
-    attrs = {ATTR_MESSAGE_TYPE: message_type}
-    if kind is not None:
-        attrs[ATTR_KIND] = kind
-    return attrs
-
-
-@lru_cache(maxsize=1024)
-def _type_code_attrs(message_type: str, code: str) -> Mapping[str, str]:
-    return {ATTR_MESSAGE_TYPE: message_type, ATTR_ERROR_CODE: code}
-
-
-def record_sent(message_type: str, kind: str = "send") -> None:
-    _sent.add(1, _type_attrs(message_type, kind))
-
-
-def record_received(message_type: str) -> None:
-    _received.add(1, _type_attrs(message_type))
-
-
-def record_failed(message_type: str, code: str) -> None:
-    _failed.add(1, _type_code_attrs(message_type, code))
-
-
-def record_dead_lettered(message_type: str | None, reason: str) -> None:
-    _dead_lettered.add(1, _type_code_attrs(message_type or "unknown", reason))
-
-
-def record_request_duration(message_type: str, seconds: float, outcome: str = "ok") -> None:
-    """``outcome``: ``ok``, or the error code (``timeout``, ``no_responders``, ...)."""
-    _request_duration.record(seconds, _outcome_attrs(message_type, outcome))
-
-
-def record_handled(message_type: str, seconds: float, failed: bool = False) -> None:
-    """A handler finished after ``seconds`` (the shape of ``HandlerRegistry``'s observer)."""
-    _handler_duration.record(seconds, _outcome_attrs(message_type, "error" if failed else "ok"))
-
-
-@lru_cache(maxsize=1024)
-def _outcome_attrs(message_type: str, outcome: str) -> Mapping[str, str]:
-    return {ATTR_MESSAGE_TYPE: message_type, ATTR_OUTCOME: outcome}
-
-
-def observe_coordinator(coordinator_id: str, stats: Callable[[], Mapping[str, int]]) -> None:
-    """Report a coordinator's cumulative counters (``heartbeats``, ``expiries``, ``announces``,
-    ``leaves``, ``dead_letters``) as metrics; ``stats`` is called only when metrics are read."""
-    _coordinators[coordinator_id] = stats
-
-
-def forget_coordinator(coordinator_id: str) -> None:
-    """Stop reporting a coordinator that stopped."""
-    _coordinators.pop(coordinator_id, None)
-
-
-def set_registry_size(namespace: str, size: int) -> None:
-    """Remember the registry size of ``namespace``; the gauge reports it when collected."""
-    _registry_sizes[namespace] = size
