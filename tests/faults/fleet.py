@@ -17,8 +17,8 @@ and a Redis that lost its data (the ledger does not live in the system under tes
     term  <agent>                  SIGTERM received: stopping
     stopped <agent>                left the registry (``agent.stop()`` returned)
 
-Handlers: ``job`` and ``ask`` (hold ``payload["hold"]`` or ``--hold`` seconds, reply the agent's
-name), ``bcast`` (broadcasts), ``stall`` (blocks the event loop ``payload["seconds"]``: the fault
+Handlers: ``job`` and ``ask`` (hold ``payload["hold"]`` seconds, or ``payload["hold"][name]``,
+or ``--hold``; reply the agent's name), ``bcast`` (broadcasts), ``stall`` (blocks the event loop ``payload["seconds"]``: the fault
 of scenario 6). SIGTERM (or stdin closing) stops every agent gracefully, then the process exits 0.
 """
 
@@ -53,6 +53,8 @@ def build(name: str, role: str, concurrency: int, hold: float, ledger: Ledger) -
     async def work(payload: Any, msg: Message) -> str:
         ledger.write("start", name, msg.id, msg.entry_id, msg.delivery_count, msg.type)
         seconds = payload.get("hold", hold) if isinstance(payload, dict) else hold
+        if isinstance(seconds, dict):  # {"agent name": seconds}: only some agents are slow
+            seconds = seconds.get(name, hold)
         if seconds:
             await asyncio.sleep(float(seconds))  # the work itself
         ledger.write("done", name, msg.id, msg.entry_id, msg.delivery_count, msg.type)

@@ -270,7 +270,7 @@ class Cluster:
         from tests.support import wait_for
 
         def ready() -> dict[str, str] | None:
-            assert fleet.alive, f"{fleet.label} died:\n{fleet.stderr()}"
+            assert fleet.alive, f"{fleet.label} died:\n{self.diagnostics()}"
             got = fleet.ledger().ready()
             return got if set(fleet.names) <= set(got) else None
 

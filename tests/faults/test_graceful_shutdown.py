@@ -1,0 +1,82 @@
+"""Scenario 9: SIGTERM to an agent during work."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+
+from agent_sdk import Bus
+from schemas.events import RegistryEventType
+from tests.faults.harness import Cluster, FleetProc, report
+from tests.support import wait_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+
+JOBS = 60
+CONCURRENCY = 3
+
+
+def deregistered(cluster: Cluster, name: str) -> bool:
+    return any(
+        e.name == name and e.type == RegistryEventType.AGENT_DEREGISTERED for e in cluster.events()
+    )
+
+
+def after_term(fleet: FleetProc, word: str) -> list[list[str]]:
+    lines = fleet.ledger().lines
+    at = next(i for i, ln in enumerate(lines) if ln[0] == "term")
+    return [ln[1:] for ln in lines[at:] if ln[0] == word]
+
+
+@pytest.mark.parametrize("victim_hold", [0.5, 60.0], ids=["finishes", "returns"])
+async def test_sigterm_drains_deregisters_and_loses_nothing(
+    cluster: Cluster, victim_hold: float
+) -> None:
+    """0.5 s jobs finish within the grace period (5 s); 60 s jobs are returned to the queue."""
+    cluster.coordinator("c1")
+    victim = cluster.fleet(["w0"], concurrency=CONCURRENCY, label="victim")
+    other = cluster.fleet(["w1"], concurrency=CONCURRENCY, label="other")
+    await cluster.wait_ready(victim)
+    await cluster.wait_ready(other)
+    hold = {"w0": victim_hold, "w1": 0.05}
+    async with Bus(cluster.settings) as bus:
+        ids = [
+            await bus.send(role="pool", type="job", payload={"i": i, "hold": hold})
+            for i in range(JOBS)
+        ]
+        await wait_for(lambda: len(victim.ledger().of("start")) >= CONCURRENCY, timeout=30)
+        victim.signal(signal.SIGTERM)
+        t0 = time.monotonic()
+        code = await victim.wait(timeout=cluster.settings.shutdown_grace + 30)
+        exited_s = time.monotonic() - t0
+        await wait_for(lambda: deregistered(cluster, "w0"), timeout=10, message="w0 left")
+        await wait_for(
+            lambda: set(ids) <= set(cluster.ledger().done_ids()), timeout=60, message="all done"
+        )
+    ledger = victim.ledger()
+    started = {ln[1] for ln in ledger.of("start")}
+    finished = {ln[1] for ln in ledger.of("done")}
+    returned = started - finished
+    dup = cluster.ledger().duplicates()
+    report(
+        f"graceful_shutdown_{'finishes' if victim_hold < 1 else 'returns'}",
+        jobs=JOBS,
+        exit_code=code,
+        sigterm_to_exit_s=round(exited_s, 2),
+        in_flight_finished=len(finished),
+        in_flight_returned=len(returned),
+        lost=len(set(ids) - set(cluster.ledger().done_ids())),
+        duplicated=dup,
+        expired=[e.name for e in cluster.expired()],
+    )
+    assert code == 0, victim.stderr()
+    assert ledger.of("stopped")  # agent.stop() returned: the leave was acknowledged
+    assert not after_term(victim, "start")[CONCURRENCY:]  # took no new work after SIGTERM
+    assert cluster.expired() == []  # it left; it was not expired
+    if victim_hold < 1:
+        assert not returned and dup == 0  # finished its in-flight work within the grace
+    else:
+        assert returned and len(returned) <= CONCURRENCY  # handed back, redone by w1
+        assert exited_s < cluster.settings.shutdown_grace + 20
