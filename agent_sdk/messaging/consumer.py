@@ -3,10 +3,10 @@
 One read loop serves both streams without ever holding more entries than there are free
 handler slots:
 
-1. wait for a free slot; ``XREADGROUP ... COUNT <free>`` (non-blocking) on each stream in turn,
-   reserving the slots first;
-2. when both are empty, block on ``XREAD BLOCK`` over both streams from the last ids seen: it
-   wakes as soon as either stream grows, without taking anything.
+1. wait for a free slot; ``XREADGROUP ... COUNT <free>`` (non-blocking, the slots reserved first)
+   on each stream that may hold undelivered entries, until it returns fewer than asked;
+2. then block on ``XREAD BLOCK`` over both streams from the last ids seen: it wakes as soon as
+   either stream grows, without taking anything, and marks that stream for step 1.
 
 Around it: a lease loop (every heartbeat, ``lease.lua`` resets the idle time of the entries held,
 ``XCLAIM ... JUSTID``), a claim loop (every ``claim_interval``, ``claim.lua`` = ``XAUTOCLAIM``
@@ -70,6 +70,8 @@ class _Stream:
     #: Finished entries waiting for the next batched XACK.
     acks: list[str] = field(default_factory=list)
     seen: str = "0-0"
+    #: May hold entries not yet delivered to the group (read it before blocking).
+    dirty: bool = True
     cursor: str = "0-0"
 
 
@@ -195,6 +197,8 @@ class Consumer:
         for s in self.streams:
             last: Any = await self.client.xrevrange(s.key, count=1)
             s.seen = _text(last[0][0]) if last else "0-0"
+        for s in self.streams:
+            s.dirty = True  # read what is already there first
         while True:
             await self.slots.wait_free()
             if await self._drain():
@@ -203,7 +207,9 @@ class Consumer:
                 {s.key: s.seen for s in self.streams}, count=_SEEN_COUNT, block=_BLOCK_MS
             )
             for key, entries in woke or ():
-                self._advance(self._stream(_text(key)), _text(entries[-1][0]))
+                s = self._stream(_text(key))
+                s.dirty = True
+                self._advance(s, _text(entries[-1][0]))
 
     def _stream(self, key: str) -> _Stream:
         return next(s for s in self.streams if s.key == key)
@@ -214,11 +220,15 @@ class Consumer:
             s.seen = entry_id
 
     async def _drain(self) -> bool:
-        """One non-blocking ``XREADGROUP`` per stream, as many entries as free slots."""
-        got = False
+        """Non-blocking ``XREADGROUP`` on the streams that may hold new entries (``dirty``), as
+        many entries as free slots; a stream that returns fewer than asked is clean again."""
+        dirty = [s for s in self.streams if s.dirty]
+        if not dirty:
+            return False
         self._turn += 1
-        order = self.streams if self._turn % 2 else self.streams[::-1]
-        for s in order:
+        if self._turn % 2 and len(dirty) > 1:
+            dirty.reverse()  # fairness between inbox and role queue
+        for s in dirty:
             n = self.slots.free
             if n <= 0:
                 break
@@ -228,18 +238,19 @@ class Consumer:
                 res: Any = await self.client.xreadgroup(
                     s.group, self.instance_id, {s.key: ">"}, count=n
                 )
-                for _key, entries in res or ():
-                    for entry_id, fields in entries:
-                        eid = _text(entry_id)
-                        self._advance(s, eid)
-                        if fields is None:  # deleted while pending: nothing to do
-                            continue
-                        used += 1
-                        self._dispatch(s, eid, fields, 1)
+                entries = res[0][1] if res else []
+                if len(entries) < n:
+                    s.dirty = False
+                if entries:
+                    self._advance(s, _text(entries[-1][0]))
+                for entry_id, fields in entries:
+                    if fields is None:  # deleted while pending: nothing to do
+                        continue
+                    used += 1
+                    self._dispatch(s, _text(entry_id), fields, 1)
             finally:
                 self.slots.give(n - used)
-            got = got or used > 0
-        return got
+        return True
 
     async def _takeover(self, s: _Stream) -> None:
         """Claim every entry the agent's previous instance left pending in the inbox."""
