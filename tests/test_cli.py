@@ -113,7 +113,23 @@ async def test_agents_show_prints_every_field(settings: Settings) -> None:
         as_json = await invoke(settings, "agents", "show", "sum-1", "--json")
         data = orjson.loads(as_json.stdout)
         assert data["instance_id"] == agent.instance_id
-        assert isinstance(data["stats"], dict)
+        assert data["usage"] == []  # no message handled yet
+        assert "no usage recorded yet" in shown.output
+
+        @agent.on("ping")
+        async def ping(payload: object) -> str:
+            return "pong"
+
+        assert (await invoke(settings, "request", "sum-1", "ping")).exit_code == 0
+
+        async def usage() -> list[dict[str, object]]:
+            result = await invoke(settings, "agents", "show", "sum-1", "--json")
+            return orjson.loads(result.stdout)["usage"]  # type: ignore[no-any-return]
+
+        rows = await wait_for(usage, message="usage flushed to Redis")
+        assert [(u["type"], u["invocations"], u["errors"]) for u in rows] == [("ping", 1, 0)]
+        table = await invoke(settings, "agents", "show", "sum-1")
+        assert "usage by message type" in table.stdout
 
     missing = await invoke(settings, "agents", "show", "sum-1")
     assert missing.exit_code == 1

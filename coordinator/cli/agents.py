@@ -5,9 +5,8 @@ from __future__ import annotations
 import click
 
 from agent_sdk.bus import Bus
-from agent_sdk.connection import redis_errors
 from agent_sdk.settings import Settings
-from agent_sdk.usage import parse_usage
+from agent_sdk.usage import TypeUsage, read_usage
 from coordinator.cli.base import CliState, console, dumps, pass_state, run_async
 from coordinator.cli.render import agent_details, agent_json, print_records
 from coordinator.cli.stats_cmd import usage_table
@@ -73,24 +72,26 @@ def agents(
 
 @agents.command()
 @click.argument("name")
-@click.option("--json", "as_json", is_flag=True, help="Print the record as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the record (and usage) as JSON.")
 @pass_state
 def show(state: CliState, name: str, as_json: bool) -> None:
-    """Every field of one live agent, and its usage counters."""
+    """Every field of one live agent, and its usage by message type."""
     settings = state.settings()
-    record, stats = run_async(lambda: _fetch_one(settings, name))
-    usage = parse_usage(stats)
+    record, usage = run_async(lambda: _fetch_one(settings, name))
     if as_json:
-        summary = [u.as_dict() for u in usage]
-        click.echo(dumps({**agent_json(record), "stats": stats, "usage": summary}, pretty=True))
+        click.echo(
+            dumps({**agent_json(record), "usage": [u.as_dict() for u in usage]}, pretty=True)
+        )
         return
     out = console()
     out.print(agent_details(record))
-    if usage:  # invocations, errors and latency by message type (agentbus stats NAME)
-        out.print(usage_table({name: usage}, title="usage"))
+    if usage:
+        out.print(usage_table({name: usage}, title="usage by message type"))
+    else:
+        out.print("no usage recorded yet")
 
 
-async def _fetch_one(settings: Settings, name: str) -> tuple[AgentRecord, dict[str, str]]:
+async def _fetch_one(settings: Settings, name: str) -> tuple[AgentRecord, list[TypeUsage]]:
     async with Bus(settings) as bus:
         record = await bus.get(name)
         if record is None:
@@ -98,10 +99,4 @@ async def _fetch_one(settings: Settings, name: str) -> tuple[AgentRecord, dict[s
                 f"no live agent named {name!r} on {settings.display_url} "
                 f"(namespace {settings.namespace})"
             )
-        with redis_errors(settings, "reading agent stats"):
-            raw = await bus.client.hgetall(bus.keys.stats(name))
-    return record, {_text(k): _text(v) for k, v in raw.items()}
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+        return record, await read_usage(bus.client, settings, name)

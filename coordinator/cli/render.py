@@ -60,8 +60,8 @@ def agents_table(records: list[AgentRecord], title: str | None = None) -> Table:
     return table
 
 
-def agent_details(record: AgentRecord, stats: dict[str, str] | None = None) -> Table:
-    """Every field of one record (and its usage counters, when the agent keeps them)."""
+def agent_details(record: AgentRecord) -> Table:
+    """Every field of one record, one per row."""
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column("field", style="bold")
     table.add_column("value", overflow="fold")
@@ -79,8 +79,6 @@ def agent_details(record: AgentRecord, stats: dict[str, str] | None = None) -> T
         elif key == "registered_at":
             text += f" ({ago(record.registered_at, now)})"
         table.add_row(key, text)
-    for key, value in sorted((stats or {}).items()):
-        table.add_row(f"stats.{key}", value)
     return table
 
 
