@@ -16,7 +16,7 @@ import pytest
 import redis
 from click.testing import CliRunner
 
-from agent_sdk.embedded import RedisServer
+from agent_sdk.embedded import RedisServer, free_port
 from coordinator.cli import cli
 
 URL_RE = re.compile(r"export AGENTBUS_REDIS_URL=(\S+)")
@@ -192,4 +192,13 @@ def test_up_without_any_redis_says_how_to_get_one(
     )
     assert up.wait() == 1
     assert up.output.startswith("agentbus: error [configuration]: redis-server binary"), up.output
+    assert "Traceback" not in up.output
+
+
+def test_up_with_an_unreachable_redis_url_explains_itself(run_up: Callable[..., Up]) -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    up = run_up("up", env={"AGENTBUS_REDIS_URL": url, "AGENTBUS_RETRY_ATTEMPTS": "0"})
+    assert up.wait() == 1
+    assert up.output.startswith(f"agentbus: error [connection]: cannot reach Redis at {url}")
+    assert "without one, `agentbus up` starts its own Redis" in up.output
     assert "Traceback" not in up.output

@@ -26,7 +26,7 @@ from agent_sdk.embedded import RedisServer, free_port
 from coordinator.cli.base import EXIT_INTERRUPTED, CliState, pass_state, run_async
 from coordinator.service import Coordinator
 from coordinator.settings import CoordinatorSettings
-from schemas.errors import ConfigurationError
+from schemas.errors import ConfigurationError, ConnectionFailed
 from schemas.keys import DEFAULT_NAMESPACE
 
 __all__ = ["DEFAULT_PORT", "up"]
@@ -93,7 +93,14 @@ def up(state: CliState, state_dir: Path, port: int | None) -> None:
     console = Console(highlight=False, soft_wrap=True)
     if state.redis_url:
         settings = state.coordinator_settings()
-        code = run_async(lambda: _serve(settings, console, "external Redis", None))
+        try:
+            code = run_async(lambda: _serve(settings, console, "external Redis", None))
+        except ConnectionFailed as e:
+            raise ConnectionFailed(
+                f"{e.description} (a Redis URL was given, by --redis-url or AGENTBUS_REDIS_URL: "
+                "without one, `agentbus up` starts its own Redis)",
+                details=e.details,
+            ) from e
         raise SystemExit(code)
 
     pid_file = _claim_state_dir(state_dir)
