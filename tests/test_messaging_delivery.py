@@ -219,3 +219,26 @@ async def test_expired_request_is_dropped_and_dead_lettered(
     assert calls == []
     assert dead[0].code == ErrorCode.DEADLINE_EXCEEDED
     assert dead[0].original["kind"] == "request"
+
+
+async def test_consumers_of_dead_instances_are_pruned(
+    settings: Settings, r: aioredis.Redis
+) -> None:
+    key = settings.keys.role_queue("pool")
+    # A dead instance that read (and acknowledged) an entry before it died.
+    await r.xgroup_create(key, "members", id="0", mkstream=True)
+    entry = await r.xadd(key, {"type": "x"})
+    await r.xreadgroup("members", "dead-instance", {key: ">"}, count=1)
+    await r.xack(key, "members", entry)
+    async with node(settings, "w", "pool", r=r, instance_id="live") as w:
+        assert w.consumer is not None
+        role_stream = w.consumer.streams[1]
+        assert await w.consumer.prune_consumers(role_stream) == []  # not idle long enough yet
+
+        async def pruned() -> bool:
+            assert w.consumer is not None
+            return await w.consumer.prune_consumers(role_stream) == ["dead-instance"]
+
+        await wait_for(pruned, timeout=10 * settings.ttl + 10, interval=0.2)
+        names = {c["name"] for c in await r.xinfo_consumers(key, "members")}
+        assert "dead-instance" not in names

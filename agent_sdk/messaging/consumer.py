@@ -48,6 +48,7 @@ MAX_DELIVERIES_CODE = "max_deliveries"
 _BLOCK_MS = 2000
 _SEEN_COUNT = 64
 _LEASE_CHUNK = 500
+_PRUNE_EVERY = 50  # claim rounds
 
 Fields = dict[Any, Any]
 
@@ -289,6 +290,22 @@ class Consumer:
                         s, min_idle_ms=self.settings.ttl_ms, cursor=s.cursor
                     )
             self.claim_rounds += 1
+            if self.claim_rounds % _PRUNE_EVERY == 0:
+                for s in self.streams:
+                    await self.prune_consumers(s)
+
+    async def prune_consumers(self, s: _Stream) -> list[str]:
+        """Delete consumers of dead instances: nothing pending, idle for 10 TTLs (a live one
+        that is deleted is simply recreated by its next read)."""
+        idle_limit = 10 * self.settings.ttl_ms
+        consumers: Any = await self.client.xinfo_consumers(s.key, s.group)
+        gone = []
+        for c in consumers:
+            name = _text(c["name"])
+            if name != self.instance_id and int(c["pending"]) == 0 and int(c["idle"]) > idle_limit:
+                await self.client.xgroup_delconsumer(s.key, s.group, name)
+                gone.append(name)
+        return gone
 
     # -- leases and acks -----------------------------------------------------------------------
     async def _lease_loop(self) -> None:
