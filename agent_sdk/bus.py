@@ -48,7 +48,7 @@ def resolve_settings(settings: Settings | None, overrides: dict[str, Any]) -> Se
         return Settings.load(**overrides)
     if not overrides:
         return settings
-    return Settings.load(**{**settings.model_dump(), **overrides})
+    return type(settings).load(**{**settings.model_dump(), **overrides})
 
 
 class Bus:
