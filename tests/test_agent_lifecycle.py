@@ -14,7 +14,16 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from agent_sdk import Agent, AgentStatus, Bus, InvalidInput, NameTaken, NoCoordinator, Settings
+from agent_sdk import (
+    Agent,
+    AgentStatus,
+    Bus,
+    InvalidInput,
+    NameTaken,
+    NoCoordinator,
+    Refused,
+    Settings,
+)
 from coordinator import Coordinator
 from schemas.keys import KeySpace
 from tests.support import wait_for
@@ -306,3 +315,33 @@ def test_invalid_cards_are_refused_before_any_io() -> None:
         Agent("bad name", "worker", settings=Settings(redis_url="redis://127.0.0.1:1/0"))
     with pytest.raises(InvalidInput, match="version"):
         Agent("ok", "worker", version="1.0", settings=Settings(redis_url="redis://127.0.0.1:1/0"))
+
+
+async def test_a_record_too_large_is_refused(coordinator: Coordinator, settings: Settings) -> None:
+    big = {f"k{i}": "x" * 1000 for i in range(32)}
+    agent = Agent("bloated", "worker", metadata=big, settings=settings)
+    with pytest.raises(Refused) as caught:
+        await agent.start()
+    assert caught.value.code == "too_large"
+    assert agent.stopped.is_set()
+
+
+async def test_heartbeats_survive_killed_connections(
+    coordinator: Coordinator, settings: Settings, keys: KeySpace, r: aioredis.Redis
+) -> None:
+    async with Agent("tough", "worker", settings=settings) as agent:
+        before = await r.hget(keys.record("tough"), "last_seen")
+        ours = [
+            c["id"]
+            for c in await r.client_list()
+            if c.get("name") == f"agentbus:{settings.namespace}"
+        ]
+        assert len(ours) >= 2  # at least the agent's pool and its reply router
+        for cid in ours:
+            await r.client_kill_filter(_id=cid)
+
+        async def seen_later() -> bool:
+            return bool(await r.hget(keys.record("tough"), "last_seen") != before)
+
+        await wait_for(seen_later, message="heartbeats after the cut")
+        assert await r.hget(keys.record("tough"), "instance_id") == agent.instance_id
