@@ -130,3 +130,14 @@ async def test_subscriptions_and_broadcasts_survive_killed_connections(
             await wait_for(broadcasts, timeout=15, message="broadcasts after the kill")
             await b.send("a", "job", "direct")  # the stream reader reconnected too
             await wait_for(lambda: "direct" in got, timeout=15)
+
+
+async def test_bus_client_publishes_and_subscribes(settings: Settings) -> None:
+    from agent_sdk import Bus
+
+    async with Bus(settings) as bus, Bus(settings) as other:
+        async with bus.subscribe("alerts.*") as sub:
+            assert await other.publish("alerts.disk", {"free": 1}) == 1
+            msg = await sub.get(timeout=5)
+        assert msg.payload == {"free": 1}
+        assert msg.sender == other.sender
