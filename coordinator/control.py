@@ -6,9 +6,8 @@ them and ``XACK``s them; announces and leaves are applied one script call each, 
 and their replies, dead letters and acks go out in one pipeline. Entries that cannot be decoded
 or validated are dead-lettered and acknowledged: a bad entry never stalls the stream.
 
-Recovery: ``NOGROUP`` (Redis restarted empty) recreates the group; entries left pending by a dead
-coordinator are taken over with ``XAUTOCLAIM`` after ``claim_idle``; consumers of coordinators
-whose health key is gone and that hold nothing are deleted.
+``NOGROUP`` (Redis restarted empty) recreates the group. Entries left pending by a dead
+coordinator are taken over by ``coordinator.recovery``.
 """
 
 from __future__ import annotations
@@ -138,52 +137,6 @@ class ControlConsumer:
         if not response:
             return []
         return list(response[0][1])
-
-    # -- claiming from dead coordinators ------------------------------------------------------
-    async def claim_once(self) -> int:
-        """Take over and apply entries pending longer than ``claim_idle``; return how many."""
-        s = self.settings
-        start = "0-0"
-        total = 0
-        while True:
-            res: Any = await self._client.xautoclaim(
-                self._control,
-                COORDINATOR_GROUP,
-                s.coordinator_id,
-                min_idle_time=s.claim_idle_ms,
-                start_id=start,
-                count=s.batch_size,
-            )
-            start = _text(res[0])
-            entries: list[Entry] = list(res[1])
-            deleted = [_text(x) for x in res[2]] if len(res) > 2 else []
-            if deleted:  # trimmed away while pending: nothing left to apply
-                await self._client.xack(self._control, COORDINATOR_GROUP, *deleted)
-            if entries:
-                total += len(entries)
-                self.stats.claimed += len(entries)
-                log.info("claimed %d control entries left pending by others", len(entries))
-                await self.process(entries)
-            if start == "0-0" or not entries:
-                return total
-
-    async def prune_consumers(self) -> int:
-        """Delete group consumers of coordinators that are gone and hold no entries."""
-        keys = self.settings.keys
-        consumers: Any = await self._client.xinfo_consumers(self._control, COORDINATOR_GROUP)
-        removed = 0
-        for c in consumers:
-            name = _text(c["name"])
-            if name == self.settings.coordinator_id or int(c["pending"]):
-                continue
-            if int(c["idle"]) < 2 * self.settings.claim_idle_ms:
-                continue
-            if await self._client.exists(keys.coordinator_health(name)):
-                continue
-            await self._client.xgroup_delconsumer(self._control, COORDINATOR_GROUP, name)
-            log.info("removed consumer %s of a coordinator that is gone", name)
-            removed += 1
-        return removed
 
     # -- applying a batch ---------------------------------------------------------------------
     async def process(self, entries: list[Entry]) -> None:

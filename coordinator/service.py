@@ -25,6 +25,7 @@ from coordinator.control import ControlConsumer
 from coordinator.health import HealthReporter
 from coordinator.liveness import Sweeper
 from coordinator.loops import RETRYABLE, periodic
+from coordinator.recovery import Recovery
 from coordinator.registry import Registry
 from coordinator.settings import CoordinatorSettings
 from coordinator.stats import CoordinatorStats
@@ -32,9 +33,6 @@ from coordinator.stats import CoordinatorStats
 __all__ = ["Coordinator"]
 
 log = logging.getLogger("agentbus.coordinator")
-
-#: Dead consumers are pruned every this many claim rounds.
-_PRUNE_EVERY = 10
 
 
 class Coordinator:
@@ -52,7 +50,6 @@ class Coordinator:
         self._consumer: ControlConsumer | None = None
         self._sweeper: Sweeper | None = None
         self._started = False
-        self._claim_rounds = 0
 
     @property
     def id(self) -> str:
@@ -87,6 +84,7 @@ class Coordinator:
         client = self._client = make_client(s)
         registry = Registry(client, s)
         self._consumer = ControlConsumer(client, registry, s, self.stats)
+        recovery = Recovery(client, self._consumer, s, self.stats)
         self._sweeper = Sweeper(registry, s, self.stats)
         self._health = HealthReporter(client, s, self.stats.as_dict)
         try:
@@ -99,7 +97,7 @@ class Coordinator:
             raise
         loops = {
             "control": self._consumer.run(self._stopping),
-            "claimer": periodic("claiming", s.claim_idle / 2, self._claim, self._stopping, log),
+            "claimer": periodic("claiming", s.claim_idle / 2, recovery.step, self._stopping, log),
             "sweeper": self._sweeper.run(self._stopping),
             "health": self._health.run(self._stopping),
         }
@@ -116,13 +114,6 @@ class Coordinator:
             s.namespace,
         )
         self.ready.set()
-
-    async def _claim(self) -> None:
-        assert self._consumer is not None
-        await self._consumer.claim_once()
-        self._claim_rounds += 1
-        if self._claim_rounds % _PRUNE_EVERY == 0:
-            await self._consumer.prune_consumers()
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         if task.cancelled() or self._stopping.is_set():
