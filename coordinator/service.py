@@ -141,8 +141,8 @@ class Coordinator:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
         if self._health is not None:
-            with contextlib.suppress(*RETRYABLE):
-                await self._health.clear()
+            with contextlib.suppress(*RETRYABLE, TimeoutError):  # bounded: Redis may be gone
+                await asyncio.wait_for(self._health.clear(), self.settings.drain_timeout or 1.0)
         await self._close()
         log.info("coordinator %s stopped (%s)", self.settings.coordinator_id, self.stats.as_dict())
 

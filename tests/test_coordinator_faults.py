@@ -229,3 +229,21 @@ async def test_redis_restart_empty_recreates_group_and_continues(
             )
     finally:
         await r.aclose()
+
+
+async def test_second_signal_exits_at_once(
+    own_redis: RedisServer, namespace: str, daemons: list[Daemon]
+) -> None:
+    """Redis is frozen (SIGSTOP), so the drain cannot finish; a second signal ends it anyway."""
+    settings = CoordinatorSettings(redis_url=own_redis.url, namespace=namespace)
+    daemon = await start_daemon(settings, daemons, "impatient")
+    assert own_redis.process is not None
+    os.kill(own_redis.process.pid, signal.SIGSTOP)
+    try:
+        daemon.proc.send_signal(signal.SIGTERM)
+        await wait_for(lambda: "draining" in daemon.output(), message="the drain started")
+        daemon.proc.send_signal(signal.SIGINT)
+        assert await daemon.wait() == 128 + signal.SIGINT, daemon.output()
+        assert "second signal" in daemon.output()
+    finally:
+        os.kill(own_redis.process.pid, signal.SIGCONT)
