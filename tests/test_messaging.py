@@ -176,3 +176,56 @@ async def test_request_to_role(settings: Settings, r: aioredis.Redis) -> None:
         assert reply == {"echo": [1, 2], "target": "role:pool"}
         with pytest.raises(NoResponders):
             await c.request(role="nobody", type="echo", payload=[], timeout=5)
+
+
+async def test_messages_from_one_sender_are_handled_in_order(
+    settings: Settings, r: aioredis.Redis
+) -> None:
+    seen: list[int] = []
+    async with node(settings, "w", r=r) as w, node(settings, "c", r=r) as c:
+
+        @w.on("n")
+        async def n(payload: int) -> None:
+            seen.append(payload)
+
+        for i in range(100):
+            await c.send("w", "n", i)
+        await wait_for(lambda: len(seen) == 100, timeout=10)
+    assert seen == list(range(100))
+
+
+async def test_request_many_reports_errors_and_missing_members(
+    settings: Settings, r: aioredis.Redis
+) -> None:
+    release = asyncio.Event()
+    async with (
+        node(settings, "ok", "pool", r=r) as ok,
+        node(settings, "bad", "pool", r=r) as bad,
+        node(settings, "slow", "pool", r=r) as slow,
+        node(settings, "c", "client", r=r) as c,
+    ):
+
+        @ok.on("status")
+        async def fine(payload: Any) -> str:
+            return "fine"
+
+        @bad.on("status")
+        async def broken(payload: Any) -> str:
+            raise ValueError("broken")
+
+        @slow.on("status")
+        async def stuck(payload: Any) -> str:
+            await release.wait()
+            return "late"
+
+        result = await c.request_many(role="pool", type="status", payload={}, timeout=1.0)
+        assert dict(result) == {"ok": "fine"}
+        assert list(result.errors) == ["bad"]
+        assert result.errors["bad"].code == ErrorCode.HANDLER_ERROR
+        assert result.missing == ["slow"]
+        assert not result.complete
+        first = await c.request_many(
+            role="pool", type="status", payload={}, timeout=5, max_replies=1
+        )
+        assert len(first.replies) + len(first.errors) == 1
+        release.set()
