@@ -6,6 +6,7 @@ import asyncio
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC
 from typing import Any
 
 import pytest
@@ -341,3 +342,50 @@ async def test_discovery_works_on_a_decoding_client_too(
         assert expected
         assert await Discovery(r, settings).discover(tags=["t1", "t2"]) == expected
         assert await Discovery(r, settings).get(expected[0].name) == expected[0]
+
+
+async def test_a_name_left_in_an_index_without_a_record_is_skipped(
+    coordinator: Coordinator, settings: Settings, r: aioredis.Redis
+) -> None:
+    await register_raw(r, settings.keys, [{"name": "real", "role": "ghosts", "tags": ["g"]}])
+    await r.sadd(settings.keys.role_index("ghosts"), "phantom")  # a sweep half done
+    await r.sadd(settings.keys.tag_index("g"), "phantom")
+    async with Bus(settings) as bus:
+        assert [x.name for x in await bus.discover(role="ghosts")] == ["real"]
+        assert [x.name for x in await bus.discover(tags=["g"])] == ["real"]
+        assert await bus.get("phantom") is None
+
+
+identifiers = st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9._@/-]{0,20}\Z")
+records = st.builds(
+    AgentRecord,
+    name=identifiers,
+    role=identifiers,
+    version=st.sampled_from([*VERSIONS, "0.0.0", "3.4.5-alpha.1+sha.abc"]),
+    description=st.text(max_size=200),
+    capabilities=st.lists(identifiers, max_size=5).map(tuple),
+    tags=st.lists(identifiers, max_size=5).map(tuple),
+    region=st.none() | st.text(max_size=20),
+    host=st.none() | st.text(min_size=1, max_size=30),
+    pid=st.none() | st.integers(0, 2**31),
+    max_concurrency=st.integers(1, 100_000),
+    metadata=st.dictionaries(st.text(max_size=10), st.text(max_size=30), max_size=5),
+    instance_id=st.text(min_size=1, max_size=64),
+    status=st.sampled_from(STATUSES),
+    load=st.integers(0, 1000),
+    registered_at=st.datetimes(timezones=st.just(UTC)).map(
+        lambda d: d.replace(microsecond=d.microsecond // 1000 * 1000)
+    ),
+    last_seen=st.datetimes(timezones=st.just(UTC)).map(
+        lambda d: d.replace(microsecond=d.microsecond // 1000 * 1000)
+    ),
+    heartbeat_ms=st.integers(1, 10**6),
+    ttl_ms=st.integers(1, 10**7),
+)
+
+
+@hsettings(max_examples=300, deadline=None)
+@given(record=records)
+def test_lean_decode_round_trips_any_record(record: AgentRecord) -> None:
+    raw = record.to_hash()
+    assert decode_record(raw) == AgentRecord.from_hash(raw) == record
