@@ -54,11 +54,10 @@ log = logging.getLogger("agentbus.membership")
 
 #: Approximate cap agents apply when they XADD to the control stream (coordinators trim too).
 CONTROL_MAXLEN = 100_000
+#: Longest wait (seconds) for the record to go after ``leave``.
 _LEAVE_WAIT_MAX = 2.0
-_RETRYABLE: tuple[type[BaseException], ...] = (
-    AgentbusError,
-    *CONNECTION_ERRORS,
-)  # seconds to wait for the record to go after ``leave``
+#: Errors the heartbeat loop logs and retries after a backoff.
+_RETRYABLE: tuple[type[BaseException], ...] = (AgentbusError, *CONNECTION_ERRORS)
 
 
 class Membership:
