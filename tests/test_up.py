@@ -40,36 +40,39 @@ class Up:
             stderr=subprocess.STDOUT,
             env=env,
             cwd=cwd,
-            text=True,
+            bufsize=0,
         )
         self.output = ""
 
     def read_until(self, pattern: re.Pattern[str], timeout: float = 30.0) -> re.Match[str]:
-        """Read output until ``pattern`` matches (or fail with everything read so far)."""
+        """Read output until ``pattern`` matches (or fail with everything read so far).
+
+        Raw ``os.read`` on the pipe: a buffered ``readline`` could hold lines that ``select``
+        then never reports.
+        """
         assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
         deadline = time.monotonic() + timeout
         with selectors.DefaultSelector() as sel:
-            sel.register(self.proc.stdout, selectors.EVENT_READ)
+            sel.register(fd, selectors.EVENT_READ)
             while not (m := pattern.search(self.output)):
                 left = deadline - time.monotonic()
                 if left <= 0 or not sel.select(left):
                     raise AssertionError(f"no {pattern.pattern!r} in time; output:\n{self.output}")
-                line = self.proc.stdout.readline()
-                if not line:
+                chunk = os.read(fd, 65536)
+                if not chunk:
                     raise AssertionError(f"exited before {pattern.pattern!r}:\n{self.output}")
-                self.output += line
+                self.output += chunk.decode(errors="replace")
         return m
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
         self.proc.send_signal(sig)
-        out, _ = self.proc.communicate(timeout=30)
-        self.output += out
-        return self.proc.returncode
+        return self.wait()
 
     def wait(self, timeout: float = 30.0) -> int:
         """Wait for exit; everything it printed is in ``output``."""
         out, _ = self.proc.communicate(timeout=timeout)
-        self.output += out
+        self.output += out.decode(errors="replace")
         return self.proc.returncode
 
     def kill(self) -> None:
