@@ -195,3 +195,28 @@ async def test_announce_past_its_deadline_is_dropped(
     assert coordinator.stats.stale == 1
     assert await r.smembers(keys.agents()) == {"on-time"}
     assert await r.llen(late.reply_key) == 0
+
+
+async def test_late_reannounce_never_moves_the_deadline_back(
+    coordinator_settings: CoordinatorSettings, r: aioredis.Redis, keys: KeySpace
+) -> None:
+    client = make_client(coordinator_settings)
+    registry = Registry(client, coordinator_settings)
+    agent = FakeAgent(r, keys, "a1")
+    now_ms = int(time.time() * 1000)
+    try:
+        prepared = prepare_announce(agent.announce_payload(), now_ms)
+        assert isinstance(prepared, PreparedAnnounce)
+        await registry.announce(f"{now_ms}-0", prepared)
+        assert await r.zscore(keys.deadlines(), "a1") == now_ms + agent.ttl_ms
+        heartbeat_ms = now_ms + 10_000  # a heartbeat written later was applied first
+        assert (
+            await registry.heartbeats(
+                [(f"{heartbeat_ms}-0", "a1", agent.instance_id, "0", "ready")]
+            )
+            == []
+        )
+        await registry.announce(f"{now_ms}-1", prepared)
+    finally:
+        await client.aclose()
+    assert await r.zscore(keys.deadlines(), "a1") == heartbeat_ms + agent.ttl_ms

@@ -38,6 +38,7 @@ if same and old.registered_at then
 end
 
 local changes = {}
+local old_deadline = 0
 if same then
   local seen = {}
   local IGNORED = { load = true, last_seen = true, registered_at = true }
@@ -57,6 +58,7 @@ if same then
   end
   for _, k in ipairs(order) do diff(k) end
   for k, _ in pairs(old) do diff(k) end
+  old_deadline = tonumber(redis.call('ZSCORE', P.deadlines, name) or '0')
   unindex(name, old)
 else
   redis.call('DEL', rkey)
@@ -72,12 +74,8 @@ redis.call('SADD', P.agents, name)
 redis.call('SADD', P.role .. new.role, name)
 for _, c in ipairs(json_list(new.capabilities)) do redis.call('SADD', P.cap .. c, name) end
 for _, t in ipairs(json_list(new.tags)) do redis.call('SADD', P.tag .. t, name) end
-local deadline = entry_ms(eid) + ttl
-if same then
-  redis.call('ZADD', P.deadlines, 'GT', deadline, name)
-else
-  redis.call('ZADD', P.deadlines, deadline, name)
-end
+-- a re-announce processed after newer heartbeats never moves the deadline back
+redis.call('ZADD', P.deadlines, math.max(entry_ms(eid) + ttl, old_deadline), name)
 
 local event = ''
 local base = { 'name', name, 'instance_id', inst, 'role', new.role, 'at', iso(now) }
