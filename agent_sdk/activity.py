@@ -95,7 +95,11 @@ class ActivityLog:
         self, session: str, agent: str, type: ActivityType | str, payload: Any = None
     ) -> ActivityEvent:
         """Append one event to ``session``; returns it with its stream id and ``seq``."""
-        kind = ActivityType(type)
+        try:
+            kind = ActivityType(type)
+        except ValueError as e:
+            known = ", ".join(t.value for t in ActivityType)
+            raise InvalidInput(f"unknown activity type {type!r}: use one of {known}") from e
         try:
             check_identifier(session, "session id")
         except ValueError as e:

@@ -180,6 +180,6 @@ async def test_bad_input_is_refused_before_it_is_written(
         await activity.emit("s6", "a", "agent_thinking", {"x": object()})
     with pytest.raises(PayloadTooLarge):
         await activity.emit("s6", "a", "agent_thinking", "x" * (2 * 1024 * 1024))
-    with pytest.raises(ValueError, match="not_a_type"):
+    with pytest.raises(InvalidInput, match="unknown activity type 'not_a_type'"):
         await activity.emit("s6", "a", "not_a_type")
     assert not await r.exists(keys.session_activity("s6"), keys.session_seq("s6"))
