@@ -153,7 +153,11 @@ async def watch_registry(
     An entry that does not decode is logged and skipped: a bad entry never stalls the reader.
     """
     role_set = frozenset(roles) if roles else None
-    type_set = frozenset(RegistryEventType(t) for t in types) if types else None
+    try:
+        type_set = frozenset(RegistryEventType(t) for t in types) if types else None
+    except ValueError as e:
+        known = ", ".join(t.value for t in RegistryEventType)
+        raise InvalidInput(f"unknown registry event type in {types!r}: use {known}") from e
     name_set = frozenset(names) if names else None
     async for entry_id, fields in tail_stream(client, keys.events(), since, block_ms=block_ms):
         try:

@@ -176,3 +176,5 @@ async def test_the_reader_survives_a_dropped_connection(
 async def test_a_malformed_resume_point_is_refused(client: aioredis.Redis, keys: KeySpace) -> None:
     with pytest.raises(InvalidInput, match="invalid resume point 'yesterday'"):
         await _take(watch_registry(client, keys, since="yesterday"), 1)
+    with pytest.raises(InvalidInput, match="unknown registry event type"):
+        await _take(watch_registry(client, keys, types=["agent_exploded"]), 1)
