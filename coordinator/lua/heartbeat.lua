@@ -13,11 +13,12 @@ for eid, name, inst, load, status in string.gmatch(ARGV[8], '(%S+) (%S+) (%S+) (
   ids[n] = eid
   local rkey = P.record .. name
   local cur = redis.call('HMGET', rkey, 'instance_id', 'ttl_ms', 'status', 'load', 'role')
-  if cur[1] ~= inst then
+  local ttl = tonumber(cur[2])
+  if cur[1] ~= inst or not ttl then  -- not held (or a hand-edited record): re-announce
     unknown[#unknown + 1] = n
   else
     local ems = entry_ms(eid)
-    local ch = redis.call('ZADD', P.deadlines, 'GT', 'CH', ems + tonumber(cur[2]), name)
+    local ch = redis.call('ZADD', P.deadlines, 'GT', 'CH', ems + ttl, name)
     if ch == 1 then
       if cur[3] ~= status then
         redis.call('HSET', rkey, 'last_seen', iso(ems), 'load', load, 'status', status)
