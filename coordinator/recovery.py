@@ -4,7 +4,8 @@ A coordinator that dies mid-batch leaves entries pending in the group ``coordina
 ``claim_idle / 2`` seconds each coordinator ``XAUTOCLAIM``s entries idle longer than
 ``claim_idle`` and applies them (applying twice is harmless: heartbeats only move deadlines
 forward, announces and leaves are idempotent). Consumers of coordinators whose health key is gone
-and that hold nothing are deleted from the group.
+and that hold nothing are deleted from the group, and the stream is trimmed to
+``control_maxlen`` (approximately).
 """
 
 from __future__ import annotations
@@ -49,11 +50,15 @@ class Recovery:
         self._rounds = 0
 
     async def step(self) -> None:
-        """One round: claim, and every ``PRUNE_EVERY`` rounds prune dead consumers."""
+        """One round: claim; every ``PRUNE_EVERY`` rounds prune dead consumers and trim."""
         await self.claim_once()
         self._rounds += 1
         if self._rounds % PRUNE_EVERY == 0:
             await self.prune_consumers()
+            # agents cap the stream as they write; this enforces the coordinator's own cap
+            await self._client.xtrim(
+                self._control, maxlen=self.settings.control_maxlen, approximate=True
+            )
 
     async def claim_once(self) -> int:
         """Take over and apply entries pending longer than ``claim_idle``; return how many."""

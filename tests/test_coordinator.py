@@ -220,3 +220,18 @@ async def test_late_reannounce_never_moves_the_deadline_back(
     finally:
         await client.aclose()
     assert await r.zscore(keys.deadlines(), "a1") == heartbeat_ms + agent.ttl_ms
+
+
+async def test_control_stream_is_trimmed_to_its_cap(
+    coordinator_settings: CoordinatorSettings, r: aioredis.Redis, keys: KeySpace
+) -> None:
+    settings = coordinator_settings.model_copy(update={"control_maxlen": 10, "claim_idle": 0.05})
+    ghost = FakeAgent(r, keys, "ghost")
+    for _ in range(1000):
+        await ghost.heartbeat()
+    async with Coordinator(settings):
+
+        async def trimmed() -> bool:
+            return int(await r.xlen(keys.control())) < 1000
+
+        await wait_for(trimmed, message="control stream trimmed")
