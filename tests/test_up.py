@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 import redis
 from click.testing import CliRunner
@@ -212,3 +213,21 @@ def test_up_with_an_unreachable_redis_url_explains_itself(run_up: Callable[..., 
     assert up.output.startswith(f"agentbus: error [connection]: cannot reach Redis at {url}")
     assert "without one, `agentbus up` starts its own Redis" in up.output
     assert "Traceback" not in up.output
+
+
+def test_a_second_signal_stops_redis_and_exits_at_once(
+    run_up: Callable[..., Up], tmp_path: Path
+) -> None:
+    up = run_up("up", "--port", "0", "--state-dir", str(tmp_path / "s"))
+    up.read_until(URL_RE)
+    (server,) = [p for p in psutil.Process(up.proc.pid).children() if "redis-server" in p.name()]
+    server.suspend()  # a frozen Redis: the coordinator cannot drain
+    try:
+        up.proc.send_signal(signal.SIGTERM)
+        up.read_until(re.compile("again to force"))
+        assert up.stop(signal.SIGTERM) == 130, up.output
+        server.wait(30)  # raises if the server is still running
+        assert not server.is_running()
+    finally:
+        if server.is_running():
+            server.kill()
