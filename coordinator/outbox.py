@@ -42,7 +42,9 @@ def queue_reply(
     error: ErrorInfo | None = None,
 ) -> None:
     """``LPUSH`` a JSON envelope to a reply list and ``PEXPIRE`` the list."""
-    env = Envelope(
+    # every argument is ours and already valid: construct without re-validating (hot path when
+    # a whole fleet must re-announce after Redis lost its data)
+    env = Envelope.model_construct(
         kind=kind,
         type=type,
         sender=COORDINATOR_SENDER,
