@@ -39,7 +39,7 @@ from agent_sdk.messaging.handlers import Handler
 from agent_sdk.replies import ReplyRouter
 from agent_sdk.selection import Strategy
 from agent_sdk.settings import Settings
-from agent_sdk.usage import UsageRecorder
+from agent_sdk.usage import UNKNOWN_TYPE, UsageRecorder
 from schemas.agent import AgentCard, AgentRecord, AgentStatus
 from schemas.envelope import Envelope, new_id
 from schemas.errors import AgentbusError, InvalidInput
@@ -374,6 +374,8 @@ class Agent:
 
     def _observe(self, message_type: str, seconds: float, failed: bool) -> None:
         """The handler observer: usage stats in Redis and the handler-duration metric."""
+        if message_type not in self.handlers:  # any sender can invent types: one bucket
+            message_type = UNKNOWN_TYPE
         if self.usage is not None:
             self.usage.record(message_type, seconds, failed)
         telemetry.record_handled(message_type, seconds, failed)
