@@ -9,6 +9,7 @@ The hash ``KeySpace.stats(name)`` holds flat counters a person can read with ``H
                                            the previous bound: buckets are not cumulative)
     summarize.latency_ms.le_inf  1         slower than the last bound
     summarize.last_at            2026-11-21T10:00:00.000Z
+    (unknown).invocations        2         messages of types without a handler (all together)
     started_at                   first time this agent name recorded anything
 
 The hot path (``UsageRecorder.record``) only adds to in-memory deltas; a background task flushes
@@ -36,10 +37,19 @@ from agent_sdk.connection import redis_errors
 from agent_sdk.settings import Settings
 from schemas.envelope import utcnow
 
-__all__ = ["BUCKETS_MS", "TypeUsage", "UsageRecorder", "parse_usage", "read_usage"]
+__all__ = [
+    "BUCKETS_MS",
+    "UNKNOWN_TYPE",
+    "TypeUsage",
+    "UsageRecorder",
+    "parse_usage",
+    "read_usage",
+]
 
 log = logging.getLogger("agentbus.usage")
 
+#: Where messages of types the agent has no handler for are counted (one bucket for all).
+UNKNOWN_TYPE = "(unknown)"
 #: Upper bounds (ms) of the latency buckets; a last ``le_inf`` bucket takes the rest.
 BUCKETS_MS: tuple[float, ...] = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 _BUCKET_NAMES = (*(f"le_{b:g}" for b in BUCKETS_MS), "le_inf")

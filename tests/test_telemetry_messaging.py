@@ -131,12 +131,17 @@ async def test_handlers_usage_is_kept_per_agent_and_type(
         for _ in range(2):
             with pytest.raises(RemoteError):
                 await client.request("counted", "bad", {})
+        for invented in ("nope-1", "nope-2"):  # types without a handler share one row
+            with pytest.raises(RemoteError, match="no handler"):
+                await client.request("counted", invented, {})
     # stopping the agent flushed the stats
     async with Bus(settings) as reader:
         rows = {u.type: u for u in await read_usage(reader.client, settings, "counted")}
     assert (rows["ok"].invocations, rows["ok"].errors) == (5, 0)
     assert (rows["bad"].invocations, rows["bad"].errors) == (2, 2)
     assert sum(rows["ok"].buckets) == 5
+    assert (rows["(unknown)"].invocations, rows["(unknown)"].errors) == (2, 2)
+    assert set(rows) == {"ok", "bad", "(unknown)"}
 
 
 async def test_the_trace_crosses_processes(
