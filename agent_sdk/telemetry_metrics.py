@@ -21,6 +21,8 @@ __all__ = [
     "ATTR_MESSAGE_TYPE",
     "ATTR_NAMESPACE",
     "ATTR_OUTCOME",
+    "MAX_TYPES",
+    "OTHER_TYPE",
     "forget_coordinator",
     "observe_coordinator",
     "record_dead_lettered",
@@ -102,10 +104,26 @@ for _name, _field, _unit, _description in (
     )
 
 
+#: Distinct message types reported before the rest are reported as ``OTHER_TYPE`` (any sender
+#: can invent types; a metric backend should not get a series for each).
+MAX_TYPES = 200
+OTHER_TYPE = "(other)"
+_types: set[str] = set()
+
+
+def _bounded(message_type: str) -> str:
+    if message_type in _types:
+        return message_type
+    if len(_types) >= MAX_TYPES:
+        return OTHER_TYPE
+    _types.add(message_type)
+    return message_type
+
+
 @lru_cache(maxsize=1024)
 def _type_attrs(message_type: str, kind: str | None = None) -> Mapping[str, str]:
     # Cached and never mutated: no dict is built per message on the hot path.
-    attrs = {ATTR_MESSAGE_TYPE: message_type}
+    attrs = {ATTR_MESSAGE_TYPE: _bounded(message_type)}
     if kind is not None:
         attrs[ATTR_KIND] = kind
     return attrs
@@ -113,7 +131,7 @@ def _type_attrs(message_type: str, kind: str | None = None) -> Mapping[str, str]
 
 @lru_cache(maxsize=1024)
 def _type_code_attrs(message_type: str, code: str) -> Mapping[str, str]:
-    return {ATTR_MESSAGE_TYPE: message_type, ATTR_ERROR_CODE: code}
+    return {ATTR_MESSAGE_TYPE: _bounded(message_type), ATTR_ERROR_CODE: code}
 
 
 def record_sent(message_type: str, kind: str = "send") -> None:
@@ -144,7 +162,7 @@ def record_handled(message_type: str, seconds: float, failed: bool = False) -> N
 
 @lru_cache(maxsize=1024)
 def _outcome_attrs(message_type: str, outcome: str) -> Mapping[str, str]:
-    return {ATTR_MESSAGE_TYPE: message_type, ATTR_OUTCOME: outcome}
+    return {ATTR_MESSAGE_TYPE: _bounded(message_type), ATTR_OUTCOME: outcome}
 
 
 def observe_coordinator(coordinator_id: str, stats: Callable[[], Mapping[str, int]]) -> None:

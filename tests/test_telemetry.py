@@ -173,3 +173,23 @@ def test_without_an_sdk_nothing_records_but_the_trace_passes_through() -> None:
         check=True,
     )
     assert done.stdout.strip() == "0af7651916cd43dd8448eb211c80319c"
+
+
+def test_message_types_beyond_the_limit_share_one_series(
+    o: Otel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agent_sdk import telemetry_metrics
+
+    monkeypatch.setattr(telemetry_metrics, "_types", set())
+    monkeypatch.setattr(telemetry_metrics, "MAX_TYPES", 2)
+    telemetry_metrics._type_attrs.cache_clear()
+    for t in ("cap-a", "cap-b", "cap-c", "cap-d", "cap-a"):
+        telemetry.record_received(t)
+    telemetry_metrics._type_attrs.cache_clear()
+    seen = {
+        a["agentbus.message.type"]: v
+        for a, v in o.metric_points("agentbus.messages.received")
+        if str(a["agentbus.message.type"]).startswith("cap-")
+        or a["agentbus.message.type"] == "(other)"
+    }
+    assert seen == {"cap-a": 2, "cap-b": 1, "(other)": 2}
