@@ -78,16 +78,17 @@ async def test_live_events_arrive_while_blocked(
     reader = asyncio.create_task(_take(watch_registry(client, keys, since="now"), 3))
     # events written before the reader resolved "now" would not be for it: wait until it is
     # blocked in XREAD (visible in CLIENT LIST as cmd=xread)
-    await wait_for(partial(_blocked_readers, r), message="reader blocked in XREAD")
+    await wait_for(partial(_blocked_readers, r, keys.ns), message="reader blocked in XREAD")
     revs = [await _change(r, keys, "agent_registered", f"n{i}") for i in range(3)]
     events = await asyncio.wait_for(reader, 10)
     assert [e.revision for e in events] == revs
     assert [e.name for e in events] == ["n0", "n1", "n2"]
 
 
-async def _blocked_readers(r: aioredis.Redis) -> bool:
+async def _blocked_readers(r: aioredis.Redis, ns: str) -> bool:
+    """Whether a client of this test's namespace (make_client names it) is blocked in XREAD."""
     clients = await r.client_list()
-    return any(c.get("cmd") == "xread" for c in clients)
+    return any(c.get("cmd") == "xread" and c.get("name") == f"agentbus:{ns}" for c in clients)
 
 
 async def test_filters_by_role_type_and_name(

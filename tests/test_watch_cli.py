@@ -63,8 +63,10 @@ async def test_watch_by_default_shows_new_changes_human_readable(
     await _churn(settings)  # old changes: not shown without --since
     watcher = asyncio.create_task(invoke(settings, "watch", "--count", "1"))
 
-    async def blocked() -> bool:
-        return any(c.get("cmd") == "xread" for c in await r.client_list())
+    async def blocked() -> bool:  # the CLI's client is named after the namespace
+        name = f"agentbus:{settings.namespace}"
+        clients = await r.client_list()
+        return any(c.get("cmd") == "xread" and c.get("name") == name for c in clients)
 
     await wait_for(blocked, message="watch blocked in XREAD")
     async with Agent("cli-new", "late", settings=settings):
