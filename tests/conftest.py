@@ -13,7 +13,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from agent_sdk.embedded import RedisServer
+from agent_sdk.embedded import RedisServer, find_redis_server, server_version
 from agent_sdk.settings import Settings
 from coordinator import Coordinator, CoordinatorSettings
 from schemas.keys import KeySpace
@@ -21,7 +21,10 @@ from schemas.keys import KeySpace
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer(extra_args=("--enable-debug-command", "local"))
+    binary = find_redis_server()
+    # Redis >= 7 refuses DEBUG unless enabled; 6.2 (the embedded extra) has no such option.
+    extra = ("--enable-debug-command", "local") if server_version(binary) >= (7, 0, 0) else ()
+    server = RedisServer(binary=binary, extra_args=extra)
     with server:
         yield server
 
