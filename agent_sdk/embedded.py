@@ -50,8 +50,9 @@ def _all_on_path(name: str) -> list[str]:
     found: list[str] = []
     for directory in os.environ.get("PATH", "").split(os.pathsep):
         path = Path(directory) / name
-        if path.is_file() and os.access(path, os.X_OK) and str(path.resolve()) not in found:
-            found.append(str(path.resolve()))
+        # Not resolved: Debian's redis-server is a link whose name selects the program.
+        if path.is_file() and os.access(path, os.X_OK) and str(path) not in found:
+            found.append(str(path))
     return found
 
 
