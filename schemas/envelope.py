@@ -160,9 +160,12 @@ def decode_fields(
 ) -> Envelope:
     """Decode flat stream fields, filling the by-hand defaults from the entry id."""
     raw: dict[str, Any] = {}
+    field: object = None  # the field being decoded, for the error (its name may not decode)
     try:
         for k, v in fields.items():
+            field = k
             key = _text(k)
+            field = key
             text = _text(v)
             if key in ("headers", "payload", "error"):
                 raw[key] = orjson.loads(text)
@@ -172,7 +175,7 @@ def decode_fields(
                 raw[key] = text
     except (UnicodeDecodeError, orjson.JSONDecodeError, ValueError) as e:
         raise ProtocolError(
-            f"undecodable stream entry field {key!r}: {e}", code=ErrorCode.UNDECODABLE
+            f"undecodable stream entry field {field!r}: {e}", code=ErrorCode.UNDECODABLE
         ) from e
     if entry_id is not None:
         raw.setdefault("id", entry_id)
