@@ -46,6 +46,14 @@ log = logging.getLogger("agentbus.coordinator.control")
 Entry = tuple[bytes, dict[bytes, bytes] | None]
 
 
+def _internal(e: Exception) -> ErrorInfo:
+    return ErrorInfo(
+        code=ErrorCode.INTERNAL,
+        description=f"the coordinator failed on this entry: {type(e).__name__}: {e}",
+        details={"exception": type(e).__name__},
+    )
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -158,6 +166,10 @@ class ControlConsumer:
             except ProtocolError as e:
                 self._dead(pipe, eid, fields, e.info, acks)
                 continue
+            except Exception as e:  # a decoder bug must not stop the stream
+                log.exception("decoding control entry %s failed", eid)
+                self._dead(pipe, eid, fields, _internal(e), acks)
+                continue
             if env.type == ControlType.HEARTBEAT:
                 slow = self._slow_heartbeat(env)
                 if isinstance(slow, ErrorInfo):
@@ -171,10 +183,9 @@ class ControlConsumer:
                 await self._apply(eid, env, fields, pipe, acks)
             except CONNECTION_ERRORS:
                 raise
-            except ResponseError as e:
+            except Exception as e:  # Redis refused it, or a bug: never stall the stream on it
                 log.exception("applying control entry %s failed", eid)
-                info = ErrorInfo(code=ErrorCode.INTERNAL, description=f"Redis refused: {e}")
-                self._dead(pipe, eid, fields, info, acks)
+                self._dead(pipe, eid, fields, _internal(e), acks)
         await self._heartbeats(run, pipe)
         if acks:
             pipe.xack(self._control, COORDINATOR_GROUP, *acks)

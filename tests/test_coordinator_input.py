@@ -89,7 +89,10 @@ async def dead_letters(r: aioredis.Redis, keys: KeySpace) -> list[dict[str, str]
     entries: Any = await raw.execute_command(
         "XRANGE", keys.deadletter(), "-", "+", NEVER_DECODE=True
     )
-    return [{k.decode(): v.decode(errors="replace") for k, v in f.items()} for _, f in entries]
+    return [
+        {k.decode(errors="replace"): v.decode(errors="replace") for k, v in f.items()}
+        for _, f in entries
+    ]
 
 
 @pytest.mark.parametrize(
@@ -106,6 +109,7 @@ async def dead_letters(r: aioredis.Redis, keys: KeySpace) -> list[dict[str, str]
          "invalid_name"),
         ({"type": "leave", "sender": "x", "payload": "[]"}, "invalid_record"),
         ({"type": b"\xff\xfe", "payload": b"\x00\x81"}, "undecodable"),
+        ({b"\xd6\xd6": b"x", "type": "heartbeat"}, "undecodable"),
     ],
 )  # fmt: skip
 async def test_garbage_is_dead_lettered_and_acked(
@@ -124,7 +128,8 @@ async def test_garbage_is_dead_lettered_and_acked(
     assert letter["reason"]
     assert letter["failed_at"].endswith("Z")
     for k in fields:
-        assert f"orig.{k}" in letter
+        name = k.decode(errors="replace") if isinstance(k, bytes) else k
+        assert f"orig.{name}" in letter
     pending: Any = await r.xpending(keys.control(), COORDINATOR_GROUP)
     assert pending["pending"] == 0
     assert coordinator.stats.dead_letters == 1
