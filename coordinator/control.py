@@ -110,6 +110,9 @@ class ControlConsumer:
                 await self._failed("reading the control stream", e, backoff, stopping)
             except RETRYABLE as e:
                 await self._failed("reading the control stream", e, backoff, stopping)
+            except Exception as e:  # a bug: log it whole, keep consuming
+                log.exception("control loop failed unexpectedly")
+                await self._failed("reading the control stream", e, backoff, stopping)
 
     async def _failed(
         self, doing: str, e: BaseException, backoff: Backoff, stopping: asyncio.Event

@@ -68,6 +68,12 @@ async def periodic(
             if await wait_or_stop(stopping, delay):
                 return
             continue
+        except Exception:  # a bug: log it whole, and keep the loop alive
+            delay = backoff.next()
+            log.exception("%s failed unexpectedly; retrying in %.2fs", what, delay)
+            if await wait_or_stop(stopping, delay):
+                return
+            continue
         backoff.reset()
         if await wait_or_stop(stopping, interval):
             return

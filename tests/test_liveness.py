@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import pytest
 import redis.asyncio as aioredis
 
 from coordinator import Coordinator, CoordinatorSettings
@@ -152,3 +153,28 @@ async def test_two_coordinators_expire_an_agent_once(
         evs = [e.name for e in await events(r, keys) if e.type == "agent_expired"]
         assert sorted(evs) == sorted(a.name for a in agents)
         assert coordinator.stats.expiries + other.stats.expiries == 20
+
+
+async def test_sweeper_survives_an_unexpected_error(
+    coordinator_settings: CoordinatorSettings,
+    r: aioredis.Redis,
+    keys: KeySpace,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from coordinator.registry import Registry, SweepResult
+
+    real = Registry.sweep
+    failures = []
+
+    async def flaky(self: Registry, limit: int = 1000) -> SweepResult:
+        if not failures:
+            failures.append(1)
+            raise RuntimeError("a bug in the first sweep")
+        return await real(self, limit)
+
+    monkeypatch.setattr(Registry, "sweep", flaky)
+    async with Coordinator(coordinator_settings) as c:
+        await FakeAgent(r, keys, "silent").register()
+        await wait_for(lambda: expired(r, keys, "silent"), message="expired despite the bug")
+        assert failures == [1]
+        assert c.running
