@@ -50,6 +50,7 @@ class Coordinator:
         self._consumer: ControlConsumer | None = None
         self._sweeper: Sweeper | None = None
         self._started = False
+        self._fatal_stop: asyncio.Task[None] | None = None
 
     @property
     def id(self) -> str:
@@ -121,7 +122,7 @@ class Coordinator:
         exc = task.exception()
         log.error("coordinator loop %s ended unexpectedly: %r", task.get_name(), exc)
         self._stopping.set()
-        asyncio.get_running_loop().create_task(self.stop())
+        self._fatal_stop = asyncio.get_running_loop().create_task(self.stop())
 
     async def stop(self) -> None:
         """Drain and stop: finish the batch in hand, ack it, delete the health key."""
@@ -135,7 +136,7 @@ class Coordinator:
         self._stopping.set()
         tasks, self._tasks = self._tasks, []
         if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=self.settings.drain_timeout or None)
+            _, pending = await asyncio.wait(tasks, timeout=self.settings.drain_timeout)
             for task in pending:
                 log.warning("%s did not drain in time; cancelling it", task.get_name())
                 task.cancel()
