@@ -235,3 +235,34 @@ async def test_control_stream_is_trimmed_to_its_cap(
             return int(await r.xlen(keys.control())) < 1000
 
         await wait_for(trimmed, message="control stream trimmed")
+
+
+async def test_events_are_mirrored_on_the_channel_as_json(
+    coordinator: Coordinator, r: aioredis.Redis, keys: KeySpace
+) -> None:
+    pubsub = r.pubsub()
+    await pubsub.subscribe(keys.events_channel())
+    try:
+        await pubsub.get_message(timeout=5)  # the subscribe confirmation
+        agent = FakeAgent(r, keys, "a1", version="1.0.0")
+        await agent.register()
+        await agent.register(version="2.0.0")
+        received: list[dict[str, Any]] = []
+
+        async def two_events() -> bool:
+            msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
+            if msg is not None:
+                received.append(orjson.loads(msg["data"]))
+            return len(received) == 2
+
+        await wait_for(two_events, message="two published events")
+    finally:
+        await pubsub.aclose()
+    stored = await events(r, keys)
+    assert [m["revision"] for m in received] == [e.revision for e in stored]
+    registered, updated = received
+    assert registered["type"] == "agent_registered"
+    assert registered["record"]["name"] == "a1"  # nested JSON, not a string
+    assert updated["type"] == "agent_updated"
+    assert updated["changes"] == {"version": ["1.0.0", "2.0.0"]}
+    assert RegistryEvent.model_validate(updated).changes == stored[1].changes
