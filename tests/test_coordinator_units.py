@@ -97,3 +97,21 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert CoordinatorSettings(coordinator_id="x").coordinator_id == "x"
     with pytest.raises(ValueError, match="coordinator_id"):
         CoordinatorSettings(coordinator_id="bad id")
+
+
+def test_heartbeats_encoded_by_the_schemas_take_the_fast_path() -> None:
+    """What an SDK writes (``encode_fields`` of a heartbeat envelope) must not fall to pydantic."""
+    from schemas.agent import Heartbeat
+    from schemas.envelope import Envelope, Kind, encode_fields
+
+    env = Envelope(
+        kind=Kind.CONTROL,
+        type="heartbeat",
+        sender="agent-1",
+        headers={"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
+        payload=Heartbeat(instance_id="abc", load=1).model_dump(mode="json"),
+    )
+    fields = {
+        k.encode(): v if isinstance(v, bytes) else v.encode() for k, v in encode_fields(env).items()
+    }
+    assert fast_heartbeat("5-0", fields) == ("5-0", "agent-1", "abc", "1", "ready")
