@@ -178,3 +178,53 @@ async def test_sweeper_survives_an_unexpected_error(
         await wait_for(lambda: expired(r, keys, "silent"), message="expired despite the bug")
         assert failures == [1]
         assert c.running
+
+
+async def test_registry_stays_consistent_under_two_coordinators(
+    coordinator: Coordinator,
+    coordinator_settings: CoordinatorSettings,
+    r: aioredis.Redis,
+    keys: KeySpace,
+) -> None:
+    """40 agents: some keep beating, some leave, some go silent; two coordinators share them."""
+    settings = coordinator_settings.model_copy(update={"coordinator_id": "second"})
+    agents = [
+        FakeAgent(r, keys, f"agent-{i}", role=f"role-{i % 3}", capabilities=[f"cap-{i % 4}"])
+        for i in range(40)
+    ]
+    keep, leave, silent = agents[:20], agents[20:30], agents[30:]
+    async with Coordinator(settings) as second:
+        for agent in agents:
+            assert "error" not in await agent.register()
+        for agent in keep:
+            agent.start_heartbeats()
+        try:
+            for agent in leave:
+                await agent.leave()
+
+            async def settled() -> bool:
+                return await r.smembers(keys.agents()) == {a.name for a in keep}
+
+            await wait_for(settled, message="only the heartbeating agents remain")
+            # every index entry has its record, and every record is in its indexes
+            names = {a.name for a in keep}
+            indexed: set[str] = set()
+            async for key in r.scan_iter(match=f"{keys.registry_prefix}*", count=1000):
+                if await r.type(key) == "set":
+                    members = await r.smembers(key)
+                    assert members <= names, key
+                    indexed |= members
+            assert indexed == names
+            assert set(await r.zrange(keys.deadlines(), 0, -1)) == names
+            for agent in keep:
+                raw = await r.hgetall(keys.record(agent.name))
+                assert await r.sismember(keys.role_index(raw["role"]), agent.name)
+            evs = await events(r, keys)
+            expired_names = [e.name for e in evs if e.type == "agent_expired"]
+            assert sorted(expired_names) == sorted(a.name for a in silent)  # each exactly once
+            left = [e.name for e in evs if e.type == "agent_deregistered"]
+            assert sorted(left) == sorted(a.name for a in leave)
+            assert coordinator.stats.heartbeats + second.stats.heartbeats > 0
+        finally:
+            for agent in keep:
+                await agent.stop_heartbeats()
