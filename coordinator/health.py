@@ -94,7 +94,11 @@ async def live_coordinators(settings: Settings) -> dict[str, dict[str, object]]:
 
 
 async def check(settings: Settings, coordinator_id: str | None = None) -> bool:
-    """Whether a coordinator (any, or ``coordinator_id``) is alive; ``False`` if Redis is down."""
+    """Whether a coordinator (any, or ``coordinator_id``) is alive; ``False`` if Redis is down.
+
+    A probe: it tries Redis once more at most instead of the usual reconnect attempts.
+    """
+    settings = settings.model_copy(update={"retry_attempts": min(settings.retry_attempts, 1)})
     try:
         if coordinator_id is not None:
             client = make_client(settings)

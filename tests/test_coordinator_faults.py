@@ -247,3 +247,13 @@ async def test_second_signal_exits_at_once(
         assert "second signal" in daemon.output()
     finally:
         os.kill(own_redis.process.pid, signal.SIGCONT)
+
+
+async def test_check_is_false_when_redis_is_unreachable(namespace: str) -> None:
+    from agent_sdk.embedded import free_port
+
+    settings = CoordinatorSettings(
+        redis_url=f"redis://127.0.0.1:{free_port()}/0", namespace=namespace, connect_timeout=1
+    )
+    assert not await check(settings)
+    assert not await check(settings, "anyone")
