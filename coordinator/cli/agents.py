@@ -5,8 +5,9 @@ from __future__ import annotations
 import click
 
 from agent_sdk.bus import Bus
+from agent_sdk.connection import redis_errors
 from agent_sdk.settings import Settings
-from agent_sdk.usage import TypeUsage, read_usage
+from agent_sdk.usage import parse_usage
 from coordinator.cli.base import CliState, console, dumps, pass_state, run_async
 from coordinator.cli.render import agent_details, agent_json, print_records
 from coordinator.cli.stats_cmd import usage_table
@@ -77,11 +78,12 @@ def agents(
 def show(state: CliState, name: str, as_json: bool) -> None:
     """Every field of one live agent, and its usage by message type."""
     settings = state.settings()
-    record, usage = run_async(lambda: _fetch_one(settings, name))
+    record, raw = run_async(lambda: _fetch_one(settings, name))
+    usage = parse_usage(raw)
     if as_json:
-        click.echo(
-            dumps({**agent_json(record), "usage": [u.as_dict() for u in usage]}, pretty=True)
-        )
+        # usage: parsed by message type; stats: the raw counters of the stats hash
+        data = {**agent_json(record), "usage": [u.as_dict() for u in usage], "stats": raw}
+        click.echo(dumps(data, pretty=True))
         return
     out = console()
     out.print(agent_details(record))
@@ -91,7 +93,7 @@ def show(state: CliState, name: str, as_json: bool) -> None:
         out.print("no usage recorded yet")
 
 
-async def _fetch_one(settings: Settings, name: str) -> tuple[AgentRecord, list[TypeUsage]]:
+async def _fetch_one(settings: Settings, name: str) -> tuple[AgentRecord, dict[str, str]]:
     async with Bus(settings) as bus:
         record = await bus.get(name)
         if record is None:
@@ -99,4 +101,10 @@ async def _fetch_one(settings: Settings, name: str) -> tuple[AgentRecord, list[T
                 f"no live agent named {name!r} on {settings.display_url} "
                 f"(namespace {settings.namespace})"
             )
-        return record, await read_usage(bus.client, settings, name)
+        with redis_errors(settings, f"reading usage stats of {name!r}"):
+            fields = await bus.client.hgetall(bus.keys.stats(name))
+    return record, {_text(k): _text(v) for k, v in fields.items()}
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -117,7 +117,8 @@ def run_async(coro_fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
         import uvloop
     except ImportError:
         return asyncio.run(coro_fn())
-    return uvloop.run(coro_fn())
+    result: T = uvloop.run(coro_fn())  # typed with uvloop installed, Any without it
+    return result
 
 
 def json_payload(value: str | None, what: str = "PAYLOAD") -> Any:
