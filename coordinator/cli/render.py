@@ -10,7 +10,7 @@ from rich.table import Table
 
 from schemas.agent import AgentRecord, AgentStatus
 
-__all__ = ["agent_details", "agent_json", "agents_table", "ago"]
+__all__ = ["agent_details", "agent_json", "agents_table", "ago", "print_records"]
 
 _STATUS_STYLE = {
     AgentStatus.READY: "green",
