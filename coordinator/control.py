@@ -73,7 +73,7 @@ class ControlConsumer:
         self.settings = settings
         self.stats = stats
         self._control = settings.keys.control()
-        self._reply_prefix = f"{settings.namespace}:agent:"
+        self._reply_prefix = settings.keys.agents_prefix
         self._group_ready = False
 
     # -- the group ----------------------------------------------------------------------------

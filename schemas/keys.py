@@ -141,9 +141,14 @@ class KeySpace:
         return f"{self.registry_prefix}coordinator:{coordinator_id}"
 
     # -- data plane: one hash tag per agent / role / session ---------------------------------
+    @property
+    def agents_prefix(self) -> str:
+        """``<ns>:agent:``: every agent's data-plane keys start with it (reply lists too)."""
+        return f"{self.ns}:agent:"
+
     def agent_prefix(self, name: str) -> str:
         """``<ns>:agent:{<name>}:``: every data-plane key of one agent (grant it in an ACL)."""
-        return f"{self.ns}:agent:{{{name}}}:"
+        return f"{self.agents_prefix}{{{name}}}:"
 
     def inbox(self, name: str) -> str:
         return f"{self.agent_prefix(name)}inbox"
