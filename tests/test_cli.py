@@ -87,6 +87,11 @@ async def test_agents_table_filters_and_json(settings: Settings) -> None:
         await wait_for(lambda: names("--status", "busy"), message="busy status visible")
         assert await names("--status", "busy") == ["rev-1"]
         assert await names("--role", "nobody") == []
+        # every option is an environment variable: AGENTBUS_<COMMAND>_<OPTION>
+        by_env = await invoke(
+            settings, "agents", "--json", env={"AGENTBUS_AGENTS_ROLE": "reviewer"}
+        )
+        assert [a["name"] for a in orjson.loads(by_env.stdout)] == ["rev-1"]
 
         lines = await invoke(settings, "agents", "--jsonl", "--role", "reviewer")
         records = [orjson.loads(line) for line in lines.stdout.splitlines()]
