@@ -229,3 +229,11 @@ async def test_agentbus_coordinator_runs_the_daemon_until_sigterm(
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+
+
+def test_coordinator_check_with_redis_down_exits_1() -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    result = CliRunner().invoke(cli, ["--redis-url", url, "coordinator", "check"])
+    assert result.exit_code == 1
+    assert "NOT healthy" in result.stderr
+    assert "Traceback" not in result.output
