@@ -312,7 +312,8 @@ def _fleet_rows(ctx: Context, res: dict[str, Any], label: str) -> None:
             target="≤ 50 %",
             met=cpu <= 50,
             note=f"window {res['window_s']} s, {res['heartbeats_sent']} heartbeats, "
-            f"simulators late ≤ {res['simulator_max_late_ms']} ms",
+            f"simulators late ≤ {res['simulator_max_late_ms']} ms; control stream lag ≤ "
+            f"{res['control_lag_max']} entries; redis-server CPU {res['redis_cpu_percent']:.0f} %",
         )
     )
     ctx.add(
@@ -323,7 +324,9 @@ def _fleet_rows(ctx: Context, res: dict[str, Any], label: str) -> None:
             target="0",
             met=expired == 0 and expired_total == 0,
             note=f"{res['registered_at_end']} registered at the end; {expired_total} expired "
-            f"over the whole run (registration burst included); coordinator counters "
+            f"over the whole run, {res['simulator_reannounces']} re-announces asked by the "
+            f"coordinator; registration of all {n} took {res['register_seconds']:.1f} s; "
+            f"coordinator counters "
             f"{res.get('coordinator_stats')}",
         )
     )

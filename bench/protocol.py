@@ -158,7 +158,9 @@ async def collect_results(
                     still.append(a)
                     continue
                 reply = orjson.loads(item)
-                if reply.get("error"):
+                if reply.get("type") != ControlType.ANNOUNCE_RESULT.value:
+                    still.append(a)  # e.g. a reannounce for a heartbeat: keep waiting
+                elif reply.get("error"):
                     refused.append(str(reply["error"].get("code")))
                 else:
                     accepted += 1
@@ -169,6 +171,9 @@ async def collect_results(
     return accepted, refused
 
 
+_ANNOUNCE_TIMEOUT = 5.0  # seconds an agent waits for announce_result before announcing again
+
+
 async def heartbeat_until(
     r: aioredis.Redis,
     keys: KeySpace,
@@ -176,36 +181,102 @@ async def heartbeat_until(
     *,
     interval: float,
     stop: asyncio.Event,
+    heartbeat_ms: int = 1000,
+    ttl_ms: int = 3000,
     ticks_per_interval: int = 10,
+    ramp: int = 0,
 ) -> dict[str, Any]:
-    """Every agent heartbeats once per ``interval``, spread over ``ticks_per_interval`` slices.
+    """Run the agents' control loop as the SDK does.
+
+    ``ramp`` > 0: the agents start (announce) gradually, at most ``ramp`` announcements in
+    flight at once, as a fleet that is rolled out; 0: every agent has already announced
+    (``announce_all``) and waits for its result.
+
+    Agents are visited in ``ticks_per_interval`` slices per ``interval``. An agent heartbeats
+    only once its ``announce_result`` arrived (the SDK starts heartbeating after ``announce``
+    returns); an agent told to ``reannounce`` announces again (same instance) and waits for the
+    result; an unanswered announce is repeated after ``announce_timeout``. Each visit pops the
+    agent's reply list in the same pipeline (a real agent blocks on it with BRPOP).
 
     Returns counts and how late the simulator ran (a late simulator would cause expiries that
     are not the coordinator's fault).
     """
     control = keys.control()
     templates = [HeartbeatTemplate(a) for a in agents]
-    slices = [templates[k::ticks_per_interval] for k in range(ticks_per_interval)]
+    order = list(range(len(agents)))
+    slices = [order[k::ticks_per_interval] for k in range(ticks_per_interval)]
     tick = interval / ticks_per_interval
-    sent = 0
+    sent = reannounces = refused = 0
     max_late = 0.0
+    # 0 = registered (heartbeats); > 0 = announce in flight, repeat it after this monotonic time
+    never = float("inf")
+    waiting = [never if ramp else time.monotonic() + _ANNOUNCE_TIMEOUT] * len(agents)
+    started = 0 if ramp else len(agents)
+    in_flight = 0
     next_at = time.monotonic()
     k = 0
     while not stop.is_set():
         now = time.monotonic()
+        if ramp and started < len(agents) and in_flight < ramp:
+            pipe = r.pipeline(transaction=False)
+            while started < len(agents) and in_flight < ramp:
+                pipe.xadd(control, announce_fields(agents[started], heartbeat_ms, ttl_ms),
+                          maxlen=CONTROL_MAXLEN, approximate=True)  # fmt: skip
+                waiting[started] = now + _ANNOUNCE_TIMEOUT
+                started += 1
+                in_flight += 1
+            await pipe.execute()
         if now < next_at:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), next_at - now)
+                await asyncio.wait_for(stop.wait(), min(next_at - now, tick / 4))
             continue
         max_late = max(max_late, now - next_at)
         sent_at = utcnow().isoformat(timespec="milliseconds").replace("+00:00", "Z")
         batch = slices[k % ticks_per_interval]
         for i in range(0, len(batch), _PIPE):
+            chunk = batch[i : i + _PIPE]
             pipe = r.pipeline(transaction=False)
-            for t in batch[i : i + _PIPE]:
-                pipe.xadd(control, t.fields(sent_at), maxlen=CONTROL_MAXLEN, approximate=True)
-            await pipe.execute()
-        sent += len(batch)
+            pop_at: list[int] = []
+            visited: list[int] = []
+            for j in chunk:
+                if waiting[j] == never:
+                    continue  # not started yet
+                if waiting[j] == 0:
+                    pipe.xadd(control, templates[j].fields(sent_at), maxlen=CONTROL_MAXLEN,
+                              approximate=True)  # fmt: skip
+                    sent += 1
+                elif now >= waiting[j]:
+                    pipe.xadd(control, announce_fields(agents[j], heartbeat_ms, ttl_ms),
+                              maxlen=CONTROL_MAXLEN, approximate=True)  # fmt: skip
+                    waiting[j] = now + _ANNOUNCE_TIMEOUT
+                    reannounces += 1
+                pop_at.append(len(pipe))
+                visited.append(j)
+                pipe.rpop(agents[j].reply_to)
+            if not visited:
+                continue
+            results = await pipe.execute()
+            for j, item in zip(visited, (results[p] for p in pop_at), strict=True):
+                if item is None:
+                    continue
+                reply = orjson.loads(item)
+                kind = reply.get("type")
+                if kind == ControlType.ANNOUNCE_RESULT.value:
+                    if reply.get("error"):
+                        refused += 1
+                    elif waiting[j]:
+                        waiting[j] = 0
+                        in_flight = max(0, in_flight - 1)
+                elif kind == ControlType.REANNOUNCE.value and waiting[j] == 0:
+                    waiting[j] = now  # announce again on the next visit
+                    in_flight += 1
         k += 1
         next_at += tick
-    return {"heartbeats": sent, "max_late_ms": round(max_late * 1000, 1)}
+    return {
+        "heartbeats": sent,
+        "reannounces": reannounces,
+        "refused": refused,
+        "unregistered_at_stop": sum(1 for w in waiting if w),
+        "never_started": len(agents) - started,
+        "max_late_ms": round(max_late * 1000, 1),
+    }
