@@ -81,7 +81,9 @@ class Dispatcher:
     ) -> None:
         log.warning("dead-lettering entry %s of %s: %s", entry_id, s.key, reason)
         mtype = fields.get(b"type", fields.get("type"))
-        telemetry.record_dead_lettered(text(mtype) if mtype is not None else None, code)
+        if isinstance(mtype, bytes):  # may be any bytes: this entry is bad, maybe for that
+            mtype = mtype.decode(errors="replace")
+        telemetry.record_dead_lettered(mtype, code)
         await dead_letter(self.client, self.scripts, self.settings, source=s.key,
                           entry_id=entry_id, fields=fields, reason=reason, code=code,
                           group=s.group)  # fmt: skip
