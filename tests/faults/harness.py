@@ -68,6 +68,7 @@ def fleet_env(settings: Settings, **extra: str) -> dict[str, str]:
         "AGENTBUS_ANNOUNCE_TIMEOUT": str(settings.announce_timeout),
         "AGENTBUS_SHUTDOWN_GRACE": str(settings.shutdown_grace),
         "AGENTBUS_RETRY_MAX_BACKOFF": str(settings.retry_max_backoff),
+        "AGENTBUS_MAX_DELIVERIES": str(settings.max_deliveries),
         "PYTHONUNBUFFERED": "1",
     }
     env.update(extra)
