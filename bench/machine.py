@@ -60,8 +60,23 @@ def _dist(name: str) -> str:
         return "not installed"
 
 
+def _commit() -> str:
+    """The commit measured: ``BENCH_COMMIT`` (set when running from an export), else git's."""
+    if os.environ.get("BENCH_COMMIT"):
+        return os.environ["BENCH_COMMIT"]
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+            check=False, cwd=os.path.dirname(os.path.abspath(__file__)),
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return out.stdout.strip() or "unknown"
+
+
 def describe(loop: str, redis_server_version: str = "") -> dict[str, Any]:
     return {
+        "commit": _commit(),
         "date": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
         "cpu": _cpu_model(),
         "cores": os.cpu_count(),

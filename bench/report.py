@@ -69,7 +69,8 @@ def doc_section(data: dict[str, Any]) -> str:
     out = [
         START,
         "",
-        f"Measured {m['date']} with `{m['command']}` ({m['seconds']} s).",
+        f"Measured {m['date']} at commit `{m.get('commit', 'unknown')}` with `{m['command']}` "
+        f"({m['seconds']} s).",
         "",
         "| machine | |",
         "|---|---|",
