@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 import psutil
 
-from bench.common import Sizes, client, now_ns
+from bench.common import Sizes, client, command_calls, now_ns, per_op
 from bench.coord import CoordinatorProcess
 from bench.procs import WorkerContext, context, spawn
 from bench.protocol import (
@@ -29,7 +29,7 @@ from bench.protocol import (
 from bench.stats import Latency
 from schemas.keys import KeySpace
 
-__all__ = ["bulk_register", "fleet_run", "register_latency"]
+__all__ = ["bulk_register", "fleet_run", "register_latency", "sdk_start_latency"]
 
 LONG_TTL_MS = 3_600_000  # agents that must stay registered without heartbeats
 LONG_HB_MS = 1_200_000
@@ -58,6 +58,26 @@ async def register_latency(url: str, keys: KeySpace, sizes: Sizes) -> Latency:
         return Latency.from_ns(samples)
     finally:
         await r.aclose()
+
+
+async def sdk_start_latency(url: str, ns: str, n: int) -> tuple[Latency, dict[str, float]]:
+    """``Agent.start()`` (connect, reply router, announce → accepted, messaging) for new agents;
+    also the Redis commands per start + stop cycle."""
+    from agent_sdk.agent import Agent
+    from agent_sdk.settings import Settings
+
+    settings = Settings(redis_url=url, namespace=ns)
+    samples = []
+    before = await command_calls(url)
+    for i in range(n + 3):
+        agent = Agent(f"sdk-{i:04d}", "bench", settings=settings)
+        t0 = now_ns()
+        await agent.start()
+        t1 = now_ns()
+        await agent.stop()
+        if i >= 3:
+            samples.append(t1 - t0)
+    return Latency.from_ns(samples), per_op(before, await command_calls(url), n + 3)
 
 
 async def bulk_register(url: str, keys: KeySpace, n: int) -> dict[str, Any]:

@@ -131,6 +131,16 @@ async def registry_group(ctx: Context) -> None:
     ns = "reg"
     with CoordinatorProcess(url, ns):
         value = await fleet.register_latency(url, KeySpace(ns), s)
+        sdk, sdk_cmds = await fleet.sdk_start_latency(url, ns, min(s.samples, 200))
+    ctx.add(
+        Row(
+            key="register_sdk",
+            title="Agent.start(): connect + reply router + announce → accepted",
+            value=sdk,
+            note="one new Agent at a time, in the bench process; stopped (leave) after each; "
+            f"Redis commands per start + stop: {sdk_cmds}",
+        )
+    )
     ctx.add(
         Row(
             key="register",
