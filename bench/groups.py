@@ -131,7 +131,7 @@ async def registry_group(ctx: Context) -> None:
     ns = "reg"
     with CoordinatorProcess(url, ns):
         value = await fleet.register_latency(url, KeySpace(ns), s)
-        sdk, sdk_cmds = await fleet.sdk_start_latency(url, ns, min(s.samples, 200))
+        sdk, sdk_cmds = await fleet.sdk_start_latency(url, ns, max(5, min(s.samples // 10, 200)))
     ctx.add(
         Row(
             key="register_sdk",
@@ -249,6 +249,17 @@ async def messaging_group(ctx: Context) -> None:
                     baseline=base,
                 )
             )
+        piped = await messaging.raw_pipelined_send_throughput(url, ns, s, loop)
+        ctx.raw["pipelined_send_script"] = piped
+        ctx.add(
+            Row(
+                key="send_throughput.vs.pipelined_script",
+                title="direct send throughput, 1 sender → 1 receiver",
+                value=send,
+                baseline_name="raw send script, 64 per pipeline (auto-pipelining bound)",
+                baseline=piped,
+            )
+        )
         bcast, bcast_cmds = await messaging.agentbus_broadcast(url, ns, s, loop)
         base = _raw(ctx, "pubsub_throughput")
         ctx.add(

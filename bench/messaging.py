@@ -15,7 +15,13 @@ from bench.common import Sizes, command_calls, now_ns, per_op
 from bench.procs import WorkerContext, spawn
 from bench.stats import Latency, Throughput
 
-__all__ = ["agentbus_broadcast", "agentbus_rr", "agentbus_send", "raw_same_commands_rr"]
+__all__ = [
+    "agentbus_broadcast",
+    "agentbus_rr",
+    "agentbus_send",
+    "raw_pipelined_send_throughput",
+    "raw_same_commands_rr",
+]
 
 PAYLOAD = {"text": "x" * 64, "n": 1}
 WINDOW = 64  # sends in flight from the one sender (throughput runs)
@@ -179,6 +185,59 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('XACK', KEYS[2], ARGV[3], ARGV[4])
 return 1
 """
+
+
+async def raw_pipelined_send_throughput(url: str, ns: str, sizes: Sizes, loop: str) -> Throughput:
+    """What auto-pipelined sends could reach: the send script (EXISTS + XADD), 64 per pipeline,
+    into an inbox read by the raw XREADGROUP → XACK consumer."""
+    import orjson
+
+    from bench.common import client
+    from bench.raw import stream_consumer_worker
+    from schemas.keys import AGENT_GROUP, KeySpace
+
+    keys = KeySpace(ns)
+    record, inbox = keys.record("raw-pipe-rx"), keys.inbox("raw-pipe-rx")
+    r = client(url)
+    await r.hset(record, mapping={"name": "raw-pipe-rx", "role": "bench"})
+    await r.delete(inbox)
+    await r.xgroup_create(inbox, AGENT_GROUP, id="$", mkstream=True)
+    n = sizes.messages
+    worker = spawn(stream_consumer_worker, url, inbox, n, "count", loop=loop)
+    sha = await r.script_load(_SEND_LUA)
+    payload = orjson.dumps(PAYLOAD)
+    args: list[Any] = [
+        max(10_000, n),
+        "v",
+        "1",
+        "kind",
+        "send",
+        "type",
+        "bench",
+        "sender",
+        "raw-tx",
+        "target",
+        "raw-pipe-rx",
+        "sent_at",
+        "2026-11-21T20:00:00.000Z",
+        "payload",
+        payload,
+    ]
+    try:
+        t0 = now_ns()
+        sent = 0
+        while sent < n:
+            k = min(WINDOW, n - sent)
+            pipe = r.pipeline(transaction=False)
+            for _ in range(k):
+                pipe.evalsha(sha, 2, record, inbox, *args)
+            await pipe.execute()
+            sent += k
+        res = worker.result(timeout=120)
+        return Throughput(res["count"], (res["last"] - t0) / 1e9)
+    finally:
+        worker.stop()
+        await r.aclose()
 
 
 async def raw_responder_worker(ctx: WorkerContext, url: str, ns: str, name: str) -> None:
