@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["Latency", "Row", "Scalar", "Throughput", "Value", "percentile"]
+__all__ = ["Latency", "Row", "Scalar", "Throughput", "Value", "merge_runs", "percentile"]
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -169,3 +169,50 @@ class Row:
             "note": self.note,
             "extra": self.extra,
         }
+
+
+def _primary(row: Row) -> float:
+    ratio = row.ratio
+    if ratio is not None:
+        return ratio
+    v = row.value
+    if isinstance(v, Latency):
+        return v.p50
+    if isinstance(v, Throughput):
+        return v.rate
+    if isinstance(v, Scalar):
+        return v.value
+    return math.nan
+
+
+def merge_runs(passes: list[list[Row]]) -> list[Row]:
+    """One row per key: the median pass (by ratio when there is a baseline, else by value),
+    so each figure keeps the baseline measured beside it; the spread goes into the note."""
+    if len(passes) == 1:
+        return passes[0]
+    by_key: dict[str, list[Row]] = {}
+    order: list[str] = []
+    for rows in passes:
+        for row in rows:
+            if row.key not in by_key:
+                order.append(row.key)
+            by_key.setdefault(row.key, []).append(row)
+    merged = []
+    for key in order:
+        rows = by_key[key]
+        measured = [r for r in rows if r.value is not None and not math.isnan(_primary(r))]
+        if len(measured) < 2:
+            merged.append(rows[0])
+            continue
+        measured.sort(key=_primary)
+        median = measured[(len(measured) - 1) // 2]
+        values = [_primary(r) for r in measured]
+        what = "ratio" if median.ratio is not None else "value"
+        spread = f"median of {len(measured)} runs ({what} {_fmt(values[0])} … {_fmt(values[-1])})"
+        median.note = f"{spread}; {median.note}" if median.note else spread
+        merged.append(median)
+    return merged
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.2f}" if abs(x) < 100 else f"{x:.0f}"
