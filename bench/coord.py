@@ -6,8 +6,10 @@ import ast
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 from types import TracebackType
 
 import psutil
@@ -30,7 +32,8 @@ class CoordinatorProcess:
         self.settings = settings
         self.process: subprocess.Popen[bytes] | None = None
         self.ps: psutil.Process | None = None
-        self.log_path = Path(f"/tmp/agentbus-bench-coordinator-{ns}.log")
+        port = urlsplit(url).port or 0
+        self.log_path = Path(tempfile.gettempdir()) / f"agentbus-bench-coordinator-{port}-{ns}.log"
 
     def start(self, timeout: float = 30.0) -> CoordinatorProcess:
         env = dict(os.environ)
