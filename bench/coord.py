@@ -9,8 +9,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from urllib.parse import urlsplit
 from types import TracebackType
+from urllib.parse import urlsplit
 
 import psutil
 import redis
