@@ -3,26 +3,39 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from tests.faults.harness import Cluster
 
 
-@pytest.fixture
-def cluster() -> Iterator[Cluster]:
-    c = Cluster()
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if report.when == "call":
+        item.stash[FAILED] = report.failed
+    return report
+
+
+FAILED = pytest.StashKey[bool]()
+
+
+def _run(request: pytest.FixtureRequest, c: Cluster) -> Iterator[Cluster]:
     try:
         yield c
     finally:
+        if request.node.stash.get(FAILED, False):
+            print(f"\n=== stderr of the child processes ===\n{c.diagnostics()}")
         c.close()
 
 
 @pytest.fixture
-def volatile_cluster() -> Iterator[Cluster]:
+def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    yield from _run(request, Cluster())
+
+
+@pytest.fixture
+def volatile_cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
     """A cluster whose Redis keeps nothing across a restart (no AOF, no RDB)."""
-    c = Cluster(persistent=False)
-    try:
-        yield c
-    finally:
-        c.close()
+    yield from _run(request, Cluster(persistent=False))

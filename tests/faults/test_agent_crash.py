@@ -34,11 +34,14 @@ async def test_sigkilled_members_work_redelivered_duplicates_bounded(cluster: Cl
     killed: list[str] = []
     next_name = len(workers)
     async with Bus(cluster.settings) as bus:
-        ids = [
-            await bus.send(role="pool", type="job", payload={"i": i}) for i in range(JOBS)
-        ]
+        ids: list[str] = []
         t0 = time.monotonic()
         for k in range(KILLS):
+            # a batch before each kill, so there is always work to hold
+            ids += [
+                await bus.send(role="pool", type="job", payload={"i": i})
+                for i in range(JOBS // KILLS)
+            ]
             victim = workers[k % len(workers)]
             await wait_for(lambda v=victim: holding(v), timeout=60, message="victim holds work")
             victim.kill()

@@ -22,7 +22,7 @@ async def test_stalled_agent_is_expired_then_reannounces(cluster: Cluster) -> No
     instance = (await cluster.wait_ready(stalled))["s0"]
     await cluster.wait_ready(bystanders)
     async with Bus(cluster.settings) as bus:
-        await bus.send("s0", "stall", {"seconds": 3 * TTL})  # blocks s0's loop for 3 TTLs
+        await bus.send("s0", "stall", {"seconds": 1.5 * TTL})  # blocks s0's loop for 1.5 TTLs
         await wait_for(
             lambda: any(e.name == "s0" for e in cluster.expired()), timeout=30, message="expiry"
         )
@@ -35,7 +35,7 @@ async def test_stalled_agent_is_expired_then_reannounces(cluster: Cluster) -> No
         assert cluster.sync.hget(cluster.keys.record("s0"), "instance_id") == instance
         assert await bus.request("s0", "ask", {}, timeout=30) == "s0"
     expired = [e.name for e in cluster.expired()]
-    report("agent_stall", stall_s=3 * TTL, reregistered_after_wake_s=round(back_after, 2),
+    report("agent_stall", stall_s=1.5 * TTL, reregistered_after_wake_s=round(back_after, 2),
            expired=expired)  # fmt: skip
     assert expired == ["s0"]  # the bystanders were never expired
 
@@ -46,7 +46,7 @@ async def test_redis_debug_sleep_does_not_expire_the_fleet(cluster: Cluster) -> 
     fleets = [cluster.fleet(names[:4]), cluster.fleet(names[4:])]
     for f in fleets:
         await cluster.wait_ready(f)
-    sleep_s = 3 * TTL
+    sleep_s = 1.5 * TTL
     await asyncio.to_thread(cluster.sync.execute_command, "DEBUG", "SLEEP", str(sleep_s))
     redis_now_ms = int(cluster.sync.time()[0]) * 1000  # the stall is over
 
