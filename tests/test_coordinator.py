@@ -208,7 +208,10 @@ async def test_late_reannounce_never_moves_the_deadline_back(
         prepared = prepare_announce(agent.announce_payload(), now_ms)
         assert isinstance(prepared, PreparedAnnounce)
         await registry.announce(f"{now_ms}-0", prepared)
-        assert await r.zscore(keys.deadlines(), "a1") == now_ms + agent.ttl_ms
+        # the first deadline counts from when the announce was processed (not before its entry)
+        first_deadline = await r.zscore(keys.deadlines(), "a1")
+        assert first_deadline is not None
+        assert first_deadline >= now_ms + agent.ttl_ms
         heartbeat_ms = now_ms + 10_000  # a heartbeat written later was applied first
         assert (
             await registry.heartbeats(
@@ -266,3 +269,27 @@ async def test_events_are_mirrored_on_the_channel_as_json(
     assert updated["type"] == "agent_updated"
     assert updated["changes"] == {"version": ["1.0.0", "2.0.0"]}
     assert RegistryEvent.model_validate(updated).changes == stored[1].changes
+
+
+async def test_announce_processed_late_is_not_registered_overdue(
+    coordinator_settings: CoordinatorSettings, r: aioredis.Redis, keys: KeySpace
+) -> None:
+    """Behind a backlog, an announce written a TTL ago still gets a full TTL from processing.
+
+    (A fleet starting at once fills the control stream; the agent heartbeats only after it
+    hears it was accepted, so a deadline counted from the entry time would expire it at once.)
+    """
+    client = make_client(coordinator_settings)
+    registry = Registry(client, coordinator_settings)
+    agent = FakeAgent(r, keys, "late")
+    written_ms = int(time.time() * 1000) - 5 * agent.ttl_ms  # entry written five TTLs ago
+    try:
+        prepared = prepare_announce(agent.announce_payload(), written_ms)
+        assert isinstance(prepared, PreparedAnnounce)
+        before = (await r.time())[0] * 1000
+        await registry.announce(f"{written_ms}-0", prepared)
+    finally:
+        await client.aclose()
+    deadline = await r.zscore(keys.deadlines(), "late")
+    assert deadline is not None
+    assert deadline >= before + agent.ttl_ms

@@ -74,8 +74,11 @@ redis.call('SADD', P.agents, name)
 redis.call('SADD', P.role .. new.role, name)
 for _, c in ipairs(json_list(new.capabilities)) do redis.call('SADD', P.cap .. c, name) end
 for _, t in ipairs(json_list(new.tags)) do redis.call('SADD', P.tag .. t, name) end
--- a re-announce processed after newer heartbeats never moves the deadline back
-redis.call('ZADD', P.deadlines, math.max(entry_ms(eid) + ttl, old_deadline), name)
+-- The agent starts heartbeating when it hears it was accepted, so its first deadline counts
+-- from now (processing time), not from the announce's entry time: behind a backlog (a fleet
+-- starting at once) the entry time may already be a TTL old. A re-announce processed after
+-- newer heartbeats never moves the deadline back.
+redis.call('ZADD', P.deadlines, math.max(now + ttl, entry_ms(eid) + ttl, old_deadline), name)
 
 local event = ''
 local base = { 'name', name, 'instance_id', inst, 'role', new.role, 'at', iso(now) }

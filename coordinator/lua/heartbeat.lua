@@ -18,8 +18,12 @@ for eid, name, inst, load, status in string.gmatch(ARGV[8], '(%S+) (%S+) (%S+) (
     unknown[#unknown + 1] = n
   else
     local ems = entry_ms(eid)
-    local ch = redis.call('ZADD', P.deadlines, 'GT', 'CH', ems + ttl, name)
-    if ch == 1 then
+    -- apply a heartbeat at least as new as the deadline (an announce sets it from its own
+    -- processing time, which a heartbeat written in the same millisecond equals); an older
+    -- one (claimed late from a dead coordinator) must not roll status or load back
+    local dl = tonumber(redis.call('ZSCORE', P.deadlines, name) or '0')
+    if ems + ttl >= dl then
+      if ems + ttl > dl then redis.call('ZADD', P.deadlines, ems + ttl, name) end
       if cur[3] ~= status then
         redis.call('HSET', rkey, 'last_seen', iso(ems), 'load', load, 'status', status)
         now = now or now_ms()
