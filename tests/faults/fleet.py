@@ -18,8 +18,9 @@ and a Redis that lost its data (the ledger does not live in the system under tes
     stopped <agent>                left the registry (``agent.stop()`` returned)
 
 Handlers: ``job`` and ``ask`` (hold ``payload["hold"]`` seconds, or ``payload["hold"][name]``,
-or ``--hold``; reply the agent's name), ``bcast`` (broadcasts), ``stall`` (blocks the event loop ``payload["seconds"]``: the fault
-of scenario 6). SIGTERM (or stdin closing) stops every agent gracefully, then the process exits 0.
+or ``--hold``; reply the agent's name), ``bcast`` (broadcasts), ``stall`` (blocks the event loop
+``payload["seconds"]``: the fault of scenario 6). SIGTERM (or stdin closing) stops every agent
+gracefully, then the process exits 0.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def build(name: str, role: str, concurrency: int, hold: float, ledger: Ledger) -
     @agent.on("stall")
     async def stall(payload: Any, msg: Message) -> str:
         ledger.write("start", name, msg.id, msg.entry_id, msg.delivery_count, msg.type)
-        time.sleep(float(payload["seconds"]))  # blocks the whole event loop: the fault
+        time.sleep(float(payload["seconds"]))  # noqa: ASYNC251 - blocking the loop IS the fault
         ledger.write("done", name, msg.id, msg.entry_id, msg.delivery_count, msg.type)
         return name
 

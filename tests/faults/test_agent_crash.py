@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import pytest
@@ -26,9 +25,7 @@ def holding(fleet: FleetProc) -> set[str]:
 
 async def test_sigkilled_members_work_redelivered_duplicates_bounded(cluster: Cluster) -> None:
     cluster.coordinator("c1")
-    workers = [
-        cluster.fleet([f"w{i}"], concurrency=CONCURRENCY, hold=0.05) for i in range(3)
-    ]
+    workers = [cluster.fleet([f"w{i}"], concurrency=CONCURRENCY, hold=0.05) for i in range(3)]
     for w in workers:
         await cluster.wait_ready(w)
     killed: list[str] = []

@@ -72,7 +72,8 @@ async def test_redis_sigkill_with_aof_loses_nothing_acknowledged(cluster: Cluste
     )
     assert not lost
     assert live_expired == []  # no live agent expired by the outage
-    assert fa.alive and fb.alive, cluster.diagnostics()
+    assert fa.alive, cluster.diagnostics()
+    assert fb.alive, cluster.diagnostics()
 
 
 async def _more_topics(cluster: Cluster, seen: int, bus: Bus) -> bool:
@@ -128,4 +129,5 @@ async def test_redis_restart_empty_fleet_reannounces(volatile_cluster: Cluster) 
         duplicated=sum(n - 1 for n in done.values() if n > 1),
         refused=dict(traffic.refused),
     )
-    assert fa.alive and fb.alive, cluster.diagnostics()
+    assert fa.alive, cluster.diagnostics()
+    assert fb.alive, cluster.diagnostics()
