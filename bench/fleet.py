@@ -239,6 +239,10 @@ async def fleet_run(
             out["simulator_refused"] = sum(b["refused"] for b in beats)
             out["simulator_unregistered_at_stop"] = sum(b["unregistered_at_stop"] for b in beats)
             out["simulator_never_started"] = sum(b["never_started"] for b in beats)
+            joins = Latency.from_us([t * 1e6 for b in beats for t in b["join_times"]])
+            out["join_p50_s"] = joins.p50 / 1e6
+            out["join_max_s"] = joins.max / 1e6
+            out["joins_over_5s"] = sum(1 for b in beats for t in b["join_times"] if t > 5.0)
             out["simulator_max_late_ms"] = max(b["max_late_ms"] for b in beats)
             out["coordinator"] = coordinator.module
         out["coordinator_stats"] = coordinator.final_stats()

@@ -345,8 +345,10 @@ def _fleet_rows(ctx: Context, res: dict[str, Any], label: str) -> None:
             target="0",
             met=expired == 0 and expired_total == 0,
             note=f"{res['registered_at_end']} registered at the end; {expired_total} expired "
-            f"over the whole run, {res['simulator_reannounces']} re-announces asked by the "
-            f"coordinator; registration of all {n} took {res['register_seconds']:.1f} s; "
+            f"over the whole run, {res['simulator_reannounces']} announces repeated; "
+            f"registration of all {n} took {res['register_seconds']:.1f} s (≤ 500 announces in "
+            f"flight per simulator process; join p50 {res['join_p50_s']:.2f} s, max "
+            f"{res['join_max_s']:.2f} s); "
             f"coordinator counters "
             f"{res.get('coordinator_stats')}",
         )
@@ -396,7 +398,10 @@ async def fleet_group(ctx: Context) -> None:
             title=f"{s.agents} agents announcing at the same instant: agents expired",
             value=Scalar(float(mass["expired_total"]), "", "{:.0f}"),
             note=f"{mass['registered_at_end']} registered after {window:g} s of heartbeats; "
-            f"{mass['simulator_reannounces']} re-announces; control lag ≤ "
+            f"first announce → announce_result p50 {mass['join_p50_s']:.1f} s, max "
+            f"{mass['join_max_s']:.1f} s (reply lists polled once a second: up to 1 s late), "
+            f"{mass['joins_over_5s']} over the SDK's 5 s announce_timeout; {mass['simulator_reannounces']} announces repeated (unanswered "
+            f"in 5 s, or asked by the coordinator); control lag ≤ "
             f"{mass['control_lag_max']} entries; coordinator counters "
             f"{mass.get('coordinator_stats')}",
         )

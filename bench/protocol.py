@@ -213,6 +213,9 @@ async def heartbeat_until(
     waiting = [never if ramp else time.monotonic() + _ANNOUNCE_TIMEOUT] * len(agents)
     started = 0 if ramp else len(agents)
     in_flight = 0
+    first_sent = [time.monotonic()] * len(agents)  # when each agent first announced
+    join_times: list[float] = []  # first announce → first announce_result, seconds
+    joined = [False] * len(agents)
     next_at = time.monotonic()
     k = 0
     while not stop.is_set():
@@ -223,6 +226,7 @@ async def heartbeat_until(
                 pipe.xadd(control, announce_fields(agents[started], heartbeat_ms, ttl_ms),
                           maxlen=CONTROL_MAXLEN, approximate=True)  # fmt: skip
                 waiting[started] = now + _ANNOUNCE_TIMEOUT
+                first_sent[started] = now
                 started += 1
                 in_flight += 1
             await pipe.execute()
@@ -265,6 +269,9 @@ async def heartbeat_until(
                     if reply.get("error"):
                         refused += 1
                     elif waiting[j]:
+                        if not joined[j]:
+                            joined[j] = True
+                            join_times.append(time.monotonic() - first_sent[j])
                         waiting[j] = 0
                         in_flight = max(0, in_flight - 1)
                 elif kind == ControlType.REANNOUNCE.value and waiting[j] == 0:
@@ -278,5 +285,6 @@ async def heartbeat_until(
         "refused": refused,
         "unregistered_at_stop": sum(1 for w in waiting if w),
         "never_started": len(agents) - started,
+        "join_times": join_times,
         "max_late_ms": round(max_late * 1000, 1),
     }
