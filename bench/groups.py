@@ -400,8 +400,9 @@ async def fleet_group(ctx: Context) -> None:
             note=f"{mass['registered_at_end']} registered after {window:g} s of heartbeats; "
             f"first announce → announce_result p50 {mass['join_p50_s']:.1f} s, max "
             f"{mass['join_max_s']:.1f} s (reply lists polled once a second: up to 1 s late), "
-            f"{mass['joins_over_5s']} over the SDK's 5 s announce_timeout; {mass['simulator_reannounces']} announces repeated (unanswered "
-            f"in 5 s, or asked by the coordinator); control lag ≤ "
+            f"{mass['joins_over_5s']} over the SDK's 5 s announce_timeout; "
+            f"{mass['simulator_reannounces']} announces repeated (unanswered in 5 s, or asked "
+            f"by the coordinator); control lag ≤ "
             f"{mass['control_lag_max']} entries; coordinator counters "
             f"{mass.get('coordinator_stats')}",
         )
