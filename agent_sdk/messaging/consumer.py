@@ -244,12 +244,16 @@ class Consumer:
         self.slots.take(n)
         used = 0
         try:
+            # Held now = ours: if the claim returns one, it is in our hands or was acked while
+            # the claim ran (a stalled loop lets its own entries idle past the TTL); running it
+            # again would be a duplicate without a crash behind it.
+            held_before = set(s.held)
             next_cursor, entries, counts = await self.scripts.claim(
                 keys=[s.key], args=[s.group, self.instance_id, min_idle_ms, cursor, n]
             )
             for (entry_id, flat), count in zip(entries, counts, strict=True):
                 eid = text(entry_id)
-                if eid in s.held or flat is None:
+                if eid in s.held or eid in held_before or flat is None:
                     continue
                 fields = dict(zip(flat[::2], flat[1::2], strict=True))
                 used += 1
