@@ -287,7 +287,13 @@ class Cluster:
         return Ledger.read(sorted(self.tmp.glob("*.ledger")))
 
     def diagnostics(self) -> str:
-        return "\n".join(f"--- {c.label} (alive={c.alive})\n{c.stderr()}" for c in self.children)
+        out = []
+        for c in self.children:
+            out.append(f"--- {c.label} (alive={c.alive})\n{c.stderr()}")
+            if isinstance(c, FleetProc) and c.log.exists():
+                tail = c.log.read_text().splitlines()[-30:]
+                out.append(f"--- {c.label} ledger (last {len(tail)} lines)\n" + "\n".join(tail))
+        return "\n".join(out)
 
     async def wait_ready(self, fleet: FleetProc, timeout: float = 60.0) -> dict[str, str]:
         from tests.support import wait_for

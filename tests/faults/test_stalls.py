@@ -34,6 +34,9 @@ async def test_stalled_agent_is_expired_then_reannounces(cluster: Cluster) -> No
         back_after = time.monotonic() - woke
         assert cluster.sync.hget(cluster.keys.record("s0"), "instance_id") == instance
         assert await bus.request("s0", "ask", {}, timeout=30) == "s0"
+    # the stall message ran once: waking up, s0 must not re-claim (and re-run) its own entry
+    stall_runs = [ln for ln in stalled.ledger().of("start") if ln[4] == "stall"]
+    assert len(stall_runs) == 1, stall_runs
     expired = [e.name for e in cluster.expired()]
     report("agent_stall", stall_s=1.5 * TTL, reregistered_after_wake_s=round(back_after, 2),
            expired=expired)  # fmt: skip
