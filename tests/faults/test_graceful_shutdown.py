@@ -81,3 +81,22 @@ async def test_sigterm_drains_deregisters_and_loses_nothing(
     else:
         assert returned
         assert len(returned) <= CONCURRENCY
+
+
+async def test_sigterm_while_redis_is_down_still_exits(cluster: Cluster) -> None:
+    """No process stuck: the leave cannot reach Redis, the agent says so and exits 0."""
+    cluster.coordinator("c1")
+    fleet = cluster.fleet(["a0", "a1"])
+    await cluster.wait_ready(fleet)
+    cluster.redis.kill()
+    try:
+        fleet.signal(signal.SIGTERM)
+        t0 = time.monotonic()
+        code = await fleet.wait(timeout=120)
+        exited_s = time.monotonic() - t0
+    finally:
+        cluster.redis.start()
+    report("sigterm_redis_down", exit_code=code, sigterm_to_exit_s=round(exited_s, 2))
+    assert code == 0, fleet.stderr()
+    assert "could not leave the registry cleanly" in fleet.stderr()
+    assert {ln[0] for ln in fleet.ledger().of("stopped")} == {"a0", "a1"}
