@@ -205,4 +205,16 @@ def _exercise(
     )
     wait_for_sync(lambda: r.llen(reply_list) + n_dead == len(announcements), timeout=30,
                   message="every announcement answered or dead-lettered")  # fmt: skip
+    # and the next good announcement is accepted
+    name, instance = f"good-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex[:12]
+    good_reply = keys.replies(name, instance)
+    card = {"name": name, "role": "probe"}
+    body = {"card": card, "instance_id": instance, "heartbeat_ms": 250, "ttl_ms": 2000}
+    r.xadd(keys.control(), {"kind": "control", "type": "announce", "sender": name,
+                            "reply_to": good_reply, "payload": json.dumps(body)})  # fmt: skip
+    popped: Any = r.blpop([good_reply], timeout=30)
+    assert popped is not None, "no answer to a good announcement after the bad input"
+    answer = json.loads(popped[1])
+    assert "error" not in answer or answer["error"] is None, answer
+    TOTALS["good_announcements_accepted"] += 1
     assert all(c.alive for c in cluster.children), cluster.diagnostics()
