@@ -18,7 +18,12 @@ NAMES_A = ["a0", "a1", "a2"]
 NAMES_B = ["b0", "b1"]
 
 
-async def test_redis_sigkill_with_aof_loses_nothing_acknowledged(cluster: Cluster) -> None:
+@pytest.mark.parametrize("down", [1.0, 8.0], ids=["1s", "8s"])
+async def test_redis_sigkill_with_aof_loses_nothing_acknowledged(
+    cluster: Cluster, down: float
+) -> None:
+    """1 s: within the client's retry budget (calls block, then succeed); 8 s: beyond it (calls
+    fail with ConnectionFailed and every background loop must reconnect on its own)."""
     cluster.coordinator("c1")
     fa = cluster.fleet(NAMES_A, concurrency=4, topic="news.*")
     fb = cluster.fleet(NAMES_B, concurrency=4)
@@ -30,7 +35,7 @@ async def test_redis_sigkill_with_aof_loses_nothing_acknowledged(cluster: Cluste
         sender = asyncio.create_task(run_traffic(bus, traffic, stop, names, topic="news.x"))
         await wait_for(lambda: len(traffic.acked) >= 150, timeout=60, message="traffic flows")
         before = len(traffic.acked)
-        outage = await asyncio.to_thread(cluster.restart_redis, 1.0)  # SIGKILL, 1 s down
+        outage = await asyncio.to_thread(cluster.restart_redis, down)  # SIGKILL, then down
         restarted = time.monotonic()
 
         # every process reconnects: the sender's calls succeed again ...
@@ -59,7 +64,7 @@ async def test_redis_sigkill_with_aof_loses_nothing_acknowledged(cluster: Cluste
     lost = durable - set(done)
     live_expired = [e.name for e in cluster.expired()]
     report(
-        "redis_restart_aof",
+        f"redis_restart_aof_{down:g}s",
         outage_s=round(outage, 2),
         sent_acked=len(durable),
         refused_during_outage=dict(traffic.refused),
