@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from typing import Any
 
@@ -71,3 +72,43 @@ async def test_redis_debug_sleep_does_not_expire_the_fleet(cluster: Cluster) -> 
            all_heartbeating_after_s=round(recovered, 2))  # fmt: skip
     assert expired == []
     assert cluster.registered() == set(names)
+
+
+async def test_frozen_member_sigstop_work_taken_over_then_it_rejoins(cluster: Cluster) -> None:
+    """A whole process paused (SIGSTOP: a VM or GC pause) while it holds role-queue work."""
+    cluster.coordinator("c1")
+    frozen = cluster.fleet(["w0"], concurrency=3, label="frozen")
+    other = cluster.fleet(["w1"], concurrency=3, label="other")
+    instance = (await cluster.wait_ready(frozen))["w0"]
+    await cluster.wait_ready(other)
+    hold = {"w0": 0.5, "w1": 0.05}
+    async with Bus(cluster.settings) as bus:
+        ids = [
+            await bus.send(role="pool", type="job", payload={"i": i, "hold": hold})
+            for i in range(30)
+        ]
+        await wait_for(lambda: frozen.ledger().of("start"), timeout=30, message="w0 busy")
+        frozen.signal(signal.SIGSTOP)
+        await asyncio.sleep(2 * TTL)  # the pause itself
+        frozen.signal(signal.SIGCONT)
+        await wait_for(
+            lambda: set(ids) <= set(cluster.ledger().done_ids()), timeout=60, message="all done"
+        )
+        await wait_for(lambda: "w0" in cluster.registered(), timeout=30, message="w0 rejoined")
+        assert cluster.sync.hget(cluster.keys.record("w0"), "instance_id") == instance
+        assert await bus.request("w0", "ask", {}, timeout=30) == "w0"
+    ledger = cluster.ledger()
+    done_by = ledger.done_by()
+    dups = {m: by for m, by in done_by.items() if len(by) > 1}
+    report(
+        "member_sigstop",
+        jobs=len(ids),
+        paused_s=2 * TTL,
+        lost=len(set(ids) - set(done_by)),
+        duplicated=ledger.duplicates(),
+        expired=[e.name for e in cluster.expired()],
+    )
+    # every duplicate has the pause behind it: one of its runs was the frozen member's
+    assert all("w0" in by for by in dups.values()), dups
+    assert ledger.duplicates() <= 3  # at most what w0 held when it was frozen
+    assert [e.name for e in cluster.expired()] == ["w0"]
