@@ -21,7 +21,7 @@ EVERY = 0.3  # seconds between cuts
 
 
 async def test_connections_cut_every_300ms_nothing_durable_lost(cluster: Cluster) -> None:
-    cluster.coordinator("c1")
+    coordinator = cluster.coordinator("c1")
     fa = cluster.fleet(NAMES[:3], concurrency=4, topic="news.*")
     fb = cluster.fleet(NAMES[3:], concurrency=4)
     await cluster.wait_ready(fa)
@@ -90,5 +90,7 @@ async def test_connections_cut_every_300ms_nothing_durable_lost(cluster: Cluster
     # same message id sits in the stream twice (at-least-once; `id` is the idempotency key).
     # The sender has one call in flight, so at most one such duplicate per cut.
     assert duplicated <= CUTS
+    assert coordinator.alive, cluster.diagnostics()
+    assert cluster.sync.exists(cluster.keys.coordinator_health("c1"))  # still reporting health
     assert fa.alive, cluster.diagnostics()
     assert fb.alive, cluster.diagnostics()

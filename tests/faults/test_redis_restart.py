@@ -24,7 +24,7 @@ async def test_redis_sigkill_with_aof_loses_nothing_acknowledged(
 ) -> None:
     """1 s: within the client's retry budget (calls block, then succeed); 8 s: beyond it (calls
     fail with ConnectionFailed and every background loop must reconnect on its own)."""
-    cluster.coordinator("c1")
+    coordinator = cluster.coordinator("c1")
     fa = cluster.fleet(NAMES_A, concurrency=4, topic="news.*")
     fb = cluster.fleet(NAMES_B, concurrency=4)
     names = NAMES_A + NAMES_B
@@ -77,6 +77,8 @@ async def test_redis_sigkill_with_aof_loses_nothing_acknowledged(
     )
     assert not lost
     assert live_expired == []  # no live agent expired by the outage
+    assert coordinator.alive, cluster.diagnostics()
+    assert cluster.sync.exists(cluster.keys.coordinator_health("c1"))  # still reporting health
     assert fa.alive, cluster.diagnostics()
     assert fb.alive, cluster.diagnostics()
 
@@ -91,7 +93,7 @@ async def _more_topics(cluster: Cluster, seen: int, bus: Bus) -> bool:
 
 async def test_redis_restart_empty_fleet_reannounces(volatile_cluster: Cluster) -> None:
     cluster = volatile_cluster
-    cluster.coordinator("c1")
+    coordinator = cluster.coordinator("c1")
     fa = cluster.fleet(NAMES_A, concurrency=4, topic="news.*")
     fb = cluster.fleet(NAMES_B, concurrency=4)
     names = NAMES_A + NAMES_B
@@ -134,5 +136,7 @@ async def test_redis_restart_empty_fleet_reannounces(volatile_cluster: Cluster) 
         duplicated=sum(n - 1 for n in done.values() if n > 1),
         refused=dict(traffic.refused),
     )
+    assert coordinator.alive, cluster.diagnostics()
+    assert cluster.sync.exists(cluster.keys.coordinator_health("c1"))  # still reporting health
     assert fa.alive, cluster.diagnostics()
     assert fb.alive, cluster.diagnostics()
