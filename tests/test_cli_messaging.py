@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from typing import Any
 
 import orjson
@@ -126,26 +127,42 @@ async def test_broadcast_reaches_every_live_agent(settings: Settings) -> None:
 
 
 async def test_subscribe_prints_what_publish_sends(settings: Settings, r: aioredis.Redis) -> None:
-    before = await r.execute_command("PUBSUB", "NUMPAT")
-    listener = asyncio.create_task(
-        invoke(settings, "subscribe", "news.*", "--count", "2", "--json")
-    )
-    await wait_for(lambda: _numpat_above(r, before), message="the CLI subscription is active")
-    first = await invoke(settings, "publish", "news.eu", '{"headline": "one"}')
-    assert first.exit_code == 0, first.output
-    assert int(first.stdout) >= 1
-    async with Bus(settings) as bus:
-        await bus.publish("sports.eu", {"headline": "not matched"})
-        await bus.publish("news.us", {"headline": "two"})
-    result = await asyncio.wait_for(listener, 30)
-    assert result.exit_code == 0, result.output
-    envelopes = [orjson.loads(line) for line in result.stdout.splitlines()]
+    # A subprocess: two CliRunners at once would share (swap) sys.stdout.
+    listener = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "coordinator.cli",
+        "--redis-url", settings.url, "--namespace", settings.namespace,
+        "subscribe", "news.*", "--count", "2", "--json",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        await wait_for(
+            lambda: _pattern_subscriber(r, settings.namespace),
+            timeout=30,
+            message="the CLI's pattern subscription",
+        )
+        first = await invoke(settings, "publish", "news.eu", '{"headline": "one"}')
+        assert first.exit_code == 0, first.output
+        assert int(first.stdout) >= 1
+        async with Bus(settings) as bus:
+            await bus.publish("sports.eu", {"headline": "not matched"})
+            await bus.publish("news.us", {"headline": "two"})
+        out, err = await asyncio.wait_for(listener.communicate(), 30)
+    finally:
+        if listener.returncode is None:
+            listener.kill()
+            await listener.communicate()
+    assert listener.returncode == 0, err.decode()
+    envelopes = [orjson.loads(line) for line in out.decode().splitlines()]
     assert [e["payload"]["headline"] for e in envelopes] == ["one", "two"]
-    assert "subscribed to 'news.*'" in result.stderr
+    assert "subscribed to 'news.*'" in err.decode()
 
 
-async def _numpat_above(r: aioredis.Redis, before: int) -> bool:
-    return int(await r.execute_command("PUBSUB", "NUMPAT")) > before
+async def _pattern_subscriber(r: aioredis.Redis, namespace: str) -> bool:
+    """A client of this namespace (agentbus names its connections) holds a pattern subscription."""
+    clients = await r.client_list()
+    return any(
+        c.get("name") == f"agentbus:{namespace}" and int(c.get("psub", 0)) > 0 for c in clients
+    )
 
 
 async def test_deadletter_list_and_replay(settings: Settings) -> None:
