@@ -44,7 +44,7 @@ async def test_backpressure_reads_no_more_than_free_slots(
         # Only two entries were read (taken into the pending lists); four wait unread.
         assert inbox["pending"] + queue["pending"] == 2
         assert w.consumer is not None
-        assert w.consumer.slots.used == 2
+        assert w.consumer.slots.load == 2
         assert max(loads) == 2
         release.set()
         await wait_for(lambda: w.consumer is not None and w.consumer.handled == 6, timeout=10)
@@ -242,3 +242,33 @@ async def test_consumers_of_dead_instances_are_pruned(
         await wait_for(pruned, timeout=10 * settings.ttl + 10, interval=0.2)
         names = {c["name"] for c in await r.xinfo_consumers(key, "members")}
         assert "dead-instance" not in names
+
+
+async def test_idle_inbox_read_does_not_hold_back_role_work(
+    settings: Settings, r: aioredis.Redis
+) -> None:
+    """The inbox's blocking read reserves a slot; role work still gets every slot."""
+    release = asyncio.Event()
+    running = 0
+    async with (
+        node(settings, "w", "pool", r=r, max_concurrency=3) as w,
+        node(settings, "c", "client", r=r) as c,
+    ):
+
+        @w.on("hold")
+        async def hold(payload: Any) -> str:
+            nonlocal running
+            running += 1
+            await release.wait()
+            return "done"
+
+        assert w.consumer is not None
+        consumer = w.consumer
+        await wait_for(lambda: consumer._blocked_id is not None, timeout=5, message="idle read")
+        assert consumer.slots.load == 0  # a reservation is not load
+        for _ in range(4):
+            await c.send(role="pool", type="hold", payload={})
+        await wait_for(lambda: running == 3, timeout=5, message="three role handlers")
+        release.set()
+        assert await c.request("w", "hold", {}, timeout=5) == "done"  # the inbox still works
+        await wait_for(lambda: consumer.handled == 5, timeout=5)

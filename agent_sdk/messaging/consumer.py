@@ -27,6 +27,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from agent_sdk.connection import make_client
 from agent_sdk.messaging.dispatch import (
     MAX_DELIVERIES_CODE,
     Dispatcher,
@@ -50,6 +51,12 @@ _BLOCK_MS = 2000
 _SEEN_COUNT = 64
 _LEASE_CHUNK = 500
 _PRUNE_EVERY = 50  # claim rounds
+
+
+def _nogroup(e: BaseException) -> bool:
+    if isinstance(e, BaseExceptionGroup):
+        return any(_nogroup(x) for x in e.exceptions)
+    return isinstance(e, ResponseError) and "NOGROUP" in str(e)
 
 
 class Consumer:
@@ -87,7 +94,11 @@ class Consumer:
         self._work: set[asyncio.Task[None]] = set()
         self._ack_event: asyncio.Event | None = None
         self._started = False
-        self._turn = 0
+        #: Block on the inbox with ``XREADGROUP`` while at least two slots are free (else watch
+        #: it with ``XREAD`` like the role queue).
+        self.direct_inbox = True
+        self._blocker: aioredis.Redis | None = None  # one connection for that blocking read
+        self._blocked_id: int | None = None  # its CLIENT ID while it blocks with a reservation
         #: Entries handled (any outcome) and claim rounds done: for tests and stats.
         self.handled = 0
         self.claim_rounds = 0
@@ -98,6 +109,8 @@ class Consumer:
             return
         self._started = True
         self._ack_event = asyncio.Event()
+        if self.direct_inbox:
+            self._blocker = make_client(self.settings, max_connections=1)
         await self._ensure_groups()
         self._tasks = [
             asyncio.create_task(self._guard("read", self._read_loop)),
@@ -126,6 +139,9 @@ class Consumer:
             task.cancel()
         await asyncio.gather(*others, return_exceptions=True)
         self._tasks = []
+        blocker, self._blocker = self._blocker, None
+        if blocker is not None:
+            await blocker.aclose()
 
     async def __aenter__(self) -> Consumer:
         await self.start()
@@ -136,7 +152,7 @@ class Consumer:
 
     @property
     def in_flight(self) -> int:
-        return self.slots.used
+        return self.slots.load
 
     async def _guard(self, what: str, loop: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Run a background loop forever: log, back off, continue."""
@@ -147,8 +163,8 @@ class Consumer:
                 return
             except asyncio.CancelledError:
                 raise
-            except ResponseError as e:
-                if "NOGROUP" in str(e):
+            except (ResponseError, ExceptionGroup) as e:
+                if _nogroup(e):
                     log.warning("%s: consumer group missing (Redis lost data?); recreating", what)
                     with contextlib.suppress(Exception):
                         await self._ensure_groups()
@@ -176,60 +192,93 @@ class Consumer:
         for s in self.streams:
             last: Any = await self.client.xrevrange(s.key, count=1)
             s.seen = text(last[0][0]) if last else "0-0"
-        for s in self.streams:
             s.dirty = True  # read what is already there first
-        while True:
-            await self.slots.wait_free()
-            if await self._drain():
-                continue
-            woke: Any = await self.client.xread(
-                {s.key: s.seen for s in self.streams}, count=_SEEN_COUNT, block=_BLOCK_MS
-            )
-            for key, entries in woke or ():
-                s = self._stream(text(key))
-                s.dirty = True
-                self._advance(s, text(entries[-1][0]))
+        async with asyncio.TaskGroup() as tg:
+            for s in self.streams:
+                tg.create_task(self._stream_loop(s))
 
-    def _stream(self, key: str) -> StreamState:
-        return next(s for s in self.streams if s.key == key)
+    async def _stream_loop(self, s: StreamState) -> None:
+        """Read one stream: non-blocking while it may hold undelivered entries, else block."""
+        while True:
+            if s.dirty and self.slots.free == 0 and s is not self.inbox:
+                await self._unblock_inbox()  # its idle reservation is the slot this one needs
+            await self.slots.wait_free()
+            if s.dirty:
+                await self._read_now(s)
+            elif s is self.inbox and self._blocker is not None and self.slots.free >= 2:
+                await self._read_blocking(s)
+            else:
+                woke: Any = await self.client.xread(
+                    {s.key: s.seen}, count=_SEEN_COUNT, block=_BLOCK_MS
+                )
+                if woke:
+                    s.dirty = True
+                    self._advance(s, text(woke[0][1][-1][0]))
 
     @staticmethod
     def _advance(s: StreamState, entry_id: str) -> None:
         if id_key(entry_id) > id_key(s.seen):
             s.seen = entry_id
 
-    async def _drain(self) -> bool:
-        """Non-blocking ``XREADGROUP`` on the streams that may hold new entries (``dirty``), as
-        many entries as free slots; a stream that returns fewer than asked is clean again."""
-        dirty = [s for s in self.streams if s.dirty]
-        if not dirty:
-            return False
-        self._turn += 1
-        if self._turn % 2 and len(dirty) > 1:
-            dirty.reverse()  # fairness between inbox and role queue
-        for s in dirty:
-            n = self.slots.free
-            if n <= 0:
-                break
-            self.slots.take(n)
-            used = 0
-            try:
-                res: Any = await self.client.xreadgroup(
-                    s.group, self.instance_id, {s.key: ">"}, count=n
-                )
-                entries = res[0][1] if res else []
-                if len(entries) < n:
-                    s.dirty = False
-                if entries:
-                    self._advance(s, text(entries[-1][0]))
-                for entry_id, fields in entries:
-                    if fields is None:  # deleted while pending: nothing to do
-                        continue
-                    used += 1
-                    self._dispatch(s, text(entry_id), fields, 1)
-            finally:
-                self.slots.give(n - used)
-        return True
+    async def _read_now(self, s: StreamState) -> None:
+        """``XREADGROUP COUNT <free>`` without blocking; fewer than asked: the stream is clean."""
+        n = self.slots.free
+        if n <= 0:
+            return
+        self.slots.reserve(n)
+        used = 0
+        try:
+            res: Any = await self.client.xreadgroup(
+                s.group, self.instance_id, {s.key: ">"}, count=n
+            )
+            entries = res[0][1] if res else []
+            if len(entries) < n:
+                s.dirty = False
+            used = self._take_entries(s, entries)
+        finally:
+            self.slots.settle(n, used)
+
+    async def _read_blocking(self, s: StreamState) -> None:
+        """``XREADGROUP COUNT 1 BLOCK``: one slot reserved while waiting (another stays free for
+        the other stream, so it is never starved); the lowest latency when idle."""
+        blocker = self._blocker
+        assert blocker is not None
+        client_id = int(await blocker.client_id())
+        if self.slots.free < 2:
+            return
+        self.slots.reserve(1)
+        self._blocked_id = client_id
+        used = 0
+        try:
+            res: Any = await blocker.xreadgroup(
+                s.group, self.instance_id, {s.key: ">"}, count=1, block=_BLOCK_MS
+            )
+            self._blocked_id = None
+            entries = res[0][1] if res else []
+            if entries:
+                s.dirty = True
+            used = self._take_entries(s, entries)
+        finally:
+            self._blocked_id = None
+            self.slots.settle(1, used)
+
+    async def _unblock_inbox(self) -> None:
+        """End the inbox's blocking read (``CLIENT UNBLOCK``: it returns as if timed out, taking
+        nothing), handing its reserved slot to the stream that has work waiting."""
+        client_id, self._blocked_id = self._blocked_id, None
+        if client_id is not None:
+            await self.client.client_unblock(client_id)
+
+    def _take_entries(self, s: StreamState, entries: list[Any]) -> int:
+        if entries:
+            self._advance(s, text(entries[-1][0]))
+        used = 0
+        for entry_id, fields in entries:
+            if fields is None:  # deleted while pending: nothing to do
+                continue
+            used += 1
+            self._dispatch(s, text(entry_id), fields, 1)
+        return used
 
     async def _takeover(self, s: StreamState) -> None:
         """Claim every entry the agent's previous instance left pending in the inbox."""
@@ -241,7 +290,7 @@ class Consumer:
 
     async def _claim(self, s: StreamState, *, min_idle_ms: int, cursor: str) -> str:
         n = await self.slots.wait_free()
-        self.slots.take(n)
+        self.slots.reserve(n)
         used = 0
         try:
             # Held now = ours: if the claim returns one, it is in our hands or was acked while
@@ -259,7 +308,7 @@ class Consumer:
                 used += 1
                 self._dispatch(s, eid, fields, int(count))
         finally:
-            self.slots.give(n - used)
+            self.slots.settle(n, used)
         return text(next_cursor)
 
     async def _claim_loop(self) -> None:

@@ -88,11 +88,11 @@ class Messaging:
             await self.consumer.start()
 
     async def stop(self, grace: float | None = None) -> None:
-        if not self._started:
-            return
-        self._started = False
-        if self.consumer is not None:
-            await self.consumer.stop(grace)
+        """Idempotent. Also stops the pub/sub hub a ``subscribe`` started without ``start``."""
+        if self._started:
+            self._started = False
+            if self.consumer is not None:
+                await self.consumer.stop(grace)
         await self.hub.stop()
 
     async def __aenter__(self) -> Messaging:

@@ -21,6 +21,7 @@ class Slots:
             raise ValueError(f"max_concurrency must be at least 1, got {capacity}")
         self.capacity = capacity
         self.used = 0
+        self.reserved = 0
         self._on_change = on_change
         self._freed: asyncio.Event | None = None
 
@@ -28,17 +29,41 @@ class Slots:
     def free(self) -> int:
         return max(0, self.capacity - self.used)
 
+    @property
+    def load(self) -> int:
+        """Work in progress: slots used by handlers (reservations of readers do not count)."""
+        return self.used - self.reserved
+
     def take(self, n: int) -> None:
+        """Use ``n`` slots for work that starts now."""
         if n:
             self.used += n
             self._changed()
 
     def give(self, n: int = 1) -> None:
+        """Hand back ``n`` slots of finished work."""
         if n:
             self.used -= n
-            if self._freed is not None:
-                self._freed.set()
+            self._freed_now()
             self._changed()
+
+    def reserve(self, n: int) -> None:
+        """Reserve ``n`` slots for a read about to happen (not load yet)."""
+        self.used += n
+        self.reserved += n
+
+    def settle(self, reserved: int, used: int) -> None:
+        """A read that reserved ``reserved`` slots got ``used`` entries: those become work."""
+        self.reserved -= reserved
+        self.used -= reserved - used
+        if reserved > used:
+            self._freed_now()
+        if used:
+            self._changed()
+
+    def _freed_now(self) -> None:
+        if self._freed is not None:
+            self._freed.set()
 
     async def wait_free(self) -> int:
         """Wait until at least one slot is free; return how many are."""
@@ -51,4 +76,4 @@ class Slots:
 
     def _changed(self) -> None:
         if self._on_change is not None:
-            self._on_change(self.used)
+            self._on_change(self.used - self.reserved)
