@@ -1,12 +1,15 @@
 """Reading an agent's streams: its inbox (group ``agent``) and its role queue (group ``members``).
 
-One read loop serves both streams without ever holding more entries than there are free
-handler slots:
+One reader per stream, sharing the handler slots, never holding more entries than there are
+free slots (readers reserve slots *before* they read; reservations are not reported as load):
 
-1. wait for a free slot; ``XREADGROUP ... COUNT <free>`` (non-blocking, the slots reserved first)
-   on each stream that may hold undelivered entries, until it returns fewer than asked;
-2. then block on ``XREAD BLOCK`` over both streams from the last ids seen: it wakes as soon as
-   either stream grows, without taking anything, and marks that stream for step 1.
+1. while a stream may hold undelivered entries (``dirty``): ``XREADGROUP ... COUNT <free>``
+   without blocking, until it returns fewer than asked;
+2. then wait: the inbox, while at least two slots are free, blocks on ``XREADGROUP COUNT 1
+   BLOCK`` with one slot reserved (lowest latency); if the role queue then needs that slot, it
+   ends the read with ``CLIENT UNBLOCK`` (it returns as if timed out, taking nothing). Otherwise a
+   stream is watched with ``XREAD BLOCK`` from the last id seen, which takes nothing and marks
+   the stream dirty when it grows.
 
 Around it: a lease loop (every heartbeat, ``lease.lua`` resets the idle time of the entries held,
 ``XCLAIM ... JUSTID``), a claim loop (every ``claim_interval``, ``claim.lua`` = ``XAUTOCLAIM``
