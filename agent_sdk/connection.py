@@ -38,23 +38,30 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 def make_client(
     settings: Settings, *, decode_responses: bool = False, max_connections: int | None = None
 ) -> aioredis.Redis:
-    """An asyncio Redis client configured from ``settings`` (not yet connected)."""
+    """An asyncio Redis client configured from ``settings`` (not yet connected).
+
+    Its pool blocks when all ``settings.max_connections`` connections are busy (a caller waits
+    up to ``settings.pool_timeout`` for one) instead of failing with "Too many connections",
+    so hundreds of concurrent sends share a bounded number of sockets.
+    """
     retry = Retry(
         ExponentialWithJitterBackoff(base=0.05, cap=settings.retry_max_backoff),
         settings.retry_attempts,
         supported_errors=(RedisConnectionError, RedisTimeoutError),
     )
-    return aioredis.Redis.from_url(
+    pool = aioredis.BlockingConnectionPool.from_url(
         settings.url,
+        max_connections=max_connections or settings.max_connections,
+        timeout=settings.pool_timeout,
         decode_responses=decode_responses,
         socket_timeout=None,
         socket_connect_timeout=settings.connect_timeout,
         socket_keepalive=True,
         retry=retry,
         health_check_interval=30,
-        max_connections=max_connections,
         client_name=f"agentbus:{settings.namespace}",
     )
+    return aioredis.Redis.from_pool(pool)
 
 
 @contextmanager

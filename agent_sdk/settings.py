@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     deadletter_maxlen: int = Field(default=100_000, ge=10)
     shutdown_grace: float = Field(default=10.0, ge=0, description="Drain time on stop.")
     connect_timeout: float = Field(default=5.0, gt=0)
+    max_connections: int = Field(
+        default=64, ge=2, description="Connections per client; callers queue beyond it."
+    )
+    pool_timeout: float = Field(default=20.0, gt=0, description="Wait for a free connection.")
     retry_attempts: int = Field(default=8, ge=0, description="Redis reconnect attempts per call.")
     retry_max_backoff: float = Field(default=2.0, gt=0, description="Seconds between retries.")
 
