@@ -8,6 +8,10 @@
 * ``broadcast``: ``PUBLISH`` (at-most-once, live subscribers only) or, with ``durable=True``, one
   ``XADD`` per live member's inbox in one pipeline.
 * ``publish``: ``PUBLISH`` on the topic's channel.
+
+The ``EVALSHA`` of a send and the ``PUBLISH`` of a broadcast or publish go through one
+``Batcher``: a call made while nothing is in flight goes out at once; calls made while a round
+trip is in flight leave together in the next pipeline, in call order, each with its own result.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import redis.asyncio as aioredis
 
 from agent_sdk import telemetry
 from agent_sdk.connection import redis_errors
+from agent_sdk.messaging.batcher import Batcher, Op
 from agent_sdk.messaging.codec import Outgoing, encode_payload
 from agent_sdk.messaging.scripts import Scripts
 from agent_sdk.settings import Settings
@@ -67,6 +72,7 @@ class Sender:
         self.scripts = scripts
         self.sender = sender
         self.keys = settings.keys
+        self.batcher = Batcher(client)
 
     def payload(self, payload: Any) -> bytes:
         return encode_payload(payload, self.settings.max_payload_bytes)
@@ -95,8 +101,8 @@ class Sender:
             ) as span,
             redis_errors(self.settings, f"sending {out.type!r} to {target.label}"),
         ):  # fmt: skip
-            entry_id = await self.scripts.send(
-                keys=[check_key, stream], args=[mode, maxlen, *out.stream_args()]
+            entry_id = await self.batcher.run(
+                Op([mode, maxlen, *out.stream_args()], self.scripts.send, (check_key, stream))
             )
             if entry_id is None:
                 telemetry.mark_error(span, "not_found" if target.name else "no_responders")
@@ -174,7 +180,7 @@ class Sender:
                                target=label, headers=headers)  # fmt: skip
                 with redis_errors(self.settings, f"broadcasting {type!r}"):
                     channel = self.keys.broadcast_channel(role)
-                    return int(await self.client.publish(channel, out.json()))
+                    return int(await self.batcher.run(Op(("PUBLISH", channel, out.json()))))
             return await self._broadcast_durably(type, body, role, headers)
 
     async def _broadcast_durably(
@@ -209,4 +215,5 @@ class Sender:
                            kind=Kind.PUBLISH, target=topic, headers=headers)  # fmt: skip
             telemetry.record_sent(out.type, Kind.PUBLISH.value)
             with redis_errors(self.settings, f"publishing on {topic!r}"):
-                return int(await self.client.publish(self.keys.topic_channel(topic), out.json()))
+                channel = self.keys.topic_channel(topic)
+                return int(await self.batcher.run(Op(("PUBLISH", channel, out.json()))))

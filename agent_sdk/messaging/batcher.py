@@ -1,0 +1,158 @@
+"""Auto-batching of outgoing commands: calls made while a round trip is in flight share the next.
+
+``Batcher.run(op)`` issues one command (an ``EVALSHA`` of a data-plane script, or a plain command
+such as ``PUBLISH``) and returns its reply. When nothing is in flight the command goes out at
+once, alone, exactly as a plain call (no added delay, no pipeline overhead). Calls made while a
+round trip is in flight wait, and are then sent together as **one** non-transactional pipeline
+(as ioredis' auto-pipelining does):
+
+* **order**: commands leave in the order of the calls, and one batch completes before the next
+  is written, so calls of one sender reach Redis in call order (for concurrent calls too);
+* **errors stay with their call**: the pipeline runs with ``raise_on_error=False``; a command's
+  error reply (or ``nil``) goes to its own caller only. A connection failure fails every command
+  of that round trip (each caller sees it, as with a plain call). A ``NOSCRIPT`` reply (Redis
+  restarted, ``SCRIPT FLUSH``) loads the script and runs the refused commands again, in order;
+* a call cancelled before its batch is written is dropped from it.
+
+Commands are not made atomic together: each keeps its own check-and-write (the script) and its
+own result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
+
+__all__ = ["Batcher", "Op"]
+
+
+@dataclass(slots=True)
+class Op:
+    """One command: ``script`` with ``keys``/``args``, or a plain command ``args`` (no script)."""
+
+    args: Sequence[Any]
+    script: AsyncScript | None = None
+    keys: Sequence[Any] = ()
+    future: asyncio.Future[Any] | None = field(default=None, repr=False)
+
+    async def run_alone(self, client: aioredis.Redis) -> Any:
+        if self.script is not None:
+            return await self.script(keys=self.keys, args=self.args)
+        return await client.execute_command(*self.args)  # type: ignore[no-untyped-call]
+
+    def queue(self, pipe: Any) -> None:
+        if self.script is not None:
+            pipe.evalsha(self.script.sha, len(self.keys), *self.keys, *self.args)
+        else:
+            pipe.execute_command(*self.args)
+
+
+class Batcher:
+    """Coalesces concurrent commands on one client; at most one round trip in flight."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.client = client
+        self._pending: list[Op] = []
+        self._busy = False
+        self._task: asyncio.Task[None] | None = None
+        #: Round trips made, and commands sent in them (for tests and tuning).
+        self.flushes = 0
+        self.commands = 0
+
+    async def run(self, op: Op) -> Any:
+        """Send ``op`` (now when idle, else with the next batch) and return its reply."""
+        if not self._busy:
+            self._busy = True
+            try:
+                self.flushes += 1
+                self.commands += 1
+                return await op.run_alone(self.client)
+            finally:
+                self._after_flush()
+        op.future = asyncio.get_running_loop().create_future()
+        self._pending.append(op)
+        return await op.future
+
+    def _after_flush(self) -> None:
+        if self._pending:
+            self._task = asyncio.create_task(self._drain(), name="agentbus-batcher")
+        else:
+            self._busy = False
+
+    async def _drain(self) -> None:
+        try:
+            while self._pending:
+                batch = [op for op in self._pending if op.future is None or not op.future.done()]
+                self._pending = []
+                if batch:
+                    await self._flush(batch)
+        finally:
+            self._task = None
+            self._busy = False
+            # A cancelled drain (loop shutting down) must not leave callers waiting forever.
+            for op in self._pending:
+                if op.future is not None and not op.future.done():
+                    op.future.set_exception(RuntimeError("the batcher stopped"))
+            self._pending = []
+
+    async def _flush(self, batch: list[Op]) -> None:
+        self.flushes += 1
+        self.commands += len(batch)
+        try:
+            if len(batch) == 1:
+                results: list[Any] = [await _alone(batch[0], self.client)]
+            else:
+                results = await self._pipeline(batch)
+        except Exception as e:  # the round trip failed: every command of it failed
+            for op in batch:
+                _settle(op, e)
+            return
+        except BaseException:
+            for op in batch:
+                if op.future is not None:
+                    op.future.cancel()
+            raise
+        for op, res in zip(batch, results, strict=True):
+            _settle(op, res)
+
+    async def _pipeline(self, batch: list[Op]) -> list[Any]:
+        results = await _execute(self.client, batch)
+        retry = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+        if retry:
+            for script in {id(batch[i].script): batch[i].script for i in retry}.values():
+                assert script is not None
+                script.sha = await self.client.script_load(script.script)
+            again = await _execute(self.client, [batch[i] for i in retry])
+            for i, r in zip(retry, again, strict=True):
+                results[i] = r
+        return results
+
+
+async def _alone(op: Op, client: aioredis.Redis) -> Any:
+    try:
+        return await op.run_alone(client)
+    except Exception as e:  # the reply of this one command, handed to its caller
+        return e
+
+
+async def _execute(client: aioredis.Redis, batch: list[Op]) -> list[Any]:
+    async with client.pipeline(transaction=False) as pipe:
+        for op in batch:
+            op.queue(pipe)
+        return list(await pipe.execute(raise_on_error=False))
+
+
+def _settle(op: Op, result: Any) -> None:
+    fut = op.future
+    if fut is None or fut.done():
+        return
+    if isinstance(result, BaseException):
+        fut.set_exception(result)
+    else:
+        fut.set_result(result)
