@@ -34,18 +34,22 @@ def build(name: str) -> Agent:
         max_concurrency=2,
     )  # fmt: skip
 
+    done = 0  # summaries this run finished
+
     @agent.on("summarize")
     async def summarize(doc: Doc, msg: Message) -> Summary:
+        nonlocal done
         # msg.id is the same on every delivery: the idempotency key if the work had side effects
         say(name, f"summarizing message {msg.id} (delivery {msg.delivery_count})")
         await asyncio.sleep(doc.work_seconds)  # the "model call"
         words = doc.text.split()
         summary = " ".join(words[:6]) + (" ..." if len(words) > 6 else "")
+        done += 1
         return Summary(summary=summary, by=name, delivery=msg.delivery_count)
 
     @agent.on("status")
     async def status(payload: object) -> dict[str, object]:
-        return {"load": agent.load, "version": agent.card.version}
+        return {"summaries_done": done, "version": agent.card.version, "status": agent.status}
 
     @agent.on("announcement")
     async def announcement(payload: dict[str, str]) -> None:
