@@ -1,4 +1,4 @@
-"""Auto-batching of sends, broadcasts and publishes (``agent_sdk.messaging.batcher``), real Redis."""
+"""Auto-batching of sends, broadcasts and publishes (``messaging.batcher``), on real Redis."""
 
 from __future__ import annotations
 
@@ -76,9 +76,7 @@ async def test_errors_stay_with_their_call(
     assert await _inbox_numbers(r, settings, "rx") == list(range(0, 30, 3))
 
 
-async def test_payload_limit_is_checked_per_message(
-    settings: Settings, r: aioredis.Redis
-) -> None:
+async def test_payload_limit_is_checked_per_message(settings: Settings, r: aioredis.Redis) -> None:
     small = settings.model_copy(update={"max_payload_bytes": 100})
     client = make_client(small)
     try:

@@ -25,9 +25,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import hiredis
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
+
+from agent_sdk.connection import CONNECTION_ERRORS
 
 __all__ = ["Batcher", "Op"]
 
@@ -45,6 +48,11 @@ class Op:
         if self.script is not None:
             return await self.script(keys=self.keys, args=self.args)
         return await client.execute_command(*self.args)  # type: ignore[no-untyped-call]
+
+    def command(self) -> tuple[Any, ...]:
+        if self.script is not None:
+            return ("EVALSHA", self.script.sha, len(self.keys), *self.keys, *self.args)
+        return tuple(self.args)
 
     def queue(self, pipe: Any) -> None:
         if self.script is not None:
@@ -122,13 +130,13 @@ class Batcher:
             _settle(op, res)
 
     async def _pipeline(self, batch: list[Op]) -> list[Any]:
-        results = await _execute(self.client, batch)
+        results = await _execute_packed(self.client, batch)
         retry = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
         if retry:
             for script in {id(batch[i].script): batch[i].script for i in retry}.values():
                 assert script is not None
                 script.sha = await self.client.script_load(script.script)
-            again = await _execute(self.client, [batch[i] for i in retry])
+            again = await _execute_packed(self.client, [batch[i] for i in retry])
             for i, r in zip(retry, again, strict=True):
                 results[i] = r
         return results
@@ -139,6 +147,34 @@ async def _alone(op: Op, client: aioredis.Redis) -> Any:
         return await op.run_alone(client)
     except Exception as e:  # the reply of this one command, handed to its caller
         return e
+
+
+async def _execute_packed(client: aioredis.Redis, batch: list[Op]) -> list[Any]:
+    """The batch as one write packed by hiredis (≈ 2 µs a command where redis-py's pure-Python
+    packing costs ≈ 25 µs), then one reply per command. After a connection failure the batch is
+    run again through a redis-py pipeline, which reconnects and retries as a plain call does
+    (at-least-once: a command that had reached Redis may be applied twice, as with any retry).
+    """
+    packed = b"".join([hiredis.pack_command(op.command()) for op in batch])
+    pool = client.connection_pool
+    conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+    try:
+        await conn.send_packed_command(packed)
+        results: list[Any] = []
+        for _ in batch:
+            try:
+                results.append(await conn.read_response())
+            except ResponseError as e:
+                results.append(e)
+        return results
+    except CONNECTION_ERRORS:
+        await conn.disconnect()
+    except BaseException:
+        await conn.disconnect()  # replies may be left unread: never reuse this connection
+        raise
+    finally:
+        await pool.release(conn)
+    return await _execute(client, batch)
 
 
 async def _execute(client: aioredis.Redis, batch: list[Op]) -> list[Any]:
