@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any
@@ -197,10 +198,10 @@ class PubSubHub:
                 if self._pubsub is None:
                     self._pubsub = await self._connect()
                     self._ready.set()
-                msg = await self._pubsub.get_message(timeout=None)
+                reply = await self._read(self._pubsub)
                 backoff = 0.05
-                if msg is not None:
-                    self._route(msg)
+                if isinstance(reply, list) and reply:
+                    self._route(reply)
             except asyncio.CancelledError:
                 raise
             except Exception as e:
@@ -211,18 +212,34 @@ class PubSubHub:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.settings.retry_max_backoff)
 
-    def _route(self, raw: dict[str, Any]) -> None:
-        kind = _text(raw.get("type"))
-        if kind in ("psubscribe", "subscribe"):
-            event = self._confirmed.get(_text(raw.get("channel")))
-            if event is not None:
-                event.set()
+    @staticmethod
+    async def _read(pubsub: PubSub) -> Any:
+        """The next push of the connection, as Redis sent it (``[b"message", channel, data]``,
+        ``[b"pmessage", pattern, channel, data]``, ``[b"subscribe", channel, count]``, ...).
+
+        Read straight from the connection: ``PubSub.get_message`` adds a health check, a retry
+        wrapper, a dict and a metrics call per message (≈ 6 µs). Reconnecting is ours anyway.
+        """
+        conn = pubsub.connection
+        if conn is None:
+            raise ConnectionError("the pub/sub connection is closed")
+        return await conn.read_response(timeout=math.inf, push_request=True)
+
+    def _route(self, raw: list[Any]) -> None:
+        kind = _text(raw[0])
+        if kind == "message" and len(raw) == 3:
+            channel, data, pattern = raw[1], raw[2], None
+        elif kind == "pmessage" and len(raw) == 4:
+            pattern, channel, data = raw[1], raw[2], raw[3]
+        else:
+            if kind in ("psubscribe", "subscribe") and len(raw) > 1:
+                event = self._confirmed.get(_text(raw[1]))
+                if event is not None:
+                    event.set()
             return
-        if kind not in ("pmessage", "message"):
-            return
-        channel = _text(raw.get("channel"))
+        channel = _text(channel)
         try:
-            env = decode_json(raw["data"])
+            env = decode_json(data)
         except ProtocolError as e:
             log.warning("dropping an undecodable message on %s: %s", channel, e.description)
             return
@@ -234,5 +251,5 @@ class PubSubHub:
                     log.exception("broadcast callback failed on %s", channel)
             return
         msg = Message(env, source=channel)
-        for sub in self._subs.get(_text(raw.get("pattern")), ()):
+        for sub in self._subs.get(_text(pattern), ()):
             sub._put(msg)
