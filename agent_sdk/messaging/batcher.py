@@ -157,7 +157,10 @@ async def _execute_packed(client: aioredis.Redis, batch: list[Op]) -> list[Any]:
     """
     packed = b"".join([hiredis.pack_command(op.command()) for op in batch])
     pool = client.connection_pool
-    conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+    try:
+        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+    except CONNECTION_ERRORS:  # Redis unreachable: let redis-py's retry and backoff handle it
+        return await _execute(client, batch)
     try:
         await conn.send_packed_command(packed)
         results: list[Any] = []
