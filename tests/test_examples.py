@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 from click.testing import CliRunner
 
@@ -17,16 +21,26 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def transcript() -> str:
-    result = subprocess.run(
+    demo = subprocess.Popen(
         [sys.executable, "-m", "coordinator.cli", "demo"],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=110,
-        check=False,
+        start_new_session=True,  # its agents share its process group: one killpg stops all
     )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "Traceback" not in result.stderr
-    return result.stdout
+    try:
+        out, err = demo.communicate(timeout=110)
+    except subprocess.TimeoutExpired:
+        leftovers = psutil.Process(demo.pid).children(recursive=True)  # Redis has its own session
+        os.killpg(demo.pid, signal.SIGKILL)
+        for child in leftovers:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
+        out, err = demo.communicate()
+        raise AssertionError(f"agentbus demo did not finish:\n{out}\n{err}") from None
+    assert demo.returncode == 0, out + err
+    assert "Traceback" not in err
+    return out
 
 
 @pytest.mark.timeout(120)

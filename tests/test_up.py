@@ -80,8 +80,18 @@ class Up:
         return self.proc.returncode
 
     def kill(self) -> None:
+        """Stop it, however it is: SIGTERM first (so it stops its Redis), then SIGKILL and its
+        Redis too (started in its own session, the server would outlive a killed parent)."""
         if self.proc.poll() is None:
-            self.proc.kill()
+            children = psutil.Process(self.proc.pid).children(recursive=True)
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+            for child in children:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    child.kill()
         self.proc.communicate()
 
 
