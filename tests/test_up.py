@@ -261,3 +261,26 @@ def test_up_takes_a_free_port_when_its_default_port_is_busy(
         assert up.stop() == 0, up.output
     finally:
         holder.close()
+
+
+def test_the_redis_of_a_killed_up_keeps_its_state_dir_claimed(
+    run_up: Callable[..., Up], tmp_path: Path
+) -> None:
+    state = tmp_path / "s"
+    first = run_up("up", "--port", "0", "--state-dir", str(state))
+    first.read_until(URL_RE)
+    (server,) = psutil.Process(first.proc.pid).children()
+    try:
+        first.proc.kill()  # kill -9: no cleanup; its Redis (own session) lives on
+        first.proc.wait(30)
+        second = run_up("up", "--port", "0", "--state-dir", str(state))
+        assert second.wait() == 1
+        assert f"in use by a redis-server (pid {server.pid}) left by an `agentbus up`" in (
+            second.output
+        )
+    finally:
+        server.terminate()
+        server.wait(30)
+    third = run_up("up", "--port", "0", "--state-dir", str(state))
+    third.read_until(URL_RE)
+    assert third.stop() == 0, third.output

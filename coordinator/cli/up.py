@@ -56,17 +56,32 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _claim_state_dir(state_dir: Path) -> Path:
-    """Refuse a state dir another live ``agentbus up`` uses (two servers, one AOF: data loss)."""
+    """Refuse a state dir another ``agentbus up`` (or the Redis of one that was killed) uses:
+    two servers on one append-only file lose data.
+
+    The pid file holds ``up <pid>`` and, once it runs, ``redis-server <pid>``.
+    """
     state_dir.mkdir(parents=True, exist_ok=True)
     pid_file = state_dir / PID_FILE
-    with contextlib.suppress(FileNotFoundError, ValueError):
-        other = int(pid_file.read_text().strip())
-        if other != os.getpid() and _pid_alive(other):
+    with contextlib.suppress(FileNotFoundError):
+        for line in pid_file.read_text().splitlines():
+            what, _, pid_text = line.strip().rpartition(" ")
+            if not pid_text.isdigit():
+                continue
+            pid = int(pid_text)
+            if pid == os.getpid() or not _pid_alive(pid):
+                continue
+            if what == "redis-server":
+                raise ConfigurationError(
+                    f"{state_dir} is in use by a redis-server (pid {pid}) left by an "
+                    f"`agentbus up` that was killed; stop it (kill {pid}) or pass a different "
+                    "--state-dir"
+                )
             raise ConfigurationError(
-                f"{state_dir} is in use by another `agentbus up` (pid {other}); stop it or "
+                f"{state_dir} is in use by another `agentbus up` (pid {pid}); stop it or "
                 "pass a different --state-dir"
             )
-    pid_file.write_text(f"{os.getpid()}\n")
+    pid_file.write_text(f"up {os.getpid()}\n")
     return pid_file
 
 
@@ -114,6 +129,8 @@ def up(state: CliState, state_dir: Path, port: int | None) -> None:
             appendonly=True,
             new_session=True,
         ).start()
+        if server.process is not None:
+            pid_file.write_text(f"up {os.getpid()}\nredis-server {server.process.pid}\n")
         settings = state.coordinator_settings(redis_url=server.url)
         where = f"embedded Redis ({server.binary}), data in {state_dir.resolve() / 'redis'}"
         code = run_async(lambda: _serve(settings, console, where, server.stop if server else None))
