@@ -35,7 +35,7 @@ import redis.asyncio as aioredis
 
 from agent_sdk.connection import redis_errors
 from agent_sdk.settings import Settings
-from schemas.envelope import utcnow
+from schemas.envelope import format_time, utcnow
 
 __all__ = [
     "BUCKETS_MS",
@@ -56,8 +56,7 @@ _BUCKET_NAMES = (*(f"le_{b:g}" for b in BUCKETS_MS), "le_inf")
 
 
 def _iso(ts: float | None = None) -> str:
-    at = utcnow() if ts is None else datetime.fromtimestamp(ts, UTC)
-    return at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return format_time(utcnow() if ts is None else datetime.fromtimestamp(ts, UTC))
 
 
 @dataclass

@@ -33,6 +33,7 @@ __all__ = [
     "decode_json",
     "encode_fields",
     "encode_json",
+    "format_time",
     "new_id",
     "stream_id_time",
     "utcnow",
@@ -93,7 +94,8 @@ class Envelope(BaseModel):
         return self.deadline is not None and (now or utcnow()) >= self.deadline
 
 
-def _iso(dt: datetime) -> str:
+def format_time(dt: datetime) -> str:
+    """ISO-8601 UTC with milliseconds and a ``Z``: how the wire carries every time."""
     return dt.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
@@ -109,7 +111,7 @@ def _plain(env: Envelope) -> dict[str, Any]:
         "kind": env.kind.value,
         "type": env.type,
         "sender": env.sender,
-        "sent_at": _iso(env.sent_at),
+        "sent_at": format_time(env.sent_at),
     }
     if env.target is not None:
         out["target"] = env.target
@@ -118,7 +120,7 @@ def _plain(env: Envelope) -> dict[str, Any]:
     if env.reply_to is not None:
         out["reply_to"] = env.reply_to
     if env.deadline is not None:
-        out["deadline"] = _iso(env.deadline)
+        out["deadline"] = format_time(env.deadline)
     if env.headers:
         out["headers"] = env.headers
     if env.payload is not None:

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 from pydantic import BaseModel
 
-from schemas.envelope import PROTOCOL_VERSION, Kind, new_id
+from schemas.envelope import PROTOCOL_VERSION, Kind, format_time, new_id
 from schemas.errors import ErrorInfo, InvalidInput, PayloadTooLarge
 
 __all__ = ["Outgoing", "encode_payload", "iso", "to_jsonable"]
@@ -23,9 +23,8 @@ __all__ = ["Outgoing", "encode_payload", "iso", "to_jsonable"]
 _V = str(PROTOCOL_VERSION)
 
 
-def iso(dt: datetime) -> str:
-    """ISO-8601 UTC with milliseconds and a ``Z``, as the envelope carries times."""
-    return dt.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+#: ISO-8601 UTC with milliseconds and a ``Z`` (the one formatter, from the wire contract).
+iso = format_time
 
 
 def _default(obj: Any) -> Any:
