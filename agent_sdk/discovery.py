@@ -2,10 +2,11 @@
 
 ``Discovery.discover`` is one ``EVALSHA`` (``agent_sdk/lua/discover.lua``): the script intersects
 the index sets (role, every capability; tags are "any of"), reads each candidate's record fields
-(``HMGET``), filters status and load in Redis and returns the values. The SemVer range is
-applied in Python. Records are decoded on a lean path (``decode_record``): the registry is
-written by the coordinator, which validated every record, so the fields are converted directly;
-anything unexpected falls back to full pydantic validation.
+(``HMGET``), filters status and load in Redis and returns the rows as one JSON text (parsed with
+orjson: one string on the wire instead of a value per field). The SemVer range is applied in
+Python. Records are built on a lean path (``_lean``): the registry is written by the
+coordinator, which validated every record, so the fields are converted directly; anything
+unexpected falls back to full pydantic validation (``decode_record``).
 """
 
 from __future__ import annotations
@@ -32,13 +33,30 @@ StatusFilter = AgentStatus | str | Iterable[AgentStatus | str] | None
 
 _SCRIPT = resources.files("agent_sdk").joinpath("lua/discover.lua").read_text()
 _RECORD_FIELDS = frozenset(AgentRecord.model_fields)
-#: The fields discover.lua reads (HMGET), ``name``, ``status``, ``load`` first as it requires.
+#: The fields discover.lua reads (HMGET), in the order ``_from_row`` unpacks them; the script
+#: requires ``name``, ``status``, ``load`` first. Checked against ``AgentRecord`` just below.
 _FIELD_ORDER: tuple[str, ...] = (
     "name",
     "status",
     "load",
-    *(f for f in AgentRecord.model_fields if f not in ("name", "status", "load")),
+    "role",
+    "version",
+    "description",
+    "capabilities",
+    "tags",
+    "region",
+    "host",
+    "pid",
+    "max_concurrency",
+    "metadata",
+    "instance_id",
+    "registered_at",
+    "last_seen",
+    "heartbeat_ms",
+    "ttl_ms",
 )
+if set(_FIELD_ORDER) != _RECORD_FIELDS or len(_FIELD_ORDER) != len(_RECORD_FIELDS):
+    raise RuntimeError("discovery._FIELD_ORDER is out of step with AgentRecord's fields")
 
 
 def normalize_statuses(status: StatusFilter) -> tuple[AgentStatus, ...]:
@@ -63,50 +81,61 @@ def _pairs(flat: Sequence[bytes | str]) -> dict[str, str]:
     return dict(zip(texts[::2], texts[1::2], strict=True))
 
 
-def _row(values: Sequence[bytes | str | None]) -> dict[str, str]:
-    """An ``HMGET`` row of ``_FIELD_ORDER`` values as a dict of the fields present."""
-    if isinstance(values[0], bytes):  # the Bus client: bytes (the hot path)
-        return {
-            f: v.decode()  # type: ignore[union-attr]
-            for f, v in zip(_FIELD_ORDER, values, strict=True)
-            if v is not None
-        }
-    return {f: v for f, v in zip(_FIELD_ORDER, values, strict=True) if isinstance(v, str)}
-
-
 _STATUS = {s.value: s for s in AgentStatus}
+_READY = AgentStatus.READY
+_set = object.__setattr__
 
 
-def _fast(d: dict[str, str]) -> AgentRecord:
-    """Build a record from a coordinator-written hash without re-validating it.
+def _lean(row: Any) -> AgentRecord:
+    """Build a record from a coordinator-written row without re-validating it.
 
-    What ``model_construct`` does, minus its per-field default handling (which costs as much as
-    validation): every field is set here. ``tests/test_discovery.py`` checks the result equals
+    ``row``: the ``_FIELD_ORDER`` values, ``False`` for an absent field. What
+    ``model_construct`` does, minus its per-field default handling (which costs as much as
+    validation). Raises ``KeyError``/``ValueError``/``TypeError`` on anything it does not
+    expect; the callers then validate. ``tests/test_discovery.py`` checks the result equals
     ``AgentRecord.from_hash`` (full validation) field for field.
     """
-    pid = d.get("pid")
-    caps = d.get("capabilities")
-    tags = d.get("tags")
-    meta = d.get("metadata")
+    (
+        name,
+        status,
+        load,
+        role,
+        version,
+        description,
+        caps,
+        tags,
+        region,
+        host,
+        pid,
+        max_conc,
+        meta,
+        instance_id,
+        registered_at,
+        last_seen,
+        heartbeat_ms,
+        ttl_ms,
+    ) = row
+    if False in (name, role, instance_id, registered_at, last_seen, heartbeat_ms, ttl_ms):
+        raise ValueError("a required field is absent")
     values: dict[str, Any] = {
-        "name": d["name"],
-        "role": d["role"],
-        "version": d.get("version", "0.0.0"),
-        "description": d.get("description", ""),
+        "name": name,
+        "role": role,
+        "version": "0.0.0" if version is False else version,
+        "description": description or "",
         "capabilities": tuple(orjson.loads(caps)) if caps else (),
         "tags": tuple(orjson.loads(tags)) if tags else (),
-        "region": d.get("region"),
-        "host": d.get("host"),
-        "pid": int(pid) if pid is not None else None,
-        "max_concurrency": int(d.get("max_concurrency", 1)),
+        "region": None if region is False else region,
+        "host": None if host is False else host,
+        "pid": None if pid is False else int(pid),
+        "max_concurrency": 1 if max_conc is False else int(max_conc),
         "metadata": orjson.loads(meta) if meta else {},
-        "instance_id": d["instance_id"],
-        "status": _STATUS[d.get("status", "ready")],
-        "load": int(d.get("load", 0)),
-        "registered_at": datetime.fromisoformat(d["registered_at"]),
-        "last_seen": datetime.fromisoformat(d["last_seen"]),
-        "heartbeat_ms": int(d["heartbeat_ms"]),
-        "ttl_ms": int(d["ttl_ms"]),
+        "instance_id": instance_id,
+        "status": _READY if status is False else _STATUS[status],
+        "load": 0 if load is False else int(load),
+        "registered_at": datetime.fromisoformat(registered_at),
+        "last_seen": datetime.fromisoformat(last_seen),
+        "heartbeat_ms": int(heartbeat_ms),
+        "ttl_ms": int(ttl_ms),
     }
     if not (isinstance(values["metadata"], dict) and values["max_concurrency"] >= 1):
         raise ValueError("needs validation")
@@ -118,20 +147,42 @@ def _fast(d: dict[str, str]) -> AgentRecord:
     return record
 
 
-_set = object.__setattr__
+def _validated(d: dict[str, str]) -> AgentRecord:
+    try:
+        return AgentRecord.from_hash({k: v for k, v in d.items() if k in _RECORD_FIELDS})
+    except ValueError as e:
+        raise ProtocolError(f"invalid registry record {d.get('name')!r}: {e}") from e
 
 
 def decode_record(raw: Sequence[bytes | str] | dict[str, str]) -> AgentRecord:
     """Decode a registry hash (a flat ``HGETALL`` array or a dict) into an ``AgentRecord``."""
     d = raw if isinstance(raw, dict) else _pairs(raw)
     try:
-        return _fast(d)
+        return _lean([d.get(f, False) for f in _FIELD_ORDER])
+    except (KeyError, ValueError, TypeError):
+        return _validated(d)
+
+
+def _from_row(row: Any) -> AgentRecord:
+    """A record from one discover.lua row (lean path; validated if it is unusual)."""
+    try:
+        return _lean(row)
     except (KeyError, ValueError, TypeError):
         pass
+    if not isinstance(row, list) or len(row) != len(_FIELD_ORDER):
+        raise ProtocolError(f"unexpected discovery row {row!r}")
+    return _validated({f: v for f, v in zip(_FIELD_ORDER, row, strict=True) if isinstance(v, str)})
+
+
+def _records(reply: bytes | str) -> list[AgentRecord]:
+    """Parse discover.lua's JSON reply into records."""
     try:
-        return AgentRecord.from_hash({k: v for k, v in d.items() if k in _RECORD_FIELDS})
-    except ValueError as e:
-        raise ProtocolError(f"invalid registry record {d.get('name')!r}: {e}") from e
+        rows = orjson.loads(reply)
+    except orjson.JSONDecodeError as e:
+        raise ProtocolError(f"invalid discovery reply: {e}") from e
+    if not isinstance(rows, list):
+        raise ProtocolError(f"invalid discovery reply: {type(rows).__name__}, not a list")
+    return [_from_row(row) for row in rows]
 
 
 def _identifiers(values: str | Iterable[str] | None, what: str) -> list[str]:
@@ -202,8 +253,8 @@ class Discovery:
             *_FIELD_ORDER,
         ]
         with redis_errors(self.settings, "discovering agents"):
-            rows = await self._script(keys=all_of + any_of, args=args)
-        records = [decode_record(_row(row)) for row in rows]
+            reply = await self._script(keys=all_of + any_of, args=args)
+        records = _records(reply)
         if rng is not None:
             records = [r for r in records if r.version in rng]
             if limit is not None:

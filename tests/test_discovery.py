@@ -356,6 +356,66 @@ async def test_a_name_left_in_an_index_without_a_record_is_skipped(
         assert await bus.get("phantom") is None
 
 
+async def test_discover_returns_awkward_text_exactly_as_stored(
+    coordinator: Coordinator, settings: Settings, r: aioredis.Redis
+) -> None:
+    """discover.lua JSON-encodes the rows (cjson) and the SDK parses them (orjson): text that
+    needs escaping comes back as the coordinator stored it, equal to a validated ``HGETALL``."""
+    awkward = 'quote " backslash \\ slash / nl \n tab \t nul \x00 del \x7f é ✓ 🚀 \u2028'
+    cards = [
+        {
+            "name": "odd",
+            "role": "odd",
+            "description": awkward,
+            "region": "",
+            "host": "h/ö",
+            "pid": 0,
+            "metadata": {'k"/': awkward, "🚀": "", "": "x"},
+            "capabilities": ["a.b/c", "d@e"],
+            "tags": ["t-1"],
+        },
+        {"name": "plain", "role": "odd"},  # every optional field absent
+    ]
+    await register_raw(r, settings.keys, cards)
+    async with Bus(settings) as bus:
+        found = await bus.discover(role="odd")
+        by_tag = await bus.discover(tags=["t-1"])
+    expected = [
+        AgentRecord.from_hash(await r.hgetall(settings.keys.record(n))) for n in ("odd", "plain")
+    ]
+    assert found == expected
+    assert by_tag == expected[:1]
+    assert found[0].description == awkward
+    assert found[0].metadata['k"/'] == awkward
+    assert (found[1].region, found[1].host, found[1].pid, found[1].metadata) == (
+        None,
+        None,
+        None,
+        {},
+    )
+
+
+async def test_discover_validates_an_unexpected_record_and_reports_a_bad_one(
+    coordinator: Coordinator, settings: Settings, r: aioredis.Redis
+) -> None:
+    await register_raw(
+        r, settings.keys, [{"name": "good", "role": "x"}, {"name": "bad", "role": "x"}]
+    )
+    key = settings.keys.record("bad")
+    await r.hdel(key, "status", "version")  # optional fields absent: their defaults, as validated
+    async with Bus(settings) as bus:
+        found = await bus.discover(role="x")
+        assert found[0] == AgentRecord.from_hash(await r.hgetall(key))
+        assert (found[0].status, found[0].version) == (AgentStatus.READY, "0.0.0")
+        await r.hset(key, "max_concurrency", "0")  # the lean path refuses it; validation too
+        with pytest.raises(ProtocolError, match="bad"):
+            await bus.discover(role="x")
+        await r.hset(key, "max_concurrency", "1")
+        await r.hdel(key, "instance_id")  # a required field absent
+        with pytest.raises(ProtocolError, match="bad"):
+            await bus.discover(role="x")
+
+
 identifiers = st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9._@/-]{0,20}\Z")
 records = st.builds(
     AgentRecord,

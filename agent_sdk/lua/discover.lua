@@ -9,7 +9,10 @@
 -- ARGV[5] limit (0 = no limit)
 -- ARGV[6 ..] the record fields to return, in this order; the first three must be
 --         'name', 'status', 'load'
--- Returns one HMGET array per match (values in ARGV[6 ..] order; nil for an absent field).
+-- Returns one JSON text: an array with one array per match, the HMGET values in ARGV[6 ..]
+-- order (false for an absent field). One bulk string instead of a nested reply: Redis does not
+-- turn every value into a RESP item (cheaper here) and the client parses one string with a JSON
+-- parser instead of building and decoding one bytes object per value.
 -- A name whose hash is gone (a sweep in progress) is skipped.
 local prefix = ARGV[1]
 local n_all = tonumber(ARGV[2])
@@ -61,4 +64,5 @@ for _, name in ipairs(candidates) do
     end
   end
 end
-return out
+if #out == 0 then return '[]' end -- cjson encodes an empty table as {}
+return cjson.encode(out)
