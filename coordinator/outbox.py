@@ -1,6 +1,12 @@
 """What the coordinator writes back: replies, ``reannounce`` requests and dead letters.
 
 Each helper queues commands on a pipeline so one batch of control entries costs one round trip.
+Replies to accepted announces and to leaves are pushed by the control script itself
+(``coordinator/lua/control.lua``): ``reply_head`` encodes such a reply up to its ``payload``,
+which the script appends (the record, or ``true``/``false``) followed by ``}``.
+
+Envelopes are encoded here without pydantic (``reply_bytes``, the hot path when a fleet
+registers or re-announces at once); a test pins the bytes to ``schemas.envelope.encode_json``.
 """
 
 from __future__ import annotations
@@ -8,11 +14,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from redis.asyncio.client import Pipeline
 
 from coordinator.settings import CoordinatorSettings
 from schemas.agent import ControlType
-from schemas.envelope import Envelope, Kind, encode_json
+from schemas.envelope import Kind, format_time, new_id, utcnow
 from schemas.errors import ErrorInfo
 
 __all__ = [
@@ -21,12 +28,57 @@ __all__ = [
     "queue_dead_letter",
     "queue_reannounce",
     "queue_reply",
+    "reply_bytes",
+    "reply_head",
 ]
 
 #: ``sender`` of every envelope the coordinator writes.
 COORDINATOR_SENDER = "coordinator"
 #: Type of the answer to a ``leave`` that carried a ``reply_to``.
 LEAVE_RESULT = "leave_result"
+
+
+def _reply_plain(
+    type: str, kind: Kind, target: str | None, correlation_id: str | None
+) -> dict[str, Any]:
+    # the keys and their order of schemas.envelope.encode_json (no reply_to, deadline, headers)
+    out: dict[str, Any] = {
+        "v": 1,
+        "id": new_id(),
+        "kind": kind.value,
+        "type": type,
+        "sender": COORDINATOR_SENDER,
+        "sent_at": format_time(utcnow()),
+    }
+    if target is not None:
+        out["target"] = target
+    if correlation_id is not None:
+        out["correlation_id"] = correlation_id
+    return out
+
+
+def reply_bytes(
+    *,
+    type: str,
+    kind: Kind = Kind.REPLY,
+    target: str | None = None,
+    correlation_id: str | None = None,
+    payload: Any = None,
+    error: ErrorInfo | None = None,
+) -> bytes:
+    """A coordinator envelope encoded as ``encode_json(Envelope(...))`` would encode it."""
+    out = _reply_plain(type, kind, target, correlation_id)
+    if payload is not None:
+        out["payload"] = payload
+    if error is not None:
+        out["error"] = error.model_dump()
+    return orjson.dumps(out)
+
+
+def reply_head(*, type: str, target: str | None, correlation_id: str | None) -> bytes:
+    """A ``reply`` envelope up to its payload: append the payload's JSON and ``}``."""
+    head = orjson.dumps(_reply_plain(type, Kind.REPLY, target, correlation_id))
+    return head[:-1] + b',"payload":'
 
 
 def queue_reply(
@@ -42,18 +94,15 @@ def queue_reply(
     error: ErrorInfo | None = None,
 ) -> None:
     """``LPUSH`` a JSON envelope to a reply list and ``PEXPIRE`` the list."""
-    # every argument is ours and already valid: construct without re-validating (hot path when
-    # a whole fleet must re-announce after Redis lost its data)
-    env = Envelope.model_construct(
-        kind=kind,
+    data = reply_bytes(
         type=type,
-        sender=COORDINATOR_SENDER,
+        kind=kind,
         target=target,
         correlation_id=correlation_id,
         payload=payload,
         error=error,
     )
-    pipe.lpush(reply_to, encode_json(env))
+    pipe.lpush(reply_to, data)
     pipe.pexpire(reply_to, settings.reply_ttl_ms)
 
 

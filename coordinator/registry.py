@@ -1,34 +1,30 @@
-"""The registry writer: every change of the registry is one Lua script call (atomic).
+"""The registry writer: every change of the registry is a Lua script call (atomic).
 
-Each script updates the record hash, its indexes (``R:agents``, ``R:role:*``, ``R:cap:*``,
-``R:tag:*``), ``R:deadlines`` and writes the change-feed event (``XADD R:events`` + ``PUBLISH``)
-in the same call, so a reader never sees a record without its event or an index without its
-record. Only coordinators call this module.
+``apply`` hands a batch of control entries (heartbeats, announces, leaves, in stream order) to
+``coordinator/lua/control.lua`` in one call: it updates the record hashes, their indexes
+(``R:agents``, ``R:role:*``, ``R:cap:*``, ``R:tag:*``), ``R:deadlines``, writes the change-feed
+events (``XADD R:events`` + ``PUBLISH``), answers accepted announces and leaves on their reply
+lists and ``XACK``s what it applied, so a reader never sees a record without its event or an
+index without its record, and an entry is acknowledged exactly when it was applied. Only
+coordinators call this module.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
 
+from coordinator.outbox import LEAVE_RESULT, reply_head
 from coordinator.scripts import Scripts
 from coordinator.settings import CoordinatorSettings
 from coordinator.validation import FastHeartbeat, PreparedAnnounce
+from schemas.agent import ControlType
 from schemas.errors import ErrorCode, ErrorInfo
 from schemas.keys import COORDINATOR_GROUP
 
-__all__ = ["AnnounceOutcome", "Registry", "SweepResult"]
-
-
-@dataclass(frozen=True, slots=True)
-class AnnounceOutcome:
-    """What an announcement did: the stored record (JSON-ready) or why it was refused."""
-
-    record: dict[str, Any] | None = None
-    error: ErrorInfo | None = None
-    event: str = ""
+__all__ = ["ControlBatch", "ControlResult", "Registry", "SweepResult", "name_taken"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,12 +36,109 @@ class SweepResult:
     stall_began: bool
 
 
+@dataclass(slots=True)
+class ControlBatch:
+    """Control entries for one script call, in stream order (the script's ARGV after the
+    common part). Consecutive heartbeats are packed into one argument."""
+
+    args: list[Any] = field(default_factory=list)
+    entries: int = 0
+    _run: list[str] = field(default_factory=list)
+
+    def heartbeat(self, hb: FastHeartbeat) -> None:
+        self._run.append(" ".join(hb))
+        self.entries += 1
+
+    def announce(
+        self,
+        entry_id: str,
+        ann: PreparedAnnounce,
+        reply_to: str = "",
+        correlation_id: str | None = None,
+    ) -> None:
+        self._close_run()
+        head = b""
+        if reply_to:
+            head = reply_head(
+                type=ControlType.ANNOUNCE_RESULT, target=ann.name, correlation_id=correlation_id
+            )
+        self.args += (
+            "a",
+            entry_id,
+            ann.name,
+            ann.instance_id,
+            ann.ttl_ms,
+            ann.record_json,
+            ann.registered_at_offset,
+            reply_to,
+            head,
+            len(ann.fields),
+        )
+        for kv in ann.fields.items():
+            self.args += kv
+        self.entries += 1
+
+    def leave(
+        self,
+        entry_id: str,
+        name: str,
+        instance_id: str,
+        reply_to: str = "",
+        correlation_id: str | None = None,
+    ) -> None:
+        self._close_run()
+        head = b""
+        if reply_to:
+            head = reply_head(type=LEAVE_RESULT, target=name, correlation_id=correlation_id)
+        self.args += ("l", entry_id, name, instance_id, reply_to, head)
+        self.entries += 1
+
+    def _close_run(self) -> None:
+        if self._run:
+            self.args += ("h", "\n".join(self._run))  # one argument: cheap to pack
+            self._run = []
+
+    def finish(self) -> list[Any]:
+        self._close_run()
+        return self.args
+
+
+@dataclass(frozen=True, slots=True)
+class ControlResult:
+    """What a batch did besides the applied, answered and acknowledged entries."""
+
+    unknown: list[str]  # entry ids of heartbeats from instances the registry does not hold
+    refused: dict[str, tuple[str, str, str, str, str]]  # announce entry id -> the holder
+    removed: int  # leaves that removed their instance
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def name_taken(name: str, holder: tuple[str, str, str, str, str]) -> ErrorInfo:
+    """The refusal of an announce for a name a live instance holds (the script's answer)."""
+    inst, host, pid, last_seen, expires = holder
+    return ErrorInfo(
+        code=ErrorCode.NAME_TAKEN,
+        description=(
+            f"the name {name!r} is held by live instance {inst} "
+            f"(host {host or '?'}, pid {pid or '?'}); it expires in {expires} ms "
+            "unless that instance heartbeats"
+        ),
+        details={
+            "name": name,
+            "instance_id": inst,
+            "host": host or None,
+            "pid": int(pid) if pid.isdigit() else None,
+            "last_seen": last_seen or None,
+            "expires_in_ms": int(float(expires)),
+        },
+    )
+
+
 class Registry:
-    """Applies announce / heartbeat batches / leave / sweeps for one namespace."""
+    """Applies control batches and sweeps for one namespace."""
 
     def __init__(self, client: aioredis.Redis, settings: CoordinatorSettings) -> None:
         self._scripts = Scripts.register(client)
@@ -62,57 +155,44 @@ class Registry:
         ]
         self._control = keys.control()
         self._clock = keys.clock()
+        self._control_keys = [*self._keys, self._control]
+        self._control_args: list[Any] = [*self._args, COORDINATOR_GROUP, settings.reply_ttl_ms]
 
-    async def announce(self, entry_id: str, ann: PreparedAnnounce) -> AnnounceOutcome:
-        args: list[Any] = [
-            *self._args,
-            ann.name,
-            ann.instance_id,
-            entry_id,
-            ann.record.ttl_ms,
-            ann.record_json,
-        ]
-        for k, v in ann.fields.items():
-            args += (k, v)
-        result = await self._scripts.announce(keys=self._keys, args=args)
-        status = _text(result[0])
-        if status == "name_taken":
-            inst, host, pid, last_seen, expires = (_text(x) for x in result[1:6])
-            return AnnounceOutcome(
-                error=ErrorInfo(
-                    code=ErrorCode.NAME_TAKEN,
-                    description=(
-                        f"the name {ann.name!r} is held by live instance {inst} "
-                        f"(host {host or '?'}, pid {pid or '?'}); it expires in {expires} ms "
-                        "unless that instance heartbeats"
-                    ),
-                    details={
-                        "name": ann.name,
-                        "instance_id": inst,
-                        "host": host or None,
-                        "pid": int(pid) if pid.isdigit() else None,
-                        "last_seen": last_seen or None,
-                        "expires_in_ms": int(float(expires)),
-                    },
-                )
-            )
-        record = ann.record.model_dump(mode="json", exclude_none=True)
-        record["last_seen"] = ann.fields["last_seen"]
-        record["registered_at"] = _text(result[1])
-        return AnnounceOutcome(record=record, event=_text(result[2]))
+    async def apply(self, batch: ControlBatch) -> ControlResult:
+        """Apply, answer and ``XACK`` a batch in one script call (refused announces aside)."""
+        args = batch.finish()
+        if not args:
+            return ControlResult([], {}, 0)
+        res: Any = await self._scripts.control(
+            keys=self._control_keys, args=[*self._control_args, *args]
+        )
+        unknown = [_text(x) for x in res[0]]
+        refused: dict[str, tuple[str, str, str, str, str]] = {}
+        for row in res[1]:
+            eid, inst, host, pid, last_seen, expires = (_text(x) for x in row)
+            refused[eid] = (inst, host, pid, last_seen, expires)
+        return ControlResult(unknown, refused, int(res[2]))
 
-    async def heartbeats(self, batch: list[FastHeartbeat]) -> list[int]:
-        """Apply a batch of heartbeats and XACK them; return 0-based positions of unknown ones."""
-        if not batch:
-            return []
-        blob = "\n".join([" ".join(hb) for hb in batch])  # one argument: cheap to pack
-        args: list[Any] = [*self._args, COORDINATOR_GROUP, blob]
-        unknown = await self._scripts.heartbeat(keys=[*self._keys, self._control], args=args)
-        return [int(i) - 1 for i in unknown]
+    async def announce(self, entry_id: str, ann: PreparedAnnounce) -> ErrorInfo | None:
+        """Apply one announce without a reply (tests, tools); the refusal, if any."""
+        batch = ControlBatch()
+        batch.announce(entry_id, ann)
+        result = await self.apply(batch)
+        holder = result.refused.get(entry_id)
+        return None if holder is None else name_taken(ann.name, holder)
 
-    async def leave(self, name: str, instance_id: str) -> bool:
-        removed = await self._scripts.leave(keys=self._keys, args=[*self._args, name, instance_id])
-        return bool(removed)
+    async def heartbeats(self, run: list[FastHeartbeat]) -> list[int]:
+        """Apply heartbeats and XACK them; return 0-based positions of unknown ones."""
+        batch = ControlBatch()
+        for hb in run:
+            batch.heartbeat(hb)
+        unknown = set((await self.apply(batch)).unknown)
+        return [i for i, hb in enumerate(run) if hb[0] in unknown]
+
+    async def leave(self, name: str, instance_id: str, entry_id: str = "0-0") -> bool:
+        batch = ControlBatch()
+        batch.leave(entry_id, name, instance_id)
+        return (await self.apply(batch)).removed == 1
 
     async def sweep(self, limit: int = 1000) -> SweepResult:
         s = self.settings

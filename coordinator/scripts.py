@@ -36,16 +36,12 @@ def script_source(name: str) -> str:
 class Scripts:
     """Every coordinator script, bound to one client."""
 
-    announce: AsyncScript
-    heartbeat: AsyncScript
-    leave: AsyncScript
+    control: AsyncScript
     sweep: AsyncScript
 
     @classmethod
     def register(cls, client: aioredis.Redis) -> Scripts:
         return cls(
-            announce=client.register_script(script_source("announce")),
-            heartbeat=client.register_script(script_source("heartbeat")),
-            leave=client.register_script(script_source("leave")),
+            control=client.register_script(script_source("control")),
             sweep=client.register_script(script_source("sweep")),
         )

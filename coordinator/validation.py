@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from schemas.agent import MAX_RECORD_BYTES, AgentRecord, AgentStatus, Announce
+from schemas.agent import MAX_RECORD_BYTES, AgentStatus, Announce
 from schemas.errors import ErrorCode, ErrorInfo
 
 __all__ = [
@@ -107,23 +107,31 @@ def validation_error_info(e: ValidationError, what: str) -> ErrorInfo:
 
 @dataclass(frozen=True, slots=True)
 class PreparedAnnounce:
-    """A validated announcement: the record and its Redis hash, ready for the Lua script."""
+    """A validated announcement, ready for the control script.
 
-    record: AgentRecord
+    ``fields`` is the registry hash (flat strings), ``record_json`` the record as the reply and
+    the change feed carry it; the value of its ``registered_at`` (24 characters) starts at byte
+    ``registered_at_offset`` (0-based), so the script can keep an earlier ``registered_at`` of
+    the same instance without searching the JSON (``metadata`` may hold any text).
+    """
+
+    name: str
+    instance_id: str
+    ttl_ms: int
     fields: dict[str, str]
     record_json: bytes
+    registered_at_offset: int
 
-    @property
-    def name(self) -> str:
-        return self.record.name
 
-    @property
-    def instance_id(self) -> str:
-        return self.record.instance_id
+_REGISTERED_AT = b'"registered_at":"'
 
 
 def prepare_announce(payload: Any, entry_ms: int) -> PreparedAnnounce | ErrorInfo:
-    """Validate an announce payload received in a control entry added at ``entry_ms``."""
+    """Validate an announce payload received in a control entry added at ``entry_ms``.
+
+    The record is what ``AgentRecord(...).model_dump(mode="json", exclude_none=True)`` gives
+    (same keys, same order), built from the validated card without validating it a second time.
+    """
     try:
         ann = Announce.model_validate(payload)
     except ValidationError as e:
@@ -134,26 +142,35 @@ def prepare_announce(payload: Any, entry_ms: int) -> PreparedAnnounce | ErrorInf
             description=f"instance_id {ann.instance_id!r} cannot be part of a Redis key",
             details={"field": "instance_id"},
         )
-    at = datetime.fromtimestamp(entry_ms / 1000, UTC)
-    record = AgentRecord(
-        **ann.card.model_dump(),
-        instance_id=ann.instance_id,
-        status=ann.status,
-        load=ann.load,
-        registered_at=at,
-        last_seen=at,
-        heartbeat_ms=ann.heartbeat_ms,
-        ttl_ms=ann.ttl_ms,
-    )
-    fields = record.to_hash()
-    fields["registered_at"] = fields["last_seen"] = iso_ms(entry_ms)
-    size = sum(len(k.encode()) + len(v.encode()) for k, v in fields.items())
+    at = iso_ms(entry_ms)
+    plain: dict[str, Any] = ann.card.model_dump(mode="json", exclude_none=True)
+    plain["instance_id"] = ann.instance_id
+    plain["status"] = ann.status.value
+    plain["load"] = ann.load
+    plain["registered_at"] = at
+    plain["last_seen"] = at
+    plain["heartbeat_ms"] = ann.heartbeat_ms
+    plain["ttl_ms"] = ann.ttl_ms
+    fields: dict[str, str] = {}
+    size = 0
+    for key, value in plain.items():
+        text = orjson.dumps(value).decode() if isinstance(value, (list, dict)) else str(value)
+        fields[key] = text
+        size += len(key) + len(text.encode())
     if size > MAX_RECORD_BYTES:
         return ErrorInfo(
             code=ErrorCode.TOO_LARGE,
             description=f"the record is {size} bytes encoded; the limit is {MAX_RECORD_BYTES}",
             details={"size": size, "limit": MAX_RECORD_BYTES},
         )
-    plain = record.model_dump(mode="json", exclude_none=True)
-    plain["registered_at"] = plain["last_seen"] = fields["last_seen"]
-    return PreparedAnnounce(record=record, fields=fields, record_json=orjson.dumps(plain))
+    record_json = orjson.dumps(plain)
+    # the last occurrence: every field after ``metadata`` is ours (names, numbers, times)
+    offset = record_json.rindex(_REGISTERED_AT) + len(_REGISTERED_AT)
+    return PreparedAnnounce(
+        name=ann.card.name,
+        instance_id=ann.instance_id,
+        ttl_ms=ann.ttl_ms,
+        fields=fields,
+        record_json=record_json,
+        registered_at_offset=offset,
+    )

@@ -73,7 +73,8 @@ async def test_heartbeat_extends_deadline_and_updates_load(
         return await r.zscore(keys.deadlines(), "a1") == expected
 
     await wait_for(extended, message="deadline = heartbeat entry time + ttl")
-    assert expected > first
+    # equal when the heartbeat was written in the millisecond the announce was applied
+    assert expected >= first
     assert await r.hget(keys.record("a1"), "load") == "3"
     assert coordinator.stats.heartbeats >= 1
     # load alone is no registry change: only the registration event
@@ -165,8 +166,7 @@ async def test_name_of_expired_unswept_holder_is_taken_over(
             now_ms = int(time.time() * 1000)
             prepared = prepare_announce(agent.announce_payload(), now_ms)
             assert isinstance(prepared, PreparedAnnounce)
-            outcome = await registry.announce(f"{now_ms}-0", prepared)
-            assert outcome.error is None
+            assert await registry.announce(f"{now_ms}-0", prepared) is None
             # the holder's deadline has passed, but no sweep has removed it yet
             await r.zadd(keys.deadlines(), {"a1": 1})
     finally:

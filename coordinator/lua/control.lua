@@ -1,0 +1,207 @@
+-- control: apply a batch of control entries in stream order, answer them and XACK them.
+-- KEYS[1..3] and ARGV[1..6]: see common.lua.  KEYS[4] R:control
+-- ARGV[7] consumer group  ARGV[8] PEXPIRE (ms) of the reply lists this script pushes to
+-- ARGV[9..] the entries in stream order, each starting with its kind:
+--   'h' <lines>    a run of heartbeats, one line per entry "<entry id> <name> <instance_id>
+--                  <load> <status>" (names never hold spaces), lines joined by newlines
+--   'a' <entry id> <name> <instance_id> <ttl_ms> <record JSON> <offset> <reply list>
+--       <reply head> <n> <field> <value> ... (n pairs: the record hash)
+--                  an announce; <offset> (0-based) is where the value of the JSON's
+--                  "registered_at" starts
+--   'l' <entry id> <name> <instance_id> <reply list or ''> <reply head>    a leave
+-- An accepted announce is answered on its reply list (LPUSH, then PEXPIRE) with
+-- <reply head> .. record JSON .. '}', a leave that has a reply list with
+-- <reply head> .. '{"removed":true}}' (or false).
+-- Heartbeats, accepted announces and leaves are XACKed; a refused announce is not (the caller
+-- answers it, then acknowledges it).
+-- Returns { {entry ids of heartbeats from instances the registry does not hold},
+--           { {entry id, holder's instance_id, host, pid, last_seen, expires_in_ms}, ... }
+--             (announces refused: name_taken),
+--           number of leaves that removed their instance }.
+-- @include common
+local control, group, reply_ttl = KEYS[4], ARGV[7], ARGV[8]
+local acks = {}
+local unknown = {}
+local refused = {}
+local removed = 0
+local now_cache = nil
+local function now()
+  -- one Redis time per call: the whole batch is applied at once
+  now_cache = now_cache or now_ms()
+  return now_cache
+end
+
+local function reply(list, text)
+  redis.call('LPUSH', list, text)
+  redis.call('PEXPIRE', list, reply_ttl)
+end
+
+-- one heartbeat: extend the deadline, refresh last_seen/load/status; false if not held
+local function heartbeat(eid, name, inst, load, status)
+  local rkey = P.record .. name
+  local cur = redis.call('HMGET', rkey, 'instance_id', 'ttl_ms', 'status', 'load', 'role')
+  local ttl = tonumber(cur[2])
+  if cur[1] ~= inst or not ttl then return false end  -- not held (or a hand-edited record)
+  local ems = entry_ms(eid)
+  -- apply a heartbeat at least as new as the deadline (an announce sets it from its own
+  -- processing time, which a heartbeat written in the same millisecond equals); an older one
+  -- (claimed late from a dead coordinator) must not roll status or load back
+  local dl = tonumber(redis.call('ZSCORE', P.deadlines, name) or '0')
+  if ems + ttl < dl then return true end
+  if ems + ttl > dl then redis.call('ZADD', P.deadlines, ems + ttl, name) end
+  if cur[3] ~= status then
+    redis.call('HSET', rkey, 'last_seen', iso(ems), 'load', load, 'status', status)
+    emit({ 'type', 'agent_updated', 'name', name, 'instance_id', inst, 'role', cur[5] or '',
+      'at', iso(now()), 'changes',
+      '{"status":[' .. cjson.encode(cur[3] or '') .. ',' .. cjson.encode(status) .. ']}' })
+  elseif cur[4] ~= load then
+    redis.call('HSET', rkey, 'last_seen', iso(ems), 'load', load)
+  else
+    redis.call('HSET', rkey, 'last_seen', iso(ems))
+  end
+  return true
+end
+
+local IGNORED = { load = true, last_seen = true, registered_at = true }
+local RAW = { capabilities = true, tags = true, metadata = true, pid = true,
+  max_concurrency = true, heartbeat_ms = true, ttl_ms = true }
+local function enc(k, v)
+  if v == nil then return 'null' end
+  if RAW[k] then return v end
+  return cjson.encode(v)
+end
+
+-- one announce (its arguments start at ARGV[i]); returns the index after it
+local function announce(i)
+  local eid, name, inst, ttl = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
+  local record_json, offset = ARGV[i + 4], tonumber(ARGV[i + 5])
+  local reply_to, head, n = ARGV[i + 6], ARGV[i + 7], tonumber(ARGV[i + 8])
+  local first, last = i + 9, i + 8 + 2 * n
+  local rkey = P.record .. name
+  local old = to_table(redis.call('HGETALL', rkey))
+
+  if old.instance_id and old.instance_id ~= inst then
+    -- judged at the announcement's own time (never later than now): the holder's heartbeats
+    -- written before it have been applied, those after it are still waiting in the stream
+    local judged_at = math.min(now(), entry_ms(eid))
+    local dl = tonumber(redis.call('ZSCORE', P.deadlines, name) or '0')
+    if dl > judged_at then
+      refused[#refused + 1] = { eid, old.instance_id, old.host or '', old.pid or '',
+        old.last_seen or '', tostring(math.max(0, dl - now())) }
+      return last + 1
+    end
+    expire(name, old, 'replaced', now())
+    old = {}
+  end
+
+  local same = old.instance_id == inst
+  local new = {}
+  local order = {}
+  for j = first, last, 2 do
+    new[ARGV[j]] = ARGV[j + 1]
+    order[#order + 1] = ARGV[j]
+  end
+  if same and old.registered_at then
+    -- keep the first registration time, in the hash and in the JSON (value up to its quote)
+    new.registered_at = old.registered_at
+    local close = string.find(record_json, '"', offset + 1, true)
+    record_json = string.sub(record_json, 1, offset) .. old.registered_at
+      .. string.sub(record_json, close)
+  end
+
+  local changes = {}
+  local old_deadline = 0
+  if same then
+    local seen = {}
+    local function diff(k)
+      if seen[k] or IGNORED[k] then return end
+      seen[k] = true
+      if old[k] ~= new[k] then
+        changes[#changes + 1] = cjson.encode(k) .. ':[' .. enc(k, old[k]) .. ','
+          .. enc(k, new[k]) .. ']'
+      end
+    end
+    for _, k in ipairs(order) do diff(k) end
+    for k, _ in pairs(old) do diff(k) end
+    old_deadline = tonumber(redis.call('ZSCORE', P.deadlines, name) or '0')
+    unindex(name, old)
+  else
+    redis.call('DEL', rkey)
+  end
+
+  local hset = { 'HSET', rkey }
+  for _, k in ipairs(order) do
+    hset[#hset + 1] = k
+    hset[#hset + 1] = new[k]
+  end
+  redis.call(unpack(hset))
+  redis.call('SADD', P.agents, name)
+  redis.call('SADD', P.role .. new.role, name)
+  for _, c in ipairs(json_list(new.capabilities)) do redis.call('SADD', P.cap .. c, name) end
+  for _, t in ipairs(json_list(new.tags)) do redis.call('SADD', P.tag .. t, name) end
+  -- The agent starts heartbeating when it hears it was accepted, so its first deadline counts
+  -- from now (processing time), not from the announce's entry time: behind a backlog (a fleet
+  -- starting at once) the entry time may already be a TTL old. A re-announce processed after
+  -- newer heartbeats never moves the deadline back.
+  redis.call('ZADD', P.deadlines, math.max(now() + ttl, entry_ms(eid) + ttl, old_deadline), name)
+
+  local base = { 'name', name, 'instance_id', inst, 'role', new.role, 'at', iso(now()) }
+  if not same then
+    local f = { 'type', 'agent_registered' }
+    for _, v in ipairs(base) do f[#f + 1] = v end
+    f[#f + 1] = 'record'
+    f[#f + 1] = record_json
+    emit(f)
+  elseif #changes > 0 then
+    local f = { 'type', 'agent_updated' }
+    for _, v in ipairs(base) do f[#f + 1] = v end
+    f[#f + 1] = 'changes'
+    f[#f + 1] = '{' .. table.concat(changes, ',') .. '}'
+    f[#f + 1] = 'record'
+    f[#f + 1] = record_json
+    emit(f)
+  end
+  if reply_to ~= '' then reply(reply_to, head .. record_json .. '}') end
+  acks[#acks + 1] = eid
+  return last + 1
+end
+
+-- one leave: deregister the instance at once if it holds the name
+local function leave(eid, name, inst, reply_to, head)
+  local h = to_table(redis.call('HGETALL', P.record .. name))
+  local held = h.instance_id == inst
+  if held then
+    unindex(name, h)
+    emit({ 'type', 'agent_deregistered', 'name', name, 'instance_id', inst, 'role', h.role or '',
+      'at', iso(now()), 'reason', 'left', 'last_seen', h.last_seen or '' })
+    removed = removed + 1
+  end
+  if reply_to ~= '' then
+    reply(reply_to, head .. '{"removed":' .. (held and 'true' or 'false') .. '}}')
+  end
+  acks[#acks + 1] = eid
+end
+
+local i = 9
+while i <= #ARGV do
+  local kind = ARGV[i]
+  if kind == 'h' then
+    for eid, name, inst, load, status in
+        string.gmatch(ARGV[i + 1], '(%S+) (%S+) (%S+) (%S+) (%S+)') do
+      acks[#acks + 1] = eid
+      if not heartbeat(eid, name, inst, load, status) then unknown[#unknown + 1] = eid end
+    end
+    i = i + 2
+  elseif kind == 'a' then
+    i = announce(i + 1)
+  elseif kind == 'l' then
+    leave(ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5])
+    i = i + 6
+  else
+    return redis.error_reply('control.lua: unknown entry kind ' .. tostring(kind))
+  end
+end
+for a = 1, #acks, 1000 do
+  redis.call('XACK', control, group, unpack(acks, a, math.min(#acks, a + 999)))
+end
+return { unknown, refused, removed }
