@@ -414,6 +414,11 @@ async def test_discover_validates_an_unexpected_record_and_reports_a_bad_one(
         await r.hdel(key, "instance_id")  # a required field absent
         with pytest.raises(ProtocolError, match="bad"):
             await bus.discover(role="x")
+        await r.hset(key, "instance_id", "i")
+        assert len(await bus.discover(role="x")) == 2
+        await r.hset(key, "description", b"\xff not UTF-8")
+        with pytest.raises(ProtocolError):
+            await bus.discover(role="x")
 
 
 identifiers = st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9._@/-]{0,20}\Z")
