@@ -10,9 +10,9 @@
 -- ARGV[6 ..] the record fields to return, in this order; the first three must be
 --         'name', 'status', 'load'
 -- Returns one JSON text: an array with one array per match, the HMGET values in ARGV[6 ..]
--- order (false for an absent field). One bulk string instead of a nested reply: Redis does not
--- turn every value into a RESP item (cheaper here) and the client parses one string with a JSON
--- parser instead of building and decoding one bytes object per value.
+-- order (false for an absent field). One bulk string instead of a nested reply: about the same
+-- work in Redis (cjson instead of a RESP item per value), and the client parses one string with
+-- a JSON parser instead of building and decoding one bytes object per value.
 -- A name whose hash is gone (a sweep in progress) is skipped.
 local prefix = ARGV[1]
 local n_all = tonumber(ARGV[2])
