@@ -390,7 +390,8 @@ class ControlConsumer:
         except CONNECTION_ERRORS:
             raise  # entries stay pending: re-read after a reconnect or claimed (recovery)
         except Exception:
-            # Redis refused the script (or a bug). What it applied before failing stays
+            # The script failed as a whole (an entry Redis refuses fails alone, in the script:
+            # see ControlResult.failed), e.g. a bug. What it applied before failing stays
             # applied; applying it again is harmless (replies may be pushed twice). Retry
             # entry by entry so only the entry at fault is dead-lettered.
             log.exception("applying a batch of %d control entries failed", batch.size)
@@ -415,9 +416,22 @@ class ControlConsumer:
 
     def _account(self, batch: _Batch, result: ControlResult, out: _Outbox) -> None:
         """Count what the script did; answer what it left to us (refusals, unknown agents)."""
-        self.stats.heartbeats += batch.heartbeats
+        failed = dict(result.failed)
+        if failed:
+            for eid, fields, _ in batch.items:
+                if eid in failed:
+                    log.error("Redis refused control entry %s: %s", eid, failed[eid])
+                    info = ErrorInfo(
+                        code=ErrorCode.INTERNAL,
+                        description=f"Redis refused applying this entry: {failed[eid]}",
+                        details={"exception": "ResponseError"},
+                    )
+                    self._dead(out, eid, fields, info)
+        beats_failed = sum(1 for eid in failed if eid in batch.beats)
+        self.stats.heartbeats += batch.heartbeats - beats_failed
         self.stats.leaves += result.removed
-        self.stats.announces += len(batch.announces) - len(result.refused)
+        announces_failed = sum(1 for eid in failed if eid in batch.announces)
+        self.stats.announces += len(batch.announces) - len(result.refused) - announces_failed
         for eid, holder in result.refused.items():
             name, reply_to, cid = batch.announces[eid]
             self._refuse(out, eid, reply_to, name, cid, name_taken(name, holder))

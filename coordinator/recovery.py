@@ -1,11 +1,20 @@
-"""Taking over from dead coordinators.
+"""Taking over entries left pending: by dead coordinators, by our own failed batches.
 
-A coordinator that dies mid-batch leaves entries pending in the group ``coordinators``. Every
-``claim_idle / 2`` seconds each coordinator ``XAUTOCLAIM``s entries idle longer than
-``claim_idle`` and applies them (applying twice is harmless: heartbeats only move deadlines
-forward, announces and leaves are idempotent). Consumers of coordinators whose health key is gone
-and that hold nothing are deleted from the group, and the stream is trimmed to
-``control_maxlen`` (approximately).
+Every ``claim_idle / 2`` seconds each coordinator looks at the group's pending entries per
+consumer (``XPENDING``) and claims (``XCLAIM``) and applies those that are stranded:
+
+* its own entries pending longer than ``claim_idle`` that it does not hold in hand (a batch
+  whose apply failed, a read whose answer was lost);
+* entries of a coordinator whose health key is gone (dead: the key expires 3 x
+  ``health_interval`` after its last refresh) pending longer than ``claim_idle``;
+* entries of a coordinator that is alive (health key present) only when pending longer than
+  ``claim_live_idle``: its control loop is stuck, not slow. A batch that is merely slow (a
+  loaded machine, a backlog) is never taken from a live coordinator, which would apply it twice.
+
+Applying twice is harmless when it happens (heartbeats only move deadlines forward, announces
+and leaves are idempotent; the agent may see a second reply). Consumers of coordinators whose
+health key is gone and that hold nothing are deleted from the group, and the stream is trimmed
+to ``control_maxlen`` (approximately).
 """
 
 from __future__ import annotations
@@ -61,30 +70,63 @@ class Recovery:
             )
 
     async def claim_once(self) -> int:
-        """Take over and apply entries pending longer than ``claim_idle``; return how many."""
+        """Claim and apply stranded entries (see the module docstring); return how many."""
+        summary: Any = await self._client.xpending(self._control, COORDINATOR_GROUP)
+        if not summary or not int(summary["pending"]):
+            return 0
+        total = 0
+        for c in summary["consumers"] or []:
+            name = _text(c["name"])
+            min_idle = await self._min_idle(name)
+            total += await self._claim_from(name, min_idle)
+        return total
+
+    async def _min_idle(self, consumer: str) -> int:
+        """How long an entry of ``consumer`` must be pending before we take it (ms)."""
         s = self.settings
-        start = "0-0"
+        if consumer == s.coordinator_id:
+            return s.claim_idle_ms  # and never what is in hand: see _claim_from
+        if await self._client.exists(s.keys.coordinator_health(consumer)):
+            return s.claim_live_idle_ms  # alive: only a stuck batch
+        return s.claim_idle_ms
+
+    async def _claim_from(self, consumer: str, min_idle: int) -> int:
+        s = self.settings
+        start = "-"
         total = 0
         while True:
-            res: Any = await self._client.xautoclaim(
+            rows: Any = await self._client.xpending_range(
                 self._control,
                 COORDINATOR_GROUP,
-                s.coordinator_id,
-                min_idle_time=s.claim_idle_ms,
-                start_id=start,
+                min=start,
+                max="+",
                 count=s.batch_size,
+                consumername=consumer,
+                idle=min_idle,
             )
-            start = _text(res[0])
-            entries: list[Entry] = list(res[1])
-            deleted = [_text(x) for x in res[2]] if len(res) > 2 else []
-            if deleted:  # trimmed away while pending: nothing left to apply
-                await self._client.xack(self._control, COORDINATOR_GROUP, *deleted)
-            if entries:
-                total += len(entries)
-                self.stats.claimed += len(entries)
-                log.info("claimed %d control entries left pending by others", len(entries))
-                await self._consumer.process(entries)
-            if start == "0-0" or not entries:
+            if not rows:
+                return total
+            start = "(" + _text(rows[-1]["message_id"])
+            in_hand = self._consumer.in_hand
+            ids: list[Any] = [i for i in (_text(r["message_id"]) for r in rows) if i not in in_hand]
+            if ids:
+                # XCLAIM re-checks the idle time: an entry acked or claimed meanwhile is skipped;
+                # one trimmed away while pending is dropped from the pending list (Redis >= 7)
+                claimed: Any = await self._client.xclaim(
+                    self._control, COORDINATOR_GROUP, s.coordinator_id, min_idle, ids
+                )
+                entries: list[Entry] = [e for e in claimed if e is not None]
+                gone = len(ids) - len(entries)
+                if gone and consumer != s.coordinator_id:
+                    log.debug("%d entries of %s were trimmed while pending", gone, consumer)
+                if entries:
+                    total += len(entries)
+                    self.stats.claimed += len(entries)
+                    log.info(
+                        "claimed %d control entries left pending by %s", len(entries), consumer
+                    )
+                    await self._consumer.process(entries)
+            if len(rows) < s.batch_size:
                 return total
 
     async def prune_consumers(self) -> int:

@@ -110,6 +110,7 @@ class ControlResult:
     unknown: list[str]  # entry ids of heartbeats from instances the registry does not hold
     refused: dict[str, tuple[str, str, str, str, str]]  # announce entry id -> the holder
     removed: int  # leaves that removed their instance
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (entry id, Redis's error)
 
 
 def _text(value: Any) -> str:
@@ -159,7 +160,8 @@ class Registry:
         self._control_args: list[Any] = [*self._args, COORDINATOR_GROUP, settings.reply_ttl_ms]
 
     async def apply(self, batch: ControlBatch) -> ControlResult:
-        """Apply, answer and ``XACK`` a batch in one script call (refused announces aside)."""
+        """Apply, answer and ``XACK`` a batch in one script call; refused announces and
+        entries Redis refused are left to the caller (not acknowledged)."""
         args = batch.finish()
         if not args:
             return ControlResult([], {}, 0)
@@ -171,7 +173,8 @@ class Registry:
         for row in res[1]:
             eid, inst, host, pid, last_seen, expires = (_text(x) for x in row)
             refused[eid] = (inst, host, pid, last_seen, expires)
-        return ControlResult(unknown, refused, int(res[2]))
+        failed = [(_text(eid), _text(err)) for eid, err in res[3]]
+        return ControlResult(unknown, refused, int(res[2]), failed)
 
     async def announce(self, entry_id: str, ann: PreparedAnnounce) -> ErrorInfo | None:
         """Apply one announce without a reply (tests, tools); the refusal, if any."""

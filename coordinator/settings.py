@@ -39,10 +39,25 @@ class CoordinatorSettings(Settings):
     batch_size: int = Field(default=500, ge=1, le=10_000, description="Control entries per read.")
     read_block: float = Field(default=1.0, gt=0, le=60, description="XREADGROUP BLOCK seconds.")
     claim_idle: float = Field(
-        default=1.0, gt=0, description="Claim control entries pending this long (dead peers)."
+        default=1.0,
+        gt=0,
+        description="Claim control entries pending this long from dead peers (no health key) "
+        "or left stranded by our own failed batches.",
+    )
+    claim_live_idle: float = Field(
+        default=30.0,
+        gt=0,
+        description="Claim control entries a live peer (health key present) has held this long: "
+        "its control loop is stuck; a merely slow batch is never taken from a live peer.",
     )
     health_interval: float = Field(default=1.0, gt=0, description="Health key refresh period.")
-    control_maxlen: int = Field(default=100_000, ge=10, description="Approximate control cap.")
+    control_maxlen: int = Field(
+        default=300_000,
+        ge=10,
+        description="Approximate control stream cap: 30 s of heartbeats of 10,000 agents "
+        "(about 190 bytes each), the longest lag (or coordinator outage) after which unread "
+        "entries start to be trimmed.",
+    )
     events_maxlen: int = Field(default=100_000, ge=10, description="Approximate change-feed cap.")
     drain_timeout: float = Field(default=5.0, ge=0, description="Seconds to drain on stop.")
     reply_ttl: float = Field(default=60.0, gt=0, description="PEXPIRE of reply lists we push.")
@@ -67,6 +82,10 @@ class CoordinatorSettings(Settings):
     @property
     def claim_idle_ms(self) -> int:
         return max(1, round(self.claim_idle * 1000))
+
+    @property
+    def claim_live_idle_ms(self) -> int:
+        return max(1, round(self.claim_live_idle * 1000))
 
     @property
     def reply_ttl_ms(self) -> int:

@@ -13,11 +13,12 @@
 -- <reply head> .. record JSON .. '}', a leave that has a reply list with
 -- <reply head> .. '{"removed":true}}' (or false).
 -- Heartbeats, accepted announces and leaves are XACKed; a refused announce is not (the caller
--- answers it, then acknowledges it).
+-- answers it, then acknowledges it), nor an entry Redis refused (the caller dead-letters it).
 -- Returns { {entry ids of heartbeats from instances the registry does not hold},
 --           { {entry id, holder's instance_id, host, pid, last_seen, expires_in_ms}, ... }
 --             (announces refused: name_taken),
---           number of leaves that removed their instance }.
+--           number of leaves that removed their instance,
+--           { {entry id, error}, ... } (entries Redis refused: not applied, or partly) }.
 -- @include common
 local control, group, reply_ttl = KEYS[4], ARGV[7], ARGV[8]
 local acks = {}
@@ -36,18 +37,21 @@ local function reply(list, text)
   redis.call('PEXPIRE', list, reply_ttl)
 end
 
--- one heartbeat: extend the deadline, refresh last_seen/load/status; false if not held
+-- one heartbeat: extend the deadline, refresh last_seen/load/status
 local function heartbeat(eid, name, inst, load, status)
   local rkey = P.record .. name
   local cur = redis.call('HMGET', rkey, 'instance_id', 'ttl_ms', 'status', 'load', 'role')
   local ttl = tonumber(cur[2])
-  if cur[1] ~= inst or not ttl then return false end  -- not held (or a hand-edited record)
+  if cur[1] ~= inst or not ttl then  -- not held (or a hand-edited record): re-announce
+    unknown[#unknown + 1] = eid
+    return
+  end
   local ems = entry_ms(eid)
   -- apply a heartbeat at least as new as the deadline (an announce sets it from its own
   -- processing time, which a heartbeat written in the same millisecond equals); an older one
   -- (claimed late from a dead coordinator) must not roll status or load back
   local dl = tonumber(redis.call('ZSCORE', P.deadlines, name) or '0')
-  if ems + ttl < dl then return true end
+  if ems + ttl < dl then return end
   if ems + ttl > dl then redis.call('ZADD', P.deadlines, ems + ttl, name) end
   if cur[3] ~= status then
     redis.call('HSET', rkey, 'last_seen', iso(ems), 'load', load, 'status', status)
@@ -59,7 +63,6 @@ local function heartbeat(eid, name, inst, load, status)
   else
     redis.call('HSET', rkey, 'last_seen', iso(ems))
   end
-  return true
 end
 
 local IGNORED = { load = true, last_seen = true, registered_at = true }
@@ -71,7 +74,7 @@ local function enc(k, v)
   return cjson.encode(v)
 end
 
--- one announce (its arguments start at ARGV[i]); returns the index after it
+-- one announce (its arguments start at ARGV[i])
 local function announce(i)
   local eid, name, inst, ttl = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
   local record_json, offset = ARGV[i + 4], tonumber(ARGV[i + 5])
@@ -88,7 +91,7 @@ local function announce(i)
     if dl > judged_at then
       refused[#refused + 1] = { eid, old.instance_id, old.host or '', old.pid or '',
         old.last_seen or '', tostring(math.max(0, dl - now())) }
-      return last + 1
+      return
     end
     expire(name, old, 'replaced', now())
     old = {}
@@ -163,7 +166,6 @@ local function announce(i)
   end
   if reply_to ~= '' then reply(reply_to, head .. record_json .. '}') end
   acks[#acks + 1] = eid
-  return last + 1
 end
 
 -- one leave: deregister the instance at once if it holds the name
@@ -182,20 +184,31 @@ local function leave(eid, name, inst, reply_to, head)
   acks[#acks + 1] = eid
 end
 
+-- apply one entry; an error (Redis refused a command) fails that entry only: what it wrote
+-- before failing stays, it is not acknowledged, and the caller dead-letters it
+local failed = {}
+local function try(eid, fn, ...)
+  local ok, err = pcall(fn, ...)
+  if not ok then
+    failed[#failed + 1] = { eid, type(err) == 'table' and tostring(err.err) or tostring(err) }
+  end
+  return ok
+end
+
 local i = 9
 while i <= #ARGV do
   local kind = ARGV[i]
   if kind == 'h' then
     for eid, name, inst, load, status in
         string.gmatch(ARGV[i + 1], '(%S+) (%S+) (%S+) (%S+) (%S+)') do
-      acks[#acks + 1] = eid
-      if not heartbeat(eid, name, inst, load, status) then unknown[#unknown + 1] = eid end
+      if try(eid, heartbeat, eid, name, inst, load, status) then acks[#acks + 1] = eid end
     end
     i = i + 2
   elseif kind == 'a' then
-    i = announce(i + 1)
+    try(ARGV[i + 1], announce, i + 1)
+    i = i + 10 + 2 * tonumber(ARGV[i + 9])
   elseif kind == 'l' then
-    leave(ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5])
+    try(ARGV[i + 1], leave, ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5])
     i = i + 6
   else
     return redis.error_reply('control.lua: unknown entry kind ' .. tostring(kind))
@@ -204,4 +217,4 @@ end
 for a = 1, #acks, 1000 do
   redis.call('XACK', control, group, unpack(acks, a, math.min(#acks, a + 999)))
 end
-return { unknown, refused, removed }
+return { unknown, refused, removed, failed }
