@@ -12,6 +12,7 @@ coordinators call this module.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -57,25 +58,28 @@ class ControlBatch:
         correlation_id: str | None = None,
     ) -> None:
         self._close_run()
-        head = b""
+        head = ""
         if reply_to:
             head = reply_head(
                 type=ControlType.ANNOUNCE_RESULT, target=ann.name, correlation_id=correlation_id
-            )
-        self.args += (
-            "a",
+            ).decode()
+        parts = [
             entry_id,
             ann.name,
             ann.instance_id,
-            ann.ttl_ms,
-            ann.record_json,
-            ann.registered_at_offset,
+            str(ann.ttl_ms),
+            str(ann.registered_at_offset),
             reply_to,
             head,
-            len(ann.fields),
-        )
-        for kv in ann.fields.items():
-            self.args += kv
+            ann.record_json.decode(),
+        ]
+        record = "\0".join(chain.from_iterable(ann.fields.items()))
+        if "\0" in reply_to or record.count("\0") != 2 * len(ann.fields) - 1:
+            # a value holds a NUL byte: the parts as separate arguments
+            self.args += ("A", *parts, len(ann.fields), *chain.from_iterable(ann.fields.items()))
+        else:
+            parts.append(record)
+            self.args += ("a", "\0".join(parts) + "\0")
         self.entries += 1
 
     def leave(

@@ -248,3 +248,20 @@ async def test_failed_script_call_is_retried_entry_by_entry(
     assert await nothing_pending(r, keys)
     assert (consumer.stats.announces, consumer.stats.heartbeats) == (3, 1)
     assert consumer.stats.dead_letters == 0
+
+
+async def test_values_with_nul_bytes_are_stored_as_sent(
+    consumer: ControlConsumer, r: aioredis.Redis, keys: KeySpace
+) -> None:
+    """An announce is packed as one NUL-separated argument unless a value holds a NUL byte."""
+    odd = FakeAgent(r, keys, "odd", description="a\x00b", metadata={"k": "\x00"})
+    plain = FakeAgent(r, keys, "plain", description="ab")
+    await odd.announce()
+    await plain.announce()
+    await consumer.process(await read_all(consumer))
+    assert consumer.stats.announces == 2
+    assert await r.hget(keys.record("odd"), "description") == "a\x00b"
+    assert await r.hget(keys.record("plain"), "description") == "ab"
+    (reply,) = await replies(r, odd)
+    assert reply["payload"]["description"] == "a\x00b"
+    assert reply["payload"]["metadata"] == {"k": "\x00"}

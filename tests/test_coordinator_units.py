@@ -115,3 +115,87 @@ def test_heartbeats_encoded_by_the_schemas_take_the_fast_path() -> None:
         k.encode(): v if isinstance(v, bytes) else v.encode() for k, v in encode_fields(env).items()
     }
     assert fast_heartbeat("5-0", fields) == ("5-0", "agent-1", "abc", "1", "ready")
+
+
+@pytest.mark.parametrize(
+    "card",
+    [
+        {"name": "a", "role": "w"},
+        {
+            "name": "b",
+            "role": "w",
+            "version": "1.2.3-rc.1",
+            "description": 'quotes " and \\ and \u00e9',
+            "capabilities": ["x", "y", "x"],
+            "tags": ["t"],
+            "region": "eu",
+            "host": "box",
+            "pid": 0,
+            "max_concurrency": 8,
+            "metadata": {"registered_at": "decoy", "k": "v"},
+        },
+    ],
+)
+def test_prepare_announce_matches_the_agent_record(card: dict[str, Any]) -> None:
+    """The record built without a second validation is what ``AgentRecord`` would give."""
+    from datetime import UTC, datetime
+
+    from schemas.agent import AgentRecord, Announce
+
+    payload = {"card": card, "instance_id": "i1", "load": 2, "heartbeat_ms": 100, "ttl_ms": 500}
+    ms = 1_763_750_000_123
+    prepared = prepare_announce(payload, ms)
+    assert isinstance(prepared, PreparedAnnounce), prepared
+    ann = Announce.model_validate(payload)
+    at = datetime.fromtimestamp(ms / 1000, UTC)
+    record = AgentRecord(
+        **ann.card.model_dump(),
+        instance_id=ann.instance_id,
+        status=ann.status,
+        load=ann.load,
+        registered_at=at,
+        last_seen=at,
+        heartbeat_ms=ann.heartbeat_ms,
+        ttl_ms=ann.ttl_ms,
+    )
+    fields = record.to_hash()
+    fields["registered_at"] = fields["last_seen"] = iso_ms(ms)
+    assert prepared.fields == fields
+    assert list(prepared.fields) == list(fields)
+    plain = record.model_dump(mode="json", exclude_none=True)
+    plain["registered_at"] = plain["last_seen"] = iso_ms(ms)
+    assert prepared.record_json == orjson.dumps(plain)
+    value = prepared.record_json[prepared.registered_at_offset :][:24]
+    assert value == iso_ms(ms).encode()
+    assert (prepared.name, prepared.instance_id, prepared.ttl_ms) == (card["name"], "i1", 500)
+
+
+@pytest.mark.parametrize(
+    "parts",
+    [
+        {"type": "announce_result", "target": "a", "correlation_id": "c", "payload": {"x": 1}},
+        {"type": "reannounce", "kind": "control", "target": "a", "payload": {"reason": "r"}},
+        {"type": "announce_result", "error": {"code": "name_taken", "description": "d"}},
+        {"type": "leave_result", "payload": {"removed": False}},
+    ],
+)
+def test_coordinator_replies_are_encoded_as_the_schemas_encode(parts: dict[str, Any]) -> None:
+    from coordinator.outbox import reply_bytes, reply_head
+    from schemas.envelope import Envelope, Kind, encode_json
+    from schemas.errors import ErrorInfo
+
+    kind = Kind(parts.pop("kind", "reply"))
+    error = ErrorInfo.model_validate(parts.pop("error")) if "error" in parts else None
+    data = reply_bytes(kind=kind, error=error, **parts)
+    env = Envelope.model_validate(orjson.loads(data))
+    assert encode_json(env) == data
+    assert env.sender == "coordinator"
+    if kind is Kind.REPLY and error is None:
+        head = reply_head(
+            type=parts["type"],
+            target=parts.get("target"),
+            correlation_id=parts.get("correlation_id"),
+        )
+        full = head + orjson.dumps(parts["payload"]) + b"}"
+        env = Envelope.model_validate(orjson.loads(full))
+        assert encode_json(env) == full

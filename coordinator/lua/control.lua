@@ -4,10 +4,13 @@
 -- ARGV[9..] the entries in stream order, each starting with its kind:
 --   'h' <lines>    a run of heartbeats, one line per entry "<entry id> <name> <instance_id>
 --                  <load> <status>" (names never hold spaces), lines joined by newlines
---   'a' <entry id> <name> <instance_id> <ttl_ms> <record JSON> <offset> <reply list>
---       <reply head> <n> <field> <value> ... (n pairs: the record hash)
---                  an announce; <offset> (0-based) is where the value of the JSON's
---                  "registered_at" starts
+--   'a' <announce>  an announce as ONE argument: the parts below, each followed by a NUL
+--                  byte (one argument instead of ~40 keeps the caller's packing cheap)
+--   'A' <parts>... <n> <field> <value>...  the same as separate arguments (used when a value
+--                  holds a NUL byte)
+--       parts: <entry id> <name> <instance_id> <ttl_ms> <offset> <reply list> <reply head>
+--       <record JSON>, then the record hash as field, value, field, value...; <offset>
+--       (0-based) is where the value of the JSON's "registered_at" starts
 --   'l' <entry id> <name> <instance_id> <reply list or ''> <reply head>    a leave
 -- An accepted announce is answered on its reply list (LPUSH, then PEXPIRE) with
 -- <reply head> .. record JSON .. '}', a leave that has a reply list with
@@ -25,11 +28,15 @@ local acks = {}
 local unknown = {}
 local refused = {}
 local removed = 0
-local now_cache = nil
+local now_cache, now_text = nil, nil
 local function now()
   -- one Redis time per call: the whole batch is applied at once
   now_cache = now_cache or now_ms()
   return now_cache
+end
+local function now_iso()
+  now_text = now_text or iso(now())
+  return now_text
 end
 
 local function reply(list, text)
@@ -56,7 +63,7 @@ local function heartbeat(eid, name, inst, load, status)
   if cur[3] ~= status then
     redis.call('HSET', rkey, 'last_seen', iso(ems), 'load', load, 'status', status)
     emit({ 'type', 'agent_updated', 'name', name, 'instance_id', inst, 'role', cur[5] or '',
-      'at', iso(now()), 'changes',
+      'at', now_iso(), 'changes',
       '{"status":[' .. cjson.encode(cur[3] or '') .. ',' .. cjson.encode(status) .. ']}' })
   elseif cur[4] ~= load then
     redis.call('HSET', rkey, 'last_seen', iso(ems), 'load', load)
@@ -74,12 +81,10 @@ local function enc(k, v)
   return cjson.encode(v)
 end
 
--- one announce (its arguments start at ARGV[i])
-local function announce(i)
-  local eid, name, inst, ttl = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
-  local record_json, offset = ARGV[i + 4], tonumber(ARGV[i + 5])
-  local reply_to, head, n = ARGV[i + 6], ARGV[i + 7], tonumber(ARGV[i + 8])
-  local first, last = i + 9, i + 8 + 2 * n
+-- one announce: p holds its parts (see the header), the record hash from p[9] on
+local function announce(p)
+  local eid, name, inst, ttl = p[1], p[2], p[3], tonumber(p[4])
+  local offset, reply_to, head, record_json = tonumber(p[5]), p[6], p[7], p[8]
   local rkey = P.record .. name
   local old = to_table(redis.call('HGETALL', rkey))
 
@@ -100,9 +105,9 @@ local function announce(i)
   local same = old.instance_id == inst
   local new = {}
   local order = {}
-  for j = first, last, 2 do
-    new[ARGV[j]] = ARGV[j + 1]
-    order[#order + 1] = ARGV[j]
+  for j = 9, #p - 1, 2 do
+    new[p[j]] = p[j + 1]
+    order[#order + 1] = p[j]
   end
   if same and old.registered_at then
     -- keep the first registration time, in the hash and in the JSON (value up to its quote)
@@ -128,7 +133,7 @@ local function announce(i)
     for k, _ in pairs(old) do diff(k) end
     old_deadline = tonumber(redis.call('ZSCORE', P.deadlines, name) or '0')
     unindex(name, old)
-  else
+  elseif next(old) ~= nil then  -- a hash without an instance_id (edited by hand)
     redis.call('DEL', rkey)
   end
 
@@ -148,7 +153,7 @@ local function announce(i)
   -- newer heartbeats never moves the deadline back.
   redis.call('ZADD', P.deadlines, math.max(now() + ttl, entry_ms(eid) + ttl, old_deadline), name)
 
-  local base = { 'name', name, 'instance_id', inst, 'role', new.role, 'at', iso(now()) }
+  local base = { 'name', name, 'instance_id', inst, 'role', new.role, 'at', now_iso() }
   if not same then
     local f = { 'type', 'agent_registered' }
     for _, v in ipairs(base) do f[#f + 1] = v end
@@ -175,7 +180,7 @@ local function leave(eid, name, inst, reply_to, head)
   if held then
     unindex(name, h)
     emit({ 'type', 'agent_deregistered', 'name', name, 'instance_id', inst, 'role', h.role or '',
-      'at', iso(now()), 'reason', 'left', 'last_seen', h.last_seen or '' })
+      'at', now_iso(), 'reason', 'left', 'last_seen', h.last_seen or '' })
     removed = removed + 1
   end
   if reply_to ~= '' then
@@ -205,8 +210,17 @@ while i <= #ARGV do
     end
     i = i + 2
   elseif kind == 'a' then
-    try(ARGV[i + 1], announce, i + 1)
-    i = i + 10 + 2 * tonumber(ARGV[i + 9])
+    local p = {}
+    for part in string.gmatch(ARGV[i + 1], '(%Z*)%z') do p[#p + 1] = part end
+    try(p[1], announce, p)
+    i = i + 2
+  elseif kind == 'A' then
+    local p = {}
+    for j = i + 1, i + 8 do p[#p + 1] = ARGV[j] end
+    local last = i + 9 + 2 * tonumber(ARGV[i + 9])
+    for j = i + 10, last do p[#p + 1] = ARGV[j] end
+    try(p[1], announce, p)
+    i = last + 1
   elseif kind == 'l' then
     try(ARGV[i + 1], leave, ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5])
     i = i + 6
