@@ -33,7 +33,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from agent_sdk.connection import make_client
+from agent_sdk.lane import Lane
 from agent_sdk.messaging.dispatch import (
     MAX_DELIVERIES_CODE,
     Dispatcher,
@@ -61,6 +61,14 @@ def _nogroup(e: BaseException) -> bool:
     if isinstance(e, BaseExceptionGroup):
         return any(_nogroup(x) for x in e.exceptions)
     return isinstance(e, ResponseError) and "NOGROUP" in str(e)
+
+
+def _by_stream(reply: Any) -> dict[str, Any]:
+    """A raw ``XREADGROUP`` reply by stream key: a map (RESP3) or pairs (RESP2), or nil."""
+    if not reply:
+        return {}
+    pairs = reply.items() if isinstance(reply, dict) else reply
+    return {text(key): entries for key, entries in pairs}
 
 
 class Consumer:
@@ -101,7 +109,8 @@ class Consumer:
         self._work: set[asyncio.Task[None]] = set()
         self._ack_event: asyncio.Event | None = None
         self._started = False
-        self._blocker: aioredis.Redis | None = None  # one connection for the blocking read
+        self._reader: Lane | None = None  # the connection of the (blocking) reads
+        self._acker: Lane | None = None  # the connection of the batched acks
         #: True while the blocking read waits (for tests and stats).
         self.blocking = False
         #: Entries handled (any outcome) and claim rounds done: for tests and stats.
@@ -114,7 +123,8 @@ class Consumer:
             return
         self._started = True
         self._ack_event = asyncio.Event()
-        self._blocker = make_client(self.settings, max_connections=1)
+        self._reader = Lane(self.client)
+        self._acker = Lane(self.client)
         await self._ensure_groups()
         self._tasks = [
             asyncio.create_task(self._guard("read", self._read_loop)),
@@ -137,15 +147,17 @@ class Consumer:
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
-        with contextlib.suppress(Exception):
-            await self._flush_acks()
-        for task in others:
+        for task in others:  # the lease and ack loops (an ack in flight puts its ids back)
             task.cancel()
         await asyncio.gather(*others, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self._flush_acks()
         self._tasks = []
-        blocker, self._blocker = self._blocker, None
-        if blocker is not None:
-            await blocker.aclose()
+        for lane in (self._reader, self._acker):
+            if lane is not None:
+                await lane.aclose()
+        await self.dispatcher.replier.batcher.aclose()
+        self._reader = self._acker = None
 
     async def __aenter__(self) -> Consumer:
         await self.start()
@@ -221,19 +233,20 @@ class Consumer:
         """One ``XREADGROUP COUNT <count> [BLOCK <ms>]`` over ``streams`` (``COUNT`` is per
         stream): a stream that returns ``count`` entries may hold more (dirty), fewer: clean.
         Entries beyond the free slots are parked."""
-        blocker = self._blocker
-        assert blocker is not None
+        reader = self._reader
+        assert reader is not None
         n = min(self.slots.free, count * len(streams))
         self.slots.reserve(n)
         used = 0
         self.blocking = block_ms is not None
+        command: list[Any] = ["XREADGROUP", "GROUP", AGENT_GROUP, self.instance_id, "COUNT", count]
+        if block_ms is not None:
+            command += ("BLOCK", max(1, block_ms))
+        command += ("STREAMS", *[s.key for s in streams], *[">"] * len(streams))
         try:
-            res: Any = await blocker.xreadgroup(
-                AGENT_GROUP, self.instance_id, {s.key: ">" for s in streams}, count=count,
-                block=None if block_ms is None else max(1, block_ms),
-            )  # fmt: skip
+            res: Any = await reader.call(*command)
             self.blocking = False
-            got = {text(key): entries for key, entries in res or ()}
+            got = _by_stream(res)
             for s in streams:
                 entries = got.get(s.key, [])
                 s.dirty = len(entries) >= count
@@ -245,10 +258,11 @@ class Consumer:
     def _take_entries(self, s: StreamState, entries: list[Any], room: int) -> int:
         """Dispatch up to ``room`` entries; park the rest. Returns the slots used."""
         used = 0
-        for entry_id, fields in entries:
-            if fields is None:  # deleted while pending: nothing to do
+        for entry_id, flat in entries:
+            if flat is None:  # deleted while pending: nothing to do
                 continue
             eid = text(entry_id)
+            fields = dict(zip(flat[::2], flat[1::2], strict=True))
             if used < room:
                 used += 1
                 self._dispatch(s, eid, fields, 1)
@@ -350,15 +364,28 @@ class Consumer:
             await self._flush_acks()
 
     async def _flush_acks(self) -> None:
-        for s in self.streams:
-            ids, s.acks = s.acks, []
-            if not ids:
-                continue
-            try:
-                await self.client.xack(s.key, s.group, *ids)
-            except BaseException:
+        """One round trip: an ``XACK`` per stream with finished entries."""
+        batch = [(s, s.acks) for s in self.streams if s.acks]
+        if not batch:
+            return
+        for s, _ in batch:
+            s.acks = []
+        lane = self._acker
+        try:
+            commands = [("XACK", s.key, s.group, *ids) for s, ids in batch]
+            if lane is not None:
+                replies = await lane.execute(commands)
+                for reply in replies:
+                    if isinstance(reply, BaseException):
+                        raise reply
+            else:  # stopped: one last flush on the shared client
+                for command in commands:
+                    await self.client.execute_command(*command)  # type: ignore[no-untyped-call]
+        except BaseException:
+            for s, ids in batch:
                 s.acks[:0] = ids
-                raise
+            raise
+        for s, ids in batch:
             s.held.difference_update(ids)
 
     # -- handling ------------------------------------------------------------------------------
