@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable
 import redis.asyncio as aioredis
 
 from agent_sdk.connection import CONNECTION_ERRORS, make_client
+from agent_sdk.lane import Lane
 from agent_sdk.settings import Settings
 from schemas.envelope import Envelope, Kind, decode_json, utcnow
 from schemas.errors import ProtocolError
@@ -92,7 +93,7 @@ class ReplyRouter:
             return
         self.stopped.clear()
         # One connection of our own: BRPOP blocks it for up to _POP_TIMEOUT.
-        self._client = make_client(self.settings, max_connections=1)
+        self._client = make_client(self.settings, max_connections=2)  # the BRPOP lane + spare
         self._task = asyncio.create_task(self._run(), name=f"agentbus-replies:{self.owner}")
         # Make sure the list is being read before anyone sends what is answered on it.
         ready = asyncio.ensure_future(self._ready.wait())
@@ -120,13 +121,20 @@ class ReplyRouter:
     async def _run(self) -> None:
         assert self._client is not None
         client = self._client
+        lane = Lane(client)  # BRPOP straight on one connection (no pool checkout per pop)
+        try:
+            await self._loop(client, lane)
+        finally:
+            await lane.aclose()
+
+    async def _loop(self, client: aioredis.Redis, lane: Lane) -> None:
         backoff = _BACKOFF_START
         while True:
             try:
                 if not self._ready.is_set():
-                    await client.ping()
+                    await lane.call("PING")
                     self._ready.set()
-                item = await client.brpop([self.key], timeout=_POP_TIMEOUT)
+                item = await lane.call("BRPOP", self.key, _POP_TIMEOUT)
                 backoff = _BACKOFF_START
             except asyncio.CancelledError:
                 raise

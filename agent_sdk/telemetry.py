@@ -36,12 +36,14 @@ Metric names, units and attributes are listed in docs/OBSERVABILITY.md.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
+from opentelemetry.environment_variables import OTEL_PYTHON_TRACER_PROVIDER
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from agent_sdk.telemetry_metrics import (
@@ -116,6 +118,8 @@ def use_tracer_provider(provider: trace.TracerProvider | None) -> None:
 _override = False
 _global_sdk = False  # the global provider can be set once, never unset: remember it
 _NOOP_PROVIDERS = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
+#: A provider named by OTEL_PYTHON_TRACER_PROVIDER (read once: set it before starting agents).
+_ENV_PROVIDER = OTEL_PYTHON_TRACER_PROVIDER in os.environ
 
 
 def tracing_enabled() -> bool:
@@ -127,6 +131,10 @@ def tracing_enabled() -> bool:
     global _global_sdk
     if _override or _global_sdk:
         return True
+    # Nothing installed yet, by code or by environment: answer without get_tracer_provider(),
+    # which looks the environment variable up on every call (≈ 4 µs, twice per message).
+    if getattr(trace, "_TRACER_PROVIDER", True) is None and not _ENV_PROVIDER:
+        return False
     # exact type test: cheap (isinstance against these ABCs costs more than the rest)
     _global_sdk = type(trace.get_tracer_provider()) not in _NOOP_PROVIDERS
     return _global_sdk

@@ -49,7 +49,6 @@ __all__ = [
     "AGENT_GROUP",
     "COORDINATOR_GROUP",
     "DEFAULT_NAMESPACE",
-    "ROLE_GROUP",
     "KeySpace",
     "validate_namespace",
 ]
@@ -58,10 +57,9 @@ DEFAULT_NAMESPACE = "agentbus"
 
 #: Consumer group of the coordinators on the control stream.
 COORDINATOR_GROUP = "coordinators"
-#: Consumer group of an agent on its own inbox (consumers are instance ids).
+#: Consumer group of agents on their inbox and on their role's queue (consumers are instance
+#: ids). One name for both, so one blocking ``XREADGROUP`` can wait on both streams.
 AGENT_GROUP = "agent"
-#: Consumer group of the members of a role on the role queue (consumers are instance ids).
-ROLE_GROUP = "members"
 
 _NAMESPACE_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 

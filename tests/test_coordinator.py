@@ -66,6 +66,12 @@ async def test_heartbeat_extends_deadline_and_updates_load(
     await agent.register()
     first = await r.zscore(keys.deadlines(), "a1")
     assert first is not None
+
+    async def clock_moved_on() -> bool:  # a heartbeat in the same ms would change nothing
+        sec, usec = await r.time()
+        return sec * 1000 + usec // 1000 + agent.ttl_ms > first
+
+    await wait_for(clock_moved_on, message="the Redis clock past the registration ms")
     entry_id = await agent.heartbeat(load=3)
     expected = int(entry_id.split("-")[0]) + agent.ttl_ms
 

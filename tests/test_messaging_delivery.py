@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 from agent_sdk.messaging import Message, list_dead_letters
 from agent_sdk.settings import Settings
 from schemas.errors import ErrorCode, RequestTimeout
+from schemas.keys import AGENT_GROUP
 from tests.messaging_helpers import node, register
 from tests.support import wait_for
 
@@ -40,7 +41,7 @@ async def test_backpressure_reads_no_more_than_free_slots(
             await c.send(role="pool", type="hold", payload={})
         await wait_for(lambda: running == 2, timeout=5, message="two handlers running")
         inbox = await r.xpending(settings.keys.inbox("w"), "agent")
-        queue = await r.xpending(settings.keys.role_queue("pool"), "members")
+        queue = await r.xpending(settings.keys.role_queue("pool"), AGENT_GROUP)
         # Only two entries were read (taken into the pending lists); four wait unread.
         assert inbox["pending"] + queue["pending"] == 2
         assert w.consumer is not None
@@ -88,7 +89,9 @@ async def test_redelivered_message_succeeds_on_retry(settings: Settings, r: aior
         mid = await c.send(role="pool", type="once", payload={})
         await wait_for(lambda: len(seen) == 2, timeout=10, message="the retry")
         assert seen == [(mid, 1), (mid, 2)]  # same message id: the idempotency key
-        await wait_for(lambda: _pending(r, settings.keys.role_queue("pool"), "members"), timeout=5)
+        await wait_for(
+            lambda: _pending(r, settings.keys.role_queue("pool"), AGENT_GROUP), timeout=5
+        )
 
 
 async def _pending(r: aioredis.Redis, key: str, group: str) -> bool:
@@ -128,7 +131,7 @@ async def test_long_handler_keeps_its_lease(settings: Settings, r: aioredis.Redi
             )
 
         await wait_for(claimed_long_enough, timeout=15, message="claim rounds over 3 TTLs")
-        info = await r.xpending_range(key, "members", "-", "+", 10)
+        info = await r.xpending_range(key, AGENT_GROUP, "-", "+", 10)
         assert info[0]["times_delivered"] == 1
         assert info[0]["time_since_delivered"] < settings.ttl_ms
         assert len(calls) == 1
@@ -226,10 +229,10 @@ async def test_consumers_of_dead_instances_are_pruned(
 ) -> None:
     key = settings.keys.role_queue("pool")
     # A dead instance that read (and acknowledged) an entry before it died.
-    await r.xgroup_create(key, "members", id="0", mkstream=True)
+    await r.xgroup_create(key, AGENT_GROUP, id="0", mkstream=True)
     entry = await r.xadd(key, {"type": "x"})
-    await r.xreadgroup("members", "dead-instance", {key: ">"}, count=1)
-    await r.xack(key, "members", entry)
+    await r.xreadgroup(AGENT_GROUP, "dead-instance", {key: ">"}, count=1)
+    await r.xack(key, AGENT_GROUP, entry)
     async with node(settings, "w", "pool", r=r, instance_id="live") as w:
         assert w.consumer is not None
         role_stream = w.consumer.streams[1]
@@ -240,14 +243,15 @@ async def test_consumers_of_dead_instances_are_pruned(
             return await w.consumer.prune_consumers(role_stream) == ["dead-instance"]
 
         await wait_for(pruned, timeout=10 * settings.ttl + 10, interval=0.2)
-        names = {c["name"] for c in await r.xinfo_consumers(key, "members")}
+        names = {c["name"] for c in await r.xinfo_consumers(key, AGENT_GROUP)}
         assert "dead-instance" not in names
 
 
 async def test_idle_inbox_read_does_not_hold_back_role_work(
     settings: Settings, r: aioredis.Redis
 ) -> None:
-    """The inbox's blocking read reserves a slot; role work still gets every slot."""
+    """The idle blocking read (inbox + role queue) reserves slots; role work still gets every
+    slot, and the inbox still answers while the role holds all but none."""
     release = asyncio.Event()
     running = 0
     async with (
@@ -264,7 +268,7 @@ async def test_idle_inbox_read_does_not_hold_back_role_work(
 
         assert w.consumer is not None
         consumer = w.consumer
-        await wait_for(lambda: consumer._blocked_id is not None, timeout=5, message="idle read")
+        await wait_for(lambda: consumer.blocking, timeout=5, message="idle read")
         assert consumer.slots.load == 0  # a reservation is not load
         for _ in range(4):
             await c.send(role="pool", type="hold", payload={})

@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 from agent_sdk import Bus, Settings
 from coordinator import Coordinator
 from schemas.errors import AgentNotFound
+from schemas.keys import AGENT_GROUP
 from tests.support import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -107,7 +108,7 @@ async def test_killed_role_member_work_is_handled_by_another(
     key = settings.keys.role_queue("pool")
 
     async def nothing_pending() -> bool:
-        return (await r.xpending(key, "members"))["pending"] == 0
+        return (await r.xpending(key, AGENT_GROUP))["pending"] == 0
 
     await wait_for(nothing_pending, timeout=30)
 

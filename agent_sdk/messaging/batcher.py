@@ -8,14 +8,15 @@ round trip is in flight wait, and are then sent together as **one** non-transact
 
 * **order**: commands leave in the order of the calls, and one batch completes before the next
   is written, so calls of one sender reach Redis in call order (for concurrent calls too);
-* **errors stay with their call**: the pipeline runs with ``raise_on_error=False``; a command's
-  error reply (or ``nil``) goes to its own caller only. A connection failure fails every command
-  of that round trip (each caller sees it, as with a plain call). A ``NOSCRIPT`` reply (Redis
-  restarted, ``SCRIPT FLUSH``) loads the script and runs the refused commands again, in order;
+* **errors stay with their call**: a command's error reply (or ``nil``) goes to its own caller
+  only. A connection failure is retried (reconnect + backoff, at-least-once); one that outlasts
+  the retries fails every command of that round trip (each caller sees it, as with a plain
+  call). A ``NOSCRIPT`` reply (Redis restarted, ``SCRIPT FLUSH``) loads the script and runs the
+  refused commands again, in order;
 * a call cancelled before its batch is written is dropped from it.
 
 Commands are not made atomic together: each keeps its own check-and-write (the script) and its
-own result.
+own result. Round trips go over the batcher's own ``Lane`` (one connection, no pool checkout).
 """
 
 from __future__ import annotations
@@ -25,12 +26,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import hiredis
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError
 
-from agent_sdk.connection import CONNECTION_ERRORS
+from agent_sdk.lane import Lane
 
 __all__ = ["Batcher", "Op"]
 
@@ -44,21 +44,10 @@ class Op:
     keys: Sequence[Any] = ()
     future: asyncio.Future[Any] | None = field(default=None, repr=False)
 
-    async def run_alone(self, client: aioredis.Redis) -> Any:
-        if self.script is not None:
-            return await self.script(keys=self.keys, args=self.args)
-        return await client.execute_command(*self.args)  # type: ignore[no-untyped-call]
-
     def command(self) -> tuple[Any, ...]:
         if self.script is not None:
             return ("EVALSHA", self.script.sha, len(self.keys), *self.keys, *self.args)
         return tuple(self.args)
-
-    def queue(self, pipe: Any) -> None:
-        if self.script is not None:
-            pipe.evalsha(self.script.sha, len(self.keys), *self.keys, *self.args)
-        else:
-            pipe.execute_command(*self.args)
 
 
 class Batcher:
@@ -66,6 +55,7 @@ class Batcher:
 
     def __init__(self, client: aioredis.Redis) -> None:
         self.client = client
+        self.lane = Lane(client)
         self._pending: list[Op] = []
         self._busy = False
         self._task: asyncio.Task[None] | None = None
@@ -80,12 +70,18 @@ class Batcher:
             try:
                 self.flushes += 1
                 self.commands += 1
-                return await op.run_alone(self.client)
+                (result,) = await self._round_trip([op])
             finally:
                 self._after_flush()
+            if isinstance(result, BaseException):
+                raise result
+            return result
         op.future = asyncio.get_running_loop().create_future()
         self._pending.append(op)
         return await op.future
+
+    async def aclose(self) -> None:
+        await self.lane.aclose()
 
     def _after_flush(self) -> None:
         if self._pending:
@@ -113,10 +109,7 @@ class Batcher:
         self.flushes += 1
         self.commands += len(batch)
         try:
-            if len(batch) == 1:
-                results: list[Any] = [await _alone(batch[0], self.client)]
-            else:
-                results = await self._pipeline(batch)
+            results = await self._round_trip(batch)
         except Exception as e:  # the round trip failed: every command of it failed
             for op in batch:
                 _settle(op, e)
@@ -129,62 +122,17 @@ class Batcher:
         for op, res in zip(batch, results, strict=True):
             _settle(op, res)
 
-    async def _pipeline(self, batch: list[Op]) -> list[Any]:
-        results = await _execute_packed(self.client, batch)
+    async def _round_trip(self, batch: list[Op]) -> list[Any]:
+        results = await self.lane.execute([op.command() for op in batch])
         retry = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
         if retry:
             for script in {id(batch[i].script): batch[i].script for i in retry}.values():
                 assert script is not None
                 script.sha = await self.client.script_load(script.script)
-            again = await _execute_packed(self.client, [batch[i] for i in retry])
+            again = await self.lane.execute([batch[i].command() for i in retry])
             for i, r in zip(retry, again, strict=True):
                 results[i] = r
         return results
-
-
-async def _alone(op: Op, client: aioredis.Redis) -> Any:
-    try:
-        return await op.run_alone(client)
-    except Exception as e:  # the reply of this one command, handed to its caller
-        return e
-
-
-async def _execute_packed(client: aioredis.Redis, batch: list[Op]) -> list[Any]:
-    """The batch as one write packed by hiredis (≈ 2 µs a command where redis-py's pure-Python
-    packing costs ≈ 25 µs), then one reply per command. After a connection failure the batch is
-    run again through a redis-py pipeline, which reconnects and retries as a plain call does
-    (at-least-once: a command that had reached Redis may be applied twice, as with any retry).
-    """
-    packed = b"".join([hiredis.pack_command(op.command()) for op in batch])
-    pool = client.connection_pool
-    try:
-        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
-    except CONNECTION_ERRORS:  # Redis unreachable: let redis-py's retry and backoff handle it
-        return await _execute(client, batch)
-    try:
-        await conn.send_packed_command(packed)
-        results: list[Any] = []
-        for _ in batch:
-            try:
-                results.append(await conn.read_response())
-            except ResponseError as e:
-                results.append(e)
-        return results
-    except CONNECTION_ERRORS:
-        await conn.disconnect()
-    except BaseException:
-        await conn.disconnect()  # replies may be left unread: never reuse this connection
-        raise
-    finally:
-        await pool.release(conn)
-    return await _execute(client, batch)
-
-
-async def _execute(client: aioredis.Redis, batch: list[Op]) -> list[Any]:
-    async with client.pipeline(transaction=False) as pipe:
-        for op in batch:
-            op.queue(pipe)
-        return list(await pipe.execute(raise_on_error=False))
 
 
 def _settle(op: Op, result: Any) -> None:

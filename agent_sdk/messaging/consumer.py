@@ -1,19 +1,19 @@
-"""Reading an agent's streams: its inbox (group ``agent``) and its role queue (group ``members``).
+"""Reading an agent's streams: its inbox and its role queue, both through the group ``agent``.
 
-One reader per stream, sharing the handler slots, never holding more entries than there are
-free slots (readers reserve slots *before* they read; reservations are not reported as load):
+One reader for both streams, never holding more entries than there are free handler slots
+(slots are reserved *before* a read; reservations are not reported as load). It loops on one
+``XREADGROUP GROUP agent <instance> COUNT <free / 2> BLOCK <ms> STREAMS <inbox> <queue> > >``:
+it returns at once when either stream holds undelivered entries, else the first entry to arrive
+wakes it, in one round trip. ``COUNT`` applies per stream, so with one free slot and two
+streams a read may return two entries; the one beyond the free slot is parked (held, its lease
+renewed) and dispatched first when a slot frees. To keep that rare, while both streams are
+known to hold more (a stream is "dirty" when its last read returned ``COUNT`` entries) and fewer
+slots are free than there are streams, the streams take turns with single-stream reads.
 
-1. while a stream may hold undelivered entries (``dirty``): ``XREADGROUP ... COUNT <free>``
-   without blocking, until it returns fewer than asked;
-2. then wait: the inbox, while at least two slots are free, blocks on ``XREADGROUP COUNT 1
-   BLOCK`` with one slot reserved (lowest latency); if the role queue then needs that slot, it
-   ends the read with ``CLIENT UNBLOCK`` (it returns as if timed out, taking nothing). Otherwise a
-   stream is watched with ``XREAD BLOCK`` from the last id seen, which takes nothing and marks
-   the stream dirty when it grows.
-
-Around it: a lease loop (every heartbeat, ``lease.lua`` resets the idle time of the entries held,
-``XCLAIM ... JUSTID``), a claim loop (every ``claim_interval``, ``claim.lua`` = ``XAUTOCLAIM``
-of entries idle longer than the TTL, with their delivery counts), an ack loop (finished entries
+The reader also claims: every ``claim_interval`` (a blocking read times out in time for it),
+``claim.lua`` = ``XAUTOCLAIM`` of entries idle longer than the TTL, with their delivery counts,
+as free slots allow. Around it: a lease loop (every heartbeat, ``lease.lua`` resets the idle
+time of the entries held, ``XCLAIM ... JUSTID``), an ack loop (finished entries
 are ``XACK``ed in batches; replies ack inside the reply script) and, on start, the takeover of
 the inbox entries the agent's previous instance left pending. Entries that do not decode, have
 expired, name no handler, or exhausted ``max_deliveries`` go to the dead-letter stream.
@@ -24,19 +24,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import time
+from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from agent_sdk.connection import make_client
+from agent_sdk.lane import Lane
 from agent_sdk.messaging.dispatch import (
     MAX_DELIVERIES_CODE,
     Dispatcher,
     Fields,
     StreamState,
-    id_key,
     text,
 )
 from agent_sdk.messaging.handlers import HandlerRegistry, Message
@@ -44,14 +46,13 @@ from agent_sdk.messaging.scripts import Scripts
 from agent_sdk.messaging.slots import Slots
 from agent_sdk.settings import Settings
 from schemas.envelope import Envelope
-from schemas.keys import AGENT_GROUP, ROLE_GROUP
+from schemas.keys import AGENT_GROUP
 
 __all__ = ["MAX_DELIVERIES_CODE", "Consumer"]
 
 log = logging.getLogger("agentbus.messaging")
 
 _BLOCK_MS = 2000
-_SEEN_COUNT = 64
 _LEASE_CHUNK = 500
 _PRUNE_EVERY = 50  # claim rounds
 
@@ -60,6 +61,14 @@ def _nogroup(e: BaseException) -> bool:
     if isinstance(e, BaseExceptionGroup):
         return any(_nogroup(x) for x in e.exceptions)
     return isinstance(e, ResponseError) and "NOGROUP" in str(e)
+
+
+def _by_stream(reply: Any) -> dict[str, Any]:
+    """A raw ``XREADGROUP`` reply by stream key: a map (RESP3) or pairs (RESP2), or nil."""
+    if not reply:
+        return {}
+    pairs = reply.items() if isinstance(reply, dict) else reply
+    return {text(key): entries for key, entries in pairs}
 
 
 class Consumer:
@@ -89,7 +98,10 @@ class Consumer:
         self.inbox = StreamState(keys.inbox(name), AGENT_GROUP)
         self.streams = [self.inbox]
         if role is not None:
-            self.streams.append(StreamState(keys.role_queue(role), ROLE_GROUP))
+            self.streams.append(StreamState(keys.role_queue(role), AGENT_GROUP))
+        self._by_key = {s.key: s for s in self.streams}
+        #: Entries read beyond the free slots (see the module docstring), dispatched first.
+        self._parked: deque[tuple[StreamState, str, Fields]] = deque()
         self.dispatcher = Dispatcher(
             client, settings, scripts, name=name, handlers=handlers, ack=self._ack
         )
@@ -97,11 +109,10 @@ class Consumer:
         self._work: set[asyncio.Task[None]] = set()
         self._ack_event: asyncio.Event | None = None
         self._started = False
-        #: Block on the inbox with ``XREADGROUP`` while at least two slots are free (else watch
-        #: it with ``XREAD`` like the role queue).
-        self.direct_inbox = True
-        self._blocker: aioredis.Redis | None = None  # one connection for that blocking read
-        self._blocked_id: int | None = None  # its CLIENT ID while it blocks with a reservation
+        self._reader: Lane | None = None  # the connection of the (blocking) reads
+        self._acker: Lane | None = None  # the connection of the batched acks
+        #: True while the blocking read waits (for tests and stats).
+        self.blocking = False
         #: Entries handled (any outcome) and claim rounds done: for tests and stats.
         self.handled = 0
         self.claim_rounds = 0
@@ -112,8 +123,8 @@ class Consumer:
             return
         self._started = True
         self._ack_event = asyncio.Event()
-        if self.direct_inbox:
-            self._blocker = make_client(self.settings, max_connections=1)
+        self._reader = Lane(self.client)
+        self._acker = Lane(self.client)
         await self._ensure_groups()
         self._tasks = [
             asyncio.create_task(self._guard("read", self._read_loop)),
@@ -127,7 +138,7 @@ class Consumer:
             return
         self._started = False
         grace = self.settings.shutdown_grace if grace is None else grace
-        readers, others = self._tasks[:1] + self._tasks[3:], self._tasks[1:3]
+        readers, others = self._tasks[:1], self._tasks[1:]
         for task in readers:
             task.cancel()
         await asyncio.gather(*readers, return_exceptions=True)
@@ -136,15 +147,17 @@ class Consumer:
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
-        with contextlib.suppress(Exception):
-            await self._flush_acks()
-        for task in others:
+        for task in others:  # the lease and ack loops (an ack in flight puts its ids back)
             task.cancel()
         await asyncio.gather(*others, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self._flush_acks()
         self._tasks = []
-        blocker, self._blocker = self._blocker, None
-        if blocker is not None:
-            await blocker.aclose()
+        for lane in (self._reader, self._acker):
+            if lane is not None:
+                await lane.aclose()
+        await self.dispatcher.replier.batcher.aclose()
+        self._reader = self._acker = None
 
     async def __aenter__(self) -> Consumer:
         await self.start()
@@ -189,99 +202,83 @@ class Consumer:
 
     # -- reading -------------------------------------------------------------------------------
     async def _read_loop(self) -> None:
+        """Read (and, every ``claim_interval``, claim) until cancelled."""
         await self._takeover(self.inbox)
-        if len(self._tasks) < 4:
-            self._tasks.append(asyncio.create_task(self._guard("claim", self._claim_loop)))
         for s in self.streams:
-            last: Any = await self.client.xrevrange(s.key, count=1)
-            s.seen = text(last[0][0]) if last else "0-0"
             s.dirty = True  # read what is already there first
-        async with asyncio.TaskGroup() as tg:
-            for s in self.streams:
-                tg.create_task(self._stream_loop(s))
-
-    async def _stream_loop(self, s: StreamState) -> None:
-        """Read one stream: non-blocking while it may hold undelivered entries, else block."""
+        interval = self.settings.claim_interval
+        next_claim = time.monotonic() + interval
+        turn = 0
         while True:
-            if s.dirty and self.slots.free == 0 and s is not self.inbox:
-                await self._unblock_inbox()  # its idle reservation is the slot this one needs
-            await self.slots.wait_free()
-            if s.dirty:
-                await self._read_now(s)
-            elif s is self.inbox and self._blocker is not None and self.slots.free >= 2:
-                await self._read_blocking(s)
-            else:
-                woke: Any = await self.client.xread(
-                    {s.key: s.seen}, count=_SEEN_COUNT, block=_BLOCK_MS
-                )
-                if woke:
-                    s.dirty = True
-                    self._advance(s, text(woke[0][1][-1][0]))
+            left = next_claim - time.monotonic()
+            if left <= 0:
+                await self._claim_round()
+                next_claim = time.monotonic() + interval
+                continue
+            free = await self.slots.wait_free(timeout=left)
+            if free == 0:
+                continue  # busy until the next claim round
+            if self._parked:
+                self._dispatch_parked(free)
+                continue
+            k = len(self.streams)
+            if free < k and all(s.dirty for s in self.streams):
+                turn += 1  # one slot, both streams with work: they take turns, without blocking
+                await self._read([self.streams[turn % k]], free, None)
+            else:  # wake for new entries, or in time for the next claim round
+                block = min(_BLOCK_MS, math.ceil(left * 1000))
+                await self._read(self.streams, max(1, free // k), block)
 
-    @staticmethod
-    def _advance(s: StreamState, entry_id: str) -> None:
-        if id_key(entry_id) > id_key(s.seen):
-            s.seen = entry_id
-
-    async def _read_now(self, s: StreamState) -> None:
-        """``XREADGROUP COUNT <free>`` without blocking; fewer than asked: the stream is clean."""
-        n = self.slots.free
-        if n <= 0:
-            return
+    async def _read(self, streams: list[StreamState], count: int, block_ms: int | None) -> None:
+        """One ``XREADGROUP COUNT <count> [BLOCK <ms>]`` over ``streams`` (``COUNT`` is per
+        stream): a stream that returns ``count`` entries may hold more (dirty), fewer: clean.
+        Entries beyond the free slots are parked."""
+        reader = self._reader
+        assert reader is not None
+        n = min(self.slots.free, count * len(streams))
         self.slots.reserve(n)
         used = 0
+        self.blocking = block_ms is not None
+        command: list[Any] = ["XREADGROUP", "GROUP", AGENT_GROUP, self.instance_id, "COUNT", count]
+        if block_ms is not None:
+            command += ("BLOCK", max(1, block_ms))
+        command += ("STREAMS", *[s.key for s in streams], *[">"] * len(streams))
         try:
-            res: Any = await self.client.xreadgroup(
-                s.group, self.instance_id, {s.key: ">"}, count=n
-            )
-            entries = res[0][1] if res else []
-            if len(entries) < n:
-                s.dirty = False
-            used = self._take_entries(s, entries)
+            res: Any = await reader.call(*command)
+            self.blocking = False
+            got = _by_stream(res)
+            for s in streams:
+                entries = got.get(s.key, [])
+                s.dirty = len(entries) >= count
+                used += self._take_entries(s, entries, n - used)
         finally:
+            self.blocking = False
             self.slots.settle(n, used)
 
-    async def _read_blocking(self, s: StreamState) -> None:
-        """``XREADGROUP COUNT 1 BLOCK``: one slot reserved while waiting (another stays free for
-        the other stream, so it is never starved); the lowest latency when idle."""
-        blocker = self._blocker
-        assert blocker is not None
-        client_id = int(await blocker.client_id())
-        if self.slots.free < 2:
-            return
-        self.slots.reserve(1)
-        self._blocked_id = client_id
+    def _take_entries(self, s: StreamState, entries: list[Any], room: int) -> int:
+        """Dispatch up to ``room`` entries; park the rest. Returns the slots used."""
         used = 0
-        try:
-            res: Any = await blocker.xreadgroup(
-                s.group, self.instance_id, {s.key: ">"}, count=1, block=_BLOCK_MS
-            )
-            self._blocked_id = None
-            entries = res[0][1] if res else []
-            if entries:
-                s.dirty = True
-            used = self._take_entries(s, entries)
-        finally:
-            self._blocked_id = None
-            self.slots.settle(1, used)
-
-    async def _unblock_inbox(self) -> None:
-        """End the inbox's blocking read (``CLIENT UNBLOCK``: it returns as if timed out, taking
-        nothing), handing its reserved slot to the stream that has work waiting."""
-        client_id, self._blocked_id = self._blocked_id, None
-        if client_id is not None:
-            await self.client.client_unblock(client_id)
-
-    def _take_entries(self, s: StreamState, entries: list[Any]) -> int:
-        if entries:
-            self._advance(s, text(entries[-1][0]))
-        used = 0
-        for entry_id, fields in entries:
-            if fields is None:  # deleted while pending: nothing to do
+        for entry_id, flat in entries:
+            if flat is None:  # deleted while pending: nothing to do
                 continue
-            used += 1
-            self._dispatch(s, text(entry_id), fields, 1)
+            eid = text(entry_id)
+            fields = dict(zip(flat[::2], flat[1::2], strict=True))
+            if used < room:
+                used += 1
+                self._dispatch(s, eid, fields, 1)
+            else:
+                s.held.add(eid)
+                self._parked.append((s, eid, fields))
         return used
+
+    def _dispatch_parked(self, free: int) -> None:
+        while self._parked and free > 0:
+            s, eid, fields = self._parked.popleft()
+            free -= 1
+            if eid not in s.held:  # its lease was lost meanwhile: another consumer has it
+                continue
+            self.slots.take(1)
+            self._dispatch(s, eid, fields, 1)
 
     async def _takeover(self, s: StreamState) -> None:
         """Claim every entry the agent's previous instance left pending in the inbox."""
@@ -314,19 +311,15 @@ class Consumer:
             self.slots.settle(n, used)
         return text(next_cursor)
 
-    async def _claim_loop(self) -> None:
-        interval = self.settings.claim_interval
-        while True:
-            await asyncio.sleep(interval)
+    async def _claim_round(self) -> None:
+        """Claim entries idle past the TTL (a dead or stalled consumer's), as slots allow."""
+        for s in self.streams:
+            if self.slots.free > 0:
+                s.cursor = await self._claim(s, min_idle_ms=self.settings.ttl_ms, cursor=s.cursor)
+        self.claim_rounds += 1
+        if self.claim_rounds % _PRUNE_EVERY == 0:
             for s in self.streams:
-                if self.slots.free > 0:
-                    s.cursor = await self._claim(
-                        s, min_idle_ms=self.settings.ttl_ms, cursor=s.cursor
-                    )
-            self.claim_rounds += 1
-            if self.claim_rounds % _PRUNE_EVERY == 0:
-                for s in self.streams:
-                    await self.prune_consumers(s)
+                await self.prune_consumers(s)
 
     async def prune_consumers(self, s: StreamState) -> list[str]:
         """Delete consumers of dead instances: nothing pending, idle for 10 TTLs (a live one
@@ -371,15 +364,28 @@ class Consumer:
             await self._flush_acks()
 
     async def _flush_acks(self) -> None:
-        for s in self.streams:
-            ids, s.acks = s.acks, []
-            if not ids:
-                continue
-            try:
-                await self.client.xack(s.key, s.group, *ids)
-            except BaseException:
+        """One round trip: an ``XACK`` per stream with finished entries."""
+        batch = [(s, s.acks) for s in self.streams if s.acks]
+        if not batch:
+            return
+        for s, _ in batch:
+            s.acks = []
+        lane = self._acker
+        try:
+            commands = [("XACK", s.key, s.group, *ids) for s, ids in batch]
+            if lane is not None:
+                replies = await lane.execute(commands)
+                for reply in replies:
+                    if isinstance(reply, BaseException):
+                        raise reply
+            else:  # stopped: one last flush on the shared client
+                for command in commands:
+                    await self.client.execute_command(*command)  # type: ignore[no-untyped-call]
+        except BaseException:
+            for s, ids in batch:
                 s.acks[:0] = ids
-                raise
+            raise
+        for s, ids in batch:
             s.held.difference_update(ids)
 
     # -- handling ------------------------------------------------------------------------------

@@ -49,7 +49,6 @@ class StreamState:
     held: set[str] = field(default_factory=set)
     #: Finished entries waiting for the next batched XACK.
     acks: list[str] = field(default_factory=list)
-    seen: str = "0-0"
     #: May hold entries not yet delivered to the group (read it before blocking).
     dirty: bool = True
     cursor: str = "0-0"

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 import redis.asyncio as aioredis
 
 from agent_sdk.connection import redis_errors
+from agent_sdk.messaging.batcher import Batcher, Op
 from agent_sdk.messaging.codec import Outgoing, encode_payload
 from agent_sdk.messaging.handlers import Outcome
 from agent_sdk.messaging.scripts import Scripts
@@ -34,6 +35,8 @@ class Replier:
         self.scripts = scripts
         self.sender = sender
         self._reply_prefix = f"{settings.keys.ns}:"
+        #: Replies of concurrent handlers share round trips (one in flight, on its own lane).
+        self.batcher = Batcher(client)
 
     def build(self, request: Envelope, outcome: Outcome) -> bytes:
         error = outcome.error
@@ -69,7 +72,7 @@ class Replier:
             left = (request.deadline - datetime.now(UTC)).total_seconds() * 1000
             linger += max(0, int(left))
         with redis_errors(self.settings, f"replying to {request.sender}"):
-            await self.scripts.reply(
-                keys=[reply_to, stream],
-                args=[self.build(request, outcome), linger, group, *ack],
-            )
+            await self.batcher.run(
+                Op([self.build(request, outcome), linger, group, *ack], self.scripts.reply,
+                   (reply_to, stream))
+            )  # fmt: skip

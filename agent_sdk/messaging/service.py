@@ -94,6 +94,7 @@ class Messaging:
             if self.consumer is not None:
                 await self.consumer.stop(grace)
         await self.hub.stop()
+        await self.sender.batcher.aclose()
 
     async def __aenter__(self) -> Messaging:
         await self.start()

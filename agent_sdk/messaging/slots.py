@@ -8,6 +8,7 @@ the ``load`` it reports is real.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 
 __all__ = ["Slots"]
@@ -65,13 +66,18 @@ class Slots:
         if self._freed is not None:
             self._freed.set()
 
-    async def wait_free(self) -> int:
-        """Wait until at least one slot is free; return how many are."""
-        while self.free <= 0:
-            if self._freed is None:
-                self._freed = asyncio.Event()
-            self._freed.clear()
-            await self._freed.wait()
+    async def wait_free(self, timeout: float | None = None) -> int:
+        """Wait until at least one slot is free (at most ``timeout`` seconds); return how many
+        are (0 after a timeout)."""
+        if self.free > 0:
+            return self.free
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while self.free <= 0:
+                    if self._freed is None:
+                        self._freed = asyncio.Event()
+                    self._freed.clear()
+                    await self._freed.wait()
         return self.free
 
     def _changed(self) -> None:

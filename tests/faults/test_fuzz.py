@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from schemas.envelope import decode_fields
 from schemas.errors import ProtocolError
-from schemas.keys import AGENT_GROUP, COORDINATOR_GROUP, ROLE_GROUP
+from schemas.keys import AGENT_GROUP, COORDINATOR_GROUP
 from tests.faults.harness import Cluster, FleetProc, report
 from tests.support import wait_for_sync
 
@@ -192,7 +192,7 @@ def _exercise(
     TOTALS["undecodable"] += sum(1 for _, _, f in written if undecodable(f))
     TOTALS["good_messages_handled"] += 2
     # no stall: nothing left pending in any group
-    for stream, group in ((keys.inbox(AGENT), AGENT_GROUP), (keys.role_queue(ROLE), ROLE_GROUP),
+    for stream, group in ((keys.inbox(AGENT), AGENT_GROUP), (keys.role_queue(ROLE), AGENT_GROUP),
                           (keys.control(), COORDINATOR_GROUP)):  # fmt: skip
         wait_for_sync(lambda s=stream, g=group: r.xpending(s, g)["pending"] == 0, timeout=60,
                       message=f"nothing pending in {stream}")  # fmt: skip
