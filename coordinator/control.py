@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -78,32 +78,48 @@ class _Outbox:
         self.acks: list[str] = []
 
 
+@dataclass(frozen=True, slots=True)
+class _Announce:
+    ann: PreparedAnnounce
+    reply_to: str
+    correlation_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Leave:
+    name: str
+    instance_id: str
+    reply_to: str
+    correlation_id: str
+
+
+#: An entry of a batch: (entry id, its fields, what to apply: a heartbeat, announce or leave).
+_Item = tuple[str, dict[bytes, bytes], FastHeartbeat | _Announce | _Leave]
+
+
 class _Batch:
     """Entries for one script call, remembered so their outcome can be answered and counted
     (and so they can be re-applied one by one)."""
 
-    __slots__ = ("announces", "beats", "heartbeats", "items", "script")
+    __slots__ = ("announces", "items", "leaves", "script")
 
     def __init__(self) -> None:
         self.script = ControlBatch()
-        # (entry id, fields, puts the entry into another batch)
-        self.items: list[tuple[str, dict[bytes, bytes], Callable[[_Batch], None]]] = []
-        self.beats: dict[str, tuple[str, str]] = {}  # heartbeat entry id -> (name, instance)
-        self.announces: dict[str, tuple[str, str, str]] = {}  # id -> (name, reply_to, corr.)
-        self.heartbeats = 0
+        self.items: list[_Item] = []
+        self.announces: dict[str, _Announce] = {}
+        self.leaves = 0
 
     @property
     def size(self) -> int:
         return len(self.items)
 
-    def heartbeat(self, eid: str, fields: dict[bytes, bytes], hb: FastHeartbeat) -> None:
-        self._heartbeat(hb)
-        self.items.append((eid, fields, lambda b: b._heartbeat(hb)))
+    @property
+    def heartbeats(self) -> int:
+        return len(self.items) - len(self.announces) - self.leaves
 
-    def _heartbeat(self, hb: FastHeartbeat) -> None:
-        self.script.heartbeat(hb)
-        self.beats[hb[0]] = (hb[1], hb[2])
-        self.heartbeats += 1
+    def heartbeat(self, eid: str, fields: dict[bytes, bytes], hb: FastHeartbeat) -> None:
+        self.script.heartbeat(hb)  # the hot path: nothing else
+        self.items.append((eid, fields, hb))
 
     def announce(
         self,
@@ -113,12 +129,7 @@ class _Batch:
         reply_to: str,
         correlation_id: str,
     ) -> None:
-        self._announce(eid, ann, reply_to, correlation_id)
-        self.items.append((eid, fields, lambda b: b._announce(eid, ann, reply_to, correlation_id)))
-
-    def _announce(self, eid: str, ann: PreparedAnnounce, reply_to: str, cid: str) -> None:
-        self.script.announce(eid, ann, reply_to, cid)
-        self.announces[eid] = (ann.name, reply_to, cid)
+        self.add((eid, fields, _Announce(ann, reply_to, correlation_id)))
 
     def leave(
         self,
@@ -129,15 +140,23 @@ class _Batch:
         reply_to: str | None,
         correlation_id: str,
     ) -> None:
-        self.script.leave(eid, name, instance_id, reply_to or "", correlation_id)
-        self.items.append(
-            (eid, fields, lambda b: b.script.leave(eid, name, instance_id, reply_to or "",
-                                                   correlation_id))
-        )  # fmt: skip
+        self.add((eid, fields, _Leave(name, instance_id, reply_to or "", correlation_id)))
 
-    def add(self, item: tuple[str, dict[bytes, bytes], Callable[[_Batch], None]]) -> None:
-        item[2](self)
+    def add(self, item: _Item) -> None:
+        eid, _, op = item
+        if isinstance(op, _Announce):
+            self.script.announce(eid, op.ann, op.reply_to, op.correlation_id)
+            self.announces[eid] = op
+        elif isinstance(op, _Leave):
+            self.script.leave(eid, op.name, op.instance_id, op.reply_to, op.correlation_id)
+            self.leaves += 1
+        else:
+            self.script.heartbeat(op)
         self.items.append(item)
+
+    def beats(self) -> dict[str, tuple[str, str]]:
+        """Heartbeat entry id -> (name, instance id)."""
+        return {eid: (op[1], op[2]) for eid, _, op in self.items if isinstance(op, tuple)}
 
 
 class ControlConsumer:
@@ -427,17 +446,19 @@ class ControlConsumer:
                         details={"exception": "ResponseError"},
                     )
                     self._dead(out, eid, fields, info)
-        beats_failed = sum(1 for eid in failed if eid in batch.beats)
+        beats = batch.beats() if failed or result.unknown else {}
+        beats_failed = sum(1 for eid in failed if eid in beats)
         self.stats.heartbeats += batch.heartbeats - beats_failed
         self.stats.leaves += result.removed
         announces_failed = sum(1 for eid in failed if eid in batch.announces)
         self.stats.announces += len(batch.announces) - len(result.refused) - announces_failed
         for eid, holder in result.refused.items():
-            name, reply_to, cid = batch.announces[eid]
-            self._refuse(out, eid, reply_to, name, cid, name_taken(name, holder))
+            op = batch.announces[eid]
+            name = op.ann.name
+            self._refuse(out, eid, op.reply_to, name, op.correlation_id, name_taken(name, holder))
         told: set[tuple[str, str]] = set()
         for eid in result.unknown:
-            name, inst = batch.beats[eid]
+            name, inst = beats[eid]
             if (name, inst) not in told:
                 told.add((name, inst))
                 queue_reannounce(out.pipe, self.settings, name, inst)

@@ -265,3 +265,29 @@ async def test_values_with_nul_bytes_are_stored_as_sent(
     (reply,) = await replies(r, odd)
     assert reply["payload"]["description"] == "a\x00b"
     assert reply["payload"]["metadata"] == {"k": "\x00"}
+
+
+async def test_heartbeat_redis_refuses_fails_alone_in_its_run(
+    consumer: ControlConsumer, r: aioredis.Redis, keys: KeySpace
+) -> None:
+    agents = [FakeAgent(r, keys, f"a{i}") for i in range(3)]
+    for agent in agents:
+        await agent.announce()
+    await consumer.process(await read_all(consumer))
+    await r.delete(keys.record("a1"))
+    await r.set(keys.record("a1"), "not a hash")  # HMGET on it fails
+    later = Later(r, keys)
+    ids = [await later.heartbeat(agent, status="busy") for agent in agents]
+    entries = await read_all(consumer)
+    bad_entry = entries[1][0].decode()
+    await consumer.process(entries)
+    assert len(ids) == 3
+    assert await r.hget(keys.record("a0"), "status") == "busy"
+    assert await r.hget(keys.record("a2"), "status") == "busy"
+    letters = await r.xrange(keys.deadletter())
+    assert [f["source_id"] for _, f in letters] == [bad_entry]
+    assert await nothing_pending(r, keys)
+    assert consumer.stats.heartbeats == 2
+    # each status change written once, although the run was applied twice
+    updates = [t for t in await event_types(r, keys) if t[0] == "agent_updated"]
+    assert len(updates) == 2

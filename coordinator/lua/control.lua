@@ -204,9 +204,21 @@ local i = 9
 while i <= #ARGV do
   local kind = ARGV[i]
   if kind == 'h' then
-    for eid, name, inst, load, status in
-        string.gmatch(ARGV[i + 1], '(%S+) (%S+) (%S+) (%S+) (%S+)') do
-      if try(eid, heartbeat, eid, name, inst, load, status) then acks[#acks + 1] = eid end
+    local run, n_acks, n_unknown = ARGV[i + 1], #acks, #unknown
+    local HB = '(%S+) (%S+) (%S+) (%S+) (%S+)'
+    local ok = pcall(function()
+      for eid, name, inst, load, status in string.gmatch(run, HB) do
+        heartbeat(eid, name, inst, load, status)
+        acks[#acks + 1] = eid
+      end
+    end)
+    if not ok then
+      -- again one by one (a heartbeat applied twice changes nothing), to fail only the culprit
+      for k = #acks, n_acks + 1, -1 do acks[k] = nil end
+      for k = #unknown, n_unknown + 1, -1 do unknown[k] = nil end
+      for eid, name, inst, load, status in string.gmatch(run, HB) do
+        if try(eid, heartbeat, eid, name, inst, load, status) then acks[#acks + 1] = eid end
+      end
     end
     i = i + 2
   elseif kind == 'a' then
