@@ -54,6 +54,9 @@ Entry = tuple[bytes, dict[bytes, bytes] | None]
 #: Most control entries applied by one script call (Redis runs nothing else meanwhile: about
 #: 20 ms for 500 announces, less for heartbeats).
 MAX_SCRIPT_ENTRIES = 500
+#: While a script is under way, the read loop checks the next batch in slices of this many
+#: entries, giving the event loop a turn between slices (to send the script).
+_OVERLAP_EVERY = 32
 
 
 def _internal(e: Exception) -> ErrorInfo:
@@ -159,6 +162,15 @@ class _Batch:
         return {eid: (op[1], op[2]) for eid, _, op in self.items if isinstance(op, tuple)}
 
 
+@dataclass(slots=True)
+class _Prepared:
+    """A read batch, checked: its ids, the script batches, the outbox."""
+
+    ids: list[str]
+    batches: list[_Batch]
+    out: _Outbox
+
+
 class ControlConsumer:
     """Reads and applies the control stream for one coordinator."""
 
@@ -194,28 +206,61 @@ class ControlConsumer:
 
     # -- the read loop ------------------------------------------------------------------------
     async def run(self, stopping: asyncio.Event) -> None:
-        """Read and apply batches until ``stopping``; the batch in hand is finished first."""
+        """Read and apply batches until ``stopping``; the batches in hand are finished first.
+
+        Under a backlog (a full batch was read) the next batch is read before this one's script
+        is sent and checked in Python while Redis runs the script: the coordinator's Python and
+        Redis work overlap. Scripts still run one after the other, in stream order.
+        """
         backoff = Backoff(cap=self.settings.retry_max_backoff)
+        pending: _Prepared | None = None
         while not stopping.is_set():
             try:
                 if not self._group_ready:
                     await self.ensure_group()
-                entries = await self._read(stopping)
-                if entries is None:
-                    return
-                await self.process(entries)
+                if pending is None:
+                    entries = await self._read(stopping)
+                    if entries is None:
+                        return
+                    if not entries:
+                        continue
+                    pending = await self._prepare(entries)
+                current, pending = pending, None
+                ahead: list[Entry] = []
+                if len(current.ids) >= self.settings.batch_size:
+                    try:
+                        ahead = await self._read_now()
+                    except BaseException:
+                        pending = current
+                        raise
+                applying = asyncio.ensure_future(self._finish(current))
+                try:
+                    if ahead:  # turns the loop now and then: the script goes out meanwhile
+                        pending = await self._prepare(ahead, overlap=True)
+                finally:
+                    await applying
                 backoff.reset()
             except ResponseError as e:
                 if "NOGROUP" in str(e):
                     log.warning("control group is gone (Redis restarted?); recreating it")
                     self._group_ready = False
+                    self._release(pending)  # those entries went with the stream
+                    pending = None
                     continue
                 await self._failed("reading the control stream", e, backoff, stopping)
             except RETRYABLE as e:
                 await self._failed("reading the control stream", e, backoff, stopping)
             except Exception as e:  # a bug: log it whole, keep consuming
                 log.exception("control loop failed unexpectedly")
+                self._release(pending)  # left pending in the group: claimed back (recovery)
+                pending = None
                 await self._failed("reading the control stream", e, backoff, stopping)
+        if pending is not None:  # read ahead before the stop: finish it too
+            await self._finish(pending)
+
+    def _release(self, prepared: _Prepared | None) -> None:
+        if prepared is not None:
+            self.in_hand.difference_update(prepared.ids)
 
     async def _failed(
         self, doing: str, e: BaseException, backoff: Backoff, stopping: asyncio.Event
@@ -247,7 +292,18 @@ class ControlConsumer:
                 await asyncio.gather(read, return_exceptions=True)
         if read.cancelled():
             return None
-        response: Any = read.result()
+        return self._entries(read.result())
+
+    async def _read_now(self) -> list[Entry]:
+        """One ``XREADGROUP`` that does not wait."""
+        s = self.settings
+        response = await self._client.xreadgroup(
+            COORDINATOR_GROUP, s.coordinator_id, {self._control: ">"}, count=s.batch_size
+        )
+        return self._entries(response)
+
+    @staticmethod
+    def _entries(response: Any) -> list[Entry]:
         if not response:
             return []
         return list(response[0][1])
@@ -258,33 +314,49 @@ class ControlConsumer:
 
         While they are being applied their ids are in ``in_hand`` (``coordinator.recovery``
         never claims them from us)."""
+        await self._finish(await self._prepare(entries))
+
+    async def _prepare(self, entries: list[Entry], *, overlap: bool = False) -> _Prepared:
+        """Check every entry and sort it into script batches (or answer it): no I/O. The ids
+        are in hand from here until ``_finish`` is done. With ``overlap`` the event loop gets
+        a turn every ``_OVERLAP_EVERY`` entries, so a script being sent (hundreds of KB) goes
+        out while we work and Redis runs it meanwhile."""
         ids = [_text(raw_id) for raw_id, _ in entries]
         self.in_hand.update(ids)
         try:
-            await self._process(ids, entries)
-        finally:
+            out = _Outbox(self._client.pipeline(transaction=False))
+            batches = [_Batch()]
+            for i, (eid, (_, fields)) in enumerate(zip(ids, entries, strict=True)):
+                if overlap and i % _OVERLAP_EVERY == _OVERLAP_EVERY - 1:
+                    await asyncio.sleep(0)
+                if fields is None:  # deleted while pending: nothing to apply
+                    out.acks.append(eid)
+                    continue
+                batch = batches[-1]
+                hb = fast_heartbeat(eid, fields)
+                if hb is not None:
+                    batch.heartbeat(eid, fields, hb)
+                else:
+                    self._entry(eid, fields, batch, out)
+                if batch.size >= MAX_SCRIPT_ENTRIES:
+                    batches.append(_Batch())
+        except BaseException:
             self.in_hand.difference_update(ids)
+            raise
+        return _Prepared(ids, batches, out)
 
-    async def _process(self, ids: list[str], entries: list[Entry]) -> None:
-        out = _Outbox(self._client.pipeline(transaction=False))
-        batch = _Batch()
-        for eid, (_, fields) in zip(ids, entries, strict=True):
-            if fields is None:  # deleted while pending: nothing to apply
-                out.acks.append(eid)
-                continue
-            hb = fast_heartbeat(eid, fields)
-            if hb is not None:
-                batch.heartbeat(eid, fields, hb)
-            else:
-                self._entry(eid, fields, batch, out)
-            if batch.size >= MAX_SCRIPT_ENTRIES:
+    async def _finish(self, prepared: _Prepared) -> None:
+        """Apply the prepared batches (one script call each), then send what is left."""
+        try:
+            out = prepared.out
+            for batch in prepared.batches:
                 await self._apply(batch, out)
-                batch = _Batch()
-        await self._apply(batch, out)
-        if out.acks:
-            out.pipe.xack(self._control, COORDINATOR_GROUP, *out.acks)
-        if len(out.pipe):
-            await out.pipe.execute()
+            if out.acks:
+                out.pipe.xack(self._control, COORDINATOR_GROUP, *out.acks)
+            if len(out.pipe):
+                await out.pipe.execute()
+        finally:
+            self.in_hand.difference_update(prepared.ids)
 
     def _entry(self, eid: str, fields: dict[bytes, bytes], batch: _Batch, out: _Outbox) -> None:
         """Sort one entry that is not a plain heartbeat into the batch, or answer it here."""
@@ -407,7 +479,13 @@ class ControlConsumer:
         try:
             result = await self._registry.apply(batch.script)
         except CONNECTION_ERRORS:
-            raise  # entries stay pending: re-read after a reconnect or claimed (recovery)
+            raise  # entries stay pending: claimed back after claim_idle (recovery)
+        except ResponseError as e:
+            if "NOGROUP" in str(e):
+                raise  # Redis lost the stream: the read loop recreates the group
+            log.exception("applying a batch of %d control entries failed", batch.size)
+            await self._apply_one_by_one(batch, out)
+            return
         except Exception:
             # The script failed as a whole (an entry Redis refuses fails alone, in the script:
             # see ControlResult.failed), e.g. a bug. What it applied before failing stays

@@ -16,13 +16,14 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from agent_sdk.connection import make_client
-from coordinator import CoordinatorSettings
+from coordinator import Coordinator, CoordinatorSettings
 from coordinator.control import ControlConsumer, Entry
 from coordinator.registry import ControlBatch, ControlResult, Registry
 from coordinator.stats import CoordinatorStats
 from schemas.envelope import Envelope, encode_json
 from schemas.keys import COORDINATOR_GROUP, KeySpace
 from tests.fake_agents import FakeAgent
+from tests.support import wait_for
 
 
 class CountingRegistry(Registry):
@@ -291,3 +292,35 @@ async def test_heartbeat_redis_refuses_fails_alone_in_its_run(
     # each status change written once, although the run was applied twice
     updates = [t for t in await event_types(r, keys) if t[0] == "agent_updated"]
     assert len(updates) == 2
+
+
+async def test_backlog_read_ahead_keeps_stream_order(
+    coordinator_settings: CoordinatorSettings, r: aioredis.Redis, keys: KeySpace
+) -> None:
+    """A backlog read in batches of 4 (each next batch read and checked while the previous
+    one's script runs) ends as the stream says, every entry applied once."""
+    agents = [FakeAgent(r, keys, f"a{i}") for i in range(10)]
+    later = Later(r, keys)
+    for agent in agents:
+        await later.announce(agent)
+    for agent in agents:
+        await later.heartbeat(agent, status="busy")
+    for agent in agents[:5]:
+        await later.send(agent, "leave", {"instance_id": agent.instance_id})
+    for agent in agents[:2]:
+        await later.announce(agent)  # back again
+    settings = coordinator_settings.model_copy(update={"batch_size": 4})
+    async with Coordinator(settings) as c:
+
+        async def all_applied() -> bool:
+            return await nothing_pending(r, keys) and c.stats.announces == 12
+
+        await wait_for(all_applied, message="the backlog applied")
+        assert (c.stats.heartbeats, c.stats.leaves, c.stats.claimed) == (10, 5, 0)
+    assert await r.smembers(keys.agents()) == {"a0", "a1", "a5", "a6", "a7", "a8", "a9"}
+    assert await r.hget(keys.record("a7"), "status") == "busy"
+    assert await r.hget(keys.record("a0"), "status") == "ready"  # its latest announce
+    types = [t for t, _ in await event_types(r, keys)]
+    expected = ["agent_registered"] * 10 + ["agent_updated"] * 10
+    expected += ["agent_deregistered"] * 5 + ["agent_registered"] * 2
+    assert types == expected
