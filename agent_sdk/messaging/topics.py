@@ -23,6 +23,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 
+from agent_sdk.lane import hiredis_reader, incomplete
 from agent_sdk.messaging.handlers import Message
 from agent_sdk.settings import Settings
 from schemas.envelope import Envelope, decode_json
@@ -37,11 +38,6 @@ BroadcastCallback = Callable[[Envelope, str], None]
 _QUEUE_MAX = 10_000
 _CONFIRM_TIMEOUT = 10.0
 _READ_SIZE = 65_536
-
-try:  # what redis-py's hiredis reader returns while a reply is incomplete
-    from redis._parsers.hiredis import NOT_ENOUGH_DATA as _NOT_ENOUGH_DATA
-except ImportError:  # pragma: no cover - a redis-py without it: the slow path
-    _NOT_ENOUGH_DATA = None
 
 
 async def _push_as_is(push: Any) -> Any:
@@ -240,14 +236,14 @@ class PubSubHub:
         conn = pubsub.connection
         if conn is None:
             raise ConnectionError("the pub/sub connection is closed")
-        parser = getattr(conn, "_parser", None)
-        reader, stream = getattr(parser, "_reader", None), getattr(parser, "_stream", None)
-        if reader is None or stream is None or _NOT_ENOUGH_DATA is None:  # not as we know it
+        fast = hiredis_reader(conn)
+        if fast is None:  # not the parser we know: the slow path
             return [await conn.read_response(timeout=math.inf, push_request=True)]
+        reader, stream = fast
         replies: list[Any] = []
         while True:
             reply = reader.gets()
-            if reply is not _NOT_ENOUGH_DATA and reply is not False:
+            if not incomplete(reply):
                 replies.append(reply)
                 continue
             if replies:
