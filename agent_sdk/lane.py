@@ -29,11 +29,63 @@ import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-__all__ = ["Lane"]
+__all__ = ["Lane", "hiredis_reader", "incomplete", "read_replies"]
 
 Command = Sequence[Any]
+_READ_SIZE = 65_536
+
+try:  # what redis-py's hiredis reader returns while a reply is incomplete
+    from redis._parsers.hiredis import NOT_ENOUGH_DATA as _NOT_ENOUGH_DATA
+except ImportError:  # pragma: no cover - a redis-py without it: the slow path
+    _NOT_ENOUGH_DATA = None
+
+
+def incomplete(reply: Any) -> bool:
+    """What the hiredis reader's ``gets()`` returns while no whole reply is buffered."""
+    return reply is _NOT_ENOUGH_DATA or reply is False
+
+
+def hiredis_reader(conn: AbstractConnection) -> tuple[Any, Any] | None:
+    """The connection parser's hiredis reader and stream, or None when the parser is not the
+    one we know (another redis-py version, no hiredis): callers then use ``read_response``."""
+    parser = getattr(conn, "_parser", None)
+    reader, stream = getattr(parser, "_reader", None), getattr(parser, "_stream", None)
+    if reader is None or stream is None or _NOT_ENOUGH_DATA is None:
+        return None
+    return reader, stream
+
+
+async def read_replies(conn: AbstractConnection, n: int) -> list[Any]:
+    """The next ``n`` replies of ``conn``; an error reply as its ``ResponseError`` (a value).
+
+    Straight off the hiredis reader when there is one: ``read_response`` costs ≈ 2-5 µs a reply
+    in timeout, push and error checks, more than parsing it.
+    """
+    fast = hiredis_reader(conn)
+    replies: list[Any] = []
+    if fast is None:
+        for _ in range(n):
+            try:
+                replies.append(await conn.read_response())
+            except ResponseError as e:
+                replies.append(e)
+        return replies
+    reader, stream = fast
+    while len(replies) < n:
+        reply = reader.gets()
+        if incomplete(reply):
+            data = await stream.read(_READ_SIZE)
+            if not data:
+                raise RedisConnectionError("Connection closed by server.")
+            reader.feed(data)
+            continue
+        if isinstance(reply, RedisConnectionError):
+            raise reply
+        replies.append(reply)
+    return replies
 
 
 class Lane:
@@ -68,13 +120,7 @@ class Lane:
 
             async def attempt() -> list[Any]:
                 await conn.send_packed_command(packed, check_health=False)
-                replies: list[Any] = []
-                for _ in commands:
-                    try:
-                        replies.append(await conn.read_response())
-                    except ResponseError as e:
-                        replies.append(e)
-                return replies
+                return await read_replies(conn, len(commands))
 
             async def failed(error: Exception) -> None:
                 await conn.disconnect()

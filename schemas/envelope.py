@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -33,6 +33,8 @@ __all__ = [
     "decode_json",
     "encode_fields",
     "encode_json",
+    "epoch_ms",
+    "format_ms",
     "format_time",
     "new_id",
     "stream_id_time",
@@ -60,9 +62,12 @@ def utcnow() -> datetime:
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
-def new_id() -> str:
-    """A 26-character id sortable by time: 12 hex digits of ms since epoch + 14 random hex."""
-    return f"{time.time_ns() // 1_000_000:012x}{os.urandom(7).hex()}"
+def new_id(ms: int | None = None) -> str:
+    """A 26-character id sortable by time: 12 hex digits of ms since epoch (now, or ``ms``) +
+    14 random hex."""
+    if ms is None:
+        ms = time.time_ns() // 1_000_000
+    return f"{ms:012x}{os.urandom(7).hex()}"
 
 
 def stream_id_time(entry_id: str) -> datetime:
@@ -97,6 +102,26 @@ class Envelope(BaseModel):
 def format_time(dt: datetime) -> str:
     """ISO-8601 UTC with milliseconds and a ``Z``: how the wire carries every time."""
     return dt.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+_second: tuple[int, str] = (-1, "")
+
+
+def epoch_ms(dt: datetime) -> int:
+    """Milliseconds since the epoch, exactly (no float rounding)."""
+    return (dt - _EPOCH) // _MS
+
+
+def format_ms(ms: int) -> str:
+    """``format_time`` of a time given in ms since the epoch, with the date and time of day
+    kept for the current second (≈ 0.3 µs against ≈ 2 µs): the hot path of every message sent."""
+    global _second
+    sec, milli = divmod(ms, 1000)
+    if _second[0] != sec:
+        _second = (sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)))
+    return f"{_second[1]}.{milli:03d}Z"
 
 
 def encode_json(env: Envelope) -> bytes:

@@ -13,7 +13,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent_sdk.messaging.codec import Outgoing
-from schemas.envelope import Kind, decode_fields, decode_json, encode_fields, encode_json
+from schemas.envelope import (
+    Kind,
+    decode_fields,
+    decode_json,
+    encode_fields,
+    encode_json,
+    epoch_ms,
+    format_ms,
+    format_time,
+)
 from schemas.errors import ErrorInfo
 
 _text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=20)
@@ -80,3 +89,19 @@ def test_fast_encoder_matches_the_contract(out: Outgoing) -> None:
     assert (from_json.sent_at, from_json.deadline) == (out.sent_at, out.deadline)
     assert from_json.headers == (out.headers or {})
     assert from_json.error == out.error
+
+
+@given(st.integers(min_value=0, max_value=2**42))
+@settings(max_examples=300)
+def test_format_ms_is_format_time(ms: int) -> None:
+    """The per-second-cached formatter of the send path writes what ``format_time`` writes."""
+    dt = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms)
+    assert format_ms(ms) == format_time(dt)
+    assert epoch_ms(dt) == ms
+
+
+def test_default_id_and_sent_at_come_from_one_clock_read() -> None:
+    out = Outgoing(type="t", sender="s", payload=b"null")
+    assert int(out.id[:12], 16) == out.sent_ms == epoch_ms(out.sent_at)
+    later = Outgoing.with_timeout(2.0, type="t", sender="s", payload=b"null")
+    assert later.deadline == later.sent_at + timedelta(seconds=2)

@@ -136,6 +136,17 @@ async def test_a_batch_reloads_a_flushed_script(
     assert await _inbox_numbers(r, settings, "rx") == [-1, *range(10)]
 
 
+async def test_calls_of_one_loop_turn_share_one_round_trip(
+    sender: Sender, settings: Settings, r: aioredis.Redis
+) -> None:
+    """A gather of sends made while nothing is in flight leaves as one pipeline, in order."""
+    await register(r, settings, "rx", "worker", "i1")
+    ids = await asyncio.gather(*(sender.send("rx", "note", {"n": i}) for i in range(20)))
+    assert (sender.batcher.flushes, sender.batcher.commands) == (1, 20)
+    entries = await r.xrange(settings.keys.inbox("rx"))
+    assert [f["id"] for _, f in entries] == ids
+
+
 async def test_a_call_cancelled_while_waiting_is_dropped(
     settings: Settings, r: aioredis.Redis
 ) -> None:
@@ -144,7 +155,7 @@ async def test_a_call_cancelled_while_waiting_is_dropped(
         batcher = Batcher(client)
         key = settings.keys.inbox("cancel-test")
         first = asyncio.create_task(batcher.run(Op(("RPUSH", key, "a"))))
-        await asyncio.sleep(0)  # let it start: it is now in flight, alone
+        await asyncio.sleep(0)  # let it start: it leads the next round trip
         second = asyncio.create_task(batcher.run(Op(("RPUSH", key, "b"))))
         third = asyncio.create_task(batcher.run(Op(("RPUSH", key, "c"))))
         await asyncio.sleep(0)  # both are queued behind the first
@@ -180,5 +191,5 @@ async def test_a_batch_whose_connection_breaks_is_retried(
     results = await asyncio.gather(*(sender.send("rx", "note", {"n": i}) for i in range(20)))
     assert all(isinstance(res, str) for res in results)
     assert not failures
-    assert batches == [19, 19]  # the lone first call went out alone; the batch of 19 twice
+    assert batches == [20, 20]  # the 20 calls of one loop turn left together, twice
     assert await _inbox_numbers(r, settings, "rx") == list(range(20))

@@ -1,10 +1,11 @@
 """Auto-batching of outgoing commands: calls made while a round trip is in flight share the next.
 
 ``Batcher.run(op)`` issues one command (an ``EVALSHA`` of a data-plane script, or a plain command
-such as ``PUBLISH``) and returns its reply. When nothing is in flight the command goes out at
-once, alone, exactly as a plain call (no added delay, no pipeline overhead). Calls made while a
-round trip is in flight wait, and are then sent together as **one** non-transactional pipeline
-(as ioredis' auto-pipelining does):
+such as ``PUBLISH``) and returns its reply. When nothing is in flight the call yields to the event
+loop once (``sleep(0)``, a few µs), so that calls made in the same turn of the loop (a
+``gather`` of sends) leave together; a call alone then goes out alone, exactly as a plain call.
+Calls made while a round trip is in flight wait, and are then sent together as **one**
+non-transactional pipeline (as ioredis' auto-pipelining does):
 
 * **order**: commands leave in the order of the calls, and one batch completes before the next
   is written, so calls of one sender reach Redis in call order (for concurrent calls too);
@@ -67,6 +68,16 @@ class Batcher:
         """Send ``op`` (now when idle, else with the next batch) and return its reply."""
         if not self._busy:
             self._busy = True
+            try:
+                await asyncio.sleep(0)  # calls made in this same turn of the loop join us
+            except BaseException:
+                self._after_flush()
+                raise
+            if self._pending:  # they did: one batch for all, in call order, sent by the drainer
+                op.future = asyncio.get_running_loop().create_future()
+                self._pending.insert(0, op)
+                self._task = asyncio.create_task(self._drain(), name="agentbus-batcher")
+                return await op.future
             try:
                 self.flushes += 1
                 self.commands += 1

@@ -8,6 +8,7 @@ serialised once (``orjson``) and that byte string is what the size limit is chec
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import orjson
 from pydantic import BaseModel
 
-from schemas.envelope import PROTOCOL_VERSION, Kind, format_time, new_id
+from schemas.envelope import PROTOCOL_VERSION, Kind, epoch_ms, format_ms, format_time, new_id
 from schemas.errors import ErrorInfo, InvalidInput, PayloadTooLarge
 
 __all__ = ["Outgoing", "encode_payload", "iso", "to_jsonable"]
@@ -25,6 +26,8 @@ _V = str(PROTOCOL_VERSION)
 
 #: ISO-8601 UTC with milliseconds and a ``Z`` (the one formatter, from the wire contract).
 iso = format_time
+_NOW = datetime.min.replace(tzinfo=UTC)  # the default of Outgoing.sent_at: now
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _default(obj: Any) -> Any:
@@ -68,23 +71,33 @@ class Outgoing:
     deadline: datetime | None = None
     headers: dict[str, str] | None = None
     error: ErrorInfo | None = None
-    id: str = field(default_factory=new_id)
-    sent_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    id: str = ""  # a new id from the send time when empty
+    sent_at: datetime = _NOW  # now when not given
+    #: ``sent_at`` in ms since the epoch (one clock read gives both it and the id).
+    sent_ms: int = field(default=0, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.type or len(self.type) > 128:
             raise InvalidInput(f"message type must be 1-128 characters, got {self.type!r}")
+        if self.sent_at is _NOW:
+            self.sent_ms = time.time_ns() // 1_000_000
+            self.sent_at = _EPOCH + timedelta(milliseconds=self.sent_ms)
+        else:
+            self.sent_ms = epoch_ms(self.sent_at)
+        if not self.id:
+            self.id = new_id(self.sent_ms)
 
     @classmethod
     def with_timeout(cls, timeout: float, **kwargs: Any) -> Outgoing:
-        now = datetime.now(UTC)
-        return cls(sent_at=now, deadline=now + timedelta(seconds=timeout), **kwargs)
+        out = cls(**kwargs)
+        out.deadline = out.sent_at + timedelta(seconds=timeout)
+        return out
 
     def stream_args(self) -> list[str | bytes]:
         """Flat ``field, value, ...`` for ``XADD`` (and for the send script's ARGV)."""
         args: list[str | bytes] = [
             "v", _V, "id", self.id, "kind", self.kind.value, "type", self.type,
-            "sender", self.sender, "sent_at", iso(self.sent_at),
+            "sender", self.sender, "sent_at", format_ms(self.sent_ms),
         ]  # fmt: skip
         if self.target is not None:
             args += ["target", self.target]
@@ -113,7 +126,7 @@ class Outgoing:
             "kind": self.kind.value,
             "type": self.type,
             "sender": self.sender,
-            "sent_at": iso(self.sent_at),
+            "sent_at": format_ms(self.sent_ms),
         }
         if self.target is not None:
             out["target"] = self.target

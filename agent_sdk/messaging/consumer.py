@@ -42,6 +42,7 @@ from agent_sdk.messaging.dispatch import (
     text,
 )
 from agent_sdk.messaging.handlers import HandlerRegistry, Message
+from agent_sdk.messaging.live import LiveDispatch
 from agent_sdk.messaging.scripts import Scripts
 from agent_sdk.messaging.slots import Slots
 from agent_sdk.settings import Settings
@@ -106,6 +107,8 @@ class Consumer:
             client, settings, scripts, name=name, handlers=handlers, ack=self._ack
         )
         self._tasks: list[asyncio.Task[None]] = []
+        #: Handlers of broadcasts (pub/sub): a bounded queue and a few workers.
+        self.live = LiveDispatch(self.dispatcher.live)
         self._work: set[asyncio.Task[None]] = set()
         self._ack_event: asyncio.Event | None = None
         self._started = False
@@ -142,11 +145,7 @@ class Consumer:
         for task in readers:
             task.cancel()
         await asyncio.gather(*readers, return_exceptions=True)
-        if self._work:
-            _, late = await asyncio.wait(set(self._work), timeout=grace)
-            for task in late:
-                task.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
+        await asyncio.gather(self._finish_work(grace), self.live.stop(grace))
         for task in others:  # the lease and ack loops (an ack in flight puts its ids back)
             task.cancel()
         await asyncio.gather(*others, return_exceptions=True)
@@ -158,6 +157,13 @@ class Consumer:
                 await lane.aclose()
         await self.dispatcher.replier.batcher.aclose()
         self._reader = self._acker = None
+
+    async def _finish_work(self, grace: float) -> None:
+        if self._work:
+            _, late = await asyncio.wait(set(self._work), timeout=grace)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
 
     async def __aenter__(self) -> Consumer:
         await self.start()
@@ -410,10 +416,8 @@ class Consumer:
             self.slots.give(1)
 
     def handle_live(self, env: Envelope, channel: str) -> None:
-        """Run the handler of a broadcast received on pub/sub (no ack, no reply)."""
+        """Queue the handler of a broadcast received on pub/sub (no ack, no reply)."""
         if env.type not in self.handlers:
             log.debug("no handler for broadcast %r on %s", env.type, channel)
             return
-        task = asyncio.create_task(self.dispatcher.live(Message(env, source=channel)))
-        self._work.add(task)
-        task.add_done_callback(self._work.discard)
+        self.live.put(Message(env, source=channel))

@@ -105,17 +105,25 @@ class Sender:
             maxlen = self.settings.queue_maxlen
         if queue_if_absent:
             mode = "none"
-        out.headers = dict(out.headers or {})
-        with telemetry.producer_span(
-            target.label, out.type, message_id=out.id, headers=out.headers,
-            conversation_id=out.correlation_id,
-        ) as span:  # fmt: skip
-            op = Op([mode, maxlen, *out.stream_args()], self.scripts.send, (check_key, stream))
+        keys_ = (check_key, stream)
+        if not telemetry.tracing_enabled():  # the hot path: no span, no context manager
+            out.headers = telemetry.carry_trace(out.headers)
+            op = Op([mode, maxlen, *out.stream_args()], self.scripts.send, keys_)
             entry_id = await self._run(op, "sending %r to %s", out.type, target.label)
-            if entry_id is None:
-                telemetry.mark_error(span, "not_found" if target.name else "no_responders")
-            else:
+            if entry_id is not None:
                 telemetry.record_sent(out.type, out.kind.value)
+        else:
+            out.headers = dict(out.headers or {})
+            with telemetry.producer_span(
+                target.label, out.type, message_id=out.id, headers=out.headers,
+                conversation_id=out.correlation_id,
+            ) as span:  # fmt: skip
+                op = Op([mode, maxlen, *out.stream_args()], self.scripts.send, keys_)
+                entry_id = await self._run(op, "sending %r to %s", out.type, target.label)
+                if entry_id is None:
+                    telemetry.mark_error(span, "not_found" if target.name else "no_responders")
+                else:
+                    telemetry.record_sent(out.type, out.kind.value)
         if entry_id is None:
             if target.name is not None:
                 raise AgentNotFound(
