@@ -9,14 +9,17 @@ returns (it answers PING).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import re
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -82,6 +85,28 @@ def find_redis_server(binary: str | None = None) -> str:
     )
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with(parent: int) -> Callable[[], None] | None:
+    """A ``preexec_fn`` asking Linux to SIGTERM the child when ``parent`` dies; None elsewhere.
+
+    libc is loaded here, before the fork: the child only makes one ``prctl`` call."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the owner died before prctl took effect
+            os._exit(1)
+
+    return preexec
+
+
 class RedisServer:
     """One ``redis-server`` child process. ``start``/``stop`` are idempotent."""
 
@@ -95,6 +120,7 @@ class RedisServer:
         binary: str | None = None,
         extra_args: tuple[str, ...] = (),
         new_session: bool = False,
+        die_with_parent: bool = True,
     ) -> None:
         self.binary = find_redis_server(binary)
         self.port = port or free_port()
@@ -108,6 +134,9 @@ class RedisServer:
         # In its own session the server does not get the terminal's Ctrl-C: its owner stops it
         # after draining what still needs Redis (``agentbus up`` stops the coordinator first).
         self.new_session = new_session
+        # Linux: the kernel sends the server SIGTERM when its owner dies, even by SIGKILL, so a
+        # private server never outlives ``agentbus up`` or a crashed test run.
+        self.die_with_parent = die_with_parent
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -142,6 +171,7 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             start_new_session=self.new_session,
+            preexec_fn=_die_with(os.getpid()) if self.die_with_parent else None,
         )
         self._wait_ready(timeout)
         return self

