@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -135,7 +136,8 @@ class RedisServer:
         # after draining what still needs Redis (``agentbus up`` stops the coordinator first).
         self.new_session = new_session
         # Linux: the kernel sends the server SIGTERM when its owner dies, even by SIGKILL, so a
-        # private server never outlives ``agentbus up`` or a crashed test run.
+        # private server never outlives ``agentbus up`` or a crashed test run (when started from
+        # the main thread; see _die_with_parent).
         self.die_with_parent = die_with_parent
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -175,6 +177,11 @@ class RedisServer:
         )
         self._wait_ready(timeout)
         return self
+
+    def _die_with_parent(self) -> bool:
+        # The kernel's signal follows the *thread* that started the server: from any thread but
+        # the main one (a thread pool) the server could die long before its owner.
+        return self.die_with_parent and threading.current_thread() is threading.main_thread()
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
