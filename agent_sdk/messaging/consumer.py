@@ -42,9 +42,9 @@ from agent_sdk.messaging.dispatch import (
     text,
 )
 from agent_sdk.messaging.handlers import HandlerRegistry, Message
-from agent_sdk.messaging.live import LiveDispatch
 from agent_sdk.messaging.scripts import Scripts
 from agent_sdk.messaging.slots import Slots
+from agent_sdk.messaging.workers import BROADCAST_QUEUE_MAX, BROADCAST_WORKERS, WorkerPool
 from agent_sdk.settings import Settings
 from schemas.envelope import Envelope
 from schemas.keys import AGENT_GROUP
@@ -107,9 +107,15 @@ class Consumer:
             client, settings, scripts, name=name, handlers=handlers, ack=self._ack
         )
         self._tasks: list[asyncio.Task[None]] = []
+        #: Handlers of stream entries: as many workers as slots, no task per entry.
+        self.entries: WorkerPool[tuple[StreamState, str, Fields, int]] = WorkerPool(
+            self._process_item, workers=max_concurrency, what="entry handler"
+        )
         #: Handlers of broadcasts (pub/sub): a bounded queue and a few workers.
-        self.live = LiveDispatch(self.dispatcher.live)
-        self._work: set[asyncio.Task[None]] = set()
+        self.live: WorkerPool[Message] = WorkerPool(
+            self.dispatcher.live, queue_max=BROADCAST_QUEUE_MAX, workers=BROADCAST_WORKERS,
+            what="broadcast handler",
+        )  # fmt: skip
         self._ack_event: asyncio.Event | None = None
         self._started = False
         self._reader: Lane | None = None  # the connection of the (blocking) reads
@@ -145,7 +151,7 @@ class Consumer:
         for task in readers:
             task.cancel()
         await asyncio.gather(*readers, return_exceptions=True)
-        await asyncio.gather(self._finish_work(grace), self.live.stop(grace))
+        await asyncio.gather(self.entries.stop(grace), self.live.stop(grace))
         for task in others:  # the lease and ack loops (an ack in flight puts its ids back)
             task.cancel()
         await asyncio.gather(*others, return_exceptions=True)
@@ -157,13 +163,6 @@ class Consumer:
                 await lane.aclose()
         await self.dispatcher.replier.batcher.aclose()
         self._reader = self._acker = None
-
-    async def _finish_work(self, grace: float) -> None:
-        if self._work:
-            _, late = await asyncio.wait(set(self._work), timeout=grace)
-            for task in late:
-                task.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
 
     async def __aenter__(self) -> Consumer:
         await self.start()
@@ -397,9 +396,10 @@ class Consumer:
     # -- handling ------------------------------------------------------------------------------
     def _dispatch(self, s: StreamState, entry_id: str, fields: Fields, count: int) -> None:
         s.held.add(entry_id)
-        task = asyncio.create_task(self._process(s, entry_id, fields, count))
-        self._work.add(task)
-        task.add_done_callback(self._work.discard)
+        self.entries.put((s, entry_id, fields, count))
+
+    async def _process_item(self, item: tuple[StreamState, str, Fields, int]) -> None:
+        await self._process(*item)
 
     async def _process(self, s: StreamState, entry_id: str, fields: Fields, count: int) -> None:
         try:

@@ -1,5 +1,5 @@
-"""Broadcast handlers: a bounded queue and a few workers (``messaging.live``), and the pub/sub
-reader that feeds them."""
+"""Handlers on a worker pool (``messaging.workers``): order, concurrency, drops, stop; and the
+pub/sub reader that feeds the broadcast pool."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection
 
 from agent_sdk.messaging.handlers import Message
-from agent_sdk.messaging.live import LiveDispatch
+from agent_sdk.messaging.workers import WorkerPool
 from agent_sdk.settings import Settings
 from schemas.envelope import Envelope, Kind
 from tests.messaging_helpers import node
@@ -29,7 +29,7 @@ async def test_fast_handlers_run_in_order_on_one_worker() -> None:
     async def run(msg: Message) -> None:
         seen.append(msg.payload["n"])
 
-    live = LiveDispatch(run)
+    live = WorkerPool(run, what="broadcast handler")
     for i in range(100):
         live.put(_msg(i))
     await wait_for(lambda: len(seen) == 100, timeout=5)
@@ -50,7 +50,7 @@ async def test_waiting_handlers_run_at_once_up_to_the_worker_limit() -> None:
         await release.wait()
         running -= 1
 
-    live = LiveDispatch(run, workers=4)
+    live = WorkerPool(run, workers=4)
     for i in range(10):
         live.put(_msg(i))
     await wait_for(lambda: running == 4, timeout=5, message="four handlers running")
@@ -69,12 +69,12 @@ async def test_a_full_queue_drops_and_counts(caplog: pytest.LogCaptureFixture) -
         await release.wait()
         done.append(msg.payload["n"])
 
-    live = LiveDispatch(run, queue_max=5, workers=1)
+    live = WorkerPool(run, queue_max=5, workers=1, what="broadcast handler")
     for i in range(8):
         live.put(_msg(i))
     # the worker has not run yet: 5 queued, 3 dropped
     assert live.dropped == 3
-    assert "1 message(s) dropped" in caplog.text
+    assert "broadcast handlers fall behind: 1 message(s) dropped" in caplog.text
     release.set()
     await wait_for(lambda: len(done) == 5, timeout=5)
     assert done == [0, 1, 2, 3, 4]
@@ -90,7 +90,7 @@ async def test_stop_lets_running_handlers_finish_within_grace() -> None:
         await asyncio.sleep(0.05)  # the handler's own work, not synchronisation
         finished.append(msg.payload["n"])
 
-    live = LiveDispatch(run)
+    live = WorkerPool(run, what="broadcast handler")
     live.put(_msg(1))
     await gate.wait()
     await live.stop(5.0)
@@ -108,11 +108,11 @@ async def test_a_handler_failure_does_not_stop_the_worker(
             raise RuntimeError("boom")
         seen.append(msg.payload["n"])
 
-    live = LiveDispatch(run)
+    live = WorkerPool(run, what="broadcast handler")
     live.put(_msg(0))
     live.put(_msg(1))
     await wait_for(lambda: seen == [1], timeout=5)
-    assert "broadcast handler for 't' failed" in caplog.text
+    assert "broadcast handler failed" in caplog.text
     await live.stop(1.0)
 
 
