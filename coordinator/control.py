@@ -191,6 +191,10 @@ class ControlConsumer:
         #: ids of the entries being applied now (by the read loop or a claim)
         self.in_hand: set[str] = set()
 
+    @property
+    def registry(self) -> Registry:
+        return self._registry
+
     # -- the group ----------------------------------------------------------------------------
     async def ensure_group(self) -> None:
         """Create the consumer group (from the start of the stream) unless it exists."""

@@ -13,8 +13,12 @@ consumer (``XPENDING``) and claims (``XCLAIM``) and applies those that are stran
 
 Applying twice is harmless when it happens (heartbeats only move deadlines forward, announces
 and leaves are idempotent; the agent may see a second reply). Consumers of coordinators whose
-health key is gone and that hold nothing are deleted from the group, and the stream is trimmed
-to ``control_maxlen`` (approximately).
+health key is gone and that hold nothing are deleted from the group.
+
+Each round also trims the stream (``coordinator/lua/trim.lua``): entries every coordinator has
+processed go at once (so the stream holds the backlog, not history: its memory follows the lag,
+not the fleet's age), and a backlog nobody reads is capped at ``control_maxlen``
+(approximately).
 """
 
 from __future__ import annotations
@@ -59,15 +63,12 @@ class Recovery:
         self._rounds = 0
 
     async def step(self) -> None:
-        """One round: claim; every ``PRUNE_EVERY`` rounds prune dead consumers and trim."""
+        """One round: claim, trim; every ``PRUNE_EVERY`` rounds prune dead consumers."""
         await self.claim_once()
+        await self._consumer.registry.trim_control()
         self._rounds += 1
         if self._rounds % PRUNE_EVERY == 0:
             await self.prune_consumers()
-            # agents cap the stream as they write; this enforces the coordinator's own cap
-            await self._client.xtrim(
-                self._control, maxlen=self.settings.control_maxlen, approximate=True
-            )
 
     async def claim_once(self) -> int:
         """Claim and apply stranded entries (see the module docstring); return how many."""

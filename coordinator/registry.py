@@ -201,6 +201,13 @@ class Registry:
         batch.leave(entry_id, name, instance_id)
         return (await self.apply(batch)).removed == 1
 
+    async def trim_control(self) -> int:
+        """Drop processed control entries, cap the rest at ``control_maxlen``; how many went."""
+        n = await self._scripts.trim(
+            keys=[self._control], args=[COORDINATOR_GROUP, self.settings.control_maxlen]
+        )
+        return int(n)
+
     async def sweep(self, limit: int = 1000) -> SweepResult:
         s = self.settings
         grace = max(s.ttl_ms, s.stall_ms)

@@ -38,10 +38,12 @@ class Scripts:
 
     control: AsyncScript
     sweep: AsyncScript
+    trim: AsyncScript
 
     @classmethod
     def register(cls, client: aioredis.Redis) -> Scripts:
         return cls(
             control=client.register_script(script_source("control")),
             sweep=client.register_script(script_source("sweep")),
+            trim=client.register_script(script_source("trim")),
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import orjson
 import pytest
 import redis.asyncio as aioredis
 
@@ -98,3 +99,55 @@ async def test_own_entries_in_hand_are_never_claimed(
     consumer.in_hand.difference_update(ids)  # its apply failed: stranded, ours to retry
     assert await recovery.claim_once() == 1
     assert await registered(r, keys, agent)
+
+
+async def ghost_heartbeats(r: aioredis.Redis, keys: KeySpace, n: int) -> None:
+    ghost = FakeAgent(r, keys, "ghost")
+    pipe = r.pipeline(transaction=False)
+    payload = orjson.dumps({"instance_id": ghost.instance_id}).decode()
+    for _ in range(n):
+        fields = {"kind": "control", "type": "heartbeat", "sender": "ghost", "payload": payload}
+        pipe.xadd(keys.control(), fields)  # type: ignore[arg-type]
+    await pipe.execute()
+
+
+async def apply_all(recovery: Recovery) -> None:
+    s = recovery.settings
+    client = make_client(s)
+    try:
+        while True:
+            got: Any = await client.xreadgroup(
+                COORDINATOR_GROUP, s.coordinator_id, {s.keys.control(): ">"}, count=500
+            )
+            if not got:
+                return
+            await recovery._consumer.process(list(got[0][1]))
+    finally:
+        await client.aclose()
+
+
+async def test_processed_entries_are_trimmed_unprocessed_ones_kept(
+    recovery: Recovery, r: aioredis.Redis, keys: KeySpace
+) -> None:
+    await ghost_heartbeats(r, keys, 50)
+    stranded = await strand(r, keys, PEER, idle_ms=0)  # pending with a (dead) peer
+    await ghost_heartbeats(r, keys, 1000)
+    await apply_all(recovery)
+    await recovery.step()  # the stranded entries are not idle long enough to be claimed
+    assert int(await r.xlen(keys.control())) >= 1050  # nothing after the oldest pending goes
+    assert [eid for eid, _ in await r.xrange(keys.control(), count=1)] == [stranded[0]]
+    await set_idle(r, keys, PEER, stranded, 5_000)
+    await recovery.step()  # claimed, applied, then the stream is trimmed
+    assert recovery.stats.claimed == 50
+    # MAXLEN/MINID ~ remove whole stream nodes (100 entries by default): a node's worth stays
+    assert int(await r.xlen(keys.control())) < 200
+    pending: Any = await r.xpending(keys.control(), COORDINATOR_GROUP)
+    assert pending["pending"] == 0
+
+
+async def test_undelivered_entries_are_not_trimmed(
+    recovery: Recovery, r: aioredis.Redis, keys: KeySpace
+) -> None:
+    await ghost_heartbeats(r, keys, 1000)
+    await recovery.step()  # nobody read them yet: all stay
+    assert int(await r.xlen(keys.control())) == 1000
