@@ -188,6 +188,12 @@ class Sender:
                 raise InvalidInput(str(e)) from e
         body = self.payload(payload)
         label = f"role:{role}" if role is not None else "*"
+        if not durable and not telemetry.tracing_enabled():  # the hot path: no span
+            telemetry.record_sent(type, Kind.BROADCAST.value)
+            out = Outgoing(type=type, sender=self.sender, payload=body, kind=Kind.BROADCAST,
+                           target=label, headers=telemetry.carry_trace(headers))  # fmt: skip
+            op = Op(("PUBLISH", self.keys.broadcast_channel(role), out.json()))
+            return int(await self._run(op, "broadcasting %r", type))
         headers = dict(headers or {})
         with telemetry.producer_span(label, type, headers=headers, operation="broadcast"):
             telemetry.record_sent(type, Kind.BROADCAST.value)
