@@ -52,8 +52,10 @@ __all__ = ["CONTROL_MAXLEN", "Membership"]
 
 log = logging.getLogger("agentbus.membership")
 
-#: Approximate cap agents apply when they XADD to the control stream (coordinators trim too).
-CONTROL_MAXLEN = 100_000
+#: Approximate cap agents apply when they XADD to the control stream: the coordinator's default
+#: ``control_maxlen`` (30 s of heartbeats at 10,000 agents). Coordinators also trim what they
+#: have processed every claim round, so the stream normally holds only the backlog.
+CONTROL_MAXLEN = 300_000
 #: Longest wait (seconds) for the record to go after ``leave``.
 _LEAVE_WAIT_MAX = 2.0
 #: Errors the heartbeat loop logs and retries after a backoff.

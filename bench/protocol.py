@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
+from agent_sdk.membership import CONTROL_MAXLEN  # what the SDK applies to the control stream
 from schemas.agent import AgentCard, Announce, ControlType, Heartbeat
 from schemas.envelope import Envelope, Kind, encode_fields, new_id, utcnow
 from schemas.keys import KeySpace
@@ -37,7 +38,6 @@ __all__ = [
     "sim_agents",
 ]
 
-CONTROL_MAXLEN = 100_000  # what the SDK applies to the control stream
 _PIPE = 500  # commands per pipeline round trip
 
 
