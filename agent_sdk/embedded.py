@@ -165,8 +165,11 @@ class RedisServer:
         return args + list(self.extra_args)
 
     def start(self, timeout: float = 10.0) -> RedisServer:
-        if self.process is not None and self.process.poll() is None:
-            return self
+        if self.process is not None:
+            if self.process.poll() is None:
+                return self
+            if self.process.stderr:  # it exited on its own: close what we held of it
+                self.process.stderr.close()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
             self.command(),
@@ -191,6 +194,8 @@ class RedisServer:
                 assert self.process is not None
                 if self.process.poll() is not None:
                     err = self.process.stderr.read().decode() if self.process.stderr else ""
+                    if self.process.stderr:
+                        self.process.stderr.close()
                     log = self.log_path.read_text() if self.log_path.exists() else ""
                     raise ConnectionFailed(
                         f"redis-server exited with {self.process.returncode} on port "
