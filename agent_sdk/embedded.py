@@ -216,7 +216,11 @@ class RedisServer:
     def stop(self, timeout: float = 5.0) -> None:
         """SIGTERM, wait, then SIGKILL if needed."""
         proc, self.process = self.process, None
-        if proc is None or proc.poll() is not None:
+        if proc is None:
+            return
+        if proc.poll() is not None:  # already gone: close what we held of it
+            if proc.stderr:
+                proc.stderr.close()
             return
         proc.send_signal(signal.SIGTERM)
         try:
@@ -231,9 +235,10 @@ class RedisServer:
     def kill(self) -> None:
         """SIGKILL at once (for fault tests); ``start()`` brings it back on the same port."""
         proc, self.process = self.process, None
-        if proc is None or proc.poll() is not None:
+        if proc is None:
             return
-        proc.kill()
+        if proc.poll() is None:
+            proc.kill()
         proc.wait()
         if proc.stderr:
             proc.stderr.close()
