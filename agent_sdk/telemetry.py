@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Mapping, MutableMapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
@@ -70,7 +70,6 @@ __all__ = [
     "ATTR_SYSTEM",
     "INSTRUMENTATION_NAME",
     "SYSTEM",
-    "carry_trace",
     "consumer_span",
     "extract",
     "forget_coordinator",
@@ -86,7 +85,6 @@ __all__ = [
     "record_sent",
     "set_registry_size",
     "tracing_enabled",
-    "untraced",
     "use_tracer_provider",
 ]
 
@@ -179,24 +177,22 @@ def _annotate(
         span.set_attribute(ATTR_CONVERSATION_ID, conversation_id)
 
 
-def untraced(headers: Mapping[str, str] | None) -> bool:
-    """True when processing a message needs no span at all: tracing is off and no trace context
-    came with it (``consumer_span`` would do nothing; skipping it saves ≈ 2 µs a message)."""
-    return not tracing_enabled() and not (headers and "traceparent" in headers)
+class _Untraced:
+    """What a span helper returns while tracing is off: enters to ``span``, does nothing else.
+    A plain object, not a generator context manager (≈ 0.3 µs against ≈ 2–3 µs a message)."""
+
+    __slots__ = ("span",)
+
+    def __init__(self, span: Span) -> None:
+        self.span = span
+
+    def __enter__(self) -> Span:
+        return self.span
+
+    def __exit__(self, *exc: object) -> None:
+        return None
 
 
-def carry_trace(headers: dict[str, str] | None) -> dict[str, str] | None:
-    """What ``producer_span`` does while tracing is off, without a context manager (the hot
-    path of sends): a copy of ``headers`` with the trace context that came in, when one did;
-    else ``headers`` as given."""
-    if not trace.get_current_span().get_span_context().is_valid:
-        return headers
-    carried = dict(headers or {})
-    propagate.inject(carried)
-    return carried
-
-
-@contextmanager
 def producer_span(
     destination: str,
     message_type: str,
@@ -206,7 +202,7 @@ def producer_span(
     headers: MutableMapping[str, str] | None = None,
     operation: str = "send",
     request: bool = False,
-) -> Iterator[Span]:
+) -> AbstractContextManager[Span]:
     """A span around sending one message; injects its context into ``headers`` when given.
 
     ``operation`` names the operation (``send``, ``publish``, ``broadcast``); ``request=True``
@@ -217,8 +213,21 @@ def producer_span(
         current = trace.get_current_span()
         if headers is not None and current.get_span_context().is_valid:
             propagate.inject(headers)  # a trace that came in goes on
-        yield current
-        return
+        return _Untraced(current)
+    return _producer_span(destination, message_type, message_id, conversation_id, headers,
+                          operation, request)  # fmt: skip
+
+
+@contextmanager
+def _producer_span(
+    destination: str,
+    message_type: str,
+    message_id: str | None,
+    conversation_id: str | None,
+    headers: MutableMapping[str, str] | None,
+    operation: str,
+    request: bool,
+) -> Iterator[Span]:
     name = f"{'request' if request else operation} {destination}"
     kind = SpanKind.CLIENT if request else SpanKind.PRODUCER
     with _tracer.start_as_current_span(name, kind=kind) as span:
@@ -236,7 +245,6 @@ def producer_span(
         yield span
 
 
-@contextmanager
 def consumer_span(
     destination: str,
     message_type: str,
@@ -244,18 +252,33 @@ def consumer_span(
     headers: Mapping[str, str] | None,
     message_id: str | None = None,
     conversation_id: str | None = None,
-) -> Iterator[Span]:
+) -> AbstractContextManager[Span]:
     """A CONSUMER span around processing one message, child of the context in ``headers``."""
     if not tracing_enabled():
         if not headers or "traceparent" not in headers:
-            yield trace.INVALID_SPAN
-            return
-        token = otel_context.attach(extract(headers))  # pass the trace through this process
-        try:
-            yield trace.get_current_span()
-        finally:
-            otel_context.detach(token)
-        return
+            return _Untraced(trace.INVALID_SPAN)
+        return _pass_through(headers)
+    return _consumer_span(destination, message_type, headers, message_id, conversation_id)
+
+
+@contextmanager
+def _pass_through(headers: Mapping[str, str]) -> Iterator[Span]:
+    """Tracing off, a trace context came in: make it current so it goes on in what is sent."""
+    token = otel_context.attach(extract(headers))
+    try:
+        yield trace.get_current_span()
+    finally:
+        otel_context.detach(token)
+
+
+@contextmanager
+def _consumer_span(
+    destination: str,
+    message_type: str,
+    headers: Mapping[str, str] | None,
+    message_id: str | None,
+    conversation_id: str | None,
+) -> Iterator[Span]:
     parent = extract(headers)
     with _tracer.start_as_current_span(
         f"process {destination}", context=parent, kind=SpanKind.CONSUMER

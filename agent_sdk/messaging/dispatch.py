@@ -104,12 +104,6 @@ class Dispatcher:
             return
         msg = Message(env, delivery_count=count, source=s.key, entry_id=entry_id)
         telemetry.record_received(env.type)
-        if telemetry.untraced(env.headers):  # the hot path: no span, no context manager
-            outcome = await self.handlers.handle(msg)
-            if outcome.error is not None:
-                telemetry.record_failed(env.type, outcome.error.code)
-            await self.settle(s, entry_id, fields, env, outcome, count)
-            return
         with telemetry.consumer_span(
             env.target or self.name, env.type, headers=env.headers, message_id=env.id,
             conversation_id=env.correlation_id or (env.id if env.kind is Kind.REQUEST else None),
@@ -148,18 +142,12 @@ class Dispatcher:
 
     async def live(self, msg: Message) -> None:
         telemetry.record_received(msg.type)
-        outcome: Outcome
-        if telemetry.untraced(msg.headers):  # the hot path: no span, no context manager
-            outcome = await self.handlers.handle(msg)
+        with telemetry.consumer_span(
+            msg.target or self.name, msg.type, headers=msg.headers, message_id=msg.id
+        ) as span:
+            outcome: Outcome = await self.handlers.handle(msg)
             if outcome.error is not None:
+                telemetry.mark_error(span, outcome.error.code, outcome.error.description)
                 telemetry.record_failed(msg.type, outcome.error.code)
-        else:
-            with telemetry.consumer_span(
-                msg.target or self.name, msg.type, headers=msg.headers, message_id=msg.id
-            ) as span:
-                outcome = await self.handlers.handle(msg)
-                if outcome.error is not None:
-                    telemetry.mark_error(span, outcome.error.code, outcome.error.description)
-                    telemetry.record_failed(msg.type, outcome.error.code)
         if not outcome.ok and outcome.error is not None:
             log.warning("broadcast %s (%r) failed: %s", msg.id, msg.type, outcome.error.description)

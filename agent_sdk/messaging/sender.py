@@ -105,25 +105,17 @@ class Sender:
             maxlen = self.settings.queue_maxlen
         if queue_if_absent:
             mode = "none"
-        keys_ = (check_key, stream)
-        if not telemetry.tracing_enabled():  # the hot path: no span, no context manager
-            out.headers = telemetry.carry_trace(out.headers)
-            op = Op([mode, maxlen, *out.stream_args()], self.scripts.send, keys_)
+        out.headers = dict(out.headers or {})
+        with telemetry.producer_span(
+            target.label, out.type, message_id=out.id, headers=out.headers,
+            conversation_id=out.correlation_id,
+        ) as span:  # fmt: skip
+            op = Op([mode, maxlen, *out.stream_args()], self.scripts.send, (check_key, stream))
             entry_id = await self._run(op, "sending %r to %s", out.type, target.label)
-            if entry_id is not None:
+            if entry_id is None:
+                telemetry.mark_error(span, "not_found" if target.name else "no_responders")
+            else:
                 telemetry.record_sent(out.type, out.kind.value)
-        else:
-            out.headers = dict(out.headers or {})
-            with telemetry.producer_span(
-                target.label, out.type, message_id=out.id, headers=out.headers,
-                conversation_id=out.correlation_id,
-            ) as span:  # fmt: skip
-                op = Op([mode, maxlen, *out.stream_args()], self.scripts.send, keys_)
-                entry_id = await self._run(op, "sending %r to %s", out.type, target.label)
-                if entry_id is None:
-                    telemetry.mark_error(span, "not_found" if target.name else "no_responders")
-                else:
-                    telemetry.record_sent(out.type, out.kind.value)
         if entry_id is None:
             if target.name is not None:
                 raise AgentNotFound(
@@ -188,12 +180,6 @@ class Sender:
                 raise InvalidInput(str(e)) from e
         body = self.payload(payload)
         label = f"role:{role}" if role is not None else "*"
-        if not durable and not telemetry.tracing_enabled():  # the hot path: no span
-            telemetry.record_sent(type, Kind.BROADCAST.value)
-            out = Outgoing(type=type, sender=self.sender, payload=body, kind=Kind.BROADCAST,
-                           target=label, headers=telemetry.carry_trace(headers))  # fmt: skip
-            op = Op(("PUBLISH", self.keys.broadcast_channel(role), out.json()))
-            return int(await self._run(op, "broadcasting %r", type))
         headers = dict(headers or {})
         with telemetry.producer_span(label, type, headers=headers, operation="broadcast"):
             telemetry.record_sent(type, Kind.BROADCAST.value)
@@ -230,13 +216,6 @@ class Sender:
             check_topic(topic)
         except ValueError as e:
             raise InvalidInput(str(e)) from e
-        if not telemetry.tracing_enabled():  # the hot path: no span
-            out = Outgoing(type=type or topic, sender=self.sender, payload=self.payload(payload),
-                           kind=Kind.PUBLISH, target=topic,
-                           headers=telemetry.carry_trace(headers))  # fmt: skip
-            telemetry.record_sent(out.type, Kind.PUBLISH.value)
-            op = Op(("PUBLISH", self.keys.topic_channel(topic), out.json()))
-            return int(await self._run(op, "publishing on %r", topic))
         headers = dict(headers or {})
         with telemetry.producer_span(topic, type or topic, headers=headers, operation="publish"):
             out = Outgoing(type=type or topic, sender=self.sender, payload=self.payload(payload),
