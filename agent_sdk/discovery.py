@@ -26,7 +26,7 @@ from schemas.errors import InvalidInput, ProtocolError
 from schemas.names import check_identifier
 from schemas.semver import VersionRange, parse_range
 
-__all__ = ["Discovery", "StatusFilter", "decode_record", "normalize_statuses"]
+__all__ = ["FIELD_ORDER", "Discovery", "StatusFilter", "decode_record", "normalize_statuses"]
 
 #: ``status=`` accepts one status or several (any of).
 StatusFilter = AgentStatus | str | Iterable[AgentStatus | str] | None
@@ -35,7 +35,7 @@ _SCRIPT = resources.files("agent_sdk").joinpath("lua/discover.lua").read_text()
 _RECORD_FIELDS = frozenset(AgentRecord.model_fields)
 #: The fields discover.lua reads (HMGET), in the order ``_from_row`` unpacks them; the script
 #: requires ``name``, ``status``, ``load`` first. Checked against ``AgentRecord`` just below.
-_FIELD_ORDER: tuple[str, ...] = (
+FIELD_ORDER: tuple[str, ...] = (
     "name",
     "status",
     "load",
@@ -55,8 +55,8 @@ _FIELD_ORDER: tuple[str, ...] = (
     "heartbeat_ms",
     "ttl_ms",
 )
-if set(_FIELD_ORDER) != _RECORD_FIELDS or len(_FIELD_ORDER) != len(_RECORD_FIELDS):
-    raise RuntimeError("discovery._FIELD_ORDER is out of step with AgentRecord's fields")
+if set(FIELD_ORDER) != _RECORD_FIELDS or len(FIELD_ORDER) != len(_RECORD_FIELDS):
+    raise RuntimeError("discovery.FIELD_ORDER is out of step with AgentRecord's fields")
 
 
 def normalize_statuses(status: StatusFilter) -> tuple[AgentStatus, ...]:
@@ -89,7 +89,7 @@ _set = object.__setattr__
 def _lean(row: Any) -> AgentRecord:
     """Build a record from a coordinator-written row without re-validating it.
 
-    ``row``: the ``_FIELD_ORDER`` values, ``False`` for an absent field. What
+    ``row``: the ``FIELD_ORDER`` values, ``False`` for an absent field. What
     ``model_construct`` does, minus its per-field default handling (which costs as much as
     validation). Raises ``KeyError``/``ValueError``/``TypeError`` on anything it does not
     expect; the callers then validate. ``tests/test_discovery.py`` checks the result equals
@@ -158,7 +158,7 @@ def decode_record(raw: Sequence[bytes | str] | dict[str, str]) -> AgentRecord:
     """Decode a registry hash (a flat ``HGETALL`` array or a dict) into an ``AgentRecord``."""
     d = raw if isinstance(raw, dict) else _pairs(raw)
     try:
-        return _lean([d.get(f, False) for f in _FIELD_ORDER])
+        return _lean([d.get(f, False) for f in FIELD_ORDER])
     except (KeyError, ValueError, TypeError):
         return _validated(d)
 
@@ -169,9 +169,9 @@ def _from_row(row: Any) -> AgentRecord:
         return _lean(row)
     except (KeyError, ValueError, TypeError):
         pass
-    if not isinstance(row, list) or len(row) != len(_FIELD_ORDER):
+    if not isinstance(row, list) or len(row) != len(FIELD_ORDER):
         raise ProtocolError(f"unexpected discovery row {row!r}")
-    return _validated({f: v for f, v in zip(_FIELD_ORDER, row, strict=True) if isinstance(v, str)})
+    return _validated({f: v for f, v in zip(FIELD_ORDER, row, strict=True) if isinstance(v, str)})
 
 
 def _records(reply: bytes | str) -> list[AgentRecord]:
@@ -250,7 +250,7 @@ class Discovery:
             ",".join(s.value for s in statuses),
             "" if max_load is None else int(max_load),
             0 if (limit is None or rng is not None) else limit,
-            *_FIELD_ORDER,
+            *FIELD_ORDER,
         ]
         with redis_errors(self.settings, "discovering agents"):
             reply = await self._script(keys=all_of + any_of, args=args)

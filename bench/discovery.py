@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 
+from agent_sdk.discovery import FIELD_ORDER
 from bench.common import Sizes, client, now_ns
 from bench.protocol import query_for
 from bench.stats import Latency
@@ -43,26 +44,7 @@ if #out == 0 then return '[]' end
 return cjson.encode(out)
 """
 
-_FIELDS = (
-    "name",
-    "status",
-    "load",
-    "role",
-    "version",
-    "description",
-    "capabilities",
-    "tags",
-    "region",
-    "host",
-    "pid",
-    "max_concurrency",
-    "metadata",
-    "instance_id",
-    "registered_at",
-    "last_seen",
-    "heartbeat_ms",
-    "ttl_ms",
-)
+_FIELDS = FIELD_ORDER  # the fields discover.lua reads, in its order
 
 Query = Callable[[str, tuple[str, str]], Awaitable[int]]
 
