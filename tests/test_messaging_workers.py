@@ -83,17 +83,21 @@ async def test_a_full_queue_drops_and_counts(caplog: pytest.LogCaptureFixture) -
 
 async def test_stop_lets_running_handlers_finish_within_grace() -> None:
     finished: list[int] = []
-    gate = asyncio.Event()
+    started, release = asyncio.Event(), asyncio.Event()
 
     async def run(msg: Message) -> None:
-        gate.set()
-        await asyncio.sleep(0.05)  # the handler's own work, not synchronisation
+        started.set()
+        await release.wait()
         finished.append(msg.payload["n"])
 
     live = WorkerPool(run, what="broadcast handler")
     live.put(_msg(1))
-    await gate.wait()
-    await live.stop(5.0)
+    await started.wait()
+    stopping = asyncio.create_task(live.stop(5.0))
+    await wait_for(lambda: live._settled is not None, timeout=5, message="stop waiting")
+    assert not stopping.done()  # it waits for the running handler
+    release.set()
+    await stopping
     assert finished == [1]
     assert not live._workers
 
