@@ -371,21 +371,17 @@ class Consumer:
     async def _flush_acks(self) -> None:
         """One round trip: an ``XACK`` per stream with finished entries."""
         batch = [(s, s.acks) for s in self.streams if s.acks]
-        if not batch:
+        if not batch or self._acker is None:  # nothing to do, or not started
             return
         for s, _ in batch:
             s.acks = []
-        lane = self._acker
         try:
-            commands = [("XACK", s.key, s.group, *ids) for s, ids in batch]
-            if lane is not None:
-                replies = await lane.execute(commands)
-                for reply in replies:
-                    if isinstance(reply, BaseException):
-                        raise reply
-            else:  # stopped: one last flush on the shared client
-                for command in commands:
-                    await self.client.execute_command(*command)  # type: ignore[no-untyped-call]
+            replies = await self._acker.execute(
+                [("XACK", s.key, s.group, *ids) for s, ids in batch]
+            )
+            for reply in replies:
+                if isinstance(reply, BaseException):
+                    raise reply
         except BaseException:
             for s, ids in batch:
                 s.acks[:0] = ids
