@@ -330,6 +330,10 @@ class Agent:
         """See ``Messaging.broadcast``."""
         return await self.messaging.broadcast(type, payload, **kw)
 
+    async def broadcast_many(self, type: str, payloads: Iterable[Any], **kw: Any) -> list[int]:
+        """See ``Messaging.broadcast_many``."""
+        return await self.messaging.broadcast_many(type, payloads, **kw)
+
     async def publish(self, topic: str, payload: Any = None, **kw: Any) -> int:
         """See ``Messaging.publish``."""
         return await self.messaging.publish(topic, payload, **kw)

@@ -249,6 +249,10 @@ class Bus:
     async def broadcast(self, type: str, payload: Any = None, **kw: Any) -> int:
         return await self.messaging.broadcast(type, payload, **kw)
 
+    async def broadcast_many(self, type: str, payloads: Iterable[Any], **kw: Any) -> list[int]:
+        """Many broadcasts in one round trip; see ``Messaging.broadcast_many``."""
+        return await self.messaging.broadcast_many(type, payloads, **kw)
+
     async def publish(self, topic: str, payload: Any = None, **kw: Any) -> int:
         return await self.messaging.publish(topic, payload, **kw)
 

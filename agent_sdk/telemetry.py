@@ -61,6 +61,7 @@ from agent_sdk.telemetry_metrics import (
 )
 
 __all__ = [
+    "ATTR_BATCH_COUNT",
     "ATTR_CONVERSATION_ID",
     "ATTR_DESTINATION",
     "ATTR_MESSAGE_ID",
@@ -83,6 +84,7 @@ __all__ = [
     "record_received",
     "record_request_duration",
     "record_sent",
+    "set_batch_size",
     "set_registry_size",
     "tracing_enabled",
     "use_tracer_provider",
@@ -97,6 +99,7 @@ ATTR_OPERATION_TYPE = "messaging.operation.type"
 ATTR_OPERATION_NAME = "messaging.operation.name"
 ATTR_MESSAGE_ID = "messaging.message.id"
 ATTR_CONVERSATION_ID = "messaging.message.conversation_id"
+ATTR_BATCH_COUNT = "messaging.batch.message_count"
 
 # Proxy objects: they delegate to the real SDK once the application installs one, at any time.
 _tracer: trace.Tracer = trace.get_tracer(INSTRUMENTATION_NAME)
@@ -193,6 +196,9 @@ class _Untraced:
         return None
 
 
+_NO_SPAN = _Untraced(trace.INVALID_SPAN)
+
+
 def producer_span(
     destination: str,
     message_type: str,
@@ -256,7 +262,7 @@ def consumer_span(
     """A CONSUMER span around processing one message, child of the context in ``headers``."""
     if not tracing_enabled():
         if not headers or "traceparent" not in headers:
-            return _Untraced(trace.INVALID_SPAN)
+            return _NO_SPAN
         return _pass_through(headers)
     return _consumer_span(destination, message_type, headers, message_id, conversation_id)
 
@@ -293,6 +299,12 @@ def _consumer_span(
             conversation_id=conversation_id,
         )
         yield span
+
+
+def set_batch_size(span: Span, count: int) -> None:
+    """On a span covering several messages sent at once: how many."""
+    if span.is_recording():
+        span.set_attribute(ATTR_BATCH_COUNT, count)
 
 
 def mark_error(span: Span, code: str, description: str = "") -> None:

@@ -134,8 +134,8 @@ def _type_code_attrs(message_type: str, code: str) -> Mapping[str, str]:
     return {ATTR_MESSAGE_TYPE: _bounded(message_type), ATTR_ERROR_CODE: code}
 
 
-def record_sent(message_type: str, kind: str = "send") -> None:
-    _sent.add(1, _type_attrs(message_type, kind))
+def record_sent(message_type: str, kind: str = "send", count: int = 1) -> None:
+    _sent.add(count, _type_attrs(message_type, kind))
 
 
 def record_received(message_type: str) -> None:

@@ -90,7 +90,8 @@ async def client_worker(
     ctx: WorkerContext, url: str, ns: str, target: str, mode: str, n: int, warmup: int,
     tracing: str,
 ) -> None:  # fmt: skip
-    """The sending side: ``rr`` (sequential requests), ``send`` or ``broadcast`` (windowed)."""
+    """The sending side: ``rr`` (sequential requests); ``send`` or ``broadcast`` (``WINDOW``
+    concurrent calls at a time); ``broadcast_many`` (``WINDOW`` payloads a call)."""
     from agent_sdk.bus import Bus
 
     exporter = _tracing(tracing)
@@ -114,6 +115,8 @@ async def client_worker(
                 k = min(WINDOW, n - sent)
                 if mode == "send":
                     await asyncio.gather(*(bus.send(target, "bench", PAYLOAD) for _ in range(k)))
+                elif mode == "broadcast_many":
+                    await bus.broadcast_many("bench", [PAYLOAD] * k)
                 else:
                     await asyncio.gather(*(bus.broadcast("bench", PAYLOAD) for _ in range(k)))
                 sent += k
@@ -169,9 +172,11 @@ async def agentbus_send(
 
 
 async def agentbus_broadcast(
-    url: str, ns: str, sizes: Sizes, loop: str
+    url: str, ns: str, sizes: Sizes, loop: str, *, many: bool = False
 ) -> tuple[Throughput, dict[str, float]]:
-    return await _one_way(url, ns, sizes.messages, loop, "broadcast")
+    """``Bus.broadcast`` calls, ``WINDOW`` at a time; or (``many``) ``Bus.broadcast_many`` with
+    ``WINDOW`` payloads a call, the batch API that matches raw pipelined ``PUBLISH``."""
+    return await _one_way(url, ns, sizes.messages, loop, "broadcast_many" if many else "broadcast")
 
 
 # -- the same Redis commands as agentbus request-reply, from raw redis-py ------------------------

@@ -6,6 +6,9 @@ and its keys are deleted afterwards.
 
 from __future__ import annotations
 
+import asyncio
+import sys
+import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -17,6 +20,31 @@ from agent_sdk.embedded import RedisServer, find_redis_server, server_version
 from agent_sdk.settings import Settings
 from coordinator import Coordinator, CoordinatorSettings
 from schemas.keys import KeySpace
+
+
+def _dump_pending_tasks(test: str) -> None:
+    """What every unfinished asyncio task awaits: pytest-timeout shows only the thread stacks,
+    where a hung async test is just an event loop polling."""
+    tasks = [t for t in list(asyncio.tasks._all_tasks) if not t.done()]  # type: ignore[attr-defined]
+    print(f"\n+++ {test} is about to time out; {len(tasks)} pending task(s):", file=sys.stderr)
+    for task in tasks:
+        task.print_stack(limit=12, file=sys.stderr)
+
+
+@pytest.fixture(autouse=True)
+def _task_dump_before_timeout(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Ten seconds before pytest-timeout fails a test, print the stacks of pending tasks."""
+    limit = float(request.config.getini("timeout") or 0)
+    if limit <= 10:
+        yield
+        return
+    timer = threading.Timer(limit - 10, _dump_pending_tasks, args=(request.node.nodeid,))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 @pytest.fixture(scope="session")

@@ -193,3 +193,79 @@ async def test_a_batch_whose_connection_breaks_is_retried(
     assert not failures
     assert batches == [20, 20]  # the 20 calls of one loop turn left together, twice
     assert await _inbox_numbers(r, settings, "rx") == list(range(20))
+
+
+async def test_broadcast_many_is_one_round_trip_in_order(
+    sender: Sender, settings: Settings, r: aioredis.Redis
+) -> None:
+    pubsub = r.pubsub()
+    await pubsub.subscribe(settings.keys.broadcast_channel())
+    try:
+        counts = await sender.broadcast_many("hello", [{"n": i} for i in range(50)])
+        assert counts == [1] * 50  # one subscriber received each
+        assert (sender.batcher.flushes, sender.batcher.commands) == (1, 50)
+        got = []
+        async with asyncio.timeout(10):
+            while len(got) < 50:
+                msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+                if msg is not None:
+                    got.append(orjson.loads(msg["data"]))
+        assert [m["payload"]["n"] for m in got] == list(range(50))
+        assert len({m["id"] for m in got}) == 50  # one envelope per payload
+        assert {(m["kind"], m["type"], m["target"]) for m in got} == {("broadcast", "hello", "*")}
+        assert await sender.broadcast_many("hello", []) == []
+        assert sender.batcher.flushes == 1  # nothing to send: no round trip
+    finally:
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+
+async def test_broadcast_many_checks_every_payload_before_sending(
+    settings: Settings, r: aioredis.Redis
+) -> None:
+    small = settings.model_copy(update={"max_payload_bytes": 100})
+    client = make_client(small)
+    try:
+        sender = Sender(client, small, Scripts.register(client), "tx")
+        payloads = [{"n": i, "pad": "x" * (200 if i == 3 else 1)} for i in range(6)]
+        with pytest.raises(PayloadTooLarge):
+            await sender.broadcast_many("hello", payloads)
+        assert sender.batcher.commands == 0
+    finally:
+        await client.aclose()
+
+
+async def test_run_many_queued_behind_calls_keeps_call_order(
+    settings: Settings, r: aioredis.Redis
+) -> None:
+    """A group sent while a round trip is in flight joins the next batch after the calls made
+    before it, and before those made after it."""
+    client = make_client(settings)
+    try:
+        batcher = Batcher(client)
+        key = settings.keys.inbox("order-test")
+        first = asyncio.create_task(batcher.run(Op(("RPUSH", key, "a"))))
+        await asyncio.sleep(0)  # it leads the next round trip
+        group = asyncio.create_task(
+            batcher.run_many([Op(("RPUSH", key, v)) for v in ("b", "c", "d")])
+        )
+        await asyncio.sleep(0)
+        last = asyncio.create_task(batcher.run(Op(("RPUSH", key, "e"))))
+        assert await first == 1
+        assert await group == [2, 3, 4]
+        assert await last == 5
+        assert await r.lrange(key, 0, -1) == ["a", "b", "c", "d", "e"]
+        assert (batcher.flushes, batcher.commands) == (2, 5)
+    finally:
+        await client.aclose()
+
+
+async def test_run_many_raises_the_first_error_reply(settings: Settings, r: aioredis.Redis) -> None:
+    client = make_client(settings)
+    try:
+        batcher = Batcher(client)
+        key = settings.keys.inbox("error-test")
+        await r.set(key, "not a list")
+        with pytest.raises(Exception, match="WRONGTYPE"):
+            await batcher.run_many([Op(("GET", key)), Op(("RPUSH", key, "x"))])
+    finally:
+        await client.aclose()

@@ -40,6 +40,41 @@ async def test_live_broadcast_reaches_every_agent_or_one_role(
     assert sorted(m.payload["all"] for m in got["a"]) == [False, True]
 
 
+async def test_broadcast_many_reaches_handlers_in_order(
+    settings: Settings, r: aioredis.Redis
+) -> None:
+    got: list[int] = []
+    async with node(settings, "a", "pool", r=r) as a, node(settings, "x", "other", r=r) as x:
+
+        @a.on("task")
+        async def task(payload: Any) -> None:
+            got.append(payload["n"])
+
+        counts = await x.broadcast_many("task", [{"n": i} for i in range(100)], role="pool")
+        assert counts == [1] * 100
+        await wait_for(lambda: len(got) == 100, timeout=5)
+    assert got == list(range(100))
+
+
+async def test_durable_broadcast_many_queues_each_message_per_member(
+    settings: Settings, r: aioredis.Redis
+) -> None:
+    async with node(settings, "c", "client", r=r) as c:
+        async with (
+            node(settings, "a", "pool", r=r, start=False),
+            node(settings, "b", "pool", r=r, start=False),
+        ):
+            counts = await c.broadcast_many("reload", [{"v": 1}, {"v": 2}], role="pool",
+                                            durable=True)  # fmt: skip
+            assert counts == [2, 2]
+            for name in ("a", "b"):
+                entries = await r.xrange(settings.keys.inbox(name))
+                assert [e[1]["payload"] for e in entries] == ['{"v":1}', '{"v":2}']
+                assert {e[1]["target"] for e in entries} == {name}
+        with pytest.raises(InvalidInput):
+            await c.broadcast_many("reload", [{}], role="not a role")
+
+
 async def test_durable_broadcast_queues_one_copy_per_live_member(
     settings: Settings, r: aioredis.Redis
 ) -> None:

@@ -56,7 +56,7 @@ async def test_waiting_handlers_run_at_once_up_to_the_worker_limit() -> None:
     await wait_for(lambda: running == 4, timeout=5, message="four handlers running")
     assert len(live._workers) == 4
     release.set()
-    await wait_for(lambda: live._queue.empty() and running == 0, timeout=5)
+    await wait_for(lambda: not live._queue and running == 0, timeout=5)
     assert peak == 4
     await live.stop(1.0)
 

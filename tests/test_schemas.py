@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
 
 import pytest
@@ -18,6 +19,7 @@ from schemas import (
     encode_fields,
     encode_json,
 )
+from schemas.envelope import new_id
 from schemas.errors import ErrorCode, ProtocolError
 from schemas.semver import parse_range
 
@@ -135,3 +137,20 @@ def test_keys_share_hash_tags() -> None:
 )
 def test_version_ranges(rng: str, version: str, ok: bool) -> None:
     assert (version in parse_range(rng)) is ok
+
+
+def test_ids_of_a_forked_child_differ_from_its_parents() -> None:
+    """The id generator is re-seeded in a forked child: a parent and its child (a prefork
+    server's workers, say) never produce the same sequence of ids."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its first ids, then exit without running any cleanup
+        os.write(write_end, ",".join(new_id(0) for _ in range(3)).encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as f:
+        child = f.read().decode().split(",")
+    os.waitpid(pid, 0)
+    parent = [new_id(0) for _ in range(3)]
+    assert len(child) == 3
+    assert not set(child) & set(parent)

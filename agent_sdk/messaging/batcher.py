@@ -91,6 +91,40 @@ class Batcher:
         self._pending.append(op)
         return await op.future
 
+    async def run_many(self, ops: Sequence[Op]) -> list[Any]:
+        """Send ``ops`` together (in one pipeline when idle, else with the next batch, in order)
+        and return their replies in order; the first error reply is raised."""
+        if not ops:
+            return []
+        if not self._busy:  # nothing to join: the batch is already one
+            self._busy = True
+            try:
+                self.flushes += 1
+                self.commands += len(ops)
+                results = await self._round_trip(list(ops))
+            finally:
+                self._after_flush()
+        else:
+            loop = asyncio.get_running_loop()
+            futures: list[asyncio.Future[Any]] = []
+            for op in ops:
+                op.future = fut = loop.create_future()
+                futures.append(fut)
+            self._pending.extend(ops)
+            try:  # queued together, flushed together: the last settles with the rest
+                await futures[-1]
+            except asyncio.CancelledError:
+                for fut in futures:
+                    fut.cancel()
+                raise
+            except Exception:
+                pass  # each op's own outcome is read below
+            results = [fut.exception() or fut.result() for fut in futures]
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+        return results
+
     async def aclose(self) -> None:
         await self.lane.aclose()
 

@@ -9,7 +9,6 @@ serialised once (``orjson``) and that byte string is what the size limit is chec
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -26,7 +25,6 @@ _V = str(PROTOCOL_VERSION)
 
 #: ISO-8601 UTC with milliseconds and a ``Z`` (the one formatter, from the wire contract).
 iso = format_time
-_NOW = datetime.min.replace(tzinfo=UTC)  # the default of Outgoing.sent_at: now
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -57,35 +55,58 @@ def encode_payload(payload: Any, limit: int) -> bytes:
     return data
 
 
-@dataclass(slots=True)
 class Outgoing:
-    """An envelope about to leave, with its payload already encoded."""
+    """An envelope about to leave, with its payload already encoded.
 
-    type: str
-    sender: str
-    payload: bytes
-    kind: Kind = Kind.SEND
-    target: str | None = None
-    reply_to: str | None = None
-    correlation_id: str | None = None
-    deadline: datetime | None = None
-    headers: dict[str, str] | None = None
-    error: ErrorInfo | None = None
-    id: str = ""  # a new id from the send time when empty
-    sent_at: datetime = _NOW  # now when not given
-    #: ``sent_at`` in ms since the epoch (one clock read gives both it and the id).
-    sent_ms: int = field(default=0, init=False, repr=False)
+    ``sent_at`` defaults to now; one clock read gives it and the default ``id``. The
+    ``datetime`` itself is made only when asked for (the wire carries ``sent_ms``, formatted).
+    """
 
-    def __post_init__(self) -> None:
-        if not self.type or len(self.type) > 128:
-            raise InvalidInput(f"message type must be 1-128 characters, got {self.type!r}")
-        if self.sent_at is _NOW:
-            self.sent_ms = time.time_ns() // 1_000_000
-            self.sent_at = _EPOCH + timedelta(milliseconds=self.sent_ms)
-        else:
-            self.sent_ms = epoch_ms(self.sent_at)
-        if not self.id:
-            self.id = new_id(self.sent_ms)
+    __slots__ = (
+        "_sent_at", "correlation_id", "deadline", "error", "headers", "id", "kind", "payload",
+        "reply_to", "sender", "sent_ms", "target", "type",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        type: str,
+        sender: str,
+        payload: bytes,
+        kind: Kind = Kind.SEND,
+        target: str | None = None,
+        reply_to: str | None = None,
+        correlation_id: str | None = None,
+        deadline: datetime | None = None,
+        headers: dict[str, str] | None = None,
+        error: ErrorInfo | None = None,
+        id: str = "",
+        sent_at: datetime | None = None,
+    ) -> None:
+        if not type or len(type) > 128:
+            raise InvalidInput(f"message type must be 1-128 characters, got {type!r}")
+        self.type = type
+        self.sender = sender
+        self.payload = payload
+        self.kind = kind
+        self.target = target
+        self.reply_to = reply_to
+        self.correlation_id = correlation_id
+        self.deadline = deadline
+        self.headers = headers
+        self.error = error
+        self._sent_at = sent_at
+        #: ``sent_at`` in ms since the epoch.
+        self.sent_ms = time.time_ns() // 1_000_000 if sent_at is None else epoch_ms(sent_at)
+        self.id = id or new_id(self.sent_ms)
+
+    @property
+    def sent_at(self) -> datetime:
+        if self._sent_at is None:
+            self._sent_at = _EPOCH + timedelta(milliseconds=self.sent_ms)
+        return self._sent_at
+
+    def __repr__(self) -> str:
+        return f"Outgoing(id={self.id!r}, kind={self.kind.value!r}, type={self.type!r})"
 
     @classmethod
     def with_timeout(cls, timeout: float, **kwargs: Any) -> Outgoing:

@@ -141,13 +141,15 @@ class Dispatcher:
                         env.id, env.type, count)  # fmt: skip
 
     async def live(self, msg: Message) -> None:
-        telemetry.record_received(msg.type)
+        env = msg.envelope
+        telemetry.record_received(env.type)
         with telemetry.consumer_span(
-            msg.target or self.name, msg.type, headers=msg.headers, message_id=msg.id
+            env.target or self.name, env.type, headers=env.headers, message_id=env.id
         ) as span:
             outcome: Outcome = await self.handlers.handle(msg)
-            if outcome.error is not None:
-                telemetry.mark_error(span, outcome.error.code, outcome.error.description)
-                telemetry.record_failed(msg.type, outcome.error.code)
-        if not outcome.ok and outcome.error is not None:
-            log.warning("broadcast %s (%r) failed: %s", msg.id, msg.type, outcome.error.description)
+            error = outcome.error
+            if error is not None:
+                telemetry.mark_error(span, error.code, error.description)
+                telemetry.record_failed(env.type, error.code)
+        if error is not None:
+            log.warning("broadcast %s (%r) failed: %s", env.id, env.type, error.description)

@@ -126,6 +126,10 @@ class Outcome:
         return self.error is None
 
 
+#: The outcome of a handler that returned ``None`` (one shared instance: outcomes are frozen).
+_DONE = Outcome()
+
+
 @dataclass(frozen=True, slots=True)
 class _Entry:
     func: Handler
@@ -183,27 +187,29 @@ class HandlerRegistry:
 
     async def handle(self, msg: Message) -> Outcome:
         """Run the handler for ``msg``; every failure becomes an ``Outcome`` with an error."""
-        if self.observer is None:
-            return await self._handle(msg)
+        mtype = msg.envelope.type
+        observer = self.observer
+        if observer is None:
+            return await self._handle(msg, mtype)
         t0 = time.perf_counter()
-        outcome = await self._handle(msg)
+        outcome = await self._handle(msg, mtype)
         try:
-            self.observer(msg.type, time.perf_counter() - t0, not outcome.ok)
+            observer(mtype, time.perf_counter() - t0, outcome.error is not None)
         except Exception:
             log.exception("handler observer failed")
         return outcome
 
-    async def _handle(self, msg: Message) -> Outcome:
-        entry = self._handlers.get(msg.type)
+    async def _handle(self, msg: Message, mtype: str) -> Outcome:
+        entry = self._handlers.get(mtype)
         if entry is None:
             return Outcome(
                 error=ErrorInfo(
                     code=ErrorCode.UNKNOWN_TYPE,
-                    description=f"no handler for message type {msg.type!r}",
-                    details={"type": msg.type, "known": sorted(self._handlers)},
+                    description=f"no handler for message type {mtype!r}",
+                    details={"type": mtype, "known": sorted(self._handlers)},
                 )
             )
-        payload = msg.payload
+        payload = msg.envelope.payload
         if entry.model is not None:
             try:
                 payload = entry.model.model_validate(payload)
@@ -238,4 +244,6 @@ class HandlerRegistry:
                 ),
                 final=False,
             )
+        if result is None:
+            return _DONE
         return Outcome(result=to_jsonable(result))

@@ -16,6 +16,8 @@ trip is in flight leave together in the next pipeline, in call order, each with 
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -158,6 +160,16 @@ class Sender:
             names = await self.client.smembers(key)
         return sorted(_text(n) for n in names)
 
+    def _broadcast_label(self, role: str | None) -> str:
+        """The envelope's ``target`` of a broadcast (``*`` or ``role:<role>``); checks ``role``."""
+        if role is None:
+            return "*"
+        try:
+            check_identifier(role, "role")
+        except ValueError as e:
+            raise InvalidInput(str(e)) from e
+        return f"role:{role}"
+
     async def broadcast(
         self,
         type: str,
@@ -173,39 +185,68 @@ class Sender:
         returns how many received it. With ``durable=True``: one copy in each live member's inbox
         (at-least-once, handled like ``send``); returns how many copies were queued.
         """
-        if role is not None:
-            try:
-                check_identifier(role, "role")
-            except ValueError as e:
-                raise InvalidInput(str(e)) from e
+        label = self._broadcast_label(role)
         body = self.payload(payload)
-        label = f"role:{role}" if role is not None else "*"
         headers = dict(headers or {})
         with telemetry.producer_span(label, type, headers=headers, operation="broadcast"):
             telemetry.record_sent(type, Kind.BROADCAST.value)
-            if not durable:
-                out = Outgoing(type=type, sender=self.sender, payload=body, kind=Kind.BROADCAST,
-                               target=label, headers=headers)  # fmt: skip
-                op = Op(("PUBLISH", self.keys.broadcast_channel(role), out.json()))
-                return int(await self._run(op, "broadcasting %r", type))
-            return await self._broadcast_durably(type, body, role, headers)
+            if durable:
+                (count,) = await self._broadcast_durably(type, [body], role, headers)
+                return count
+            out = Outgoing(type=type, sender=self.sender, payload=body, kind=Kind.BROADCAST,
+                           target=label, headers=headers)  # fmt: skip
+            op = Op(("PUBLISH", self.keys.broadcast_channel(role), out.json()))
+            return int(await self._run(op, "broadcasting %r", type))
+
+    async def broadcast_many(
+        self,
+        type: str,
+        payloads: Iterable[Any],
+        *,
+        role: str | None = None,
+        durable: bool = False,
+        headers: dict[str, str] | None = None,
+    ) -> list[int]:
+        """One broadcast per payload, in order, in one round trip (one pipeline); returns each
+        one's count as ``broadcast`` does. Every payload is checked before anything is sent."""
+        label = self._broadcast_label(role)
+        bodies = [self.payload(p) for p in payloads]
+        if not bodies:
+            return []
+        headers = dict(headers or {})
+        with telemetry.producer_span(label, type, headers=headers, operation="broadcast") as span:
+            telemetry.set_batch_size(span, len(bodies))
+            telemetry.record_sent(type, Kind.BROADCAST.value, len(bodies))
+            if durable:
+                return await self._broadcast_durably(type, bodies, role, headers)
+            channel, sender = self.keys.broadcast_channel(role), self.sender
+            ops = [
+                Op(("PUBLISH", channel, Outgoing(type=type, sender=sender, payload=body,
+                    kind=Kind.BROADCAST, target=label, headers=headers).json()))
+                for body in bodies
+            ]  # fmt: skip
+            try:
+                return [int(n) for n in await self.batcher.run_many(ops)]
+            except _REDIS_ERRORS:
+                with redis_errors(self.settings, f"broadcasting {type!r}"):
+                    raise
 
     async def _broadcast_durably(
-        self, type: str, body: bytes, role: str | None, headers: dict[str, str]
-    ) -> int:
+        self, type: str, bodies: list[bytes], role: str | None, headers: dict[str, str]
+    ) -> list[int]:
         names = await self.members(role)
         if not names:
-            return 0
+            return [0] * len(bodies)
         maxlen = self.settings.inbox_maxlen
         with redis_errors(self.settings, f"broadcasting {type!r} durably"):
             async with self.client.pipeline(transaction=False) as pipe:
-                for name in names:
+                for body, name in itertools.product(bodies, names):
                     out = Outgoing(type=type, sender=self.sender, payload=body,
                                    kind=Kind.BROADCAST, target=name, headers=headers)  # fmt: skip
                     pipe.xadd(self.keys.inbox(name), out.stream_fields(), maxlen=maxlen,
                               approximate=True)  # fmt: skip
                 await pipe.execute()
-        return len(names)
+        return [len(names)] * len(bodies)
 
     async def publish(
         self, topic: str, payload: Any = None, *, headers: dict[str, str] | None = None,

@@ -8,7 +8,7 @@ behind the verbs users call (``on``, ``send``, ``request``, ``request_many``, ``
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any
 
@@ -185,6 +185,20 @@ class Messaging:
     ) -> int:
         return await self.sender.broadcast(
             type, payload, role=role, durable=durable, headers=headers
+        )
+
+    async def broadcast_many(
+        self,
+        type: str,
+        payloads: Iterable[Any],
+        *,
+        role: str | None = None,
+        durable: bool = False,
+        headers: dict[str, str] | None = None,
+    ) -> list[int]:
+        """One broadcast per payload in one round trip; each one's receiver (or copy) count."""
+        return await self.sender.broadcast_many(
+            type, payloads, role=role, durable=durable, headers=headers
         )
 
     async def publish(

@@ -120,6 +120,7 @@ class PubSubHub:
         self.on_broadcast = on_broadcast
         self._subs: dict[str, list[Subscription]] = {}
         self._confirmed: dict[str, asyncio.Event] = {}
+        self._names: dict[Any, str] = {}  # channel as received -> its name
         self._pubsub: PubSub | None = None
         self._task: asyncio.Task[None] | None = None
         self._ready: asyncio.Event | None = None
@@ -254,30 +255,35 @@ class PubSubHub:
             reader.feed(data)
 
     def _route(self, raw: list[Any]) -> None:
-        kind = _text(raw[0])
-        if kind == "message" and len(raw) == 3:
+        kind = raw[0]
+        if (kind == b"message" or kind == "message") and len(raw) == 3:
             channel, data, pattern = raw[1], raw[2], None
-        elif kind == "pmessage" and len(raw) == 4:
+        elif (kind == b"pmessage" or kind == "pmessage") and len(raw) == 4:
             pattern, channel, data = raw[1], raw[2], raw[3]
         else:
-            if kind in ("psubscribe", "subscribe") and len(raw) > 1:
+            if _text(kind) in ("psubscribe", "subscribe") and len(raw) > 1:
                 event = self._confirmed.get(_text(raw[1]))
                 if event is not None:
                     event.set()
             return
-        channel = _text(channel)
+        if pattern is None:  # our own few broadcast channels: each name decoded once
+            name = self._names.get(channel)
+            if name is None:
+                name = self._names[channel] = _text(channel)
+        else:  # any topic the pattern matches: not cached (they are unbounded)
+            name = _text(channel)
         try:
             env = decode_json(data)
         except ProtocolError as e:
-            log.warning("dropping an undecodable message on %s: %s", channel, e.description)
+            log.warning("dropping an undecodable message on %s: %s", name, e.description)
             return
-        if kind == "message":
+        if pattern is None:
             if self.on_broadcast is not None:
                 try:
-                    self.on_broadcast(env, channel)
+                    self.on_broadcast(env, name)
                 except Exception:
-                    log.exception("broadcast callback failed on %s", channel)
+                    log.exception("broadcast callback failed on %s", name)
             return
-        msg = Message(env, source=channel)
+        msg = Message(env, source=name)
         for sub in self._subs.get(_text(pattern), ()):
             sub._put(msg)
