@@ -10,6 +10,7 @@ import redis.asyncio as aioredis
 from pydantic import BaseModel
 
 from agent_sdk.messaging import Message
+from agent_sdk.messaging.requests import Requester
 from agent_sdk.settings import Settings
 from schemas.envelope import Kind
 from schemas.errors import (
@@ -117,6 +118,34 @@ async def test_request_timeout_cleans_up(settings: Settings, r: aioredis.Redis) 
         assert c._replies is not None
         assert not c._replies._waiting  # type: ignore[attr-defined]
         release.set()
+
+
+async def test_a_cancelled_request_leaves_nothing_behind(
+    settings: Settings, r: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancelled while waiting (past liveness checks): its reply future is dropped, its timer
+    and any liveness check are stopped."""
+    checks = 0
+    real = Requester._check_alive
+
+    async def counted(self: Requester, *args: Any) -> None:
+        nonlocal checks
+        checks += 1
+        await real(self, *args)
+
+    monkeypatch.setattr(Requester, "_check_alive", counted)
+    async with node(settings, "c", r=r) as c, node(settings, "s", r=r, start=False):
+        task = asyncio.create_task(c.request("s", "work", {}, timeout=60))
+        assert c._replies is not None
+        waiting = c._replies._waiting  # type: ignore[attr-defined]
+        await wait_for(lambda: checks >= 2, timeout=5, message="two liveness checks")
+        fut = next(iter(waiting.values()))
+        assert not task.done()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not waiting
+        assert fut.cancelled()
 
 
 async def test_request_to_agent_that_dies_fails_before_the_timeout(

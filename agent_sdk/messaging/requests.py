@@ -77,6 +77,64 @@ def _raise_if_error(env: Envelope) -> Any:
     return env.payload
 
 
+class _Watch:
+    """Fails a request's reply future at the deadline (``RequestTimeout``), or as soon as the
+    target is found gone (checked every heartbeat interval while no reply came).
+
+    The requester awaits the reply future itself: a reply wakes it directly, with no
+    ``asyncio.wait`` (its waiter future, callbacks and timer) per request.
+    """
+
+    __slots__ = ("check", "fut", "give_up", "handle", "loop", "out", "requester", "target",
+                 "timeout")  # fmt: skip
+
+    def __init__(
+        self,
+        requester: Requester,
+        fut: asyncio.Future[Envelope],
+        target: Target,
+        timeout: float,
+        out: Outgoing,
+    ) -> None:
+        self.requester, self.fut, self.target, self.timeout, self.out = (
+            requester, fut, target, timeout, out,
+        )  # fmt: skip
+        self.loop = asyncio.get_running_loop()
+        self.give_up = self.loop.time() + timeout
+        self.check: asyncio.Task[None] | None = None
+        self.handle = self.loop.call_later(self._next_wait(timeout), self._tick)
+
+    def _next_wait(self, left: float) -> float:
+        return min(left, self.requester.settings.heartbeat_interval)
+
+    def _tick(self) -> None:
+        if self.fut.done():
+            return
+        left = self.give_up - self.loop.time()
+        if left <= 0:
+            out, label = self.out, self.target.label
+            details = {"target": label, "type": out.type, "timeout": self.timeout, "id": out.id}
+            message = f"no reply to {out.type!r} from {label} within {self.timeout}s"
+            self.fut.set_exception(RequestTimeout(message, details=details))
+            return
+        self.check = self.loop.create_task(self._check(left))
+
+    async def _check(self, left: float) -> None:
+        try:
+            await self.requester._check_alive(self.target, self.out)
+        except Exception as e:  # gone, Redis unreachable (or a bug): the request fails with it
+            if not self.fut.done():
+                self.fut.set_exception(e)
+            return
+        if not self.fut.done():
+            self.handle = self.loop.call_later(self._next_wait(left), self._tick)
+
+    def close(self) -> None:
+        self.handle.cancel()
+        if self.check is not None and not self.check.done():
+            self.check.cancel()
+
+
 class Requester:
     def __init__(self, sender: Sender, replies: ReplyPort) -> None:
         self.sender = sender
@@ -106,7 +164,11 @@ class Requester:
         try:
             with telemetry.producer_span(target.label, type, message_id=out.id, request=True):
                 await self.sender.deliver(target, out, queue_if_absent=False)
-                env = await self._wait(fut, target, timeout, out)
+                watch = _Watch(self, fut, target, timeout, out)
+                try:
+                    env = await fut
+                finally:
+                    watch.close()
                 return _raise_if_error(env)
         except AgentbusError as e:
             outcome = e.code
@@ -114,24 +176,6 @@ class Requester:
         finally:
             self.replies.discard(out.id)
             telemetry.record_request_duration(type, time.perf_counter() - started, outcome)
-
-    async def _wait(
-        self, fut: asyncio.Future[Envelope], target: Target, timeout: float, out: Outgoing
-    ) -> Envelope:
-        give_up = time.monotonic() + timeout
-        check_every = self.settings.heartbeat_interval
-        while True:
-            left = give_up - time.monotonic()
-            if left <= 0:
-                raise RequestTimeout(
-                    f"no reply to {out.type!r} from {target.label} within {timeout}s",
-                    details={"target": target.label, "type": out.type, "timeout": timeout,
-                             "id": out.id},
-                )  # fmt: skip
-            done, _ = await asyncio.wait({fut}, timeout=min(left, check_every))
-            if done:
-                return fut.result()
-            await self._check_alive(target, out)
 
     async def _check_alive(self, target: Target, out: Outgoing) -> None:
         client, keys = self.sender.client, self.sender.keys
