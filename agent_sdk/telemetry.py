@@ -216,9 +216,12 @@ def producer_span(
     An exception escaping the block is recorded and sets the status to ERROR.
     """
     if not tracing_enabled():
-        current = trace.get_current_span()
+        context = otel_context.get_current()
+        if not context:  # nothing attached (the common case): no span to look up
+            return _NO_SPAN
+        current = trace.get_current_span(context)
         if headers is not None and current.get_span_context().is_valid:
-            propagate.inject(headers)  # a trace that came in goes on
+            propagate.inject(headers, context=context)  # a trace that came in goes on
         return _Untraced(current)
     return _producer_span(destination, message_type, message_id, conversation_id, headers,
                           operation, request)  # fmt: skip

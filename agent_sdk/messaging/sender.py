@@ -36,6 +36,7 @@ from schemas.names import check_identifier, check_topic
 __all__ = ["Sender", "Target"]
 
 _REDIS_ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, RedisError)
+_BROADCAST = Kind.BROADCAST.value  # an enum member's .value is a descriptor call each time
 
 
 def _text(v: bytes | str) -> str:
@@ -189,7 +190,7 @@ class Sender:
         body = self.payload(payload)
         headers = dict(headers or {})
         with telemetry.producer_span(label, type, headers=headers, operation="broadcast"):
-            telemetry.record_sent(type, Kind.BROADCAST.value)
+            telemetry.record_sent(type, _BROADCAST)
             if durable:
                 (count,) = await self._broadcast_durably(type, [body], role, headers)
                 return count
@@ -216,7 +217,7 @@ class Sender:
         headers = dict(headers or {})
         with telemetry.producer_span(label, type, headers=headers, operation="broadcast") as span:
             telemetry.set_batch_size(span, len(bodies))
-            telemetry.record_sent(type, Kind.BROADCAST.value, len(bodies))
+            telemetry.record_sent(type, _BROADCAST, len(bodies))
             if durable:
                 return await self._broadcast_durably(type, bodies, role, headers)
             channel, sender = self.keys.broadcast_channel(role), self.sender
