@@ -9,6 +9,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from agent_sdk.messaging import Message, list_dead_letters
+from agent_sdk.messaging.replier import Replier
 from agent_sdk.settings import Settings
 from schemas.errors import ErrorCode, RequestTimeout
 from schemas.keys import AGENT_GROUP
@@ -276,3 +277,37 @@ async def test_idle_inbox_read_does_not_hold_back_role_work(
         release.set()
         assert await c.request("w", "hold", {}, timeout=5) == "done"  # the inbox still works
         await wait_for(lambda: consumer.handled == 5, timeout=5)
+
+
+async def test_a_slot_frees_when_the_handler_returns_not_when_its_reply_lands(
+    settings: Settings, r: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``max_concurrency=1`` the next entry is read and handled while the reply of the
+    previous one is still on its way (here: held back); the reply then arrives as usual."""
+    gate = asyncio.Event()
+    real = Replier.reply
+
+    async def held(self: Replier, *args: Any, **kwargs: Any) -> None:
+        await gate.wait()
+        await real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Replier, "reply", held)
+    seen: list[str] = []
+    async with node(settings, "s", r=r, max_concurrency=1) as s, node(settings, "c", r=r) as c:
+
+        @s.on("first")
+        async def first(payload: Any) -> int:
+            seen.append("first")
+            return 1
+
+        @s.on("second")
+        async def second(payload: Any) -> None:
+            seen.append("second")
+
+        request = asyncio.create_task(c.request("s", "first", {}, timeout=10))
+        await wait_for(lambda: seen == ["first"], timeout=5, message="the first handler")
+        await c.send("s", "second", {})
+        await wait_for(lambda: seen == ["first", "second"], timeout=5, message="the second")
+        assert not request.done()  # its reply is still held back
+        gate.set()
+        assert await request == 1

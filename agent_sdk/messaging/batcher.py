@@ -54,8 +54,12 @@ class Op:
 class Batcher:
     """Coalesces concurrent commands on one client; at most one round trip in flight."""
 
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: aioredis.Redis, *, join_turn: bool = True) -> None:
+        """``join_turn=False``: a call made while idle goes out at once, without first letting
+        the other calls of this loop turn join it (for callers that rarely come together, such
+        as the replies of an agent's handlers, where it would only add latency)."""
         self.client = client
+        self.join_turn = join_turn
         self.lane = Lane(client)
         self._pending: list[Op] = []
         self._busy = False
@@ -68,11 +72,12 @@ class Batcher:
         """Send ``op`` (now when idle, else with the next batch) and return its reply."""
         if not self._busy:
             self._busy = True
-            try:
-                await asyncio.sleep(0)  # calls made in this same turn of the loop join us
-            except BaseException:
-                self._after_flush()
-                raise
+            if self.join_turn:
+                try:
+                    await asyncio.sleep(0)  # calls made in this same turn of the loop join us
+                except BaseException:
+                    self._after_flush()
+                    raise
             if self._pending:  # they did: one batch for all, in call order, sent by the drainer
                 op.future = asyncio.get_running_loop().create_future()
                 self._pending.insert(0, op)

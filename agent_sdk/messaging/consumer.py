@@ -1,7 +1,8 @@
 """Reading an agent's streams: its inbox and its role queue, both through the group ``agent``.
 
-One reader for both streams, never holding more entries than there are free handler slots
-(slots are reserved *before* a read; reservations are not reported as load). It loops on one
+One reader for both streams, never reading more entries than there are free handler slots
+(slots are reserved *before* a read; reservations are not reported as load; an entry's slot is
+handed back once its handler returned and its reply or ack is written). It loops on one
 ``XREADGROUP GROUP agent <instance> COUNT <free / 2> BLOCK <ms> STREAMS <inbox> <queue> > >``:
 it returns at once when either stream holds undelivered entries, else the first entry to arrive
 wakes it, in one round trip. ``COUNT`` applies per stream, so with one free slot and two
@@ -107,9 +108,11 @@ class Consumer:
             client, settings, scripts, name=name, handlers=handlers, ack=self._ack
         )
         self._tasks: list[asyncio.Task[None]] = []
-        #: Handlers of stream entries: as many workers as slots, no task per entry.
+        #: Handlers of stream entries, no task per entry. A slot is handed back when its
+        #: handler returns, before the reply or ack round trip: up to ``max_concurrency``
+        #: handlers run while as many entries may still be settling, hence twice the workers.
         self.entries: WorkerPool[tuple[StreamState, str, Fields, int]] = WorkerPool(
-            self._process_item, workers=max_concurrency, what="entry handler"
+            self._process_item, workers=2 * max_concurrency, what="entry handler"
         )
         #: Handlers of broadcasts (pub/sub): a bounded queue and a few workers.
         self.live: WorkerPool[Message] = WorkerPool(
@@ -398,8 +401,9 @@ class Consumer:
         await self._process(*item)
 
     async def _process(self, s: StreamState, entry_id: str, fields: Fields, count: int) -> None:
+        slot = _Slot(self.slots)
         try:
-            await self.dispatcher.handle_entry(s, entry_id, fields, count)
+            await self.dispatcher.handle_entry(s, entry_id, fields, count, slot.give)
         except asyncio.CancelledError:
             s.held.discard(entry_id)  # stays pending: redelivered to whoever claims it
             raise
@@ -409,7 +413,7 @@ class Consumer:
                           self.name, entry_id, s.key)  # fmt: skip
         finally:
             self.handled += 1
-            self.slots.give(1)
+            slot.give()
 
     def handle_live(self, env: Envelope, channel: str) -> None:
         """Queue the handler of a broadcast received on pub/sub (no ack, no reply)."""
@@ -417,3 +421,19 @@ class Consumer:
             log.debug("no handler for broadcast %r on %s", env.type, channel)
             return
         self.live.put(Message(env, source=channel))
+
+
+class _Slot:
+    """The handler slot of one entry: handed back once, when its handler has returned (so the
+    reader reads again while the reply or ack is on its way) or, failing that, when the entry
+    is done with."""
+
+    __slots__ = ("slots",)
+
+    def __init__(self, slots: Slots) -> None:
+        self.slots: Slots | None = slots
+
+    def give(self) -> None:
+        slots, self.slots = self.slots, None
+        if slots is not None:
+            slots.give(1)

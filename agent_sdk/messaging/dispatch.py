@@ -4,6 +4,7 @@ leave it for redelivery. The ``Consumer`` reads entries and hands each to a ``Di
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -88,7 +89,17 @@ class Dispatcher:
                           group=s.group)  # fmt: skip
         s.held.discard(entry_id)
 
-    async def handle_entry(self, s: StreamState, entry_id: str, fields: Fields, count: int) -> None:
+    async def handle_entry(
+        self,
+        s: StreamState,
+        entry_id: str,
+        fields: Fields,
+        count: int,
+        handled: Callable[[], None] | None = None,
+    ) -> None:
+        """Decode, check and handle one entry, then settle it. ``handled`` is called once the
+        handler has returned and the reply (or ack) is written, without waiting for Redis to
+        answer it (the consumer frees the entry's slot then, so its reader reads again)."""
         try:
             env = decode_fields(fields, entry_id)
         except ProtocolError as e:
@@ -109,6 +120,8 @@ class Dispatcher:
             conversation_id=env.correlation_id or (env.id if env.kind is Kind.REQUEST else None),
         ) as span:  # fmt: skip
             outcome = await self.handlers.handle(msg)
+            if handled is not None:  # once the settling write below is out, not before it
+                asyncio.get_running_loop().call_soon(handled)
             if outcome.error is not None:
                 telemetry.mark_error(span, outcome.error.code, outcome.error.description)
                 telemetry.record_failed(env.type, outcome.error.code)

@@ -36,7 +36,7 @@ class Replier:
         self.sender = sender
         self._reply_prefix = f"{settings.keys.ns}:"
         #: Replies of concurrent handlers share round trips (one in flight, on its own lane).
-        self.batcher = Batcher(client)
+        self.batcher = Batcher(client, join_turn=False)  # a reply leaves as soon as it can
 
     def build(self, request: Envelope, outcome: Outcome) -> bytes:
         error = outcome.error
