@@ -26,6 +26,7 @@ _V = str(PROTOCOL_VERSION)
 #: ISO-8601 UTC with milliseconds and a ``Z`` (the one formatter, from the wire contract).
 iso = format_time
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
 
 
 def _default(obj: Any) -> Any:
@@ -63,7 +64,8 @@ class Outgoing:
     """
 
     __slots__ = (
-        "_sent_at", "correlation_id", "deadline", "error", "headers", "id", "kind", "payload",
+        "_deadline", "_deadline_us", "_sent_at", "correlation_id", "error", "headers", "id", "kind",
+        "payload",
         "reply_to", "sender", "sent_ms", "target", "type",
     )  # fmt: skip
 
@@ -91,13 +93,20 @@ class Outgoing:
         self.target = target
         self.reply_to = reply_to
         self.correlation_id = correlation_id
-        self.deadline = deadline
+        self._deadline = deadline
+        self._deadline_us = None if deadline is None else (deadline - _EPOCH) // _US
         self.headers = headers
         self.error = error
         self._sent_at = sent_at
         #: ``sent_at`` in ms since the epoch.
         self.sent_ms = time.time_ns() // 1_000_000 if sent_at is None else epoch_ms(sent_at)
         self.id = id or new_id(self.sent_ms)
+
+    @property
+    def deadline(self) -> datetime | None:
+        if self._deadline is None and self._deadline_us is not None:
+            self._deadline = _EPOCH + timedelta(microseconds=self._deadline_us)
+        return self._deadline
 
     @property
     def sent_at(self) -> datetime:
@@ -111,7 +120,8 @@ class Outgoing:
     @classmethod
     def with_timeout(cls, timeout: float, **kwargs: Any) -> Outgoing:
         out = cls(**kwargs)
-        out.deadline = out.sent_at + timedelta(seconds=timeout)
+        # what sent_at + timedelta(seconds=timeout) is, without making either datetime
+        out._deadline_us = out.sent_ms * 1000 + round(timeout * 1_000_000)
         return out
 
     def stream_args(self) -> list[str | bytes]:
@@ -126,8 +136,8 @@ class Outgoing:
             args += ["reply_to", self.reply_to]
         if self.correlation_id is not None:
             args += ["correlation_id", self.correlation_id]
-        if self.deadline is not None:
-            args += ["deadline", iso(self.deadline)]
+        if self._deadline_us is not None:
+            args += ["deadline", format_ms(self._deadline_us // 1000)]
         if self.headers:
             args += ["headers", orjson.dumps(self.headers)]
         args += ["payload", self.payload]
@@ -155,8 +165,8 @@ class Outgoing:
             out["reply_to"] = self.reply_to
         if self.correlation_id is not None:
             out["correlation_id"] = self.correlation_id
-        if self.deadline is not None:
-            out["deadline"] = iso(self.deadline)
+        if self._deadline_us is not None:
+            out["deadline"] = format_ms(self._deadline_us // 1000)
         if self.headers:
             out["headers"] = self.headers
         if self.payload != b"null":
