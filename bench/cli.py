@@ -164,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m bench " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     started = time.monotonic()
     with RedisServer() as server:
+        info["redis_server"] = machine.version_of(server.binary)  # the one started, not PATH's
         nats = NatsServer().start() if nats_available() and not args.no_nats else None
         try:
             ctx = Context(server.url, sizes, loop, nats.url if nats else None, [], {}, {})

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from importlib import metadata
 from typing import Any
 
-__all__ = ["describe", "loadavg"]
+__all__ = ["describe", "loadavg", "version_of"]
 
 
 def loadavg() -> list[float]:
@@ -40,7 +40,7 @@ def _ram_gb() -> float:
     return 0.0
 
 
-def _version_of(binary: str, flag: str = "--version") -> str:
+def version_of(binary: str, flag: str = "--version") -> str:
     path = shutil.which(binary)
     if not path:
         return "not installed"
@@ -83,10 +83,10 @@ def describe(loop: str, redis_server_version: str = "") -> dict[str, Any]:
         "ram_gb": _ram_gb(),
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
-        "redis_server": redis_server_version or _version_of("redis-server"),
+        "redis_server": redis_server_version or version_of("redis-server"),
         "redis_py": _dist("redis"),
         "hiredis": _dist("hiredis"),
-        "nats_server": _version_of("nats-server"),
+        "nats_server": version_of("nats-server"),
         "nats_py": _dist("nats-py"),
         "event_loop": loop,
         "loadavg_start": loadavg(),
