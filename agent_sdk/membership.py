@@ -30,6 +30,7 @@ import redis.asyncio as aioredis
 from agent_sdk.connection import CONNECTION_ERRORS, redis_errors
 from agent_sdk.replies import ReplyRouter
 from agent_sdk.settings import Settings
+from agent_sdk.tasks import cancel_and_wait
 from schemas.agent import (
     AgentCard,
     AgentRecord,
@@ -205,9 +206,7 @@ class Membership:
     async def stop(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
 
     async def _loop(self) -> None:
         interval = self.settings.heartbeat_interval

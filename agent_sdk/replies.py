@@ -19,7 +19,6 @@ outages: it logs, backs off (capped exponential) and continues.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
@@ -29,6 +28,7 @@ import redis.asyncio as aioredis
 from agent_sdk.connection import CONNECTION_ERRORS, make_client
 from agent_sdk.lane import Lane
 from agent_sdk.settings import Settings
+from agent_sdk.tasks import cancel_and_wait
 from schemas.envelope import Envelope, Kind, decode_json, utcnow
 from schemas.errors import ProtocolError
 
@@ -104,9 +104,7 @@ class ReplyRouter:
         task, self._task = self._task, None
         if task is None:
             return
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)
         client, self._client = self._client, None
         if client is not None:
             await client.aclose()

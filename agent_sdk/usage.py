@@ -21,7 +21,6 @@ A flush that fails keeps its deltas for the next one. ``read_usage`` turns the h
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -35,6 +34,7 @@ import redis.asyncio as aioredis
 
 from agent_sdk.connection import redis_errors
 from agent_sdk.settings import Settings
+from agent_sdk.tasks import cancel_and_wait
 from schemas.envelope import format_time, utcnow
 
 __all__ = [
@@ -147,9 +147,7 @@ class UsageRecorder:
         """Stop the flush task and flush what is left (``grace`` is unused: a component)."""
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         try:
             await self.flush()
         except Exception as e:

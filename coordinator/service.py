@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 
 from agent_sdk import telemetry
 from agent_sdk.connection import make_client, redis_errors
+from agent_sdk.tasks import cancel_all
 from coordinator.control import ControlConsumer
 from coordinator.health import HealthReporter
 from coordinator.liveness import Sweeper
@@ -139,8 +140,7 @@ class Coordinator:
             _, pending = await asyncio.wait(tasks, timeout=self.settings.drain_timeout)
             for task in pending:
                 log.warning("%s did not drain in time; cancelling it", task.get_name())
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await cancel_all(pending)
         if self._health is not None:
             with contextlib.suppress(*RETRYABLE, TimeoutError):  # bounded: Redis may be gone
                 await asyncio.wait_for(self._health.clear(), self.settings.drain_timeout or 1.0)
@@ -151,9 +151,7 @@ class Coordinator:
         """Stop at once without draining or cleanup, as a crash would (fault tests)."""
         self._stopping.set()
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_all(tasks)
         await self._close()
 
     async def _close(self) -> None:

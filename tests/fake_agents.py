@@ -7,13 +7,13 @@ commands, so coordinator tests do not depend on ``agent_sdk``'s agent implementa
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
 
+from agent_sdk.tasks import cancel_and_wait
 from schemas.keys import KeySpace
 
 __all__ = ["FakeAgent", "xadd_control"]
@@ -118,6 +118,4 @@ class FakeAgent:
     async def stop_heartbeats(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)  # a plain cancel can be lost inside redis-py

@@ -47,6 +47,7 @@ from agent_sdk.messaging.scripts import Scripts
 from agent_sdk.messaging.slots import Slots
 from agent_sdk.messaging.workers import BROADCAST_QUEUE_MAX, BROADCAST_WORKERS, WorkerPool
 from agent_sdk.settings import Settings
+from agent_sdk.tasks import cancel_all
 from schemas.envelope import Envelope
 from schemas.keys import AGENT_GROUP
 
@@ -151,13 +152,9 @@ class Consumer:
         self._started = False
         grace = self.settings.shutdown_grace if grace is None else grace
         readers, others = self._tasks[:1], self._tasks[1:]
-        for task in readers:
-            task.cancel()
-        await asyncio.gather(*readers, return_exceptions=True)
+        await cancel_all(readers)
         await asyncio.gather(self.entries.stop(grace), self.live.stop(grace))
-        for task in others:  # the lease and ack loops (an ack in flight puts its ids back)
-            task.cancel()
-        await asyncio.gather(*others, return_exceptions=True)
+        await cancel_all(others)  # the lease and ack loops (an ack in flight puts its ids back)
         with contextlib.suppress(Exception):
             await self._flush_acks()
         self._tasks = []

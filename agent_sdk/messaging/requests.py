@@ -24,6 +24,7 @@ from agent_sdk import telemetry
 from agent_sdk.connection import redis_errors
 from agent_sdk.messaging.codec import Outgoing
 from agent_sdk.messaging.sender import Sender, Target
+from agent_sdk.tasks import cancel_and_wait
 from schemas.envelope import Envelope, Kind
 from schemas.errors import (
     AgentbusError,
@@ -130,9 +131,8 @@ class _Watch:
             self.handle = self.loop.call_later(self._next_wait(left), self._tick)
 
     def close(self) -> None:
+        """No more ticks (a liveness check in flight is the caller's to end)."""
         self.handle.cancel()
-        if self.check is not None and not self.check.done():
-            self.check.cancel()
 
 
 class Requester:
@@ -169,6 +169,8 @@ class Requester:
                     env = await fut
                 finally:
                     watch.close()
+                    if watch.check is not None:  # a liveness check ran: let it end first
+                        await cancel_and_wait(watch.check)
                 return _raise_if_error(env)
         except AgentbusError as e:
             outcome = e.code

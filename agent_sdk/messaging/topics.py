@@ -26,6 +26,7 @@ from redis.asyncio.client import PubSub
 from agent_sdk.lane import hiredis_reader, incomplete
 from agent_sdk.messaging.handlers import Message
 from agent_sdk.settings import Settings
+from agent_sdk.tasks import cancel_and_wait
 from schemas.envelope import Envelope, decode_json
 from schemas.errors import InvalidInput, ProtocolError
 from schemas.names import check_topic_pattern
@@ -140,9 +141,7 @@ class PubSubHub:
         task, self._task = self._task, None
         if task is None:
             return
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)
         await self._close_pubsub()
         for subs in list(self._subs.values()):
             for sub in subs:

@@ -25,6 +25,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
+from agent_sdk.tasks import cancel_all
+
 __all__ = ["BROADCAST_QUEUE_MAX", "BROADCAST_WORKERS", "WorkerPool"]
 
 log = logging.getLogger("agentbus.messaging")
@@ -135,10 +137,7 @@ class WorkerPool(Generic[T]):
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(grace):
                     await self._settled.wait()
-        workers = list(self._workers)
-        for task in workers:
-            task.cancel()
-        await asyncio.gather(*workers, return_exceptions=True)
+        await cancel_all(list(self._workers))
         self._settled = None
         self._waiting.clear()
         self._queue.clear()
