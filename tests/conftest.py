@@ -95,7 +95,9 @@ def settings(redis_server: RedisServer, namespace: str) -> Settings:
 @pytest.fixture
 async def r(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
     """A raw asyncio client (decoded strings) to inspect what agentbus wrote."""
-    client = aioredis.Redis(port=redis_server.port, decode_responses=True)
+    # No socket timeout, as agentbus's own clients: with one, redis-py writes each command inside
+    # asyncio.wait_for, which on Python 3.11 can drop a cancellation (docs/RELIABILITY.md).
+    client = aioredis.Redis(port=redis_server.port, decode_responses=True, socket_timeout=None)
     yield client
     await client.aclose()
 
