@@ -26,7 +26,7 @@ async def main(name: str, role: str, max_concurrency: int, hold: float) -> None:
             if hold == float("inf"):
                 await forever.wait()
             else:
-                await asyncio.sleep(hold)
+                await asyncio.sleep(hold)  # the job's work itself (the behaviour under test)
             print(f"done {msg.id}", flush=True)
             return name
 

@@ -65,8 +65,7 @@ class Outgoing:
 
     __slots__ = (
         "_deadline", "_deadline_us", "_sent_at", "correlation_id", "error", "headers", "id", "kind",
-        "payload",
-        "reply_to", "sender", "sent_ms", "target", "type",
+        "payload", "reply_to", "sender", "sent_ms", "target", "type",
     )  # fmt: skip
 
     def __init__(

@@ -186,72 +186,62 @@ class HandlerRegistry:
         return tuple(self._handlers)
 
     async def handle(self, msg: Message) -> Outcome:
-        """Run the handler for ``msg``; every failure becomes an ``Outcome`` with an error.
-        The observer (if any) is told the type, the time taken and whether it failed.
-
-        One coroutine per message (besides the handler's own): this is the hot path of every
-        message received."""
-        env = msg.envelope
-        mtype = env.type
+        """Run the handler for ``msg``; every failure becomes an ``Outcome`` with an error."""
+        if self.observer is None:
+            return await self._handle(msg)
         t0 = time.perf_counter()
-        entry = self._handlers.get(mtype)
-        outcome: Outcome | None = None
-        if entry is None:
-            outcome = self._unknown(mtype)
-        else:
-            payload = env.payload
-            if entry.model is not None:
-                try:
-                    payload = entry.model.model_validate(payload)
-                except ValidationError as e:
-                    outcome = _invalid_payload(mtype, e)
-            if outcome is None:
-                try:
-                    if entry.wants_msg:
-                        result = await entry.func(payload, msg)
-                    else:
-                        result = await entry.func(payload)
-                except AgentbusError as e:
-                    outcome = Outcome(error=e.info, final=False)
-                except Exception as e:
-                    log.exception(
-                        "handler for %r failed on message %s from %s", mtype, env.id, env.sender
-                    )
-                    outcome = Outcome(
-                        error=ErrorInfo(
-                            code=ErrorCode.HANDLER_ERROR,
-                            description=f"{type(e).__name__}: {e}",
-                            details={"exception": type(e).__name__},
-                        ),
-                        final=False,
-                    )
-                else:
-                    outcome = _DONE if result is None else Outcome(result=to_jsonable(result))
-        observer = self.observer
-        if observer is not None:
-            try:
-                observer(mtype, time.perf_counter() - t0, outcome.error is not None)
-            except Exception:
-                log.exception("handler observer failed")
+        outcome = await self._handle(msg)
+        try:
+            self.observer(msg.type, time.perf_counter() - t0, not outcome.ok)
+        except Exception:
+            log.exception("handler observer failed")
         return outcome
 
-    def _unknown(self, mtype: str) -> Outcome:
-        return Outcome(
-            error=ErrorInfo(
-                code=ErrorCode.UNKNOWN_TYPE,
-                description=f"no handler for message type {mtype!r}",
-                details={"type": mtype, "known": sorted(self._handlers)},
+    async def _handle(self, msg: Message) -> Outcome:
+        entry = self._handlers.get(msg.type)
+        if entry is None:
+            return Outcome(
+                error=ErrorInfo(
+                    code=ErrorCode.UNKNOWN_TYPE,
+                    description=f"no handler for message type {msg.type!r}",
+                    details={"type": msg.type, "known": sorted(self._handlers)},
+                )
             )
-        )
-
-
-def _invalid_payload(mtype: str, e: ValidationError) -> Outcome:
-    return Outcome(
-        error=ErrorInfo(
-            code=ErrorCode.BAD_REQUEST,
-            description=f"invalid {mtype!r} payload: {e.error_count()} problem(s)",
-            details={
-                "errors": e.errors(include_url=False, include_context=False, include_input=False)
-            },
-        )
-    )
+        payload = msg.payload
+        if entry.model is not None:
+            try:
+                payload = entry.model.model_validate(payload)
+            except ValidationError as e:
+                return Outcome(
+                    error=ErrorInfo(
+                        code=ErrorCode.BAD_REQUEST,
+                        description=f"invalid {msg.type!r} payload: {e.error_count()} problem(s)",
+                        details={
+                            "errors": e.errors(
+                                include_url=False, include_context=False, include_input=False
+                            )
+                        },
+                    )
+                )
+        try:
+            if entry.wants_msg:
+                result = await entry.func(payload, msg)
+            else:
+                result = await entry.func(payload)
+        except AgentbusError as e:
+            return Outcome(error=e.info, final=False)
+        except Exception as e:
+            log.exception(
+                "handler for %r failed on message %s from %s", msg.type, msg.id, msg.sender
+            )
+            return Outcome(
+                error=ErrorInfo(
+                    code=ErrorCode.HANDLER_ERROR,
+                    description=f"{type(e).__name__}: {e}",
+                    details={"exception": type(e).__name__},
+                ),
+                final=False,
+            )
+        if result is None:
+            return _DONE
+        return Outcome(result=to_jsonable(result))

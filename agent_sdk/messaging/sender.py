@@ -83,11 +83,14 @@ class Sender:
     def payload(self, payload: Any) -> bytes:
         return encode_payload(payload, self.settings.max_payload_bytes)
 
-    async def _run(self, op: Op, doing: str, *what: str) -> Any:
-        """``op`` through the batcher; redis-py errors become ``ConnectionFailed`` as with
-        ``redis_errors`` (applied only on failure: it costs ≈ 3 µs a call as a context manager)."""
+    async def _run(self, op: Op | list[Op], doing: str, *what: str) -> Any:
+        """``op`` (or a list of ops, together: their replies) through the batcher; redis-py
+        errors become ``ConnectionFailed`` as with ``redis_errors`` (applied only on failure: it
+        costs ≈ 3 µs a call as a context manager)."""
         try:
-            return await self.batcher.run(op)
+            if isinstance(op, Op):
+                return await self.batcher.run(op)
+            return await self.batcher.run_many(op)
         except _REDIS_ERRORS:
             with redis_errors(self.settings, doing % what):
                 raise
@@ -161,6 +164,13 @@ class Sender:
             names = await self.client.smembers(key)
         return sorted(_text(n) for n in names)
 
+    def _broadcast_op(self, type: str, body: bytes, role: str | None, headers: dict[str, str],
+                      label: str) -> Op:  # fmt: skip
+        """The ``PUBLISH`` of one live broadcast envelope."""
+        out = Outgoing(type=type, sender=self.sender, payload=body, kind=Kind.BROADCAST,
+                       target=label, headers=headers)  # fmt: skip
+        return Op(("PUBLISH", self.keys.broadcast_channel(role), out.json()))
+
     def _broadcast_label(self, role: str | None) -> str:
         """The envelope's ``target`` of a broadcast (``*`` or ``role:<role>``); checks ``role``."""
         if role is None:
@@ -194,9 +204,7 @@ class Sender:
             if durable:
                 (count,) = await self._broadcast_durably(type, [body], role, headers)
                 return count
-            out = Outgoing(type=type, sender=self.sender, payload=body, kind=Kind.BROADCAST,
-                           target=label, headers=headers)  # fmt: skip
-            op = Op(("PUBLISH", self.keys.broadcast_channel(role), out.json()))
+            op = self._broadcast_op(type, body, role, headers, label)
             return int(await self._run(op, "broadcasting %r", type))
 
     async def broadcast_many(
@@ -220,17 +228,8 @@ class Sender:
             telemetry.record_sent(type, _BROADCAST, len(bodies))
             if durable:
                 return await self._broadcast_durably(type, bodies, role, headers)
-            channel, sender = self.keys.broadcast_channel(role), self.sender
-            ops = [
-                Op(("PUBLISH", channel, Outgoing(type=type, sender=sender, payload=body,
-                    kind=Kind.BROADCAST, target=label, headers=headers).json()))
-                for body in bodies
-            ]  # fmt: skip
-            try:
-                return [int(n) for n in await self.batcher.run_many(ops)]
-            except _REDIS_ERRORS:
-                with redis_errors(self.settings, f"broadcasting {type!r}"):
-                    raise
+            ops = [self._broadcast_op(type, body, role, headers, label) for body in bodies]
+            return [int(n) for n in await self._run(ops, "broadcasting %r", type)]
 
     async def _broadcast_durably(
         self, type: str, bodies: list[bytes], role: str | None, headers: dict[str, str]
