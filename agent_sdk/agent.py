@@ -9,9 +9,12 @@
 
 ``async with agent`` starts the reply router (the instance's reply list is read before anything
 is sent), announces (``NoCoordinator``, ``NameTaken`` or ``Refused`` if that fails), starts the
-heartbeat loop, then starts the agent's components. On exit the components are stopped (drained
-for up to ``shutdown_grace``), the heartbeat stops and the agent leaves: its record is gone when
-``__aexit__`` returns.
+heartbeat loop, then starts the agent's components. An instance that was expired while it could
+not heartbeat (frozen, stalled, cut off) handles nothing until the registry holds it again; if
+another instance took its name meanwhile it stops for good: ``agent.name_lost`` says why, and
+the agent stops itself unless ``on_name_lost`` was given (docs/PROTOCOL.md, "Fencing"). On exit
+the components are stopped (drained for up to ``shutdown_grace``), the heartbeat stops and the
+agent leaves: its record is gone when ``__aexit__`` returns.
 
 **Components** are the extension point of the messaging layer: anything with
 ``async start()`` and ``async stop(grace)``; ``add_component`` before or after start.
@@ -33,6 +36,7 @@ from agent_sdk import telemetry
 from agent_sdk.activity import Activity
 from agent_sdk.bus import Bus, resolve_settings
 from agent_sdk.discovery import StatusFilter
+from agent_sdk.fence import Fence
 from agent_sdk.membership import Membership
 from agent_sdk.messaging import GatherResult, HandlerRegistry, Messaging, Subscription
 from agent_sdk.messaging.handlers import Handler
@@ -42,7 +46,7 @@ from agent_sdk.settings import Settings
 from agent_sdk.usage import UNKNOWN_TYPE, UsageRecorder
 from schemas.agent import AgentCard, AgentRecord, AgentStatus
 from schemas.envelope import Envelope, new_id
-from schemas.errors import AgentbusError, InvalidInput
+from schemas.errors import AgentbusError, InvalidInput, NameLost
 from schemas.keys import KeySpace
 
 __all__ = ["Agent", "Component"]
@@ -80,6 +84,7 @@ class Agent:
         metadata: Mapping[str, str] | None = None,
         settings: Settings | None = None,
         bus: Bus | None = None,
+        on_name_lost: Callable[[NameLost], None] | None = None,
         **overrides: Any,
     ) -> None:
         if bus is not None and (settings is not None or overrides):
@@ -116,6 +121,12 @@ class Agent:
         self._components: list[Component] = []
         self._started: list[Component] = []
         self._membership: Membership | None = None
+        #: The instance's lease: nothing is handled while it has lapsed (agent_sdk.fence).
+        self.fence = Fence(self.settings.ttl)
+        #: Set when this instance lost its name to another (see ``on_name_lost``).
+        self.name_lost: NameLost | None = None
+        self._on_name_lost = on_name_lost
+        self._lost_stop: asyncio.Task[None] | None = None
         #: Message handlers (``@agent.on``); the data plane (``Messaging``) exists once started.
         self.handlers = HandlerRegistry()
         #: Usage stats of this agent's handlers (``agentbus stats``); exists once started.
@@ -217,8 +228,9 @@ class Agent:
             await self.bus.start()
             await self.router.start()
             membership = Membership(
-                self.bus.client, self.settings, self.card, self.instance_id, self.router
-            )
+                self.bus.client, self.settings, self.card, self.instance_id, self.router,
+                fence=self.fence, on_lost=self._name_was_lost,
+            )  # fmt: skip
             membership.status, membership.load = self._status, self._load
             self._membership = membership
             await membership.announce()
@@ -228,7 +240,7 @@ class Agent:
                     self.bus.client, self.settings, name=self.name,
                     instance_id=self.instance_id, role=self.role, replies=self.router,
                     max_concurrency=self.card.max_concurrency, on_load=self.set_load,
-                    handlers=self.handlers,
+                    handlers=self.handlers, fence=self.fence,
                 )  # fmt: skip
                 self._components.insert(0, self._messaging)
                 # usage stats: started before the data plane, stopped (and flushed) after it
@@ -296,6 +308,25 @@ class Agent:
     async def _on_control(self, env: Envelope) -> None:
         if self._membership is not None:
             await self._membership.on_control(env)
+
+    @property
+    def epoch(self) -> int | None:
+        """The registration's fencing token (``AgentRecord.epoch``); ``None`` before the first
+        accepted announcement. Pass it with writes to outside systems so they can refuse an
+        instance that lost its name (docs/PROTOCOL.md, "Fencing")."""
+        return self.fence.epoch
+
+    def _name_was_lost(self, error: NameLost) -> None:
+        """Another instance registered our name while we were expired: we have stopped
+        handling messages (the fence is closed). Tell the program, then stop, unless the program
+        asked to decide itself (``on_name_lost``)."""
+        self.name_lost = error
+        if self._on_name_lost is not None:
+            self._on_name_lost(error)
+            return
+        log.error("%s (instance %s) lost its name; stopping the agent", self.name, self.instance_id)
+        if self._lost_stop is None:
+            self._lost_stop = asyncio.create_task(self.stop(), name=f"agentbus-lost:{self.name}")
 
     # -- messaging (delegated to agent_sdk.messaging.Messaging) ---------------------------------
     @property

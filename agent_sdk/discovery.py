@@ -54,6 +54,7 @@ FIELD_ORDER: tuple[str, ...] = (
     "last_seen",
     "heartbeat_ms",
     "ttl_ms",
+    "epoch",
 )
 if set(FIELD_ORDER) != _RECORD_FIELDS or len(FIELD_ORDER) != len(_RECORD_FIELDS):
     raise RuntimeError("discovery.FIELD_ORDER is out of step with AgentRecord's fields")
@@ -114,6 +115,7 @@ def _lean(row: Any) -> AgentRecord:
         last_seen,
         heartbeat_ms,
         ttl_ms,
+        epoch,
     ) = row
     if False in (name, role, instance_id, registered_at, last_seen, heartbeat_ms, ttl_ms):
         raise ValueError("a required field is absent")
@@ -136,6 +138,7 @@ def _lean(row: Any) -> AgentRecord:
         "last_seen": datetime.fromisoformat(last_seen),
         "heartbeat_ms": int(heartbeat_ms),
         "ttl_ms": int(ttl_ms),
+        "epoch": 0 if epoch is False else int(epoch),
     }
     if not (isinstance(values["metadata"], dict) and values["max_concurrency"] >= 1):
         raise ValueError("needs validation")

@@ -11,6 +11,12 @@ The protocol (docs/PROTOCOL.md, "Control plane"):
 * the instance re-announces (same instance id) when the coordinator says ``reannounce`` (the
   registry no longer holds it) or when the instance notices that its last successful heartbeat is
   older than its TTL (it was stalled, or Redis was unreachable, and may have been expired).
+* fencing (``agent_sdk.fence``): every accepted announcement and every heartbeat that reached
+  Redis renews the instance's lease; a ``name_taken`` answer to a *re*-announcement, or a
+  ``reannounce`` saying another instance holds the name, loses the name for good
+  (``NameLost``): the fence closes and ``on_lost`` is called; the instance never announces
+  again. An announcement refused as ``stale`` (applied after the instance was expired) is sent
+  again at once.
 * ``leave`` on stop, then a short bounded wait until the record is gone (or a leave ack comes).
 
 The heartbeat loop never dies on an error: it logs, backs off and continues.
@@ -22,12 +28,14 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 import redis.asyncio as aioredis
 
 from agent_sdk.connection import CONNECTION_ERRORS, redis_errors
+from agent_sdk.fence import Fence
 from agent_sdk.replies import ReplyRouter
 from agent_sdk.settings import Settings
 from agent_sdk.tasks import cancel_and_wait
@@ -43,9 +51,12 @@ from schemas.agent import (
 from schemas.envelope import Envelope, Kind, encode_fields, utcnow
 from schemas.errors import (
     AgentbusError,
+    ErrorCode,
+    NameLost,
     NameTaken,
     NoCoordinator,
     ProtocolError,
+    Refused,
     error_from_info,
 )
 
@@ -61,6 +72,8 @@ CONTROL_MAXLEN = 300_000
 _LEAVE_WAIT_MAX = 2.0
 #: Errors the heartbeat loop logs and retries after a backoff.
 _RETRYABLE: tuple[type[BaseException], ...] = (AgentbusError, *CONNECTION_ERRORS)
+#: Announcements refused as ``stale`` sent again at once, at most this many times in a row.
+_STALE_RETRIES = 3
 
 
 class Membership:
@@ -73,12 +86,17 @@ class Membership:
         card: AgentCard,
         instance_id: str,
         router: ReplyRouter,
+        fence: Fence | None = None,
+        on_lost: Callable[[NameLost], None] | None = None,
     ) -> None:
         self.client = client
         self.settings = settings
         self.card = card
         self.instance_id = instance_id
         self.router = router
+        #: The instance's lease (read by its consumer before it handles anything).
+        self.fence = fence if fence is not None else Fence(settings.ttl)
+        self._on_lost = on_lost
         self.status = AgentStatus.READY
         self.load = 0
         self.record: AgentRecord | None = None
@@ -133,6 +151,18 @@ class Membership:
             return record
 
     async def _announce_once(self) -> AgentRecord:
+        """One announcement; one refused as ``stale`` (written before the registry expired
+        this instance, applied after) is sent again at once."""
+        for _ in range(_STALE_RETRIES):
+            try:
+                return await self._announce_attempt()
+            except Refused as e:
+                if e.code != ErrorCode.STALE:
+                    raise
+                log.info("%s: announcement applied too late (%s); again", self.card.name, e)
+        return await self._announce_attempt()
+
+    async def _announce_attempt(self) -> AgentRecord:
         timeout = self.settings.announce_timeout
         payload = Announce(
             card=self.card,
@@ -160,6 +190,7 @@ class Membership:
         except ValueError as e:
             raise ProtocolError(f"the coordinator answered with an invalid record: {e}") from e
         self._announced_at = sent
+        self.fence.renew(sent, record.epoch)
         return record
 
     def _no_coordinator(self, timeout: float) -> NoCoordinator:
@@ -183,16 +214,51 @@ class Membership:
 
     async def on_control(self, env: Envelope) -> None:
         """Handler for control envelopes nobody waited for (wired to the reply router)."""
-        if env.type == ControlType.REANNOUNCE:
-            log.info("%s: the coordinator asks for a re-announce", self.card.name)
-            self.request_reannounce()
-        else:
+        if env.type != ControlType.REANNOUNCE:
             log.debug("%s: ignoring control envelope %s", self.card.name, env.type)
+            return
+        payload = env.payload if isinstance(env.payload, dict) else {}
+        if payload.get("instance_id", self.instance_id) != self.instance_id:
+            return  # meant for another run
+        if payload.get("reason") == ErrorCode.NAME_LOST:
+            holder = str(payload.get("holder") or "?")
+            self.lose(
+                NameLost(
+                    f"{self.card.name!r}: instance {self.instance_id} lost its name to instance "
+                    f"{holder} while it was not heartbeating (stalled, frozen or cut off)",
+                    details={"name": self.card.name, "instance_id": holder},
+                )
+            )
+            return
+        log.info("%s: the coordinator asks for a re-announce", self.card.name)
+        self.fence.lapse()  # the registry does not hold us: handle nothing until it does again
+        self.request_reannounce()
+
+    def lose(self, error: NameLost) -> None:
+        """The name is lost for good: close the fence, stop heartbeating, tell the owner."""
+        if self.fence.lost is not None:
+            return
+        log.error("%s: %s; stopping to serve it", self.card.name, error)
+        self.fence.lose(error)
+        self.record = None  # nothing to leave
+        task = self._task
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+        if self._on_lost is not None:
+            self._on_lost(error)
 
     async def heartbeat(self) -> None:
-        payload = Heartbeat(instance_id=self.instance_id, load=self.load, status=self.status)
+        payload = Heartbeat(
+            instance_id=self.instance_id,
+            load=self.load,
+            status=self.status,
+            epoch=self.fence.epoch,
+        )
         env = self._control(
-            ControlType.HEARTBEAT, payload.model_dump(mode="json"), reply=False, timeout=0
+            ControlType.HEARTBEAT,
+            payload.model_dump(mode="json", exclude_none=True),
+            reply=False,
+            timeout=0,
         )
         await self._xadd(env, f"sending a heartbeat for {self.card.name!r}")
 
@@ -213,7 +279,7 @@ class Membership:
         ttl = self.settings.ttl
         last_ok = self._announced_at  # an accepted announce counts as a heartbeat
         backoff = 0.05
-        while True:
+        while self.fence.lost is None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), interval)
             self._wake.clear()
@@ -233,13 +299,23 @@ class Membership:
                     self.reannounces += 1
                 else:
                     await self.heartbeat()
+                    self.fence.renew(attempt)
                 # when it was sent, not when the answer came: a stall may sit in between
                 last_ok = attempt
                 backoff = 0.05
             except asyncio.CancelledError:
                 raise
+            except NameTaken as e:  # another live instance registered our name meanwhile
+                self.lose(
+                    NameLost(
+                        f"{self.card.name!r}: this instance ({self.instance_id}) was expired "
+                        f"while it was not heartbeating, and another took the name: {e}",
+                        details=dict(e.details),
+                    )
+                )
+                return
             except _RETRYABLE as e:
-                if isinstance(e, NameTaken | NoCoordinator) or stalled:
+                if isinstance(e, NoCoordinator) or stalled:
                     self._reannounce.set()
                 log.warning(
                     "%s: heartbeat/re-announce failed (%s); retrying in %.2fs",

@@ -71,6 +71,17 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def stale_announce(op: _Announce) -> ErrorInfo:
+    return ErrorInfo(
+        code=ErrorCode.STALE,
+        description=(
+            f"announcement of {op.ann.name!r} (instance {op.ann.instance_id}) was applied after "
+            "that instance left or expired, or too late: not applied; announce again"
+        ),
+        details={"name": op.ann.name, "instance_id": op.ann.instance_id},
+    )
+
+
 class _Outbox:
     """What goes out after the script call: one pipeline, and the ids it acknowledges."""
 
@@ -401,7 +412,7 @@ class ControlConsumer:
         out.acks.append(eid)
         self.stats.dead_letters += 1
 
-    def _slow_heartbeat(self, env: Envelope) -> tuple[str, str, str, str] | ErrorInfo:
+    def _slow_heartbeat(self, env: Envelope) -> tuple[str, str, str, str, str] | ErrorInfo:
         try:
             hb = Heartbeat.model_validate(env.payload)
         except ValidationError as e:
@@ -411,7 +422,7 @@ class ControlConsumer:
                 code=ErrorCode.INVALID_NAME,
                 description="heartbeat sender and instance_id must be valid names",
             )
-        return (env.sender, hb.instance_id, str(hb.load), hb.status.value)
+        return (env.sender, hb.instance_id, str(hb.load), hb.status.value, str(hb.epoch or 0))
 
     def _reply_address(self, env: Envelope) -> str | None:
         to = env.reply_to
@@ -533,15 +544,21 @@ class ControlConsumer:
         self.stats.heartbeats += batch.heartbeats - beats_failed
         self.stats.leaves += result.removed
         announces_failed = sum(1 for eid in failed if eid in batch.announces)
-        self.stats.announces += len(batch.announces) - len(result.refused) - announces_failed
+        self.stats.announces += (
+            len(batch.announces) - len(result.refused) - len(result.stale) - announces_failed
+        )
         for eid, holder in result.refused.items():
             op = batch.announces[eid]
             name = op.ann.name
             self._refuse(out, eid, op.reply_to, name, op.correlation_id, name_taken(name, holder))
+        for eid in result.stale:
+            op = batch.announces[eid]
+            self.stats.stale += 1
+            self._refuse(out, eid, op.reply_to, op.ann.name, op.correlation_id, stale_announce(op))
         told: set[tuple[str, str]] = set()
-        for eid in result.unknown:
+        for eid, other in result.unknown.items():
             name, inst = beats[eid]
             if (name, inst) not in told:
                 told.add((name, inst))
-                queue_reannounce(out.pipe, self.settings, name, inst)
+                queue_reannounce(out.pipe, self.settings, name, inst, other or None)
         self.stats.reannounces += len(told)

@@ -20,7 +20,7 @@ from redis.asyncio.client import Pipeline
 from coordinator.settings import CoordinatorSettings
 from schemas.agent import ControlType
 from schemas.envelope import Kind, format_time, new_id, utcnow
-from schemas.errors import ErrorInfo
+from schemas.errors import ErrorCode, ErrorInfo
 
 __all__ = [
     "COORDINATOR_SENDER",
@@ -107,9 +107,18 @@ def queue_reply(
 
 
 def queue_reannounce(
-    pipe: Pipeline, settings: CoordinatorSettings, name: str, instance_id: str
+    pipe: Pipeline,
+    settings: CoordinatorSettings,
+    name: str,
+    instance_id: str,
+    holder: str | None = None,
 ) -> None:
-    """Tell an instance the registry does not hold it (expired, or Redis lost data)."""
+    """Tell an instance the registry does not hold it: expired or Redis lost data (reason
+    ``unknown_agent``: announce again), or another instance holds its name (reason
+    ``name_lost``, ``holder`` its instance id: stop serving the name)."""
+    payload: dict[str, str] = {"instance_id": instance_id, "reason": "unknown_agent"}
+    if holder is not None:
+        payload.update(reason=ErrorCode.NAME_LOST.value, holder=holder)
     queue_reply(
         pipe,
         settings,
@@ -117,7 +126,7 @@ def queue_reannounce(
         type=ControlType.REANNOUNCE,
         kind=Kind.CONTROL,
         target=name,
-        payload={"instance_id": instance_id, "reason": "unknown_agent"},
+        payload=payload,
     )
 
 

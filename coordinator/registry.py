@@ -111,10 +111,14 @@ class ControlBatch:
 class ControlResult:
     """What a batch did besides the applied, answered and acknowledged entries."""
 
-    unknown: list[str]  # entry ids of heartbeats from instances the registry does not hold
+    #: heartbeats from instances the registry does not hold: entry id -> the instance that
+    #: holds the name instead ("" if nobody does)
+    unknown: dict[str, str]
     refused: dict[str, tuple[str, str, str, str, str]]  # announce entry id -> the holder
     removed: int  # leaves that removed their instance
     failed: list[tuple[str, str]] = field(default_factory=list)  # (entry id, Redis's error)
+    #: announces written before their instance left or expired, applied late: not applied
+    stale: list[str] = field(default_factory=list)
 
 
 def _text(value: Any) -> str:
@@ -149,7 +153,16 @@ class Registry:
         self._scripts = Scripts.register(client)
         self.settings = settings
         keys = settings.keys
-        self._keys = [keys.agents(), keys.deadlines(), keys.events()]
+        self._control = keys.control()
+        # the convention of every registry script (coordinator/lua/common.lua)
+        self._keys = [
+            keys.agents(),
+            keys.deadlines(),
+            keys.events(),
+            self._control,
+            keys.clock(),
+            keys.tombstones(),
+        ]
         self._args: list[str | int] = [
             keys.record_prefix,
             keys.role_index_prefix,
@@ -157,28 +170,31 @@ class Registry:
             keys.tag_index_prefix,
             settings.events_maxlen,
             keys.events_channel(),
+            COORDINATOR_GROUP,
+            settings.stall_ms,
+            max(settings.ttl_ms, settings.stall_ms),  # the grace after a stall
+            settings.tombstone_keep_ms,
         ]
-        self._control = keys.control()
-        self._clock = keys.clock()
-        self._control_keys = [*self._keys, self._control]
-        self._control_args: list[Any] = [*self._args, COORDINATOR_GROUP, settings.reply_ttl_ms]
+        self._control_keys = [*self._keys, keys.epoch()]
+        self._control_args: list[Any] = [*self._args, settings.reply_ttl_ms]
 
     async def apply(self, batch: ControlBatch) -> ControlResult:
         """Apply, answer and ``XACK`` a batch in one script call; refused announces and
         entries Redis refused are left to the caller (not acknowledged)."""
         args = batch.finish()
         if not args:
-            return ControlResult([], {}, 0)
+            return ControlResult({}, {}, 0)
         res: Any = await self._scripts.control(
             keys=self._control_keys, args=[*self._control_args, *args]
         )
-        unknown = [_text(x) for x in res[0]]
+        unknown = {_text(eid): _text(holder) for eid, holder in res[0]}
         refused: dict[str, tuple[str, str, str, str, str]] = {}
         for row in res[1]:
             eid, inst, host, pid, last_seen, expires = (_text(x) for x in row)
             refused[eid] = (inst, host, pid, last_seen, expires)
         failed = [(_text(eid), _text(err)) for eid, err in res[3]]
-        return ControlResult(unknown, refused, int(res[2]), failed)
+        stale = [_text(x) for x in res[4]]
+        return ControlResult(unknown, refused, int(res[2]), failed, stale)
 
     async def announce(self, entry_id: str, ann: PreparedAnnounce) -> ErrorInfo | None:
         """Apply one announce without a reply (tests, tools); the refusal, if any."""
@@ -209,11 +225,6 @@ class Registry:
         return int(n)
 
     async def sweep(self, limit: int = 1000) -> SweepResult:
-        s = self.settings
-        grace = max(s.ttl_ms, s.stall_ms)
-        res = await self._scripts.sweep(
-            keys=[*self._keys, self._control, self._clock],
-            args=[*self._args, COORDINATOR_GROUP, s.stall_ms, grace, limit],
-        )
+        res = await self._scripts.sweep(keys=self._keys, args=[*self._args, limit])
         n, cutoff, now, wm, began = (int(x) for x in res)
         return SweepResult(n, cutoff, now, wm if wm >= 0 else None, bool(began))

@@ -39,7 +39,7 @@ class CoordinatorSettings(Settings):
     batch_size: int = Field(default=500, ge=1, le=10_000, description="Control entries per read.")
     read_block: float = Field(default=1.0, gt=0, le=60, description="XREADGROUP BLOCK seconds.")
     claim_idle: float = Field(
-        default=1.0,
+        default=0.5,
         gt=0,
         description="Claim control entries pending this long from dead peers (no health key) "
         "or left stranded by our own failed batches.",
@@ -50,7 +50,13 @@ class CoordinatorSettings(Settings):
         description="Claim control entries a live peer (health key present) has held this long: "
         "its control loop is stuck; a merely slow batch is never taken from a live peer.",
     )
-    health_interval: float = Field(default=1.0, gt=0, description="Health key refresh period.")
+    health_interval: float = Field(
+        default=0.25,
+        gt=0,
+        description="Health key refresh period; the key lives 3 x this, so peers take over a "
+        "stopped or frozen coordinator's control entries about 3 x this + claim_idle after it "
+        'stopped (docs/PROTOCOL.md, "The coordinators").',
+    )
     control_maxlen: int = Field(
         default=300_000,
         ge=10,
@@ -61,6 +67,12 @@ class CoordinatorSettings(Settings):
     events_maxlen: int = Field(default=100_000, ge=10, description="Approximate change-feed cap.")
     drain_timeout: float = Field(default=5.0, ge=0, description="Seconds to drain on stop.")
     reply_ttl: float = Field(default=60.0, gt=0, description="PEXPIRE of reply lists we push.")
+    tombstone_keep: float = Field(
+        default=300.0,
+        ge=10,
+        description="Seconds a left or expired instance stays tombstoned; an announce older "
+        'than this is refused as stale (docs/PROTOCOL.md, "Fencing").',
+    )
 
     @field_validator("coordinator_id")
     @classmethod
@@ -86,6 +98,10 @@ class CoordinatorSettings(Settings):
     @property
     def claim_live_idle_ms(self) -> int:
         return max(1, round(self.claim_live_idle * 1000))
+
+    @property
+    def tombstone_keep_ms(self) -> int:
+        return round(self.tombstone_keep * 1000)
 
     @property
     def reply_ttl_ms(self) -> int:

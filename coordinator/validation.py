@@ -38,10 +38,11 @@ _STATUSES = frozenset(s.value for s in AgentStatus)
 _HB_ENVELOPE_FIELDS = frozenset(
     {b"v", b"id", b"kind", b"type", b"sender", b"target", b"sent_at", b"headers", b"payload"}
 )
-_HB_PAYLOAD_FIELDS = frozenset({"instance_id", "load", "status"})
+_HB_PAYLOAD_FIELDS = frozenset({"instance_id", "load", "status", "epoch"})
 
-#: (entry id, name, instance id, load, status): what the heartbeat script takes, as strings.
-FastHeartbeat = tuple[str, str, str, str, str]
+#: (entry id, name, instance id, load, status, epoch or "0"): what the heartbeat script takes,
+#: as strings.
+FastHeartbeat = tuple[str, str, str, str, str, str]
 
 
 def is_identifier(value: str) -> bool:
@@ -74,6 +75,7 @@ def fast_heartbeat(entry_id: str, fields: dict[bytes, bytes]) -> FastHeartbeat |
     inst = payload.get("instance_id")
     load = payload.get("load", 0)
     status = payload.get("status", "ready")
+    epoch = payload.get("epoch") or 0
     if (
         type(inst) is not str
         or not _IDENT_RE.match(inst)
@@ -81,9 +83,11 @@ def fast_heartbeat(entry_id: str, fields: dict[bytes, bytes]) -> FastHeartbeat |
         or type(load) is not int
         or load < 0
         or status not in _STATUSES
+        or type(epoch) is not int
+        or epoch < 0
     ):
         return None
-    return (entry_id, sender.decode(), inst, str(load), status)
+    return (entry_id, sender.decode(), inst, str(load), status, str(epoch))
 
 
 def validation_error_info(e: ValidationError, what: str) -> ErrorInfo:

@@ -98,6 +98,12 @@ class AgentRecord(AgentCard):
     last_seen: datetime
     heartbeat_ms: int = Field(ge=1)
     ttl_ms: int = Field(ge=1)
+    epoch: int = Field(
+        default=0,
+        ge=0,
+        description="Fencing token of this registration: every new registration of a name "
+        'gets a larger one (docs/PROTOCOL.md, "Fencing").',
+    )
 
     @property
     def id(self) -> str:
@@ -171,6 +177,12 @@ class Heartbeat(BaseModel):
     instance_id: str = Field(min_length=1, max_length=64)
     load: int = Field(default=0, ge=0)
     status: AgentStatus = AgentStatus.READY
+    epoch: int | None = Field(
+        default=None,
+        ge=0,
+        description="The registration's epoch (from the announce result); a heartbeat of an "
+        "earlier registration is ignored.",
+    )
 
 
 class Leave(BaseModel):

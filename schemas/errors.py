@@ -12,6 +12,7 @@ Exception tree (every exception agentbus raises derives from ``AgentbusError``):
     ├── RegistrationError         the agent could not join the registry
     │   ├── NoCoordinator         no coordinator answered the announcement in time
     │   ├── NameTaken             another live instance holds the name
+    │   ├── NameLost              this instance lost its name to another (it must stop serving)
     │   └── Refused               the coordinator refused the announcement (reason in ``info``)
     └── MessagingError            a message could not be delivered or answered
         ├── AgentNotFound         the target agent is not alive
@@ -40,6 +41,7 @@ __all__ = [
     "EventsLost",
     "InvalidInput",
     "MessagingError",
+    "NameLost",
     "NameTaken",
     "NoCoordinator",
     "NoResponders",
@@ -68,6 +70,8 @@ class ErrorCode(StrEnum):
     INVALID_VERSION = "invalid_version"
     INVALID_RECORD = "invalid_record"
     NAME_TAKEN = "name_taken"
+    NAME_LOST = "name_lost"  # another instance registered the name this instance held
+    STALE = "stale"  # a control entry applied after its instance left or expired: not applied
     UNKNOWN_AGENT = "unknown_agent"  # heartbeat from an instance the registry does not hold
     UNSUPPORTED_VERSION = "unsupported_version"  # envelope version this side cannot read
     UNDECODABLE = "undecodable"  # bytes that are not a valid envelope
@@ -156,6 +160,14 @@ class NameTaken(RegistrationError):
     default_code = ErrorCode.NAME_TAKEN
 
 
+class NameLost(RegistrationError):
+    """This instance held the name, was expired (stalled, frozen, cut off), and another instance
+    registered it meanwhile. The instance has stopped consuming; it must not serve the name
+    again (docs/PROTOCOL.md, "Fencing")."""
+
+    default_code = ErrorCode.NAME_LOST
+
+
 class Refused(RegistrationError):
     pass
 
@@ -187,6 +199,7 @@ class RemoteError(MessagingError):
 
 _REGISTRATION_CODES: dict[str, type[RegistrationError]] = {
     ErrorCode.NAME_TAKEN: NameTaken,
+    ErrorCode.NAME_LOST: NameLost,
 }
 
 

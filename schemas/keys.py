@@ -21,7 +21,11 @@ R:role:<role>                          set     none                        coord
 R:cap:<capability>                     set     none                        coordinator    discovery
 R:tag:<tag>                            set     none                        coordinator    discovery
 R:deadlines                            zset    none (score = deadline ms)  coordinator    sweeper
-R:clock                                hash    none                        sweeper        sweeper
+R:clock                                hash    none                        coordinator    coordinator
+R:tombstones                           zset    none (score = fence ms;     coordinator    coordinator
+                                               pruned after tombstone_keep)
+R:epoch                                string  none (INCR per new          coordinator    coordinator
+                                               registration)
 R:control                              stream  MAXLEN ~ (settings)         agents         coordinators
 R:events                               stream  MAXLEN ~ (settings)         coordinator    watchers
 R:coordinators                         zset    none (score = last tick)    coordinator    CLI
@@ -125,6 +129,15 @@ class KeySpace:
 
     def clock(self) -> str:
         return f"{self.registry_prefix}clock"
+
+    def tombstones(self) -> str:
+        """Instances that left or expired, scored by their fence (ms): their control entries
+        written before it are stale (docs/PROTOCOL.md, "Fencing")."""
+        return f"{self.registry_prefix}tombstones"
+
+    def epoch(self) -> str:
+        """The registration counter: each new registration of a name takes the next value."""
+        return f"{self.registry_prefix}epoch"
 
     def control(self) -> str:
         return f"{self.registry_prefix}control"

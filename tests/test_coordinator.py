@@ -221,7 +221,7 @@ async def test_late_reannounce_never_moves_the_deadline_back(
         heartbeat_ms = now_ms + 10_000  # a heartbeat written later was applied first
         assert (
             await registry.heartbeats(
-                [(f"{heartbeat_ms}-0", "a1", agent.instance_id, "0", "ready")]
+                [(f"{heartbeat_ms}-0", "a1", agent.instance_id, "0", "ready", "0")]
             )
             == []
         )

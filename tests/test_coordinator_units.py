@@ -24,9 +24,9 @@ HB: dict[bytes, bytes] = {
 
 
 def test_fast_heartbeat_parses_the_plain_entry() -> None:
-    assert fast_heartbeat("1-0", HB) == ("1-0", "agent-1", "abc123", "2", "busy")
+    assert fast_heartbeat("1-0", HB) == ("1-0", "agent-1", "abc123", "2", "busy", "0")
     minimal = {b"type": b"heartbeat", b"sender": b"a", b"payload": b'{"instance_id":"i"}'}
-    assert fast_heartbeat("1-0", minimal) == ("1-0", "a", "i", "0", "ready")
+    assert fast_heartbeat("1-0", minimal) == ("1-0", "a", "i", "0", "ready", "0")
 
 
 @pytest.mark.parametrize(
@@ -114,7 +114,7 @@ def test_heartbeats_encoded_by_the_schemas_take_the_fast_path() -> None:
     fields = {
         k.encode(): v if isinstance(v, bytes) else v.encode() for k, v in encode_fields(env).items()
     }
-    assert fast_heartbeat("5-0", fields) == ("5-0", "agent-1", "abc", "1", "ready")
+    assert fast_heartbeat("5-0", fields) == ("5-0", "agent-1", "abc", "1", "ready", "0")
 
 
 @pytest.mark.parametrize(
@@ -159,10 +159,12 @@ def test_prepare_announce_matches_the_agent_record(card: dict[str, Any]) -> None
         ttl_ms=ann.ttl_ms,
     )
     fields = record.to_hash()
+    del fields["epoch"]  # the control script adds the epoch it assigns
     fields["registered_at"] = fields["last_seen"] = iso_ms(ms)
     assert prepared.fields == fields
     assert list(prepared.fields) == list(fields)
     plain = record.model_dump(mode="json", exclude_none=True)
+    del plain["epoch"]
     plain["registered_at"] = plain["last_seen"] = iso_ms(ms)
     assert prepared.record_json == orjson.dumps(plain)
     value = prepared.record_json[prepared.registered_at_offset :][:24]

@@ -18,6 +18,13 @@ time of the entries held, ``XCLAIM ... JUSTID``), an ack loop (finished entries
 are ``XACK``ed in batches; replies ack inside the reply script) and, on start, the takeover of
 the inbox entries the agent's previous instance left pending. Entries that do not decode, have
 expired, name no handler, or exhausted ``max_deliveries`` go to the dead-letter stream.
+
+Fencing (``agent_sdk.fence``): nothing is dispatched while the instance's lease has lapsed.
+Entries a read or claim returns meanwhile stay pending, unrenewed, so the name's holder (this
+instance once the registry holds it again, or the instance that took the name) claims them
+once idle for a TTL; leases are not renewed; broadcasts are dropped. When the name is lost for
+good the reader ends and the entries still pending for this instance are made claimable at once
+(``XCLAIM ... IDLE``).
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from agent_sdk.fence import Fence
 from agent_sdk.lane import Lane
 from agent_sdk.messaging.dispatch import (
     MAX_DELIVERIES_CODE,
@@ -89,8 +97,10 @@ class Consumer:
         handlers: HandlerRegistry,
         max_concurrency: int = 1,
         on_load: Callable[[int], None] | None = None,
+        fence: Fence | None = None,
     ) -> None:
         self.client = client
+        self.fence = fence
         self.settings = settings
         self.scripts = scripts
         self.name = name
@@ -129,6 +139,8 @@ class Consumer:
         #: Entries handled (any outcome) and claim rounds done: for tests and stats.
         self.handled = 0
         self.claim_rounds = 0
+        #: Entries and broadcasts left alone because the lease had lapsed (fencing).
+        self.fenced = 0
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -207,7 +219,9 @@ class Consumer:
 
     # -- reading -------------------------------------------------------------------------------
     async def _read_loop(self) -> None:
-        """Read (and, every ``claim_interval``, claim) until cancelled."""
+        """Read (and, every ``claim_interval``, claim) until cancelled or the name is lost."""
+        if self.fence is not None and self.fence.lost is not None:
+            return
         await self._takeover(self.inbox)
         for s in self.streams:
             s.dirty = True  # read what is already there first
@@ -215,6 +229,10 @@ class Consumer:
         next_claim = time.monotonic() + interval
         turn = 0
         while True:
+            if self.fence is not None and not self.fence.valid:
+                if not await self._wait_fence():
+                    return  # the name is lost: read nothing more
+                next_claim = time.monotonic() + interval
             left = next_claim - time.monotonic()
             if left <= 0:
                 await self._claim_round()
@@ -260,8 +278,53 @@ class Consumer:
             self.blocking = False
             self.slots.settle(n, used)
 
+    @property
+    def _fenced_now(self) -> bool:
+        return self.fence is not None and not self.fence.valid
+
+    async def _wait_fence(self) -> bool:
+        """The lease lapsed: drop what is parked (it stays pending, for whoever holds the name
+        once it idles a TTL), wait for the lease (True) or the loss of the name (False)."""
+        assert self.fence is not None
+        for s, eid, _ in self._parked:
+            s.held.discard(eid)
+            self.fenced += 1
+        self._parked.clear()
+        log.warning("agent %s: lease lapsed; handling nothing until the registry holds this "
+                    "instance again", self.name)  # fmt: skip
+        if await self.fence.wait_valid():
+            log.info("agent %s: lease renewed; handling again", self.name)
+            return True
+        try:
+            await self.release_pending()
+        except Exception as e:  # they are claimed after a TTL instead
+            log.warning("agent %s: could not hand back pending entries: %s", self.name, e)
+        return False
+
+    async def release_pending(self) -> int:
+        """Make every entry pending for this instance that no handler holds claimable by
+        others at once (``XCLAIM <ids> IDLE``): the instance lost its name."""
+        released = 0
+        idle = 10 * self.settings.ttl_ms
+        for s in self.streams:
+            rows: Any = await self.client.xpending_range(
+                s.key, s.group, min="-", max="+", count=10_000, consumername=self.instance_id
+            )
+            ids: list[Any] = [i for i in (text(r["message_id"]) for r in rows) if i not in s.held]
+            if ids:
+                await self.client.xclaim(
+                    s.key, s.group, self.instance_id, 0, ids, idle=idle, justid=True
+                )
+                released += len(ids)
+        if released:
+            log.info("agent %s: %d pending entries handed back", self.name, released)
+        return released
+
     def _take_entries(self, s: StreamState, entries: list[Any], room: int) -> int:
         """Dispatch up to ``room`` entries; park the rest. Returns the slots used."""
+        if self._fenced_now:  # read while the lease lapsed: left pending, unrenewed
+            self.fenced += len(entries)
+            return 0
         used = 0
         for entry_id, flat in entries:
             if flat is None:  # deleted while pending: nothing to do
@@ -305,6 +368,9 @@ class Consumer:
             next_cursor, entries, counts = await self.scripts.claim(
                 keys=[s.key], args=[s.group, self.instance_id, min_idle_ms, cursor, n]
             )
+            if self._fenced_now:  # claimed while the lease lapsed: left pending, unrenewed
+                self.fenced += len(entries)
+                entries = counts = []
             for (entry_id, flat), count in zip(entries, counts, strict=True):
                 eid = text(entry_id)
                 if eid in s.held or eid in held_before or flat is None:
@@ -346,6 +412,8 @@ class Consumer:
             await self.renew_leases()
 
     async def renew_leases(self) -> None:
+        if self._fenced_now:  # the name's holder must be able to claim them
+            return
         for s in self.streams:
             ids = list(s.held)
             for i in range(0, len(ids), _LEASE_CHUNK):
@@ -416,6 +484,9 @@ class Consumer:
         """Queue the handler of a broadcast received on pub/sub (no ack, no reply)."""
         if env.type not in self.handlers:
             log.debug("no handler for broadcast %r on %s", env.type, channel)
+            return
+        if self._fenced_now:
+            self.fenced += 1
             return
         self.live.put(Message(env, source=channel))
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from agent_sdk.fence import Fence
 from agent_sdk.messaging.consumer import Consumer
 from agent_sdk.messaging.handlers import Handler, HandlerRegistry
 from agent_sdk.messaging.requests import GatherResult, ReplyPort, Requester
@@ -53,6 +54,7 @@ class Messaging:
         on_load: Callable[[int], None] | None = None,
         consume: bool = True,
         handlers: HandlerRegistry | None = None,
+        fence: Fence | None = None,
     ) -> None:
         self.client = client
         self.settings = settings
@@ -68,6 +70,7 @@ class Messaging:
             self.consumer = Consumer(
                 client, settings, self.scripts, name=name, instance_id=instance_id, role=role,
                 handlers=self.handlers, max_concurrency=max_concurrency, on_load=on_load,
+                fence=fence,
             )  # fmt: skip
             channels = (settings.keys.broadcast_channel(),)
             if role is not None:

@@ -1,9 +1,10 @@
 -- control: apply a batch of control entries in stream order, answer them and XACK them.
--- KEYS[1..3] and ARGV[1..6]: see common.lua.  KEYS[4] R:control
--- ARGV[7] consumer group  ARGV[8] PEXPIRE (ms) of the reply lists this script pushes to
--- ARGV[9..] the entries in stream order, each starting with its kind:
+-- KEYS[1..6] and ARGV[1..10]: see common.lua.  KEYS[7] R:epoch (the registration counter)
+-- ARGV[11] PEXPIRE (ms) of the reply lists this script pushes to
+-- ARGV[12..] the entries in stream order, each starting with its kind:
 --   'h' <lines>    a run of heartbeats, one line per entry "<entry id> <name> <instance_id>
---                  <load> <status>" (names never hold spaces), lines joined by newlines
+--                  <load> <status> <epoch>" (names never hold spaces; epoch 0: not given),
+--                  lines joined by newlines
 --   'a' <announce>  an announce as ONE argument: the parts below, each followed by a NUL
 --                  byte (one argument instead of ~40 keeps the caller's packing cheap)
 --   'A' <parts>... <n> <field> <value>...  the same as separate arguments (used when a value
@@ -13,20 +14,30 @@
 --       (0-based) is where the value of the JSON's "registered_at" starts
 --   'l' <entry id> <name> <instance_id> <reply list or ''> <reply head>    a leave
 -- An accepted announce is answered on its reply list (LPUSH, then PEXPIRE) with
--- <reply head> .. record JSON .. '}', a leave that has a reply list with
--- <reply head> .. '{"removed":true}}' (or false).
+-- <reply head> .. record JSON (with its "epoch" appended) .. '}', a leave that has a reply list
+-- with <reply head> .. '{"removed":true}}' (or false).
+-- Fencing (docs/PROTOCOL.md): a new registration of a name gets the next epoch (INCR R:epoch,
+-- seeded from Redis TIME in microseconds when missing, so epochs keep growing after a data
+-- loss); a leave, an expiry and a replacement tombstone the instance (common.lua), and an
+-- announce or heartbeat of a tombstoned instance written before its fence is stale: a stale
+-- announce is refused (the caller answers `stale`), a stale heartbeat is dropped. A holder is
+-- replaced only if its deadline is older than the fair cutoff the sweeper uses (stall grace
+-- included).
 -- Heartbeats, accepted announces and leaves are XACKed; a refused announce is not (the caller
 -- answers it, then acknowledges it), nor an entry Redis refused (the caller dead-letters it).
--- Returns { {entry ids of heartbeats from instances the registry does not hold},
+-- Returns { { {entry id, holder's instance_id or ''}, ... } (heartbeats from instances the
+--             registry does not hold, and who holds the name instead),
 --           { {entry id, holder's instance_id, host, pid, last_seen, expires_in_ms}, ... }
 --             (announces refused: name_taken),
 --           number of leaves that removed their instance,
---           { {entry id, error}, ... } (entries Redis refused: not applied, or partly) }.
+--           { {entry id, error}, ... } (entries Redis refused: not applied, or partly),
+--           { entry id, ... } (announces refused as stale) }.
 -- @include common
-local control, group, reply_ttl = KEYS[4], ARGV[7], ARGV[8]
+local epoch_key, reply_ttl = KEYS[7], ARGV[11]
 local acks = {}
 local unknown = {}
 local refused = {}
+local stale_announces = {}
 local removed = 0
 local now_cache, now_text = nil, nil
 local function now()
@@ -38,6 +49,19 @@ local function now_iso()
   now_text = now_text or iso(now())
   return now_text
 end
+local cutoff_cache = nil
+local function cutoff()
+  -- computed once per call, when an announce meets another holder (it may record a stall)
+  cutoff_cache = cutoff_cache or fair_cutoff(now())
+  return cutoff_cache
+end
+
+local function next_epoch()
+  if redis.call('EXISTS', epoch_key) == 0 then
+    redis.call('SET', epoch_key, string.format('%.0f', now() * 1000))
+  end
+  return string.format('%.0f', redis.call('INCR', epoch_key))
+end
 
 local function reply(list, text)
   redis.call('LPUSH', list, text)
@@ -45,15 +69,18 @@ local function reply(list, text)
 end
 
 -- one heartbeat: extend the deadline, refresh last_seen/load/status
-local function heartbeat(eid, name, inst, load, status)
+local function heartbeat(eid, name, inst, load, status, epoch)
   local rkey = P.record .. name
-  local cur = redis.call('HMGET', rkey, 'instance_id', 'ttl_ms', 'status', 'load', 'role')
+  local cur = redis.call('HMGET', rkey, 'instance_id', 'ttl_ms', 'status', 'load', 'role', 'epoch')
   local ttl = tonumber(cur[2])
-  if cur[1] ~= inst or not ttl then  -- not held (or a hand-edited record): re-announce
-    unknown[#unknown + 1] = eid
+  local ems = entry_ms(eid)
+  if cur[1] ~= inst or not ttl then
+    -- written before the instance left or expired: late, changes nothing; else the instance
+    -- is told to re-announce (or that another instance holds its name)
+    if not fenced(inst, ems) then unknown[#unknown + 1] = { eid, cur[1] or '' } end
     return
   end
-  local ems = entry_ms(eid)
+  if epoch ~= '0' and cur[6] and epoch ~= cur[6] then return end  -- an earlier registration's
   -- apply a heartbeat at least as new as the deadline (an announce sets it from its own
   -- processing time, which a heartbeat written in the same millisecond equals); an older one
   -- (claimed late from a dead coordinator) must not roll status or load back
@@ -72,7 +99,7 @@ local function heartbeat(eid, name, inst, load, status)
   end
 end
 
-local IGNORED = { load = true, last_seen = true, registered_at = true }
+local IGNORED = { load = true, last_seen = true, registered_at = true, epoch = true }
 local RAW = { capabilities = true, tags = true, metadata = true, pid = true,
   max_concurrency = true, heartbeat_ms = true, ttl_ms = true }
 local function enc(k, v)
@@ -85,15 +112,21 @@ end
 local function announce(p)
   local eid, name, inst, ttl = p[1], p[2], p[3], tonumber(p[4])
   local offset, reply_to, head, record_json = tonumber(p[5]), p[6], p[7], p[8]
+  local ems = entry_ms(eid)
+  if now() - ems > P.keep or fenced(inst, ems) then  -- applied late: must not register again
+    stale_announces[#stale_announces + 1] = eid
+    return
+  end
   local rkey = P.record .. name
   local old = to_table(redis.call('HGETALL', rkey))
 
   if old.instance_id and old.instance_id ~= inst then
-    -- judged at the announcement's own time (never later than now): the holder's heartbeats
-    -- written before it have been applied, those after it are still waiting in the stream
-    local judged_at = math.min(now(), entry_ms(eid))
+    -- judged on the sweeper's fair cutoff, never later than the announcement's own time: the
+    -- holder's heartbeats written before it count, and a clock that ran while Redis or every
+    -- coordinator was stopped does not
+    local judged_at = math.min(cutoff(), ems)
     local dl = tonumber(redis.call('ZSCORE', P.deadlines, name) or '0')
-    if dl > judged_at then
+    if dl >= judged_at then
       refused[#refused + 1] = { eid, old.instance_id, old.host or '', old.pid or '',
         old.last_seen or '', tostring(math.max(0, dl - now())) }
       return
@@ -116,6 +149,10 @@ local function announce(p)
     record_json = string.sub(record_json, 1, offset) .. old.registered_at
       .. string.sub(record_json, close)
   end
+  -- the registration's epoch: kept by a re-announce of the holder, the next one otherwise
+  new.epoch = (same and old.epoch) or next_epoch()
+  order[#order + 1] = 'epoch'
+  record_json = string.sub(record_json, 1, -2) .. ',"epoch":' .. new.epoch .. '}'
 
   local changes = {}
   local old_deadline = 0
@@ -183,6 +220,7 @@ local function leave(eid, name, inst, reply_to, head)
       'at', now_iso(), 'reason', 'left', 'last_seen', h.last_seen or '' })
     removed = removed + 1
   end
+  tombstone(inst, now())  -- its announces still waiting somewhere are stale from now on
   if reply_to ~= '' then
     reply(reply_to, head .. '{"removed":' .. (held and 'true' or 'false') .. '}}')
   end
@@ -200,15 +238,15 @@ local function try(eid, fn, ...)
   return ok
 end
 
-local i = 9
+local i = 12
 while i <= #ARGV do
   local kind = ARGV[i]
   if kind == 'h' then
     local run, n_acks, n_unknown = ARGV[i + 1], #acks, #unknown
-    local HB = '(%S+) (%S+) (%S+) (%S+) (%S+)'
+    local HB = '(%S+) (%S+) (%S+) (%S+) (%S+) (%S+)'
     local ok = pcall(function()
-      for eid, name, inst, load, status in string.gmatch(run, HB) do
-        heartbeat(eid, name, inst, load, status)
+      for eid, name, inst, load, status, epoch in string.gmatch(run, HB) do
+        heartbeat(eid, name, inst, load, status, epoch)
         acks[#acks + 1] = eid
       end
     end)
@@ -216,8 +254,10 @@ while i <= #ARGV do
       -- again one by one (a heartbeat applied twice changes nothing), to fail only the culprit
       for k = #acks, n_acks + 1, -1 do acks[k] = nil end
       for k = #unknown, n_unknown + 1, -1 do unknown[k] = nil end
-      for eid, name, inst, load, status in string.gmatch(run, HB) do
-        if try(eid, heartbeat, eid, name, inst, load, status) then acks[#acks + 1] = eid end
+      for eid, name, inst, load, status, epoch in string.gmatch(run, HB) do
+        if try(eid, heartbeat, eid, name, inst, load, status, epoch) then
+          acks[#acks + 1] = eid
+        end
       end
     end
     i = i + 2
@@ -241,6 +281,6 @@ while i <= #ARGV do
   end
 end
 for a = 1, #acks, 1000 do
-  redis.call('XACK', control, group, unpack(acks, a, math.min(#acks, a + 999)))
+  redis.call('XACK', P.control, P.group, unpack(acks, a, math.min(#acks, a + 999)))
 end
-return { unknown, refused, removed, failed }
+return { unknown, refused, removed, failed, stale_announces }
