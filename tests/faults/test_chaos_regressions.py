@@ -105,7 +105,6 @@ async def test_zombie_stops_serving_a_name_it_lost(cluster: Cluster) -> None:
         "chaos_zombie",
         probes=len(probes),
         handled_by_zombie=len(by_zombie),
-        zombie_reannounce_refusals=zombie.stderr().count("name_taken"),
         since_sigcont_s=round(time.monotonic() - t_cont, 2),
     )
     assert not by_zombie, (
@@ -118,8 +117,10 @@ async def test_zombie_stops_serving_a_name_it_lost(cluster: Cluster) -> None:
     )
     assert lost == [["z0", old, "name_lost"]]
     # the replacement was never expired nor replaced, and still holds the name
-    against_new = [e for e in cluster.events() if e.instance_id == new and e.type != REGISTERED]
-    assert [e for e in against_new if e.type in (EXPIRED, DEREGISTERED)] == []
+    ended = [
+        e for e in cluster.events() if e.instance_id == new and e.type in (EXPIRED, DEREGISTERED)
+    ]
+    assert [(e.type, e.reason) for e in ended] == []
     assert cluster.sync.hget(cluster.keys.record("z0"), "instance_id") == new
     assert replacement.alive
 
@@ -147,7 +148,7 @@ async def test_redis_outage_does_not_hand_a_live_name_to_another_instance(
         with redis.Redis(port=cluster.redis.port) as conn:
             pipe = conn.pipeline(transaction=False)
             pipe.execute_command("DEBUG", "SLEEP", str(outage))  # the outage itself
-            pipe.xadd(keys.control(), announce)  # type: ignore[arg-type]
+            pipe.xadd(keys.control(), announce)
             pipe.execute()
 
     await asyncio.to_thread(outage_then_announce)
@@ -275,7 +276,11 @@ async def test_departed_agent_does_not_come_back_from_a_late_announce(
             return list(got[0][1]) if got else []
 
         held = await wait_for(take, timeout=10, interval=0.01, message="the announce")
-        assert [decode_fields(f, e.decode()).type for e, f in held] == ["announce"]
+        assert len(held) == 1, held
+        eid, fields = held[0]
+        assert fields is not None
+        announce = decode_fields(fields, eid.decode())
+        assert announce.type == "announce"
         async with Coordinator(coordinator_settings) as coordinator:
             # a live coordinator claims it from the frozen one (after claim_idle) and applies it
             await asyncio.wait_for(starting, 20)
@@ -284,9 +289,7 @@ async def test_departed_agent_does_not_come_back_from_a_late_announce(
             await agent.stop()  # a clean leave: gone from the registry
             assert not await r.exists(keys.record("d0"))
             # the frozen coordinator resumes and applies the announce it held
-            eid, fields = held[0]
-            assert fields is not None
-            assert not decode_fields(fields, eid.decode()).expired()  # not dropped as too old
+            assert not announce.expired()  # still valid: not dropped as too old
             late_settings = coordinator_settings.model_copy(update={"coordinator_id": frozen_id})
             late = ControlConsumer(raw, Registry(raw, late_settings), late_settings,
                                    CoordinatorStats())  # fmt: skip
