@@ -16,6 +16,9 @@ and a Redis that lost its data (the ledger does not live in the system under tes
     topic <agent> <msg id>         a topic message received
     term  <agent>                  SIGTERM received: stopping
     stopped <agent>                left the registry (``agent.stop()`` returned)
+    lost  <agent> <instance> <code>  the agent stopped on its own: another instance took its
+                                   name (``agent.name_lost``); when no agent is left running,
+                                   the process exits 0
 
 Handlers: ``job`` and ``ask`` (hold ``payload["hold"]`` seconds, or ``payload["hold"][name]``,
 or ``--hold``; reply the agent's name), ``bcast`` (broadcasts), ``stall`` (blocks the event loop
@@ -81,6 +84,14 @@ def build(name: str, role: str, concurrency: int, hold: float, ledger: Ledger) -
     return agent
 
 
+async def watch(agent: Agent, ledger: Ledger) -> None:
+    """Wait until ``agent`` stops; log it if it stopped because it lost its name."""
+    await agent.wait_stopped()
+    lost = getattr(agent, "name_lost", None)  # an SDK that fences a lost name sets it
+    if lost is not None:
+        ledger.write("lost", agent.name, agent.instance_id, getattr(lost, "code", "?"))
+
+
 async def listen(agent: Agent, pattern: str, ledger: Ledger, ready: asyncio.Event) -> None:
     async with agent.subscribe(pattern) as sub:
         ready.set()
@@ -103,11 +114,14 @@ async def main(args: argparse.Namespace) -> None:
             listeners.append(asyncio.create_task(listen(a, args.topic, ledger, subscribed)))
             await subscribed.wait()
         ledger.write("ready", a.name, a.instance_id)
+    watchers = [asyncio.ensure_future(watch(a, ledger)) for a in agents]
+    all_stopped = asyncio.ensure_future(asyncio.gather(*watchers))  # each stopped on its own
     stdin_closed = asyncio.ensure_future(asyncio.to_thread(sys.stdin.read))
     stopping = asyncio.ensure_future(stop.wait())
-    await asyncio.wait({stdin_closed, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    for a in agents:
-        ledger.write("term", a.name)
+    await asyncio.wait({stdin_closed, stopping, all_stopped}, return_when=asyncio.FIRST_COMPLETED)
+    if not all_stopped.done():  # asked to stop (not: every agent stopped on its own)
+        for a in agents:
+            ledger.write("term", a.name)
 
     async def stop_one(a: Agent) -> None:
         await a.stop()
@@ -118,6 +132,7 @@ async def main(args: argparse.Namespace) -> None:
     with contextlib.suppress(asyncio.CancelledError):
         await asyncio.gather(*listeners, return_exceptions=True)
     await asyncio.gather(*(stop_one(a) for a in agents))
+    await all_stopped  # the last ``lost`` lines are written
     stopping.cancel()
     os._exit(0)  # the stdin reader thread may still block; nothing else is left to flush
 

@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,11 +142,21 @@ class Child:
 
 
 class CoordinatorProc(Child):
-    """``python -m coordinator`` with fast loops (sweep every 50 ms)."""
+    """``python -m coordinator`` with fast loops (sweep every 50 ms).
 
-    def __init__(self, settings: Settings, tmp: Path, coordinator_id: str) -> None:
+    ``env`` overrides the environment: a value of ``None`` removes the variable, so the
+    product's default applies (e.g. ``{"AGENTBUS_CLAIM_IDLE": None}``).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        tmp: Path,
+        coordinator_id: str,
+        env: Mapping[str, str | None] | None = None,
+    ) -> None:
         self.id = coordinator_id
-        env = fleet_env(
+        full = fleet_env(
             settings,
             AGENTBUS_COORDINATOR_ID=coordinator_id,
             AGENTBUS_SWEEP_INTERVAL="0.05",
@@ -155,7 +165,12 @@ class CoordinatorProc(Child):
             AGENTBUS_HEALTH_INTERVAL="0.2",
             AGENTBUS_READ_BLOCK="0.5",
         )
-        super().__init__([sys.executable, "-m", "coordinator"], env, tmp, coordinator_id)
+        for key, value in (env or {}).items():
+            if value is None:
+                full.pop(key, None)
+            else:
+                full[key] = value
+        super().__init__([sys.executable, "-m", "coordinator"], full, tmp, coordinator_id)
 
 
 class FleetProc(Child):
@@ -273,8 +288,11 @@ class Cluster:
         self.sync = redis.Redis(port=self.redis.port, decode_responses=True)
 
     # -- processes ----------------------------------------------------------------------------
-    def coordinator(self, coordinator_id: str | None = None) -> CoordinatorProc:
-        c = CoordinatorProc(self.settings, self.tmp, coordinator_id or f"c-{uuid.uuid4().hex[:6]}")
+    def coordinator(
+        self, coordinator_id: str | None = None, *, env: Mapping[str, str | None] | None = None
+    ) -> CoordinatorProc:
+        cid = coordinator_id or f"c-{uuid.uuid4().hex[:6]}"
+        c = CoordinatorProc(self.settings, self.tmp, cid, env)
         self.children.append(c)
         return c
 
