@@ -22,7 +22,7 @@ from enum import StrEnum
 from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from schemas.errors import ErrorCode, ErrorInfo, ProtocolError
 
@@ -103,6 +103,15 @@ class Envelope(BaseModel):
     headers: dict[str, str] = Field(default_factory=dict, description="Trace context and more.")
     payload: Any = None
     error: ErrorInfo | None = None
+
+    @field_validator("sent_at", "deadline")
+    @classmethod
+    def _zone(cls, v: datetime | None) -> datetime | None:
+        """A time written without a zone (``2099-01-01T00:00:00``) is read as UTC, the wire's
+        zone: comparing it with an aware time would fail on every delivery."""
+        if v is not None and v.tzinfo is None:
+            return v.replace(tzinfo=UTC)
+        return v
 
     def expired(self, now: datetime | None = None) -> bool:
         return self.deadline is not None and (now or utcnow()) >= self.deadline

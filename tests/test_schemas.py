@@ -154,3 +154,21 @@ def test_ids_of_a_forked_child_differ_from_its_parents() -> None:
     parent = [new_id(0) for _ in range(3)]
     assert len(child) == 3
     assert not set(child) & set(parent)
+
+
+def test_times_without_a_zone_are_read_as_utc() -> None:
+    """A by-hand ``deadline`` without a zone used to crash the deadline check on every
+    delivery (naive vs aware comparison); it is read as UTC, the wire's zone."""
+    from datetime import UTC, datetime
+
+    from schemas.envelope import decode_fields
+
+    future = decode_fields({b"type": b"x", b"deadline": b"2099-01-01T00:00:00"}, "1-0")
+    assert future.deadline == datetime(2099, 1, 1, tzinfo=UTC)
+    assert not future.expired()
+    past = decode_fields(
+        {b"type": b"x", b"deadline": b"2000-01-01T00:00:00", b"sent_at": b"1999-12-31T23:59:59"},
+        "1-0",
+    )
+    assert past.expired()
+    assert past.sent_at == datetime(1999, 12, 31, 23, 59, 59, tzinfo=UTC)
