@@ -244,7 +244,9 @@ class Agent:
                 )  # fmt: skip
                 self._components.insert(0, self._messaging)
                 # usage stats: started before the data plane, stopped (and flushed) after it
-                self.usage = UsageRecorder(self.bus.client, self.settings, self.name)
+                self.usage = UsageRecorder(
+                    self.bus.client, self.settings, self.name, instance_id=self.instance_id
+                )
                 self.handlers.observer = self._observe
                 self._components.insert(0, self.usage)
             for component in list(self._components):

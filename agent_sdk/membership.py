@@ -17,6 +17,8 @@ The protocol (docs/PROTOCOL.md, "Control plane"):
   (``NameLost``): the fence closes and ``on_lost`` is called; the instance never announces
   again. An announcement refused as ``stale`` (applied after the instance was expired) is sent
   again at once.
+* a heartbeat the coordinator cannot apply (it failed validation) is answered with a
+  ``heartbeat_result`` carrying the ``error``: logged at WARNING (and counted).
 * ``leave`` on stop, then a short bounded wait until the record is gone (or a leave ack comes).
 
 The heartbeat loop never dies on an error: it logs, backs off and continues.
@@ -101,6 +103,8 @@ class Membership:
         self.load = 0
         self.record: AgentRecord | None = None
         self.reannounces = 0
+        #: Heartbeats the coordinator answered with an error (``heartbeat_result``).
+        self.refused_heartbeats = 0
         self._keys = settings.keys
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -143,7 +147,13 @@ class Membership:
             except NameTaken as e:
                 remaining = give_up - time.monotonic()
                 if remaining <= 0:
-                    raise
+                    waited = self.settings.name_wait
+                    raise NameTaken(
+                        f"{e.description}; waited {waited:g}s for it (name_wait): if that "
+                        "instance is dead, set AGENTBUS_NAME_WAIT to a few seconds (its TTL) "
+                        "to wait until it expires",
+                        details=e.details,
+                    ) from e
                 log.info("name %r is taken (%s); retrying for %.1fs", self.card.name, e, remaining)
                 await asyncio.sleep(min(remaining, self.settings.heartbeat_interval))
                 continue
@@ -214,6 +224,16 @@ class Membership:
 
     async def on_control(self, env: Envelope) -> None:
         """Handler for control envelopes nobody waited for (wired to the reply router)."""
+        if env.type == ControlType.HEARTBEAT_RESULT:
+            self.refused_heartbeats += 1
+            error = env.error
+            log.warning(
+                "%s: the coordinator refused a heartbeat: [%s] %s",
+                self.card.name,
+                error.code if error is not None else "?",
+                error.description if error is not None else "no reason given",
+            )
+            return
         if env.type != ControlType.REANNOUNCE:
             log.debug("%s: ignoring control envelope %s", self.card.name, env.type)
             return

@@ -11,10 +11,10 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from schemas.errors import ConfigurationError
+from schemas.errors import ConfigurationError, validation_summary
 from schemas.keys import DEFAULT_NAMESPACE, KeySpace, validate_namespace
 
 __all__ = ["Settings", "redact_url"]
@@ -74,7 +74,7 @@ class Settings(BaseSettings):
         scheme = urlsplit(url).scheme
         if scheme not in _SCHEMES:
             raise ValueError(
-                f"redis_url {redact_url(url)!r} must start with one of "
+                f"{redact_url(url)!r} must start with one of "
                 + ", ".join(f"{s}://" for s in _SCHEMES)
             )
         return v
@@ -99,6 +99,8 @@ class Settings(BaseSettings):
         clean = {k: v for k, v in overrides.items() if v is not None}
         try:
             return cls(**clean)
+        except ValidationError as e:  # one line naming each setting at fault
+            raise ConfigurationError(f"invalid agentbus settings: {validation_summary(e)}") from e
         except ValueError as e:
             raise ConfigurationError(f"invalid agentbus settings: {e}") from e
 

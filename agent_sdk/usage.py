@@ -2,20 +2,29 @@
 
 The hash ``KeySpace.stats(name)`` holds flat counters a person can read with ``HGETALL``::
 
+    instance_id                  01a1f0…   the instance whose usage this is
+    started_at                   2026-11-21T09:59:58.000Z  when that instance started counting
     summarize.invocations        42        handled messages of type summarize
     summarize.errors             3         of which failed (error reply, exception, bad payload)
     summarize.latency_ms.sum     1234.5    total handler time, milliseconds
+    summarize.latency_ms.min     0.21      fastest, and slowest, handling
+    summarize.latency_ms.max     88.1
     summarize.latency_ms.le_50   17        invocations that took at most 50 ms (and more than
                                            the previous bound: buckets are not cumulative)
     summarize.latency_ms.le_inf  1         slower than the last bound
     summarize.last_at            2026-11-21T10:00:00.000Z
-    (unknown).invocations        2         messages of types without a handler (all together)
-    started_at                   first time this agent name recorded anything
+    (unknown).invocations        2         messages of types without a handler (all together,
+                                           broadcasts included)
+
+The hash is one instance's: a new instance of the name clears it when it starts (``start``),
+so a previous instance's calls are never shown as the current one's, and a late flush of a
+replaced instance is dropped (``agent_sdk/lua/usage.lua``).
 
 The hot path (``UsageRecorder.record``) only adds to in-memory deltas; a background task flushes
-them every ``interval`` seconds in one pipelined round trip of ``HINCRBY``/``HINCRBYFLOAT``.
-A flush that fails keeps its deltas for the next one. ``read_usage`` turns the hash back into
-``TypeUsage`` rows with mean and approximate percentiles (interpolated within a bucket).
+them every ``interval`` seconds in one round trip (one script call). A flush that fails keeps its
+deltas for the next one. ``read_usage`` turns the hash back into ``TypeUsage`` rows with mean and
+approximate percentiles (interpolated within a bucket, and never outside the fastest and slowest
+call: one call has p50 = p95 = mean = its latency).
 """
 
 from __future__ import annotations
@@ -28,8 +37,10 @@ from bisect import bisect_left
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from importlib import resources
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 
 from agent_sdk.connection import redis_errors
@@ -53,6 +64,7 @@ UNKNOWN_TYPE = "(unknown)"
 #: Upper bounds (ms) of the latency buckets; a last ``le_inf`` bucket takes the rest.
 BUCKETS_MS: tuple[float, ...] = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 _BUCKET_NAMES = (*(f"le_{b:g}" for b in BUCKETS_MS), "le_inf")
+_SCRIPT = resources.files("agent_sdk").joinpath("lua/usage.lua").read_text()
 
 
 def _iso(ts: float | None = None) -> str:
@@ -64,6 +76,8 @@ class _Delta:
     invocations: int = 0
     errors: int = 0
     latency_ms: float = 0.0
+    min_ms: float = math.inf
+    max_ms: float = 0.0
     buckets: list[int] = field(default_factory=lambda: [0] * len(_BUCKET_NAMES))
     last_at: float = 0.0  # time.time() of the last invocation
 
@@ -71,8 +85,22 @@ class _Delta:
         self.invocations += other.invocations
         self.errors += other.errors
         self.latency_ms += other.latency_ms
+        self.min_ms = min(self.min_ms, other.min_ms)
+        self.max_ms = max(self.max_ms, other.max_ms)
         self.buckets = [a + b for a, b in zip(self.buckets, other.buckets, strict=True)]
         self.last_at = max(self.last_at, other.last_at)
+
+    def wire(self) -> dict[str, Any]:
+        """The script's view of the delta (strings: no float or integer formatting in Lua)."""
+        return {
+            "n": str(self.invocations),
+            "e": str(self.errors),
+            "sum": f"{self.latency_ms:.3f}",
+            "min": f"{self.min_ms:.3f}",
+            "max": f"{self.max_ms:.3f}",
+            "last": _iso(self.last_at),
+            "b": {b: str(c) for b, c in zip(_BUCKET_NAMES, self.buckets, strict=True) if c},
+        }
 
 
 class UsageRecorder:
@@ -82,15 +110,26 @@ class UsageRecorder:
     """
 
     def __init__(
-        self, client: aioredis.Redis, settings: Settings, name: str, *, interval: float = 1.0
+        self,
+        client: aioredis.Redis,
+        settings: Settings,
+        name: str,
+        *,
+        instance_id: str = "",
+        interval: float = 1.0,
     ) -> None:
         self._client = client
         self._settings = settings
         self._key = settings.keys.stats(name)
         self.name = name
+        #: The instance counted ("": none, the hash is only added to, never cleared).
+        self.instance_id = instance_id
         self.interval = interval
+        self.started_at = _iso()
         self._pending: dict[str, _Delta] = defaultdict(_Delta)
         self._task: asyncio.Task[None] | None = None
+        self._claimed = not instance_id  # the hash is ours (cleared for this instance)
+        self._script = client.register_script(_SCRIPT)
 
     def record(self, message_type: str, seconds: float, error: bool = False) -> None:
         """One handled message (no I/O: the next flush writes it)."""
@@ -99,6 +138,10 @@ class UsageRecorder:
         d.invocations += 1
         d.errors += error
         d.latency_ms += ms
+        if ms < d.min_ms:
+            d.min_ms = ms
+        if ms > d.max_ms:
+            d.max_ms = ms
         d.buckets[bisect_left(BUCKETS_MS, ms)] += 1
         d.last_at = time.time()
 
@@ -108,28 +151,26 @@ class UsageRecorder:
         return sum(d.invocations for d in self._pending.values())
 
     async def flush(self) -> None:
-        """Write the pending deltas in one pipelined round trip (kept on failure)."""
-        if not self._pending:
+        """Write the pending deltas in one round trip (kept on failure). The first flush of an
+        instance also claims the hash (clears a previous instance's counts), deltas or not."""
+        if not self._pending and self._claimed:
             return
         batch, self._pending = self._pending, defaultdict(_Delta)
-        pipe = self._client.pipeline(transaction=False)
-        pipe.hsetnx(self._key, "started_at", _iso())
-        for mtype, d in batch.items():
-            pipe.hincrby(self._key, f"{mtype}.invocations", d.invocations)
-            if d.errors:
-                pipe.hincrby(self._key, f"{mtype}.errors", d.errors)
-            pipe.hincrbyfloat(self._key, f"{mtype}.latency_ms.sum", round(d.latency_ms, 3))
-            for bucket, count in zip(_BUCKET_NAMES, d.buckets, strict=True):
-                if count:
-                    pipe.hincrby(self._key, f"{mtype}.latency_ms.{bucket}", count)
-            pipe.hset(self._key, f"{mtype}.last_at", _iso(d.last_at))
+        deltas = orjson.dumps({mtype: d.wire() for mtype, d in batch.items()})
         try:
             with redis_errors(self._settings, f"writing usage stats of {self.name!r}"):
-                await pipe.execute()
+                added = await self._script(
+                    keys=[self._key],
+                    args=[self.instance_id, self.started_at, deltas],
+                    client=self._client,
+                )
         except BaseException:
             for mtype, d in batch.items():  # keep them for the next flush
                 self._pending[mtype].merge(d)
             raise
+        self._claimed = True
+        if not added:
+            log.info("usage stats of %s: a newer instance holds them; not added", self.name)
 
     async def _loop(self) -> None:
         while True:
@@ -140,7 +181,13 @@ class UsageRecorder:
                 log.warning("usage stats flush for %s failed: %s", self.name, e)
 
     async def start(self) -> None:
+        """Claim the stats hash for this instance (a failure is retried by the next flush) and
+        start the flush task."""
         if self._task is None:
+            try:
+                await self.flush()
+            except Exception as e:
+                log.warning("usage stats of %s: cannot claim them yet: %s", self.name, e)
             self._task = asyncio.create_task(self._loop(), name=f"agentbus-usage-{self.name}")
 
     async def stop(self, grace: float | None = None) -> None:
@@ -171,6 +218,9 @@ class TypeUsage:
     latency_ms_sum: float
     buckets: tuple[int, ...]
     last_at: str | None
+    #: The fastest and slowest handling (None in a hash written before they were kept).
+    min_ms: float | None = None
+    max_ms: float | None = None
 
     @property
     def error_rate(self) -> float:
@@ -181,7 +231,18 @@ class TypeUsage:
         return self.latency_ms_sum / self.invocations if self.invocations else None
 
     def percentile_ms(self, q: float) -> float | None:
-        """Approximate ``q``-quantile (0-1) of latency, interpolated within its bucket."""
+        """Approximate ``q``-quantile (0-1) of latency: interpolated within its bucket, and
+        never below the fastest call or above the slowest (one call: its latency)."""
+        estimate = self._interpolated(q)
+        if estimate is None:
+            return None
+        if self.min_ms is not None:
+            estimate = max(estimate, self.min_ms)
+        if self.max_ms is not None:
+            estimate = min(estimate, self.max_ms)
+        return estimate
+
+    def _interpolated(self, q: float) -> float | None:
         total = sum(self.buckets)
         if not total:
             return None
@@ -206,6 +267,7 @@ class TypeUsage:
             "mean_ms": None if self.mean_ms is None else round(self.mean_ms, 3),
             "p50_ms": None if p50 is None else round(p50, 3),
             "p95_ms": None if p95 is None else round(p95, 3),
+            "max_ms": None if self.max_ms is None else round(self.max_ms, 3),
             "last_at": self.last_at,
         }
 
@@ -216,28 +278,40 @@ def parse_usage(fields: dict[Any, Any]) -> list[TypeUsage]:
     for k, v in fields.items():
         key = k.decode() if isinstance(k, bytes) else str(k)
         value = v.decode() if isinstance(v, bytes) else str(v)
-        for suffix in ("invocations", "errors", "last_at", "latency_ms.sum", *_latency_fields()):
+        for suffix in _SUFFIXES:
             if key.endswith("." + suffix):
                 by_type[key[: -len(suffix) - 1]][suffix] = value
                 break
     rows = []
     for mtype, f in sorted(by_type.items()):
-        total = float(f.get("latency_ms.sum", "0") or 0)
+        total = _number(f.get("latency_ms.sum"))
         rows.append(
             TypeUsage(
                 type=mtype,
                 invocations=int(f.get("invocations", "0")),
                 errors=int(f.get("errors", "0")),
-                latency_ms_sum=total if math.isfinite(total) else 0.0,
+                latency_ms_sum=total or 0.0,
                 buckets=tuple(int(f.get(f"latency_ms.{b}", "0")) for b in _BUCKET_NAMES),
                 last_at=f.get("last_at"),
+                min_ms=_number(f.get("latency_ms.min")),
+                max_ms=_number(f.get("latency_ms.max")),
             )
         )
     return rows
 
 
-def _latency_fields() -> tuple[str, ...]:
-    return tuple(f"latency_ms.{b}" for b in _BUCKET_NAMES)
+def _number(text: str | None) -> float | None:
+    try:
+        value = float(text) if text else None
+    except ValueError:
+        return None
+    return value if value is not None and math.isfinite(value) else None
+
+
+_SUFFIXES = (
+    "invocations", "errors", "last_at", "latency_ms.sum", "latency_ms.min", "latency_ms.max",
+    *(f"latency_ms.{b}" for b in _BUCKET_NAMES),
+)  # fmt: skip
 
 
 async def read_usage(client: aioredis.Redis, settings: Settings, name: str) -> list[TypeUsage]:

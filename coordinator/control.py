@@ -6,7 +6,8 @@ plain heartbeats parsed without pydantic), then applied in stream order by ONE L
 (``coordinator/lua/control.lua``, at most ``MAX_SCRIPT_ENTRIES`` entries per call) that also
 answers accepted announces and leaves on their reply lists and ``XACK``s what it applied. What is
 left (refusals, ``reannounce`` requests, dead letters and their acks) goes out in one pipeline,
-usually empty. Entries that cannot be decoded or validated are dead-lettered and acknowledged: a
+usually empty. Entries that cannot be decoded or validated are dead-lettered and acknowledged (and
+answered with the error when their fields name the agent: ``outbox.queue_error_answer``): a
 bad entry never stalls the stream; if Redis refuses a whole script call, its entries are retried
 one by one so only the one at fault is dead-lettered.
 
@@ -28,7 +29,12 @@ from redis.exceptions import ResponseError
 
 from agent_sdk.connection import CONNECTION_ERRORS
 from coordinator.loops import RETRYABLE, Backoff, wait_or_stop
-from coordinator.outbox import queue_dead_letter, queue_reannounce, queue_reply
+from coordinator.outbox import (
+    queue_dead_letter,
+    queue_error_answer,
+    queue_reannounce,
+    queue_reply,
+)
 from coordinator.registry import ControlBatch, ControlResult, Registry, name_taken
 from coordinator.settings import CoordinatorSettings
 from coordinator.stats import CoordinatorStats
@@ -409,6 +415,7 @@ class ControlConsumer:
     def _dead(self, out: _Outbox, eid: str, fields: dict[bytes, bytes], info: ErrorInfo) -> None:
         log.warning("dead-lettering control entry %s: [%s] %s", eid, info.code, info.description)
         queue_dead_letter(out.pipe, self.settings, eid, fields, info)
+        queue_error_answer(out.pipe, self.settings, eid, fields, info)  # tell the agent why
         out.acks.append(eid)
         self.stats.dead_letters += 1
 
@@ -417,11 +424,13 @@ class ControlConsumer:
             hb = Heartbeat.model_validate(env.payload)
         except ValidationError as e:
             return validation_error_info(e, "heartbeat")
-        if not is_identifier(env.sender) or not is_identifier(hb.instance_id):
-            return ErrorInfo(
-                code=ErrorCode.INVALID_NAME,
-                description="heartbeat sender and instance_id must be valid names",
-            )
+        for field, value in (("sender", env.sender), ("payload.instance_id", hb.instance_id)):
+            if not is_identifier(value):
+                return ErrorInfo(
+                    code=ErrorCode.INVALID_NAME,
+                    description=f"invalid heartbeat: {field} {value!r} is not a valid name",
+                    details={"field": field},
+                )
         return (env.sender, hb.instance_id, str(hb.load), hb.status.value, str(hb.epoch or 0))
 
     def _reply_address(self, env: Envelope) -> str | None:

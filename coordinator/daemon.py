@@ -1,6 +1,7 @@
 """The coordinator as a process: signals, logging, event loop, exit codes.
 
-``run_daemon(settings)`` runs one ``Coordinator`` until SIGINT/SIGTERM, then drains (bounded by
+``run_daemon(settings)`` runs one ``Coordinator`` (saying so in one line on stderr once it
+runs) until SIGINT/SIGTERM, then drains (bounded by
 ``drain_timeout``) and returns 0; a second signal exits at once with 128 + signal number. A
 coordinator that cannot start (Redis unreachable, bad settings) returns 1, as does one whose loops
 died. This is the only place agentbus installs signal handlers.
@@ -65,6 +66,12 @@ async def serve(settings: CoordinatorSettings) -> int:
         except AgentbusError as e:
             log.error("cannot start: %s", e)
             return 1
+        print(  # one line whatever the log level: what it serves, and who it is
+            f"agentbus coordinator {settings.coordinator_id}: running on {settings.display_url} "
+            f"(namespace {settings.namespace}); SIGTERM drains, a second one exits",
+            file=sys.stderr,
+            flush=True,
+        )
         stopping = asyncio.ensure_future(stop.wait())
         stopped = asyncio.ensure_future(coordinator.wait_stopped())
         await asyncio.wait({stopping, stopped}, return_when=asyncio.FIRST_COMPLETED)

@@ -1,5 +1,9 @@
 """What the coordinator writes back: replies, ``reannounce`` requests and dead letters.
 
+A control entry that is dead-lettered is also answered when its raw fields say where
+(``queue_error_answer``): a ``heartbeat_result``, ``announce_result`` or ``leave_result`` with
+the ``error``, so the agent hears why instead of expiring or timing out in silence.
+
 Each helper queues commands on a pipeline so one batch of control entries costs one round trip.
 Replies to accepted announces and to leaves are pushed by the control script itself
 (``coordinator/lua/control.lua``): ``reply_head`` encodes such a reply up to its ``payload``,
@@ -18,6 +22,7 @@ import orjson
 from redis.asyncio.client import Pipeline
 
 from coordinator.settings import CoordinatorSettings
+from coordinator.validation import is_identifier
 from schemas.agent import ControlType
 from schemas.envelope import Kind, format_time, new_id, utcnow
 from schemas.errors import ErrorCode, ErrorInfo
@@ -26,6 +31,7 @@ __all__ = [
     "COORDINATOR_SENDER",
     "LEAVE_RESULT",
     "queue_dead_letter",
+    "queue_error_answer",
     "queue_reannounce",
     "queue_reply",
     "reply_bytes",
@@ -150,3 +156,80 @@ def queue_dead_letter(
     for k, v in fields.items():
         letter[b"orig." + k] = v
     pipe.xadd(keys.deadletter(), letter, maxlen=settings.deadletter_maxlen, approximate=True)
+
+
+#: The answer to each control type: its ``type`` and ``kind`` (a heartbeat's nobody awaits).
+_ANSWERS: dict[str, tuple[str, Kind]] = {
+    ControlType.ANNOUNCE.value: (ControlType.ANNOUNCE_RESULT.value, Kind.REPLY),
+    ControlType.HEARTBEAT.value: (ControlType.HEARTBEAT_RESULT.value, Kind.CONTROL),
+    ControlType.LEAVE.value: (LEAVE_RESULT, Kind.REPLY),
+}
+_MAX_ID = 128
+_MAX_INSTANCE_ID = 64
+_MAX_REPLY_TO = 512
+
+
+def _field(fields: dict[bytes, bytes], name: bytes) -> str | None:
+    value = fields.get(name)
+    if value is None:
+        return None
+    try:
+        return value.decode()
+    except UnicodeDecodeError:
+        return None
+
+
+def answer_address(
+    settings: CoordinatorSettings, fields: dict[bytes, bytes]
+) -> tuple[str, str | None] | None:
+    """Where to answer a control entry from its raw fields, and the agent's name (or None):
+    its ``reply_to`` when it is a reply list of this namespace, else the reply list of its
+    ``sender`` and payload ``instance_id`` when both are valid names; ``None`` when neither."""
+    prefix = settings.keys.agents_prefix
+    sender = _field(fields, b"sender")
+    name = sender if sender is not None and is_identifier(sender) else None
+    reply_to = _field(fields, b"reply_to")
+    if (
+        reply_to is not None
+        and len(reply_to) <= _MAX_REPLY_TO
+        and reply_to.startswith(prefix)
+        and ":replies:" in reply_to
+    ):
+        return reply_to, name
+    if name is None:
+        return None
+    try:
+        payload = orjson.loads(fields.get(b"payload", b"null"))
+    except orjson.JSONDecodeError:
+        return None
+    inst = payload.get("instance_id") if isinstance(payload, dict) else None
+    if not isinstance(inst, str) or len(inst) > _MAX_INSTANCE_ID or not is_identifier(inst):
+        return None
+    return settings.keys.replies(name, inst), name
+
+
+def queue_error_answer(
+    pipe: Pipeline,
+    settings: CoordinatorSettings,
+    entry_id: str,
+    fields: dict[bytes, bytes],
+    error: ErrorInfo,
+) -> bool:
+    """Answer a control entry that was not applied with ``error`` (its correlation id the
+    entry's ``id``, or the entry id), when its type is known and its raw fields say where
+    (``answer_address``). Returns whether an answer was queued."""
+    answer = _ANSWERS.get(_field(fields, b"type") or "")
+    if answer is None:
+        return False
+    where = answer_address(settings, fields)
+    if where is None:
+        return False
+    reply_to, name = where
+    msg_id = _field(fields, b"id") if b"id" in fields else entry_id
+    if not msg_id or len(msg_id) > _MAX_ID:
+        msg_id = None
+    queue_reply(
+        pipe, settings, reply_to, type=answer[0], kind=answer[1], target=name,
+        correlation_id=msg_id, error=error,
+    )  # fmt: skip
+    return True

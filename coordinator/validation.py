@@ -19,7 +19,7 @@ import orjson
 from pydantic import ValidationError
 
 from schemas.agent import MAX_RECORD_BYTES, AgentStatus, Announce
-from schemas.errors import ErrorCode, ErrorInfo
+from schemas.errors import ErrorCode, ErrorInfo, validation_summary
 
 __all__ = [
     "FastHeartbeat",
@@ -101,10 +101,9 @@ def validation_error_info(e: ValidationError, what: str) -> ErrorInfo:
             break
         if loc[:2] == ("card", "version"):
             code = ErrorCode.INVALID_VERSION
-    summary = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in errors)
     return ErrorInfo(
         code=code,
-        description=f"invalid {what}: {summary}",
+        description=f"invalid {what}: {validation_summary(e, 'payload')}",
         details={"errors": orjson.loads(orjson.dumps(errors, default=str))},
     )
 

@@ -10,7 +10,8 @@ Control messages travel in envelopes of kind ``control`` on the control stream:
 * ``announce`` (payload ``Announce``): join or update; answered on ``reply_to`` with a ``reply``
   envelope of type ``announce_result``: payload = the stored record, or ``error`` = why refused.
 * ``heartbeat`` (payload ``Heartbeat``): extends liveness to entry time + ``ttl_ms``; an unknown
-  instance is told to re-announce with a ``reannounce`` control envelope on its reply list.
+  instance is told to re-announce with a ``reannounce`` control envelope on its reply list; a
+  heartbeat that fails validation is answered there with a ``heartbeat_result`` (``error``).
 * ``leave`` (payload ``Leave``): deregisters at once.
 """
 
@@ -55,6 +56,8 @@ class ControlType(StrEnum):
     LEAVE = "leave"
     ANNOUNCE_RESULT = "announce_result"
     REANNOUNCE = "reannounce"
+    #: The coordinator's answer to a heartbeat it could not apply (``error`` says why).
+    HEARTBEAT_RESULT = "heartbeat_result"
 
 
 Version = Annotated[str, Field(min_length=1, max_length=64)]

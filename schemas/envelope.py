@@ -24,7 +24,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from schemas.errors import ErrorCode, ErrorInfo, ProtocolError
+from schemas.errors import ErrorCode, ErrorInfo, ProtocolError, validation_summary
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -239,16 +239,24 @@ def decode_fields(
 def _validate(raw: dict[str, Any]) -> Envelope:
     version = raw.get("v", PROTOCOL_VERSION)
     if version != PROTOCOL_VERSION:
+        if isinstance(version, str) and version.strip() == str(PROTOCOL_VERSION):
+            raise ProtocolError(
+                f"envelope field v must be the number {PROTOCOL_VERSION} in JSON, not the "
+                f"string {version!r}",
+                code=ErrorCode.UNDECODABLE,
+                details={"field": "v"},
+            )
         raise ProtocolError(
-            f"unsupported envelope version {version!r}; this side reads version {PROTOCOL_VERSION}",
+            f"unsupported envelope version {version!r} (field v); this side reads version "
+            f"{PROTOCOL_VERSION}",
             code=ErrorCode.UNSUPPORTED_VERSION,
+            details={"field": "v"},
         )
     try:
         return Envelope.model_validate(raw)
     except ValidationError as e:
         raise ProtocolError(
-            f"invalid envelope: {e.error_count()} problem(s): "
-            + "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()),
+            f"invalid envelope: {validation_summary(e)}",
             code=ErrorCode.UNDECODABLE,
             details={
                 "errors": e.errors(include_url=False, include_context=False, include_input=False)

@@ -29,7 +29,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 __all__ = [
     "AgentNotFound",
@@ -52,6 +52,7 @@ __all__ = [
     "RemoteError",
     "RequestTimeout",
     "error_from_info",
+    "validation_summary",
 ]
 
 
@@ -214,3 +215,19 @@ def error_from_info(info: ErrorInfo, *, registration: bool = False) -> AgentbusE
     else:
         cls = RemoteError
     return cls(info.description, code=info.code, details=dict(info.details))
+
+
+def validation_summary(e: ValidationError, within: str = "") -> str:
+    """Pydantic's errors as one line naming each field that failed, e.g. ``payload.text: Field
+    required; payload.n: Input should be a valid integer`` (``within`` prefixes each location;
+    a value that failed as a whole is named by ``within`` alone, or not at all). Input values
+    are left out: they may be large, or secret."""
+    parts = []
+    for err in e.errors(include_url=False, include_context=False, include_input=False):
+        where = ".".join(str(p) for p in (within, *err["loc"]) if p != "")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field (not allowed here)"
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{where}: {msg}" if where else msg)
+    return "; ".join(parts)

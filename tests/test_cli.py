@@ -152,13 +152,21 @@ def test_unreachable_redis_is_one_line_and_exit_1() -> None:
     assert "Traceback" not in result.output
 
 
-def test_bad_settings_are_one_line_and_exit_1() -> None:
+def test_bad_settings_are_one_line_and_exit_2() -> None:
     result = CliRunner().invoke(cli, ["--namespace", "Bad Namespace!", "agents"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert result.stderr.startswith("agentbus: error [configuration]: invalid agentbus settings")
-    bad_url = CliRunner().invoke(cli, ["--redis-url", "http://x", "agents"])
-    assert bad_url.exit_code == 1
-    assert "must start with one of redis://" in bad_url.stderr
+    assert "namespace: invalid namespace 'Bad Namespace!'" in result.stderr
+    bad_url = CliRunner().invoke(cli, ["--redis-url", "http://user:secret@x", "agents"])
+    assert bad_url.exit_code == 2
+    assert bad_url.stderr == (
+        "agentbus: error [configuration]: invalid agentbus settings: redis_url: "
+        "'http://user:***@x' must start with one of redis://, rediss://, unix://\n"
+    )
+    for bad in (result, bad_url):  # one line: no pydantic dump, no traceback, no password
+        assert len(bad.stderr.splitlines()) == 1
+        assert "pydantic" not in bad.stderr
+        assert "secret" not in bad.stderr
 
 
 @pytest.mark.usefixtures("coordinator")

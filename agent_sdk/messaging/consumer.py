@@ -59,6 +59,9 @@ from agent_sdk.tasks import cancel_all
 from schemas.envelope import Envelope
 from schemas.keys import AGENT_GROUP
 
+#: Broadcast types without a handler logged at INFO (once each); any others at DEBUG.
+_UNHANDLED_TYPES_LOGGED = 100
+
 __all__ = ["MAX_DELIVERIES_CODE", "Consumer"]
 
 log = logging.getLogger("agentbus.messaging")
@@ -141,6 +144,9 @@ class Consumer:
         self.claim_rounds = 0
         #: Entries and broadcasts left alone because the lease had lapsed (fencing).
         self.fenced = 0
+        #: Broadcasts of types this agent has no handler for (counted, not run).
+        self.unhandled_broadcasts = 0
+        self._unhandled_types: set[str] = set()
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -483,7 +489,17 @@ class Consumer:
     def handle_live(self, env: Envelope, channel: str) -> None:
         """Queue the handler of a broadcast received on pub/sub (no ack, no reply)."""
         if env.type not in self.handlers:
-            log.debug("no handler for broadcast %r on %s", env.type, channel)
+            # not an error (a broadcast reaches every agent, handler or not), but never silent:
+            # counted in the usage stats (as UNKNOWN_TYPE), logged once per type
+            self.unhandled_broadcasts += 1
+            self.handlers.observe(env.type, 0.0, failed=False)
+            level = logging.DEBUG
+            seen = self._unhandled_types
+            if env.type not in seen and len(seen) < _UNHANDLED_TYPES_LOGGED:
+                seen.add(env.type)
+                level = logging.INFO
+            log.log(level, "%s has no handler for broadcast %r on %s: counted, not handled",
+                    self.name, env.type, channel)  # fmt: skip
             return
         if self._fenced_now:
             self.fenced += 1

@@ -13,6 +13,7 @@ acknowledging the original are one script, so a reader never stalls on a bad ent
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -36,6 +37,7 @@ __all__ = [
 ]
 
 ORIG_PREFIX = "orig."
+_ENTRY_ID = re.compile(r"^\d{1,20}(-\d{1,20})?$")
 
 
 def _text(v: Any) -> str:
@@ -118,6 +120,10 @@ async def replay(client: aioredis.Redis, settings: Settings, dead_letter_id: str
     The message gets a new entry id (and a fresh delivery count) but keeps its message ``id``
     when the original had one, so idempotent handlers still recognise it. Returns the new entry id.
     """
+    if not _ENTRY_ID.match(dead_letter_id):
+        raise InvalidInput(
+            f"{dead_letter_id!r} is not a dead letter id (a stream entry id like 1700000000000-0)"
+        )
     key = settings.keys.deadletter()
     with redis_errors(settings, "replaying a dead letter"):
         entries: Any = await client.xrange(key, min=dead_letter_id, max=dead_letter_id, count=1)

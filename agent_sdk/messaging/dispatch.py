@@ -103,6 +103,10 @@ class Dispatcher:
         try:
             env = decode_fields(fields, entry_id)
         except ProtocolError as e:
+            # a request is answered (its caller would wait for its timeout), then dead-lettered
+            refusal = self.replier.refusal(fields, entry_id, e.info)
+            if refusal is not None:
+                await self.replier.refuse(refusal, stream=s.key, group=s.group)
             await self.to_dead_letter(s, entry_id, fields, e.description, e.code)
             return
         if count > self.settings.max_deliveries:

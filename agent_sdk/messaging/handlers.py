@@ -21,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 
 from agent_sdk.messaging.codec import to_jsonable
 from schemas.envelope import Envelope, Kind
-from schemas.errors import AgentbusError, ErrorCode, ErrorInfo
+from schemas.errors import AgentbusError, ErrorCode, ErrorInfo, validation_summary
 
 __all__ = ["Handler", "HandlerRegistry", "Message", "Observer", "Outcome"]
 
@@ -191,11 +191,17 @@ class HandlerRegistry:
             return await self._handle(msg)
         t0 = time.perf_counter()
         outcome = await self._handle(msg)
+        self.observe(msg.type, time.perf_counter() - t0, failed=not outcome.ok)
+        return outcome
+
+    def observe(self, type: str, seconds: float, *, failed: bool) -> None:
+        """Tell the observer (if any) of a message: handled, or counted without a handler."""
+        if self.observer is None:
+            return
         try:
-            self.observer(msg.type, time.perf_counter() - t0, not outcome.ok)
+            self.observer(type, seconds, failed)
         except Exception:
             log.exception("handler observer failed")
-        return outcome
 
     async def _handle(self, msg: Message) -> Outcome:
         entry = self._handlers.get(msg.type)
@@ -215,7 +221,8 @@ class HandlerRegistry:
                 return Outcome(
                     error=ErrorInfo(
                         code=ErrorCode.BAD_REQUEST,
-                        description=f"invalid {msg.type!r} payload: {e.error_count()} problem(s)",
+                        description=f"invalid {msg.type!r} payload: "
+                        + validation_summary(e, "payload"),
                         details={
                             "errors": e.errors(
                                 include_url=False, include_context=False, include_input=False

@@ -5,8 +5,12 @@ request (and any other finished entries of the same stream): one ``EVALSHA`` (``
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 
 from agent_sdk.connection import redis_errors
@@ -16,9 +20,9 @@ from agent_sdk.messaging.handlers import Outcome
 from agent_sdk.messaging.scripts import Scripts
 from agent_sdk.settings import Settings
 from schemas.envelope import Envelope, Kind
-from schemas.errors import AgentbusError, ErrorInfo
+from schemas.errors import AgentbusError, ErrorCode, ErrorInfo, PayloadTooLarge
 
-__all__ = ["REPLY_LINGER_MS", "Replier"]
+__all__ = ["REPLY_LINGER_MS", "Refusal", "Replier"]
 
 log = logging.getLogger("agentbus.messaging")
 
@@ -35,6 +39,7 @@ class Replier:
         self.scripts = scripts
         self.sender = sender
         self._reply_prefix = f"{settings.keys.ns}:"
+        self._agents_prefix = settings.keys.agents_prefix
         #: Replies of concurrent handlers share round trips (one in flight, on its own lane).
         self.batcher = Batcher(client, join_turn=False)  # a reply leaves as soon as it can
 
@@ -44,11 +49,20 @@ class Replier:
         if error is None:
             try:
                 body = encode_payload(outcome.result, self.settings.max_payload_bytes)
-            except AgentbusError as e:
+            except PayloadTooLarge as e:
                 error = ErrorInfo(
                     code=e.code, description=f"the handler's result: {e.description}",
                     details=e.details,
                 )  # fmt: skip
+            except AgentbusError as e:  # not JSON: the handler's fault, not the request's
+                log.error("the handler of %r returned a value that is not JSON (%s); replying "
+                          "with error handler_error", request.type, e.description)  # fmt: skip
+                error = ErrorInfo(
+                    code=ErrorCode.HANDLER_ERROR,
+                    description="the handler returned a value that is not JSON "
+                    f"serialisable ({e.__cause__ or e.description})",
+                    details={**e.details, "exception": "TypeError"},
+                )
         return Outgoing(
             type=request.type, sender=self.sender, payload=body, kind=Kind.REPLY,
             target=request.sender, correlation_id=request.id, error=error,
@@ -76,3 +90,82 @@ class Replier:
                 Op([self.build(request, outcome), linger, group, *ack], self.scripts.reply,
                    (reply_to, stream))
             )  # fmt: skip
+
+    def refusal(self, fields: Mapping[Any, Any], entry_id: str, error: ErrorInfo) -> Refusal | None:
+        """The error reply owed to a request that does not decode (an unknown envelope field, a
+        bad deadline, ...): built from its raw fields when they say ``kind`` request and name a
+        reply list of this namespace (``<ns>:agent:{<name>}:replies:<instance>``) and a usable
+        id; else ``None`` (nobody to answer)."""
+        if _raw(fields, "kind") != Kind.REQUEST.value:
+            return None
+        reply_to = _raw(fields, "reply_to")
+        if (
+            reply_to is None
+            or len(reply_to) > _MAX_REPLY_TO
+            or not reply_to.startswith(self._agents_prefix)
+            or ":replies:" not in reply_to
+        ):
+            return None
+        msg_id = _raw(fields, "id") if _has(fields, "id") else entry_id
+        if not msg_id or len(msg_id) > _MAX_ID:
+            return None  # the requester cannot be waiting for an id the envelope refuses
+        mtype = _raw(fields, "type")
+        sender = _raw(fields, "sender")
+        data = Outgoing(
+            type=mtype if mtype and len(mtype) <= _MAX_ID else "undecodable",
+            sender=self.sender, payload=b"null", kind=Kind.REPLY,
+            target=sender if sender and len(sender) <= _MAX_TARGET else None,
+            correlation_id=msg_id, error=error, headers=_headers(fields),
+        ).json()  # fmt: skip
+        return Refusal(reply_to, data)
+
+    async def refuse(self, refusal: Refusal, *, stream: str, group: str) -> None:
+        """Push an error reply built by ``refusal`` (no acknowledgement: a dead letter does)."""
+        with redis_errors(self.settings, "answering an undecodable request"):
+            await self.scripts.reply(
+                keys=[refusal.reply_to, stream], args=[refusal.data, REPLY_LINGER_MS, group]
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """An error reply to a request that does not decode: where it goes and its JSON."""
+
+    reply_to: str
+    data: bytes
+
+
+_MAX_ID = 128
+_MAX_TARGET = 300
+_MAX_REPLY_TO = 512
+
+
+def _has(fields: Mapping[Any, Any], name: str) -> bool:
+    return name in fields or name.encode() in fields
+
+
+def _raw(fields: Mapping[Any, Any], name: str) -> str | None:
+    """A raw stream field as text (``None`` when absent or not UTF-8)."""
+    value = fields.get(name, fields.get(name.encode()))
+    if isinstance(value, bytes):
+        try:
+            return value.decode()
+        except UnicodeDecodeError:
+            return None
+    return value if isinstance(value, str) else None
+
+
+def _headers(fields: Mapping[Any, Any]) -> dict[str, str] | None:
+    """The raw ``headers`` when they are a JSON object of strings (trace continuity)."""
+    text = _raw(fields, "headers")
+    if text is None:
+        return None
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(value, dict) and all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        return value or None
+    return None

@@ -124,9 +124,9 @@ class Sender:
                 telemetry.record_sent(out.type, out.kind.value)
         if entry_id is None:
             if target.name is not None:
+                ns = self.settings.namespace
                 raise AgentNotFound(
-                    f"agent {target.name!r} is not registered (not alive) in namespace "
-                    f"{self.settings.namespace!r}; pass queue_if_absent=True to queue anyway",
+                    f"agent {target.name!r} is not registered (not alive) in namespace {ns!r}",
                     details={"agent": target.name},
                 )
             raise NoResponders(
@@ -154,7 +154,12 @@ class Sender:
             "headers": headers,
         }  # fmt: skip
         out = Outgoing.with_timeout(ttl, **fields) if ttl is not None else Outgoing(**fields)
-        await self.deliver(target, out, queue_if_absent=queue_if_absent)
+        try:
+            await self.deliver(target, out, queue_if_absent=queue_if_absent)
+        except AgentNotFound as e:  # only a send can queue for an absent agent: say how
+            raise AgentNotFound(
+                f"{e.description}; pass queue_if_absent=True to queue anyway", details=e.details
+            ) from None
         return out.id
 
     async def members(self, role: str | None) -> list[str]:

@@ -9,6 +9,7 @@ from agent_sdk.connection import redis_errors
 from agent_sdk.settings import Settings
 from agent_sdk.usage import parse_usage
 from coordinator.cli.base import CliState, console, dumps, pass_state, run_async
+from coordinator.cli.reach import default_url_note
 from coordinator.cli.render import agent_details, agent_json, print_records
 from coordinator.cli.stats_cmd import usage_table
 from schemas.agent import AgentRecord, AgentStatus
@@ -17,7 +18,7 @@ from schemas.errors import AgentNotFound
 __all__ = ["agents"]
 
 
-@click.group(invoke_without_command=True)
+@click.group(invoke_without_command=True, short_help="List the live agents (table or JSON).")
 @click.option("--role", help="Only agents of this role.")
 @click.option(
     "--capability", "capabilities", multiple=True, help="Has this capability (repeat: all of)."
@@ -67,11 +68,12 @@ def agents(
         print_records(
             console(),
             records,
-            f"no live agents match on {settings.display_url} (namespace {settings.namespace})",
+            f"no live agents match on {settings.display_url} (namespace {settings.namespace})"
+            + default_url_note(state.redis_url is not None),
         )
 
 
-@agents.command()
+@agents.command(short_help="Every field of one live agent, and its usage.")
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True, help="Print the record (and usage) as JSON.")
 @pass_state
@@ -88,7 +90,7 @@ def show(state: CliState, name: str, as_json: bool) -> None:
     out = console()
     out.print(agent_details(record))
     if usage:
-        out.print(usage_table({name: usage}, title="usage by message type"))
+        out.print(usage_table({name: usage}, out.width, title="usage by message type"))
     else:
         out.print("no usage recorded yet")
 

@@ -5,13 +5,19 @@ Every option is also an environment variable: the global ones are ``AGENTBUS_RED
 the others ``AGENTBUS_<COMMAND>_<OPTION>`` unless an option names its own (``--help`` shows it).
 
 Errors end here: an ``AgentbusError`` (or a Redis/OS error that escaped the SDK) becomes one line
-on stderr, ``agentbus: error [code]: description``, and exit status 1; never a traceback.
+on stderr, ``agentbus: error [code]: description``, and exit status 1, or 2 when the input was at
+fault (a bad option or ``AGENTBUS_*`` value, name or id: ``InvalidInput``), as for click's usage
+errors; never a traceback. Before a command talks to Redis, one connection attempt without
+retries (``coordinator.cli.reach``) turns "nothing listens there" into an error at once, with a
+hint, instead of after the SDK's reconnect retries.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import re
 import sys
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -19,15 +25,25 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 import orjson
+from pydantic import ValidationError
 from redis.exceptions import RedisError
 from rich.console import Console
 
 from agent_sdk.settings import Settings
+from coordinator.cli.reach import reach
 from coordinator.settings import CoordinatorSettings
-from schemas.errors import AgentbusError, ConfigurationError, ErrorCode, RemoteError
+from schemas.errors import (
+    AgentbusError,
+    ConfigurationError,
+    ErrorCode,
+    InvalidInput,
+    RemoteError,
+    validation_summary,
+)
 
 __all__ = [
     "EXIT_ERROR",
+    "EXIT_USAGE",
     "AgentbusGroup",
     "CliState",
     "console",
@@ -37,12 +53,15 @@ __all__ = [
     "pass_state",
     "run_async",
     "setup_logging",
+    "stream_ids",
 ]
 
 T = TypeVar("T")
 
-#: Exit status of a command that failed with an agentbus error (click uses 2 for bad usage).
+#: Exit status of a command that failed with an agentbus error.
 EXIT_ERROR = 1
+#: Exit status when the input was at fault (click's own usage errors exit 2 too).
+EXIT_USAGE = 2
 #: Exit status after Ctrl-C in a command that does not handle it itself (128 + SIGINT).
 EXIT_INTERRUPTED = 130
 
@@ -55,27 +74,61 @@ class CliState:
     namespace: str | None = None
 
     def settings(self, **overrides: Any) -> Settings:
-        return Settings.load(redis_url=self.redis_url, namespace=self.namespace, **overrides)
+        """Client settings, once something answers at their URL (fails fast, with a hint)."""
+        try:
+            settings = Settings.load(
+                redis_url=self.redis_url, namespace=self.namespace, **overrides
+            )
+        except ConfigurationError as e:  # a bad option or variable: the user's input
+            raise InvalidInput(e.description, code=e.code) from e
+        reach(settings, given=self.redis_url is not None)
+        return settings
 
     def coordinator_settings(self, **overrides: Any) -> CoordinatorSettings:
         """Coordinator settings (global options, then ``AGENTBUS_*``, then defaults)."""
         values = {"redis_url": self.redis_url, "namespace": self.namespace, **overrides}
         try:
             return CoordinatorSettings(**{k: v for k, v in values.items() if v is not None})
+        except ValidationError as e:  # a bad option or variable: the user's input
+            summary = validation_summary(e)
+            raise InvalidInput(
+                f"invalid coordinator settings: {summary}", code=ErrorCode.CONFIGURATION
+            ) from e
         except ValueError as e:
-            raise ConfigurationError(f"invalid coordinator settings: {e}") from e
+            raise InvalidInput(
+                f"invalid coordinator settings: {e}", code=ErrorCode.CONFIGURATION
+            ) from e
 
 
 pass_state = click.make_pass_decorator(CliState, ensure=True)
 
 
 def fail(error: AgentbusError) -> NoReturn:
-    """Print ``error`` as one line and exit with ``EXIT_ERROR``."""
+    """Print ``error`` as one line; exit with ``EXIT_USAGE`` when the input was at fault, else
+    ``EXIT_ERROR``."""
     line = f"agentbus: error [{error.code}]: {error.description}"
     if isinstance(error, RemoteError) and error.details:
         line += f" (details: {dumps(error.details)})"
-    click.echo(line, err=True)
-    sys.exit(EXIT_ERROR)
+    click.echo(" ".join(line.splitlines()), err=True)
+    sys.exit(EXIT_USAGE if isinstance(error, InvalidInput) else EXIT_ERROR)
+
+
+_STREAM_ID = re.compile(r"^\d{1,20}(-\d{1,20})?$")
+
+
+def stream_ids(ctx: click.Context, param: click.Parameter, value: T) -> T:
+    """Click callback: each value is a stream entry id (``1700000000000-0``, or just its
+    milliseconds), else a usage error before anything is sent to Redis."""
+    values = value if isinstance(value, tuple) else (value,)
+    for v in values:
+        if v is not None and not _STREAM_ID.match(str(v)):
+            raise click.BadParameter(
+                f"{v!r} is not a stream entry id (like 1700000000000-0: milliseconds-sequence, "
+                "as `agentbus deadletter list` and `agentbus watch` print them)",
+                ctx=ctx,
+                param=param,
+            )
+    return value
 
 
 class AgentbusGroup(click.Group):
@@ -106,8 +159,9 @@ def setup_logging(level: str) -> None:
 
 
 def console() -> Console:
-    """A rich console for stdout: the terminal's width, or wide when piped (no wrapped tables)."""
-    wide = None if sys.stdout.isatty() else 200
+    """A rich console for stdout: the terminal's width (or ``COLUMNS``), else wide when piped
+    (no wrapped tables)."""
+    wide = None if sys.stdout.isatty() or os.environ.get("COLUMNS", "").isdigit() else 200
     return Console(highlight=False, width=wide)
 
 

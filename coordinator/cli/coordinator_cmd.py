@@ -11,7 +11,9 @@ from coordinator.telemetry_setup import ENV_VAR, EXPORTERS, configure_telemetry
 __all__ = ["coordinator"]
 
 
-@click.group(invoke_without_command=True)
+@click.group(
+    invoke_without_command=True, short_help="Run the coordinator daemon (`check`: healthy?)."
+)
 @click.option(
     "--otel",
     type=click.Choice(EXPORTERS),
@@ -41,7 +43,7 @@ def coordinator(ctx: click.Context, state: CliState, otel: str | None) -> None:
     raise SystemExit(code)
 
 
-@coordinator.command()
+@coordinator.command(short_help="Exit 0 if a coordinator is healthy, else 1.")
 @click.option("--id", "coordinator_id", default=None, help="Check this coordinator only.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing; the exit status says it.")
 @pass_state

@@ -40,7 +40,7 @@ SUMMARIZERS = ["summarizer-1", "summarizer-2"]
 EVERYONE = ["planner", *SUMMARIZERS, "reviewer"]
 
 
-@click.command()
+@click.command(short_help="Run example agents on a private bus (~10 s).")
 @click.option(
     "--examples",
     "examples_dir",
@@ -117,7 +117,8 @@ class Demo:
         ):
             await self.fleet.start(name, script)
         await self.fleet.wait_all(r"^ready", EVERYONE)
-        self.out.print(agents_table(await bus.discover(), title="agentbus agents"))
+        records = await bus.discover()
+        self.out.print(agents_table(records, self.out.width, title="agentbus agents"))
         self.say(f"registered: {', '.join(sorted(EVERYONE))}")
 
     async def discovery(self, bus: Bus) -> None:

@@ -10,6 +10,7 @@ from coordinator.cli.coordinator_cmd import coordinator
 from coordinator.cli.deadletter import deadletter
 from coordinator.cli.demo import demo
 from coordinator.cli.messages import broadcast, publish, request, send, subscribe
+from coordinator.cli.reach import UP_URL
 from coordinator.cli.stats_cmd import stats
 from coordinator.cli.up import up
 from coordinator.cli.watch_cmd import watch
@@ -23,7 +24,8 @@ __all__ = ["cli", "main"]
     "--redis-url",
     envvar="AGENTBUS_REDIS_URL",
     show_envvar=True,
-    help="Redis the bus lives on (default redis://127.0.0.1:6379/0; `agentbus up` prints one).",
+    help="Redis the bus lives on [default: redis://127.0.0.1:6379/0, Redis's own port; "
+    f"`agentbus up` serves a bus at {UP_URL} and prints the line to export].",
 )
 @click.option(
     "--namespace",

@@ -15,6 +15,7 @@ from agent_sdk.bus import Bus
 from agent_sdk.messaging import Message
 from coordinator.cli.base import CliState, dumps, json_payload, pass_state, run_async
 from schemas.envelope import encode_json
+from schemas.errors import AgentNotFound
 
 __all__ = ["broadcast", "publish", "request", "send", "subscribe"]
 
@@ -32,7 +33,7 @@ def _target(role: str | None, args: tuple[str, ...]) -> tuple[str | None, str, s
     return name, rest[0], rest[1] if len(rest) > 1 else None
 
 
-@click.command(context_settings={"ignore_unknown_options": False})
+@click.command(short_help="Send a one-way message; print its id.")
 @_role_option
 @click.option(
     "--queue-if-absent", is_flag=True, help="Queue for an agent that is not alive (bounded)."
@@ -47,26 +48,45 @@ def send(state: CliState, role: str | None, queue_if_absent: bool, args: tuple[s
 
     async def go() -> str:
         async with Bus(settings) as bus:
-            return await bus.send(name, type_, payload, role=role, queue_if_absent=queue_if_absent)
+            try:
+                return await bus.send(
+                    name, type_, payload, role=role, queue_if_absent=queue_if_absent
+                )
+            except AgentNotFound as e:  # the SDK's hint names its keyword, not our flag
+                raise AgentNotFound(
+                    f"agent {name!r} is not registered (not alive) in namespace "
+                    f"{settings.namespace!r}; pass --queue-if-absent to queue anyway",
+                    details=e.details,
+                ) from None
 
     click.echo(run_async(go))
 
 
-@click.command()
+@click.command(short_help="Send a request; print the reply as JSON.")
 @_role_option
-@click.option("--timeout", type=float, default=None, help="Seconds [default: request_timeout].")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Seconds to wait for the reply (default: AGENTBUS_REQUEST_TIMEOUT, else 5).",
+)
 @click.option(
     "--all",
     "gather",
     is_flag=True,
-    help="With --role: ask every live member (scatter-gather); print {name: reply}.",
+    help='With --role: ask every live member (scatter-gather); print {"replies": {name: '
+    'reply}, "errors": {name: error}, "missing": [names that did not answer]}.',
 )
 @click.argument("args", nargs=-1, required=True, metavar="NAME|--role ROLE TYPE [PAYLOAD]")
 @pass_state
 def request(
     state: CliState, role: str | None, timeout: float | None, gather: bool, args: tuple[str, ...]
 ) -> None:
-    """Send a request and print the reply as JSON (exit 1 with the error code if it fails)."""
+    """Send a request and print the reply as JSON.
+
+    A failed request (an error reply, a timeout, nobody to answer) prints its error code and
+    exits 1; with --all the errors are part of the output.
+    """
     name, type_, raw = _target(role, args)
     payload = json_payload(raw)
     if gather and not role:
@@ -87,7 +107,7 @@ def request(
     click.echo(dumps(run_async(go), pretty=True))
 
 
-@click.command()
+@click.command(short_help="Broadcast to every live agent (or a role).")
 @click.option("--role", help="Only the members of this role.")
 @click.option("--durable", is_flag=True, help="A copy into each live member's inbox instead.")
 @click.argument("type_", metavar="TYPE")
@@ -107,7 +127,7 @@ def broadcast(
     click.echo(run_async(go))
 
 
-@click.command()
+@click.command(short_help="Publish to a topic (at-most-once).")
 @click.argument("topic")
 @click.argument("payload", required=False)
 @pass_state
@@ -123,7 +143,7 @@ def publish(state: CliState, topic: str, payload: str | None) -> None:
     click.echo(run_async(go))
 
 
-@click.command()
+@click.command(short_help="Print what is published to matching topics.")
 @click.argument("pattern")
 @click.option("--count", "-n", type=click.IntRange(min=1), help="Exit after N messages.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON envelope per line.")

@@ -1,16 +1,33 @@
-"""How the CLI shows agents: a rich table, a detail view, and JSON."""
+"""How the CLI shows agents: a rich table, a detail view, and JSON.
+
+Tables fit the terminal (``fitted_table``): columns are chosen by importance until the width is
+used up, so at 80 columns a name is never cut and an id never wraps; what did not fit is named
+in the table's caption (``--json`` has everything).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from schemas.agent import AgentRecord, AgentStatus
 
-__all__ = ["agent_details", "agent_json", "agents_table", "ago", "print_records"]
+__all__ = [
+    "Column",
+    "agent_details",
+    "agent_json",
+    "agents_table",
+    "ago",
+    "fitted_table",
+    "print_records",
+]
 
 _STATUS_STYLE = {
     AgentStatus.READY: "green",
@@ -18,6 +35,66 @@ _STATUS_STYLE = {
     AgentStatus.STARTING: "cyan",
     AgentStatus.DRAINING: "magenta",
 }
+#: Space between two columns (padding on both sides of a one-character rule).
+_GAP = 3
+#: Narrowest a folding column is allowed to get.
+_FOLD_MIN = 12
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    """One column: its header, its cells, how important it is (0 = always shown, then in
+    increasing order while there is room) and whether it may fold (wrap) to fit."""
+
+    header: str
+    cells: Sequence[str | Text]  # a str is plain text
+    rank: int
+    justify: Literal["left", "right"] = "left"
+    fold: bool = False
+
+    def texts(self) -> list[Text]:
+        """The cells as rich ``Text`` (a ``str`` is plain text, never markup)."""
+        return [Text(c) if isinstance(c, str) else c for c in self.cells]
+
+    def width(self) -> int:
+        """The widest line of the header and the cells."""
+        lines = [self.header, *(line for t in self.texts() for line in t.plain.splitlines())]
+        return max(Text(line).cell_len for line in lines)
+
+
+def fitted_table(
+    columns: Sequence[Column], width: int, *, title: str | None = None, note: str = ""
+) -> Table:
+    """A table of the columns that fit in ``width`` (by rank), in their given order."""
+    used = 0
+    kept: set[int] = set()
+    for i in sorted(range(len(columns)), key=lambda i: columns[i].rank):
+        col = columns[i]
+        need = (min(col.width(), _FOLD_MIN) if col.fold else col.width()) + (_GAP if kept else 0)
+        if col.rank == 0 or used + need <= width:
+            kept.add(i)
+            used += need
+    left_out = [c.header for i, c in enumerate(columns) if i not in kept]
+    if left_out:
+        note = "; ".join(x for x in (note, f"too narrow for: {', '.join(left_out)}") if x)
+    table = Table(
+        title=title,
+        caption=note or None,
+        header_style="bold",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+    )
+    shown = [c for i, c in enumerate(columns) if i in kept]
+    for col in shown:
+        table.add_column(
+            col.header, justify=col.justify, no_wrap=not col.fold,
+            overflow="fold" if col.fold else "ellipsis",
+            min_width=None if col.fold else col.width(),
+        )  # fmt: skip
+    for row in zip(*(c.texts() for c in shown), strict=True):
+        table.add_row(*row)
+    return table
 
 
 def ago(when: datetime, now: datetime | None = None) -> str:
@@ -37,27 +114,31 @@ def agent_json(record: AgentRecord) -> dict[str, Any]:
     return {"id": record.id, **record.model_dump(mode="json", exclude_none=True)}
 
 
-def agents_table(records: list[AgentRecord], title: str | None = None) -> Table:
-    table = Table(title=title, show_lines=False, header_style="bold")
-    for column in ("name", "role", "status", "load/max", "version", "capabilities", "tags"):
-        table.add_column(column)
-    table.add_column("host")
-    table.add_column("last seen", justify="right")
+def _status(rec: AgentRecord) -> Text:
+    return Text(rec.status.value, style=_STATUS_STYLE.get(rec.status, ""))
+
+
+def agents_table(records: list[AgentRecord], width: int, title: str | None = None) -> Table:
+    """The live agents, sorted by role and name, as many columns as ``width`` allows."""
+    recs = sorted(records, key=lambda r: (r.role, r.name))
     now = datetime.now(UTC)
-    for rec in sorted(records, key=lambda r: (r.role, r.name)):
-        style = _STATUS_STYLE.get(rec.status, "")
-        table.add_row(
-            rec.name,
-            rec.role,
-            f"[{style}]{rec.status.value}[/]" if style else rec.status.value,
-            f"{rec.load}/{rec.max_concurrency}",
-            rec.version,
-            ", ".join(rec.capabilities),
-            ", ".join(rec.tags),
-            f"{rec.host or '-'}" + (f":{rec.pid}" if rec.pid is not None else ""),
-            ago(rec.last_seen, now),
-        )
-    return table
+    columns = [
+        Column("name", [Text(r.name) for r in recs], 0),
+        Column("role", [Text(r.role) for r in recs], 1),
+        Column("status", [_status(r) for r in recs], 2),
+        Column("load/max", [f"{r.load}/{r.max_concurrency}" for r in recs], 3, "right"),
+        Column("version", [Text(r.version) for r in recs], 5),
+        Column("capabilities", [Text(", ".join(r.capabilities)) for r in recs], 6, fold=True),
+        Column("tags", [Text(", ".join(r.tags)) for r in recs], 7, fold=True),
+        Column(
+            "host",
+            [Text(f"{r.host or '-'}" + (f":{r.pid}" if r.pid is not None else "")) for r in recs],
+            8,
+            fold=True,
+        ),
+        Column("last seen", [ago(r.last_seen, now) for r in recs], 4, "right"),
+    ]
+    return fitted_table(columns, width, title=title)
 
 
 def agent_details(record: AgentRecord) -> Table:
@@ -86,4 +167,4 @@ def print_records(console: Console, records: list[AgentRecord], empty: str) -> N
     if not records:
         console.print(empty)
         return
-    console.print(agents_table(records))
+    console.print(agents_table(records, console.width))

@@ -24,6 +24,7 @@ from rich.console import Console
 
 from agent_sdk.embedded import RedisServer, free_port
 from coordinator.cli.base import EXIT_INTERRUPTED, CliState, pass_state, run_async
+from coordinator.cli.reach import UP_PORT
 from coordinator.service import Coordinator
 from coordinator.settings import CoordinatorSettings
 from schemas.errors import ConfigurationError, ConnectionFailed
@@ -32,7 +33,7 @@ from schemas.keys import DEFAULT_NAMESPACE
 __all__ = ["DEFAULT_PORT", "up"]
 
 #: The port ``agentbus up`` prefers (next to Redis's 6379, which it never takes).
-DEFAULT_PORT = 6390
+DEFAULT_PORT = UP_PORT
 PID_FILE = "agentbus-up.pid"
 
 
@@ -85,7 +86,7 @@ def _claim_state_dir(state_dir: Path) -> Path:
     return pid_file
 
 
-@click.command()
+@click.command(short_help="Start a private Redis and a coordinator.")
 @click.option(
     "--state-dir",
     envvar="AGENTBUS_STATE_DIR",

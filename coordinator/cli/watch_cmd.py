@@ -17,7 +17,7 @@ from rich.markup import escape
 
 from agent_sdk.bus import Bus
 from agent_sdk.settings import Settings
-from coordinator.cli.base import CliState, console, dumps, pass_state, run_async
+from coordinator.cli.base import CliState, console, dumps, pass_state, run_async, stream_ids
 from schemas.events import ActivityEvent, ActivityType, RegistryEvent, RegistryEventType
 
 __all__ = ["format_activity", "format_registry", "watch"]
@@ -118,8 +118,13 @@ async def _tail(
                 break
 
 
-@click.command()
-@click.option("--since", metavar="REV", help="Resume after this revision (0: all still held).")
+@click.command(short_help="Tail the registry feed (or a session's).")
+@click.option(
+    "--since",
+    metavar="REV",
+    callback=stream_ids,
+    help="Resume after this revision, a stream id like 1700000000000-0 (0: all still held).",
+)
 @click.option("--session", metavar="ID", help="Tail this session's activity events instead.")
 @click.option("--role", "roles", multiple=True, help="Only changes of agents of this role.")
 @click.option(
