@@ -231,31 +231,24 @@ class TypeUsage:
         return self.latency_ms_sum / self.invocations if self.invocations else None
 
     def percentile_ms(self, q: float) -> float | None:
-        """Approximate ``q``-quantile (0-1) of latency: interpolated within its bucket, and
-        never below the fastest call or above the slowest (one call: its latency)."""
-        estimate = self._interpolated(q)
-        if estimate is None:
-            return None
-        if self.min_ms is not None:
-            estimate = max(estimate, self.min_ms)
-        if self.max_ms is not None:
-            estimate = min(estimate, self.max_ms)
-        return estimate
-
-    def _interpolated(self, q: float) -> float | None:
+        """Approximate ``q``-quantile (0-1) of latency, interpolated within its bucket; a
+        bucket's range is narrowed to the fastest and slowest call, so the estimate never lies
+        outside them (one call: its latency)."""
         total = sum(self.buckets)
         if not total:
             return None
         rank = q * total
         seen = 0
+        fastest = self.min_ms if self.min_ms is not None else 0.0
+        slowest = self.max_ms if self.max_ms is not None else math.inf
         for i, count in enumerate(self.buckets):
             if count and seen + count >= rank:
-                low = BUCKETS_MS[i - 1] if i > 0 else 0.0
-                if i >= len(BUCKETS_MS):
-                    return low  # beyond the last bound: report the bound
-                return low + (BUCKETS_MS[i] - low) * max(0.0, rank - seen) / count
+                low = max(BUCKETS_MS[i - 1] if i > 0 else 0.0, fastest)
+                high = min(BUCKETS_MS[i] if i < len(BUCKETS_MS) else low, slowest)
+                high = max(high, low)
+                return low + (high - low) * max(0.0, rank - seen) / count
             seen += count
-        return BUCKETS_MS[-1]
+        return min(BUCKETS_MS[-1], slowest)
 
     def as_dict(self) -> dict[str, Any]:
         p50, p95 = self.percentile_ms(0.5), self.percentile_ms(0.95)

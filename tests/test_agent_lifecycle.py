@@ -126,6 +126,7 @@ async def test_name_conflict_raises_name_taken_with_details(
             await second.start()
         err = caught.value
         assert err.code == "name_taken"
+        assert "AGENTBUS_NAME_WAIT" in err.description  # how to wait out a dead holder
         assert err.details["instance_id"] == first.instance_id
         assert err.details["pid"] == os.getpid()
         assert second.stopped.is_set()

@@ -131,3 +131,62 @@ def test_percentiles_interpolate_within_buckets() -> None:
     assert dotted.type == "dotted.type"
     assert dotted.errors == 1
     assert dotted.percentile_ms(0.5) is None
+
+
+async def test_one_call_has_p50_p95_mean_and_max_equal(
+    client: aioredis.Redis, settings: Settings
+) -> None:
+    rec = UsageRecorder(client, settings, "once", interval=3600)
+    rec.record("ping", 0.0003)  # 0.3 ms: inside the le_1 bucket
+    await rec.flush()
+    (u,) = await read_usage(client, settings, "once")
+    assert u.invocations == 1
+    assert u.mean_ms == pytest.approx(0.3)
+    assert u.min_ms == pytest.approx(0.3)
+    assert u.max_ms == pytest.approx(0.3)
+    assert u.percentile_ms(0.5) == pytest.approx(0.3)
+    assert u.percentile_ms(0.95) == pytest.approx(0.3)
+    assert u.as_dict()["max_ms"] == pytest.approx(0.3)
+
+
+async def test_percentiles_stay_between_the_fastest_and_the_slowest(
+    client: aioredis.Redis, settings: Settings
+) -> None:
+    rec = UsageRecorder(client, settings, "spread", interval=3600)
+    for ms in (11.0, 12.0, 13.0, 14.0):  # all in le_25: interpolation alone would reach 25
+        rec.record("t", ms / 1000)
+    await rec.flush()
+    rec.record("t", 0.0115)  # a second flush keeps the extremes (min/max kept by the script)
+    await rec.flush()
+    (u,) = await read_usage(client, settings, "spread")
+    assert (u.min_ms, u.max_ms) == (pytest.approx(11.0), pytest.approx(14.0))
+    for q in (0.0, 0.5, 0.95, 1.0):
+        p = u.percentile_ms(q)
+        assert p is not None
+        assert 11.0 <= p <= 14.0
+
+
+async def test_a_new_instance_starts_afresh_and_a_replaced_one_adds_nothing(
+    client: aioredis.Redis, settings: Settings, r: aioredis.Redis, keys: KeySpace
+) -> None:
+    old = UsageRecorder(client, settings, "w", instance_id="old", interval=3600)
+    await old.start()
+    old.record("job", 0.001)
+    await old.flush()
+    assert await r.hget(keys.stats("w"), "instance_id") == "old"
+
+    new = UsageRecorder(client, settings, "w", instance_id="new", interval=3600)
+    new.started_at = "9" + new.started_at[1:]  # surely later than the old one's start
+    await new.start()  # claims the hash before it handled anything
+    stats: dict[str, str] = await r.hgetall(keys.stats("w"))  # type: ignore[assignment]
+    assert stats == {"instance_id": "new", "started_at": new.started_at}
+    assert await read_usage(client, settings, "w") == []  # not the old instance's call
+
+    old.record("job", 0.001)  # a late flush of the replaced instance
+    await old.flush()
+    assert await read_usage(client, settings, "w") == []
+    new.record("job", 0.002)
+    await new.stop()
+    (u,) = await read_usage(client, settings, "w")
+    assert u.invocations == 1
+    await old.stop()

@@ -23,7 +23,9 @@ __all__ = ["stats", "usage_table"]
 
 
 def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}"
+    if value is None:
+        return "-"
+    return f"{value:.2f}" if value < 10 else f"{value:.1f}"
 
 
 def _since(at: str | None, now: datetime) -> str:
@@ -56,7 +58,7 @@ def usage_table(usage: dict[str, list[TypeUsage]], width: int, title: str | None
 
 
 #: What the table counts (the stats hash is the current instance's: ``agent_sdk.usage``).
-_NOTE = "since each agent's current instance started; p50/p95 estimated from buckets"
+_NOTE = "counts of each agent's current instance; p50/p95 estimated"
 
 
 async def _fetch(
