@@ -17,7 +17,10 @@ as free slots allow. Around it: a lease loop (every heartbeat, ``lease.lua`` res
 time of the entries held, ``XCLAIM ... JUSTID``), an ack loop (finished entries
 are ``XACK``ed in batches; replies ack inside the reply script) and, on start, the takeover of
 the inbox entries the agent's previous instance left pending. Entries that do not decode, have
-expired, name no handler, or exhausted ``max_deliveries`` go to the dead-letter stream.
+expired, name no handler, or exhausted ``max_deliveries`` go to the dead-letter stream (a request
+that does not decode is answered with the error first, when its raw fields allow: see
+``Dispatcher.handle_entry``). A broadcast of a type without a handler is counted (usage stats,
+``unhandled_broadcasts``), not run.
 
 Fencing (``agent_sdk.fence``): nothing is dispatched while the instance's lease has lapsed.
 Entries a read or claim returns meanwhile stay pending, unrenewed, so the name's holder (this

@@ -1,5 +1,9 @@
 """Handling one entry: decode, check, run the handler, then reply, acknowledge, dead-letter or
 leave it for redelivery. The ``Consumer`` reads entries and hands each to a ``Dispatcher``.
+
+An entry that does not decode is dead-lettered; if its raw fields say it is a request with a
+reply list of this namespace, the requester first gets the error (``Replier.refusal``) instead
+of waiting for its timeout.
 """
 
 from __future__ import annotations
