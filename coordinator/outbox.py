@@ -112,17 +112,20 @@ def queue_reannounce(
     name: str,
     instance_id: str,
     holder: str | None = None,
+    *,
+    reply_to: str | None = None,
 ) -> None:
     """Tell an instance the registry does not hold it: expired or Redis lost data (reason
     ``unknown_agent``: announce again), or another instance holds its name (reason
-    ``name_lost``, ``holder`` its instance id: stop serving the name)."""
+    ``name_lost``, ``holder`` its instance id: stop serving the name). Sent to the instance's
+    reply list, or to ``reply_to`` (the host's, for a heartbeat that came in a ``lease``)."""
     payload: dict[str, str] = {"instance_id": instance_id, "reason": "unknown_agent"}
     if holder is not None:
         payload.update(reason=ErrorCode.NAME_LOST.value, holder=holder)
     queue_reply(
         pipe,
         settings,
-        settings.keys.replies(name, instance_id),
+        reply_to or settings.keys.replies(name, instance_id),
         type=ControlType.REANNOUNCE,
         kind=Kind.CONTROL,
         target=name,

@@ -25,6 +25,7 @@ __all__ = [
     "FastHeartbeat",
     "PreparedAnnounce",
     "fast_heartbeat",
+    "fast_lease",
     "is_identifier",
     "iso_ms",
     "prepare_announce",
@@ -39,6 +40,8 @@ _HB_ENVELOPE_FIELDS = frozenset(
     {b"v", b"id", b"kind", b"type", b"sender", b"target", b"sent_at", b"headers", b"payload"}
 )
 _HB_PAYLOAD_FIELDS = frozenset({"instance_id", "load", "status", "epoch"})
+_LEASE_PAYLOAD_FIELDS = frozenset({"host", "beats"})
+_MAX_BEATS = 100_000  # schemas.agent.Lease
 
 #: (entry id, name, instance id, load, status, epoch or "0"): what the heartbeat script takes,
 #: as strings.
@@ -88,6 +91,53 @@ def fast_heartbeat(entry_id: str, fields: dict[bytes, bytes]) -> FastHeartbeat |
     ):
         return None
     return (entry_id, sender.decode(), inst, str(load), status, str(epoch))
+
+
+def fast_lease(entry_id: str, fields: dict[bytes, bytes]) -> list[FastHeartbeat] | None:
+    """Parse a plain ``lease`` entry (one heartbeat per hosted agent) into heartbeats, or
+    ``None`` when it needs the full (slow) validation."""
+    if fields.get(b"type") != b"lease" or not fields.keys() <= _HB_ENVELOPE_FIELDS:
+        return None
+    v = fields.get(b"v")
+    if v is not None and v != b"1":
+        return None
+    sender = fields.get(b"sender")
+    if sender is None or not _IDENT_BYTES_RE.match(sender):
+        return None
+    try:
+        payload = orjson.loads(fields.get(b"payload", b"null"))
+    except orjson.JSONDecodeError:
+        return None
+    if type(payload) is not dict or payload.keys() != _LEASE_PAYLOAD_FIELDS:
+        return None
+    beats = payload["beats"]
+    host = payload["host"]
+    if type(beats) is not list or len(beats) > _MAX_BEATS:
+        return None
+    if type(host) is not str or not _IDENT_RE.match(host):
+        return None
+    out: list[FastHeartbeat] = []
+    for beat in beats:
+        if type(beat) is not list or len(beat) != 5:
+            return None
+        name, inst, load, status, epoch = beat
+        if epoch is None:
+            epoch = 0
+        if (
+            type(name) is not str
+            or not _IDENT_RE.match(name)
+            or type(inst) is not str
+            or not _IDENT_RE.match(inst)
+            or len(inst) > 64
+            or type(load) is not int
+            or load < 0
+            or status not in _STATUSES
+            or type(epoch) is not int
+            or epoch < 0
+        ):
+            return None
+        out.append((entry_id, name, inst, str(load), status, str(epoch)))
+    return out
 
 
 def validation_error_info(e: ValidationError, what: str) -> ErrorInfo:

@@ -53,6 +53,7 @@ class ControlType(StrEnum):
     ANNOUNCE = "announce"
     HEARTBEAT = "heartbeat"
     LEAVE = "leave"
+    LEASE = "lease"
     ANNOUNCE_RESULT = "announce_result"
     REANNOUNCE = "reannounce"
 
@@ -183,6 +184,32 @@ class Heartbeat(BaseModel):
         description="The registration's epoch (from the announce result); a heartbeat of an "
         "earlier registration is ignored.",
     )
+
+
+#: One heartbeat inside a ``lease``: name, instance_id, load, status, epoch (or null).
+LeaseBeat = tuple[Identifier, Identifier, int, AgentStatus, int | None]
+
+
+class Lease(BaseModel):
+    """Payload of a ``lease`` control message: the heartbeats of every agent a process hosts,
+    in one entry per interval (docs/PROTOCOL.md, "Hosts"). Each beat is applied exactly as a
+    ``heartbeat`` of that agent written at the entry's time."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    host: Identifier = Field(description="The hosting process's id (for logs and tools).")
+    beats: list[LeaseBeat] = Field(max_length=100_000)
+
+    @field_validator("beats")
+    @classmethod
+    def _beats(cls, beats: list[LeaseBeat]) -> list[LeaseBeat]:
+        for _, inst, load, _, epoch in beats:
+            if not 1 <= len(inst) <= 64 or load < 0 or (epoch is not None and epoch < 0):
+                raise ValueError(
+                    "each beat is [name, instance_id (1-64 chars), load >= 0, status, "
+                    "epoch >= 0 or null]"
+                )
+        return beats
 
 
 class Leave(BaseModel):

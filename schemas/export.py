@@ -12,7 +12,7 @@ from pathlib import Path
 import orjson
 from pydantic import BaseModel
 
-from schemas.agent import AgentCard, AgentRecord, Announce, Heartbeat, Leave
+from schemas.agent import AgentCard, AgentRecord, Announce, Heartbeat, Lease, Leave
 from schemas.envelope import Envelope
 from schemas.errors import ErrorInfo
 from schemas.events import ActivityEvent, RegistryEvent
@@ -30,6 +30,7 @@ WIRE_TYPES: dict[str, type[BaseModel]] = {
     "announce": Announce,
     "heartbeat": Heartbeat,
     "leave": Leave,
+    "lease": Lease,
     "registry-event": RegistryEvent,
     "activity-event": ActivityEvent,
 }
