@@ -294,6 +294,15 @@ class Agent:
         """Return once stopped (``stopped`` is the underlying event)."""
         await self.stopped.wait()
 
+    def run(self) -> int:
+        """Run this agent in this process until SIGTERM or SIGINT, then stop it gracefully
+        (handlers finish within ``shutdown_grace``, the agent leaves at once); a second signal
+        exits at once. The executable edge: call it from ``if __name__ == "__main__":``.
+        Returns the exit status (0 after a clean stop; ``agent_sdk.runner``)."""
+        from agent_sdk.runner import run
+
+        return run(self)
+
     async def __aenter__(self) -> Agent:
         return await self.start()
 
