@@ -59,9 +59,10 @@ def iso_ms(ms: int) -> str:
     return dt.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def fast_heartbeat(entry_id: str, fields: dict[bytes, bytes]) -> FastHeartbeat | None:
-    """Parse a plain heartbeat entry, or ``None`` when it needs the full (slow) validation."""
-    if fields.get(b"type") != b"heartbeat" or not fields.keys() <= _HB_ENVELOPE_FIELDS:
+def _plain_control(type: bytes, fields: dict[bytes, bytes]) -> tuple[bytes, Any] | None:
+    """(sender, decoded payload) of a plain control entry of ``type``: only the envelope fields
+    a heartbeat carries, version 1, a sender that is a name; ``None`` for anything else."""
+    if fields.get(b"type") != type or not fields.keys() <= _HB_ENVELOPE_FIELDS:
         return None
     v = fields.get(b"v")
     if v is not None and v != b"1":
@@ -70,17 +71,21 @@ def fast_heartbeat(entry_id: str, fields: dict[bytes, bytes]) -> FastHeartbeat |
     if sender is None or not _IDENT_BYTES_RE.match(sender):
         return None
     try:
-        payload = orjson.loads(fields.get(b"payload", b"null"))
+        return sender, orjson.loads(fields.get(b"payload", b"null"))
     except orjson.JSONDecodeError:
         return None
-    if type(payload) is not dict or not payload.keys() <= _HB_PAYLOAD_FIELDS:
-        return None
-    inst = payload.get("instance_id")
-    load = payload.get("load", 0)
-    status = payload.get("status", "ready")
-    epoch = payload.get("epoch") or 0
+
+
+def _beat(
+    entry_id: str, name: Any, inst: Any, load: Any, status: Any, epoch: Any
+) -> FastHeartbeat | None:
+    """One heartbeat's values, checked as the schemas would (``None``: not plain)."""
+    if epoch is None:
+        epoch = 0
     if (
-        type(inst) is not str
+        type(name) is not str
+        or not _IDENT_RE.match(name)
+        or type(inst) is not str
         or not _IDENT_RE.match(inst)
         or len(inst) > 64
         or type(load) is not int
@@ -90,28 +95,37 @@ def fast_heartbeat(entry_id: str, fields: dict[bytes, bytes]) -> FastHeartbeat |
         or epoch < 0
     ):
         return None
-    return (entry_id, sender.decode(), inst, str(load), status, str(epoch))
+    return (entry_id, name, inst, str(load), status, str(epoch))
+
+
+def fast_heartbeat(entry_id: str, fields: dict[bytes, bytes]) -> FastHeartbeat | None:
+    """Parse a plain heartbeat entry, or ``None`` when it needs the full (slow) validation."""
+    plain = _plain_control(b"heartbeat", fields)
+    if plain is None:
+        return None
+    sender, payload = plain
+    if type(payload) is not dict or not payload.keys() <= _HB_PAYLOAD_FIELDS:
+        return None
+    return _beat(
+        entry_id,
+        sender.decode(),
+        payload.get("instance_id"),
+        payload.get("load", 0),
+        payload.get("status", "ready"),
+        payload.get("epoch"),
+    )
 
 
 def fast_lease(entry_id: str, fields: dict[bytes, bytes]) -> list[FastHeartbeat] | None:
     """Parse a plain ``lease`` entry (one heartbeat per hosted agent) into heartbeats, or
     ``None`` when it needs the full (slow) validation."""
-    if fields.get(b"type") != b"lease" or not fields.keys() <= _HB_ENVELOPE_FIELDS:
+    plain = _plain_control(b"lease", fields)
+    if plain is None:
         return None
-    v = fields.get(b"v")
-    if v is not None and v != b"1":
-        return None
-    sender = fields.get(b"sender")
-    if sender is None or not _IDENT_BYTES_RE.match(sender):
-        return None
-    try:
-        payload = orjson.loads(fields.get(b"payload", b"null"))
-    except orjson.JSONDecodeError:
-        return None
+    _, payload = plain
     if type(payload) is not dict or payload.keys() != _LEASE_PAYLOAD_FIELDS:
         return None
-    beats = payload["beats"]
-    host = payload["host"]
+    beats, host = payload["beats"], payload["host"]
     if type(beats) is not list or len(beats) > _MAX_BEATS:
         return None
     if type(host) is not str or not _IDENT_RE.match(host):
@@ -120,23 +134,10 @@ def fast_lease(entry_id: str, fields: dict[bytes, bytes]) -> list[FastHeartbeat]
     for beat in beats:
         if type(beat) is not list or len(beat) != 5:
             return None
-        name, inst, load, status, epoch = beat
-        if epoch is None:
-            epoch = 0
-        if (
-            type(name) is not str
-            or not _IDENT_RE.match(name)
-            or type(inst) is not str
-            or not _IDENT_RE.match(inst)
-            or len(inst) > 64
-            or type(load) is not int
-            or load < 0
-            or status not in _STATUSES
-            or type(epoch) is not int
-            or epoch < 0
-        ):
+        hb = _beat(entry_id, *beat)
+        if hb is None:
             return None
-        out.append((entry_id, name, inst, str(load), status, str(epoch)))
+        out.append(hb)
     return out
 
 
