@@ -7,7 +7,7 @@ import asyncio
 import os
 from typing import Any
 
-from agent_sdk import Agent
+from agent_sdk import Agent, Host
 
 
 def make_agent() -> Agent:
@@ -25,6 +25,14 @@ def make_agent() -> Agent:
 
 async def make_agent_async() -> Agent:
     return make_agent()
+
+
+def make_host() -> Host:
+    """A host of ``RUN_TARGET_AGENTS`` agents named ``<RUN_TARGET_NAME>-<i>``."""
+    host = Host(name=os.environ.get("RUN_TARGET_NAME", "host-1"))
+    for i in range(int(os.environ.get("RUN_TARGET_AGENTS", "10"))):
+        host.agent(f"{host.name}-{i}", "hosted")
+    return host
 
 
 not_an_agent = 42

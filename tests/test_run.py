@@ -131,7 +131,7 @@ async def test_a_second_signal_exits_at_once(
 @pytest.mark.parametrize(
     ("target", "says"),
     [
-        ("tests.run_target:not_an_agent", "is int, not an Agent"),
+        ("tests.run_target:not_an_agent", "is int, not an Agent, a Host"),
         ("tests.run_target:missing", "has no attribute 'missing'"),
         ("tests.nowhere:agent", "cannot import 'tests.nowhere'"),
         ("tests.run_target", "expected module:attr"),

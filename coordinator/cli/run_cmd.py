@@ -1,11 +1,12 @@
-"""``agentbus run module:attr``: run an agent defined in Python until SIGTERM or Ctrl-C.
+"""``agentbus run module:attr``: run agents defined in Python until SIGTERM or Ctrl-C.
 
-``attr`` is an ``Agent``, or a factory (a function, sync or async, taking no arguments) that
-returns one. The module is imported with the current directory on ``sys.path`` (as ``python -m``
-would), after ``--redis-url`` and ``--namespace`` were put in the environment, so an ``Agent``
-built at import time uses them. The first signal drains (no new work, in-flight handlers finish
-within ``shutdown_grace``, the agent leaves at once); a second exits at once. Exit status 0 after
-a clean stop, 1 if it could not start or stopped on its own, 2 for a target that is not one.
+``attr`` is an ``Agent`` or a ``Host`` (many agents), or a factory (a function, sync or async,
+taking no arguments) that returns one. The module is imported with the current directory on
+``sys.path`` (as ``python -m`` would), after ``--redis-url`` and ``--namespace`` were put in the
+environment, so agents built at import time use them. The first signal drains (no new work,
+in-flight handlers finish within ``shutdown_grace``, every agent leaves at once); a second exits
+at once. Exit status 0 after a clean stop, 1 if it could not start or stopped on its own, 2 for
+a target that is not one.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 import click
 
 from agent_sdk.agent import Agent
+from agent_sdk.host import Host
 from agent_sdk.runner import configure_logging, run_coroutine, serve
 from coordinator.cli.base import CliState, pass_state
 
@@ -46,27 +48,27 @@ def _load(target: str) -> Any:
 
 
 async def _resolve_and_serve(obj: Any, target: str) -> int:
-    if not isinstance(obj, Agent) and callable(obj):
+    if not isinstance(obj, Agent | Host) and callable(obj):
         obj = obj()
         if inspect.isawaitable(obj):
             obj = await obj
-    if not isinstance(obj, Agent):
+    if not isinstance(obj, Agent | Host):
         click.echo(
-            f"agentbus run: {target} is {type(obj).__name__}, not an Agent or a factory "
-            "returning one",
+            f"agentbus run: {target} is {type(obj).__name__}, not an Agent, a Host or a "
+            "factory returning one",
             err=True,
         )
         return 2
     return await serve(obj)
 
 
-@click.command("run", short_help="Run an agent from Python until SIGTERM or Ctrl-C.")
+@click.command("run", short_help="Run agents from Python until SIGTERM or Ctrl-C.")
 @click.argument("target", metavar="MODULE:ATTR")
 @pass_state
 def run(state: CliState, target: str) -> None:
-    """Run the agent MODULE:ATTR (an Agent, or a factory returning one) until SIGTERM or
-    Ctrl-C, then stop it gracefully: in-flight handlers finish within shutdown_grace and the
-    agent leaves the registry at once. A second signal exits at once."""
+    """Run MODULE:ATTR (an Agent, a Host, or a factory returning one) until SIGTERM or Ctrl-C,
+    then stop it gracefully: in-flight handlers finish within shutdown_grace and every agent
+    leaves the registry at once. A second signal exits at once."""
     if state.redis_url:
         os.environ["AGENTBUS_REDIS_URL"] = state.redis_url
     if state.namespace:
