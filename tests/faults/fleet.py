@@ -104,8 +104,11 @@ async def listen(agent: Agent, pattern: str, ledger: Ledger, ready: asyncio.Even
 
 
 async def watch(agent: Agent, ledger: Ledger, stop: asyncio.Event) -> None:
-    """Write ``lost``/``halted`` when ``agent`` stops by itself (not through ``stop``)."""
-    await agent.stopped.wait()
+    """Write ``lost`` as soon as ``agent.name_lost`` is set (the agent then stops: its drain may
+    take a while), or ``halted`` when the agent stopped by itself for another reason."""
+    while not agent.stopped.is_set() and not getattr(agent, "name_lost", None):
+        with contextlib.suppress(TimeoutError):  # name_lost is a plain attribute: looked at
+            await asyncio.wait_for(agent.stopped.wait(), 0.05)  # every 50 ms
     if not stop.is_set():
         word = "lost" if getattr(agent, "name_lost", None) else "halted"
         ledger.write(word, agent.name, agent.instance_id)

@@ -122,6 +122,7 @@ class Poller:
         self.registry.observe(snap, self.fleet.all_names)
         self.registry.compare(snap)
         self.liveness.on_snapshot(snap)
+        self.liveness.on_events(events)
         self.liveness.evaluate(snap.at)
         self.last = snap
         self.polls += 1
@@ -218,10 +219,11 @@ async def _final_registry(
             violations.add("final", inst.id, detail, t)
     for p in fleet.procs:
         if p.running(t) and not fleet.ready(p) and not p.may_give_up:
-            violations.add("final", p.label, f"{p.label} runs but never registered", t)
+            detail = f"{p.label} runs but some of its agents never registered"
+            violations.add("final", p.label, detail, t)
     for name, inst_id in snap.holders().items():
-        inst = fleet.instances.get(inst_id)
-        if inst is None or not inst.proc.running(t):
+        held = fleet.instances.get(inst_id)
+        if held is None or not held.proc.running(t):
             violations.add("final", f"{name}:{inst_id}", f"{name} held by dead {inst_id}", t)
 
 

@@ -24,8 +24,9 @@ from tests.faults.nemesis_world import AgentProc, Fleet, Timeline
 
 __all__ = ["Nemesis"]
 
-#: Longest wait for a replacement's agents to register (they wait for the old ones to expire).
-_REPLACEMENT_DEADLINE_S = 30.0
+#: Longest wait for a replacement's agents to register (they wait for the old ones to expire),
+#: in TTLs plus seconds; then the lane goes on (the final checks judge the replacement).
+_REPLACEMENT_DEADLINE = (4, 5.0)
 
 
 async def until(condition: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
@@ -56,6 +57,7 @@ class Nemesis:
         self.on_data_loss = on_data_loss
         self.down: set[int] = set()  # coordinators killed or stopped right now
         self.ttl = cluster.settings.ttl
+        self.replacement_deadline = _REPLACEMENT_DEADLINE[0] * self.ttl + _REPLACEMENT_DEADLINE[1]
 
     async def run(self, faults: list[Fault], seconds: float) -> None:
         """Apply every fault at its time (seconds after now); return when all are over and at
@@ -116,8 +118,8 @@ class Nemesis:
         self.timeline.end(rec)
         await asyncio.sleep(f.delay)  # the replacement starts a little later
         new = self.fleet.spawn(f.target)
-        if not await self._registered(new, _REPLACEMENT_DEADLINE_S):
-            rec.note = f"{new.label} not registered in {_REPLACEMENT_DEADLINE_S:g}s"
+        if not await self._registered(new, self.replacement_deadline):
+            rec.note = f"{new.label} not registered in {self.replacement_deadline:g}s"
 
     async def _zombie(self, f: Fault) -> None:
         """Freeze past the TTL; a replacement takes the names; the old process resumes."""
@@ -130,14 +132,14 @@ class Nemesis:
         new = self.fleet.spawn(f.target)
         await asyncio.sleep(max(0.0, f.duration - f.delay))  # frozen at least this long
         # resume only once the replacement holds the names, or the zombie case is not made
-        took_over = await self._registered(new, 4 * self.ttl + 5)
+        took_over = await self._registered(new, self.replacement_deadline)
         old.fleet.signal(signal.SIGCONT)
         freeze[1] = time.time()
         if not took_over:
             new.may_give_up = True  # the old one may keep its names: the new one may give up
         self.timeline.end(rec, "" if took_over else f"resumed before {new.label} registered")
         if not took_over:
-            await self._registered(new, _REPLACEMENT_DEADLINE_S)
+            await self._registered(new, self.replacement_deadline)
 
     async def _registered(self, proc: AgentProc, timeout: float) -> bool:
         return await until(

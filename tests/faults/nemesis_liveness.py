@@ -8,7 +8,10 @@
    instance holds, while it keeps running, is ``unfenced`` (two live instances of one name:
    the superseded one should have stopped).
    A record held by a killed (or exited) process more than TTL + 1 s after its death is
-   ``stale``, unless a Redis fault or a moment with no coordinator overlaps.
+   ``stale``, unless a Redis fault or a moment with no coordinator overlaps. An
+   ``agent_expired`` of an instance whose process runs and was not frozen in the TTL before is
+   ``expired_live``, Redis faults or not: the stall grace exists so that a Redis stall expires
+   nobody (docs/PROTOCOL.md, "Liveness: the sweeper"), and ``replaced`` must not bypass it.
 4. **One server per name.** A probe handled by instance X of name N is a violation if, when the
    probe entered N's inbox (its entry id, Redis clock) minus 0.1 s, the latest evidence of who held
    N (a registration in the feed, or a holder change between snapshots) names another instance,
@@ -24,6 +27,7 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass
 
+from schemas.events import RegistryEvent, RegistryEventType
 from tests.faults.nemesis_observe import Snapshot
 from tests.faults.nemesis_plan import REDIS_KINDS
 from tests.faults.nemesis_registry import RegistryChecks
@@ -75,6 +79,8 @@ class LivenessChecks:
 
     def on_snapshot(self, snap: Snapshot) -> None:
         t = snap.at
+        for name, inst_id in snap.holders().items():
+            self.fleet.learn(name, inst_id, snap.records[name].get("pid"), t)
         for inst in self.fleet.instances.values():
             holder = snap.holder(inst.name)
             if holder == inst.id or not self.expected(inst, t):
@@ -85,6 +91,8 @@ class LivenessChecks:
             if other is not None and other.proc.running(t):
                 kind, who = "unfenced", f"superseded by {holder} of {other.proc.label}"
                 self.max_superseded = max(self.max_superseded, gap)
+            elif other is not None:
+                kind, who = "liveness", f"held by {holder} of {other.proc.label}, not running"
             else:
                 kind, who = "liveness", f"held by {holder}" if holder else "absent"
                 self.max_absence = max(self.max_absence, gap)
@@ -101,10 +109,10 @@ class LivenessChecks:
         t = snap.at
         for name, inst_id in snap.holders().items():
             inst = self.fleet.instances.get(inst_id)
-            proc = inst.proc if inst else self.fleet.by_pid(snap.records[name].get("pid"))
-            if proc is None:
+            if inst is None:  # not one of our processes (learn() knows them all by pid)
                 self.v.add("stale", f"unknown:{inst_id}", f"{name} held by unknown {inst_id}", t)
                 continue
+            proc = inst.proc
             gone = proc.gone_at
             if gone is None or t < gone:
                 continue
@@ -117,6 +125,25 @@ class LivenessChecks:
                 how = "killed" if proc.killed_at is not None else "exited"
                 detail = f"{name}/{inst_id} of {proc.label} still registered {age:.2f}s after {how}"
                 self.v.add("stale", inst_id, detail, t)
+
+    def on_events(self, events: list[RegistryEvent]) -> None:
+        """No live agent is expired: its process runs and was not frozen within a TTL."""
+        for e in events:
+            if e.type is not RegistryEventType.AGENT_EXPIRED:
+                continue
+            inst = self.fleet.instances.get(e.instance_id or "")
+            t = e.at.timestamp()
+            if inst is None or not inst.proc.running(t):
+                continue
+            if inst.proc.frozen_near(t, self.ttl):  # frozen then, or less than a TTL before
+                continue
+            if inst.stopped_at is not None and inst.stopped_at <= t + 1.0:  # read late
+                continue
+            detail = (
+                f"{e.name}/{inst.id} of {inst.proc.label} expired ({e.reason}) at {t:.3f} "
+                f"while its process ran (revision {e.revision})"
+            )
+            self.v.add("expired_live", f"{inst.id}:{e.revision}", detail, t)
 
     def converged(self, snap: Snapshot) -> bool:
         t = snap.at

@@ -2,7 +2,8 @@
 
 A plan is a list of ``Fault``s, each on a *lane*: Redis (one fault at a time), one lane per
 coordinator, one per fleet slot (an agent process and its replacements), and client kills. Faults
-of one lane never overlap; faults of different lanes do. Two rules keep the run meaningful:
+of one lane never overlap; faults of different lanes do, and half of them are placed next to
+another fault on purpose. Two rules keep the run meaningful:
 
 * at least one coordinator is neither killed nor stopped at any moment (a fleet with no
   coordinator at all expires nobody, and that is not what the liveness checks measure);
@@ -51,6 +52,10 @@ PER_20S: dict[Kind, tuple[int, int]] = {
 #: Python start-up of a replacement plus the wait for its predecessor to expire, beyond a TTL.
 _REPLACEMENT_S = 3.0
 _GAP_S = 0.5  # between two faults of one lane
+#: Share of faults placed right next to another one (on another lane): overlaps are where the
+#: interesting bugs are (an agent killed while a coordinator is frozen, a zombie resuming just
+#: after Redis slept).
+_BURST = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,9 +89,13 @@ class Fault:
 
 
 def _draw(
-    kind: Kind, rng: random.Random, seconds: float, ttl: float, coords: int, slots: int
-) -> Fault:
-    at = rng.uniform(0.5, seconds)
+    kind: Kind, rng: random.Random, seconds: float, ttl: float, coords: int, slots: int,
+    placed: list[Fault],
+) -> Fault:  # fmt: skip
+    if placed and rng.random() < _BURST:  # close to another fault: they overlap
+        at = max(0.5, rng.choice(placed).at + rng.uniform(-0.5, 1.5))
+    else:
+        at = rng.uniform(0.5, seconds)
     if kind is Kind.COORD_KILL:
         return Fault(kind, at, rng.uniform(0.3, 2.0), rng.randrange(coords))
     if kind is Kind.COORD_STOP:
@@ -144,7 +153,7 @@ def plan(
     placed: list[Fault] = []
     for kind in wanted:
         for _ in range(60):  # rejection sampling; a fault that never fits is dropped
-            f = _draw(kind, rng, seconds, ttl, coordinators, slots)
+            f = _draw(kind, rng, seconds, ttl, coordinators, slots, placed)
             if _fits(f, placed, seconds, ttl, coordinators):
                 placed.append(f)
                 break

@@ -100,6 +100,7 @@ class RegistryChecks:
 
     # -- invariant 3 ----------------------------------------------------------------------------
     def apply(self, events: list[RegistryEvent]) -> None:
+        """Replay the feed's new entries (in revision order)."""
         for e in events:
             assert e.revision is not None
             if self.cursor is not None and _rev(e.revision) <= _rev(self.cursor):

@@ -114,7 +114,7 @@ class Instance:
     name: str
     id: str
     proc: AgentProc
-    ready_at: float | None = None  # when its ``ready`` line was read (after it registered)
+    ready_at: float | None = None  # registered by then: ``ready`` line read, or seen holding
     stopped_at: float | None = None  # when its ``lost``/``halted`` line was read
     stopped_word: str = ""
 
@@ -177,6 +177,19 @@ class Fleet:
 
     def by_pid(self, pid: str | None) -> AgentProc | None:
         return next((p for p in self.procs if pid and str(p.fleet.pid) == pid), None)
+
+    def learn(self, name: str, inst_id: str, pid: str | None, at: float) -> Instance | None:
+        """An instance seen holding ``name`` at ``at``: registered, even if its process never
+        wrote ``ready`` (another of its agents may still wait for its name)."""
+        inst = self.instances.get(inst_id)
+        if inst is None:
+            proc = self.by_pid(pid)
+            if proc is None:
+                return None
+            inst = self.instances[inst_id] = Instance(name, inst_id, proc)
+        if inst.ready_at is None or inst.ready_at > at:
+            inst.ready_at = at
+        return inst
 
     def notice_exits(self) -> None:
         now = time.time()
