@@ -158,9 +158,8 @@ async def run_nemesis(cluster: Cluster, cfg: Config) -> Outcome:
             faults_began = time.time()
             await nemesis.run(faults, cfg.seconds)
             faults_s = time.time() - faults_began
-            quiet_began = time.time()
             await asyncio.sleep(2 * ttl + 2)  # the quiet phase: no faults, checks go on
-            await _final_registry(poller, liveness, violations, quiet_began)
+            await _final_registry(poller, liveness, violations, time.time())
             stop_probes.set()
             await probing
         lost = await _lost_probes(prober, fleet, timeline, violations, deadline=3 * ttl + 5)
@@ -185,10 +184,7 @@ async def run_nemesis(cluster: Cluster, cfg: Config) -> Outcome:
         "max_stale_after_kill_outside_redis_faults_s": round(liveness.max_stale_counted, 2),
         "max_absence_of_live_agents_s": round(liveness.max_absence, 2),
         "max_superseded_while_running_s": round(liveness.max_superseded, 2),
-        "convergence_after_redis_faults_s": [
-            "interrupted" if c.interrupted else None if c.after_s is None else round(c.after_s, 2)
-            for c in liveness.convergence.values()
-        ],
+        "convergence_after_redis_faults_s": [c.label() for c in liveness.convergence.values()],
         "probes": {
             "acked": len(prober.acked),
             "refused": dict(prober.refused),
@@ -206,7 +202,8 @@ async def run_nemesis(cluster: Cluster, cfg: Config) -> Outcome:
 async def _final_registry(
     poller: Poller, liveness: LivenessChecks, violations: Violations, since: float
 ) -> None:
-    """After the quiet phase: every running agent holds its name, and nothing else is held."""
+    """After the quiet phase (on a snapshot taken after ``since``): every running agent holds
+    its name, and nothing else is held."""
     await until(lambda: poller.last is not None and poller.last.at > since, 10)
     snap = poller.last
     assert snap is not None, "no registry snapshot after the quiet phase"

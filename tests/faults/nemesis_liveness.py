@@ -42,7 +42,12 @@ SLACK_S = 0.1
 class Convergence:
     fault: FaultRecord
     after_s: float | None = None  # None: not converged (yet)
-    interrupted: bool = False
+    interrupted: bool = False  # the next Redis fault began first
+
+    def label(self) -> float | str:
+        if self.after_s is not None:
+            return round(self.after_s, 2)
+        return "interrupted" if self.interrupted else "not converged"
 
 
 class LivenessChecks:
