@@ -191,6 +191,11 @@ async def run_nemesis(cluster: Cluster, cfg: Config) -> Outcome:
             "handled_checked": liveness.probes_checked,
             "lost": lost,
         },
+        "exited_on_their_own": [
+            f"{p.label} (exit {p.fleet.proc.returncode if p.fleet.proc else '?'})"
+            for p in fleet.procs
+            if p.exited_at is not None
+        ],
         "feed": dict(registry.events),
         "expired_replaced": registry.expired_replaced,
         "polls": poller.polls,

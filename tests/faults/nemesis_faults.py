@@ -113,9 +113,12 @@ class Nemesis:
     async def _agent_kill(self, f: Fault) -> None:
         old = self.fleet.current[f.target]
         rec = self.timeline.begin(f.kind, old.label)
-        old.fleet.kill()
-        old.killed_at = time.time()
-        self.timeline.end(rec)
+        if old.fleet.alive:
+            old.fleet.kill()
+            old.killed_at = time.time()
+            self.timeline.end(rec)
+        else:  # it exited on its own (e.g. gave up waiting for its names): only replace it
+            self.timeline.end(rec, "skipped: it had exited")
         await asyncio.sleep(f.delay)  # the replacement starts a little later
         new = self.fleet.spawn(f.target)
         if not await self._registered(new, self.replacement_deadline):
@@ -124,6 +127,9 @@ class Nemesis:
     async def _zombie(self, f: Fault) -> None:
         """Freeze past the TTL; a replacement takes the names; the old process resumes."""
         old = self.fleet.current[f.target]
+        if not old.fleet.alive:  # it exited on its own: a kill is all that is left to do
+            await self._agent_kill(f)
+            return
         rec = self.timeline.begin(f.kind, old.label)
         old.fleet.signal(signal.SIGSTOP)
         freeze = [time.time(), float("inf")]

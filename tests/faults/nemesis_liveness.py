@@ -59,7 +59,8 @@ class LivenessChecks:
         self.registry = registry
         self.v = violations
         self.ttl = timeline.ttl
-        self.absent_since: dict[str, float] = {}
+        #: instance -> (out of the registry since, "liveness" or "unfenced")
+        self.absent_since: dict[str, tuple[float, str]] = {}
         self.max_absence = 0.0  # expected, and the name held by nobody alive
         self.max_superseded = 0.0  # expected, and the name held by another live instance
         self.stale: dict[str, float] = {}  # dead instance -> longest time held after death
@@ -91,22 +92,28 @@ class LivenessChecks:
             if holder == inst.id or not self.expected(inst, t):
                 self.absent_since.pop(inst.id, None)
                 continue
-            gap = t - self.absent_since.setdefault(inst.id, t)
             other = self.fleet.instances.get(holder or "")
             if other is not None and other.proc.running(t):
                 kind, who = "unfenced", f"superseded by {holder} of {other.proc.label}"
-                self.max_superseded = max(self.max_superseded, gap)
             elif other is not None:
                 kind, who = "liveness", f"held by {holder} of {other.proc.label}, not running"
             else:
                 kind, who = "liveness", f"held by {holder}" if holder else "absent"
+            since, was = self.absent_since.get(inst.id, (t, kind))
+            if was != kind:  # a new episode: another live instance took over, or it ended
+                since = t
+            self.absent_since[inst.id] = (since, kind)
+            gap = t - since
+            if kind == "unfenced":
+                self.max_superseded = max(self.max_superseded, gap)
+            else:
                 self.max_absence = max(self.max_absence, gap)
             if gap > self.ttl + 1:
                 detail = (
                     f"{inst.name}/{inst.id} of {inst.proc.label} (running, not frozen) has been "
                     f"out of the registry for {gap:.2f}s ({who})"
                 )
-                self.v.add(kind, f"{inst.id}:{self.absent_since[inst.id]}", detail, t)
+                self.v.add(kind, f"{inst.id}:{since}", detail, t)
         self._stale(snap)
         self._converge(snap)
 

@@ -74,7 +74,9 @@ class Timeline:
         return [r for r in self.records if r.kind is Kind.REDIS_WIPE]
 
     def counts(self) -> dict[str, int]:
-        return dict(collections.Counter(r.kind.value for r in self.records))
+        """Faults applied, by kind (not those skipped)."""
+        applied = (r for r in self.records if not r.note.startswith("skipped"))
+        return dict(collections.Counter(r.kind.value for r in applied))
 
 
 @dataclass(eq=False)
