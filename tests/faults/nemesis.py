@@ -155,13 +155,15 @@ async def run_nemesis(cluster: Cluster, cfg: Config) -> Outcome:
         async with Bus(cluster.settings) as bus:
             prober = Prober(bus, fleet.all_names, cfg.probe_every)
             probing = asyncio.create_task(prober.run(stop_probes))
-            faults_began = time.time()
-            await nemesis.run(faults, cfg.seconds)
-            faults_s = time.time() - faults_began
-            await asyncio.sleep(2 * ttl + 2)  # the quiet phase: no faults, checks go on
-            await _final_registry(poller, liveness, violations, time.time())
-            stop_probes.set()
-            await probing
+            try:
+                faults_began = time.time()
+                await nemesis.run(faults, cfg.seconds)
+                faults_s = time.time() - faults_began
+                await asyncio.sleep(2 * ttl + 2)  # the quiet phase: no faults, checks go on
+                await _final_registry(poller, liveness, violations, time.time())
+            finally:
+                stop_probes.set()
+                await probing
         lost = await _lost_probes(prober, fleet, timeline, violations, deadline=3 * ttl + 5)
         polling.cancel()
         with contextlib.suppress(asyncio.CancelledError):

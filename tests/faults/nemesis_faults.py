@@ -122,7 +122,7 @@ class Nemesis:
         await asyncio.sleep(f.delay)  # the replacement starts a little later
         new = self.fleet.spawn(f.target)
         if not await self._registered(new, self.replacement_deadline):
-            rec.note = f"{new.label} not registered in {self.replacement_deadline:g}s"
+            rec.add_note(f"{new.label} not registered in {self.replacement_deadline:g}s")
 
     async def _zombie(self, f: Fault) -> None:
         """Freeze past the TTL; a replacement takes the names; the old process resumes."""

@@ -27,6 +27,10 @@ class FaultRecord:
     end: float | None = None  # None: still going on
     note: str = ""
 
+    def add_note(self, note: str) -> None:
+        if note:
+            self.note = f"{self.note}; {note}" if self.note else note
+
     def describe(self, t0: float) -> str:
         end = "?" if self.end is None else f"{self.end - t0:.2f}"
         text = f"+{self.start - t0:.2f}..{end}s {self.kind.value} {self.target} {self.note}"
@@ -54,8 +58,7 @@ class Timeline:
     @staticmethod
     def end(rec: FaultRecord, note: str = "") -> None:
         rec.end = time.time()
-        if note:
-            rec.note = f"{rec.note}; {note}" if rec.note else note
+        rec.add_note(note)
 
     def redis_near(self, a: float, b: float) -> bool:
         """A Redis fault (or the TTL after it) overlaps ``[a, b]``."""
