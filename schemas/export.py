@@ -12,9 +12,17 @@ from pathlib import Path
 import orjson
 from pydantic import BaseModel
 
-from schemas.agent import AgentCard, AgentRecord, Announce, Heartbeat, Leave
+from schemas.agent import (
+    AgentCard,
+    AgentRecord,
+    Announce,
+    Heartbeat,
+    Leave,
+    LeaveResult,
+    Reannounce,
+)
 from schemas.envelope import Envelope
-from schemas.errors import ErrorInfo
+from schemas.errors import DeadLetterEntry, ErrorInfo
 from schemas.events import ActivityEvent, RegistryEvent
 
 __all__ = ["JSON_DIR", "WIRE_TYPES", "render", "write"]
@@ -30,6 +38,9 @@ WIRE_TYPES: dict[str, type[BaseModel]] = {
     "announce": Announce,
     "heartbeat": Heartbeat,
     "leave": Leave,
+    "leave-result": LeaveResult,
+    "reannounce": Reannounce,
+    "dead-letter": DeadLetterEntry,
     "registry-event": RegistryEvent,
     "activity-event": ActivityEvent,
 }
