@@ -34,9 +34,11 @@ async def test_coordinator_answers_are_the_documented_payloads(
 ) -> None:
     holder = FakeAgent(r, keys, "a1")
     accepted = _envelope(await holder.register())
-    assert accepted.kind is Kind.REPLY and accepted.error is None
+    assert accepted.kind is Kind.REPLY
+    assert accepted.error is None
     record = AgentRecord.model_validate(accepted.payload)
-    assert record.instance_id == holder.instance_id and record.epoch > 0
+    assert record.instance_id == holder.instance_id
+    assert record.epoch > 0
 
     rival = FakeAgent(r, keys, "a1")  # another instance of the same name heartbeats
     await rival.heartbeat()
@@ -77,13 +79,17 @@ async def test_dead_letters_of_the_coordinator_and_the_sdk_are_the_documented_en
     parsed = [DeadLetterEntry.model_validate(fields) for _, fields in entries]
     letters = {letter.code: letter for letter in parsed}
     control = letters["invalid_record"]
-    assert control.coordinator == coordinator.id and control.source == keys.control()
+    assert control.coordinator == coordinator.id
+    assert control.source == keys.control()
     assert control.original["type"] == "heartbeat"
     inbox = letters["unknown_type"]
-    assert inbox.coordinator is None and inbox.source == keys.inbox("echo")
-    assert inbox.source_id and inbox.original["type"] == "nobody-handles-this"
+    assert inbox.coordinator is None
+    assert inbox.source == keys.inbox("echo")
+    assert inbox.source_id
+    assert inbox.original["type"] == "nobody-handles-this"
     listed = letters["unsupported_version"]
-    assert listed.source_id == "" and listed.original == {"data": '{"v":"1","type":"reannounce"}'}
+    assert listed.source_id == ""
+    assert listed.original == {"data": '{"v":"1","type":"reannounce"}'}
 
 
 async def test_event_mirrors_carry_only_the_documented_fields(
@@ -94,9 +100,9 @@ async def test_event_mirrors_carry_only_the_documented_fields(
     pubsub = r.pubsub()
     await pubsub.psubscribe(keys.events_channel(), keys.session_channel("s-1"))
     try:
-        async with Agent("busy-1", "worker", settings=settings) as agent:
-            async with agent.activity("s-1") as act:
-                await act.tool_executing("search", {"q": "x"})
+        agent = Agent("busy-1", "worker", settings=settings)
+        async with agent, agent.activity("s-1") as act:
+            await act.tool_executing("search", {"q": "x"})
         mirrors: list[dict[str, Any]] = []
 
         async def enough() -> bool:
