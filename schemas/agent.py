@@ -11,17 +11,22 @@ Control messages travel in envelopes of kind ``control`` on the control stream:
   envelope of type ``announce_result``: payload = the stored record, or ``error`` = why refused.
 * ``heartbeat`` (payload ``Heartbeat``): extends liveness to entry time + ``ttl_ms``; an unknown
   instance is told to re-announce with a ``reannounce`` control envelope on its reply list.
-* ``leave`` (payload ``Leave``): deregisters at once.
+* ``leave`` (payload ``Leave``): deregisters at once; with a ``reply_to`` it is answered with a
+  ``reply`` envelope of type ``leave_result`` (payload ``LeaveResult``).
+
+The answers the coordinator pushes to an instance's reply list are described here too:
+``Reannounce`` (the payload of a ``reannounce`` control envelope) and ``LeaveResult``.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from schemas.names import Identifier
 from schemas.semver import check_version
@@ -35,6 +40,8 @@ __all__ = [
     "ControlType",
     "Heartbeat",
     "Leave",
+    "LeaveResult",
+    "Reannounce",
 ]
 
 #: Largest encoded record (all hash fields and values together) the coordinator accepts.
@@ -219,3 +226,34 @@ class Leave(BaseModel):
 
     instance_id: str = Field(min_length=1, max_length=64)
     reason: str = Field(default="shutdown", max_length=256)
+
+
+class LeaveResult(BaseModel):
+    """Payload of the ``leave_result`` reply to a ``leave`` that carried a ``reply_to``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    removed: bool = Field(
+        description="Whether this instance held the name and its record was removed (false: it "
+        "held nothing, e.g. it had expired or left already)."
+    )
+
+
+class Reannounce(BaseModel):
+    """Payload of a ``reannounce`` control envelope, pushed to an instance's reply list when the
+    coordinator received a heartbeat from an instance the registry does not hold."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    instance_id: str = Field(
+        min_length=1, max_length=64, description="The instance meant; others ignore it."
+    )
+    reason: Literal["unknown_agent", "name_lost"] = Field(
+        description="unknown_agent: nobody holds the name, announce again (same instance id); "
+        'name_lost: another instance holds it, stop serving the name (docs/PROTOCOL.md, "Fencing").'
+    )
+    holder: str | SkipJsonSchema[None] = Field(
+        default=None,
+        max_length=64,
+        description="With name_lost: the instance id that holds the name now.",
+    )
