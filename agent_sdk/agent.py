@@ -119,9 +119,9 @@ class Agent:
         self._owns_host = host is None
         if host is None:
             if bus is not None:
-                host = Host(bus=bus, name=name, instance_id=self.instance_id)
+                host = Host(bus=bus, name=name, instance_id=self.instance_id, max_agents=1)
             else:
-                host = Host(self.settings, name=name, instance_id=self.instance_id)
+                host = Host(self.settings, name=name, instance_id=self.instance_id, max_agents=1)
         host.attach(self)
         self.host = host
         self.bus = host.bus
@@ -295,6 +295,7 @@ class Agent:
         try:
             if self._started and membership is not None and membership.registered:
                 self.set_status(AgentStatus.DRAINING)
+                await self._send_draining(membership)
             for component in reversed(self._started):
                 try:
                     await component.stop(self.settings.shutdown_grace)
@@ -315,6 +316,16 @@ class Agent:
             finally:
                 self._state = "stopped"
                 self.stopped.set()
+
+    async def _send_draining(self, membership: Membership) -> None:
+        """The registry shows ``draining`` before the agent stops taking work and leaves."""
+        beats = self.host.heartbeats
+        if beats is None or not membership.beating:
+            return
+        try:
+            await beats.send_now(membership)
+        except AgentbusError as e:
+            log.warning("%s: could not report draining: %s", self.name, e)
 
     async def wait_stopped(self) -> None:
         """Return once stopped (``stopped`` is the underlying event)."""

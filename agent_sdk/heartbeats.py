@@ -78,6 +78,13 @@ class Heartbeats:
         """Send the next entry now."""
         self._wake.set()
 
+    async def send_now(self, member: Membership) -> None:
+        """Heartbeat ``member`` alone, now, and return once Redis has it (its ``draining``
+        status before it leaves, which a wake-up could lose to the stop that follows)."""
+        attempt = time.monotonic()
+        await self._send([member])
+        member.beat_sent(attempt)
+
     async def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._loop(), name=f"agentbus-heartbeats:{self.host}")
@@ -174,7 +181,8 @@ class Heartbeats:
 
     async def _send(self, due: list[Membership]) -> None:
         only = due[0]
-        if len(due) == 1 and only.router.key == self.reply_to and len(self.members) == 1:
+        alone = len(self.members) <= 1 and only.router.key == self.reply_to
+        if len(due) == 1 and alone:
             env = only.heartbeat_envelope()
             doing = f"sending a heartbeat for {only.card.name!r}"
         else:

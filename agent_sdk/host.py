@@ -16,6 +16,10 @@ target), and ONE heartbeat loop that carries every agent in one control entry pe
 ``lease``, docs/PROTOCOL.md "Hosts"). Each agent still has its own card, instance id, epoch and
 fence (``agent_sdk.fence``): one agent losing its name stops that agent only.
 
+Today each hosted agent still reads its own streams and pub/sub channels: about
+``CONNECTIONS_PER_AGENT`` connections each (its blocking reader, its acks, its send and reply
+batchers, its pub/sub connection), so the host's pool is sized for ``max_agents`` of them.
+
 A lone ``Agent(...)`` is a host of one (it makes its own, named after it, whose reply list is the
 agent's own: the wire of a lone agent is unchanged). Names are unique on a host: a second agent
 with the name of one it carries is refused when it is created.
@@ -40,9 +44,12 @@ from schemas.names import check_identifier
 if TYPE_CHECKING:
     from agent_sdk.agent import Agent
 
-__all__ = ["Host"]
+__all__ = ["CONNECTIONS_PER_AGENT", "Host"]
 
 log = logging.getLogger("agentbus.host")
+
+#: Connections one hosted agent's data plane may hold at once (see the module docstring).
+CONNECTIONS_PER_AGENT = 6
 
 
 class Host:
@@ -69,8 +76,13 @@ class Host:
         if max_agents < 1:
             raise InvalidInput(f"max_agents must be >= 1, got {max_agents}")
         self.max_agents = max_agents
-        self.bus = bus if bus is not None else Bus(self.settings)
-        self._owns_bus = bus is None
+        if bus is None:
+            pool = self.settings.max_connections + CONNECTIONS_PER_AGENT * max_agents
+            bus = Bus(self.settings.model_copy(update={"max_connections": pool}))
+            self._owns_bus = True
+        else:
+            self._owns_bus = False
+        self.bus = bus
         self.router = ReplyRouter(
             self.settings,
             self.settings.keys.replies(self.name, self.instance_id),

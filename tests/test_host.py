@@ -180,3 +180,24 @@ async def test_a_lone_agent_keeps_the_wire_of_one_agent(
         types = {fields["type"] for _, fields in rows}
         assert "lease" not in types
         assert orjson.loads(rows[-1][1]["payload"])["instance_id"] == agent.instance_id
+
+
+@pytest.mark.parametrize("hosted", [True, False])
+async def test_an_agent_reports_draining_before_it_leaves(
+    coordinator: Coordinator, settings: Settings, r: aioredis.Redis, keys: KeySpace, hosted: bool
+) -> None:
+    if hosted:
+        async with Host(settings, name="h8") as host:
+            host.agent("other", "worker")
+            await host.agents["other"].start()
+            async with host.agent("drainer", "worker"):
+                pass
+    else:
+        async with Agent("drainer", "worker", settings=settings):
+            pass
+    events = [e for e in await _events(r, keys) if e.name == "drainer"]
+    kinds = [e.type for e in events]
+    assert kinds[0] is RegistryEventType.AGENT_REGISTERED
+    assert kinds[-1] is RegistryEventType.AGENT_DEREGISTERED
+    updates = [e for e in events if e.type is RegistryEventType.AGENT_UPDATED]
+    assert [u.changes.get("status") for u in updates] == [["ready", "draining"]]
