@@ -8,6 +8,7 @@ derives from ``AgentbusError`` (the tree is drawn in ``schemas.errors``).
 from agent_sdk.activity import Activity
 from agent_sdk.agent import Agent, Component
 from agent_sdk.bus import Bus
+from agent_sdk.host import Host
 from agent_sdk.messaging import GatherResult, Message, Subscription
 from agent_sdk.settings import Settings
 from schemas.agent import AgentRecord, AgentStatus
@@ -51,6 +52,7 @@ __all__ = [
     "ErrorInfo",
     "EventsLost",
     "GatherResult",
+    "Host",
     "InvalidInput",
     "Message",
     "MessagingError",

@@ -37,10 +37,10 @@ from agent_sdk.activity import Activity
 from agent_sdk.bus import Bus, resolve_settings
 from agent_sdk.discovery import StatusFilter
 from agent_sdk.fence import Fence
+from agent_sdk.host import Host
 from agent_sdk.membership import Membership
 from agent_sdk.messaging import GatherResult, HandlerRegistry, Messaging, Subscription
 from agent_sdk.messaging.handlers import Handler
-from agent_sdk.replies import ReplyRouter
 from agent_sdk.selection import Strategy
 from agent_sdk.settings import Settings
 from agent_sdk.usage import UNKNOWN_TYPE, UsageRecorder
@@ -85,11 +85,19 @@ class Agent:
         settings: Settings | None = None,
         bus: Bus | None = None,
         on_name_lost: Callable[[NameLost], None] | None = None,
+        host: Host | None = None,
         **overrides: Any,
     ) -> None:
         if bus is not None and (settings is not None or overrides):
             raise InvalidInput("pass either bus= or settings/overrides, not both")
-        self.settings = bus.settings if bus is not None else resolve_settings(settings, overrides)
+        if host is not None and (bus is not None or settings is not None or overrides):
+            raise InvalidInput("an agent on a host uses the host's settings: pass host= alone")
+        if host is not None:
+            self.settings = host.settings
+        elif bus is not None:
+            self.settings = bus.settings
+        else:
+            self.settings = resolve_settings(settings, overrides)
         try:
             self.card = AgentCard(
                 name=name,
@@ -107,14 +115,18 @@ class Agent:
         except ValidationError as e:
             raise InvalidInput(f"invalid agent {name!r}: {e}") from e
         self.instance_id = new_id()
-        self.bus = bus if bus is not None else Bus(self.settings)
-        self._owns_bus = bus is None
-        self.router = ReplyRouter(
-            self.settings,
-            self.settings.keys.replies(name, self.instance_id),
-            on_unsolicited=self._on_control,
-            owner=name,
-        )
+        # a lone agent is a host of one, named after it: its reply list is its own
+        self._owns_host = host is None
+        if host is None:
+            if bus is not None:
+                host = Host(bus=bus, name=name, instance_id=self.instance_id, max_agents=1)
+            else:
+                host = Host(self.settings, name=name, instance_id=self.instance_id, max_agents=1)
+        host.attach(self)
+        self.host = host
+        self.bus = host.bus
+        #: The reply list this agent is answered on (its host's).
+        self.router = host.router
         self.stopped = asyncio.Event()
         self._status = AgentStatus.READY
         self._load = 0
@@ -165,6 +177,11 @@ class Agent:
     @property
     def running(self) -> bool:
         return self._state == "running"
+
+    @property
+    def state(self) -> str:
+        """``new``, ``starting``, ``running``, ``stopping`` or ``stopped``."""
+        return self._state
 
     def __repr__(self) -> str:
         return f"Agent(name={self.name!r}, role={self.role!r}, instance_id={self.instance_id!r})"
@@ -222,11 +239,16 @@ class Agent:
             if self._state == "stopped":
                 raise InvalidInput(f"{self!r} was stopped; create a new Agent to run again")
             return self
+        if self._owns_host:
+            await self.host.start_shared()
+        elif not self.host.running:
+            raise InvalidInput(
+                f"{self!r}: its host {self.host.name!r} is not running: start the host first "
+                "(`async with host:`), which starts every agent created on it"
+            )
         self._state = "starting"
         self.stopped.clear()
         try:
-            await self.bus.start()
-            await self.router.start()
             membership = Membership(
                 self.bus.client, self.settings, self.card, self.instance_id, self.router,
                 fence=self.fence, on_lost=self._name_was_lost,
@@ -234,7 +256,9 @@ class Agent:
             membership.status, membership.load = self._status, self._load
             self._membership = membership
             await membership.announce()
-            await membership.start()
+            heartbeats = self.host.heartbeats
+            assert heartbeats is not None  # the host runs
+            await membership.start(heartbeats)
             if self._messaging is None:  # the data plane: first started, last stopped
                 self._messaging = Messaging(
                     self.bus.client, self.settings, name=self.name,
@@ -273,6 +297,7 @@ class Agent:
         try:
             if self._started and membership is not None and membership.registered:
                 self.set_status(AgentStatus.DRAINING)
+                await self._send_draining(membership)
             for component in reversed(self._started):
                 try:
                     await component.stop(self.settings.shutdown_grace)
@@ -285,16 +310,37 @@ class Agent:
                     await membership.leave()
                 except AgentbusError as e:
                     log.warning("%s: could not leave the registry cleanly: %s", self.name, e)
-            await self.router.stop()
         finally:
-            if self._owns_bus:
-                await self.bus.stop()
-            self._state = "stopped"
-            self.stopped.set()
+            self.host.detach(self)
+            try:
+                if self._owns_host:
+                    await self.host.stop()
+            finally:
+                self._state = "stopped"
+                self.stopped.set()
+
+    async def _send_draining(self, membership: Membership) -> None:
+        """The registry shows ``draining`` before the agent stops taking work and leaves."""
+        beats = self.host.heartbeats
+        if beats is None or not membership.beating:
+            return
+        try:
+            await beats.send_now(membership)
+        except AgentbusError as e:
+            log.warning("%s: could not report draining: %s", self.name, e)
 
     async def wait_stopped(self) -> None:
         """Return once stopped (``stopped`` is the underlying event)."""
         await self.stopped.wait()
+
+    def run(self) -> int:
+        """Run this agent in this process until SIGTERM or SIGINT, then stop it gracefully
+        (handlers finish within ``shutdown_grace``, the agent leaves at once); a second signal
+        exits at once. The executable edge: call it from ``if __name__ == "__main__":``.
+        Returns the exit status (0 after a clean stop; ``agent_sdk.runner``)."""
+        from agent_sdk.runner import run
+
+        return run(self)
 
     async def __aenter__(self) -> Agent:
         return await self.start()
@@ -307,7 +353,8 @@ class Agent:
     ) -> None:
         await self.stop()
 
-    async def _on_control(self, env: Envelope) -> None:
+    async def on_control(self, env: Envelope) -> None:
+        """A control envelope for this agent arrived on its host's reply list."""
         if self._membership is not None:
             await self._membership.on_control(env)
 

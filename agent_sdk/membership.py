@@ -6,10 +6,11 @@ The protocol (docs/PROTOCOL.md, "Control plane"):
   coordinator answers ``announce_result`` (the stored record, or an error). No answer within
   ``announce_timeout`` raises ``NoCoordinator``; a ``name_taken`` refusal is retried until
   ``name_wait`` has passed (the holder may be a dead instance about to expire).
-* a heartbeat (current ``load`` and ``status``) every ``heartbeat_interval``; ``wake()`` sends
+* a heartbeat (current ``load`` and ``status``) every ``heartbeat_interval``, sent by the host's
+  loop (``agent_sdk.heartbeats``: one entry for all the agents of a process); ``wake()`` sends
   one at once (a status change should be visible now, not in a second).
 * the instance re-announces (same instance id) when the coordinator says ``reannounce`` (the
-  registry no longer holds it) or when the instance notices that its last successful heartbeat is
+  registry no longer holds it) or when the loop notices that its last successful heartbeat is
   older than its TTL (it was stalled, or Redis was unreachable, and may have been expired).
 * fencing (``agent_sdk.fence``): every accepted announcement and every heartbeat that reached
   Redis renews the instance's lease; a ``name_taken`` answer to a *re*-announcement, or a
@@ -20,8 +21,6 @@ The protocol (docs/PROTOCOL.md, "Control plane"):
 * a heartbeat the coordinator cannot apply (it failed validation) is answered with a
   ``heartbeat_result`` carrying the ``error``: logged at WARNING (and counted).
 * ``leave`` on stop, then a short bounded wait until the record is gone (or a leave ack comes).
-
-The heartbeat loop never dies on an error: it logs, backs off and continues.
 """
 
 from __future__ import annotations
@@ -32,15 +31,14 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 
-from agent_sdk.connection import CONNECTION_ERRORS, redis_errors
+from agent_sdk.connection import redis_errors
 from agent_sdk.fence import Fence
 from agent_sdk.replies import ReplyRouter
 from agent_sdk.settings import Settings
-from agent_sdk.tasks import cancel_and_wait
 from schemas.agent import (
     AgentCard,
     AgentRecord,
@@ -52,7 +50,6 @@ from schemas.agent import (
 )
 from schemas.envelope import Envelope, Kind, encode_fields, utcnow
 from schemas.errors import (
-    AgentbusError,
     ErrorCode,
     NameLost,
     NameTaken,
@@ -61,6 +58,9 @@ from schemas.errors import (
     Refused,
     error_from_info,
 )
+
+if TYPE_CHECKING:
+    from agent_sdk.heartbeats import Heartbeats
 
 __all__ = ["CONTROL_MAXLEN", "Membership"]
 
@@ -72,8 +72,6 @@ log = logging.getLogger("agentbus.membership")
 CONTROL_MAXLEN = 300_000
 #: Longest wait (seconds) for the record to go after ``leave``.
 _LEAVE_WAIT_MAX = 2.0
-#: Errors the heartbeat loop logs and retries after a backoff.
-_RETRYABLE: tuple[type[BaseException], ...] = (AgentbusError, *CONNECTION_ERRORS)
 #: Announcements refused as ``stale`` sent again at once, at most this many times in a row.
 _STALE_RETRIES = 3
 
@@ -105,10 +103,12 @@ class Membership:
         self.reannounces = 0
         #: Heartbeats the coordinator answered with an error (``heartbeat_result``).
         self.refused_heartbeats = 0
+        #: Set when the registry must hear an announcement again (the heartbeat loop sends it).
+        self.needs_announce = False
+        #: When the last heartbeat (or accepted announce) that reached Redis was sent.
+        self.last_ok = time.monotonic()
         self._keys = settings.keys
-        self._task: asyncio.Task[None] | None = None
-        self._wake = asyncio.Event()
-        self._reannounce = asyncio.Event()
+        self._beats: Heartbeats | None = None
         self._announced_at = time.monotonic()
 
     @property
@@ -129,13 +129,7 @@ class Membership:
         )
 
     async def _xadd(self, env: Envelope, doing: str) -> None:
-        with redis_errors(self.settings, doing):
-            await self.client.xadd(
-                self._keys.control(),
-                encode_fields(env),  # type: ignore[arg-type]
-                maxlen=CONTROL_MAXLEN,
-                approximate=True,
-            )
+        await xadd_control(self.client, self.settings, env, doing)
 
     # -- announce ----------------------------------------------------------------------------
     async def announce(self) -> AgentRecord:
@@ -213,17 +207,23 @@ class Membership:
             details={"url": s.display_url, "namespace": s.namespace, "timeout": timeout},
         )
 
-    # -- heartbeats --------------------------------------------------------------------------
+    # -- heartbeats (sent by the host's loop: agent_sdk.heartbeats) -------------------------
+    @property
+    def beating(self) -> bool:
+        """Whether the host's heartbeat loop carries this instance (``start`` .. ``stop``)."""
+        return self._beats is not None
+
     def wake(self) -> None:
         """Send a heartbeat now (e.g. the status changed)."""
-        self._wake.set()
+        if self._beats is not None:
+            self._beats.wake()
 
     def request_reannounce(self) -> None:
-        self._reannounce.set()
-        self._wake.set()
+        self.needs_announce = True
+        self.wake()
 
     async def on_control(self, env: Envelope) -> None:
-        """Handler for control envelopes nobody waited for (wired to the reply router)."""
+        """Handler for control envelopes nobody waited for (routed by the host's reply list)."""
         if env.type == ControlType.HEARTBEAT_RESULT:
             self.refused_heartbeats += 1
             error = env.error
@@ -261,96 +261,67 @@ class Membership:
         log.error("%s: %s; stopping to serve it", self.card.name, error)
         self.fence.lose(error)
         self.record = None  # nothing to leave
-        task = self._task
-        if task is not None and task is not asyncio.current_task():
-            task.cancel()
+        if self._beats is not None:
+            self._beats.remove(self)
+            self._beats = None
         if self._on_lost is not None:
             self._on_lost(error)
 
-    async def heartbeat(self) -> None:
+    def beat(self) -> tuple[str, str, int, str, int | None]:
+        """This instance's line of a heartbeat: name, instance id, load, status, epoch."""
+        return (self.card.name, self.instance_id, self.load, self.status.value, self.fence.epoch)
+
+    def heartbeat_envelope(self) -> Envelope:
+        """A ``heartbeat`` of this instance alone (what a host of one sends)."""
         payload = Heartbeat(
-            instance_id=self.instance_id,
-            load=self.load,
-            status=self.status,
+            instance_id=self.instance_id, load=self.load, status=self.status,
             epoch=self.fence.epoch,
-        )
-        env = self._control(
+        )  # fmt: skip
+        return self._control(
             ControlType.HEARTBEAT,
             payload.model_dump(mode="json", exclude_none=True),
             reply=False,
             timeout=0,
         )
-        await self._xadd(env, f"sending a heartbeat for {self.card.name!r}")
 
-    async def start(self) -> None:
-        """Start the heartbeat loop (call after ``announce`` succeeded). Idempotent."""
-        if self._task is None:
-            self._task = asyncio.create_task(
-                self._loop(), name=f"agentbus-heartbeat:{self.card.name}"
+    def beat_sent(self, sent_at: float) -> None:
+        """A heartbeat carrying this instance, sent at ``sent_at``, reached Redis."""
+        self.last_ok = sent_at
+        self.fence.renew(sent_at)
+
+    async def reannounce(self) -> None:
+        """Announce again (same instance id): asked by the coordinator, or after a stall. A
+        ``name_taken`` answer means another instance registered the name meanwhile: lost."""
+        self.needs_announce = False
+        try:
+            self.record = await self._announce_once()
+        except NameTaken as e:
+            self.lose(
+                NameLost(
+                    f"{self.card.name!r}: this instance ({self.instance_id}) was expired "
+                    f"while it was not heartbeating, and another took the name: {e}",
+                    details=dict(e.details),
+                )
             )
+            return
+        except BaseException:
+            self.needs_announce = True  # the loop tries again
+            raise
+        self.last_ok = self._announced_at
+        self.reannounces += 1
+
+    async def start(self, beats: Heartbeats) -> None:
+        """Be carried by the host's heartbeat loop (after ``announce`` succeeded)."""
+        if self._beats is None and self.fence.lost is None:
+            self.last_ok = self._announced_at  # an accepted announce counts as a heartbeat
+            self._beats = beats
+            beats.add(self)
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            await cancel_and_wait(task)
-
-    async def _loop(self) -> None:
-        interval = self.settings.heartbeat_interval
-        ttl = self.settings.ttl
-        last_ok = self._announced_at  # an accepted announce counts as a heartbeat
-        backoff = 0.05
-        while self.fence.lost is None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), interval)
-            self._wake.clear()
-            attempt = time.monotonic()
-            stalled = attempt - last_ok > ttl
-            try:
-                if self._reannounce.is_set() or stalled:
-                    if stalled:
-                        log.warning(
-                            "%s: no heartbeat for %.2fs (TTL %.2fs): re-announcing",
-                            self.card.name,
-                            attempt - last_ok,
-                            ttl,
-                        )
-                    self._reannounce.clear()
-                    self.record = await self._announce_once()
-                    self.reannounces += 1
-                else:
-                    await self.heartbeat()
-                    self.fence.renew(attempt)
-                # when it was sent, not when the answer came: a stall may sit in between
-                last_ok = attempt
-                backoff = 0.05
-            except asyncio.CancelledError:
-                raise
-            except NameTaken as e:  # another live instance registered our name meanwhile
-                self.lose(
-                    NameLost(
-                        f"{self.card.name!r}: this instance ({self.instance_id}) was expired "
-                        f"while it was not heartbeating, and another took the name: {e}",
-                        details=dict(e.details),
-                    )
-                )
-                return
-            except _RETRYABLE as e:
-                if isinstance(e, NoCoordinator) or stalled:
-                    self._reannounce.set()
-                log.warning(
-                    "%s: heartbeat/re-announce failed (%s); retrying in %.2fs",
-                    self.card.name,
-                    e,
-                    backoff,
-                )
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self.settings.retry_max_backoff)
-            except Exception:
-                log.exception(
-                    "%s: heartbeat loop error; retrying in %.2fs", self.card.name, backoff
-                )
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self.settings.retry_max_backoff)
+        """Stop heartbeating (before ``leave``)."""
+        beats, self._beats = self._beats, None
+        if beats is not None:
+            await beats.discard(self)
 
     # -- leave -------------------------------------------------------------------------------
     async def leave(self, reason: str = "shutdown") -> None:
@@ -387,6 +358,19 @@ class Membership:
             pause = min(pause * 2, 0.05)
         log.warning(
             "%s: the registry still holds the record %.1fs after leave", self.card.name, wait
+        )
+
+
+async def xadd_control(
+    client: aioredis.Redis, settings: Settings, env: Envelope, doing: str
+) -> None:
+    """Append a control envelope to the control stream (capped like the coordinators cap it)."""
+    with redis_errors(settings, doing):
+        await client.xadd(
+            settings.keys.control(),
+            encode_fields(env),  # type: ignore[arg-type]
+            maxlen=CONTROL_MAXLEN,
+            approximate=True,
         )
 
 

@@ -42,11 +42,12 @@ from coordinator.validation import (
     FastHeartbeat,
     PreparedAnnounce,
     fast_heartbeat,
+    fast_lease,
     is_identifier,
     prepare_announce,
     validation_error_info,
 )
-from schemas.agent import ControlType, Heartbeat, Leave
+from schemas.agent import ControlType, Heartbeat, Lease, Leave
 from schemas.envelope import Envelope, decode_fields
 from schemas.errors import ErrorCode, ErrorInfo, ProtocolError
 from schemas.keys import COORDINATOR_GROUP
@@ -113,33 +114,54 @@ class _Leave:
     correlation_id: str
 
 
-#: An entry of a batch: (entry id, its fields, what to apply: a heartbeat, announce or leave).
-_Item = tuple[str, dict[bytes, bytes], FastHeartbeat | _Announce | _Leave]
+@dataclass(frozen=True, slots=True)
+class _Lease:
+    beats: list[FastHeartbeat]
+    reply_to: str | None  # where the host reads: reannounce requests for its agents go there
+
+
+#: An entry of a batch: (entry id, its fields, what to apply: a heartbeat, the heartbeats of a
+#: lease, an announce or a leave).
+_Item = tuple[str, dict[bytes, bytes], FastHeartbeat | _Lease | _Announce | _Leave]
 
 
 class _Batch:
     """Entries for one script call, remembered so their outcome can be answered and counted
     (and so they can be re-applied one by one)."""
 
-    __slots__ = ("announces", "items", "leaves", "script")
+    __slots__ = ("announces", "items", "leaves", "script", "weight")
 
     def __init__(self) -> None:
         self.script = ControlBatch()
         self.items: list[_Item] = []
         self.announces: dict[str, _Announce] = {}
         self.leaves = 0
+        #: entries, counting each heartbeat of a lease (what the script will apply)
+        self.weight = 0
 
     @property
     def size(self) -> int:
         return len(self.items)
 
-    @property
-    def heartbeats(self) -> int:
-        return len(self.items) - len(self.announces) - self.leaves
-
     def heartbeat(self, eid: str, fields: dict[bytes, bytes], hb: FastHeartbeat) -> None:
         self.script.heartbeat(hb)  # the hot path: nothing else
         self.items.append((eid, fields, hb))
+        self.weight += 1
+
+    def lease(
+        self,
+        eid: str,
+        fields: dict[bytes, bytes],
+        beats: list[FastHeartbeat],
+        reply_to: str | None,
+    ) -> None:
+        self.add((eid, fields, _Lease(beats, reply_to)))
+
+    def lease_reply_to(self, eid: str) -> str | None:
+        for item_eid, _, op in self.items:
+            if item_eid == eid and isinstance(op, _Lease):
+                return op.reply_to
+        return None
 
     def announce(
         self,
@@ -167,16 +189,31 @@ class _Batch:
         if isinstance(op, _Announce):
             self.script.announce(eid, op.ann, op.reply_to, op.correlation_id)
             self.announces[eid] = op
+            self.weight += 1
         elif isinstance(op, _Leave):
             self.script.leave(eid, op.name, op.instance_id, op.reply_to, op.correlation_id)
             self.leaves += 1
+            self.weight += 1
+        elif isinstance(op, _Lease):
+            for hb in op.beats:
+                self.script.heartbeat(hb)
+            self.weight += len(op.beats)
         else:
             self.script.heartbeat(op)
+            self.weight += 1
         self.items.append(item)
 
-    def beats(self) -> dict[str, tuple[str, str]]:
-        """Heartbeat entry id -> (name, instance id)."""
-        return {eid: (op[1], op[2]) for eid, _, op in self.items if isinstance(op, tuple)}
+    def heartbeats(self, failed: dict[str, str]) -> int:
+        """How many heartbeats were applied (those of entries Redis refused are not)."""
+        n = 0
+        for eid, _, op in self.items:
+            if eid in failed:
+                continue
+            if isinstance(op, tuple):
+                n += 1
+            elif isinstance(op, _Lease):
+                n += len(op.beats)
+        return n
 
 
 @dataclass(slots=True)
@@ -357,9 +394,11 @@ class ControlConsumer:
                 hb = fast_heartbeat(eid, fields)
                 if hb is not None:
                     batch.heartbeat(eid, fields, hb)
+                elif (beats := fast_lease(eid, fields)) is not None:
+                    batch.lease(eid, fields, beats, self._raw_reply_address(fields))
                 else:
                     self._entry(eid, fields, batch, out)
-                if batch.size >= MAX_SCRIPT_ENTRIES:
+                if batch.weight >= MAX_SCRIPT_ENTRIES:
                     batches.append(_Batch())
         except BaseException:
             self.in_hand.difference_update(ids)
@@ -401,6 +440,8 @@ class ControlConsumer:
                 self._announce(eid, env, fields, batch, out)
             elif env.type == ControlType.LEAVE:
                 self._leave(eid, env, fields, batch, out)
+            elif env.type == ControlType.LEASE:
+                self._lease(eid, env, fields, batch, out)
             else:
                 info = ErrorInfo(
                     code=ErrorCode.UNKNOWN_TYPE,
@@ -433,11 +474,35 @@ class ControlConsumer:
                 )
         return (env.sender, hb.instance_id, str(hb.load), hb.status.value, str(hb.epoch or 0))
 
+    def _lease(
+        self, eid: str, env: Envelope, fields: dict[bytes, bytes], batch: _Batch, out: _Outbox
+    ) -> None:
+        try:
+            lease = Lease.model_validate(env.payload)
+        except ValidationError as e:
+            self._dead(out, eid, fields, validation_error_info(e, "lease"))
+            return
+        beats = [
+            (eid, name, inst, str(load), status.value, str(epoch or 0))
+            for name, inst, load, status, epoch in lease.beats
+        ]
+        batch.lease(eid, fields, beats, self._reply_address(env))
+
     def _reply_address(self, env: Envelope) -> str | None:
         to = env.reply_to
         if to and to.startswith(self._reply_prefix):
             return to
         return None
+
+    def _raw_reply_address(self, fields: dict[bytes, bytes]) -> str | None:
+        raw = fields.get(b"reply_to")
+        if raw is None:
+            return None
+        try:
+            to = raw.decode()
+        except UnicodeDecodeError:
+            return None
+        return to if to.startswith(self._reply_prefix) else None
 
     def _announce(
         self, eid: str, env: Envelope, fields: dict[bytes, bytes], batch: _Batch, out: _Outbox
@@ -548,9 +613,7 @@ class ControlConsumer:
                         details={"exception": "ResponseError"},
                     )
                     self._dead(out, eid, fields, info)
-        beats = batch.beats() if failed or result.unknown else {}
-        beats_failed = sum(1 for eid in failed if eid in beats)
-        self.stats.heartbeats += batch.heartbeats - beats_failed
+        self.stats.heartbeats += batch.heartbeats(failed)
         self.stats.leaves += result.removed
         announces_failed = sum(1 for eid in failed if eid in batch.announces)
         self.stats.announces += (
@@ -565,9 +628,9 @@ class ControlConsumer:
             self.stats.stale += 1
             self._refuse(out, eid, op.reply_to, op.ann.name, op.correlation_id, stale_announce(op))
         told: set[tuple[str, str]] = set()
-        for eid, other in result.unknown.items():
-            name, inst = beats[eid]
+        for eid, name, inst, other in result.unknown:
             if (name, inst) not in told:
                 told.add((name, inst))
-                queue_reannounce(out.pipe, self.settings, name, inst, other or None)
+                to = batch.lease_reply_to(eid)
+                queue_reannounce(out.pipe, self.settings, name, inst, other or None, reply_to=to)
         self.stats.reannounces += len(told)

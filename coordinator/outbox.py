@@ -1,8 +1,9 @@
 """What the coordinator writes back: replies, ``reannounce`` requests and dead letters.
 
 A control entry that is dead-lettered is also answered when its raw fields say where
-(``queue_error_answer``): a ``heartbeat_result``, ``announce_result`` or ``leave_result`` with
-the ``error``, so the agent hears why instead of expiring or timing out in silence.
+(``queue_error_answer``): a ``heartbeat_result``, ``announce_result``, ``leave_result`` or (to a
+host) ``lease_result`` with the ``error``, so the agent hears why instead of expiring or timing
+out in silence.
 
 Each helper queues commands on a pipeline so one batch of control entries costs one round trip.
 Replies to accepted announces and to leaves are pushed by the control script itself
@@ -118,17 +119,20 @@ def queue_reannounce(
     name: str,
     instance_id: str,
     holder: str | None = None,
+    *,
+    reply_to: str | None = None,
 ) -> None:
     """Tell an instance the registry does not hold it: expired or Redis lost data (reason
     ``unknown_agent``: announce again), or another instance holds its name (reason
-    ``name_lost``, ``holder`` its instance id: stop serving the name)."""
+    ``name_lost``, ``holder`` its instance id: stop serving the name). Sent to the instance's
+    reply list, or to ``reply_to`` (the host's, for a heartbeat that came in a ``lease``)."""
     payload: dict[str, str] = {"instance_id": instance_id, "reason": "unknown_agent"}
     if holder is not None:
         payload.update(reason=ErrorCode.NAME_LOST.value, holder=holder)
     queue_reply(
         pipe,
         settings,
-        settings.keys.replies(name, instance_id),
+        reply_to or settings.keys.replies(name, instance_id),
         type=ControlType.REANNOUNCE,
         kind=Kind.CONTROL,
         target=name,
@@ -163,6 +167,7 @@ _ANSWERS: dict[str, tuple[str, Kind]] = {
     ControlType.ANNOUNCE.value: (ControlType.ANNOUNCE_RESULT.value, Kind.REPLY),
     ControlType.HEARTBEAT.value: (ControlType.HEARTBEAT_RESULT.value, Kind.CONTROL),
     ControlType.LEAVE.value: (LEAVE_RESULT, Kind.REPLY),
+    ControlType.LEASE.value: (ControlType.LEASE_RESULT.value, Kind.CONTROL),
 }
 _MAX_ID = 128
 _MAX_INSTANCE_ID = 64

@@ -111,9 +111,9 @@ class ControlBatch:
 class ControlResult:
     """What a batch did besides the applied, answered and acknowledged entries."""
 
-    #: heartbeats from instances the registry does not hold: entry id -> the instance that
-    #: holds the name instead ("" if nobody does)
-    unknown: dict[str, str]
+    #: heartbeats from instances the registry does not hold: (entry id, name, instance id, the
+    #: instance that holds the name instead or "" if nobody does)
+    unknown: list[tuple[str, str, str, str]]
     refused: dict[str, tuple[str, str, str, str, str]]  # announce entry id -> the holder
     removed: int  # leaves that removed their instance
     failed: list[tuple[str, str]] = field(default_factory=list)  # (entry id, Redis's error)
@@ -183,11 +183,11 @@ class Registry:
         entries Redis refused are left to the caller (not acknowledged)."""
         args = batch.finish()
         if not args:
-            return ControlResult({}, {}, 0)
+            return ControlResult([], {}, 0)
         res: Any = await self._scripts.control(
             keys=self._control_keys, args=[*self._control_args, *args]
         )
-        unknown = {_text(eid): _text(holder) for eid, holder in res[0]}
+        unknown = [(_text(e), _text(n), _text(i), _text(h)) for e, n, i, h in res[0]]
         refused: dict[str, tuple[str, str, str, str, str]] = {}
         for row in res[1]:
             eid, inst, host, pid, last_seen, expires = (_text(x) for x in row)
@@ -209,8 +209,8 @@ class Registry:
         batch = ControlBatch()
         for hb in run:
             batch.heartbeat(hb)
-        unknown = set((await self.apply(batch)).unknown)
-        return [i for i, hb in enumerate(run) if hb[0] in unknown]
+        unknown = {(name, inst) for _, name, inst, _ in (await self.apply(batch)).unknown}
+        return [i for i, hb in enumerate(run) if (hb[1], hb[2]) in unknown]
 
     async def leave(self, name: str, instance_id: str, entry_id: str = "0-0") -> bool:
         batch = ControlBatch()

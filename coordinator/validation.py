@@ -25,6 +25,7 @@ __all__ = [
     "FastHeartbeat",
     "PreparedAnnounce",
     "fast_heartbeat",
+    "fast_lease",
     "is_identifier",
     "iso_ms",
     "prepare_announce",
@@ -39,6 +40,8 @@ _HB_ENVELOPE_FIELDS = frozenset(
     {b"v", b"id", b"kind", b"type", b"sender", b"target", b"sent_at", b"headers", b"payload"}
 )
 _HB_PAYLOAD_FIELDS = frozenset({"instance_id", "load", "status", "epoch"})
+_LEASE_PAYLOAD_FIELDS = frozenset({"host", "beats"})
+_MAX_BEATS = 100_000  # schemas.agent.Lease
 
 #: (entry id, name, instance id, load, status, epoch or "0"): what the heartbeat script takes,
 #: as strings.
@@ -56,9 +59,10 @@ def iso_ms(ms: int) -> str:
     return dt.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def fast_heartbeat(entry_id: str, fields: dict[bytes, bytes]) -> FastHeartbeat | None:
-    """Parse a plain heartbeat entry, or ``None`` when it needs the full (slow) validation."""
-    if fields.get(b"type") != b"heartbeat" or not fields.keys() <= _HB_ENVELOPE_FIELDS:
+def _plain_control(type: bytes, fields: dict[bytes, bytes]) -> tuple[bytes, Any] | None:
+    """(sender, decoded payload) of a plain control entry of ``type``: only the envelope fields
+    a heartbeat carries, version 1, a sender that is a name; ``None`` for anything else."""
+    if fields.get(b"type") != type or not fields.keys() <= _HB_ENVELOPE_FIELDS:
         return None
     v = fields.get(b"v")
     if v is not None and v != b"1":
@@ -67,17 +71,21 @@ def fast_heartbeat(entry_id: str, fields: dict[bytes, bytes]) -> FastHeartbeat |
     if sender is None or not _IDENT_BYTES_RE.match(sender):
         return None
     try:
-        payload = orjson.loads(fields.get(b"payload", b"null"))
+        return sender, orjson.loads(fields.get(b"payload", b"null"))
     except orjson.JSONDecodeError:
         return None
-    if type(payload) is not dict or not payload.keys() <= _HB_PAYLOAD_FIELDS:
-        return None
-    inst = payload.get("instance_id")
-    load = payload.get("load", 0)
-    status = payload.get("status", "ready")
-    epoch = payload.get("epoch") or 0
+
+
+def _beat(
+    entry_id: str, name: Any, inst: Any, load: Any, status: Any, epoch: Any
+) -> FastHeartbeat | None:
+    """One heartbeat's values, checked as the schemas would (``None``: not plain)."""
+    if epoch is None:
+        epoch = 0
     if (
-        type(inst) is not str
+        type(name) is not str
+        or not _IDENT_RE.match(name)
+        or type(inst) is not str
         or not _IDENT_RE.match(inst)
         or len(inst) > 64
         or type(load) is not int
@@ -87,7 +95,50 @@ def fast_heartbeat(entry_id: str, fields: dict[bytes, bytes]) -> FastHeartbeat |
         or epoch < 0
     ):
         return None
-    return (entry_id, sender.decode(), inst, str(load), status, str(epoch))
+    return (entry_id, name, inst, str(load), status, str(epoch))
+
+
+def fast_heartbeat(entry_id: str, fields: dict[bytes, bytes]) -> FastHeartbeat | None:
+    """Parse a plain heartbeat entry, or ``None`` when it needs the full (slow) validation."""
+    plain = _plain_control(b"heartbeat", fields)
+    if plain is None:
+        return None
+    sender, payload = plain
+    if type(payload) is not dict or not payload.keys() <= _HB_PAYLOAD_FIELDS:
+        return None
+    return _beat(
+        entry_id,
+        sender.decode(),
+        payload.get("instance_id"),
+        payload.get("load", 0),
+        payload.get("status", "ready"),
+        payload.get("epoch"),
+    )
+
+
+def fast_lease(entry_id: str, fields: dict[bytes, bytes]) -> list[FastHeartbeat] | None:
+    """Parse a plain ``lease`` entry (one heartbeat per hosted agent) into heartbeats, or
+    ``None`` when it needs the full (slow) validation."""
+    plain = _plain_control(b"lease", fields)
+    if plain is None:
+        return None
+    _, payload = plain
+    if type(payload) is not dict or payload.keys() != _LEASE_PAYLOAD_FIELDS:
+        return None
+    beats, host = payload["beats"], payload["host"]
+    if type(beats) is not list or len(beats) > _MAX_BEATS:
+        return None
+    if type(host) is not str or not _IDENT_RE.match(host):
+        return None
+    out: list[FastHeartbeat] = []
+    for beat in beats:
+        if type(beat) is not list or len(beat) != 5:
+            return None
+        hb = _beat(entry_id, *beat)
+        if hb is None:
+            return None
+        out.append(hb)
+    return out
 
 
 def validation_error_info(e: ValidationError, what: str) -> ErrorInfo:

@@ -12,6 +12,8 @@ from schemas.agent import (
     ControlType,
     Heartbeat,
     Leave,
+    LeaveResult,
+    Reannounce,
 )
 from schemas.envelope import (
     PROTOCOL_VERSION,
@@ -23,7 +25,7 @@ from schemas.envelope import (
     encode_json,
     new_id,
 )
-from schemas.errors import AgentbusError, ErrorCode, ErrorInfo
+from schemas.errors import AgentbusError, DeadLetterEntry, ErrorCode, ErrorInfo
 from schemas.events import ActivityEvent, ActivityType, RegistryEvent, RegistryEventType
 from schemas.keys import KeySpace
 
@@ -38,6 +40,7 @@ __all__ = [
     "AgentbusError",
     "Announce",
     "ControlType",
+    "DeadLetterEntry",
     "Envelope",
     "ErrorCode",
     "ErrorInfo",
@@ -45,6 +48,8 @@ __all__ = [
     "KeySpace",
     "Kind",
     "Leave",
+    "LeaveResult",
+    "Reannounce",
     "RegistryEvent",
     "RegistryEventType",
     "decode_fields",

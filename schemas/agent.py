@@ -12,17 +12,22 @@ Control messages travel in envelopes of kind ``control`` on the control stream:
 * ``heartbeat`` (payload ``Heartbeat``): extends liveness to entry time + ``ttl_ms``; an unknown
   instance is told to re-announce with a ``reannounce`` control envelope on its reply list; a
   heartbeat that fails validation is answered there with a ``heartbeat_result`` (``error``).
-* ``leave`` (payload ``Leave``): deregisters at once.
+* ``leave`` (payload ``Leave``): deregisters at once; with a ``reply_to`` it is answered with a
+  ``reply`` envelope of type ``leave_result`` (payload ``LeaveResult``).
+
+The answers the coordinator pushes to an instance's reply list are described here too:
+``Reannounce`` (the payload of a ``reannounce`` control envelope) and ``LeaveResult``.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from schemas.names import Identifier
 from schemas.semver import check_version
@@ -36,6 +41,8 @@ __all__ = [
     "ControlType",
     "Heartbeat",
     "Leave",
+    "LeaveResult",
+    "Reannounce",
 ]
 
 #: Largest encoded record (all hash fields and values together) the coordinator accepts.
@@ -54,10 +61,13 @@ class ControlType(StrEnum):
     ANNOUNCE = "announce"
     HEARTBEAT = "heartbeat"
     LEAVE = "leave"
+    LEASE = "lease"
     ANNOUNCE_RESULT = "announce_result"
     REANNOUNCE = "reannounce"
-    #: The coordinator's answer to a heartbeat it could not apply (``error`` says why).
+    #: The coordinator's answer to a heartbeat (or a host's lease) it could not apply
+    #: (``error`` says why).
     HEARTBEAT_RESULT = "heartbeat_result"
+    LEASE_RESULT = "lease_result"
 
 
 Version = Annotated[str, Field(min_length=1, max_length=64)]
@@ -188,6 +198,32 @@ class Heartbeat(BaseModel):
     )
 
 
+#: One heartbeat inside a ``lease``: name, instance_id, load, status, epoch (or null).
+LeaseBeat = tuple[Identifier, Identifier, int, AgentStatus, int | None]
+
+
+class Lease(BaseModel):
+    """Payload of a ``lease`` control message: the heartbeats of every agent a process hosts,
+    in one entry per interval (docs/PROTOCOL.md, "Hosts"). Each beat is applied exactly as a
+    ``heartbeat`` of that agent written at the entry's time."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    host: Identifier = Field(description="The hosting process's id (for logs and tools).")
+    beats: list[LeaseBeat] = Field(max_length=100_000)
+
+    @field_validator("beats")
+    @classmethod
+    def _beats(cls, beats: list[LeaseBeat]) -> list[LeaseBeat]:
+        for _, inst, load, _, epoch in beats:
+            if not 1 <= len(inst) <= 64 or load < 0 or (epoch is not None and epoch < 0):
+                raise ValueError(
+                    "each beat is [name, instance_id (1-64 chars), load >= 0, status, "
+                    "epoch >= 0 or null]"
+                )
+        return beats
+
+
 class Leave(BaseModel):
     """Payload of a ``leave`` control message."""
 
@@ -195,3 +231,34 @@ class Leave(BaseModel):
 
     instance_id: str = Field(min_length=1, max_length=64)
     reason: str = Field(default="shutdown", max_length=256)
+
+
+class LeaveResult(BaseModel):
+    """Payload of the ``leave_result`` reply to a ``leave`` that carried a ``reply_to``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    removed: bool = Field(
+        description="Whether this instance held the name and its record was removed (false: it "
+        "held nothing, e.g. it had expired or left already)."
+    )
+
+
+class Reannounce(BaseModel):
+    """Payload of a ``reannounce`` control envelope, pushed to an instance's reply list when the
+    coordinator received a heartbeat from an instance the registry does not hold."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    instance_id: str = Field(
+        min_length=1, max_length=64, description="The instance meant; others ignore it."
+    )
+    reason: Literal["unknown_agent", "name_lost"] = Field(
+        description="unknown_agent: nobody holds the name, announce again (same instance id); "
+        'name_lost: another instance holds it, stop serving the name (docs/PROTOCOL.md, "Fencing").'
+    )
+    holder: str | SkipJsonSchema[None] = Field(
+        default=None,
+        max_length=64,
+        description="With name_lost: the instance id that holds the name now.",
+    )

@@ -243,7 +243,7 @@ def _validate(raw: dict[str, Any]) -> Envelope:
             raise ProtocolError(
                 f"envelope field v must be the number {PROTOCOL_VERSION} in JSON, not the "
                 f"string {version!r}",
-                code=ErrorCode.UNDECODABLE,
+                code=ErrorCode.UNSUPPORTED_VERSION,
                 details={"field": "v"},
             )
         raise ProtocolError(

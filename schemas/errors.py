@@ -21,21 +21,25 @@ Exception tree (every exception agentbus raises derives from ``AgentbusError``):
         └── RemoteError           the handler answered with an error (code, description, details)
 
 Each exception carries ``info: ErrorInfo``, the same object that travels on the wire, so an error
-raised in one process can be re-raised unchanged in another.
+raised in one process can be re-raised unchanged in another. ``DeadLetterEntry`` is the other
+error record on the wire: an entry of the dead-letter stream.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from enum import StrEnum
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 __all__ = [
     "AgentNotFound",
     "AgentbusError",
     "ConfigurationError",
     "ConnectionFailed",
+    "DeadLetterEntry",
     "ErrorCode",
     "ErrorInfo",
     "EventsLost",
@@ -91,6 +95,51 @@ class ErrorInfo(BaseModel):
     code: str = Field(description="A stable machine-readable code, usually an ErrorCode value.")
     description: str = Field(description="One sentence for a person.")
     details: dict[str, Any] = Field(default_factory=dict, description="Structured context.")
+
+
+#: Prefix of the dead-letter fields that carry the original entry's fields.
+_ORIG_PREFIX = "orig."
+
+
+class DeadLetterEntry(BaseModel):
+    """The flat string fields of one entry of the dead-letter stream ``<ns>:deadletter``.
+
+    Besides the fields below, every field of the original entry is kept, unchanged, as
+    ``orig.<field>`` (a reply-list entry that did not decode is kept whole as ``orig.data``).
+    """
+
+    model_config = ConfigDict(
+        frozen=True,
+        extra="allow",
+        json_schema_extra={
+            "patternProperties": {
+                r"^orig\.": {"type": "string", "description": "An original field, unchanged."}
+            },
+            "additionalProperties": False,
+        },
+    )
+
+    reason: str = Field(description="One sentence for a person: why it could not be handled.")
+    code: str = Field(description="An ErrorCode value, or max_deliveries.")
+    source: str = Field(description="The key the entry came from (stream or reply list).")
+    source_id: str = Field(description="Its stream entry id there; empty for a reply list.")
+    failed_at: datetime = Field(description="When it was dead-lettered (ISO-8601 UTC).")
+    coordinator: str | SkipJsonSchema[None] = Field(
+        default=None, description="Only when a coordinator dead-lettered a control entry: its id."
+    )
+
+    @model_validator(mode="after")
+    def _only_original_fields(self) -> DeadLetterEntry:
+        for key, value in (self.model_extra or {}).items():
+            if not key.startswith(_ORIG_PREFIX) or not isinstance(value, str):
+                raise ValueError(f"unexpected dead-letter field {key!r}: only orig.<field> strings")
+        return self
+
+    @property
+    def original(self) -> dict[str, str]:
+        """The original entry's fields."""
+        extra = self.model_extra or {}
+        return {k[len(_ORIG_PREFIX) :]: v for k, v in extra.items()}
 
 
 class AgentbusError(Exception):

@@ -12,9 +12,18 @@ from pathlib import Path
 import orjson
 from pydantic import BaseModel
 
-from schemas.agent import AgentCard, AgentRecord, Announce, Heartbeat, Leave
+from schemas.agent import (
+    AgentCard,
+    AgentRecord,
+    Announce,
+    Heartbeat,
+    Lease,
+    Leave,
+    LeaveResult,
+    Reannounce,
+)
 from schemas.envelope import Envelope
-from schemas.errors import ErrorInfo
+from schemas.errors import DeadLetterEntry, ErrorInfo
 from schemas.events import ActivityEvent, RegistryEvent
 
 __all__ = ["JSON_DIR", "WIRE_TYPES", "render", "write"]
@@ -30,6 +39,10 @@ WIRE_TYPES: dict[str, type[BaseModel]] = {
     "announce": Announce,
     "heartbeat": Heartbeat,
     "leave": Leave,
+    "lease": Lease,
+    "leave-result": LeaveResult,
+    "reannounce": Reannounce,
+    "dead-letter": DeadLetterEntry,
     "registry-event": RegistryEvent,
     "activity-event": ActivityEvent,
 }

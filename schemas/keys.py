@@ -4,10 +4,14 @@ No other module formats a key. ``KeySpace(ns)`` builds them for one namespace (d
 ``agentbus``). The layout has two halves:
 
 * the **registry** (control plane) lives under the hash tag ``{registry}``, so one Lua script can
-  update a record and all its indexes atomically, also on Redis Cluster (one slot);
+  update a record and all its indexes atomically;
 * the **data plane** lives under one hash tag per agent (``{<name>}``), per role (``{<role>}``)
-  and per session, so traffic spreads over a cluster and each agent's own keys share one
-  prefix, ``<ns>:agent:{<name>}:``, for a per-agent ACL.
+  and per session, and each agent's own keys share one prefix, ``<ns>:agent:{<name>}:``, for a
+  per-agent ACL.
+
+The hash tags do not make agentbus run on Redis Cluster: the coordinator's control script also
+pushes to agents' reply lists (other slots, not declared in its KEYS) and several data-plane
+scripts touch two slots, so it needs one Redis server (docs/PROTOCOL.md, "Redis Cluster").
 
 Data model (mirrored in docs/PROTOCOL.md; ``R`` = ``<ns>:{registry}``):
 

@@ -292,7 +292,7 @@ async def test_a_broadcast_without_a_handler_is_counted(
 @pytest.mark.parametrize(
     ("data", "code", "says"),
     [
-        (b'{"v": "1", "type": "x"}', "undecodable", "v must be the number 1 in JSON"),
+        (b'{"v": "1", "type": "x"}', "unsupported_version", "v must be the number 1 in JSON"),
         (b'{"v": 2, "type": "x"}', "unsupported_version", "version 2 (field v)"),
         (b'{"type": "x", "colour": "red"}', "undecodable", "colour: unknown field"),
         (b'{"type": "x", "headers": {"a": 1}}', "undecodable", "headers.a: Input should be"),
@@ -304,3 +304,23 @@ def test_decoding_errors_name_the_field(data: bytes, code: str, says: str) -> No
         decode_json(data)
     assert caught.value.code == code
     assert says in caught.value.description
+
+
+async def test_a_bad_lease_is_answered_to_its_host(
+    coordinator: Coordinator, r: aioredis.Redis, keys: KeySpace
+) -> None:
+    reply_to = keys.replies("host-9", "h9")
+    payload = {"host": "host-9", "beats": [["a", "i1", 0, "asleep", None]]}
+    fields = {
+        "v": "1", "kind": "control", "type": "lease", "sender": "host-9", "id": "lease-1",
+        "reply_to": reply_to, "payload": orjson.dumps(payload).decode(),
+    }  # fmt: skip
+    await xadd_control(r, keys, fields)
+    popped: Any = await r.brpop([reply_to], timeout=10)
+    assert popped is not None
+    answer = decode_json(popped[1])
+    assert (answer.kind.value, answer.type) == ("control", "lease_result")
+    assert answer.correlation_id == "lease-1"
+    assert answer.error is not None
+    assert answer.error.code == "invalid_record"
+    assert "payload.beats" in answer.error.description

@@ -278,7 +278,8 @@ async def test_nothing_is_handled_while_the_lease_has_lapsed(
         assert handled == []
         # the registry holds the instance again: it claims the entry once it idled a TTL
         agent.fence.renew(time.monotonic())
-        await membership.start()
+        assert agent.host.heartbeats is not None
+        await membership.start(agent.host.heartbeats)
         await wait_for(lambda: handled, message="the entry handled after the lease came back")
         assert handled == [2]  # a redelivery
 

@@ -11,6 +11,7 @@ from coordinator.cli.deadletter import deadletter
 from coordinator.cli.demo import demo
 from coordinator.cli.messages import broadcast, publish, request, send, subscribe
 from coordinator.cli.reach import UP_URL
+from coordinator.cli.run_cmd import run
 from coordinator.cli.stats_cmd import stats
 from coordinator.cli.up import up
 from coordinator.cli.watch_cmd import watch
@@ -52,6 +53,7 @@ def cli(ctx: click.Context, redis_url: str | None, namespace: str | None, log_le
 cli.add_command(up)
 cli.add_command(demo)
 cli.add_command(coordinator)
+cli.add_command(run)
 cli.add_command(agents)
 for command in (send, request, broadcast, publish, subscribe, deadletter):
     cli.add_command(command)

@@ -25,8 +25,10 @@
 -- included).
 -- Heartbeats, accepted announces and leaves are XACKed; a refused announce is not (the caller
 -- answers it, then acknowledges it), nor an entry Redis refused (the caller dead-letters it).
--- Returns { { {entry id, holder's instance_id or ''}, ... } (heartbeats from instances the
---             registry does not hold, and who holds the name instead),
+-- Consecutive heartbeat lines may share an entry id (the beats of one `lease` entry): the entry
+-- is acknowledged once.
+-- Returns { { {entry id, name, instance_id, holder's instance_id or ''}, ... } (heartbeats from instances
+--             the registry does not hold, and who holds the name instead),
 --           { {entry id, holder's instance_id, host, pid, last_seen, expires_in_ms}, ... }
 --             (announces refused: name_taken),
 --           number of leaves that removed their instance,
@@ -77,7 +79,7 @@ local function heartbeat(eid, name, inst, load, status, epoch)
   if cur[1] ~= inst or not ttl then
     -- written before the instance left or expired: late, changes nothing; else the instance
     -- is told to re-announce (or that another instance holds its name)
-    if not fenced(inst, ems) then unknown[#unknown + 1] = { eid, cur[1] or '' } end
+    if not fenced(inst, ems) then unknown[#unknown + 1] = { eid, name, inst, cur[1] or '' } end
     return
   end
   if epoch ~= '0' and cur[6] and epoch ~= cur[6] then return end  -- an earlier registration's
@@ -247,17 +249,22 @@ while i <= #ARGV do
     local ok = pcall(function()
       for eid, name, inst, load, status, epoch in string.gmatch(run, HB) do
         heartbeat(eid, name, inst, load, status, epoch)
-        acks[#acks + 1] = eid
+        if acks[#acks] ~= eid then acks[#acks + 1] = eid end
       end
     end)
     if not ok then
       -- again one by one (a heartbeat applied twice changes nothing), to fail only the culprit
+      -- (a lease entry fails whole if one of its beats fails)
       for k = #acks, n_acks + 1, -1 do acks[k] = nil end
       for k = #unknown, n_unknown + 1, -1 do unknown[k] = nil end
+      local bad = {}
       for eid, name, inst, load, status, epoch in string.gmatch(run, HB) do
-        if try(eid, heartbeat, eid, name, inst, load, status, epoch) then
-          acks[#acks + 1] = eid
+        if not bad[eid] and not try(eid, heartbeat, eid, name, inst, load, status, epoch) then
+          bad[eid] = true
         end
+      end
+      for eid in string.gmatch(run, '(%S+) %S+ %S+ %S+ %S+ %S+') do
+        if not bad[eid] and acks[#acks] ~= eid then acks[#acks + 1] = eid end
       end
     end
     i = i + 2

@@ -39,3 +39,11 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
 def volatile_cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
     """A cluster whose Redis keeps nothing across a restart (no AOF, no RDB)."""
     yield from _run(request, Cluster(persistent=False))
+
+
+@pytest.fixture
+def patient_cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    """A cluster whose agents wait up to 30 s for a name another instance still holds: a
+    replacement started right after its predecessor was killed or frozen joins once the
+    predecessor expires, instead of failing with ``name_taken``."""
+    yield from _run(request, Cluster(name_wait=30.0))

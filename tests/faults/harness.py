@@ -68,6 +68,7 @@ def fleet_env(settings: Settings, **extra: str) -> dict[str, str]:
         "AGENTBUS_TTL": str(settings.ttl),
         "AGENTBUS_CLAIM_INTERVAL": str(settings.claim_interval),
         "AGENTBUS_ANNOUNCE_TIMEOUT": str(settings.announce_timeout),
+        "AGENTBUS_NAME_WAIT": str(settings.name_wait),
         "AGENTBUS_SHUTDOWN_GRACE": str(settings.shutdown_grace),
         "AGENTBUS_RETRY_MAX_BACKOFF": str(settings.retry_max_backoff),
         "AGENTBUS_MAX_DELIVERIES": str(settings.max_deliveries),
@@ -187,14 +188,20 @@ class FleetProc(Child):
         hold: float = 0.0,
         topic: str = "",
         label: str | None = None,
+        capabilities: tuple[str, ...] = (),
+        tags: tuple[str, ...] = (),
     ) -> None:
         self.names = names
+        self.role = role
+        self.capabilities = capabilities
+        self.tags = tags
         label = label or f"fleet-{names[0]}"
         self.log = tmp / f"{label}.ledger"
         argv = [
             sys.executable, "-m", "tests.faults.fleet", "--log", str(self.log),
             "--names", ",".join(names), "--role", role, "--concurrency", str(concurrency),
-            "--hold", str(hold), "--topic", topic,
+            "--hold", str(hold), "--topic", topic, "--caps", ",".join(capabilities),
+            "--tags", ",".join(tags),
         ]  # fmt: skip
         super().__init__(argv, fleet_env(settings), tmp, label)
 

@@ -1,0 +1,198 @@
+"""The heartbeat loop of a host: one control entry per interval for every agent it carries.
+
+Every ``heartbeat_interval`` (or at once after ``wake()``) the loop looks at each member:
+
+* lost its name: skipped (it is stopping);
+* asked to announce again (``reannounce`` from the coordinator) or stalled (its last heartbeat
+  that reached Redis was sent more than a TTL ago: the process was frozen, its loop blocked, or
+  Redis unreachable, so the registry may have expired it): a re-announcement is started for it
+  in a task of its own (one at a time per member), and it is not heartbeated meanwhile;
+* otherwise it is due: all due members go out in ONE entry, a plain ``heartbeat`` when the host
+  carries a single agent whose reply list is the host's (a lone ``Agent``: the wire of protocol
+  1), else a ``lease`` (docs/PROTOCOL.md, "Hosts") whose ``reply_to`` is the host's reply list.
+  When Redis took the entry, every member in it renews its fence from the time it was sent.
+
+The loop never dies on an error: it logs, backs off and continues.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+import redis.asyncio as aioredis
+
+from agent_sdk.connection import CONNECTION_ERRORS
+from agent_sdk.membership import Membership, xadd_control
+from agent_sdk.settings import Settings
+from agent_sdk.tasks import cancel_all, cancel_and_wait
+from schemas.agent import ControlType
+from schemas.envelope import Envelope, Kind
+from schemas.errors import AgentbusError
+
+__all__ = ["Heartbeats"]
+
+log = logging.getLogger("agentbus.heartbeats")
+
+#: Errors the loop logs and retries after a backoff.
+_RETRYABLE: tuple[type[BaseException], ...] = (AgentbusError, *CONNECTION_ERRORS)
+
+
+class Heartbeats:
+    """Heartbeats every member of one host. ``start``/``stop`` are idempotent."""
+
+    def __init__(
+        self, client: aioredis.Redis, settings: Settings, *, host: str, reply_to: str
+    ) -> None:
+        self.client = client
+        self.settings = settings
+        self.host = host
+        self.reply_to = reply_to
+        self.members: dict[str, Membership] = {}
+        self._reannouncing: dict[str, asyncio.Task[None]] = {}
+        self._failures: dict[str, int] = {}  # re-announcements failed in a row, per member
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        #: Entries written (a ``heartbeat`` or a ``lease``): for tests and stats.
+        self.sent = 0
+
+    def add(self, member: Membership) -> None:
+        self.members[member.card.name] = member
+        self.wake()
+
+    def remove(self, member: Membership) -> None:
+        """Stop carrying ``member`` (a re-announcement under way is left to finish)."""
+        if self.members.get(member.card.name) is member:
+            del self.members[member.card.name]
+
+    async def discard(self, member: Membership) -> None:
+        """Stop carrying ``member`` and wait for its re-announcement, if one is under way."""
+        self.remove(member)
+        task = self._reannouncing.pop(member.card.name, None)
+        if task is not None:
+            await cancel_and_wait(task)
+
+    def wake(self) -> None:
+        """Send the next entry now."""
+        self._wake.set()
+
+    async def send_now(self, member: Membership) -> None:
+        """Heartbeat ``member`` alone, now, and return once Redis has it (its ``draining``
+        status before it leaves, which a wake-up could lose to the stop that follows)."""
+        attempt = time.monotonic()
+        await self._send([member])
+        member.beat_sent(attempt)
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._loop(), name=f"agentbus-heartbeats:{self.host}")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            await cancel_and_wait(task)
+        tasks = list(self._reannouncing.values())
+        self._reannouncing.clear()
+        await cancel_all(tasks)
+
+    # -- the loop ------------------------------------------------------------------------------
+    async def _loop(self) -> None:
+        interval = self.settings.heartbeat_interval
+        backoff = 0.05
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), interval)
+            self._wake.clear()
+            attempt = time.monotonic()
+            due = self._due(attempt)
+            if not due:
+                continue
+            try:
+                await self._send(due)
+            except asyncio.CancelledError:
+                raise
+            except _RETRYABLE as e:
+                log.warning("%s: heartbeat failed (%s); retrying in %.2fs", self.host, e, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.settings.retry_max_backoff)
+                continue
+            except Exception:
+                log.exception("%s: heartbeat loop error; retrying in %.2fs", self.host, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.settings.retry_max_backoff)
+                continue
+            # when it was sent, not when Redis answered: a stall may sit in between
+            for member in due:
+                member.beat_sent(attempt)
+            backoff = 0.05
+
+    def _due(self, now: float) -> list[Membership]:
+        """The members to heartbeat now; re-announcements started for those that need one."""
+        ttl = self.settings.ttl
+        due = []
+        for member in list(self.members.values()):
+            if member.fence.lost is not None:
+                continue
+            stalled = now - member.last_ok > ttl
+            if member.needs_announce or stalled:
+                if stalled and not member.needs_announce:
+                    log.warning(
+                        "%s: no heartbeat for %.2fs (TTL %.2fs): re-announcing",
+                        member.card.name,
+                        now - member.last_ok,
+                        ttl,
+                    )
+                self._reannounce(member)
+                continue
+            due.append(member)
+        return due
+
+    def _reannounce(self, member: Membership) -> None:
+        name = member.card.name
+        running = self._reannouncing.get(name)
+        if running is not None and not running.done():
+            return
+        member.needs_announce = True  # until it succeeds
+        self._reannouncing[name] = asyncio.create_task(
+            self._reannounce_once(member), name=f"agentbus-reannounce:{name}"
+        )
+
+    async def _reannounce_once(self, member: Membership) -> None:
+        name = member.card.name
+        try:
+            await member.reannounce()
+            self._failures.pop(name, None)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            fails = self._failures[name] = self._failures.get(name, 0) + 1
+            delay = min(0.05 * 2**fails, self.settings.retry_max_backoff)
+            if isinstance(e, _RETRYABLE):
+                log.warning("%s: re-announce failed (%s); again in %.2fs", name, e, delay)
+            else:
+                log.exception("%s: re-announce failed; again in %.2fs", name, delay)
+            await asyncio.sleep(delay)
+        finally:
+            if self._reannouncing.get(member.card.name) is asyncio.current_task():
+                del self._reannouncing[member.card.name]
+            self.wake()
+
+    async def _send(self, due: list[Membership]) -> None:
+        only = due[0]
+        alone = len(self.members) <= 1 and only.router.key == self.reply_to
+        if len(due) == 1 and alone:
+            env = only.heartbeat_envelope()
+            doing = f"sending a heartbeat for {only.card.name!r}"
+        else:
+            env = Envelope(  # schemas.agent.Lease, built without validating our own values
+                kind=Kind.CONTROL,
+                type=ControlType.LEASE.value,
+                sender=self.host,
+                reply_to=self.reply_to,
+                payload={"host": self.host, "beats": [m.beat() for m in due]},
+            )
+            doing = f"sending the lease of host {self.host!r} ({len(due)} agents)"
+        await xadd_control(self.client, self.settings, env, doing)
+        self.sent += 1

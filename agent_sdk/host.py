@@ -1,0 +1,250 @@
+"""``Host``: many agents in one process, sharing its connection and its control plane.
+
+::
+
+    host = Host()
+    planner = host.agent("planner", "planner")
+    summarizers = [host.agent(f"sum-{i}", "summarizer", capabilities=["pdf"]) for i in range(50)]
+
+    async with host:                                  # registers every agent created on it
+        async with host.agent("user-42", "assistant") as assistant:   # one more, for a while
+            ...
+
+A host owns the Redis client (a ``Bus``), ONE reply list read by one loop (announce results,
+``reannounce`` requests and the replies to its agents' requests, routed by correlation id and
+target), and ONE heartbeat loop that carries every agent in one control entry per interval (a
+``lease``, docs/PROTOCOL.md "Hosts"). Each agent still has its own card, instance id, epoch and
+fence (``agent_sdk.fence``): one agent losing its name stops that agent only.
+
+Today each hosted agent still reads its own streams and pub/sub channels: about
+``CONNECTIONS_PER_AGENT`` connections each (its blocking reader, its acks, its send and reply
+batchers, its pub/sub connection), so the host's pool is sized for ``max_agents`` of them.
+
+A lone ``Agent(...)`` is a host of one (it makes its own, named after it, whose reply list is the
+agent's own: the wire of a lone agent is unchanged). Names are unique on a host: a second agent
+with the name of one it carries is refused when it is created.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from agent_sdk.bus import Bus, resolve_settings
+from agent_sdk.heartbeats import Heartbeats
+from agent_sdk.replies import ReplyRouter
+from agent_sdk.settings import Settings
+from schemas.agent import ControlType
+from schemas.envelope import Envelope, new_id
+from schemas.errors import InvalidInput, NameLost
+from schemas.names import check_identifier
+
+if TYPE_CHECKING:
+    from agent_sdk.agent import Agent
+
+__all__ = ["CONNECTIONS_PER_AGENT", "Host"]
+
+log = logging.getLogger("agentbus.host")
+
+#: Connections one hosted agent's data plane may hold at once (see the module docstring).
+CONNECTIONS_PER_AGENT = 6
+
+
+class Host:
+    """Carries agents. An async context manager; ``start``/``stop`` are idempotent."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        name: str | None = None,
+        bus: Bus | None = None,
+        max_agents: int = 100_000,
+        instance_id: str | None = None,
+        **overrides: Any,
+    ) -> None:
+        if bus is not None and (settings is not None or overrides):
+            raise InvalidInput("pass either bus= or settings/overrides, not both")
+        self.settings = bus.settings if bus is not None else resolve_settings(settings, overrides)
+        self.instance_id = instance_id or new_id()
+        try:
+            self.name = check_identifier(name or f"host-{self.instance_id[:16]}")
+        except ValueError as e:
+            raise InvalidInput(f"invalid host name {name!r}: {e}") from e
+        if max_agents < 1:
+            raise InvalidInput(f"max_agents must be >= 1, got {max_agents}")
+        self.max_agents = max_agents
+        if bus is None:
+            pool = self.settings.max_connections + CONNECTIONS_PER_AGENT * max_agents
+            bus = Bus(self.settings.model_copy(update={"max_connections": pool}))
+            self._owns_bus = True
+        else:
+            self._owns_bus = False
+        self.bus = bus
+        self.router = ReplyRouter(
+            self.settings,
+            self.settings.keys.replies(self.name, self.instance_id),
+            on_unsolicited=self._on_control,
+            owner=self.name,
+        )
+        self.heartbeats: Heartbeats | None = None
+        #: The agents this host carries, by name (created on it and not stopped yet).
+        self.agents: dict[str, Agent] = {}
+        self.stopped = asyncio.Event()
+        self._state = "new"  # new -> starting -> running -> stopping -> stopped
+        self._lock: asyncio.Lock | None = None
+
+    def __repr__(self) -> str:
+        return f"Host(name={self.name!r}, agents={len(self.agents)})"
+
+    @property
+    def running(self) -> bool:
+        return self._state == "running"
+
+    # -- agents --------------------------------------------------------------------------------
+    def agent(
+        self,
+        name: str,
+        role: str,
+        *,
+        capabilities: Iterable[str] = (),
+        tags: Iterable[str] = (),
+        version: str = "0.0.0",
+        description: str = "",
+        region: str | None = None,
+        max_concurrency: int = 1,
+        metadata: Mapping[str, str] | None = None,
+        on_name_lost: Callable[[NameLost], None] | None = None,
+    ) -> Agent:
+        """A new agent carried by this host (the same card arguments as ``Agent``). Started with
+        the host, or by ``async with`` / ``start()`` while the host runs."""
+        from agent_sdk.agent import Agent
+
+        return Agent(
+            name, role, capabilities=capabilities, tags=tags, version=version,
+            description=description, region=region, max_concurrency=max_concurrency,
+            metadata=metadata, on_name_lost=on_name_lost, host=self,
+        )  # fmt: skip
+
+    def attach(self, agent: Agent) -> None:
+        """Carry ``agent`` (called by ``Agent`` when it is created on this host)."""
+        if agent.name in self.agents:
+            raise InvalidInput(
+                f"host {self.name!r} already carries an agent named {agent.name!r} "
+                f"(instance {self.agents[agent.name].instance_id}); names are unique on a host"
+            )
+        if len(self.agents) >= self.max_agents:
+            raise InvalidInput(
+                f"host {self.name!r} carries {len(self.agents)} agents, its max_agents: "
+                f"cannot add {agent.name!r}"
+            )
+        self.agents[agent.name] = agent
+
+    def detach(self, agent: Agent) -> None:
+        """Stop carrying ``agent`` (it stopped): its name is free on this host again."""
+        if self.agents.get(agent.name) is agent:
+            del self.agents[agent.name]
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    async def start(self) -> Host:
+        """Start the shared machinery, then register every agent created on the host (at
+        once: their announcements go out together). If one cannot register, the host stops
+        and the error is raised."""
+        await self.start_shared()
+        pending = [a for a in list(self.agents.values()) if a.state == "new"]
+        results = await asyncio.gather(*(a.start() for a in pending), return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            await self.stop()
+            raise errors[0]
+        return self
+
+    async def start_shared(self) -> None:
+        """Start what the agents share (client, reply list, heartbeat loop). Idempotent."""
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if self._state in ("starting", "running"):
+                return
+            if self._state != "new":
+                raise InvalidInput(f"{self!r} was stopped; create a new Host to run again")
+            self._state = "starting"
+            self.stopped.clear()
+            try:
+                await self.bus.start()
+                await self.router.start()
+                self.heartbeats = Heartbeats(
+                    self.bus.client, self.settings, host=self.name, reply_to=self.router.key
+                )
+                await self.heartbeats.start()
+            except BaseException:
+                await self._stop_shared()
+                raise
+            self._state = "running"
+
+    async def stop(self) -> None:
+        """Stop every agent it carries (each drains and leaves), then the shared machinery."""
+        if self._state in ("new", "stopped"):
+            self._state = "stopped"
+            self.stopped.set()
+            return
+        if self._state == "stopping":
+            await self.stopped.wait()
+            return
+        self._state = "stopping"
+        agents = list(self.agents.values())
+        await asyncio.gather(*(a.stop() for a in agents), return_exceptions=True)
+        await self._stop_shared()
+
+    async def _stop_shared(self) -> None:
+        try:
+            if self.heartbeats is not None:
+                await self.heartbeats.stop()
+            await self.router.stop()
+        finally:
+            if self._owns_bus:
+                await self.bus.stop()
+            self._state = "stopped"
+            self.stopped.set()
+
+    async def wait_stopped(self) -> None:
+        await self.stopped.wait()
+
+    def run(self) -> int:
+        """Run the host until SIGTERM or SIGINT, then stop every agent gracefully; a second
+        signal exits at once. The executable edge (``agent_sdk.runner``)."""
+        from agent_sdk.runner import run
+
+        return run(self)
+
+    async def __aenter__(self) -> Host:
+        return await self.start()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    # -- control envelopes for the agents --------------------------------------------------
+    async def _on_control(self, env: Envelope) -> None:
+        if env.type == ControlType.LEASE_RESULT:  # our lease was refused: no agent was renewed
+            error = env.error
+            log.warning(
+                "%s: the coordinator refused a lease: [%s] %s",
+                self.name,
+                error.code if error is not None else "?",
+                error.description if error is not None else "no reason given",
+            )
+            return
+        agent = self.agents.get(env.target or "")
+        if agent is None:
+            log.debug("%s: control envelope %s for %r, not carried here", self.name, env.type,
+                      env.target)  # fmt: skip
+            return
+        await agent.on_control(env)

@@ -1,0 +1,203 @@
+"""``Host``: many agents in one process, one reply list, one heartbeat entry per interval."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+import pytest
+import redis.asyncio as aioredis
+
+from agent_sdk import Agent, Bus, Host, InvalidInput, NameLost
+from agent_sdk.settings import Settings
+from coordinator import Coordinator
+from schemas.envelope import Envelope, Kind, encode_json
+from schemas.events import RegistryEvent, RegistryEventType
+from schemas.keys import KeySpace
+from tests.support import wait_for
+
+
+async def _names(r: aioredis.Redis, keys: KeySpace) -> set[str]:
+    return set(await r.smembers(keys.agents()))
+
+
+async def _events(r: aioredis.Redis, keys: KeySpace) -> list[RegistryEvent]:
+    rows: Any = await r.xrange(keys.events())
+    return [RegistryEvent.from_fields(i, f) for i, f in rows]
+
+
+async def test_a_host_registers_its_agents_and_heartbeats_them_in_one_entry(
+    coordinator: Coordinator, settings: Settings, r: aioredis.Redis, keys: KeySpace
+) -> None:
+    host = Host(settings, name="h1")
+    for i in range(40):
+        host.agent(f"a{i}", "worker", capabilities=["x"])
+    async with host:
+        assert await _names(r, keys) == {f"a{i}" for i in range(40)}
+        beats = host.heartbeats
+        assert beats is not None
+        first = beats.sent
+        # three TTLs: nobody expires, and one entry per interval carried all 40
+        await asyncio.sleep(3 * settings.ttl)  # the time under test
+        assert await _names(r, keys) == {f"a{i}" for i in range(40)}
+        sent = beats.sent - first
+        intervals = 3 * settings.ttl / settings.heartbeat_interval
+        assert 0.5 * intervals <= sent <= 2 * intervals + 2, (sent, intervals)
+        assert coordinator.stats.heartbeats >= 40 * sent * 0.9
+    assert await _names(r, keys) == set()  # every agent left with the host
+    kinds = {e.type for e in await _events(r, keys)}
+    assert RegistryEventType.AGENT_EXPIRED not in kinds
+
+
+async def test_agents_come_and_go_while_the_host_runs(
+    coordinator: Coordinator, settings: Settings, r: aioredis.Redis, keys: KeySpace
+) -> None:
+    async with Host(settings, name="h2") as host:
+        host.agent("resident", "worker")  # created after start: started by hand below
+        assert await _names(r, keys) == set()
+        await host.agents["resident"].start()
+        for round_ in range(3):  # a per-user agent per request, the same name each time
+            async with host.agent("user-42", "assistant") as user:
+                assert (await r.hget(keys.record("user-42"), "instance_id")) == user.instance_id
+                assert await _names(r, keys) == {"resident", "user-42"}
+            assert await _names(r, keys) == {"resident"}, round_  # left at once
+            assert "user-42" not in host.agents
+    deregistered = [
+        e for e in await _events(r, keys) if e.type is RegistryEventType.AGENT_DEREGISTERED
+    ]
+    assert [e.name for e in deregistered].count("user-42") == 3
+
+
+async def test_names_are_unique_on_a_host_and_max_agents_holds(settings: Settings) -> None:
+    host = Host(settings, name="h3", max_agents=2)
+    first = host.agent("same", "worker")
+    with pytest.raises(InvalidInput, match="already carries an agent named 'same'"):
+        host.agent("same", "worker")
+    host.agent("other", "worker")
+    with pytest.raises(InvalidInput, match="max_agents"):
+        host.agent("third", "worker")
+    assert host.agents == {"same": first, "other": host.agents["other"]}
+    with pytest.raises(InvalidInput, match="pass host= alone"):
+        Agent("x", "worker", host=host, settings=settings)
+    with pytest.raises(InvalidInput, match="invalid host name"):
+        Host(settings, name="not a name")
+
+
+async def test_an_agent_needs_its_host_running(settings: Settings) -> None:
+    host = Host(settings, name="h4")
+    agent = host.agent("early", "worker")
+    with pytest.raises(InvalidInput, match="start the host first"):
+        await agent.start()
+
+
+async def test_requests_reach_hosted_agents_and_a_slow_one_delays_no_other(
+    coordinator: Coordinator, settings: Settings
+) -> None:
+    host = Host(settings, name="h5")
+    slow, fast = host.agent("slow", "worker"), host.agent("fast", "worker")
+    release = asyncio.Event()
+
+    @slow.on("work")
+    async def slow_work(payload: Any) -> str:
+        await release.wait()
+        return "slow done"
+
+    @fast.on("work")
+    async def fast_work(payload: Any) -> str:
+        return "fast done"
+
+    @fast.on("boom")
+    async def boom(payload: Any) -> str:
+        raise RuntimeError("only this handler fails")
+
+    async with host, Bus(settings) as bus:
+        pending = asyncio.ensure_future(bus.request("slow", "work", {}, timeout=20))
+        assert await bus.request("fast", "work", {}, timeout=10) == "fast done"
+        assert not pending.done()  # the slow handler still runs; the other agent answered
+        with pytest.raises(Exception, match="only this handler fails"):
+            await bus.request("fast", "boom", {}, timeout=10)
+        release.set()
+        assert await pending == "slow done"
+        # hosted agents talk to each other through the host's one reply list
+        assert await slow.request("fast", "work", {}, timeout=10) == "fast done"
+        assert slow.reply_key == fast.reply_key == host.router.key
+
+
+async def test_one_agent_losing_its_name_stops_only_that_agent(
+    coordinator: Coordinator, settings: Settings, r: aioredis.Redis, keys: KeySpace
+) -> None:
+    host = Host(settings, name="h6")
+    victim, bystander = host.agent("victim", "worker"), host.agent("bystander", "worker")
+    async with host:
+        env = Envelope(
+            kind=Kind.CONTROL,
+            type="reannounce",
+            sender="coordinator",
+            target="victim",
+            payload={"instance_id": victim.instance_id, "reason": "name_lost", "holder": "x"},
+        )
+        await r.lpush(host.router.key, encode_json(env))
+        await asyncio.wait_for(victim.wait_stopped(), 10)
+        assert isinstance(victim.name_lost, NameLost)
+        assert bystander.running
+        assert "victim" not in host.agents
+        assert await r.hget(keys.record("bystander"), "instance_id") == bystander.instance_id
+
+
+async def test_a_hosted_agent_that_expired_announces_again(
+    coordinator: Coordinator, settings: Settings, r: aioredis.Redis, keys: KeySpace
+) -> None:
+    """The registry dropped one agent (Redis lost it): the next lease beat of that agent is
+    answered on the host's reply list, and the agent announces again (same instance)."""
+    host = Host(settings, name="h7")
+    agent = host.agent("dropped", "worker")
+    host.agent("kept", "worker")
+    async with host:
+        await r.delete(keys.record("dropped"))
+        await r.srem(keys.agents(), "dropped")
+        await wait_for(
+            lambda: r.hget(keys.record("dropped"), "instance_id"), message="announced again"
+        )
+        assert await r.hget(keys.record("dropped"), "instance_id") == agent.instance_id
+        membership = agent._membership
+        assert membership is not None
+        assert membership.reannounces >= 1
+
+
+async def test_a_lone_agent_keeps_the_wire_of_one_agent(
+    coordinator: Coordinator, settings: Settings, r: aioredis.Redis, keys: KeySpace
+) -> None:
+    """A lone Agent is a host of one: its reply list is its own and it sends plain
+    heartbeats (never a lease)."""
+    async with Agent("alone", "worker", settings=settings) as agent:
+        assert agent.reply_key == keys.replies("alone", agent.instance_id)
+        assert agent.host.name == "alone"
+        beats = agent.host.heartbeats
+        assert beats is not None
+        await wait_for(lambda: beats.sent >= 2, message="two heartbeats")
+        rows: Any = await r.xrange(keys.control())
+        types = {fields["type"] for _, fields in rows}
+        assert "lease" not in types
+        assert orjson.loads(rows[-1][1]["payload"])["instance_id"] == agent.instance_id
+
+
+@pytest.mark.parametrize("hosted", [True, False])
+async def test_an_agent_reports_draining_before_it_leaves(
+    coordinator: Coordinator, settings: Settings, r: aioredis.Redis, keys: KeySpace, hosted: bool
+) -> None:
+    if hosted:
+        async with Host(settings, name="h8") as host:
+            host.agent("other", "worker")
+            await host.agents["other"].start()
+            async with host.agent("drainer", "worker"):
+                pass
+    else:
+        async with Agent("drainer", "worker", settings=settings):
+            pass
+    events = [e for e in await _events(r, keys) if e.name == "drainer"]
+    kinds = [e.type for e in events]
+    assert kinds[0] is RegistryEventType.AGENT_REGISTERED
+    assert kinds[-1] is RegistryEventType.AGENT_DEREGISTERED
+    updates = [e for e in events if e.type is RegistryEventType.AGENT_UPDATED]
+    assert [u.changes.get("status") for u in updates] == [["ready", "draining"]]
