@@ -201,3 +201,32 @@ async def test_an_agent_reports_draining_before_it_leaves(
     assert kinds[-1] is RegistryEventType.AGENT_DEREGISTERED
     updates = [e for e in events if e.type is RegistryEventType.AGENT_UPDATED]
     assert [u.changes.get("status") for u in updates] == [["ready", "draining"]]
+
+
+async def test_a_reader_whose_stream_is_deleted_recovers_without_a_traceback(
+    coordinator: Coordinator,
+    settings: Settings,
+    r: aioredis.Redis,
+    keys: KeySpace,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Redis 7 answers a read blocked on a stream that is deleted with ``UNBLOCKED``: the
+    reader recreates its groups (as after ``NOGROUP``) and logs a warning, not a traceback."""
+    got: list[Any] = []
+    agent = Agent("unblocked", "worker", settings=settings)
+
+    @agent.on("job")
+    async def job(payload: Any) -> None:
+        got.append(payload)
+
+    async with agent, Bus(settings) as bus:
+        consumer = agent.messaging.consumer
+        assert consumer is not None
+        await wait_for(lambda: consumer.blocking, message="the reader blocks")
+        await r.delete(keys.inbox("unblocked"))
+        await wait_for(
+            lambda: r.exists(keys.inbox("unblocked")), message="the inbox and its group recreated"
+        )
+        await bus.send("unblocked", "job", {"n": 1})
+        await wait_for(lambda: got, message="handled after the stream was recreated")
+    assert not [rec for rec in caplog.records if rec.levelname == "ERROR"]

@@ -75,9 +75,11 @@ _PRUNE_EVERY = 50  # claim rounds
 
 
 def _nogroup(e: BaseException) -> bool:
+    """The group is gone: ``NOGROUP`` (Redis lost the stream), or Redis 7's ``UNBLOCKED`` (the
+    stream was deleted while a read was blocked on it)."""
     if isinstance(e, BaseExceptionGroup):
         return any(_nogroup(x) for x in e.exceptions)
-    return isinstance(e, ResponseError) and "NOGROUP" in str(e)
+    return isinstance(e, ResponseError) and ("NOGROUP" in str(e) or "UNBLOCKED" in str(e))
 
 
 def _by_stream(reply: Any) -> dict[str, Any]:
