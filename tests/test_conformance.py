@@ -114,6 +114,16 @@ async def test_cli_prints_one_line_per_check_and_exits_0(settings: Settings) -> 
     assert lines[-1].startswith("py-cli conforms: 18 passed, 0 failed, 1 info, 5 skipped")
 
 
+async def test_cli_reports_a_failing_stop_command(settings: Settings) -> None:
+    async with echo_agent(settings, "py-stays"):
+        result = await invoke(settings, "conformance", "py-stays", "--stop-command", "exit 3")
+    assert result.exit_code == 1, result.output
+    lines = result.stdout.splitlines()
+    assert lines[-3].startswith("SKIP  lifecycle.draining")
+    assert lines[-2].startswith("FAIL  lifecycle.leave")
+    assert "the stop command failed: `exit 3` exited with status 3" in lines[-2]
+
+
 async def test_cli_exits_1_when_the_agent_is_absent(settings: Settings) -> None:
     result = await invoke(settings, "conformance", "nobody", "--wait", "0")
     assert result.exit_code == 1, result.output

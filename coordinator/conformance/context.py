@@ -39,6 +39,11 @@ class Context:
         return self.probe.keys.inbox(self.name)
 
     @property
+    def unknown_type(self) -> str:
+        """A message type no agent handles (the error checks send it)."""
+        return f"conformance.no-such-type.{self.probe.run_id[-6:]}"
+
+    @property
     def instance(self) -> str:
         return self.record.instance_id if self.record is not None else "?"
 

@@ -109,8 +109,9 @@ def _after(a: str, b: str) -> bool:
     return datetime.fromisoformat(a) > datetime.fromisoformat(b)
 
 
-async def _watch_control(ctx: Context, window: float) -> list[tuple[str, dict[str, str]]]:
-    """The heartbeats the agent writes to the control stream within ``window`` seconds."""
+async def _first_heartbeat(ctx: Context, window: float) -> tuple[str, dict[str, str]] | None:
+    """The first heartbeat the agent writes to the control stream within ``window`` seconds
+    (read with a plain ``XREAD``: the coordinators trim what they processed, not what is new)."""
     client, stream = ctx.probe.client, ctx.keys.control()
     info: Any = await client.xinfo_stream(stream)
     last = str(info["last-generated-id"])
@@ -121,8 +122,8 @@ async def _watch_control(ctx: Context, window: float) -> list[tuple[str, dict[st
             for entry_id, fields in entries:
                 last = entry_id
                 if fields.get("sender") == ctx.name and fields.get("type") == "heartbeat":
-                    return [(entry_id, fields)]
-    return []
+                    return entry_id, fields
+    return None
 
 
 async def check_heartbeats(ctx: Context) -> None:
@@ -130,8 +131,8 @@ async def check_heartbeats(ctx: Context) -> None:
     assert ctx.record is not None
     report, hb = ctx.report, ctx.record.heartbeat_ms
     window_ms = 2 * hb + HEARTBEAT_SLACK_MS
-    (advanced, (before, after)), beats = await asyncio.gather(
-        _watch_record(ctx, window_ms / 1000), _watch_control(ctx, window_ms / 1000)
+    (advanced, (before, after)), beat_entry = await asyncio.gather(
+        _watch_record(ctx, window_ms / 1000), _first_heartbeat(ctx, window_ms / 1000)
     )
     bound = f"{window_ms} ms (2 x heartbeat_ms {hb} + {HEARTBEAT_SLACK_MS} ms)"
     if advanced is not None:
@@ -148,11 +149,11 @@ async def check_heartbeats(ctx: Context) -> None:
         report.passed("heartbeat.deadline", f"R:deadlines score moved +{after - before:.0f} ms")
     else:
         report.failed("heartbeat.deadline", f"R:deadlines score stayed {before} for {bound}")
-    if not beats:
+    if beat_entry is None:
         report.failed("heartbeat.payload", f"no heartbeat from {ctx.name} on R:control in {bound}")
         report.skipped("heartbeat.epoch", "no heartbeat seen")
         return
-    entry_id, fields = beats[0]
+    entry_id, fields = beat_entry
     try:
         env = decode_fields(fields, entry_id)
         beat = Heartbeat.model_validate(env.payload)

@@ -26,6 +26,20 @@ __all__ = [
 ACK_GRACE = 1.0
 
 
+def same_json(a: Any, b: Any) -> bool:
+    """Equal as JSON values: ``1`` and ``1.0`` are the same number (JavaScript writes ``1.0`` as
+    ``1``), ``true`` is not ``1`` (as Python's ``True == 1`` would have it)."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_json(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(same_json(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return a == b
+    return type(a) is type(b) and a == b
+
+
 def _reply_problems(reply: Envelope, req: Envelope, sender: str | None) -> list[str]:
     problems = []
     if reply.kind is not Kind.REPLY:
@@ -60,7 +74,7 @@ async def check_request_by_name(ctx: Context) -> bool:
         report.passed("request.name", f"a {opts.type!r} reply with correlation_id {req.id}")
     if not opts.echo:
         report.skipped("request.echo", "not an echo handler (--no-echo)")
-    elif reply.error is None and reply.payload == req.payload:
+    elif reply.error is None and same_json(reply.payload, req.payload):
         report.passed("request.echo", "the reply's payload equals the request's")
     else:
         report.failed("request.echo", f"the reply's payload {reply.payload!r} is not the request's")
@@ -114,7 +128,7 @@ async def check_requests_refused(ctx: Context) -> None:
     """An unknown type gets an ``unknown_type`` error reply; an expired request is dead-lettered
     ``deadline_exceeded``, never handled."""
     report, opts = ctx.report, ctx.options
-    unknown = f"conformance.no-such-type.{ctx.probe.run_id[-6:]}"
+    unknown = ctx.unknown_type
     req, entry_id, reply = await request(ctx, ctx.inbox, unknown, opts.payload)
     if reply is None:
         why = await ctx.diagnose(ctx.inbox, entry_id, req)
@@ -174,7 +188,7 @@ async def check_sends(ctx: Context) -> None:
         why = await ctx.diagnose(ctx.inbox, entry_id, env)
         report.failed("send.ack", f"not acknowledged within {opts.timeout:g}s: {why}")
 
-    unknown = f"conformance.no-such-type.{probe.run_id[-6:]}"
+    unknown = ctx.unknown_type
     env = probe.envelope(Kind.SEND, unknown, opts.payload, target=ctx.name)
     entry_id = await probe.xadd(ctx.inbox, env, probe.settings.inbox_maxlen)
     acked = await probe.acknowledged(ctx.inbox, entry_id, opts.timeout)
@@ -215,7 +229,7 @@ async def check_broadcast(ctx: Context, answering: bool) -> None:
             "broadcast.subscribed",
             ", ".join(f"{n} subscriber(s) on {channel}" for channel, n in counts),
         )
-    unknown = f"conformance.no-such-type.{probe.run_id[-6:]}"
+    unknown = ctx.unknown_type
     receivers = 0
     for type in (opts.type, unknown):
         env = probe.envelope(Kind.BROADCAST, type, opts.payload, target=f"role:{ctx.record.role}")

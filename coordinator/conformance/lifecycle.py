@@ -23,7 +23,7 @@ from typing import Any
 from coordinator.conformance.context import Context
 from coordinator.conformance.options import Action
 from schemas.agent import AgentRecord
-from schemas.envelope import Envelope, Kind
+from schemas.envelope import Kind
 from schemas.errors import AgentbusError, ConfigurationError
 from schemas.events import RegistryEvent, RegistryEventType
 from schemas.keys import AGENT_GROUP
@@ -79,29 +79,38 @@ def spawn_action(command: str) -> Action:
     return shell_action(f"({command}) </dev/null >/dev/null 2>&1 &")
 
 
-async def _act(ctx: Context, check: str, what: str, action: Action) -> bool:
+async def _act(ctx: Context, what: str, action: Action) -> str | None:
+    """Run ``action`` on the agent's current record; why it failed, or ``None``."""
     assert ctx.record is not None
     try:
         await action(ctx.record)
     except AgentbusError as e:
-        ctx.report.failed(check, f"the {what} failed: {e.description}")
-        return False
+        return f"the {what} failed: {e.description}"
+    return None
+
+
+async def _wait_gone(ctx: Context, timeout: float) -> bool:
+    """Whether the agent's record is gone within ``timeout`` seconds."""
+    give_up = time.monotonic() + timeout
+    while await ctx.probe.client.exists(ctx.keys.record(ctx.name)):
+        if time.monotonic() > give_up:
+            return False
+        await asyncio.sleep(0.05)
     return True
 
 
-async def _wait_record(ctx: Context, other_than: str | None, timeout: float) -> AgentRecord | None:
-    """The record once held by an instance other than ``other_than`` (``None``: once gone)."""
-    key = ctx.keys.record(ctx.name)
+async def _wait_new_instance(ctx: Context, old: str, timeout: float) -> AgentRecord | None:
+    """The record once an instance other than ``old`` holds the name (``None``: not in time)."""
     give_up = time.monotonic() + timeout
     while time.monotonic() < give_up:
-        raw: Any = await ctx.probe.client.hgetall(key)
-        holder = raw.get("instance_id")
-        if other_than is None and not raw:
-            return None
-        if other_than is not None and holder and holder != other_than and "epoch" in raw:
+        raw: Any = await ctx.probe.client.hgetall(ctx.keys.record(ctx.name))
+        if raw.get("instance_id") not in (None, old) and "epoch" in raw:
             return AgentRecord.from_hash(raw)
         await asyncio.sleep(0.05)
-    raise TimeoutError
+    return None
+
+
+_REDELIVERY = ("redelivery.restart", "redelivery.queued", "redelivery.pending")
 
 
 async def check_redelivery(ctx: Context, kill: Action, start: Action) -> None:
@@ -110,61 +119,53 @@ async def check_redelivery(ctx: Context, kill: Action, start: Action) -> None:
     assert ctx.record is not None
     report, opts, probe = ctx.report, ctx.options, ctx.probe
     old, ttl = ctx.record.instance_id, ctx.record.ttl_ms / 1000
-    checks = ("redelivery.restart", "redelivery.queued", "redelivery.pending")
-    if not await _act(ctx, checks[0], "kill command", kill):
-        return
-    try:
-        await _wait_record(ctx, None, ttl + 10)
-    except TimeoutError:
-        report.failed(checks[0], f"instance {old} still registered {ttl + 10:g}s after the kill")
-        return
+
+    def give_up(why: str) -> None:
+        report.failed(_REDELIVERY[0], why)
+        for check in _REDELIVERY[1:]:
+            report.skipped(check, "no restarted instance")
+
+    if error := await _act(ctx, "kill command", kill):
+        return give_up(error)
+    if not await _wait_gone(ctx, ttl + 10):
+        return give_up(f"instance {old} still registered {ttl + 10:g}s after the kill")
     linger = opts.start_timeout + opts.timeout + 2 * ttl + 30  # the requests' deadline
-    held = probe.envelope(Kind.REQUEST, opts.type, opts.payload, target=ctx.name, expires_in=linger)
-    held_entry = await probe.xadd(ctx.inbox, held, probe.settings.inbox_maxlen)
-    read: object = await probe.client.xreadgroup(
-        AGENT_GROUP, old, {ctx.inbox: ">"}, count=1
-    )  # as the dead instance: the entry is now pending for it, as if it died handling it
-    took_it = f"'{held_entry}'" in repr(read)
-    queued = probe.envelope(
-        Kind.REQUEST, opts.type, opts.payload, target=ctx.name, expires_in=linger
+    held, queued = (
+        probe.envelope(Kind.REQUEST, opts.type, opts.payload, target=ctx.name, expires_in=linger)
+        for _ in range(2)
     )
+    held_entry = await probe.xadd(ctx.inbox, held, probe.settings.inbox_maxlen)
+    # read as the dead instance: the entry is now pending for it, as if it died handling it
+    read: Any = await probe.client.xreadgroup(AGENT_GROUP, old, {ctx.inbox: ">"}, count=1)
+    took_it = [eid for _, entries in read or [] for eid, _ in entries] == [held_entry]
     queued_entry = await probe.xadd(ctx.inbox, queued, probe.settings.inbox_maxlen)
     started = time.monotonic()
-    if not await _act(ctx, checks[0], "start command", start):
-        return
-    try:
-        record = await _wait_record(ctx, old, opts.start_timeout)
-    except TimeoutError:
-        report.failed(checks[0], f"no new instance registered {opts.start_timeout:g}s after start")
-        return
-    assert record is not None
+    if error := await _act(ctx, "start command", start):
+        return give_up(error)
+    record = await _wait_new_instance(ctx, old, opts.start_timeout)
+    if record is None:
+        return give_up(f"no new instance registered {opts.start_timeout:g}s after the start")
     ctx.record = record
     report.passed(
-        checks[0],
+        _REDELIVERY[0],
         f"instance {record.instance_id} registered {time.monotonic() - started:.1f}s after start",
     )
     wait = opts.timeout + 2 * ttl
     for check, env, entry, what in (
-        (checks[1], queued, queued_entry, "a request sent while the agent was down"),
-        (checks[2], held, held_entry, f"the request its killed instance {old} held (pending)"),
+        (_REDELIVERY[1], queued, queued_entry, "a request sent while the agent was down"),
+        (_REDELIVERY[2], held, held_entry, f"the request its killed instance {old} held"),
     ):
-        if check == checks[2] and not took_it:
-            report.skipped(check, f"the inbox held unread entries: could not make {what}")
+        if env is held and not took_it:
+            report.skipped(check, f"the inbox held unread entries: could not set up {what}")
             continue
-        await _expect_reply(ctx, check, env, entry, what, wait)
-
-
-async def _expect_reply(
-    ctx: Context, check: str, env: Envelope, entry_id: str, what: str, wait: float
-) -> None:
-    reply = await ctx.probe.reply(env.id, wait)
-    if reply is not None and reply.error is None:
-        ctx.report.passed(check, f"{what} was answered after the restart")
-    elif reply is not None:
-        ctx.report.failed(check, f"{what}: an error reply [{reply.error.code}]")  # type: ignore[union-attr]
-    else:
-        why = await ctx.diagnose(ctx.inbox, entry_id, env)
-        ctx.report.failed(check, f"{what} got no reply within {wait:g}s: {why}")
+        reply = await probe.reply(env.id, wait)
+        if reply is None:
+            why = await ctx.diagnose(ctx.inbox, entry, env)
+            report.failed(check, f"{what} got no reply within {wait:g}s: {why}")
+        elif reply.error is not None:
+            report.failed(check, f"{what}: an error reply [{reply.error.code}]")
+        else:
+            report.passed(check, f"{what} was answered after the restart")
 
 
 def _to_draining(event: RegistryEvent) -> bool:
@@ -178,8 +179,9 @@ async def check_stop(ctx: Context, stop: Action) -> None:
     report, probe = ctx.report, ctx.probe
     after = await probe.last_event_id()
     started = time.monotonic()
-    if not await _act(ctx, "lifecycle.leave", "stop command", stop):
+    if error := await _act(ctx, "stop command", stop):
         report.skipped("lifecycle.draining", "the agent was not stopped")
+        report.failed("lifecycle.leave", error)
         return
     seen: list[RegistryEvent] = []
     end: RegistryEvent | None = None
