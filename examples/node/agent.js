@@ -149,8 +149,9 @@ async function heartbeats(lastSent) {
     await nap(cfg.heartbeatMs);
     if (!serving) return;
     const sent = performance.now();
+    const announcing = mustAnnounce || sent - lastSent > cfg.ttlMs; // told to, or stalled
     try {
-      if (mustAnnounce || sent - lastSent > cfg.ttlMs) { // told to, or stalled past the TTL
+      if (announcing) {
         mustAnnounce = false;
         await announce();
         log(`re-announced (epoch ${epoch})`);
@@ -161,8 +162,8 @@ async function heartbeats(lastSent) {
       lastSent = sent;
     } catch (e) {
       if (e.code === 'name_taken') return lose(e.message); // someone registered it meanwhile
-      log(`heartbeat failed (${e.message}); retrying`);
-      mustAnnounce ||= sent - lastSent > cfg.ttlMs;
+      log(`${announcing ? 're-announce' : 'heartbeat'} failed (${e.message}); retrying`);
+      mustAnnounce ||= announcing;
     }
   }
 }
@@ -357,6 +358,7 @@ let beating;
 let consuming;
 try {
   const sent = await announce();
+  if (stopping) await stopping; // a signal came while announcing: shutdown() leaves and exits
   log(`ready (role ${cfg.role}, instance ${instanceId}, epoch ${epoch})`);
   await sub.subscribe(key.broadcast, onBroadcast);
   beating = heartbeats(sent);
