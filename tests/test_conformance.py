@@ -88,7 +88,9 @@ async def invoke(settings: Settings, *args: str) -> Result:
 
 
 # -- the Python SDK -------------------------------------------------------------------------------
-async def test_python_sdk_agent_passes_every_check(settings: Settings) -> None:
+async def test_python_sdk_agent_passes_every_check(
+    settings: Settings, r: aioredis.Redis, keys: KeySpace
+) -> None:
     agent = echo_agent(settings)
     await agent.start()
     try:
@@ -101,6 +103,9 @@ async def test_python_sdk_agent_passes_every_check(settings: Settings) -> None:
         await agent.stop()
     assert_conforms(report, skipped=REDELIVERY)
     assert "reason left" in reason(report, "lifecycle.leave")
+    # the check cleans up after itself: its reply list and the dead letters it caused are gone
+    assert await r.xlen(keys.deadletter()) == 0
+    assert not await r.keys(f"{keys.agents_prefix}{{conformance-*")
 
 
 async def test_cli_prints_one_line_per_check_and_exits_0(settings: Settings) -> None:

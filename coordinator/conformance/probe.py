@@ -3,7 +3,8 @@
 The probe speaks the protocol with plain Redis commands (``XADD``, ``BRPOP``, ``XPENDING``,
 ``XREAD``, …), as a client in any language would, so what it observes is what the agent wrote,
 not what the Python SDK would make of it. It answers to the name ``conformance-<id>`` and reads
-its own reply list, ``<ns>:agent:{conformance-<id>}:replies:<id>``, deleted on ``close``.
+its own reply list, ``<ns>:agent:{conformance-<id>}:replies:<id>``, deleted on ``close`` with
+the dead letters its own messages caused.
 
 When an expected reply does not come, ``diagnose`` says where the message got stuck: never read,
 read but not acknowledged, acknowledged without a reply, or dead-lettered (and why).
@@ -52,8 +53,14 @@ class Probe:
         #: Reply-list entries that were not envelopes (why each failed to decode).
         self.undecodable: list[str] = []
 
-    async def close(self) -> None:
+    async def close(self, since_ms: int | None = None) -> None:
+        """Delete the reply list, and the dead letters of the probe's own messages written since
+        ``since_ms`` (the expired request and the send of an unknown type)."""
         await self.client.delete(self.reply_key)
+        if since_ms is not None:
+            mine = await self.dead_letters_from(self.sender, since_ms)
+            if mine:
+                await self.client.xdel(self.keys.deadletter(), *(d.id for d in mine))
 
     async def now_ms(self) -> int:
         """The Redis clock, in ms (dead letters and events are stamped by it)."""

@@ -61,14 +61,15 @@ async def run_conformance(
     report = Report(name)
     client = make_client(settings, decode_responses=True, max_connections=8)
     probe = Probe(client, settings)
+    since_ms: int | None = None
     try:
         with redis_errors(settings, f"checking agent {name!r}"):
-            ctx = Context(probe, options, report, name, since_ms=await probe.now_ms())
-            await _run(ctx)
+            since_ms = await probe.now_ms()
+            await _run(Context(probe, options, report, name, since_ms))
     finally:
         try:
             with redis_errors(settings, "cleaning up"):
-                await probe.close()
+                await probe.close(since_ms)
         finally:
             await client.aclose()
     return report
