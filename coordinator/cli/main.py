@@ -6,6 +6,7 @@ import click
 
 from coordinator.cli.agents import agents
 from coordinator.cli.base import AgentbusGroup, CliState, setup_logging
+from coordinator.cli.conformance_cmd import conformance
 from coordinator.cli.coordinator_cmd import coordinator
 from coordinator.cli.deadletter import deadletter
 from coordinator.cli.demo import demo
@@ -59,6 +60,7 @@ for command in (send, request, broadcast, publish, subscribe, deadletter):
     cli.add_command(command)
 cli.add_command(watch)
 cli.add_command(stats)
+cli.add_command(conformance)
 
 
 def main() -> None:
