@@ -197,7 +197,7 @@ async def test_a_bad_heartbeat_is_reported_with_its_dead_letter(
     async def beat() -> None:
         while True:
             await sloppy.send("heartbeat", {"instance_id": sloppy.instance_id, "load": 0.5})
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.1)  # the fake agent's heartbeat cadence
 
     task = asyncio.create_task(beat())
     try:
