@@ -179,7 +179,7 @@ class Agent:
         return self._state == "running"
 
     @property
-    def state(self) -> str:
+    def lifecycle(self) -> str:
         """``new``, ``starting``, ``running``, ``stopping`` or ``stopped``."""
         return self._state
 

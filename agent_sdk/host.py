@@ -154,7 +154,7 @@ class Host:
         once: their announcements go out together). If one cannot register, the host stops
         and the error is raised."""
         await self.start_shared()
-        pending = [a for a in list(self.agents.values()) if a.state == "new"]
+        pending = [a for a in list(self.agents.values()) if a.lifecycle == "new"]
         results = await asyncio.gather(*(a.start() for a in pending), return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
