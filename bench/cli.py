@@ -24,7 +24,7 @@ __all__ = ["Context", "main"]
 log = logging.getLogger("bench")
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
-GROUPS = ("raw", "registry", "messaging", "failure", "fleet", "scaling", "tracing")
+GROUPS = ("raw", "registry", "messaging", "failure", "fleet", "scaling", "tracing", "host")
 
 
 @dataclasses.dataclass
@@ -97,6 +97,7 @@ GroupFn = Callable[[Context], Awaitable[None]]
 
 def _groups() -> dict[str, GroupFn]:
     from bench import groups
+    from bench.host import host_group
 
     return {
         "raw": groups.raw_group,
@@ -106,6 +107,7 @@ def _groups() -> dict[str, GroupFn]:
         "fleet": groups.fleet_group,
         "scaling": groups.scaling_group,
         "tracing": groups.tracing_group,
+        "host": host_group,
     }
 
 
