@@ -43,6 +43,7 @@ from agent_sdk.messaging import GatherResult, HandlerRegistry, Messaging, Subscr
 from agent_sdk.messaging.handlers import Handler
 from agent_sdk.selection import Strategy
 from agent_sdk.settings import Settings
+from agent_sdk.state import AgentState
 from agent_sdk.usage import UNKNOWN_TYPE, UsageRecorder
 from schemas.agent import AgentCard, AgentRecord, AgentStatus
 from schemas.envelope import Envelope, new_id
@@ -143,6 +144,7 @@ class Agent:
         self.handlers = HandlerRegistry()
         #: Usage stats of this agent's handlers (``agentbus stats``); exists once started.
         self.usage: UsageRecorder | None = None
+        self._state_store: AgentState | None = None
         self._messaging: Messaging | None = None
         self._state = "new"  # new -> starting -> running -> stopping -> stopped
 
@@ -177,6 +179,16 @@ class Agent:
     @property
     def running(self) -> bool:
         return self._state == "running"
+
+    @property
+    def state(self) -> AgentState:
+        """The agent name's persisted key-value state (``agent_sdk.state``): it survives
+        restarts; writes are fenced by the registration's epoch."""
+        if self._state_store is None:
+            if self._state == "new":
+                raise InvalidInput(f"{self!r} is not started: its state is there once it runs")
+            self._state_store = AgentState(self.bus.client, self.settings, self.name, self.fence)
+        return self._state_store
 
     @property
     def lifecycle(self) -> str:

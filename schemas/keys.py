@@ -37,6 +37,7 @@ R:coordinator:<id>                     string  PX 3 x tick                 coord
 <ns>:agent:{<name>}:inbox              stream  MAXLEN ~ (settings)         senders        the agent
 <ns>:agent:{<name>}:replies:<instance> list    PX request deadline         responders     the agent
 <ns>:agent:{<name>}:stats              hash    none                        the agent      CLI
+<ns>:agent:{<name>}:state              hash    none (survives restarts)    the agent      the agent
 <ns>:role:{<role>}:queue               stream  MAXLEN ~ (settings)         senders        role members
 <ns>:session:{<session>}:activity      stream  MAXLEN ~; PX retention      agents         UIs
 <ns>:session:{<session>}:seq           string  PX retention                agents         agents
@@ -173,6 +174,10 @@ class KeySpace:
 
     def stats(self, name: str) -> str:
         return f"{self.agent_prefix(name)}stats"
+
+    def agent_state(self, name: str) -> str:
+        """The persisted state of an agent name (``agent.state``): JSON values, ``_epoch``."""
+        return f"{self.agent_prefix(name)}state"
 
     def role_queue(self, role: str) -> str:
         return f"{self.ns}:role:{{{role}}}:queue"
