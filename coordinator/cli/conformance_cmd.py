@@ -27,7 +27,7 @@ __all__ = ["conformance"]
 _COMMANDS = "{pid}, {name} and {instance_id} are replaced from the agent's record."
 
 
-@click.command()
+@click.command(short_help="Check a live agent (any language) against the protocol.")
 @click.argument("name")
 @click.option(
     "--type",

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import shlex
+import subprocess
 import time
 from typing import Any
 
@@ -75,8 +76,32 @@ def shell_action(command: str) -> Action:
 
 def spawn_action(command: str) -> Action:
     """Start ``command`` in the background (its own session, input and output to /dev/null
-    unless the command redirects them) and return at once: it outlives the check."""
-    return shell_action(f"({command}) </dev/null >/dev/null 2>&1 &")
+    unless the command redirects them) and return at once: it outlives the check. Started with
+    ``subprocess`` rather than the event loop's child watcher, which (uvloop's) would otherwise
+    keep a handle on the process and hang the loop's close."""
+
+    def start(line: str) -> int:
+        proc = subprocess.Popen(
+            ["/bin/sh", "-c", f"({line}) </dev/null >/dev/null 2>&1 &"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        try:
+            return proc.wait(COMMAND_TIMEOUT)  # the shell returns once the command is started
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise ConfigurationError(f"`{line}` ran longer than {COMMAND_TIMEOUT:g}s") from None
+
+    async def run(record: AgentRecord) -> None:
+        line = expand(command, record)
+        code = await asyncio.to_thread(start, line)
+        if code != 0:
+            raise ConfigurationError(f"`{line}` exited with status {code}")
+
+    return run
 
 
 async def _act(ctx: Context, what: str, action: Action) -> str | None:
