@@ -30,6 +30,7 @@ class Sizes:
     scaling_window: float = 10.0  # heartbeat CPU window per scaling point
     fleet_procs: int = 3
     settle: float = 2.0  # seconds between a fleet's registration burst and its measured window
+    hosts: tuple[int, ...] = (100, 1000)  # agents per host (the host group)
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -44,6 +45,7 @@ class Sizes:
             scaling_window=0.3,
             fleet_procs=2,
             settle=0.2,
+            hosts=(20,),
         )
 
 

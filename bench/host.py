@@ -127,11 +127,13 @@ async def _run_size(ctx: Context, n: int, window: float) -> dict[str, Any]:
 
 
 async def host_group(ctx: Context) -> None:
-    """Hosts of 100 and 1,000 agents (``--host-sizes``), and the lone agent beside them."""
-    sizes = [int(x) for x in os.environ.get("BENCH_HOST_SIZES", "100,1000").split(",") if x]
+    """Hosts of 100 and 1,000 agents (``BENCH_HOST_SIZES=100,1000``; ``--quick``: 20), and the
+    lone agent beside them."""
+    env = os.environ.get("BENCH_HOST_SIZES", "")
+    sizes = [int(x) for x in env.split(",") if x] or list(ctx.sizes.hosts)
     window = min(ctx.sizes.duration, 20.0)
     with CoordinatorProcess(ctx.url, "hostlone"):
-        lone = await _lone_start(ctx.url, "hostlone", 30)
+        lone = await _lone_start(ctx.url, "hostlone", min(30, ctx.sizes.samples))
     ctx.details["host_lone_start"] = lone.as_dict()
     for n in sizes:
         res = await _run_size(ctx, n, window)
