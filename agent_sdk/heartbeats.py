@@ -132,21 +132,27 @@ class Heartbeats:
         """The members to heartbeat now; re-announcements started for those that need one."""
         ttl = self.settings.ttl
         due = []
+        stalled: list[str] = []
         for member in list(self.members.values()):
             if member.fence.lost is not None:
                 continue
-            stalled = now - member.last_ok > ttl
-            if member.needs_announce or stalled:
-                if stalled and not member.needs_announce:
-                    log.warning(
-                        "%s: no heartbeat for %.2fs (TTL %.2fs): re-announcing",
-                        member.card.name,
-                        now - member.last_ok,
-                        ttl,
-                    )
+            late = now - member.last_ok > ttl
+            if member.needs_announce or late:
+                if late and not member.needs_announce:
+                    stalled.append(member.card.name)
                 self._reannounce(member)
                 continue
             due.append(member)
+        if stalled:  # one line for the host, not one per agent
+            log.warning(
+                "%s: no heartbeat for more than the TTL (%.2fs) for %d agent(s) (%s%s): "
+                "re-announcing",
+                self.host,
+                ttl,
+                len(stalled),
+                ", ".join(stalled[:5]),
+                ", ..." if len(stalled) > 5 else "",
+            )
         return due
 
     def _reannounce(self, member: Membership) -> None:

@@ -307,15 +307,20 @@ class Membership:
         except BaseException:
             self.needs_announce = True  # the loop tries again
             raise
-        self.last_ok = self._announced_at
+        self.last_ok = time.monotonic()  # answered: no stall (its fence runs from the send)
         self.reannounces += 1
+        if self._beats is not None:
+            self._beats.wake()  # a heartbeat at once renews the fence
 
     async def start(self, beats: Heartbeats) -> None:
-        """Be carried by the host's heartbeat loop (after ``announce`` succeeded)."""
+        """Be carried by the host's heartbeat loop (after ``announce`` succeeded): a heartbeat
+        goes out at once. Its fence runs from when that heartbeat (or the announce) was sent;
+        the stall check from now: behind a backlog (a fleet starting at once) the answer may
+        come more than a TTL after the announce left, which is no stall."""
         if self._beats is None and self.fence.lost is None:
-            self.last_ok = self._announced_at  # an accepted announce counts as a heartbeat
+            self.last_ok = time.monotonic()
             self._beats = beats
-            beats.add(self)
+            beats.add(self)  # wakes the loop
 
     async def stop(self) -> None:
         """Stop heartbeating (before ``leave``)."""

@@ -230,3 +230,27 @@ async def test_a_reader_whose_stream_is_deleted_recovers_without_a_traceback(
         await bus.send("unblocked", "job", {"n": 1})
         await wait_for(lambda: got, message="handled after the stream was recreated")
     assert not [rec for rec in caplog.records if rec.levelname == "ERROR"]
+
+
+async def test_an_answer_later_than_a_ttl_is_no_stall(
+    coordinator_settings: Any, settings: Settings, r: aioredis.Redis, keys: KeySpace
+) -> None:
+    """Behind a backlog (a fleet starting at once, a coordinator starting late) the answer to an
+    announcement may come more than a TTL after it was sent: the agent heartbeats at once
+    instead of re-announcing (the registry counts its first deadline from the answer)."""
+    host = Host(settings, name="h9")
+    agents = [host.agent(f"late-{i}", "worker") for i in range(5)]
+    starting = asyncio.ensure_future(host.start())
+    await wait_for(lambda: r.xlen(keys.control()), message="the announcements wait in the stream")
+    await asyncio.sleep(2 * settings.ttl)  # no coordinator yet: the delay under test
+    async with Coordinator(coordinator_settings):
+        await asyncio.wait_for(starting, 10)
+        try:
+            for agent in agents:
+                await wait_for(lambda a=agent: a.fence.valid, message=f"{agent.name} fenced in")
+            membership = agents[0]._membership
+            assert membership is not None
+            assert membership.reannounces == 0
+            assert await _names(r, keys) == {a.name for a in agents}
+        finally:
+            await host.stop()

@@ -301,8 +301,8 @@ class Consumer:
             s.held.discard(eid)
             self.fenced += 1
         self._parked.clear()
-        log.warning("agent %s: lease lapsed; handling nothing until the registry holds this "
-                    "instance again", self.name)  # fmt: skip
+        log.info("agent %s: lease lapsed; handling nothing until the registry holds this "
+                 "instance again", self.name)  # fmt: skip
         if await self.fence.wait_valid():
             log.info("agent %s: lease renewed; handling again", self.name)
             return True
