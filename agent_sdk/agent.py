@@ -39,12 +39,13 @@ from agent_sdk.discovery import StatusFilter
 from agent_sdk.fence import Fence
 from agent_sdk.host import Host
 from agent_sdk.membership import Membership
-from agent_sdk.messaging import GatherResult, HandlerRegistry, Messaging, Subscription
+from agent_sdk.messaging import HandlerRegistry, Messaging
 from agent_sdk.messaging.handlers import Handler
 from agent_sdk.selection import Strategy
 from agent_sdk.settings import Settings
 from agent_sdk.state import AgentState
 from agent_sdk.usage import UNKNOWN_TYPE, UsageRecorder
+from agent_sdk.verbs import Verbs
 from schemas.agent import AgentCard, AgentRecord, AgentStatus
 from schemas.envelope import Envelope, new_id
 from schemas.errors import AgentbusError, InvalidInput, NameLost
@@ -68,7 +69,7 @@ class Component(Protocol):
     async def stop(self, grace: float) -> None: ...
 
 
-class Agent:
+class Agent(Verbs):
     """A registered agent. An async context manager; ``start``/``stop`` are idempotent."""
 
     def __init__(
@@ -396,43 +397,12 @@ class Agent:
             raise InvalidInput(f"{self!r} is not started: use `async with agent:` first")
         return self._messaging
 
+    def _data_plane(self) -> Messaging:
+        return self.messaging
+
     def on(self, type: str) -> Callable[[Handler], Handler]:
         """Decorator: ``@agent.on("summarize")`` registers an async handler for a type."""
         return self.handlers.on(type)
-
-    async def send(
-        self, to: str | None = None, type: str | None = None, payload: Any = None, **kw: Any
-    ) -> str:
-        """Fire-and-forget to agent ``to`` or ``role=...``; see ``Messaging.send``."""
-        return await self.messaging.send(to, type, payload, **kw)
-
-    async def request(
-        self, to: str | None = None, type: str | None = None, payload: Any = None, **kw: Any
-    ) -> Any:
-        """Request-reply to ``to`` or ``role=...``; see ``Messaging.request``."""
-        return await self.messaging.request(to, type, payload, **kw)
-
-    async def request_many(
-        self, role: str | None = None, type: str | None = None, payload: Any = None, **kw: Any
-    ) -> GatherResult:
-        """Scatter-gather over a role; see ``Messaging.request_many``."""
-        return await self.messaging.request_many(role, type, payload, **kw)
-
-    async def broadcast(self, type: str, payload: Any = None, **kw: Any) -> int:
-        """See ``Messaging.broadcast``."""
-        return await self.messaging.broadcast(type, payload, **kw)
-
-    async def broadcast_many(self, type: str, payloads: Iterable[Any], **kw: Any) -> list[int]:
-        """See ``Messaging.broadcast_many``."""
-        return await self.messaging.broadcast_many(type, payloads, **kw)
-
-    async def publish(self, topic: str, payload: Any = None, **kw: Any) -> int:
-        """See ``Messaging.publish``."""
-        return await self.messaging.publish(topic, payload, **kw)
-
-    def subscribe(self, pattern: str) -> Subscription:
-        """``async with agent.subscribe("news.*") as sub: async for msg in sub: ...``"""
-        return self.messaging.subscribe(pattern)
 
     # -- discovery (delegated to the bus) ----------------------------------------------------
     async def discover(

@@ -24,10 +24,11 @@ import redis.asyncio as aioredis
 from agent_sdk.activity import ActivityLog
 from agent_sdk.connection import make_client, redis_errors
 from agent_sdk.discovery import Discovery, StatusFilter
-from agent_sdk.messaging import GatherResult, Messaging, Subscription
+from agent_sdk.messaging import Messaging
 from agent_sdk.replies import ReplyRouter
 from agent_sdk.selection import STRATEGIES, Selector, Strategy, no_responders
 from agent_sdk.settings import Settings
+from agent_sdk.verbs import Verbs
 from agent_sdk.watch import watch_registry
 from schemas.agent import AgentRecord, AgentStatus
 from schemas.envelope import new_id
@@ -51,7 +52,7 @@ def resolve_settings(settings: Settings | None, overrides: dict[str, Any]) -> Se
     return type(settings).load(**{**settings.model_dump(), **overrides})
 
 
-class Bus:
+class Bus(Verbs):
     """Redis client + key space + registry reads. An async context manager.
 
     ``start``/``stop`` are idempotent; ``stopped`` is set once stopped. Nothing connects before
@@ -228,39 +229,12 @@ class Bus:
         messaging.replies = self._router
         return messaging
 
-    async def send(
-        self, to: str | None = None, type: str | None = None, payload: Any = None, **kw: Any
-    ) -> str:
-        """Fire-and-forget to agent ``to`` or ``role=...``; see ``Messaging.send``."""
-        return await self.messaging.send(to, type, payload, **kw)
+    def _data_plane(self) -> Messaging:
+        return self.messaging
 
-    async def request(
-        self, to: str | None = None, type: str | None = None, payload: Any = None, **kw: Any
-    ) -> Any:
-        """Request-reply to ``to`` or ``role=...``; see ``Messaging.request``."""
-        return await (await self._requests()).request(to, type, payload, **kw)
+    async def _request_plane(self) -> Messaging:
+        return await self._requests()
 
-    async def request_many(
-        self, role: str | None = None, type: str | None = None, payload: Any = None, **kw: Any
-    ) -> GatherResult:
-        """Scatter-gather over a role; see ``Messaging.request_many``."""
-        return await (await self._requests()).request_many(role, type, payload, **kw)
-
-    async def broadcast(self, type: str, payload: Any = None, **kw: Any) -> int:
-        return await self.messaging.broadcast(type, payload, **kw)
-
-    async def broadcast_many(self, type: str, payloads: Iterable[Any], **kw: Any) -> list[int]:
-        """Many broadcasts in one round trip; see ``Messaging.broadcast_many``."""
-        return await self.messaging.broadcast_many(type, payloads, **kw)
-
-    async def publish(self, topic: str, payload: Any = None, **kw: Any) -> int:
-        return await self.messaging.publish(topic, payload, **kw)
-
-    def subscribe(self, pattern: str) -> Subscription:
-        """``async with bus.subscribe("news.*") as sub: async for msg in sub: ...``"""
-        return self.messaging.subscribe(pattern)
-
-    # -- observability (agent_sdk.watch, agent_sdk.activity) ---------------------------------
     def watch(
         self,
         since: str | None = None,

@@ -65,3 +65,27 @@ def test_facade_modules_declare_all() -> None:
         assert mod.__all__, module
         for name in mod.__all__:
             assert hasattr(mod, name), f"agent_sdk.{module}.{name}"
+
+
+def test_every_verb_is_defined_once_with_typed_parameters() -> None:
+    """``send`` & co. live in ``agent_sdk.verbs.Verbs``; Agent and Bus inherit them (never
+    re-declare them), and none takes ``**kwargs``: a typo like ``timeuot=5`` is an error."""
+    import inspect
+
+    from agent_sdk.verbs import Verbs
+
+    verbs = [
+        "send",
+        "request",
+        "request_many",
+        "broadcast",
+        "broadcast_many",
+        "publish",
+        "subscribe",
+    ]
+    for cls in (agent_sdk.Agent, agent_sdk.Bus):
+        for verb in verbs:
+            assert getattr(cls, verb) is getattr(Verbs, verb), (cls, verb)
+    for verb in verbs:
+        kinds = {p.kind for p in inspect.signature(getattr(Verbs, verb)).parameters.values()}
+        assert inspect.Parameter.VAR_KEYWORD not in kinds, verb

@@ -1,0 +1,118 @@
+"""The messaging verbs, defined once with typed parameters: ``Agent`` and ``Bus`` expose them.
+
+Each owner says which ``Messaging`` carries its verbs (``_data_plane``: an agent's own, a bus's
+client one) and which answers its requests (``_request_plane``: the same, or one whose reply
+list is being read). A typo such as ``timeuot=5`` is a type error, and an IDE shows every
+parameter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from agent_sdk.messaging import GatherResult, Messaging, Subscription
+
+__all__ = ["Verbs"]
+
+
+class Verbs:
+    """``send``, ``request``, ``request_many``, ``broadcast``, ``broadcast_many``, ``publish``
+    and ``subscribe`` (docs/PROTOCOL.md, "Data plane")."""
+
+    def _data_plane(self) -> Messaging:
+        raise NotImplementedError
+
+    async def _request_plane(self) -> Messaging:
+        return self._data_plane()
+
+    async def send(
+        self,
+        to: str | None = None,
+        type: str | None = None,
+        payload: Any = None,
+        *,
+        role: str | None = None,
+        headers: dict[str, str] | None = None,
+        queue_if_absent: bool = False,
+        ttl: float | None = None,
+    ) -> str:
+        """Fire-and-forget to agent ``to`` or one member of ``role``; returns the message id.
+        ``AgentNotFound`` / ``NoResponders`` at once when nobody can receive it (unless
+        ``queue_if_absent``); ``ttl`` seconds bound how long it may wait unhandled."""
+        return await self._data_plane().send(
+            to, type, payload, role=role, headers=headers, queue_if_absent=queue_if_absent,
+            ttl=ttl,
+        )  # fmt: skip
+
+    async def request(
+        self,
+        to: str | None = None,
+        type: str | None = None,
+        payload: Any = None,
+        *,
+        role: str | None = None,
+        timeout: float | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Any:
+        """Send a request to ``to`` or one member of ``role``; return the reply payload
+        (``RemoteError`` for an error reply, ``RequestTimeout`` after ``timeout`` seconds, by
+        default ``request_timeout``)."""
+        plane = await self._request_plane()
+        return await plane.request(to, type, payload, role=role, timeout=timeout, headers=headers)
+
+    async def request_many(
+        self,
+        role: str | None = None,
+        type: str | None = None,
+        payload: Any = None,
+        *,
+        timeout: float | None = None,
+        max_replies: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> GatherResult:
+        """Ask every live member of ``role`` (scatter-gather); see ``GatherResult``."""
+        plane = await self._request_plane()
+        return await plane.request_many(
+            role, type, payload, timeout=timeout, max_replies=max_replies, headers=headers
+        )
+
+    async def broadcast(
+        self,
+        type: str,
+        payload: Any = None,
+        *,
+        role: str | None = None,
+        durable: bool = False,
+        headers: dict[str, str] | None = None,
+    ) -> int:
+        """To every live agent, or every member of ``role``: pub/sub (at-most-once; returns
+        the receivers), or ``durable`` (one inbox copy per member; returns the copies)."""
+        return await self._data_plane().broadcast(
+            type, payload, role=role, durable=durable, headers=headers
+        )
+
+    async def broadcast_many(
+        self,
+        type: str,
+        payloads: Iterable[Any],
+        *,
+        role: str | None = None,
+        durable: bool = False,
+        headers: dict[str, str] | None = None,
+    ) -> list[int]:
+        """One broadcast per payload in one round trip; each one's receiver (or copy) count."""
+        return await self._data_plane().broadcast_many(
+            type, payloads, role=role, durable=durable, headers=headers
+        )
+
+    async def publish(
+        self, topic: str, payload: Any = None, *, headers: dict[str, str] | None = None
+    ) -> int:
+        """Publish to ``topic`` (pub/sub, at-most-once); returns the receivers."""
+        return await self._data_plane().publish(topic, payload, headers=headers)
+
+    def subscribe(self, pattern: str) -> Subscription:
+        """``async with x.subscribe("news.*") as sub: async for msg in sub: ...``"""
+        return self._data_plane().subscribe(pattern)
