@@ -58,7 +58,7 @@ class Proc:
 def spawn(settings: Settings, tmp_path: Path) -> Iterator[Any]:
     procs: list[Proc] = []
 
-    def start(*argv: str, name: str = "runner-1") -> Proc:
+    def start(*argv: str, name: str = "runner-1", **extra: str) -> Proc:
         env = {
             **os.environ,
             "AGENTBUS_REDIS_URL": settings.url,
@@ -68,6 +68,7 @@ def spawn(settings: Settings, tmp_path: Path) -> Iterator[Any]:
             "AGENTBUS_SHUTDOWN_GRACE": "5",
             "RUN_TARGET_NAME": name,
             "PYTHONUNBUFFERED": "1",
+            **extra,
         }
         d = tmp_path / f"p{len(procs)}"
         d.mkdir()
@@ -167,3 +168,33 @@ async def test_the_echo_example_runs_through_agentbus_run(
     proc.proc.send_signal(signal.SIGTERM)
     assert await proc.wait(15) == 0, proc.stderr()
     assert not await r.exists(keys.record("echo-1"))
+
+
+async def test_a_killed_host_takes_all_its_agents_with_it(
+    coordinator: Coordinator, settings: Settings, r: aioredis.Redis, keys: KeySpace, spawn: Any
+) -> None:
+    """`agentbus run module:host`: a host of 20 agents, then SIGKILL (no leave): every agent it
+    carried expires (heartbeat_missed), and none is left in any index."""
+    proc = spawn(*AGENTBUS, "run", "tests.run_target:make_host", name="hk", RUN_TARGET_AGENTS="20")
+    names = {f"hk-{i}" for i in range(20)}
+    await wait_for(lambda: _all_in(r, keys, names), timeout=30, message="all registered")
+    proc.proc.kill()
+    await proc.wait(10)
+    await wait_for(lambda: _none_in(r, keys, names), timeout=10 * settings.ttl + 5, message="gone")
+    expired = [e for e in await _events_all(r, keys) if e.type is RegistryEventType.AGENT_EXPIRED]
+    assert {e.name for e in expired} == names
+    assert {e.reason for e in expired} == {"heartbeat_missed"}
+    assert await r.smembers(keys.role_index("hosted")) == set()
+
+
+async def _all_in(r: aioredis.Redis, keys: KeySpace, names: set[str]) -> bool:
+    return names <= set(await r.smembers(keys.agents()))
+
+
+async def _none_in(r: aioredis.Redis, keys: KeySpace, names: set[str]) -> bool:
+    return not names & set(await r.smembers(keys.agents()))
+
+
+async def _events_all(r: aioredis.Redis, keys: KeySpace) -> list[RegistryEvent]:
+    rows: Any = await r.xrange(keys.events())
+    return [RegistryEvent.from_fields(i, f) for i, f in rows]
