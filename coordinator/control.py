@@ -526,6 +526,15 @@ class ControlConsumer:
             target = env.sender if is_identifier(env.sender) else None
             self._refuse(out, eid, reply_to, target, env.id, prepared)
             return
+        if env.sender != prepared.name:  # heartbeats and leaves are matched on the sender
+            info = ErrorInfo(
+                code=ErrorCode.INVALID_RECORD,
+                description=f"announce sender {env.sender!r} is not the card's name "
+                f"{prepared.name!r}: an agent announces under its own name",
+                details={"field": "sender", "sender": env.sender, "name": prepared.name},
+            )
+            self._refuse(out, eid, reply_to, prepared.name, env.id, info)
+            return
         batch.announce(eid, fields, prepared, reply_to, env.id)
 
     def _leave(

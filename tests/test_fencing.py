@@ -296,3 +296,15 @@ async def test_a_stale_refusal_is_announced_again(
     assert orjson.dumps(reply["error"]["details"]) == orjson.dumps(
         {"name": "late", "instance_id": agent.instance_id}
     )
+
+
+async def test_an_announce_under_another_name_is_refused(
+    coordinator: Coordinator, r: aioredis.Redis, keys: KeySpace
+) -> None:
+    """Heartbeats and leaves are matched on the sender: an announce whose sender is not the
+    card's name would register a name its heartbeats never keep alive (or spoof another)."""
+    agent = FakeAgent(r, keys, "mallory")
+    reply = await agent.register(name="alice")  # card says alice, sender says mallory
+    assert reply["error"]["code"] == "invalid_record"
+    assert reply["error"]["details"]["field"] == "sender"
+    assert await r.exists(keys.record("alice")) == 0
