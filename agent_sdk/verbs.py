@@ -1,4 +1,5 @@
-"""The messaging verbs, defined once with typed parameters: ``Agent`` and ``Bus`` expose them.
+"""The messaging verbs, defined once with typed parameters: ``Messaging``, ``Agent`` and ``Bus``
+expose them.
 
 Each owner says which ``Messaging`` carries its verbs (``_data_plane``: an agent's own, a bus's
 client one) and which answers its requests (``_request_plane``: the same, or one whose reply
@@ -11,10 +12,18 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from schemas.errors import InvalidInput
+
 if TYPE_CHECKING:
     from agent_sdk.messaging import GatherResult, Messaging, Subscription
 
 __all__ = ["Verbs"]
+
+
+def _need_type(type: str | None) -> str:
+    if not type:
+        raise InvalidInput("a message type is required (type=...)")
+    return type
 
 
 class Verbs:
@@ -41,9 +50,9 @@ class Verbs:
         """Fire-and-forget to agent ``to`` or one member of ``role``; returns the message id.
         ``AgentNotFound`` / ``NoResponders`` at once when nobody can receive it (unless
         ``queue_if_absent``); ``ttl`` seconds bound how long it may wait unhandled."""
-        return await self._data_plane().send(
-            to, type, payload, role=role, headers=headers, queue_if_absent=queue_if_absent,
-            ttl=ttl,
+        return await self._data_plane().sender.send(
+            to, _need_type(type), payload, role=role, headers=headers,
+            queue_if_absent=queue_if_absent, ttl=ttl,
         )  # fmt: skip
 
     async def request(
@@ -59,8 +68,10 @@ class Verbs:
         """Send a request to ``to`` or one member of ``role``; return the reply payload
         (``RemoteError`` for an error reply, ``RequestTimeout`` after ``timeout`` seconds, by
         default ``request_timeout``)."""
-        plane = await self._request_plane()
-        return await plane.request(to, type, payload, role=role, timeout=timeout, headers=headers)
+        requester = (await self._request_plane())._requester()
+        return await requester.request(
+            to, _need_type(type), payload, role=role, timeout=timeout, headers=headers
+        )
 
     async def request_many(
         self,
@@ -73,10 +84,13 @@ class Verbs:
         headers: dict[str, str] | None = None,
     ) -> GatherResult:
         """Ask every live member of ``role`` (scatter-gather); see ``GatherResult``."""
-        plane = await self._request_plane()
-        return await plane.request_many(
-            role, type, payload, timeout=timeout, max_replies=max_replies, headers=headers
-        )
+        if role is None:
+            raise InvalidInput("request_many needs role=...")
+        requester = (await self._request_plane())._requester()
+        return await requester.request_many(
+            role, _need_type(type), payload, timeout=timeout, max_replies=max_replies,
+            headers=headers,
+        )  # fmt: skip
 
     async def broadcast(
         self,
@@ -89,7 +103,7 @@ class Verbs:
     ) -> int:
         """To every live agent, or every member of ``role``: pub/sub (at-most-once; returns
         the receivers), or ``durable`` (one inbox copy per member; returns the copies)."""
-        return await self._data_plane().broadcast(
+        return await self._data_plane().sender.broadcast(
             type, payload, role=role, durable=durable, headers=headers
         )
 
@@ -103,7 +117,7 @@ class Verbs:
         headers: dict[str, str] | None = None,
     ) -> list[int]:
         """One broadcast per payload in one round trip; each one's receiver (or copy) count."""
-        return await self._data_plane().broadcast_many(
+        return await self._data_plane().sender.broadcast_many(
             type, payloads, role=role, durable=durable, headers=headers
         )
 
@@ -111,8 +125,8 @@ class Verbs:
         self, topic: str, payload: Any = None, *, headers: dict[str, str] | None = None
     ) -> int:
         """Publish to ``topic`` (pub/sub, at-most-once); returns the receivers."""
-        return await self._data_plane().publish(topic, payload, headers=headers)
+        return await self._data_plane().sender.publish(topic, payload, headers=headers)
 
     def subscribe(self, pattern: str) -> Subscription:
         """``async with x.subscribe("news.*") as sub: async for msg in sub: ...``"""
-        return self._data_plane().subscribe(pattern)
+        return self._data_plane().hub.subscribe(pattern)

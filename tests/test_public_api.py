@@ -83,7 +83,9 @@ def test_every_verb_is_defined_once_with_typed_parameters() -> None:
         "publish",
         "subscribe",
     ]
-    for cls in (agent_sdk.Agent, agent_sdk.Bus):
+    from agent_sdk.messaging import Messaging
+
+    for cls in (agent_sdk.Agent, agent_sdk.Bus, Messaging):
         for verb in verbs:
             assert getattr(cls, verb) is getattr(Verbs, verb), (cls, verb)
     for verb in verbs:

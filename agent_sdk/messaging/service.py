@@ -8,32 +8,26 @@ behind the verbs users call (``on``, ``send``, ``request``, ``request_many``, ``
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from types import TracebackType
-from typing import Any
 
 import redis.asyncio as aioredis
 
 from agent_sdk.fence import Fence
 from agent_sdk.messaging.consumer import Consumer
 from agent_sdk.messaging.handlers import Handler, HandlerRegistry
-from agent_sdk.messaging.requests import GatherResult, ReplyPort, Requester
+from agent_sdk.messaging.requests import ReplyPort, Requester
 from agent_sdk.messaging.scripts import Scripts
 from agent_sdk.messaging.sender import Sender
-from agent_sdk.messaging.topics import PubSubHub, Subscription
+from agent_sdk.messaging.topics import PubSubHub
 from agent_sdk.settings import Settings
+from agent_sdk.verbs import Verbs
 from schemas.errors import InvalidInput
 
 __all__ = ["Messaging"]
 
 
-def _need_type(type: str | None) -> str:
-    if not type:
-        raise InvalidInput("a message type is required (type=...)")
-    return type
-
-
-class Messaging:
+class Messaging(Verbs):
     """The data plane for one identity.
 
     ``consume=False`` (a client that is not a registered agent): no inbox or role queue is read
@@ -121,94 +115,11 @@ class Messaging:
         """Decorator: ``@messaging.on("summarize")`` registers an async handler."""
         return self.handlers.on(type)
 
-    # -- verbs ------------------------------------------------------------------------------
-    async def send(
-        self,
-        to: str | None = None,
-        type: str | None = None,
-        payload: Any = None,
-        *,
-        role: str | None = None,
-        headers: dict[str, str] | None = None,
-        queue_if_absent: bool = False,
-        ttl: float | None = None,
-    ) -> str:
-        """Fire-and-forget to agent ``to`` or one member of ``role``; returns the message id."""
-        return await self.sender.send(
-            to, _need_type(type), payload, role=role, headers=headers,
-            queue_if_absent=queue_if_absent, ttl=ttl,
-        )  # fmt: skip
+    # -- the verbs are agent_sdk.verbs.Verbs's ---------------------------------------------
+    def _data_plane(self) -> Messaging:
+        return self
 
     def _requester(self) -> Requester:
         if self._replies is None:
             raise InvalidInput("requests need a reply list: use an Agent or a started Bus")
         return Requester(self.sender, self._replies)
-
-    async def request(
-        self,
-        to: str | None = None,
-        type: str | None = None,
-        payload: Any = None,
-        *,
-        role: str | None = None,
-        timeout: float | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> Any:
-        """Send a request to ``to`` or one member of ``role``; return the reply payload."""
-        return await self._requester().request(
-            to, _need_type(type), payload, role=role, timeout=timeout, headers=headers
-        )
-
-    async def request_many(
-        self,
-        role: str | None = None,
-        type: str | None = None,
-        payload: Any = None,
-        *,
-        timeout: float | None = None,
-        max_replies: int | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> GatherResult:
-        """Ask every live member of ``role``; see ``GatherResult``."""
-        if role is None:
-            raise InvalidInput("request_many needs role=...")
-        return await self._requester().request_many(
-            role, _need_type(type), payload, timeout=timeout, max_replies=max_replies,
-            headers=headers,
-        )  # fmt: skip
-
-    async def broadcast(
-        self,
-        type: str,
-        payload: Any = None,
-        *,
-        role: str | None = None,
-        durable: bool = False,
-        headers: dict[str, str] | None = None,
-    ) -> int:
-        return await self.sender.broadcast(
-            type, payload, role=role, durable=durable, headers=headers
-        )
-
-    async def broadcast_many(
-        self,
-        type: str,
-        payloads: Iterable[Any],
-        *,
-        role: str | None = None,
-        durable: bool = False,
-        headers: dict[str, str] | None = None,
-    ) -> list[int]:
-        """One broadcast per payload in one round trip; each one's receiver (or copy) count."""
-        return await self.sender.broadcast_many(
-            type, payloads, role=role, durable=durable, headers=headers
-        )
-
-    async def publish(
-        self, topic: str, payload: Any = None, *, headers: dict[str, str] | None = None
-    ) -> int:
-        return await self.sender.publish(topic, payload, headers=headers)
-
-    def subscribe(self, pattern: str) -> Subscription:
-        """``async with messaging.subscribe("news.*") as sub: async for msg in sub: ...``"""
-        return self.hub.subscribe(pattern)
