@@ -241,19 +241,30 @@ async def sloppy_responder(fake: FakeAgent, *, correlate: bool) -> AsyncIterator
         await cancel_and_wait(task)
 
 
-async def test_sloppy_replies_fail_echo_headers_ack_and_errors(
-    settings: Settings, r: aioredis.Redis, keys: KeySpace
-) -> None:
-    fake = FakeAgent(r, keys, "sloppy-replier", role="echo")
+async def _check_sloppy(
+    settings: Settings,
+    r: aioredis.Redis,
+    keys: KeySpace,
+    name: str,
+    *,
+    correlate: bool,
+    timeout: float,
+) -> Any:
+    """The conformance report of a heartbeating fake agent answered by ``sloppy_responder``."""
+    fake = FakeAgent(r, keys, name, role="echo")
     await fake.register()
     fake.start_heartbeats()
     try:
-        async with sloppy_responder(fake, correlate=True):
-            report = await run_conformance(
-                settings, "sloppy-replier", ConformanceOptions(timeout=1.0)
-            )
+        async with sloppy_responder(fake, correlate=correlate):
+            return await run_conformance(settings, name, ConformanceOptions(timeout=timeout))
     finally:
         await fake.stop_heartbeats()
+
+
+async def test_sloppy_replies_fail_echo_headers_ack_and_errors(
+    settings: Settings, r: aioredis.Redis, keys: KeySpace
+) -> None:
+    report = await _check_sloppy(settings, r, keys, "sloppy-replier", correlate=True, timeout=1.0)
     got = verdicts(report)
     assert got["request.name"] is Verdict.PASS, report.lines()  # kind, type, correlation: right
     for check in ("request.echo", "request.headers", "request.ack", "error.unknown_type"):
@@ -268,16 +279,7 @@ async def test_sloppy_replies_fail_echo_headers_ack_and_errors(
 async def test_a_reply_with_the_wrong_correlation_id_fails(
     settings: Settings, r: aioredis.Redis, keys: KeySpace
 ) -> None:
-    fake = FakeAgent(r, keys, "miscorrelated", role="echo")
-    await fake.register()
-    fake.start_heartbeats()
-    try:
-        async with sloppy_responder(fake, correlate=False):
-            report = await run_conformance(
-                settings, "miscorrelated", ConformanceOptions(timeout=0.5)
-            )
-    finally:
-        await fake.stop_heartbeats()
+    report = await _check_sloppy(settings, r, keys, "miscorrelated", correlate=False, timeout=0.5)
     assert verdicts(report)["request.name"] is Verdict.FAIL
     assert "replies came with other correlation ids ['not-" in reason(report, "request.name")
 
