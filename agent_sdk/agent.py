@@ -277,7 +277,7 @@ class Agent(Verbs):
                     self.bus.client, self.settings, name=self.name,
                     instance_id=self.instance_id, role=self.role, replies=self.router,
                     max_concurrency=self.card.max_concurrency, on_load=self.set_load,
-                    handlers=self.handlers, fence=self.fence,
+                    handlers=self.handlers, fence=self.fence, plane=self.host.plane,
                 )  # fmt: skip
                 self._components.insert(0, self._messaging)
                 # usage stats: started before the data plane, stopped (and flushed) after it

@@ -57,7 +57,7 @@ class Heartbeats:
         self._task: asyncio.Task[None] | None = None
         #: Entries written (a ``heartbeat`` or a ``lease``): for tests and stats.
         self.sent = 0
-
+        self._send_lock = asyncio.Lock()
     def add(self, member: Membership) -> None:
         self.members[member.card.name] = member
         self.wake()
@@ -186,6 +186,12 @@ class Heartbeats:
             self.wake()
 
     async def _send(self, due: list[Membership]) -> None:
+        # One at a time, each built when its turn comes: a lease built before a status change
+        # must not reach Redis after the heartbeat that carries the change (send_now).
+        async with self._send_lock:
+            await self._send_locked(due)
+
+    async def _send_locked(self, due: list[Membership]) -> None:
         only = due[0]
         alone = len(self.members) <= 1 and only.router.key == self.reply_to
         if len(due) == 1 and alone:

@@ -12,13 +12,14 @@
 
 A host owns the Redis client (a ``Bus``), ONE reply list read by one loop (announce results,
 ``reannounce`` requests and the replies to its agents' requests, routed by correlation id and
-target), and ONE heartbeat loop that carries every agent in one control entry per interval (a
-``lease``, docs/PROTOCOL.md "Hosts"). Each agent still has its own card, instance id, epoch and
-fence (``agent_sdk.fence``): one agent losing its name stops that agent only.
-
-Today each hosted agent still reads its own streams and pub/sub channels: about
-``CONNECTIONS_PER_AGENT`` connections each (its blocking reader, its acks, its send and reply
-batchers, its pub/sub connection), so the host's pool is sized for ``max_agents`` of them.
+target), ONE heartbeat loop that carries every agent in one control entry per interval (a
+``lease``, docs/PROTOCOL.md "Hosts"), and ONE data plane (``agent_sdk.messaging.plane``): one
+reader for every inbox and role queue (woken by doorbells), one connection for acks, one send
+batcher, one reply batcher and one pub/sub connection. Its connections do not grow with the
+number of agents: ``HELD_CONNECTIONS`` held for good, plus up to ``max_connections`` for
+commands in between (registrations, discovery). Each agent still has its own card, instance id,
+epoch, fence (``agent_sdk.fence``), handler slots and consumer name: one agent losing its name
+stops that agent only, and one slow handler holds only its own agent's slots.
 
 A lone ``Agent(...)`` is a host of one (it makes its own, named after it, whose reply list is the
 agent's own: the wire of a lone agent is unchanged). Names are unique on a host: a second agent
@@ -35,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from agent_sdk.bus import Bus, resolve_settings
 from agent_sdk.heartbeats import Heartbeats
+from agent_sdk.messaging.plane import Plane
 from agent_sdk.replies import ReplyRouter
 from agent_sdk.settings import Settings
 from schemas.agent import ControlType
@@ -45,12 +47,13 @@ from schemas.names import check_identifier
 if TYPE_CHECKING:
     from agent_sdk.agent import Agent
 
-__all__ = ["CONNECTIONS_PER_AGENT", "Host"]
+__all__ = ["HELD_CONNECTIONS", "Host"]
 
 log = logging.getLogger("agentbus.host")
 
-#: Connections one hosted agent's data plane may hold at once (see the module docstring).
-CONNECTIONS_PER_AGENT = 6
+#: Connections a running host holds for good: its reply list's blocking read, the reader, the
+#: acks, the send and reply batchers, and pub/sub.
+HELD_CONNECTIONS = 6
 
 
 class Host:
@@ -78,7 +81,7 @@ class Host:
             raise InvalidInput(f"max_agents must be >= 1, got {max_agents}")
         self.max_agents = max_agents
         if bus is None:
-            pool = self.settings.max_connections + CONNECTIONS_PER_AGENT * max_agents
+            pool = self.settings.max_connections + HELD_CONNECTIONS
             bus = Bus(self.settings.model_copy(update={"max_connections": pool}))
             self._owns_bus = True
         else:
@@ -91,6 +94,8 @@ class Host:
             owner=self.name,
         )
         self.heartbeats: Heartbeats | None = None
+        #: The data plane its agents share (exists once the host runs).
+        self.plane: Plane | None = None
         #: The agents this host carries, by name (created on it and not stopped yet).
         self.agents: dict[str, Agent] = {}
         self.stopped = asyncio.Event()
@@ -180,6 +185,8 @@ class Host:
                     self.bus.client, self.settings, host=self.name, reply_to=self.router.key
                 )
                 await self.heartbeats.start()
+                self.plane = Plane(self.bus.client, self.settings)
+                await self.plane.start()
             except BaseException:
                 await self._stop_shared()
                 raise
@@ -201,6 +208,8 @@ class Host:
 
     async def _stop_shared(self) -> None:
         try:
+            if self.plane is not None:
+                await self.plane.stop()
             if self.heartbeats is not None:
                 await self.heartbeats.stop()
             await self.router.stop()

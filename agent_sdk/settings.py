@@ -55,6 +55,11 @@ class Settings(BaseSettings):
     max_payload_bytes: int = Field(default=1024 * 1024, ge=1024, description="Encoded payload.")
     max_deliveries: int = Field(default=5, ge=1, description="Then a message is dead-lettered.")
     claim_interval: float = Field(default=1.0, gt=0, description="Role queue reclaim period.")
+    inbox_sweep: float = Field(
+        default=10.0,
+        gt=0,
+        description="Every inbox of a host is read at least this often, doorbell or not.",
+    )
     inbox_maxlen: int = Field(default=10_000, ge=10, description="Approximate inbox cap.")
     queue_maxlen: int = Field(default=100_000, ge=10, description="Approximate role queue cap.")
     deadletter_maxlen: int = Field(default=100_000, ge=10)

@@ -44,7 +44,8 @@ R:coordinator:<id>                     string  PX 3 x tick                 coord
 <ns>:deadletter                        stream  MAXLEN ~ (settings)         everyone       ``deadletter``
 =====================================  ======  ==========================  =============  ==============
 
-Pub/sub channels: ``<ns>:broadcast`` (every agent), ``<ns>:broadcast:role:<role>``,
+Pub/sub channels: ``<ns>:broadcast`` (every agent), ``<ns>:broadcast:role:<role>``, the doorbells
+``<ns>:agent:{<name>}:inbox:bell`` and ``<ns>:role:{<role>}:queue:bell`` (protocol 2),
 ``<ns>:topic:<topic>`` (subscribers may use glob patterns), ``<ns>:events`` (change feed mirror),
 ``<ns>:session:<session>:activity`` (activity mirror).
 """
@@ -181,6 +182,12 @@ class KeySpace:
 
     def role_queue(self, role: str) -> str:
         return f"{self.ns}:role:{{{role}}}:queue"
+
+    def bell(self, stream: str) -> str:
+        """The doorbell channel of an inbox or role queue: ``<stream key>:bell``. A sender
+        ``PUBLISH``es on it after each ``XADD`` (the send script does), so that a host reading
+        thousands of streams wakes for the one that has work (docs/PROTOCOL.md, "Doorbells")."""
+        return f"{stream}:bell"
 
     def session_activity(self, session_id: str) -> str:
         return f"{self.ns}:session:{{{session_id}}}:activity"

@@ -137,7 +137,8 @@ async def replay(client: aioredis.Redis, settings: Settings, dead_letter_id: str
         async with client.pipeline(transaction=True) as pipe:
             pipe.xadd(letter.source, fields)
             pipe.xdel(key, dead_letter_id)
-            new_id, _ = await pipe.execute()
+            pipe.publish(settings.keys.bell(letter.source), "")
+            new_id, _, _ = await pipe.execute()
     return _text(new_id)
 
 

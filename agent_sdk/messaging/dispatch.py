@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 
 from agent_sdk import telemetry
 from agent_sdk.messaging.deadletter import dead_letter
+from agent_sdk.messaging.batcher import Batcher
 from agent_sdk.messaging.handlers import HandlerRegistry, Message, Outcome
 from agent_sdk.messaging.replier import Replier
 from agent_sdk.messaging.scripts import Scripts
@@ -71,6 +72,7 @@ class Dispatcher:
         name: str,
         handlers: HandlerRegistry,
         ack: Callable[[StreamState, str], None],
+        batcher: Batcher | None = None,
     ) -> None:
         self.client = client
         self.settings = settings
@@ -78,7 +80,7 @@ class Dispatcher:
         self.name = name
         self.handlers = handlers
         self.ack = ack
-        self.replier = Replier(client, settings, scripts, name)
+        self.replier = Replier(client, settings, scripts, name, batcher=batcher)
 
     async def to_dead_letter(
         self, s: StreamState, entry_id: str, fields: Fields, reason: str, code: str

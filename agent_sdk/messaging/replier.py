@@ -32,7 +32,13 @@ REPLY_LINGER_MS = 60_000
 
 class Replier:
     def __init__(
-        self, client: aioredis.Redis, settings: Settings, scripts: Scripts, sender: str
+        self,
+        client: aioredis.Redis,
+        settings: Settings,
+        scripts: Scripts,
+        sender: str,
+        *,
+        batcher: Batcher | None = None,
     ) -> None:
         self.client = client
         self.settings = settings
@@ -40,8 +46,9 @@ class Replier:
         self.sender = sender
         self._reply_prefix = f"{settings.keys.ns}:"
         self._agents_prefix = settings.keys.agents_prefix
-        #: Replies of concurrent handlers share round trips (one in flight, on its own lane).
-        self.batcher = Batcher(client, join_turn=False)  # a reply leaves as soon as it can
+        #: Replies of concurrent handlers share round trips (one in flight, on its own lane;
+        #: the host's, shared by its agents).
+        self.batcher = batcher or Batcher(client, join_turn=False)  # leaves as soon as it can
 
     def build(self, request: Envelope, outcome: Outcome) -> bytes:
         error = outcome.error

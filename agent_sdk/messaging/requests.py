@@ -235,8 +235,9 @@ class Requester:
                         )  # fmt: skip
                         ids.append(out.id)
                         pending[self.replies.expect(out.id)] = name
-                        pipe.xadd(keys.inbox(name), out.stream_fields(), maxlen=maxlen,
-                                  approximate=True)  # fmt: skip
+                        inbox = keys.inbox(name)
+                        pipe.xadd(inbox, out.stream_fields(), maxlen=maxlen, approximate=True)
+                        pipe.publish(keys.bell(inbox), "")
                     with redis_errors(self.settings, f"sending {type!r} to role {role!r}"):
                         await pipe.execute()
                 give_up = time.monotonic() + timeout

@@ -71,14 +71,21 @@ class Sender:
     """Everything that puts a message on the bus for one sender identity."""
 
     def __init__(
-        self, client: aioredis.Redis, settings: Settings, scripts: Scripts, sender: str
+        self,
+        client: aioredis.Redis,
+        settings: Settings,
+        scripts: Scripts,
+        sender: str,
+        *,
+        batcher: Batcher | None = None,
     ) -> None:
         self.client = client
         self.settings = settings
         self.scripts = scripts
         self.sender = sender
         self.keys = settings.keys
-        self.batcher = Batcher(client)
+        #: Sends of every agent of a host share one batcher (one connection).
+        self.batcher = batcher or Batcher(client)
 
     def payload(self, payload: Any) -> bytes:
         return encode_payload(payload, self.settings.max_payload_bytes)
@@ -116,7 +123,8 @@ class Sender:
             target.label, out.type, message_id=out.id, headers=out.headers,
             conversation_id=out.correlation_id,
         ) as span:  # fmt: skip
-            op = Op([mode, maxlen, *out.stream_args()], self.scripts.send, (check_key, stream))
+            args = [mode, maxlen, keys.bell(stream), *out.stream_args()]
+            op = Op(args, self.scripts.send, (check_key, stream))
             entry_id = await self._run(op, "sending %r to %s", out.type, target.label)
             if entry_id is None:
                 telemetry.mark_error(span, "not_found" if target.name else "no_responders")
@@ -248,8 +256,9 @@ class Sender:
                 for body, name in itertools.product(bodies, names):
                     out = Outgoing(type=type, sender=self.sender, payload=body,
                                    kind=Kind.BROADCAST, target=name, headers=headers)  # fmt: skip
-                    pipe.xadd(self.keys.inbox(name), out.stream_fields(), maxlen=maxlen,
-                              approximate=True)  # fmt: skip
+                    inbox = self.keys.inbox(name)
+                    pipe.xadd(inbox, out.stream_fields(), maxlen=maxlen, approximate=True)
+                    pipe.publish(self.keys.bell(inbox), "")
                 await pipe.execute()
         return [len(names)] * len(bodies)
 

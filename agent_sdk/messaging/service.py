@@ -1,7 +1,7 @@
 """``Messaging``: the data plane of one agent (or client), as one component.
 
-It bundles the handler registry, the sender, requests, the stream consumer and the pub/sub hub
-behind the verbs users call (``on``, ``send``, ``request``, ``request_many``, ``broadcast``,
+It bundles the handler registry, the sender, requests, the agent's consumer and the pub/sub hub
+(the last three shared through its host's ``Plane``) behind the verbs users call (``on``, ``send``, ``request``, ``request_many``, ``broadcast``,
 ``publish``, ``subscribe``). ``Agent`` and ``Bus`` delegate to it. It is a component: ``start``
 (after the agent's announce is accepted) and ``stop(grace)`` (before it leaves) are idempotent.
 """
@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 from agent_sdk.fence import Fence
 from agent_sdk.messaging.consumer import Consumer
 from agent_sdk.messaging.handlers import Handler, HandlerRegistry
+from agent_sdk.messaging.plane import Plane
 from agent_sdk.messaging.requests import ReplyPort, Requester
 from agent_sdk.messaging.scripts import Scripts
 from agent_sdk.messaging.sender import Sender
@@ -30,9 +31,10 @@ __all__ = ["Messaging"]
 class Messaging(Verbs):
     """The data plane for one identity.
 
-    ``consume=False`` (a client that is not a registered agent): no inbox or role queue is read
-    and no broadcast is received; sending, requests (with ``replies``), publishing and topic
-    subscriptions work.
+    An agent's reads, replies, sends and pub/sub go through its host's shared ``Plane``
+    (``plane=``; without one it makes its own, a host of one). ``consume=False`` (a client that
+    is not a registered agent): no inbox or role queue is read and no broadcast is received;
+    sending, requests (with ``replies``), publishing and topic subscriptions work.
     """
 
     def __init__(
@@ -49,30 +51,33 @@ class Messaging(Verbs):
         consume: bool = True,
         handlers: HandlerRegistry | None = None,
         fence: Fence | None = None,
+        plane: Plane | None = None,
     ) -> None:
         self.client = client
         self.settings = settings
         self.name = name
         self.instance_id = instance_id
-        self.scripts = Scripts.register(client)
+        self._owns_plane = plane is None and consume
+        if plane is None and consume:
+            plane = Plane(client, settings)
+        self.plane = plane
+        self.scripts = plane.scripts if plane is not None else Scripts.register(client)
         self.handlers = handlers if handlers is not None else HandlerRegistry()
-        self.sender = Sender(client, settings, self.scripts, name)
+        self.sender = Sender(
+            client, settings, self.scripts, name,
+            batcher=plane.send_batcher if plane is not None else None,
+        )  # fmt: skip
         self._replies = replies
         self.consumer: Consumer | None = None
-        channels: tuple[str, ...] = ()
         if consume:
+            assert plane is not None
             self.consumer = Consumer(
-                client, settings, self.scripts, name=name, instance_id=instance_id, role=role,
-                handlers=self.handlers, max_concurrency=max_concurrency, on_load=on_load,
-                fence=fence,
+                client, settings, self.scripts, plane.reader, name=name,
+                instance_id=instance_id, role=role, handlers=self.handlers,
+                max_concurrency=max_concurrency, on_load=on_load, fence=fence,
+                reply_batcher=plane.reply_batcher,
             )  # fmt: skip
-            channels = (settings.keys.broadcast_channel(),)
-            if role is not None:
-                channels += (settings.keys.broadcast_channel(role),)
-        self.hub = PubSubHub(
-            client, settings, channels=channels,
-            on_broadcast=self.consumer.handle_live if self.consumer else None,
-        )  # fmt: skip
+        self.hub = plane.hub if plane is not None else PubSubHub(client, settings)
         self._started = False
 
     # -- lifecycle (a component of Agent) ---------------------------------------------------
@@ -81,17 +86,22 @@ class Messaging(Verbs):
             return
         self._started = True
         if self.consumer is not None:
-            await self.hub.start()
-            await self.consumer.start()
+            assert self.plane is not None
+            await self.plane.join(self.consumer)
 
     async def stop(self, grace: float | None = None) -> None:
-        """Idempotent. Also stops the pub/sub hub a ``subscribe`` started without ``start``."""
+        """Idempotent. Also stops the pub/sub hub a ``subscribe`` started without ``start``
+        (unless it is the host's)."""
         if self._started:
             self._started = False
             if self.consumer is not None:
-                await self.consumer.stop(grace)
-        await self.hub.stop()
-        await self.sender.batcher.aclose()
+                assert self.plane is not None
+                await self.plane.leave(self.consumer, grace)
+        if self.plane is None:
+            await self.hub.stop()
+            await self.sender.batcher.aclose()
+        elif self._owns_plane:
+            await self.plane.stop()
 
     async def __aenter__(self) -> Messaging:
         await self.start()

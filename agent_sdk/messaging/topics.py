@@ -1,9 +1,9 @@
-"""Pub/sub: one connection per agent (or client) shared by broadcasts and topic subscriptions.
+"""Pub/sub: one connection per host (or client) shared by broadcasts, doorbells and topics.
 
 ``subscribe("news.*")`` returns a ``Subscription``: an async context manager and an async iterator
 of ``Message``. It is active when the ``async with`` body starts (the ``PSUBSCRIBE`` is
-confirmed). Broadcast channels (``<ns>:broadcast``, ``<ns>:broadcast:role:<role>``) are
-``SUBSCRIBE``d for the agent and routed to its handlers.
+confirmed). Channels a host listens to (broadcasts, the doorbells of the streams its agents
+read) are ``SUBSCRIBE``d with ``listen`` and each routed to its callback, raw.
 
 Delivery is at-most-once: messages published while the connection is down are lost. When the
 connection breaks, the loop logs, backs off, opens a new connection and subscribes again to every
@@ -27,7 +27,7 @@ from agent_sdk.lane import hiredis_reader, incomplete
 from agent_sdk.messaging.handlers import Message
 from agent_sdk.settings import Settings
 from agent_sdk.tasks import cancel_and_wait
-from schemas.envelope import Envelope, decode_json
+from schemas.envelope import decode_json
 from schemas.errors import InvalidInput, ProtocolError
 from schemas.names import check_topic_pattern
 
@@ -35,10 +35,12 @@ __all__ = ["PubSubHub", "Subscription"]
 
 log = logging.getLogger("agentbus.messaging")
 
-BroadcastCallback = Callable[[Envelope, str], None]
+#: Gets each message of a ``listen``ed channel: (channel name, raw data).
+ChannelCallback = Callable[[str, bytes], None]
 _QUEUE_MAX = 10_000
 _CONFIRM_TIMEOUT = 10.0
 _READ_SIZE = 65_536
+_SUBSCRIBE_CHUNK = 1_000
 
 
 async def _push_as_is(push: Any) -> Any:
@@ -106,19 +108,12 @@ class Subscription:
 class PubSubHub:
     """Owns the pub/sub connection; ``start``/``stop`` are idempotent."""
 
-    def __init__(
-        self,
-        client: aioredis.Redis,
-        settings: Settings,
-        *,
-        channels: tuple[str, ...] = (),
-        on_broadcast: BroadcastCallback | None = None,
-    ) -> None:
+    def __init__(self, client: aioredis.Redis, settings: Settings) -> None:
         self.client = client
         self.settings = settings
         self.keys = settings.keys
-        self.channels = channels
-        self.on_broadcast = on_broadcast
+        #: Channels ``SUBSCRIBE``d (broadcasts, doorbells) and who gets their messages.
+        self._listeners: dict[str, ChannelCallback] = {}
         self._subs: dict[str, list[Subscription]] = {}
         self._confirmed: dict[str, asyncio.Event] = {}
         self._names: dict[Any, str] = {}  # channel as received -> its name
@@ -127,6 +122,8 @@ class PubSubHub:
         self._ready: asyncio.Event | None = None
         #: Times the connection was re-established after a failure.
         self.reconnects = 0
+        #: Called after every reconnect (messages published meanwhile were lost).
+        self.on_reconnect: Callable[[], None] | None = None
 
     async def start(self) -> None:
         if self._task is not None:
@@ -154,6 +151,34 @@ class PubSubHub:
         except ValueError as e:
             raise InvalidInput(str(e)) from e
         return Subscription(self, pattern)
+
+    async def listen(self, channels: dict[str, ChannelCallback]) -> None:
+        """``SUBSCRIBE`` ``channels`` (each to its callback); returns once Redis confirmed them
+        (after a reconnect every channel is subscribed again, and ``on_reconnect`` called)."""
+        await self.start()
+        new = [c for c in channels if c not in self._listeners]
+        self._listeners.update(channels)
+        if not new:
+            return
+        last = self._confirmed.setdefault(new[-1], asyncio.Event())
+        last.clear()
+        if self._pubsub is not None:
+            with contextlib.suppress(Exception):  # a broken connection resubscribes all
+                for i in range(0, len(new), _SUBSCRIBE_CHUNK):
+                    await self._pubsub.subscribe(*new[i : i + _SUBSCRIBE_CHUNK])
+        async with asyncio.timeout(_CONFIRM_TIMEOUT):
+            await last.wait()
+        self._confirmed.pop(new[-1], None)
+
+    async def unlisten(self, channels: list[str]) -> None:
+        """``UNSUBSCRIBE`` ``channels``."""
+        gone = [c for c in channels if self._listeners.pop(c, None) is not None]
+        if gone and self._pubsub is not None:
+            with contextlib.suppress(Exception):
+                for i in range(0, len(gone), _SUBSCRIBE_CHUNK):
+                    await self._pubsub.unsubscribe(*gone[i : i + _SUBSCRIBE_CHUNK])
+        for c in gone:
+            self._names.pop(c.encode(), None)
 
     async def _add(self, sub: Subscription) -> None:
         await self.start()
@@ -190,11 +215,12 @@ class PubSubHub:
         for event in self._confirmed.values():
             event.clear()
         pubsub = self.client.pubsub(push_handler_func=_push_as_is)
-        if self.channels:
-            await pubsub.subscribe(*self.channels)
+        channels = list(self._listeners)
+        for i in range(0, len(channels), _SUBSCRIBE_CHUNK):
+            await pubsub.subscribe(*channels[i : i + _SUBSCRIBE_CHUNK])
         if self._subs:
             await pubsub.psubscribe(*self._subs)
-        if not self.channels and not self._subs:
+        if not channels and not self._subs:
             await pubsub.connect()  # type: ignore[no-untyped-call]
         return pubsub
 
@@ -206,6 +232,8 @@ class PubSubHub:
                 if self._pubsub is None:
                     self._pubsub = await self._connect()
                     self._ready.set()
+                    if self.reconnects and self.on_reconnect is not None:
+                        self.on_reconnect()
                 replies = await self._read(self._pubsub)
                 backoff = 0.05
                 for reply in replies:
@@ -265,23 +293,25 @@ class PubSubHub:
                 if event is not None:
                     event.set()
             return
-        if pattern is None:  # our own few broadcast channels: each name decoded once
+        if pattern is None:  # a listened channel (broadcasts, doorbells): each name decoded once
             name = self._names.get(channel)
             if name is None:
-                name = self._names[channel] = _text(channel)
-        else:  # any topic the pattern matches: not cached (they are unbounded)
-            name = _text(channel)
+                name = _text(channel)
+                if name not in self._listeners:
+                    return  # unsubscribed meanwhile
+                self._names[channel] = name
+            listener = self._listeners.get(name)
+            if listener is not None:
+                try:
+                    listener(name, data)
+                except Exception:
+                    log.exception("pub/sub listener failed on %s", name)
+            return
+        name = _text(channel)  # any topic the pattern matches: not cached (they are unbounded)
         try:
             env = decode_json(data)
         except ProtocolError as e:
             log.warning("dropping an undecodable message on %s: %s", name, e.description)
-            return
-        if pattern is None:
-            if self.on_broadcast is not None:
-                try:
-                    self.on_broadcast(env, name)
-                except Exception:
-                    log.exception("broadcast callback failed on %s", name)
             return
         msg = Message(env, source=name)
         for sub in self._subs.get(_text(pattern), ()):

@@ -93,9 +93,10 @@ class Probe:
         )
 
     async def xadd(self, stream: str, env: Envelope, maxlen: int) -> str:
-        """Append ``env`` to ``stream`` as flat fields; the entry id."""
+        """Append ``env`` to ``stream`` as flat fields and ring its doorbell; the entry id."""
         fields: Any = encode_fields(env)
         entry_id: Any = await self.client.xadd(stream, fields, maxlen=maxlen, approximate=True)
+        await self.client.publish(self.keys.bell(stream), entry_id)
         return str(entry_id)
 
     async def publish(self, channel: str, env: Envelope) -> int:

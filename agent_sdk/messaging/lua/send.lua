@@ -1,9 +1,10 @@
--- send.lua: check that someone can receive, then append the envelope to a stream.
+-- send.lua: check that someone can receive, append the envelope to a stream, ring its doorbell.
 -- KEYS[1]: the registry key to check (agent record hash, or role index set)
 -- KEYS[2]: the stream to append to (agent inbox, or role queue)
 -- ARGV[1]: check mode: "record" (KEYS[1] must exist), "role" (SCARD KEYS[1] > 0), "none"
 -- ARGV[2]: approximate MAXLEN of the stream
--- ARGV[3..]: the envelope as stream field, value pairs
+-- ARGV[3]: the stream's doorbell channel (KEYS[2] .. ':bell'), PUBLISHed the entry id
+-- ARGV[4..]: the envelope as stream field, value pairs
 -- Returns the new entry id, or false (nil) when nobody can receive.
 local mode = ARGV[1]
 if mode == 'record' then
@@ -11,4 +12,6 @@ if mode == 'record' then
 elseif mode == 'role' then
   if redis.call('SCARD', KEYS[1]) == 0 then return false end
 end
-return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 3))
+local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 4))
+redis.call('PUBLISH', ARGV[3], id)
+return id

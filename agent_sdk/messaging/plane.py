@@ -1,0 +1,97 @@
+"""``Plane``: the data plane a host shares among the agents it carries.
+
+One of each, whatever the number of agents: the scripts, the send batcher (one connection), the
+reply batcher (one connection), the pub/sub hub (one connection: broadcasts, doorbells and topic
+subscriptions) and the reader (one connection for reads and claims, one for acks; see
+``agent_sdk.messaging.reader``). A broadcast is decoded once and handed to every agent it is
+for. ``start``/``stop`` are idempotent; an agent's ``Messaging`` joins and leaves it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import redis.asyncio as aioredis
+
+from agent_sdk.messaging.batcher import Batcher
+from agent_sdk.messaging.consumer import Consumer
+from agent_sdk.messaging.reader import Reader
+from agent_sdk.messaging.scripts import Scripts
+from agent_sdk.messaging.topics import ChannelCallback, PubSubHub
+from agent_sdk.settings import Settings
+from schemas.envelope import decode_json
+from schemas.errors import ProtocolError
+
+__all__ = ["Plane"]
+
+log = logging.getLogger("agentbus.messaging")
+
+
+class Plane:
+    """Connections and loops shared by every agent of a host."""
+
+    def __init__(self, client: aioredis.Redis, settings: Settings) -> None:
+        self.client = client
+        self.settings = settings
+        self.scripts = Scripts.register(client)
+        self.send_batcher = Batcher(client)
+        #: Replies of concurrent handlers share round trips; a reply leaves as soon as it can.
+        self.reply_batcher = Batcher(client, join_turn=False)
+        self.hub = PubSubHub(client, settings)
+        self.reader = Reader(client, settings, self.scripts, self.hub)
+        #: Broadcast channel -> the agents it reaches here.
+        self._audience: dict[str, dict[Consumer, None]] = {}
+        self._started = False
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        await self.hub.start()
+        await self.reader.start()
+
+    async def stop(self) -> None:
+        if not self._started:
+            return
+        self._started = False
+        await self.reader.stop()
+        await self.hub.stop()
+        await self.send_batcher.aclose()
+        await self.reply_batcher.aclose()
+
+    async def join(self, consumer: Consumer) -> None:
+        """Hand ``consumer`` its broadcasts and its streams from now on."""
+        await self.start()
+        keys = self.settings.keys
+        channels = [keys.broadcast_channel()]
+        if consumer.role is not None:
+            channels.append(keys.broadcast_channel(consumer.role))
+        new: dict[str, ChannelCallback] = {}
+        for channel in channels:
+            audience = self._audience.setdefault(channel, {})
+            if not audience:
+                new[channel] = self._on_broadcast
+            audience[consumer] = None
+        if new:
+            await self.hub.listen(new)
+        await consumer.start()
+
+    async def leave(self, consumer: Consumer, grace: float | None = None) -> None:
+        """Stop ``consumer`` (drained for ``grace`` seconds) and its broadcasts."""
+        gone = []
+        for channel, audience in list(self._audience.items()):
+            if audience.pop(consumer, 0) is None and not audience:
+                del self._audience[channel]
+                gone.append(channel)
+        await consumer.stop(grace)
+        if gone:
+            await self.hub.unlisten(gone)
+
+    def _on_broadcast(self, channel: str, data: bytes) -> None:
+        try:
+            env = decode_json(data)
+        except ProtocolError as e:
+            log.warning("dropping an undecodable message on %s: %s", channel, e.description)
+            return
+        for consumer in list(self._audience.get(channel, ())):
+            consumer.handle_live(env, channel)
