@@ -89,7 +89,7 @@ class Consumer:
         self._by_key = {s.key: s for s in self.streams}
         self.dispatcher = Dispatcher(
             client, settings, scripts, name=name, handlers=handlers, ack=self._ack,
-            batcher=reply_batcher,
+            batcher=reply_batcher, on_retry=self._retry_later,
         )  # fmt: skip
         #: Handlers of stream entries, no task per entry. A slot is handed back when its
         #: handler returns, before the reply or ack round trip: up to ``max_concurrency``
@@ -173,6 +173,11 @@ class Consumer:
                 )
             return False
         return True
+
+    @property
+    def waiting_for_lease(self) -> bool:
+        """The lease lapsed and the reader skips this agent until it runs again."""
+        return self._fence_watch is not None
 
     def may_renew(self) -> bool:
         return self.accepting and not self._fenced_now
@@ -265,6 +270,10 @@ class Consumer:
         """Renew the leases of the host's entries now (the reader does it every interval)."""
         await self.reader.renew_leases()
 
+    def _retry_later(self, s: StreamState) -> None:
+        """An entry of ``s`` was left pending for a redelivery: claim it once it idled a TTL."""
+        self.reader.claim_later(s.key)
+
     def _ack(self, s: StreamState, entry_id: str) -> None:
         s.acks.append(entry_id)
         self.reader.ack_soon(self)
@@ -286,6 +295,7 @@ class Consumer:
             raise
         except Exception:
             s.held.discard(entry_id)
+            self._retry_later(s)
             log.exception("agent %s failed on entry %s of %s; it will be redelivered",
                           self.name, entry_id, s.key)  # fmt: skip
         finally:

@@ -73,6 +73,7 @@ class Dispatcher:
         handlers: HandlerRegistry,
         ack: Callable[[StreamState, str], None],
         batcher: Batcher | None = None,
+        on_retry: Callable[[StreamState], None] | None = None,
     ) -> None:
         self.client = client
         self.settings = settings
@@ -80,6 +81,8 @@ class Dispatcher:
         self.name = name
         self.handlers = handlers
         self.ack = ack
+        #: Told when an entry is left pending for a redelivery (claimed once idle for a TTL).
+        self.on_retry = on_retry
         self.replier = Replier(client, settings, scripts, name, batcher=batcher)
 
     async def to_dead_letter(
@@ -160,6 +163,8 @@ class Dispatcher:
         else:
             # A failed delivery: stop renewing the lease; after the TTL a claim redelivers it.
             s.held.discard(entry_id)
+            if self.on_retry is not None:
+                self.on_retry(s)
             log.warning("message %s (%r) failed on delivery %d; it will be retried",
                         env.id, env.type, count)  # fmt: skip
 

@@ -34,7 +34,7 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 
 from agent_sdk.lane import Lane
 from agent_sdk.messaging.dispatch import text
@@ -102,6 +102,10 @@ class Reader:
         self._dirty: dict[_Source, None] = {}
         self._consumers: dict[Consumer, None] = {}
         self._acks: dict[Consumer, None] = {}
+        #: Inboxes with an entry left for redelivery: when to claim it (monotonic seconds).
+        self._claim_due: dict[_Source, float] = {}
+        #: Agents whose inbox is being taken over from their previous instance: the cursor.
+        self._takeovers: dict[Consumer, str] = {}
         self._wake = asyncio.Event()
         self._ack_event = asyncio.Event()
         self._round: asyncio.Event = asyncio.Event()  # set while no read is in flight
@@ -121,6 +125,8 @@ class Reader:
             return
         self._lane = Lane(self.client)
         self._acker = Lane(self.client)
+        with contextlib.suppress(Exception):  # else loaded after its first NOSCRIPT
+            await self.client.script_load(load_script_text("claim"))
         self.hub.on_reconnect = self.ring_all
         self._tasks = [
             asyncio.create_task(self._guard("read", self._read_loop), name="agentbus-reader"),
@@ -179,7 +185,7 @@ class Reader:
         if bells:
             await self.hub.listen(bells)
         self._consumers[consumer] = None
-        await self._takeover(consumer)
+        self._takeovers[consumer] = "0-0"
         for s in consumer.streams:
             self._dirty[self._sources[s.key]] = None
         self._wake.set()
@@ -187,6 +193,7 @@ class Reader:
     async def remove(self, consumer: Consumer) -> None:
         """Read nothing more for ``consumer`` (returns once no read for it is in flight)."""
         self._consumers.pop(consumer, None)
+        self._takeovers.pop(consumer, None)
         gone: list[str] = []
         for s in consumer.streams:
             src = self._sources.get(s.key)
@@ -197,6 +204,7 @@ class Reader:
                 del self._sources[s.key]
                 del self._bells[src.bell]
                 self._dirty.pop(src, None)
+                self._claim_due.pop(src, None)
                 if not src.role:
                     self._inboxes.remove(src)
                 gone.append(src.bell)
@@ -210,6 +218,14 @@ class Reader:
         if src is not None:
             self._dirty[src] = None
             self._wake.set()
+
+    def claim_later(self, key: str) -> None:
+        """An entry of stream ``key`` was left pending for a redelivery: claim it (and whatever
+        else idled a TTL there) in the first claim round after a TTL. Role queues are claimed
+        every round anyway."""
+        src = self._sources.get(key)
+        if src is not None and not src.role and src not in self._claim_due:
+            self._claim_due[src] = time.monotonic() + self.settings.ttl
 
     def ring(self, consumer: Consumer) -> None:
         """Read ``consumer``'s streams again (its lease runs again, say)."""
@@ -243,6 +259,8 @@ class Reader:
         next_claim = time.monotonic() + interval
         while True:
             self._wake.clear()
+            if self._takeovers:
+                await self._takeover()
             batch = self._plan()
             if batch:
                 await self._read(batch)
@@ -271,6 +289,8 @@ class Reader:
     def _plan(self) -> list[tuple[_Source, Consumer, int]]:
         batch = []
         for src in list(self._dirty):
+            if not src.role and src.members[0] in self._takeovers:
+                continue  # what the previous instance left first
             c = self._pick(src)
             if c is None:
                 continue  # stays dirty: read when a slot frees or the lease runs again
@@ -319,37 +339,37 @@ class Reader:
             self._dirty[src] = None
 
     # -- claims --------------------------------------------------------------------------------
-    async def _takeover(self, consumer: Consumer) -> None:
-        """Claim every entry the agent's previous instance left pending in its inbox, then
-        delete that instance's (now empty) consumer."""
-        s = consumer.inbox
-        cursor = "0-0"
-        while True:
-            n = await consumer.slots.wait_free()
-            consumer.slots.reserve(n)
-            used = 0
-            try:
-                next_cursor, entries, counts = await self.scripts.claim(
-                    keys=[s.key], args=[AGENT_GROUP, consumer.instance_id, 0, cursor, n]
-                )
-                used = consumer.claimed(s.key, entries, counts)
-            finally:
-                consumer.slots.settle(n, used)
-            cursor = text(next_cursor)
-            if cursor == "0-0":
-                break
-        with contextlib.suppress(Exception):
-            await consumer.prune_consumers(s, idle_limit=0)
+    async def _takeover(self) -> None:
+        """Claim every entry the previous instance of a new agent left pending in its inbox
+        (whatever its idle time: the name is this instance's now), as slots allow; then delete
+        that instance's (now empty) consumer. Before the agent's first read."""
+        jobs: list[tuple[_Source, Consumer, int, int, str]] = []
+        for c, cursor in self._takeovers.items():
+            src = self._sources.get(c.inbox.key)
+            if src is not None and c.slots.free > 0 and c.may_take():
+                jobs.append((src, c, c.slots.free, 0, cursor))
+        if not jobs:
+            return
+        for (_, c, _, _, _), cursor in zip(jobs, await self._claim(jobs), strict=True):
+            if c not in self._takeovers:
+                continue
+            if cursor != "0-0":
+                self._takeovers[c] = cursor
+                continue
+            del self._takeovers[c]
+            with contextlib.suppress(Exception):
+                await c.prune_consumers(c.inbox, idle_limit=0)
 
     async def _claim_round(self) -> None:
         """Claim what idled past the TTL on every role queue, and on a slice of the inboxes
         (each read too: the sweep); every inbox is swept once per ``inbox_sweep``."""
-        jobs: list[tuple[_Source, Consumer, int]] = []
+        ttl_ms = self.settings.ttl_ms
+        jobs: list[tuple[_Source, Consumer, int, int, str]] = []
         for src in self._sources.values():
             if src.role:
                 c = self._pick(src)
                 if c is not None:
-                    jobs.append((src, c, c.slots.free))
+                    jobs.append((src, c, c.slots.free, ttl_ms, src.cursor))
         inboxes = self._inboxes
         if inboxes:
             share = self.settings.claim_interval / self.settings.inbox_sweep
@@ -358,11 +378,20 @@ class Reader:
             for src in (inboxes + inboxes)[start : start + k]:
                 self._dirty[src] = None
                 c = src.members[0]
-                if c.slots.free > 0 and c.may_take():
-                    jobs.append((src, c, c.slots.free))
+                if c.slots.free > 0 and c.may_take() and c not in self._takeovers:
+                    jobs.append((src, c, c.slots.free, ttl_ms, src.cursor))
             self._sweep_next = start + k
+        now = time.monotonic()
+        for src, due in list(self._claim_due.items()):
+            c = src.members[0] if src.members else None
+            if c is None or due > now or not c.slots.free or not c.may_take():
+                continue
+            del self._claim_due[src]
+            if all(job[0] is not src for job in jobs):
+                jobs.append((src, c, c.slots.free, ttl_ms, "0-0"))
         if jobs:
-            await self._claim(jobs)
+            for (src, _, _, _, _), cursor in zip(jobs, await self._claim(jobs), strict=True):
+                src.cursor = cursor
         self.claim_rounds += 1
         if self.claim_rounds % _PRUNE_EVERY == 0:
             for src in list(self._sources.values()):
@@ -370,30 +399,31 @@ class Reader:
                     with contextlib.suppress(Exception):
                         await src.members[0].prune_consumers(src.members[0].stream(src.key))
 
-    async def _claim(self, jobs: list[tuple[_Source, Consumer, int]]) -> None:
+    async def _claim(self, jobs: list[tuple[_Source, Consumer, int, int, str]]) -> list[str]:
+        """One round trip: a ``claim.lua`` per job (stream, agent, count, min idle ms, cursor);
+        the entries to their agents; the next cursor of each job ("0-0": done, or failed)."""
         lane = self._lane
         assert lane is not None
-        ttl_ms = self.settings.ttl_ms
         sha = self.scripts.claim.sha
         commands = []
-        for src, c, n in jobs:
+        for src, c, n, idle, cursor in jobs:
             c.slots.reserve(n)
-            commands.append(
-                ("EVALSHA", sha, 1, src.key, AGENT_GROUP, c.instance_id, ttl_ms, src.cursor, n)
-            )
+            commands.append(("EVALSHA", sha, 1, src.key, AGENT_GROUP, c.instance_id, idle, cursor, n))
         self._round.clear()
         try:
             replies = await lane.execute(commands)
         except BaseException:
-            for _, c, n in jobs:
+            for _, c, n, _, _ in jobs:
                 c.slots.settle(n, 0)
             raise
         finally:
             self._round.set()
-        for (src, c, n), reply in zip(jobs, replies, strict=True):
+        cursors = []
+        for (src, c, n, _, cursor), reply in zip(jobs, replies, strict=True):
             if isinstance(reply, Exception):
                 c.slots.settle(n, 0)
-                if "NOSCRIPT" in str(reply):
+                cursors.append(cursor)  # again next time
+                if isinstance(reply, NoScriptError):  # Redis restarted or SCRIPT FLUSH
                     await self.client.script_load(load_script_text("claim"))
                 elif nogroup(reply):
                     await self.ensure_group(src.key)
@@ -401,8 +431,9 @@ class Reader:
                     log.warning("claiming on %s for %s failed: %s", src.key, c.name, reply)
                 continue
             next_cursor, entries, counts = reply
-            src.cursor = text(next_cursor)
+            cursors.append(text(next_cursor))
             c.slots.settle(n, c.claimed(src.key, entries, counts))
+        return cursors
 
     # -- leases and acks -----------------------------------------------------------------------
     async def _lease_loop(self) -> None:
