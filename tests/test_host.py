@@ -9,7 +9,8 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from agent_sdk import Agent, Bus, Host, InvalidInput, NameLost
+from agent_sdk import Agent, Bus, Host
+from agent_sdk.errors import InvalidInput, NameLost
 from agent_sdk.settings import Settings
 from coordinator import Coordinator
 from schemas.envelope import Envelope, Kind, encode_json
