@@ -8,8 +8,9 @@ Every ``heartbeat_interval`` (or at once after ``wake()``) the loop looks at eac
   Redis unreachable, so the registry may have expired it): a re-announcement is started for it
   in a task of its own (one at a time per member), and it is not heartbeated meanwhile;
 * otherwise it is due: all due members go out in ONE entry, a plain ``heartbeat`` when the host
-  carries a single agent whose reply list is the host's (a lone ``Agent``: the wire of protocol
-  1), else a ``lease`` (docs/PROTOCOL.md, "Hosts") whose ``reply_to`` is the host's reply list.
+  carries a single agent whose own reply list (named after it) is the host's (a lone ``Agent``:
+  the wire of protocol 1), else a ``lease`` (docs/PROTOCOL.md, "Hosts") whose ``reply_to`` is
+  the host's reply list.
   When Redis took the entry, every member in it renews its fence from the time it was sent.
 
 The loop never dies on an error: it logs, backs off and continues.
@@ -187,7 +188,10 @@ class Heartbeats:
 
     async def _send(self, due: list[Membership]) -> None:
         only = due[0]
-        alone = len(self.members) <= 1 and only.router.key == self.reply_to
+        # a plain heartbeat has no reply_to: the coordinator answers it on the reply list named
+        # after the agent, which only a lone Agent's host reads (a renamed one's does not)
+        own = self.settings.keys.replies(only.card.name, only.instance_id)
+        alone = len(self.members) <= 1 and only.router.key == own == self.reply_to
         if len(due) == 1 and alone:
             env = only.heartbeat_envelope()
             doing = f"sending a heartbeat for {only.card.name!r}"
