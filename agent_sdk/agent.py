@@ -8,7 +8,9 @@
         peers = await agent.discover(role="summarizer")
 
 ``async with agent`` starts the reply router (the instance's reply list is read before anything
-is sent), announces (``NoCoordinator``, ``NameTaken`` or ``Refused`` if that fails), starts the
+is sent), announces (``NoCoordinator``, ``NameTaken`` or ``Refused`` if that fails; with
+``on_conflict="suffix"`` a name held elsewhere is not refused: the agent takes the first free
+``name-2``, ``name-3``, ..., see ``agent_sdk.naming``), starts the
 heartbeat loop, then starts the agent's components. An instance that was expired while it could
 not heartbeat (frozen, stalled, cut off) handles nothing until the registry holds it again; if
 another instance took its name meanwhile it stops for good: ``agent.name_lost`` says why, and
@@ -41,6 +43,7 @@ from agent_sdk.host import Host
 from agent_sdk.membership import Membership
 from agent_sdk.messaging import HandlerRegistry, Messaging
 from agent_sdk.messaging.handlers import Handler
+from agent_sdk.naming import OnConflict, announce_free_name, check_on_conflict
 from agent_sdk.selection import Strategy
 from agent_sdk.settings import Settings
 from agent_sdk.state import AgentState
@@ -88,6 +91,7 @@ class Agent(Verbs):
         bus: Bus | None = None,
         on_name_lost: Callable[[NameLost], None] | None = None,
         host: Host | None = None,
+        on_conflict: OnConflict = "refuse",
         **overrides: Any,
     ) -> None:
         if bus is not None and (settings is not None or overrides):
@@ -100,6 +104,11 @@ class Agent(Verbs):
             self.settings = bus.settings
         else:
             self.settings = resolve_settings(settings, overrides)
+        #: What to do when another live instance holds the name (``agent_sdk.naming``).
+        self.on_conflict = check_on_conflict(on_conflict, name)
+        self._base_name = name
+        if self.on_conflict == "suffix" and host is not None:
+            name = host.free_name(name)
         try:
             self.card = AgentCard(
                 name=name,
@@ -268,7 +277,10 @@ class Agent(Verbs):
             )  # fmt: skip
             membership.status, membership.load = self._status, self._load
             self._membership = membership
-            await membership.announce()
+            if self.on_conflict == "suffix":
+                await announce_free_name(membership, self._base_name, self._claim_name)
+            else:
+                await membership.announce()
             heartbeats = self.host.heartbeats
             assert heartbeats is not None  # the host runs
             await membership.start(heartbeats)
@@ -377,6 +389,17 @@ class Agent(Verbs):
         accepted announcement. Pass it with writes to outside systems so they can refuse an
         instance that lost its name (docs/PROTOCOL.md, "Fencing")."""
         return self.fence.epoch
+
+    def _claim_name(self, name: str) -> bool:
+        """Take ``name`` (``on_conflict="suffix"``, before announcing it): False if the host
+        carries another agent of that name."""
+        if name != self.name:
+            if not self.host.rename(self, name):
+                return False
+            self.card = self.card.model_copy(update={"name": name})
+            if self._membership is not None:
+                self._membership.card = self.card
+        return True
 
     def _name_was_lost(self, error: NameLost) -> None:
         """Another instance registered our name while we were expired: we have stopped

@@ -8,11 +8,13 @@ Every ``heartbeat_interval`` (or at once after ``wake()``) the loop looks at eac
   Redis unreachable, so the registry may have expired it): a re-announcement is started for it
   in a task of its own (one at a time per member), and it is not heartbeated meanwhile;
 * otherwise it is due: all due members go out in ONE entry, a plain ``heartbeat`` when the host
-  carries a single agent whose reply list is the host's (a lone ``Agent``: the wire of protocol
-  1), else a ``lease`` (docs/PROTOCOL.md, "Hosts") whose ``reply_to`` is the host's reply list.
+  carries a single agent whose own reply list (named after it) is the host's (a lone ``Agent``:
+  the wire of protocol 1), else a ``lease`` (docs/PROTOCOL.md, "Hosts") whose ``reply_to`` is
+  the host's reply list.
   When Redis took the entry, every member in it renews its fence from the time it was sent.
 
-The loop never dies on an error: it logs, backs off and continues.
+The loop never dies on an error: it logs, backs off and continues (``agent_sdk.retry``); a
+re-announcement that fails is tried again the same way.
 """
 
 from __future__ import annotations
@@ -24,20 +26,16 @@ import time
 
 import redis.asyncio as aioredis
 
-from agent_sdk.connection import CONNECTION_ERRORS
 from agent_sdk.membership import Membership, xadd_control
+from agent_sdk.retry import keep_running, retrying
 from agent_sdk.settings import Settings
 from agent_sdk.tasks import cancel_all, cancel_and_wait
 from schemas.agent import ControlType
 from schemas.envelope import Envelope, Kind
-from schemas.errors import AgentbusError
 
 __all__ = ["Heartbeats"]
 
 log = logging.getLogger("agentbus.heartbeats")
-
-#: Errors the loop logs and retries after a backoff.
-_RETRYABLE: tuple[type[BaseException], ...] = (AgentbusError, *CONNECTION_ERRORS)
 
 
 class Heartbeats:
@@ -52,7 +50,6 @@ class Heartbeats:
         self.reply_to = reply_to
         self.members: dict[str, Membership] = {}
         self._reannouncing: dict[str, asyncio.Task[None]] = {}
-        self._failures: dict[str, int] = {}  # re-announcements failed in a row, per member
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         #: Entries written (a ``heartbeat`` or a ``lease``): for tests and stats.
@@ -99,34 +96,23 @@ class Heartbeats:
 
     # -- the loop ------------------------------------------------------------------------------
     async def _loop(self) -> None:
-        interval = self.settings.heartbeat_interval
-        backoff = 0.05
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), interval)
-            self._wake.clear()
-            attempt = time.monotonic()
-            due = self._due(attempt)
-            if not due:
-                continue
-            try:
-                await self._send(due)
-            except asyncio.CancelledError:
-                raise
-            except _RETRYABLE as e:
-                log.warning("%s: heartbeat failed (%s); retrying in %.2fs", self.host, e, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self.settings.retry_max_backoff)
-                continue
-            except Exception:
-                log.exception("%s: heartbeat loop error; retrying in %.2fs", self.host, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self.settings.retry_max_backoff)
-                continue
-            # when it was sent, not when Redis answered: a stall may sit in between
-            for member in due:
-                member.beat_sent(attempt)
-            backoff = 0.05
+        await keep_running(
+            f"{self.host}: heartbeat", self._beat, log=log, cap=self.settings.retry_max_backoff
+        )
+
+    async def _beat(self) -> None:
+        """Wait for the interval (or a wake-up), then heartbeat every member that is due."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), self.settings.heartbeat_interval)
+        self._wake.clear()
+        attempt = time.monotonic()
+        due = self._due(attempt)
+        if not due:
+            return
+        await self._send(due)
+        # when it was sent, not when Redis answered: a stall may sit in between
+        for member in due:
+            member.beat_sent(attempt)
 
     def _due(self, now: float) -> list[Membership]:
         """The members to heartbeat now; re-announcements started for those that need one."""
@@ -166,20 +152,15 @@ class Heartbeats:
         )
 
     async def _reannounce_once(self, member: Membership) -> None:
+        """Re-announce ``member`` until it succeeds (or it is no longer carried here)."""
         name = member.card.name
         try:
-            await member.reannounce()
-            self._failures.pop(name, None)
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:
-            fails = self._failures[name] = self._failures.get(name, 0) + 1
-            delay = min(0.05 * 2**fails, self.settings.retry_max_backoff)
-            if isinstance(e, _RETRYABLE):
-                log.warning("%s: re-announce failed (%s); again in %.2fs", name, e, delay)
-            else:
-                log.exception("%s: re-announce failed; again in %.2fs", name, delay)
-            await asyncio.sleep(delay)
+            async for attempt in retrying(
+                f"{name}: re-announce", log=log, cap=self.settings.retry_max_backoff
+            ):
+                with attempt:
+                    if self.members.get(name) is member:
+                        await member.reannounce()
         finally:
             if self._reannouncing.get(member.card.name) is asyncio.current_task():
                 del self._reannouncing[member.card.name]
@@ -193,7 +174,10 @@ class Heartbeats:
 
     async def _send_locked(self, due: list[Membership]) -> None:
         only = due[0]
-        alone = len(self.members) <= 1 and only.router.key == self.reply_to
+        # a plain heartbeat has no reply_to: the coordinator answers it on the reply list named
+        # after the agent, which only a lone Agent's host reads (a renamed one's does not)
+        own = self.settings.keys.replies(only.card.name, only.instance_id)
+        alone = len(self.members) <= 1 and only.router.key == own == self.reply_to
         if len(due) == 1 and alone:
             env = only.heartbeat_envelope()
             doing = f"sending a heartbeat for {only.card.name!r}"

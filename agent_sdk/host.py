@@ -23,7 +23,8 @@ stops that agent only, and one slow handler holds only its own agent's slots.
 
 A lone ``Agent(...)`` is a host of one (it makes its own, named after it, whose reply list is the
 agent's own: the wire of a lone agent is unchanged). Names are unique on a host: a second agent
-with the name of one it carries is refused when it is created.
+with the name of one it carries is refused when it is created (unless it asked for
+``on_conflict="suffix"``: then it gets the first free ``name-2``, ``name-3``...).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 from agent_sdk.bus import Bus, resolve_settings
 from agent_sdk.heartbeats import Heartbeats
 from agent_sdk.messaging.plane import Plane
+from agent_sdk.naming import OnConflict, suffixed
 from agent_sdk.replies import ReplyRouter
 from agent_sdk.settings import Settings
 from schemas.agent import ControlType
@@ -123,16 +125,27 @@ class Host:
         max_concurrency: int = 1,
         metadata: Mapping[str, str] | None = None,
         on_name_lost: Callable[[NameLost], None] | None = None,
+        on_conflict: OnConflict = "refuse",
     ) -> Agent:
         """A new agent carried by this host (the same card arguments as ``Agent``). Started with
-        the host, or by ``async with`` / ``start()`` while the host runs."""
+        the host, or by ``async with`` / ``start()`` while the host runs. With
+        ``on_conflict="suffix"`` a name the host carries is not refused: the agent gets the
+        first free ``name-2``, ``name-3``, ... (and again when it starts, if the registry holds
+        that one: ``agent_sdk.naming``)."""
         from agent_sdk.agent import Agent
 
         return Agent(
             name, role, capabilities=capabilities, tags=tags, version=version,
             description=description, region=region, max_concurrency=max_concurrency,
-            metadata=metadata, on_name_lost=on_name_lost, host=self,
+            metadata=metadata, on_name_lost=on_name_lost, host=self, on_conflict=on_conflict,
         )  # fmt: skip
+
+    def free_name(self, base: str) -> str:
+        """The first of ``base``, ``base-2``, ``base-3``, ... this host does not carry."""
+        number = 1
+        while (name := suffixed(base, number)) in self.agents:
+            number += 1
+        return name
 
     def attach(self, agent: Agent) -> None:
         """Carry ``agent`` (called by ``Agent`` when it is created on this host)."""
@@ -147,6 +160,17 @@ class Host:
                 f"cannot add {agent.name!r}"
             )
         self.agents[agent.name] = agent
+
+    def rename(self, agent: Agent, name: str) -> bool:
+        """Carry ``agent`` under ``name`` from now on (before it announces it); False if the
+        host carries another agent of that name."""
+        holder = self.agents.get(name)
+        if holder is not None:
+            return holder is agent
+        if self.agents.get(agent.name) is agent:
+            del self.agents[agent.name]
+        self.agents[name] = agent
+        return True
 
     def detach(self, agent: Agent) -> None:
         """Stop carrying ``agent`` (it stopped): its name is free on this host again."""

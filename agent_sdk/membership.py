@@ -132,13 +132,16 @@ class Membership:
         await xadd_control(self.client, self.settings, env, doing)
 
     # -- announce ----------------------------------------------------------------------------
-    async def announce(self) -> AgentRecord:
-        """Join the registry (retrying ``name_taken`` for up to ``name_wait``); the record."""
+    async def announce(self, *, wait: bool = True) -> AgentRecord:
+        """Join the registry (retrying ``name_taken`` for up to ``name_wait``, or raising it at
+        once if not ``wait``); the record."""
         give_up = time.monotonic() + self.settings.name_wait
         while True:
             try:
                 record = await self._announce_once()
             except NameTaken as e:
+                if not wait:
+                    raise
                 remaining = give_up - time.monotonic()
                 if remaining <= 0:
                     waited = self.settings.name_wait

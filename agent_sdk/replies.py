@@ -13,7 +13,7 @@ them and hands each to whoever waits for it:
 * an entry that does not decode is logged and dead-lettered (``<ns>:deadletter``).
 
 Replies are ``LPUSH``ed, so ``BRPOP`` reads them in arrival order. The loop survives Redis
-outages: it logs, backs off (capped exponential) and continues.
+outages: it logs, backs off and continues (``agent_sdk.retry``).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import redis.asyncio as aioredis
 
 from agent_sdk.connection import CONNECTION_ERRORS, make_client
 from agent_sdk.lane import Lane
+from agent_sdk.retry import keep_running
 from agent_sdk.settings import Settings
 from agent_sdk.tasks import cancel_and_wait
 from schemas.envelope import Envelope, Kind, decode_json, utcnow
@@ -40,7 +41,6 @@ log = logging.getLogger("agentbus.replies")
 UnsolicitedHandler = Callable[[Envelope], Awaitable[None] | None]
 
 _POP_TIMEOUT = 1.0  # seconds a BRPOP blocks; bounds how stale the loop's view of "stop" is
-_BACKOFF_START = 0.05
 
 
 class ReplyRouter:
@@ -126,37 +126,25 @@ class ReplyRouter:
             await lane.aclose()
 
     async def _loop(self, client: aioredis.Redis, lane: Lane) -> None:
-        backoff = _BACKOFF_START
-        while True:
-            try:
-                if not self._ready.is_set():
-                    await lane.call("PING")
-                    self._ready.set()
-                item = await lane.call("BRPOP", self.key, _POP_TIMEOUT)
-                backoff = _BACKOFF_START
-            except asyncio.CancelledError:
-                raise
-            except CONNECTION_ERRORS as e:
-                log.warning(
-                    "reply list %s: cannot reach Redis at %s (%s); retrying in %.2fs",
-                    self.key,
-                    self.settings.display_url,
-                    e,
-                    backoff,
-                )
-                self._ready.set()  # do not hold start() hostage to an outage
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self.settings.retry_max_backoff)
-                continue
-            except Exception:
-                log.exception(
-                    "reply list %s: unexpected error; retrying in %.2fs", self.key, backoff
-                )
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self.settings.retry_max_backoff)
-                continue
+        async def pop() -> None:
+            if not self._ready.is_set():
+                await lane.call("PING")
+                self._ready.set()
+            item = await lane.call("BRPOP", self.key, _POP_TIMEOUT)
             if item is not None:
                 await self._route(item[1])
+
+        def failed(error: BaseException) -> None:
+            if isinstance(error, CONNECTION_ERRORS):
+                self._ready.set()  # do not hold start() hostage to an outage
+
+        await keep_running(
+            f"reading the reply list {self.key} on {self.settings.display_url}",
+            pop,
+            log=log,
+            cap=self.settings.retry_max_backoff,
+            on_error=failed,
+        )
 
     async def _route(self, data: bytes | str) -> None:
         try:

@@ -20,7 +20,6 @@ raises ``EventsLost`` naming the oldest revision still held, instead of silently
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 from collections.abc import AsyncIterator, Collection
@@ -30,6 +29,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from agent_sdk.connection import CONNECTION_ERRORS
+from agent_sdk.retry import Backoff, retrying
 from schemas.errors import EventsLost, InvalidInput
 from schemas.events import RegistryEvent, RegistryEventType
 from schemas.keys import KeySpace
@@ -100,7 +100,8 @@ async def tail_stream(
 ) -> AsyncIterator[tuple[str, dict[Any, Any]]]:
     """Yield ``(entry id, fields)`` of stream ``key`` after ``since``, forever, in order.
 
-    Connection errors are logged and retried with backoff, resuming from the last id yielded.
+    Connection errors are logged and retried with backoff (``agent_sdk.retry``), resuming from
+    the last id yielded.
     """
     if since is not None and since != "now" and not _ID_RE.match(since):
         raise InvalidInput(
@@ -112,21 +113,18 @@ async def tail_stream(
     last = since or "0-0"
     if since is not None:
         await _check_not_trimmed(client, key, last)
-    backoff = 0.05
-    reconnected = False
+    backoff = Backoff(cap=_BACKOFF_MAX)
     while True:
-        try:
-            if reconnected:
-                await _check_not_trimmed(client, key, last)
-                reconnected = False
-            reply: Any = await client.xread({key: last}, count=batch, block=block_ms)
-        except CONNECTION_ERRORS as e:
-            log.warning("reading %s failed (%s); retrying in %.2fs from %s", key, e, backoff, last)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, _BACKOFF_MAX)
-            reconnected = True
-            continue
-        backoff = 0.05
+        reply: Any = None
+        async for attempt in retrying(
+            f"reading {key} from {last}", log=log, cap=_BACKOFF_MAX, retry_on=CONNECTION_ERRORS,
+            backoff=backoff,
+        ):  # fmt: skip
+            with attempt:
+                if attempt.retry_state.attempt_number > 1:  # reconnected: anything lost?
+                    await _check_not_trimmed(client, key, last)
+                reply = await client.xread({key: last}, count=batch, block=block_ms)
+        backoff.reset()
         if not reply:
             continue
         entries = reply[0][1]

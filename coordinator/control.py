@@ -28,7 +28,8 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 
 from agent_sdk.connection import CONNECTION_ERRORS
-from coordinator.loops import RETRYABLE, Backoff, wait_or_stop
+from agent_sdk.retry import keep_running
+from coordinator.loops import RETRYABLE
 from coordinator.outbox import (
     queue_dead_letter,
     queue_error_answer,
@@ -270,18 +271,17 @@ class ControlConsumer:
         is sent and checked in Python while Redis runs the script: the coordinator's Python and
         Redis work overlap. Scripts still run one after the other, in stream order.
         """
-        backoff = Backoff(cap=self.settings.retry_max_backoff)
         pending: _Prepared | None = None
-        while not stopping.is_set():
+
+        async def step() -> None:
+            nonlocal pending
             try:
                 if not self._group_ready:
                     await self.ensure_group()
                 if pending is None:
                     entries = await self._read(stopping)
-                    if entries is None:
+                    if not entries:  # None: asked to stop while waiting (nothing in hand)
                         return
-                    if not entries:
-                        continue
                     pending = await self._prepare(entries)
                 current, pending = pending, None
                 ahead: list[Entry] = []
@@ -297,36 +297,38 @@ class ControlConsumer:
                         pending = await self._prepare(ahead, overlap=True)
                 finally:
                     await applying
-                backoff.reset()
             except ResponseError as e:
-                if "NOGROUP" in str(e):
-                    log.warning("control group is gone (Redis restarted?); recreating it")
-                    self._group_ready = False
-                    self._release(pending)  # those entries went with the stream
-                    pending = None
-                    continue
-                await self._failed("reading the control stream", e, backoff, stopping)
-            except RETRYABLE as e:
-                await self._failed("reading the control stream", e, backoff, stopping)
-            except Exception as e:  # a bug: log it whole, keep consuming
-                log.exception("control loop failed unexpectedly")
+                if "NOGROUP" not in str(e):
+                    raise
+                log.warning("control group is gone (Redis restarted?); recreating it")
+                self._group_ready = False
+                self._release(pending)  # those entries went with the stream
+                pending = None
+            except RETRYABLE:
+                raise
+            except Exception:  # a bug: logged whole by keep_running; consuming goes on
                 self._release(pending)  # left pending in the group: claimed back (recovery)
                 pending = None
-                await self._failed("reading the control stream", e, backoff, stopping)
+                raise
+
+        def failed(error: BaseException) -> None:
+            self.stats.errors += 1
+
+        await keep_running(
+            "reading the control stream",
+            step,
+            log=log,
+            cap=self.settings.retry_max_backoff,
+            stopping=stopping,
+            expected=RETRYABLE,
+            on_error=failed,
+        )
         if pending is not None:  # read ahead before the stop: finish it too
             await self._finish(pending)
 
     def _release(self, prepared: _Prepared | None) -> None:
         if prepared is not None:
             self.in_hand.difference_update(prepared.ids)
-
-    async def _failed(
-        self, doing: str, e: BaseException, backoff: Backoff, stopping: asyncio.Event
-    ) -> None:
-        self.stats.errors += 1
-        delay = backoff.next()
-        log.warning("%s failed (%s: %s); retrying in %.2fs", doing, type(e).__name__, e, delay)
-        await wait_or_stop(stopping, delay)
 
     async def _read(self, stopping: asyncio.Event) -> list[Entry] | None:
         """One ``XREADGROUP``; ``None`` when asked to stop while waiting (nothing in hand)."""

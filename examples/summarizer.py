@@ -14,7 +14,7 @@ from common import say, serve
 from pydantic import BaseModel
 
 from agent_sdk import Agent
-from agent_sdk.messaging import Message
+from agent_sdk.types import Message
 
 
 class Doc(BaseModel):

@@ -14,16 +14,9 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from agent_sdk import (
-    Agent,
-    AgentStatus,
-    Bus,
-    InvalidInput,
-    NameTaken,
-    NoCoordinator,
-    Refused,
-    Settings,
-)
+from agent_sdk import Agent, Bus, NameTaken, Settings
+from agent_sdk.errors import InvalidInput, NoCoordinator, Refused
+from agent_sdk.types import AgentStatus
 from coordinator import Coordinator
 from schemas.keys import KeySpace
 from tests.support import wait_for

@@ -15,8 +15,10 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from agent_sdk import Agent, AgentRecord, AgentStatus, Bus, InvalidInput, NoResponders, Settings
+from agent_sdk import Agent, Bus, NoResponders, Settings
 from agent_sdk.discovery import Discovery, decode_record
+from agent_sdk.errors import InvalidInput
+from agent_sdk.types import AgentRecord, AgentStatus
 from coordinator import Coordinator, CoordinatorSettings
 from schemas.envelope import Envelope, Kind, decode_json, encode_fields
 from schemas.errors import ProtocolError

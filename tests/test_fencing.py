@@ -16,8 +16,9 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from agent_sdk import Agent, NameLost
+from agent_sdk import Agent
 from agent_sdk.connection import make_client
+from agent_sdk.errors import NameLost
 from agent_sdk.fence import Fence
 from agent_sdk.messaging import Message
 from agent_sdk.settings import Settings

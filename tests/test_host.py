@@ -9,7 +9,8 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from agent_sdk import Agent, Bus, Host, InvalidInput, NameLost
+from agent_sdk import Agent, Bus, Host
+from agent_sdk.errors import InvalidInput, NameLost
 from agent_sdk.settings import Settings
 from coordinator import Coordinator
 from schemas.envelope import Envelope, Kind, encode_json
@@ -163,6 +164,24 @@ async def test_a_hosted_agent_that_expired_announces_again(
         membership = agent._membership
         assert membership is not None
         assert membership.reannounces >= 1
+
+
+async def test_the_only_agent_of_a_host_that_expired_announces_again(
+    coordinator: Coordinator, settings: Settings, r: aioredis.Redis, keys: KeySpace
+) -> None:
+    """A host carrying one agent still heartbeats it in a lease: the coordinator's answer to a
+    plain heartbeat would go to the agent's own reply list, which nobody reads."""
+    host = Host(settings, name="h9")
+    agent = host.agent("single", "worker")
+    async with host:
+        await r.delete(keys.record("single"))
+        await r.srem(keys.agents(), "single")
+        await wait_for(
+            lambda: r.hget(keys.record("single"), "instance_id"), message="announced again"
+        )
+        assert await r.hget(keys.record("single"), "instance_id") == agent.instance_id
+        rows: Any = await r.xrange(keys.control())
+        assert "lease" in {fields["type"] for _, fields in rows}
 
 
 async def test_a_lone_agent_keeps_the_wire_of_one_agent(

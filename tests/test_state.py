@@ -8,7 +8,8 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from agent_sdk import Agent, InvalidInput, NameLost, PayloadTooLarge
+from agent_sdk import Agent
+from agent_sdk.errors import InvalidInput, NameLost, PayloadTooLarge
 from agent_sdk.settings import Settings
 from coordinator import Coordinator
 from schemas.keys import KeySpace
