@@ -55,6 +55,7 @@ class Heartbeats:
         #: Entries written (a ``heartbeat`` or a ``lease``): for tests and stats.
         self.sent = 0
         self._send_lock = asyncio.Lock()
+
     def add(self, member: Membership) -> None:
         self.members[member.card.name] = member
         self.wake()

@@ -17,8 +17,8 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from agent_sdk import telemetry
-from agent_sdk.messaging.deadletter import dead_letter
 from agent_sdk.messaging.batcher import Batcher
+from agent_sdk.messaging.deadletter import dead_letter
 from agent_sdk.messaging.handlers import HandlerRegistry, Message, Outcome
 from agent_sdk.messaging.replier import Replier
 from agent_sdk.messaging.scripts import Scripts

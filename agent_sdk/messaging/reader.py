@@ -408,7 +408,9 @@ class Reader:
         commands = []
         for src, c, n, idle, cursor in jobs:
             c.slots.reserve(n)
-            commands.append(("EVALSHA", sha, 1, src.key, AGENT_GROUP, c.instance_id, idle, cursor, n))
+            commands.append(
+                ("EVALSHA", sha, 1, src.key, AGENT_GROUP, c.instance_id, idle, cursor, n)
+            )
         self._round.clear()
         try:
             replies = await lane.execute(commands)

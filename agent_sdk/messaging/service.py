@@ -1,9 +1,10 @@
 """``Messaging``: the data plane of one agent (or client), as one component.
 
 It bundles the handler registry, the sender, requests, the agent's consumer and the pub/sub hub
-(the last three shared through its host's ``Plane``) behind the verbs users call (``on``, ``send``, ``request``, ``request_many``, ``broadcast``,
-``publish``, ``subscribe``). ``Agent`` and ``Bus`` delegate to it. It is a component: ``start``
-(after the agent's announce is accepted) and ``stop(grace)`` (before it leaves) are idempotent.
+(shared through its host's ``Plane``) behind the verbs users call (``on``, ``send``,
+``request``, ``request_many``, ``broadcast``, ``publish``, ``subscribe``). ``Agent`` and
+``Bus`` delegate to it. It is a component: ``start`` (after the agent's announce is accepted)
+and ``stop(grace)`` (before it leaves) are idempotent.
 """
 
 from __future__ import annotations
