@@ -52,29 +52,29 @@ class BodyLimit:
                 await self._refuse(send)
                 return
         seen = 0
+        refused = False
 
         async def counted() -> Message:
-            nonlocal seen
+            nonlocal seen, refused
             message = await receive()
-            if message["type"] == "http.request":
+            if message["type"] == "http.request" and not refused:
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
-                    raise _TooLarge
+                    refused = True
+                    await self._refuse(send)
+                    return {"type": "http.disconnect"}  # the app stops reading
             return message
 
-        try:
-            await self.app(scope, counted, send)
-        except _TooLarge:
-            await self._refuse(send)
+        async def guarded(message: Message) -> None:
+            if not refused:  # after a refusal, whatever the app answers is dropped
+                await send(message)
+
+        await self.app(scope, counted, guarded)
 
     async def _refuse(self, send: Send) -> None:
         body = error_body("too_large", f"the request body is over {self.limit} bytes")
         response = JSONResponse(body, status_code=413)
         await response({"type": "http"}, _empty_receive, send)
-
-
-class _TooLarge(Exception):
-    pass
 
 
 async def _empty_receive() -> Message:
