@@ -142,6 +142,21 @@ class SseReader:
 
         return await asyncio.wait_for(scan(), timeout)
 
+    async def through(self, event: str, name: str, timeout: float = 10.0) -> list[SseEvent]:
+        """Every event (keep-alives aside) up to and including ``event`` about agent ``name``."""
+
+        async def scan() -> list[SseEvent]:
+            out: list[SseEvent] = []
+            while True:
+                got = await self._next()
+                if got.event == "keepalive":
+                    continue
+                out.append(got)
+                if got.event == event and got.data.get("name") == name:
+                    return out
+
+        return await asyncio.wait_for(scan(), timeout)
+
     async def events(self, count: int, *, skip: tuple[str, ...] = ("keepalive",)) -> list[SseEvent]:
         out: list[SseEvent] = []
         while len(out) < count:
