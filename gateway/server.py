@@ -6,9 +6,12 @@ says so: an open API is never put on a network by accident.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ipaddress
 import logging
-from collections.abc import Callable
+import signal
+from collections.abc import Callable, Iterator
 
 import uvicorn
 
@@ -29,6 +32,29 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, stopping on SIGINT/SIGTERM like the other agentbus daemons: the first
+    signal drains (open streams get ``timeout_graceful_shutdown``), a second one exits at once,
+    and the process then exits 0 (uvicorn would re-raise the signal and die of it)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        loop = asyncio.get_running_loop()
+
+        def stop() -> None:
+            if self.should_exit:
+                self.force_exit = True
+            self.should_exit = True
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop)
+        try:
+            yield
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
 
 
 async def _tokens_issued(settings: GatewaySettings) -> bool:
@@ -52,7 +78,7 @@ async def serve(settings: GatewaySettings, say: Callable[[str], None] = print) -
     app = create_app(settings, loopback=is_loopback(host))
     config = uvicorn.Config(
         app, host=host, port=settings.gateway_port, log_level="warning", lifespan="on",
-        proxy_headers=False,
+        proxy_headers=False, timeout_graceful_shutdown=5,
     )  # fmt: skip
     sock = config.bind_socket()  # bound before serving: the printed URL has the real port
     bound_host, bound_port = sock.getsockname()[:2]
@@ -60,4 +86,4 @@ async def serve(settings: GatewaySettings, say: Callable[[str], None] = print) -
     say(f"agentbus gateway: dashboard {base}/  API {base}/api  OpenAPI {base}/openapi.json")
     if not app.state.gateway.loopback:
         say("agentbus gateway: every request needs a token (Authorization: Bearer ...)")
-    await uvicorn.Server(config).serve(sockets=[sock])
+    await _Server(config).serve(sockets=[sock])
