@@ -4,7 +4,7 @@ port, an SSE reader, and agents to look at."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -15,7 +15,6 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
-from agent_sdk import Agent
 from agent_sdk.settings import Settings
 from coordinator import Coordinator
 from gateway.app import create_app
@@ -174,15 +173,3 @@ async def sse(
         assert response.status_code == 200, await response.aread()
         assert response.headers["content-type"].startswith("text/event-stream")
         yield SseReader(response)
-
-
-@asynccontextmanager
-async def agent_running(
-    settings: Settings, name: str, role: str, **card: Any
-) -> AsyncIterator[Agent]:
-    agent = Agent(name, role, settings=settings, **card)
-    async with agent:
-        yield agent
-
-
-Wait = Callable[[], Awaitable[bool]]
