@@ -34,7 +34,7 @@ from schemas.errors import EventsLost, InvalidInput
 from schemas.events import RegistryEvent, RegistryEventType
 from schemas.keys import KeySpace
 
-__all__ = ["EventsLost", "latest_id", "tail_stream", "watch_registry"]
+__all__ = ["EventsLost", "check_resumable", "latest_id", "tail_stream", "watch_registry"]
 
 log = logging.getLogger("agentbus.watch")
 
@@ -88,6 +88,12 @@ async def _check_not_trimmed(client: aioredis.Redis, key: str, after: str) -> No
             + (f"; the oldest still held is {first_id}" if first_id else ""),
             details={"key": key, "after": after, "first": first_id},
         )
+
+
+async def check_resumable(client: aioredis.Redis, key: str, after: str) -> None:
+    """Raise ``EventsLost`` if stream ``key`` no longer holds every entry after ``after`` (for a
+    reader that replays with ``XRANGE`` instead of ``tail_stream``, such as the gateway)."""
+    await _check_not_trimmed(client, key, after)
 
 
 async def tail_stream(

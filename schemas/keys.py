@@ -41,7 +41,10 @@ R:coordinator:<id>                     string  PX 3 x tick                 coord
 <ns>:role:{<role>}:queue               stream  MAXLEN ~ (settings)         senders        role members
 <ns>:session:{<session>}:activity      stream  MAXLEN ~; PX retention      agents         UIs
 <ns>:session:{<session>}:seq           string  PX retention                agents         agents
+<ns>:session:{<session>}:owner         string  PX retention                gateway        gateway
 <ns>:deadletter                        stream  MAXLEN ~ (settings)         everyone       ``deadletter``
+<ns>:gateway:tokens                    hash    none (sha256 of a token ->  ``token``      gateway
+                                               JSON user, role, expiry)    command
 =====================================  ======  ==========================  =============  ==============
 
 Pub/sub channels: ``<ns>:broadcast`` (every agent), ``<ns>:broadcast:role:<role>``, the doorbells
@@ -196,8 +199,18 @@ class KeySpace:
         """Counter behind the per-session activity sequence numbers (INCR, same slot)."""
         return f"{self.ns}:session:{{{session_id}}}:seq"
 
+    def session_owner(self, session_id: str) -> str:
+        """The user a session belongs to (set by the gateway when a user starts it)."""
+        return f"{self.ns}:session:{{{session_id}}}:owner"
+
     def deadletter(self) -> str:
         return f"{self.ns}:deadletter"
+
+    # -- gateway ---------------------------------------------------------------------------
+    def gateway_tokens(self) -> str:
+        """The gateway's bearer tokens: field = sha256 hex of a token, value = JSON (user,
+        role, issued_at, expires_at). The tokens themselves are never stored."""
+        return f"{self.ns}:gateway:tokens"
 
     # -- pub/sub channels --------------------------------------------------------------------
     def broadcast_channel(self, role: str | None = None) -> str:

@@ -31,11 +31,13 @@ def test_mypy_strict_is_clean() -> None:
 
 
 def test_imports_go_one_way() -> None:
-    """schemas imports neither SDK nor coordinator; the SDK never imports the coordinator."""
+    """schemas imports neither SDK nor coordinator nor gateway; the SDK imports neither of the
+    last two; the gateway never imports the coordinator."""
     offenders = []
     for package, forbidden in (
-        ("schemas", ("agent_sdk", "coordinator")),
-        ("agent_sdk", ("coordinator",)),
+        ("schemas", ("agent_sdk", "coordinator", "gateway")),
+        ("agent_sdk", ("coordinator", "gateway")),
+        ("gateway", ("coordinator",)),
     ):
         for path in (ROOT / package).rglob("*.py"):
             for line in path.read_text().splitlines():

@@ -10,6 +10,7 @@ from coordinator.cli.conformance_cmd import conformance
 from coordinator.cli.coordinator_cmd import coordinator
 from coordinator.cli.deadletter import deadletter
 from coordinator.cli.demo import demo
+from coordinator.cli.gateway_cmd import gateway, token
 from coordinator.cli.messages import broadcast, publish, request, send, subscribe
 from coordinator.cli.reach import UP_URL
 from coordinator.cli.run_cmd import run
@@ -61,6 +62,8 @@ for command in (send, request, broadcast, publish, subscribe, deadletter):
 cli.add_command(watch)
 cli.add_command(stats)
 cli.add_command(conformance)
+cli.add_command(gateway)
+cli.add_command(token)
 
 
 def main() -> None:

@@ -1,0 +1,255 @@
+"""Live streams over Server-Sent Events and WebSocket.
+
+* ``GET /api/events``: the registry change feed (``?role=&name=&type=`` filters);
+* ``GET /api/sessions/{id}/events``: one session's activity;
+* ``/api/events/ws`` and ``/api/sessions/{id}/events/ws``: the same over WebSocket;
+* ``POST /api/sessions``: start a session owned by the caller.
+
+Each event's SSE ``id`` is its stream id (the revision): a client that reconnects with
+``Last-Event-ID`` (``EventSource`` does it by itself) or ``?since=`` gets exactly the events
+after it. The first frame is ``ready`` (``{"revision": ...}``: where the live part starts);
+``keepalive`` events (real events, not comments) come after each quiet ``gateway_keepalive``
+seconds; a stream ends with a ``cutoff`` event (the client was too slow: reconnect to resume)
+or ``events_lost`` (the resume point was trimmed away: reload, then follow from the new
+revision). The reading behind them is shared (``gateway.fanout``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request, WebSocket, WebSocketDisconnect
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from agent_sdk.activity import DEFAULT_RETENTION
+from gateway.api_agents import checked_name
+from gateway.auth import Viewer, can_read_session, claim_session, gateway_of, websocket_principal
+from gateway.errors import Forbidden
+from gateway.fanout import Frame, StreamHub, follow
+from gateway.state import Gateway
+from schemas.envelope import new_id
+from schemas.errors import AgentbusError, InvalidInput
+from schemas.events import RegistryEventType
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/api", tags=["streams"])
+
+_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+_EVENT_STREAM = {"content": {"text/event-stream": {}}, "description": "An SSE stream."}
+
+
+def resume_point(last_event_id: str | None, since: str | None) -> str | None:
+    """``Last-Event-ID`` (a reconnect) wins over ``?since=``; either must be a stream id."""
+    value = last_event_id or since
+    if value is None or value == "":
+        return None
+    if not _ID.match(value):
+        raise InvalidInput(
+            f"resume point {value!r} does not parse: use an event id such as 1700000000000-0"
+        )
+    return value
+
+
+def sse(frame: Frame) -> bytes:
+    head = b"id: " + frame.id.encode() + b"\n" if frame.id is not None else b""
+    return head + b"event: " + frame.kind.encode() + b"\ndata: " + frame.data + b"\n\n"
+
+
+def ws_text(frame: Frame) -> str:
+    ident = f'"{frame.id}"' if frame.id is not None else "null"
+    return f'{{"event":"{frame.kind}","id":{ident},"data":{frame.data.decode()}}}'
+
+
+def registry_filter(
+    roles: list[str] | None, names: list[str] | None, types: list[str] | None
+) -> Callable[[Frame], bool] | None:
+    if types:
+        known = {t.value for t in RegistryEventType}
+        unknown = [t for t in types if t not in known]
+        if unknown:
+            raise InvalidInput(f"unknown event type(s) {unknown}: use {', '.join(sorted(known))}")
+    if not (roles or names or types):
+        return None
+    role_set, name_set, type_set = set(roles or ()), set(names or ()), set(types or ())
+
+    def accept(frame: Frame) -> bool:
+        return (
+            (not role_set or frame.attrs.get("role") in role_set)
+            and (not name_set or frame.attrs.get("name") in name_set)
+            and (not type_set or frame.attrs.get("type") in type_set)
+        )
+
+    return accept
+
+
+async def _frames(
+    gateway: Gateway,
+    hub: StreamHub,
+    after: str | None,
+    *,
+    replay_all: bool,
+    accept: Callable[[Frame], bool] | None,
+    release: str | None,
+) -> AsyncIterator[Frame]:
+    """``follow``, releasing the session hub at the end."""
+    s = gateway.settings
+    try:
+        async for frame in follow(
+            hub, after, replay_all=replay_all, limit=s.gateway_client_queue,
+            keepalive=s.gateway_keepalive, accept=accept,
+        ):  # fmt: skip
+            yield frame
+    finally:
+        if release is not None:
+            await gateway.release_session(release)
+
+
+async def _sse_body(frames: AsyncIterator[Frame]) -> AsyncIterator[bytes]:
+    yield b"retry: 1000\n\n"
+    async for frame in frames:
+        yield sse(frame)
+
+
+_Since = Annotated[
+    str | None, Query(description="Resume after this event id (Last-Event-ID wins).")
+]
+_LastEventId = Annotated[str | None, Header(alias="Last-Event-ID", include_in_schema=False)]
+
+
+@router.get("/events", summary="The registry change feed (SSE)", responses={200: _EVENT_STREAM})
+async def events(
+    request: Request,
+    who: Viewer,
+    since: _Since = None,
+    role: Annotated[list[str] | None, Query(description="Only these roles.")] = None,
+    name: Annotated[list[str] | None, Query(description="Only these agents.")] = None,
+    type: Annotated[list[str] | None, Query(description="Only these event types.")] = None,
+    last_event_id: _LastEventId = None,
+) -> StreamingResponse:
+    """Without a resume point: only changes from now on (read ``/api/agents`` first and pass
+    its ``revision`` as ``since``)."""
+    gateway = gateway_of(request)
+    after = resume_point(last_event_id, since)
+    accept = registry_filter(role, name, type)
+    await gateway.registry.start()
+    frames = _frames(
+        gateway, gateway.registry, after, replay_all=False, accept=accept, release=None
+    )
+    return StreamingResponse(
+        _sse_body(frames), media_type="text/event-stream", headers=_SSE_HEADERS
+    )
+
+
+@router.get(
+    "/sessions/{session}/events",
+    summary="One session's activity events (SSE)",
+    responses={200: _EVENT_STREAM},
+)
+async def session_events(
+    request: Request,
+    session: str,
+    who: Viewer,
+    since: _Since = None,
+    last_event_id: _LastEventId = None,
+) -> StreamingResponse:
+    """Without a resume point: every event the session still holds, then new ones. Readable by
+    the session's owner and by operators."""
+    gateway = gateway_of(request)
+    checked_name(session, "session id")
+    after = resume_point(last_event_id, since)
+    await can_read_session(gateway, who, session)
+    hub = gateway.session_hub(session)
+    try:
+        await hub.start()
+    except BaseException:
+        await gateway.release_session(session)
+        raise
+    frames = _frames(gateway, hub, after, replay_all=True, accept=None, release=session)
+    return StreamingResponse(
+        _sse_body(frames), media_type="text/event-stream", headers=_SSE_HEADERS
+    )
+
+
+class SessionBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    session: str | None = Field(
+        default=None, max_length=128, description="The id to claim (default: a new one)."
+    )
+
+
+@router.post("/sessions", status_code=201, summary="Start a session owned by the caller")
+async def start_session(request: Request, body: SessionBody, who: Viewer) -> dict[str, Any]:
+    """Any user (viewers too) may start a session; its events are then readable with that
+    user's tokens and by operators. 403 if another user owns that id already."""
+    gateway = gateway_of(request)
+    session = checked_name(body.session, "session id") if body.session else new_id()
+    await claim_session(gateway, who, session, DEFAULT_RETENTION)
+    return {"session": session, "owner": who.user}
+
+
+async def _serve_ws(websocket: WebSocket, frames: AsyncIterator[Frame]) -> None:
+    try:
+        async for frame in frames:
+            await websocket.send_text(ws_text(frame))
+            if frame.final:
+                break
+        await websocket.close()
+    except WebSocketDisconnect:
+        pass
+
+
+async def _ws_refuse(websocket: WebSocket, error: AgentbusError) -> None:
+    code = 1008 if isinstance(error, Forbidden) or error.code == "unauthorized" else 1003
+    await websocket.close(code=code, reason=f"[{error.code}] {error.description}"[:120])
+
+
+@router.websocket("/events/ws")
+async def events_ws(websocket: WebSocket) -> None:
+    """The change feed as WebSocket text messages ``{"event", "id", "data"}``; ``?since=``,
+    ``?role=``, ``?name=``, ``?type=`` as for SSE."""
+    gateway: Gateway = websocket.app.state.gateway
+    params = websocket.query_params
+    try:
+        await websocket_principal(websocket)
+        after = resume_point(None, params.get("since"))
+        accept = registry_filter(
+            params.getlist("role"), params.getlist("name"), params.getlist("type")
+        )
+        await gateway.registry.start()
+    except AgentbusError as e:
+        await _ws_refuse(websocket, e)
+        return
+    await websocket.accept()
+    frames = _frames(
+        gateway, gateway.registry, after, replay_all=False, accept=accept, release=None
+    )
+    await _serve_ws(websocket, frames)
+
+
+@router.websocket("/sessions/{session}/events/ws")
+async def session_events_ws(websocket: WebSocket, session: str) -> None:
+    """A session's activity as WebSocket text messages; ``?since=`` as for SSE."""
+    gateway: Gateway = websocket.app.state.gateway
+    try:
+        who = await websocket_principal(websocket)
+        checked_name(session, "session id")
+        after = resume_point(None, websocket.query_params.get("since"))
+        await can_read_session(gateway, who, session)
+        hub = gateway.session_hub(session)
+    except AgentbusError as e:
+        await _ws_refuse(websocket, e)
+        return
+    try:
+        await hub.start()
+        await websocket.accept()
+    except BaseException:
+        await gateway.release_session(session)
+        raise
+    frames = _frames(gateway, hub, after, replay_all=True, accept=None, release=session)
+    await _serve_ws(websocket, frames)
