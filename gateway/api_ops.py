@@ -65,8 +65,10 @@ async def deadletters(
     key = gateway.settings.keys.deadletter()
     high = "+" if cursor is None else f"({_entry_id(cursor, 'cursor')}"
     with redis_errors(gateway.settings, "listing dead letters"):
-        entries: Any = await gateway.bus.client.xrevrange(key, max=high, count=limit + 1)
-        total = await gateway.bus.client.xlen(key)
+        async with gateway.bus.client.pipeline(transaction=True) as pipe:  # one snapshot
+            pipe.xrevrange(key, max=high, count=limit + 1)
+            pipe.xlen(key)
+            entries, total = await pipe.execute()
     letters = [
         DeadLetter.from_entry(eid.decode() if isinstance(eid, bytes) else eid, fields)
         for eid, fields in entries[:limit]

@@ -15,7 +15,7 @@ Nothing depends on a doorbell being heard: every stream is read when it is added
 pub/sub connection was re-established (rings may have been missed), when a lapsed lease runs
 again, and in the **sweep**, which looks at every inbox at least every ``inbox_sweep`` (a
 slice each ``claim_interval``: an entry ``XADD``ed by hand, without a ring, waits at most that
-long). Role queues are claimed every ``claim_interval``.
+long). Role queues are swept and claimed every ``claim_interval``.
 
 Around the reads, for all agents together: claims (``claim.lua`` = ``XAUTOCLAIM`` of entries
 idle for a TTL, with their delivery counts), lease renewals of the entries held (``lease.lua``,
@@ -367,6 +367,7 @@ class Reader:
         jobs: list[tuple[_Source, Consumer, int, int, str]] = []
         for src in self._sources.values():
             if src.role:
+                self._dirty[src] = None  # swept too: an entry XADDed without a ring
                 c = self._pick(src)
                 if c is not None:
                     jobs.append((src, c, c.slots.free, ttl_ms, src.cursor))
