@@ -51,6 +51,15 @@ class HostProc(Child):
         super().__init__(ARGV, env, cluster.tmp, f"host-{name}")
         cluster.children.append(self)
 
+    @property
+    def running(self) -> bool:
+        """``agentbus run`` said the host runs: ``Host.start`` returned (every agent registered
+        and its data plane started)."""
+        return f"{self.host_name} is running" in self.stderr_all()
+
+    def stderr_all(self) -> str:
+        return self.err.read_text(errors="replace") if self.err.exists() else ""
+
     def ledger(self) -> Ledger:
         return Ledger.read([self.log])
 
@@ -80,7 +89,7 @@ def kill_connections(r: redis.Redis, clients: list[dict[str, Any]]) -> int:
     """``CLIENT KILL ID`` each of ``clients``; how many were still there to kill."""
     killed = 0
     for c in clients:
-        killed += int(r.execute_command("CLIENT", "KILL", "ID", c["id"]))
+        killed += int(r.execute_command("CLIENT", "KILL", "ID", c["id"]))  # type: ignore[no-untyped-call]
     return killed
 
 
@@ -102,14 +111,15 @@ def unfinished(r: redis.Redis, namespace: str) -> set[str]:
         groups: list[dict[str, Any]] = r.xinfo_groups(key)
         if not groups:
             continue
-        entries: list[tuple[Any, dict[Any, Any]]] = r.xrange(key)
-        ids = {_text(eid): _text(f.get("id", f.get(b"id", ""))) for eid, f in entries}
+        entries: Any = r.xrange(key)
+        ids = {_text(eid): _text(fields.get("id", "")) for eid, fields in entries}
         for g in groups:
             last = _entry_key(_text(g["last-delivered-id"]))
             out |= {m for eid, m in ids.items() if _entry_key(eid) > last}
             if g["pending"]:
-                rows: list[dict[str, Any]] = r.xpending_range(key, _text(g["name"]), "-", "+", 10**6)
-                out |= {ids[_text(row["message_id"])] for row in rows if _text(row["message_id"]) in ids}
+                rows: Any = r.xpending_range(key, _text(g["name"]), "-", "+", 10**6)
+                pending = {_text(row["message_id"]) for row in rows}
+                out |= {m for eid, m in ids.items() if eid in pending}
     out.discard("")
     return out
 
@@ -126,9 +136,9 @@ def registry_leftovers(cluster: Cluster, names: set[str]) -> dict[str, set[str]]
         key = _text(raw_key)
         kind = _text(r.type(key))
         if kind == "set":
-            members = {_text(m) for m in r.smembers(key)}  # type: ignore[union-attr]
+            members = {_text(m) for m in r.smembers(key)}
         elif kind == "zset":
-            members = {_text(m) for m in r.zrange(key, 0, -1)}  # type: ignore[union-attr]
+            members = {_text(m) for m in r.zrange(key, 0, -1)}
         else:
             continue
         if members & names:

@@ -38,7 +38,7 @@ from tests.faults.fleet import Ledger
 
 
 def _seconds(payload: Any, agent: str, host: str, default: float) -> float:
-    hold = payload.get("hold", default) if isinstance(payload, dict) else default
+    hold: Any = payload.get("hold", default) if isinstance(payload, dict) else default
     if isinstance(hold, dict):
         hold = hold.get(agent, hold.get(host, default))
     return float(hold)
