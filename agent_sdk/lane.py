@@ -77,7 +77,10 @@ async def read_replies(conn: AbstractConnection, n: int) -> list[Any]:
     while len(replies) < n:
         reply = reader.gets()
         if incomplete(reply):
-            data = await stream.read(_READ_SIZE)
+            try:
+                data = await stream.read(_READ_SIZE)
+            except OSError as e:  # e.g. reset by peer: redis-py's own reads raise it as this,
+                raise RedisConnectionError(f"Error reading from Redis: {e}") from e  # retried
             if not data:
                 raise RedisConnectionError("Connection closed by server.")
             reader.feed(data)

@@ -12,8 +12,9 @@ them and hands each to whoever waits for it:
   coordinator's ``reannounce``); a late reply to a forgotten request is dropped (logged at debug);
 * an entry that does not decode is logged and dead-lettered (``<ns>:deadletter``).
 
-Replies are ``LPUSH``ed, so ``BRPOP`` reads them in arrival order. The loop survives Redis
-outages: it logs, backs off and continues (``agent_sdk.retry``).
+Replies are ``LPUSH``ed, so ``BRPOP`` reads them in arrival order; once one arrived, what else
+waits is taken ``_DRAIN_BATCH`` at a time (``RPOP key count``, still in order) until the list is
+empty. The loop survives Redis outages: it logs, backs off and continues (``agent_sdk.retry``).
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ log = logging.getLogger("agentbus.replies")
 UnsolicitedHandler = Callable[[Envelope], Awaitable[None] | None]
 
 _POP_TIMEOUT = 1.0  # seconds a BRPOP blocks; bounds how stale the loop's view of "stop" is
+#: Replies taken per round trip once one arrived (``RPOP key count``): a host's reply list can
+#: receive thousands at once (the announce results of its agents starting together), and one
+#: pop per round trip falls behind when the event loop is busy.
+_DRAIN_BATCH = 256
 
 
 class ReplyRouter:
@@ -126,13 +131,21 @@ class ReplyRouter:
             await lane.aclose()
 
     async def _loop(self, client: aioredis.Redis, lane: Lane) -> None:
+        drain = False  # the last pop found something: take what else waits, without blocking
+
         async def pop() -> None:
+            nonlocal drain
             if not self._ready.is_set():
                 await lane.call("PING")
                 self._ready.set()
-            item = await lane.call("BRPOP", self.key, _POP_TIMEOUT)
-            if item is not None:
-                await self._route(item[1])
+            if drain:
+                items = await lane.call("RPOP", self.key, _DRAIN_BATCH) or []
+            else:
+                item = await lane.call("BRPOP", self.key, _POP_TIMEOUT)
+                items = [item[1]] if item is not None else []
+            drain = bool(items)
+            for data in items:
+                await self._route(data)
 
         def failed(error: BaseException) -> None:
             if isinstance(error, CONNECTION_ERRORS):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -101,3 +102,25 @@ async def test_stop_is_idempotent_and_cancels_waiters(settings: Settings, keys: 
     await rr.stop()
     assert rr.stopped.is_set()
     assert waiter.cancelled()
+
+
+async def _pops(r: aioredis.Redis) -> int:
+    stats: Any = await r.info("commandstats")
+    return sum(int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("brpop", "rpop"))
+
+
+async def test_a_backlog_is_routed_in_order_a_batch_per_round_trip(
+    router: ReplyRouter, r: aioredis.Redis, controls: list[Envelope]
+) -> None:
+    """A host's list can get thousands at once (its agents' announce results, a coordinator's
+    re-announce requests): one pop per round trip fell behind a busy event loop for good."""
+    n = 2000
+    before = await _pops(r)
+    notices = [
+        encode_json(Envelope(kind=Kind.CONTROL, type="reannounce", sender="c", payload=i))
+        for i in range(n)
+    ]
+    await r.lpush(router.key, *notices)
+    await wait_for(lambda: len(controls) == n, message="every notice routed")
+    assert [c.payload for c in controls] == list(range(n))  # in arrival order
+    assert await _pops(r) - before < n // 100  # batches, not one pop per entry
