@@ -31,7 +31,8 @@ R:tombstones                           zset    none (score = fence ms;     coord
 R:epoch                                string  none (INCR per new          coordinator    coordinator
                                                registration)
 R:control                              stream  MAXLEN ~ (settings)         agents         coordinators
-R:events                               stream  MAXLEN ~ (settings)         coordinator    watchers
+R:events                               stream  MAXLEN ~ (settings)         coordinator,   watchers
+                                                                           plugin hosts
 R:coordinators                         zset    none (score = last tick)    coordinator    CLI
 R:coordinator:<id>                     string  PX 3 x tick                 coordinator    ``check``
 <ns>:agent:{<name>}:inbox              stream  MAXLEN ~ (settings)         senders        the agent
@@ -42,6 +43,9 @@ R:coordinator:<id>                     string  PX 3 x tick                 coord
 <ns>:session:{<session>}:activity      stream  MAXLEN ~; PX retention      agents         UIs
 <ns>:session:{<session>}:seq           string  PX retention                agents         agents
 <ns>:deadletter                        stream  MAXLEN ~ (settings)         everyone       ``deadletter``
+<ns>:plugins                           set     none                        plugin hosts   ``plugins``
+<ns>:plugin:<name>                     hash    none; removed when its      plugin hosts   ``plugins``
+                                               directory is deleted
 =====================================  ======  ==========================  =============  ==============
 
 Pub/sub channels: ``<ns>:broadcast`` (every agent), ``<ns>:broadcast:role:<role>``,
@@ -191,6 +195,15 @@ class KeySpace:
 
     def deadletter(self) -> str:
         return f"{self.ns}:deadletter"
+
+    # -- plugin catalogue (written by plugin hosts: ``agentbus run --plugins``) ---------------
+    def plugins(self) -> str:
+        """The names of every plugin a host has loaded (the catalogue's index)."""
+        return f"{self.ns}:plugins"
+
+    def plugin(self, name: str) -> str:
+        """One plugin's catalogue entry: flat strings (version, status, path, agents, ...)."""
+        return f"{self.ns}:plugin:{name}"
 
     # -- pub/sub channels --------------------------------------------------------------------
     def broadcast_channel(self, role: str | None = None) -> str:
