@@ -11,6 +11,7 @@ from coordinator.cli.coordinator_cmd import coordinator
 from coordinator.cli.deadletter import deadletter
 from coordinator.cli.demo import demo
 from coordinator.cli.messages import broadcast, publish, request, send, subscribe
+from coordinator.cli.new_cmd import new
 from coordinator.cli.reach import UP_URL
 from coordinator.cli.run_cmd import run
 from coordinator.cli.stats_cmd import stats
@@ -55,6 +56,7 @@ cli.add_command(up)
 cli.add_command(demo)
 cli.add_command(coordinator)
 cli.add_command(run)
+cli.add_command(new)
 cli.add_command(agents)
 for command in (send, request, broadcast, publish, subscribe, deadletter):
     cli.add_command(command)

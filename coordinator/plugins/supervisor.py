@@ -62,8 +62,11 @@ _STABLE_AFTER = 30.0
 
 
 def find_plugin_dirs(root: Path) -> list[Path]:
-    """The plugin directories directly under ``root`` (those holding a manifest)."""
-    return sorted(p for p in root.iterdir() if (p / MANIFEST_FILE).is_file())
+    """The plugin directories directly under ``root`` (those holding a manifest; hidden ones,
+    such as ``agentbus new``'s staging directories, are skipped)."""
+    return sorted(
+        p for p in root.iterdir() if not p.name.startswith(".") and (p / MANIFEST_FILE).is_file()
+    )
 
 
 @dataclass(eq=False)
@@ -385,6 +388,7 @@ class PluginSupervisor:
     async def apply(self, dirs: Iterable[Path]) -> None:
         """Bring the plugins in line with these directories (what the watcher calls for each
         batch of changes): load new ones, reload changed ones, follow moves, unload gone ones."""
+        dirs = [d for d in dirs if not d.name.startswith(".")]  # staging, editors' temp dirs
         present = sorted(d for d in dirs if (d / MANIFEST_FILE).is_file())
         gone = sorted(d for d in dirs if d not in present)
         by_source = {p.source: p for p in self.plugins.values()}
