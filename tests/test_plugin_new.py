@@ -81,7 +81,8 @@ async def test_a_plugin_created_in_a_watched_directory_goes_live(
     async with PluginSupervisor(settings, [tmp_path], watch=True, debounce_ms=100):
         code, output = _new("greeter", "--dir", str(tmp_path))
         assert code == 0, output
-        await wait_for(lambda: r.exists(keys.record("greeter.a0")), timeout=30, message="live")
+        await wait_for(lambda: r.hget(keys.plugin("greeter"), "status"), timeout=30,
+                       message="live")  # fmt: skip
         async with Bus(settings) as bus:
             reply = await bus.request(role="greeter", type="hello", payload={"name": "x"})
         assert reply == {"greeting": "hello, x", "from": "greeter"}

@@ -48,6 +48,7 @@ class Worker:
     """One running worker process: a plugin version's agents."""
 
     manifest: PluginManifest
+    source: Path
     snapshot: Path
     slot: str
     proc: asyncio.subprocess.Process
@@ -133,7 +134,9 @@ async def _read_ready(worker: Worker, stream: asyncio.StreamReader) -> None:
             return
         if message.get("event") == "failed":
             await worker.proc.wait()
-            raise WorkerFailed(str(message.get("reason", "the plugin could not be loaded")))
+            reason = str(message.get("reason", "the plugin could not be loaded"))
+            # name the user's directory, not the snapshot the worker ran
+            raise WorkerFailed(reason.replace(str(worker.snapshot), str(worker.source)))
 
 
 async def _drain(stream: asyncio.StreamReader) -> None:
@@ -166,7 +169,7 @@ async def start_worker(
     except OSError as e:
         shutil.rmtree(snapshot, ignore_errors=True)
         raise WorkerFailed(f"cannot start a worker process: {e}") from e
-    worker = Worker(manifest, snapshot, slot, proc)
+    worker = Worker(manifest, source, snapshot, slot, proc)
     assert proc.stdout is not None
     assert proc.stderr is not None
     worker._pumps.append(asyncio.create_task(_pump_stderr(worker, proc.stderr)))
