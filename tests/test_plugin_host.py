@@ -252,3 +252,40 @@ async def test_agentbus_run_plugins_serves_until_sigterm_then_drains(
             proc.kill()
             proc.wait()
         err.close()
+
+
+async def test_requests_during_a_reload_are_all_answered(
+    coordinator: Coordinator,
+    settings: Settings,
+    r: aioredis.Redis,
+    keys: KeySpace,
+    tmp_path: Path,
+    make_supervisor: Make,
+) -> None:
+    """A steady stream of requests to the plugin's role while it reloads: none fails, none is
+    lost; the answers switch from the old version to the new."""
+    directory = write_plugin(tmp_path, "steady", version="1.0.0")
+    async with make_supervisor(tmp_path) as supervisor, Bus(settings) as bus:
+        stop = asyncio.Event()
+        versions: list[str] = []
+        errors: list[BaseException] = []
+
+        async def client() -> None:
+            while not stop.is_set():
+                try:
+                    reply = await bus.request(role="steady", type="echo", payload=0, timeout=10)
+                    versions.append(reply["version"])
+                except Exception as e:
+                    errors.append(e)
+
+        clients = [asyncio.create_task(client()) for _ in range(4)]
+        await wait_for(lambda: len(versions) >= 20, message="traffic flows")
+        write_plugin(tmp_path, "steady", version="2.0.0")
+        await supervisor.apply({directory})
+        served = len(versions)
+        await wait_for(lambda: len(versions) >= served + 20, message="traffic after the reload")
+        stop.set()
+        await asyncio.gather(*clients)
+        assert errors == []
+        assert versions[0] == "1.0.0"
+        assert versions[-1] == "2.0.0"
