@@ -6,7 +6,8 @@ One root, ``AgentbusError``; ``except AgentbusError`` catches anything agentbus 
     ├── ConfigurationError        bad settings (URL, intervals, namespace)
     ├── ConnectionFailed          Redis unreachable after retries (wraps the redis-py error)
     ├── InvalidInput              a value was refused before it left the process
-    │   └── PayloadTooLarge       the encoded payload exceeds ``max_payload_bytes``
+    │   ├── PayloadTooLarge       the encoded payload exceeds ``max_payload_bytes``
+    │   └── PluginError           a plugin cannot be loaded (manifest, entry point, dependency)
     ├── ProtocolError             bytes on the wire that do not decode to a known version
     ├── EventsLost                a change feed / activity stream was trimmed past a resume point
     ├── RegistrationError         the agent could not join the registry
@@ -41,6 +42,7 @@ from schemas.errors import (
     NoCoordinator,
     NoResponders,
     PayloadTooLarge,
+    PluginError,
     ProtocolError,
     Refused,
     RegistrationError,
@@ -63,6 +65,7 @@ __all__ = [
     "NoCoordinator",
     "NoResponders",
     "PayloadTooLarge",
+    "PluginError",
     "ProtocolError",
     "Refused",
     "RegistrationError",

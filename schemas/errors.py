@@ -6,7 +6,8 @@ Exception tree (every exception agentbus raises derives from ``AgentbusError``):
     ├── ConfigurationError        bad settings (URL, intervals, namespace)
     ├── ConnectionFailed          Redis unreachable after retries (wraps the redis-py error)
     ├── InvalidInput              a value was refused before it left the process
-    │   └── PayloadTooLarge       the encoded payload exceeds ``max_payload_bytes``
+    │   ├── PayloadTooLarge       the encoded payload exceeds ``max_payload_bytes``
+    │   └── PluginError           a plugin cannot be loaded (manifest, entry point, dependency)
     ├── ProtocolError             bytes on the wire that do not decode to a known version
     ├── EventsLost                a change feed / activity stream was trimmed past a resume point
     ├── RegistrationError         the agent could not join the registry
@@ -50,6 +51,7 @@ __all__ = [
     "NoCoordinator",
     "NoResponders",
     "PayloadTooLarge",
+    "PluginError",
     "ProtocolError",
     "Refused",
     "RegistrationError",
@@ -85,6 +87,7 @@ class ErrorCode(StrEnum):
     CONFIGURATION = "configuration"
     INTERNAL = "internal"
     EVENTS_LOST = "events_lost"  # a stream was trimmed past the reader's resume point
+    INVALID_PLUGIN = "invalid_plugin"  # a plugin cannot be loaded (details: file, field, reason)
 
 
 class ErrorInfo(BaseModel):
@@ -186,6 +189,13 @@ class InvalidInput(AgentbusError):
 
 class PayloadTooLarge(InvalidInput):
     default_code = ErrorCode.TOO_LARGE
+
+
+class PluginError(InvalidInput):
+    """A plugin cannot be loaded. ``details`` names the ``plugin`` directory, the ``file`` and
+    ``field`` at fault (when known) and the ``reason``."""
+
+    default_code = ErrorCode.INVALID_PLUGIN
 
 
 class ProtocolError(AgentbusError):

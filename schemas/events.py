@@ -6,6 +6,7 @@ by the coordinator in the same Lua script that changes the registry, and mirrore
 stopped with ``XREAD ... STREAMS R:events <last id>``. Stream fields are flat strings:
 ``type``, ``name``, ``instance_id``, ``role``, ``at`` (ISO-8601), and per type ``reason``,
 ``changes`` (JSON ``{field: [old, new]}``), ``last_seen``, ``record`` (JSON of the record).
+Plugin hosts add ``plugin_*`` events to the same feed (``version``, ``reason``; docs/PLUGINS.md).
 
 **Activity events** are entries of a per-session stream ``<ns>:session:{<id>}:activity`` written
 by agents while they work for a session: ``agent_started``, ``agent_thinking``,
@@ -38,6 +39,12 @@ class RegistryEventType(StrEnum):
     AGENT_UPDATED = "agent_updated"
     AGENT_DEREGISTERED = "agent_deregistered"
     AGENT_EXPIRED = "agent_expired"
+    #: Written by a plugin host (``agentbus run --plugins``), not the coordinator: ``name`` is
+    #: the plugin's, ``version`` the version concerned, ``reason`` what happened.
+    PLUGIN_LOADED = "plugin_loaded"
+    PLUGIN_RELOADED = "plugin_reloaded"
+    PLUGIN_UNLOADED = "plugin_unloaded"
+    PLUGIN_FAILED = "plugin_failed"
 
 
 class ExpiryReason(StrEnum):
@@ -58,6 +65,7 @@ class RegistryEvent(BaseModel):
     role: str | None = None
     at: datetime
     reason: str | None = None
+    version: str | None = None
     last_seen: datetime | None = None
     changes: dict[str, list[Any]] = Field(default_factory=dict)
     record: dict[str, Any] | None = None

@@ -25,6 +25,7 @@ from schemas.agent import (
 from schemas.envelope import Envelope
 from schemas.errors import DeadLetterEntry, ErrorInfo
 from schemas.events import ActivityEvent, RegistryEvent
+from schemas.plugin import PluginManifest
 
 __all__ = ["JSON_DIR", "WIRE_TYPES", "render", "write"]
 
@@ -45,6 +46,7 @@ WIRE_TYPES: dict[str, type[BaseModel]] = {
     "dead-letter": DeadLetterEntry,
     "registry-event": RegistryEvent,
     "activity-event": ActivityEvent,
+    "plugin-manifest": PluginManifest,
 }
 
 

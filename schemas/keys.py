@@ -31,7 +31,8 @@ R:tombstones                           zset    none (score = fence ms;     coord
 R:epoch                                string  none (INCR per new          coordinator    coordinator
                                                registration)
 R:control                              stream  MAXLEN ~ (settings)         agents         coordinators
-R:events                               stream  MAXLEN ~ (settings)         coordinator    watchers
+R:events                               stream  MAXLEN ~ (settings)         coordinator,   watchers
+                                                                           plugin hosts
 R:coordinators                         zset    none (score = last tick)    coordinator    CLI
 R:coordinator:<id>                     string  PX 3 x tick                 coordinator    ``check``
 <ns>:agent:{<name>}:inbox              stream  MAXLEN ~ (settings)         senders        the agent
@@ -45,6 +46,9 @@ R:coordinator:<id>                     string  PX 3 x tick                 coord
 <ns>:deadletter                        stream  MAXLEN ~ (settings)         everyone       ``deadletter``
 <ns>:gateway:tokens                    hash    none (sha256 of a token ->  ``token``      gateway
                                                JSON user, role, expiry)    command
+<ns>:plugins                           set     none                        plugin hosts   ``plugins``
+<ns>:plugin:<name>                     hash    none; removed when its      plugin hosts   ``plugins``
+                                               directory is deleted
 =====================================  ======  ==========================  =============  ==============
 
 Pub/sub channels: ``<ns>:broadcast`` (every agent), ``<ns>:broadcast:role:<role>``, the doorbells
@@ -211,6 +215,15 @@ class KeySpace:
         """The gateway's bearer tokens: field = sha256 hex of a token, value = JSON (user,
         role, issued_at, expires_at). The tokens themselves are never stored."""
         return f"{self.ns}:gateway:tokens"
+
+    # -- plugin catalogue (written by plugin hosts: ``agentbus run --plugins``) ---------------
+    def plugins(self) -> str:
+        """The names of every plugin a host has loaded (the catalogue's index)."""
+        return f"{self.ns}:plugins"
+
+    def plugin(self, name: str) -> str:
+        """One plugin's catalogue entry: flat strings (version, status, path, agents, ...)."""
+        return f"{self.ns}:plugin:{name}"
 
     # -- pub/sub channels --------------------------------------------------------------------
     def broadcast_channel(self, role: str | None = None) -> str:

@@ -185,6 +185,10 @@ class HandlerRegistry:
     def types(self) -> tuple[str, ...]:
         return tuple(self._handlers)
 
+    def items(self) -> list[tuple[str, Handler]]:
+        """``(type, handler)`` pairs, in registration order (to copy them onto another agent)."""
+        return [(type, entry.func) for type, entry in self._handlers.items()]
+
     async def handle(self, msg: Message) -> Outcome:
         """Run the handler for ``msg``; every failure becomes an ``Outcome`` with an error."""
         if self.observer is None:

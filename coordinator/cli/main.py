@@ -12,6 +12,8 @@ from coordinator.cli.deadletter import deadletter
 from coordinator.cli.demo import demo
 from coordinator.cli.gateway_cmd import gateway, token
 from coordinator.cli.messages import broadcast, publish, request, send, subscribe
+from coordinator.cli.new_cmd import new
+from coordinator.cli.plugins_cmd import plugins
 from coordinator.cli.reach import UP_URL
 from coordinator.cli.run_cmd import run
 from coordinator.cli.stats_cmd import stats
@@ -56,6 +58,8 @@ cli.add_command(up)
 cli.add_command(demo)
 cli.add_command(coordinator)
 cli.add_command(run)
+cli.add_command(new)
+cli.add_command(plugins)
 cli.add_command(agents)
 for command in (send, request, broadcast, publish, subscribe, deadletter):
     cli.add_command(command)

@@ -1,5 +1,8 @@
 """``agentbus run module:attr``: run agents defined in Python until SIGTERM or Ctrl-C.
 
+``agentbus run --plugins DIR [DIR ...]`` hosts every plugin found in the directories instead
+(``coordinator.plugins``, docs/PLUGINS.md), following them for changes unless ``--no-watch``.
+
 ``attr`` is an ``Agent`` or a ``Host`` (many agents), or a factory (a function, sync or async,
 taking no arguments) that returns one. The module is imported with the current directory on
 ``sys.path`` (as ``python -m`` would), after ``--redis-url`` and ``--namespace`` were put in the
@@ -16,6 +19,7 @@ import inspect
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -24,6 +28,7 @@ from agent_sdk.agent import Agent
 from agent_sdk.host import Host
 from agent_sdk.runner import configure_logging, run_coroutine, serve
 from coordinator.cli.base import CliState, pass_state
+from coordinator.plugins import PluginSupervisor
 
 __all__ = ["run"]
 
@@ -62,18 +67,70 @@ async def _resolve_and_serve(obj: Any, target: str) -> int:
     return await serve(obj)
 
 
-@click.command("run", short_help="Run agents from Python until SIGTERM or Ctrl-C.")
-@click.argument("target", metavar="MODULE:ATTR")
+@click.command("run", short_help="Run agents from Python, or plugins, until SIGTERM or Ctrl-C.")
+@click.argument("targets", nargs=-1, metavar="MODULE:ATTR | --plugins DIR [DIR ...]")
+@click.option(
+    "--plugins",
+    is_flag=True,
+    help="The arguments are plugin directories: host every plugin found in them.",
+)
+@click.option(
+    "--watch/--no-watch",
+    default=True,
+    show_default=True,
+    help="With --plugins: follow the directories (new plugins load, edits reload, deleted "
+    "plugins drain and leave).",
+)
+@click.option(
+    "--ready-timeout",
+    type=click.FloatRange(min=0.1),
+    default=30.0,
+    show_default=True,
+    help="With --plugins: seconds a plugin may take to load and register before it is failed.",
+)
+@click.option(
+    "--debounce",
+    type=click.IntRange(min=1),
+    default=300,
+    show_default=True,
+    help="With --plugins: milliseconds of quiet before a batch of file changes is applied.",
+)
 @pass_state
-def run(state: CliState, target: str) -> None:
+def run(
+    state: CliState,
+    targets: tuple[str, ...],
+    plugins: bool,
+    watch: bool,
+    ready_timeout: float,
+    debounce: int,
+) -> None:
     """Run MODULE:ATTR (an Agent, a Host, or a factory returning one) until SIGTERM or Ctrl-C,
     then stop it gracefully: in-flight handlers finish within shutdown_grace and every agent
-    leaves the registry at once. A second signal exits at once."""
+    leaves the registry at once. A second signal exits at once.
+
+    With --plugins, host every plugin (a directory with a manifest.yaml) found in the DIRs,
+    each in a worker process of its own, and follow the DIRs for changes."""
     if state.redis_url:
         os.environ["AGENTBUS_REDIS_URL"] = state.redis_url
     if state.namespace:
         os.environ["AGENTBUS_NAMESPACE"] = state.namespace
-    obj = _load(target)
+    if plugins:
+        if not targets:
+            raise click.UsageError("--plugins needs at least one directory")
+        missing = [t for t in targets if not Path(t).is_dir()]
+        if missing:
+            raise click.UsageError(f"not a directory: {', '.join(missing)}")
+        supervisor = PluginSupervisor(
+            state.settings(), [Path(t) for t in targets], watch=watch,
+            ready_timeout=ready_timeout, debounce_ms=debounce,
+        )  # fmt: skip
+        configure_logging("INFO")
+        for name in ("agentbus.run", "agentbus.plugins"):
+            logging.getLogger(name).setLevel(logging.INFO)
+        sys.exit(run_coroutine(serve(supervisor)))
+    if len(targets) != 1:
+        raise click.UsageError("give one MODULE:ATTR (or --plugins DIR [DIR ...])")
+    obj = _load(targets[0])
     configure_logging("INFO")
     logging.getLogger("agentbus.run").setLevel(logging.INFO)  # its start and stop lines
-    sys.exit(run_coroutine(_resolve_and_serve(obj, target)))
+    sys.exit(run_coroutine(_resolve_and_serve(obj, targets[0])))

@@ -27,6 +27,10 @@ _REGISTRY_STYLE = {
     RegistryEventType.AGENT_UPDATED: ("cyan", "~ updated"),
     RegistryEventType.AGENT_DEREGISTERED: ("yellow", "- deregistered"),
     RegistryEventType.AGENT_EXPIRED: ("red", "x expired"),
+    RegistryEventType.PLUGIN_LOADED: ("green", "+ plugin"),
+    RegistryEventType.PLUGIN_RELOADED: ("cyan", "~ plugin"),
+    RegistryEventType.PLUGIN_UNLOADED: ("yellow", "- plugin"),
+    RegistryEventType.PLUGIN_FAILED: ("red", "! plugin"),
 }
 _ACTIVITY_STYLE = {
     ActivityType.AGENT_STARTED: "green",
@@ -57,6 +61,8 @@ def format_registry(event: RegistryEvent) -> str:
     ]
     if event.role:
         parts.append(f"role={escape(event.role)}")
+    if event.version:
+        parts.append(f"version={escape(event.version)}")
     if event.changes:
         changes = ", ".join(
             f"{escape(k)}: {escape(_short(v[0], 40))} → {escape(_short(v[-1], 40))}"
