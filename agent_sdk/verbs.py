@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from schemas.errors import InvalidInput
+from schemas.priority import Priority
 
 if TYPE_CHECKING:
     from agent_sdk.messaging import GatherResult, Messaging, Subscription
@@ -46,13 +47,15 @@ class Verbs:
         headers: dict[str, str] | None = None,
         queue_if_absent: bool = False,
         ttl: float | None = None,
+        priority: Priority = "normal",
     ) -> str:
         """Fire-and-forget to agent ``to`` or one member of ``role``; returns the message id.
         ``AgentNotFound`` / ``NoResponders`` at once when nobody can receive it (unless
-        ``queue_if_absent``); ``ttl`` seconds bound how long it may wait unhandled."""
+        ``queue_if_absent``); ``ttl`` seconds bound how long it may wait unhandled; ``priority``
+        (``critical``, ``important``, ``normal``, ``low``): readers take higher ones first."""
         return await self._data_plane().sender.send(
             to, _need_type(type), payload, role=role, headers=headers,
-            queue_if_absent=queue_if_absent, ttl=ttl,
+            queue_if_absent=queue_if_absent, ttl=ttl, priority=priority,
         )  # fmt: skip
 
     async def request(
@@ -64,14 +67,16 @@ class Verbs:
         role: str | None = None,
         timeout: float | None = None,
         headers: dict[str, str] | None = None,
+        priority: Priority = "normal",
     ) -> Any:
         """Send a request to ``to`` or one member of ``role``; return the reply payload
         (``RemoteError`` for an error reply, ``RequestTimeout`` after ``timeout`` seconds, by
-        default ``request_timeout``)."""
+        default ``request_timeout``). ``priority`` as for ``send``."""
         requester = (await self._request_plane())._requester()
         return await requester.request(
-            to, _need_type(type), payload, role=role, timeout=timeout, headers=headers
-        )
+            to, _need_type(type), payload, role=role, timeout=timeout, headers=headers,
+            priority=priority,
+        )  # fmt: skip
 
     async def request_many(
         self,

@@ -36,10 +36,14 @@ R:events                               stream  MAXLEN ~ (settings)         coord
 R:coordinators                         zset    none (score = last tick)    coordinator    CLI
 R:coordinator:<id>                     string  PX 3 x tick                 coordinator    ``check``
 <ns>:agent:{<name>}:inbox              stream  MAXLEN ~ (settings)         senders        the agent
+<ns>:agent:{<name>}:inbox:<priority>   stream  MAXLEN ~ (critical,         senders        the agent
+                                               important, low)
 <ns>:agent:{<name>}:replies:<instance> list    PX request deadline         responders     the agent
 <ns>:agent:{<name>}:stats              hash    none                        the agent      CLI
 <ns>:agent:{<name>}:state              hash    none (survives restarts)    the agent      the agent
 <ns>:role:{<role>}:queue               stream  MAXLEN ~ (settings)         senders        role members
+<ns>:role:{<role>}:queue:<priority>    stream  MAXLEN ~ (critical,         senders        role members
+                                               important, low)
 <ns>:session:{<session>}:activity      stream  MAXLEN ~; PX retention      agents         UIs
 <ns>:session:{<session>}:seq           string  PX retention                agents         agents
 <ns>:session:{<session>}:owner         string  PX retention                gateway        gateway
@@ -189,6 +193,12 @@ class KeySpace:
 
     def role_queue(self, role: str) -> str:
         return f"{self.ns}:role:{{{role}}}:queue"
+
+    def prioritized(self, stream: str, priority: str) -> str:
+        """The stream of ``priority`` in the family of inbox or role queue ``stream``:
+        ``stream`` itself for ``normal``, ``<stream>:<priority>`` otherwise (``schemas.priority``);
+        same hash slot, same doorbell."""
+        return stream if priority == "normal" else f"{stream}:{priority}"
 
     def bell(self, stream: str) -> str:
         """The doorbell channel of an inbox or role queue: ``<stream key>:bell``. A sender

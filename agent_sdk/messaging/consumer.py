@@ -83,8 +83,11 @@ class Consumer:
         self.slots = Slots(max_concurrency, on_load)
         keys = settings.keys
         self.inbox = StreamState(keys.inbox(name), AGENT_GROUP)
+        #: The stream families it reads (its inbox, its role queue): their normal streams' keys.
+        self.families = [self.inbox.key]
         self.streams = [self.inbox]
         if role is not None:
+            self.families.append(keys.role_queue(role))
             self.streams.append(StreamState(keys.role_queue(role), AGENT_GROUP))
         self._by_key = {s.key: s for s in self.streams}
         self.dispatcher = Dispatcher(
@@ -136,7 +139,8 @@ class Consumer:
         try:
             await self.reader.flush_acks()
             if self.role is not None:
-                await self.release_pending(self.streams[1:])
+                role = self.families[1]
+                await self.release_pending([s for s in self.streams if s.key.startswith(role)])
         except Exception as e:  # claimed after a TTL instead
             log.warning("agent %s: could not settle its entries on stop: %s", self.name, e)
 
@@ -154,7 +158,12 @@ class Consumer:
         return self.reader.claim_rounds
 
     def stream(self, key: str) -> StreamState:
-        return self._by_key[key]
+        """The state of stream ``key`` (one of its families' streams; made on first use)."""
+        s = self._by_key.get(key)
+        if s is None:
+            s = self._by_key[key] = StreamState(key, AGENT_GROUP)
+            self.streams.append(s)
+        return s
 
     # -- fencing -------------------------------------------------------------------------------
     @property
@@ -225,7 +234,7 @@ class Consumer:
         if self._fenced_now or not self.accepting:  # left pending, unrenewed
             self.fenced += len(entries)
             return 0
-        s = self._by_key[key]
+        s = self.stream(key)
         used = 0
         for entry_id, flat in entries:
             if flat is None:  # deleted while pending: nothing to do
@@ -243,7 +252,7 @@ class Consumer:
         if self._fenced_now or not self.accepting:
             self.fenced += len(entries)
             return 0
-        s = self._by_key[key]
+        s = self.stream(key)
         used = 0
         for (entry_id, flat), count in zip(entries, counts, strict=True):
             eid = text(entry_id)

@@ -39,10 +39,12 @@ from redis.exceptions import NoScriptError, ResponseError
 from agent_sdk.lane import Lane
 from agent_sdk.messaging.dispatch import text
 from agent_sdk.messaging.scripts import Scripts, load_script_text
+from agent_sdk.messaging.sources import Family, Source, Sources
 from agent_sdk.messaging.topics import PubSubHub
 from agent_sdk.settings import Settings
 from agent_sdk.tasks import cancel_all
 from schemas.keys import AGENT_GROUP
+from schemas.priority import PRIORITIES
 
 if TYPE_CHECKING:
     from agent_sdk.messaging.consumer import Consumer
@@ -51,7 +53,6 @@ __all__ = ["Reader", "nogroup"]
 
 log = logging.getLogger("agentbus.messaging")
 
-_READ_MAX = 256  # COUNT cap of one read of one stream
 _LEASE_CHUNK = 500
 _PRUNE_EVERY = 50  # claim rounds
 
@@ -71,18 +72,7 @@ def _entries(reply: Any) -> list[Any]:
     return list(pairs[0]) if pairs else []
 
 
-class _Source:
-    """One stream the host reads, and the agents that read it here (in turn)."""
-
-    __slots__ = ("bell", "cursor", "key", "members", "role", "turn")
-
-    def __init__(self, key: str, bell: str, role: bool) -> None:
-        self.key = key
-        self.bell = bell
-        self.role = role
-        self.members: list[Consumer] = []
-        self.turn = 0
-        self.cursor = "0-0"  # XAUTOCLAIM cursor
+Job = tuple[Source, "Consumer", int, int, str]  # stream, agent, count, min idle ms, cursor
 
 
 class Reader:
@@ -95,17 +85,17 @@ class Reader:
         self.settings = settings
         self.scripts = scripts
         self.hub = hub
-        self._sources: dict[str, _Source] = {}
-        self._bells: dict[str, _Source] = {}
-        self._inboxes: list[_Source] = []
+        self.sources = Sources(settings.keys)
         self._sweep_next = 0
-        self._dirty: dict[_Source, None] = {}
         self._consumers: dict[Consumer, None] = {}
         self._acks: dict[Consumer, None] = {}
-        #: Inboxes with an entry left for redelivery: when to claim it (monotonic seconds).
-        self._claim_due: dict[_Source, float] = {}
-        #: Agents whose inbox is being taken over from their previous instance: the cursor.
-        self._takeovers: dict[Consumer, str] = {}
+        #: Inbox streams with an entry left for redelivery: when to claim (monotonic seconds).
+        self._claim_due: dict[Source, float] = {}
+        #: Agents whose inbox is being taken over from their previous instance: what is left
+        #: (stream, cursor).
+        self._takeovers: dict[Consumer, list[tuple[Source, str]]] = {}
+        #: Rings that named a priority stream not read here yet: (family, priority).
+        self._new: set[tuple[Family, str]] = set()
         self._wake = asyncio.Event()
         self._ack_event = asyncio.Event()
         self._round: asyncio.Event = asyncio.Event()  # set while no read is in flight
@@ -158,7 +148,7 @@ class Reader:
                     log.warning("%s: a consumer group is missing (Redis lost data?); recreating",
                                 what)  # fmt: skip
                     with contextlib.suppress(Exception):
-                        for key in list(self._sources):
+                        for key in list(self.sources.by_key):
                             await self.ensure_group(key)
                     self.ring_all()
                 else:
@@ -169,81 +159,101 @@ class Reader:
     # -- agents --------------------------------------------------------------------------------
     async def add(self, consumer: Consumer) -> None:
         """Read ``consumer``'s streams from now on: groups made, doorbells subscribed (and
-        confirmed), entries its previous instance left in its inbox taken over, then read."""
-        bells: dict[str, Callable[[str, bytes], None]] = {}
-        for s in consumer.streams:
-            await self.ensure_group(s.key)
-            src = self._sources.get(s.key)
-            if src is None:
-                bell = self.settings.keys.bell(s.key)
-                src = self._sources[s.key] = _Source(s.key, bell, s is not consumer.inbox)
-                self._bells[bell] = src
-                bells[bell] = self._on_bell
-                if not src.role:
-                    self._inboxes.append(src)
-            src.members.append(consumer)
+        confirmed), priority streams that already hold entries found, what its previous
+        instance left in its inbox taken over, then read."""
+        bells, new = self.sources.join(consumer)
+        for src in new:
+            await self.ensure_group(src.key)
         if bells:
-            await self.hub.listen(bells)
+            await self.hub.listen(dict.fromkeys(bells, self._on_bell))
+        await self._find_priority_streams(consumer)
         self._consumers[consumer] = None
-        self._takeovers[consumer] = "0-0"
-        for s in consumer.streams:
-            self._dirty[self._sources[s.key]] = None
+        inbox = self.sources.families[consumer.inbox.key]
+        self._takeovers[consumer] = [(src, "0-0") for src in inbox.sources.values()]
+        for family_key in consumer.families:
+            self.sources.mark_family(self.sources.families[family_key])
         self._wake.set()
+
+    async def _find_priority_streams(self, consumer: Consumer) -> None:
+        """Add the priority streams of ``consumer``'s families that hold entries already (a
+        ring for them may have come before anyone here listened)."""
+        wanted = [
+            (self.sources.families[k], p)
+            for k in consumer.families
+            for p in PRIORITIES
+            if p not in self.sources.families[k].sources
+        ]
+        if not wanted:
+            return
+        keys = self.settings.keys
+        async with self.client.pipeline(transaction=False) as pipe:
+            for fam, p in wanted:
+                pipe.exists(keys.prioritized(fam.key, p))
+            found = await pipe.execute()
+        for (fam, p), exists in zip(wanted, found, strict=True):
+            if exists:
+                await self._add_source(fam, p)
+
+    async def _add_source(self, fam: Family, priority: str) -> Source:
+        src = fam.sources.get(priority)
+        if src is None:
+            src = self.sources.add_source(fam, priority)
+            await self.ensure_group(src.key)
+        return src
 
     async def remove(self, consumer: Consumer) -> None:
         """Read nothing more for ``consumer`` (returns once no read for it is in flight)."""
         self._consumers.pop(consumer, None)
         self._takeovers.pop(consumer, None)
-        gone: list[str] = []
-        for s in consumer.streams:
-            src = self._sources.get(s.key)
-            if src is None or consumer not in src.members:
-                continue
-            src.members.remove(consumer)
-            if not src.members:
-                del self._sources[s.key]
-                del self._bells[src.bell]
-                self._dirty.pop(src, None)
-                self._claim_due.pop(src, None)
-                if not src.role:
-                    self._inboxes.remove(src)
-                gone.append(src.bell)
+        for family_key in consumer.families:
+            fam = self.sources.families.get(family_key)
+            if fam is not None and fam.members == [consumer]:
+                for src in fam.sources.values():
+                    self._claim_due.pop(src, None)
+        gone = self.sources.leave(consumer)
         await self._round.wait()
         if gone:
             with contextlib.suppress(Exception):
                 await self.hub.unlisten(gone)
 
     def _on_bell(self, channel: str, data: bytes) -> None:
-        src = self._bells.get(channel)
+        fam = self.sources.bells.get(channel)
+        if fam is None:
+            return
+        priority = data.decode(errors="replace") if data else "normal"
+        src = fam.sources.get(priority)
         if src is not None:
-            self._dirty[src] = None
-            self._wake.set()
+            self.sources.mark(src)
+        elif priority in PRIORITIES:
+            self._new.add((fam, priority))
+        else:  # an entry id or anything else: a ring of the normal stream
+            self.sources.mark(fam.sources["normal"])
+        self._wake.set()
 
     def claim_later(self, key: str) -> None:
         """An entry of stream ``key`` was left pending for a redelivery: claim it (and whatever
         else idled a TTL there) in the first claim round after a TTL. Role queues are claimed
         every round anyway."""
-        src = self._sources.get(key)
-        if src is not None and not src.role and src not in self._claim_due:
+        src = self.sources.by_key.get(key)
+        if src is not None and not src.family.role and src not in self._claim_due:
             self._claim_due[src] = time.monotonic() + self.settings.ttl
 
     def ring(self, consumer: Consumer) -> None:
         """Read ``consumer``'s streams again (its lease runs again, say)."""
-        for s in consumer.streams:
-            src = self._sources.get(s.key)
-            if src is not None:
-                self._dirty[src] = None
+        for family_key in consumer.families:
+            fam = self.sources.families.get(family_key)
+            if fam is not None:
+                self.sources.mark_family(fam)
         self._wake.set()
 
     def ring_all(self) -> None:
         """Read every stream again (doorbells may have been missed)."""
-        for src in self._sources.values():
-            self._dirty[src] = None
+        self.sources.mark_all()
         self._wake.set()
 
     def wake(self) -> None:
         """A handler slot was freed: streams waiting for one may be read now."""
-        if self._dirty:
+        if self.sources.any_dirty:
             self._wake.set()
 
     async def ensure_group(self, key: str) -> None:
@@ -259,9 +269,13 @@ class Reader:
         next_claim = time.monotonic() + interval
         while True:
             self._wake.clear()
+            while self._new:
+                fam, priority = self._new.pop()
+                if fam.members:  # still read here
+                    self.sources.mark(await self._add_source(fam, priority))
             if self._takeovers:
                 await self._takeover()
-            batch = self._plan()
+            batch = self.sources.plan(set(self._takeovers))
             if batch:
                 await self._read(batch)
             now = time.monotonic()
@@ -275,32 +289,7 @@ class Reader:
                         await self._wake.wait()
                 self.idle = False
 
-    def _pick(self, src: _Source) -> Consumer | None:
-        """The next member of ``src`` (in turn) that may take work now."""
-        members = src.members
-        k = len(members)
-        for i in range(k):
-            c = members[(src.turn + i) % k]
-            if c.slots.free > 0 and c.may_take():
-                src.turn = (src.turn + i + 1) % k
-                return c
-        return None
-
-    def _plan(self) -> list[tuple[_Source, Consumer, int]]:
-        batch = []
-        for src in list(self._dirty):
-            if not src.role and src.members[0] in self._takeovers:
-                continue  # what the previous instance left first
-            c = self._pick(src)
-            if c is None:
-                continue  # stays dirty: read when a slot frees or the lease runs again
-            n = min(c.slots.free, _READ_MAX)
-            c.slots.reserve(n)
-            del self._dirty[src]
-            batch.append((src, c, n))
-        return batch
-
-    async def _read(self, batch: list[tuple[_Source, Consumer, int]]) -> None:
+    async def _read(self, batch: list[tuple[Source, Consumer, int]]) -> None:
         """One round trip: an ``XREADGROUP`` per stream of the batch; entries to their agents."""
         lane = self._lane
         assert lane is not None
@@ -314,7 +303,7 @@ class Reader:
         except BaseException:
             for src, c, n in batch:
                 c.slots.settle(n, 0)
-                self._dirty[src] = None
+                self.sources.mark(src)
             raise
         finally:
             self._round.set()
@@ -330,79 +319,105 @@ class Reader:
                 continue
             entries = _entries(reply)
             if len(entries) >= n:
-                self._dirty[src] = None  # there may be more
+                self.sources.mark(src)  # there may be more
             c.slots.settle(n, c.take(src.key, entries))
         for src in missing:
             log.warning("the consumer group of %s is missing (Redis lost data?); recreating",
                         src.key)  # fmt: skip
             await self.ensure_group(src.key)
-            self._dirty[src] = None
+            self.sources.mark(src)
 
     # -- claims --------------------------------------------------------------------------------
     async def _takeover(self) -> None:
         """Claim every entry the previous instance of a new agent left pending in its inbox
         (whatever its idle time: the name is this instance's now), as slots allow; then delete
-        that instance's (now empty) consumer. Before the agent's first read."""
-        jobs: list[tuple[_Source, Consumer, int, int, str]] = []
-        for c, cursor in self._takeovers.items():
-            src = self._sources.get(c.inbox.key)
-            if src is not None and c.slots.free > 0 and c.may_take():
+        that instance's (now empty) consumer. Before the agent's first read of its inbox."""
+        jobs: list[Job] = []
+        for c, left in self._takeovers.items():
+            if left and c.slots.free > 0 and c.may_take():
+                src, cursor = left[0]
                 jobs.append((src, c, c.slots.free, 0, cursor))
-        if not jobs:
-            return
-        for (_, c, _, _, _), cursor in zip(jobs, await self._claim(jobs), strict=True):
-            if c not in self._takeovers:
+        for (src, c, _, _, _), cursor in zip(jobs, await self._claim(jobs), strict=True):
+            todo = self._takeovers.get(c)
+            if todo is None:
                 continue
             if cursor != "0-0":
-                self._takeovers[c] = cursor
-                continue
-            del self._takeovers[c]
-            with contextlib.suppress(Exception):
-                await c.prune_consumers(c.inbox, idle_limit=0)
+                todo[0] = (src, cursor)
+            else:
+                todo.pop(0)
+        for c, left in list(self._takeovers.items()):
+            if not left:
+                del self._takeovers[c]
+                with contextlib.suppress(Exception):
+                    await c.prune_consumers(c.inbox, idle_limit=0)
 
     async def _claim_round(self) -> None:
-        """Claim what idled past the TTL on every role queue, and on a slice of the inboxes
-        (each read too: the sweep); every inbox is swept once per ``inbox_sweep``."""
+        """Sweep and claim what idled past the TTL on every role queue, and on a slice of the
+        inboxes; every inbox is swept once per ``inbox_sweep``. An agent's free slots are shared
+        by its claims of the round: redeliveries first, then inboxes, then role queues."""
         ttl_ms = self.settings.ttl_ms
-        jobs: list[tuple[_Source, Consumer, int, int, str]] = []
-        for src in self._sources.values():
-            if src.role:
-                self._dirty[src] = None  # swept too: an entry XADDed without a ring
-                c = self._pick(src)
-                if c is not None:
-                    jobs.append((src, c, c.slots.free, ttl_ms, src.cursor))
-        inboxes = self._inboxes
+        sources = self.sources
+        jobs: list[Job] = []
+        now = time.monotonic()
+        for src, due in list(self._claim_due.items()):
+            c = src.family.members[0] if src.family.members else None
+            if c is not None and due <= now and c.slots.free and c.may_take():
+                del self._claim_due[src]
+                jobs.append((src, c, 0, ttl_ms, "0-0"))
+        inboxes = sources.inboxes
         if inboxes:
             share = self.settings.claim_interval / self.settings.inbox_sweep
             k = min(len(inboxes), max(1, math.ceil(len(inboxes) * share)))
             start = self._sweep_next % len(inboxes)
-            for src in (inboxes + inboxes)[start : start + k]:
-                self._dirty[src] = None
-                c = src.members[0]
+            for fam in (inboxes + inboxes)[start : start + k]:
+                sources.mark_family(fam)
+                c = fam.members[0]
                 if c.slots.free > 0 and c.may_take() and c not in self._takeovers:
-                    jobs.append((src, c, c.slots.free, ttl_ms, src.cursor))
+                    jobs.extend((src, c, 0, ttl_ms, src.cursor) for src in fam.sources.values())
             self._sweep_next = start + k
-        now = time.monotonic()
-        for src, due in list(self._claim_due.items()):
-            c = src.members[0] if src.members else None
-            if c is None or due > now or not c.slots.free or not c.may_take():
-                continue
-            del self._claim_due[src]
-            if all(job[0] is not src for job in jobs):
-                jobs.append((src, c, c.slots.free, ttl_ms, "0-0"))
+        for fam in sources.families.values():
+            if fam.role:
+                for src in fam.sources.values():
+                    sources.mark(src)  # swept too: an entry XADDed without a ring
+                    c = fam.pick()
+                    if c is not None:
+                        jobs.append((src, c, 0, ttl_ms, src.cursor))
+        jobs = self._share_slots(jobs)
         if jobs:
             for (src, _, _, _, _), cursor in zip(jobs, await self._claim(jobs), strict=True):
                 src.cursor = cursor
         self.claim_rounds += 1
         if self.claim_rounds % _PRUNE_EVERY == 0:
-            for src in list(self._sources.values()):
-                if src.role and src.members:
-                    with contextlib.suppress(Exception):
-                        await src.members[0].prune_consumers(src.members[0].stream(src.key))
+            for fam in list(sources.families.values()):
+                if fam.role and fam.members:
+                    c = fam.members[0]
+                    for src in list(fam.sources.values()):
+                        with contextlib.suppress(Exception):
+                            await c.prune_consumers(c.stream(src.key))
 
-    async def _claim(self, jobs: list[tuple[_Source, Consumer, int, int, str]]) -> list[str]:
+    def _share_slots(self, jobs: list[Job]) -> list[Job]:
+        """Each agent's free slots shared among its jobs (a claim reserves what it may take);
+        with fewer slots than jobs, the jobs that get one take turns round by round."""
+        by_agent: dict[Consumer, list[int]] = {}
+        for i, job in enumerate(jobs):
+            by_agent.setdefault(job[1], []).append(i)
+        counts = [0] * len(jobs)
+        for c, mine in by_agent.items():
+            share, extra = divmod(c.slots.free, len(mine))
+            turn = self.claim_rounds % len(mine)
+            for k, i in enumerate(mine):
+                counts[i] = share + (1 if (k - turn) % len(mine) < extra else 0)
+        return [
+            (src, c, n, idle, cursor)
+            for (src, c, _, idle, cursor), n in zip(jobs, counts, strict=True)
+            if n > 0
+        ]
+
+    async def _claim(self, jobs: list[Job]) -> list[str]:
         """One round trip: a ``claim.lua`` per job (stream, agent, count, min idle ms, cursor);
         the entries to their agents; the next cursor of each job ("0-0": done, or failed)."""
+        if not jobs:
+            return []
         lane = self._lane
         assert lane is not None
         sha = self.scripts.claim.sha
@@ -430,7 +445,7 @@ class Reader:
                     await self.client.script_load(load_script_text("claim"))
                 elif nogroup(reply):
                     await self.ensure_group(src.key)
-                else:
+                else:  # pragma: no cover - logged, tried again next round
                     log.warning("claiming on %s for %s failed: %s", src.key, c.name, reply)
                 continue
             next_cursor, entries, counts = reply

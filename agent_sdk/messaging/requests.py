@@ -34,6 +34,7 @@ from schemas.errors import (
     RequestTimeout,
     error_from_info,
 )
+from schemas.priority import Priority
 
 __all__ = ["GatherResult", "ReplyPort", "Requester"]
 
@@ -150,6 +151,7 @@ class Requester:
         role: str | None = None,
         timeout: float | None = None,
         headers: dict[str, str] | None = None,
+        priority: Priority = "normal",
     ) -> Any:
         """Send a request and return the reply's payload."""
         target = Target(to, role)
@@ -163,7 +165,7 @@ class Requester:
         started, outcome = time.perf_counter(), "ok"
         try:
             with telemetry.producer_span(target.label, type, message_id=out.id, request=True):
-                await self.sender.deliver(target, out, queue_if_absent=False)
+                await self.sender.deliver(target, out, queue_if_absent=False, priority=priority)
                 watch = _Watch(self, fut, target, timeout, out)
                 try:
                     env = await fut

@@ -32,6 +32,7 @@ from agent_sdk.settings import Settings
 from schemas.envelope import Kind
 from schemas.errors import AgentNotFound, InvalidInput, NoResponders
 from schemas.names import check_identifier, check_topic
+from schemas.priority import Priority, check_priority
 
 __all__ = ["Sender", "Target"]
 
@@ -102,20 +103,28 @@ class Sender:
             with redis_errors(self.settings, doing % what):
                 raise
 
-    async def deliver(self, target: Target, out: Outgoing, *, queue_if_absent: bool) -> str:
-        """Append ``out`` to the target's stream after the liveness check; returns the entry id."""
+    async def deliver(
+        self, target: Target, out: Outgoing, *, queue_if_absent: bool, priority: str = "normal"
+    ) -> str:
+        """Append ``out`` to the target's stream of ``priority`` after the liveness check, and
+        ring the family's doorbell; returns the entry id."""
         keys = self.keys
         if target.name is not None:
-            check_key, stream, mode = keys.record(target.name), keys.inbox(target.name), "record"
+            check_key, family, mode = keys.record(target.name), keys.inbox(target.name), "record"
             maxlen = self.settings.inbox_maxlen
         else:
             assert target.role is not None
-            check_key, stream, mode = (
+            check_key, family, mode = (
                 keys.role_index(target.role),
                 keys.role_queue(target.role),
                 "role",
             )
             maxlen = self.settings.queue_maxlen
+        try:
+            check_priority(priority)
+        except ValueError as e:
+            raise InvalidInput(str(e)) from None
+        stream = keys.prioritized(family, priority)
         if queue_if_absent:
             mode = "none"
         out.headers = dict(out.headers or {})
@@ -123,7 +132,8 @@ class Sender:
             target.label, out.type, message_id=out.id, headers=out.headers,
             conversation_id=out.correlation_id,
         ) as span:  # fmt: skip
-            args = [mode, maxlen, keys.bell(stream), *out.stream_args()]
+            ring = "" if priority == "normal" else priority
+            args = [mode, maxlen, keys.bell(family), ring, *out.stream_args()]
             op = Op(args, self.scripts.send, (check_key, stream))
             entry_id = await self._run(op, "sending %r to %s", out.type, target.label)
             if entry_id is None:
@@ -153,6 +163,7 @@ class Sender:
         headers: dict[str, str] | None = None,
         queue_if_absent: bool = False,
         ttl: float | None = None,
+        priority: Priority = "normal",
     ) -> str:
         """Fire-and-forget to an agent or a role member; returns the message id."""
         target = Target(to, role)
@@ -163,7 +174,7 @@ class Sender:
         }  # fmt: skip
         out = Outgoing.with_timeout(ttl, **fields) if ttl is not None else Outgoing(**fields)
         try:
-            await self.deliver(target, out, queue_if_absent=queue_if_absent)
+            await self.deliver(target, out, queue_if_absent=queue_if_absent, priority=priority)
         except AgentNotFound as e:  # only a send can queue for an absent agent: say how
             raise AgentNotFound(
                 f"{e.description}; pass queue_if_absent=True to queue anyway", details=e.details

@@ -3,8 +3,9 @@
 -- KEYS[2]: the stream to append to (agent inbox, or role queue)
 -- ARGV[1]: check mode: "record" (KEYS[1] must exist), "role" (SCARD KEYS[1] > 0), "none"
 -- ARGV[2]: approximate MAXLEN of the stream
--- ARGV[3]: the stream's doorbell channel (KEYS[2] .. ':bell'), PUBLISHed the entry id
--- ARGV[4..]: the envelope as stream field, value pairs
+-- ARGV[3]: the doorbell channel of the stream's family (the normal-priority stream .. ':bell')
+-- ARGV[4]: what to PUBLISH on it: the priority of KEYS[2] ('' for normal)
+-- ARGV[5..]: the envelope as stream field, value pairs
 -- Returns the new entry id, or false (nil) when nobody can receive.
 local mode = ARGV[1]
 if mode == 'record' then
@@ -12,6 +13,6 @@ if mode == 'record' then
 elseif mode == 'role' then
   if redis.call('SCARD', KEYS[1]) == 0 then return false end
 end
-local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 4))
-redis.call('PUBLISH', ARGV[3], id)
+local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 5))
+redis.call('PUBLISH', ARGV[3], ARGV[4])
 return id
