@@ -1,4 +1,4 @@
-"""The reply router: one ``BRPOP`` loop over an agent's (or client's) reply list.
+"""The reply router: one blocking pop loop over an agent's (or client's) reply list.
 
 Everything that answers this process pushes a JSON envelope onto its reply list
 ``<ns>:agent:{<name>}:replies:<instance>`` (``schemas.keys.KeySpace.replies``): the coordinator
@@ -12,9 +12,9 @@ them and hands each to whoever waits for it:
   coordinator's ``reannounce``); a late reply to a forgotten request is dropped (logged at debug);
 * an entry that does not decode is logged and dead-lettered (``<ns>:deadletter``).
 
-Replies are ``LPUSH``ed, so ``BRPOP`` reads them in arrival order; once one arrived, what else
-waits is taken ``_DRAIN_BATCH`` at a time (``RPOP key count``, still in order) until the list is
-empty. The loop survives Redis outages: it logs, backs off and continues (``agent_sdk.retry``).
+Replies are ``LPUSH``ed and popped from the right, in arrival order: on Redis 7 one
+``BLMPOP ... RIGHT COUNT _DRAIN_BATCH`` waits for the first and takes what else waits (up to
+``_DRAIN_BATCH``); on 6.2, ``BRPOP``, then ``RPOP key count`` while there is more. The loop survives Redis outages: it logs, backs off and continues (``agent_sdk.retry``).
 """
 
 from __future__ import annotations
@@ -23,8 +23,10 @@ import asyncio
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
 from agent_sdk.connection import CONNECTION_ERRORS, make_client
 from agent_sdk.lane import Lane
@@ -132,13 +134,26 @@ class ReplyRouter:
 
     async def _loop(self, client: aioredis.Redis, lane: Lane) -> None:
         drain = False  # the last pop found something: take what else waits, without blocking
+        blmpop = True  # Redis >= 7: one command blocks for the first and takes what else waits
 
         async def pop() -> None:
-            nonlocal drain
+            nonlocal drain, blmpop
             if not self._ready.is_set():
                 await lane.call("PING")
                 self._ready.set()
-            if drain:
+            items: list[Any]
+            if blmpop:
+                try:
+                    got = await lane.call(
+                        "BLMPOP", _POP_TIMEOUT, 1, self.key, "RIGHT", "COUNT", _DRAIN_BATCH
+                    )
+                except ResponseError as e:
+                    if "unknown command" not in str(e).lower():
+                        raise
+                    blmpop = False  # Redis 6.2: BRPOP, then RPOP COUNT while there is more
+                    return
+                items = list(got[1]) if got is not None else []
+            elif drain:
                 items = await lane.call("RPOP", self.key, _DRAIN_BATCH) or []
             else:
                 item = await lane.call("BRPOP", self.key, _POP_TIMEOUT)

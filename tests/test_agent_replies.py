@@ -81,9 +81,9 @@ async def _count(r: aioredis.Redis, key: str, n: int) -> bool:
 async def test_survives_a_killed_connection(router: ReplyRouter, r: aioredis.Redis) -> None:
     async def blocked_ids() -> list[str]:
         clients = await r.client_list()
-        return [c["id"] for c in clients if c.get("cmd") == "brpop"]
+        return [c["id"] for c in clients if c.get("cmd") in ("brpop", "blmpop")]
 
-    ids = await wait_for(blocked_ids, message="the router blocking in BRPOP")
+    ids = await wait_for(blocked_ids, message="the router blocking in BLMPOP (BRPOP on 6.2)")
     for cid in ids:
         await r.client_kill_filter(_id=cid)
     waiter = router.expect("after")
@@ -106,7 +106,7 @@ async def test_stop_is_idempotent_and_cancels_waiters(settings: Settings, keys: 
 
 async def _pops(r: aioredis.Redis) -> int:
     stats: Any = await r.info("commandstats")
-    return sum(int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("brpop", "rpop"))
+    return sum(int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("brpop", "rpop", "blmpop"))
 
 
 async def test_a_backlog_is_routed_in_order_a_batch_per_round_trip(

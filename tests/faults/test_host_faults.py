@@ -176,7 +176,7 @@ async def test_redis_restart_under_a_host_of_1000_agents(
 CUTS = 10
 EVERY = 0.3  # seconds between cuts
 #: Commands a connection waiting for messages is parked in (blocking reads, pub/sub doorbells).
-READS = {"xreadgroup", "xread", "blpop", "brpop", "blmove", "subscribe", "psubscribe",
+READS = {"xreadgroup", "xread", "blpop", "brpop", "blmpop", "blmove", "subscribe", "psubscribe",
          "ssubscribe"}  # fmt: skip
 
 
