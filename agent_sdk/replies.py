@@ -13,8 +13,9 @@ them and hands each to whoever waits for it:
 * an entry that does not decode is logged and dead-lettered (``<ns>:deadletter``).
 
 Replies are ``LPUSH``ed and popped from the right, in arrival order: on Redis 7 one
-``BLMPOP ... RIGHT COUNT _DRAIN_BATCH`` waits for the first and takes what else waits (up to
-``_DRAIN_BATCH``); on 6.2, ``BRPOP``, then ``RPOP key count`` while there is more. The loop survives Redis outages: it logs, backs off and continues (``agent_sdk.retry``).
+``BLMPOP ... RIGHT COUNT _DRAIN_BATCH`` waits for the first and takes what else waits; on 6.2,
+``BRPOP``, then ``RPOP key count`` while there is more. The loop survives Redis outages: it
+logs, backs off and continues (``agent_sdk.retry``).
 """
 
 from __future__ import annotations

@@ -68,14 +68,17 @@ class Verbs:
         timeout: float | None = None,
         headers: dict[str, str] | None = None,
         priority: Priority = "normal",
+        durable: bool = True,
     ) -> Any:
         """Send a request to ``to`` or one member of ``role``; return the reply payload
         (``RemoteError`` for an error reply, ``RequestTimeout`` after ``timeout`` seconds, by
-        default ``request_timeout``). ``priority`` as for ``send``."""
+        default ``request_timeout``). ``priority`` as for ``send``. ``durable=False`` skips the
+        streams: straight to the agent over pub/sub, faster, at-most-once (nothing is kept if
+        the agent cannot take it; ``priority`` does not apply)."""
         requester = (await self._request_plane())._requester()
         return await requester.request(
             to, _need_type(type), payload, role=role, timeout=timeout, headers=headers,
-            priority=priority,
+            priority=priority, durable=durable,
         )  # fmt: skip
 
     async def request_many(

@@ -56,7 +56,8 @@ R:coordinator:<id>                     string  PX 3 x tick                 coord
 =====================================  ======  ==========================  =============  ==============
 
 Pub/sub channels: ``<ns>:broadcast`` (every agent), ``<ns>:broadcast:role:<role>``, the doorbells
-``<ns>:agent:{<name>}:inbox:bell`` and ``<ns>:role:{<role>}:queue:bell`` (protocol 2),
+``<ns>:agent:{<name>}:inbox:bell`` and ``<ns>:role:{<role>}:queue:bell`` (protocol 2), direct
+requests ``<ns>:agent:{<name>}:direct``,
 ``<ns>:topic:<topic>`` (subscribers may use glob patterns), ``<ns>:events`` (change feed mirror),
 ``<ns>:session:<session>:activity`` (activity mirror).
 """
@@ -236,6 +237,11 @@ class KeySpace:
         return f"{self.ns}:plugin:{name}"
 
     # -- pub/sub channels --------------------------------------------------------------------
+    def direct_channel(self, name: str) -> str:
+        """``<ns>:agent:{<name>}:direct``: requests sent with ``durable=False`` (at-most-once,
+        straight to the agent's host over pub/sub; docs/PROTOCOL.md, "Direct requests")."""
+        return f"{self.agent_prefix(name)}direct"
+
     def broadcast_channel(self, role: str | None = None) -> str:
         if role is None:
             return f"{self.ns}:broadcast"

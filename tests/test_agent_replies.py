@@ -106,7 +106,9 @@ async def test_stop_is_idempotent_and_cancels_waiters(settings: Settings, keys: 
 
 async def _pops(r: aioredis.Redis) -> int:
     stats: Any = await r.info("commandstats")
-    return sum(int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("brpop", "rpop", "blmpop"))
+    return sum(
+        int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("brpop", "rpop", "blmpop")
+    )
 
 
 async def test_a_backlog_is_routed_in_order_a_batch_per_round_trip(

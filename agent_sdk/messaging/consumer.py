@@ -37,7 +37,7 @@ from agent_sdk.messaging.slots import Slots
 from agent_sdk.messaging.workers import BROADCAST_QUEUE_MAX, BROADCAST_WORKERS, WorkerPool
 from agent_sdk.settings import Settings
 from agent_sdk.tasks import cancel_and_wait
-from schemas.envelope import Envelope
+from schemas.envelope import Envelope, Kind
 from schemas.keys import AGENT_GROUP
 
 if TYPE_CHECKING:
@@ -105,6 +105,12 @@ class Consumer:
             self.dispatcher.live, queue_max=BROADCAST_QUEUE_MAX, workers=BROADCAST_WORKERS,
             what="broadcast handler",
         )  # fmt: skip
+        #: Requests sent with ``durable=False`` (pub/sub, at-most-once): a bounded queue,
+        #: ``max_concurrency`` workers of their own.
+        self.direct: WorkerPool[Message] = WorkerPool(
+            self._direct_item, queue_max=BROADCAST_QUEUE_MAX, workers=max_concurrency,
+            what="direct request handler",
+        )  # fmt: skip
         self.accepting = False
         self._fence_watch: asyncio.Task[None] | None = None
         #: Entries handled (any outcome): for tests and stats.
@@ -133,7 +139,9 @@ class Consumer:
         self.accepting = False
         grace = self.settings.shutdown_grace if grace is None else grace
         await self.reader.remove(self)
-        await asyncio.gather(self.entries.stop(grace), self.live.stop(grace))
+        await asyncio.gather(
+            self.entries.stop(grace), self.live.stop(grace), self.direct.stop(grace)
+        )
         if self._fence_watch is not None:
             await cancel_and_wait(self._fence_watch)
         try:
@@ -310,6 +318,26 @@ class Consumer:
         finally:
             self.handled += 1
             slot.give()
+
+    def handle_direct(self, env: Envelope, channel: str) -> None:
+        """Queue a request received on the agent's direct channel (``durable=False``)."""
+        if self._fenced_now or not self.accepting:  # at-most-once: the caller times out
+            self.fenced += 1
+            return
+        if env.kind is not Kind.REQUEST or not env.reply_to:
+            log.warning("%s: dropping a %s %r on its direct channel (only requests go there)",
+                        self.name, env.kind.value, env.type)  # fmt: skip
+            return
+        self.direct.put(Message(env, source=channel))
+
+    async def _direct_item(self, msg: Message) -> None:
+        env = msg.envelope
+        if env.expired():  # its caller gave up already
+            return
+        outcome = await self.handlers.handle(msg)
+        await self.dispatcher.replier.reply(
+            env, outcome, stream=self.inbox.key, group=AGENT_GROUP, ack=[]
+        )
 
     def handle_live(self, env: Envelope, channel: str) -> None:
         """Queue the handler of a broadcast received on pub/sub (no ack, no reply)."""

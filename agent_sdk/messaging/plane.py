@@ -1,10 +1,11 @@
 """``Plane``: the data plane a host shares among the agents it carries.
 
 One of each, whatever the number of agents: the scripts, the send batcher (one connection), the
-reply batcher (one connection), the pub/sub hub (one connection: broadcasts, doorbells and topic
-subscriptions) and the reader (one connection for reads and claims, one for acks; see
-``agent_sdk.messaging.reader``). A broadcast is decoded once and handed to every agent it is
-for. ``start``/``stop`` are idempotent; an agent's ``Messaging`` joins and leaves it.
+reply batcher (one connection), the pub/sub hub (one connection: broadcasts, doorbells, direct
+requests and topic subscriptions) and the reader (one connection for reads and claims, one for
+acks; see ``agent_sdk.messaging.reader``). A broadcast is decoded once and handed to every
+agent it is for. ``start``/``stop`` are idempotent; an agent's ``Messaging`` joins and leaves
+it.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ class Plane:
         self.reader = Reader(client, settings, self.scripts, self.hub)
         #: Broadcast channel -> the agents it reaches here.
         self._audience: dict[str, dict[Consumer, None]] = {}
+        #: Direct-request channel -> its agent.
+        self._direct: dict[str, Consumer] = {}
         self._started = False
 
     async def start(self) -> None:
@@ -72,8 +75,10 @@ class Plane:
             if not audience:
                 new[channel] = self._on_broadcast
             audience[consumer] = None
-        if new:
-            await self.hub.listen(new)
+        direct = keys.direct_channel(consumer.name)
+        self._direct[direct] = consumer
+        new[direct] = self._on_direct
+        await self.hub.listen(new)
         await consumer.start()
 
     async def leave(self, consumer: Consumer, grace: float | None = None) -> None:
@@ -83,9 +88,23 @@ class Plane:
             if audience.pop(consumer, 0) is None and not audience:
                 del self._audience[channel]
                 gone.append(channel)
+        direct = self.settings.keys.direct_channel(consumer.name)
+        if self._direct.get(direct) is consumer:
+            del self._direct[direct]
+            gone.append(direct)
         await consumer.stop(grace)
-        if gone:
-            await self.hub.unlisten(gone)
+        await self.hub.unlisten(gone)
+
+    def _on_direct(self, channel: str, data: bytes) -> None:
+        consumer = self._direct.get(channel)
+        if consumer is None:
+            return
+        try:
+            env = decode_json(data)
+        except ProtocolError as e:
+            log.warning("dropping an undecodable request on %s: %s", channel, e.description)
+            return
+        consumer.handle_direct(env, channel)
 
     def _on_broadcast(self, channel: str, data: bytes) -> None:
         try:

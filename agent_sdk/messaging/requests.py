@@ -152,8 +152,9 @@ class Requester:
         timeout: float | None = None,
         headers: dict[str, str] | None = None,
         priority: Priority = "normal",
+        durable: bool = True,
     ) -> Any:
-        """Send a request and return the reply's payload."""
+        """Send a request and return the reply's payload (``durable=False``: ``_direct``)."""
         target = Target(to, role)
         timeout = self.settings.request_timeout if timeout is None else timeout
         out = Outgoing.with_timeout(
@@ -165,7 +166,10 @@ class Requester:
         started, outcome = time.perf_counter(), "ok"
         try:
             with telemetry.producer_span(target.label, type, message_id=out.id, request=True):
-                await self.sender.deliver(target, out, queue_if_absent=False, priority=priority)
+                if durable:
+                    await self.sender.deliver(target, out, queue_if_absent=False, priority=priority)
+                else:
+                    await self._direct(target, out)
                 watch = _Watch(self, fut, target, timeout, out)
                 try:
                     env = await fut
@@ -180,6 +184,37 @@ class Requester:
         finally:
             self.replies.discard(out.id)
             telemetry.record_request_duration(type, time.perf_counter() - started, outcome)
+
+    async def _direct(self, target: Target, out: Outgoing) -> None:
+        """A request that skips the streams: ``PUBLISH`` on the agent's direct channel (for a
+        role, on that of one live member picked at random). At-most-once: nothing is stored,
+        so a request that reaches nobody fails at once (``AgentNotFound``, ``NoResponders``) and
+        one its agent could not take is answered with an error or lost to the timeout."""
+        name = target.name
+        if name is None:
+            assert target.role is not None
+            with redis_errors(self.settings, f"picking a member of role {target.role!r}"):
+                picked: Any = await self.sender.client.srandmember(
+                    self.sender.keys.role_index(target.role)
+                )
+            if picked is None:
+                raise NoResponders(
+                    f"no live member of role {target.role!r} in namespace "
+                    f"{self.settings.namespace!r}",
+                    details={"role": target.role},
+                )
+            name = picked.decode() if isinstance(picked, bytes) else str(picked)
+        if await self.sender.direct(name, out) == 0:
+            if target.name is not None:
+                raise AgentNotFound(
+                    f"agent {name!r} does not listen for direct requests (not alive, or its SDK "
+                    "predates protocol 2); send it durably instead",
+                    details={"agent": name},
+                )
+            raise NoResponders(
+                f"member {name!r} of role {target.role!r} does not listen for direct requests",
+                details={"role": target.role, "agent": name},
+            )
 
     async def _check_alive(self, target: Target, out: Outgoing) -> None:
         client, keys = self.sender.client, self.sender.keys

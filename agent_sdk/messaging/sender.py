@@ -181,6 +181,12 @@ class Sender:
             ) from None
         return out.id
 
+    async def direct(self, name: str, out: Outgoing) -> int:
+        """``PUBLISH`` ``out`` on agent ``name``'s direct channel (a ``durable=False`` request);
+        how many hosts received it (0: nobody listens)."""
+        op = Op(("PUBLISH", self.keys.direct_channel(name), out.json()))
+        return int(await self._run(op, "sending %r to %s", out.type, name))
+
     async def members(self, role: str | None) -> list[str]:
         """Live agents of a role (every live agent when ``role`` is None), from the registry."""
         key = self.keys.agents() if role is None else self.keys.role_index(role)
