@@ -31,6 +31,7 @@ from redis.exceptions import ResponseError
 
 from agent_sdk.connection import CONNECTION_ERRORS, make_client
 from agent_sdk.lane import Lane
+from agent_sdk.messaging.topics import PubSubHub
 from agent_sdk.retry import keep_running
 from agent_sdk.settings import Settings
 from agent_sdk.tasks import cancel_and_wait
@@ -75,6 +76,7 @@ class ReplyRouter:
         self._task: asyncio.Task[None] | None = None
         self._client: aioredis.Redis | None = None
         self._ready = asyncio.Event()
+        self._push_hubs: list[PubSubHub] = []
 
     @property
     def running(self) -> bool:
@@ -94,6 +96,26 @@ class ReplyRouter:
         fut = self._waiting.pop(correlation_id, None)
         if fut is not None and not fut.done():
             fut.cancel()
+
+    async def listen_pushed(self, hub: PubSubHub) -> None:
+        """Also take replies ``PUBLISH``ed on the channel named like the reply list (the
+        answers to ``durable=False`` requests), on ``hub``'s connection. Idempotent."""
+        if hub not in self._push_hubs:
+            await hub.listen({self.key: self._on_push})
+            self._push_hubs.append(hub)
+
+    def _on_push(self, channel: str, data: bytes) -> None:
+        try:
+            env = decode_json(data)
+        except ProtocolError as e:
+            log.warning("reply channel %s: dropping an undecodable reply: %s", channel, e)
+            return
+        cid = env.correlation_id
+        fut = self._waiting.pop(cid, None) if cid is not None else None
+        if fut is not None and not fut.done():
+            fut.set_result(env)
+        elif fut is None:
+            log.debug("reply channel %s: dropping a reply nobody waits for (%s)", channel, cid)
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:

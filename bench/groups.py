@@ -233,6 +233,20 @@ async def messaging_group(ctx: Context) -> None:
                         baseline=base,
                     )
                 )
+        direct, direct_info = await messaging.agentbus_rr(url, ns, s, loop, durable=False)
+        nats = _raw(ctx, "nats_rr")
+        ctx.add(
+            Row(
+                key="request_reply_direct",
+                title="request-reply durable=False (direct), 2 processes, sequential",
+                value=direct,
+                baseline_name="NATS nats-py",
+                baseline=nats,
+                target="p50 ahead of NATS request-reply",
+                met=nats is not None and direct.p50 < nats.p50,
+                note=f"Redis commands per request: {direct_info['commands']}",
+            )
+        )
         send, send_cmds = await messaging.agentbus_send(url, ns, s, loop)
         ctx.details["commands_per_send"] = send_cmds
         base = _raw(ctx, "stream_throughput")

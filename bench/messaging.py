@@ -95,16 +95,17 @@ async def client_worker(
     from agent_sdk.bus import Bus
 
     exporter = _tracing(tracing)
+    durable = mode != "rr_direct"
     async with Bus(_settings(url, ns)) as bus:
-        if mode == "rr":
-            await bus.request(target, "echo", PAYLOAD, timeout=5)  # starts the reply router
+        if mode.startswith("rr"):  # starts the reply router
+            await bus.request(target, "echo", PAYLOAD, timeout=5, durable=durable)
         ctx.ready()
         out: dict[str, Any] = {}
-        if mode == "rr":
+        if mode.startswith("rr"):
             samples = []
             for i in range(warmup + n):
                 t0 = now_ns()
-                await bus.request(target, "echo", PAYLOAD, timeout=5)
+                await bus.request(target, "echo", PAYLOAD, timeout=5, durable=durable)
                 if i >= warmup:
                     samples.append(now_ns() - t0)
             out["lat"] = samples
@@ -126,14 +127,16 @@ async def client_worker(
 
 
 async def agentbus_rr(
-    url: str, ns: str, sizes: Sizes, loop: str, tracing: str = "off"
+    url: str, ns: str, sizes: Sizes, loop: str, tracing: str = "off", *, durable: bool = True
 ) -> tuple[Latency, dict[str, Any]]:
-    """Sequential request-reply: Bus.request in one process → Agent handler in another."""
-    name = f"rx-rr-{tracing}"
+    """Sequential request-reply: Bus.request in one process → Agent handler in another
+    (``durable=False``: the direct, at-most-once mode)."""
+    mode = "rr" if durable else "rr_direct"
+    name = f"rx-{mode}-{tracing}"
     receiver = spawn(receiver_worker, url, ns, name, 0, 1, tracing, loop=loop)
     before = await command_calls(url)
     try:
-        client = spawn(client_worker, url, ns, name, "rr", sizes.samples, sizes.warmup,
+        client = spawn(client_worker, url, ns, name, mode, sizes.samples, sizes.warmup,
                        tracing, loop=loop)  # fmt: skip
         try:
             res = client.result(timeout=300)

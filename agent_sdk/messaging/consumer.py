@@ -335,9 +335,7 @@ class Consumer:
         if env.expired():  # its caller gave up already
             return
         outcome = await self.handlers.handle(msg)
-        await self.dispatcher.replier.reply(
-            env, outcome, stream=self.inbox.key, group=AGENT_GROUP, ack=[]
-        )
+        await self.dispatcher.replier.publish_reply(env, outcome)
 
     def handle_live(self, env: Envelope, channel: str) -> None:
         """Queue the handler of a broadcast received on pub/sub (no ack, no reply)."""

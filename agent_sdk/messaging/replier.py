@@ -76,6 +76,18 @@ class Replier:
             headers=request.headers or None,
         ).json()  # fmt: skip
 
+    async def publish_reply(self, request: Envelope, outcome: Outcome) -> None:
+        """Answer a ``durable=False`` request: ``PUBLISH`` on the channel named like its
+        ``reply_to`` (at-most-once, as the request was)."""
+        assert request.reply_to is not None
+        reply_to = request.reply_to
+        if not reply_to.startswith(self._reply_prefix) or ":replies:" not in reply_to:
+            log.warning("request %s has a reply_to outside this namespace's reply lists: %r",
+                        request.id, reply_to)  # fmt: skip
+            return
+        with redis_errors(self.settings, f"replying to {request.sender}"):
+            await self.batcher.run(Op(("PUBLISH", reply_to, self.build(request, outcome))))
+
     async def reply(
         self, request: Envelope, outcome: Outcome, *, stream: str, group: str, ack: list[str]
     ) -> None:

@@ -24,6 +24,7 @@ from agent_sdk import telemetry
 from agent_sdk.connection import redis_errors
 from agent_sdk.messaging.codec import Outgoing
 from agent_sdk.messaging.sender import Sender, Target
+from agent_sdk.messaging.topics import PubSubHub
 from agent_sdk.tasks import cancel_and_wait
 from schemas.envelope import Envelope, Kind
 from schemas.errors import (
@@ -47,6 +48,8 @@ class ReplyPort(Protocol):
     def expect(self, correlation_id: str) -> asyncio.Future[Envelope]: ...
 
     def discard(self, correlation_id: str) -> None: ...
+
+    async def listen_pushed(self, hub: PubSubHub) -> None: ...
 
 
 @dataclass(slots=True)
@@ -137,9 +140,10 @@ class _Watch:
 
 
 class Requester:
-    def __init__(self, sender: Sender, replies: ReplyPort) -> None:
+    def __init__(self, sender: Sender, replies: ReplyPort, hub: PubSubHub) -> None:
         self.sender = sender
         self.replies = replies
+        self.hub = hub
         self.settings = sender.settings
 
     async def request(
@@ -187,9 +191,11 @@ class Requester:
 
     async def _direct(self, target: Target, out: Outgoing) -> None:
         """A request that skips the streams: ``PUBLISH`` on the agent's direct channel (for a
-        role, on that of one live member picked at random). At-most-once: nothing is stored,
+        role, on that of one live member picked at random), answered by ``PUBLISH`` on the
+        channel named like our reply list. At-most-once: nothing is stored,
         so a request that reaches nobody fails at once (``AgentNotFound``, ``NoResponders``) and
         one its agent could not take is answered with an error or lost to the timeout."""
+        await self.replies.listen_pushed(self.hub)  # answered by PUBLISH on our reply key
         name = target.name
         if name is None:
             assert target.role is not None

@@ -133,4 +133,4 @@ class Messaging(Verbs):
     def _requester(self) -> Requester:
         if self._replies is None:
             raise InvalidInput("requests need a reply list: use an Agent or a started Bus")
-        return Requester(self.sender, self._replies)
+        return Requester(self.sender, self._replies, self.hub)
