@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -111,6 +112,9 @@ class Consumer:
             self._direct_item, queue_max=BROADCAST_QUEUE_MAX, workers=max_concurrency,
             what="direct request handler",
         )  # fmt: skip
+        #: Entries read beyond the free slots (a read asks for one more than it has room for,
+        #: so that it knows whether the stream holds more without reading it again).
+        self.parked: deque[tuple[StreamState, str, Fields]] = deque()
         self.accepting = False
         self._fence_watch: asyncio.Task[None] | None = None
         #: Entries handled (any outcome): for tests and stats.
@@ -139,6 +143,9 @@ class Consumer:
         self.accepting = False
         grace = self.settings.shutdown_grace if grace is None else grace
         await self.reader.remove(self)
+        for st, eid, _ in self.parked:  # never started: handed back below (role) or left
+            st.held.discard(eid)  # pending for the name's next instance (inbox)
+        self.parked.clear()
         await asyncio.gather(
             self.entries.stop(grace), self.live.stop(grace), self.direct.stop(grace)
         )
@@ -237,8 +244,9 @@ class Consumer:
         return released
 
     # -- what the reader hands over ------------------------------------------------------------
-    def take(self, key: str, entries: list[Any]) -> int:
-        """Dispatch entries read (delivered once); returns the slots used."""
+    def take(self, key: str, entries: list[Any], room: int) -> int:
+        """Dispatch entries read (delivered once), up to ``room``; park the rest (held, their
+        leases renewed: dispatched first when a slot frees). Returns the slots used."""
         if self._fenced_now or not self.accepting:  # left pending, unrenewed
             self.fenced += len(entries)
             return 0
@@ -247,9 +255,31 @@ class Consumer:
         for entry_id, flat in entries:
             if flat is None:  # deleted while pending: nothing to do
                 continue
-            used += 1
-            self._dispatch(s, text(entry_id), dict(zip(flat[::2], flat[1::2], strict=True)), 1)
+            fields = dict(zip(flat[::2], flat[1::2], strict=True))
+            if used < room:
+                used += 1
+                self._dispatch(s, text(entry_id), fields, 1)
+            else:
+                eid = text(entry_id)
+                s.held.add(eid)
+                self.parked.append((s, eid, fields))
         return used
+
+    def dispatch_parked(self) -> None:
+        """Dispatch parked entries while slots are free (an entry whose lease was lost
+        meanwhile is another consumer's now: skipped)."""
+        parked = self.parked
+        if self._fenced_now or not self.accepting:
+            for s, eid, _ in parked:  # left pending, unrenewed: whoever holds the name claims
+                s.held.discard(eid)
+                self.fenced += 1
+            parked.clear()
+            return
+        while parked and self.slots.free > 0:
+            s, eid, fields = parked.popleft()
+            if eid in s.held:
+                self.slots.take(1)
+                self._dispatch(s, eid, fields, 1)
 
     def claimed(self, key: str, entries: list[Any], counts: list[Any]) -> int:
         """Dispatch entries claimed, with their delivery counts; returns the slots used.

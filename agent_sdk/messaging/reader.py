@@ -94,6 +94,8 @@ class Reader:
         #: Agents whose inbox is being taken over from their previous instance: what is left
         #: (stream, cursor).
         self._takeovers: dict[Consumer, list[tuple[Source, str]]] = {}
+        #: Agents with entries parked (read beyond their free slots).
+        self._parked: dict[Consumer, None] = {}
         #: Rings that named a priority stream not read here yet: (family, priority).
         self._new: set[tuple[Family, str]] = set()
         self._wake = asyncio.Event()
@@ -205,6 +207,7 @@ class Reader:
         """Read nothing more for ``consumer`` (returns once no read for it is in flight)."""
         self._consumers.pop(consumer, None)
         self._takeovers.pop(consumer, None)
+        self._parked.pop(consumer, None)
         for family_key in consumer.families:
             fam = self.sources.families.get(family_key)
             if fam is not None and fam.members == [consumer]:
@@ -252,8 +255,8 @@ class Reader:
         self._wake.set()
 
     def wake(self) -> None:
-        """A handler slot was freed: streams waiting for one may be read now."""
-        if self.sources.any_dirty:
+        """A handler slot was freed: parked entries and streams waiting for one may go now."""
+        if self._parked or self.sources.any_dirty:
             self._wake.set()
 
     async def ensure_group(self, key: str) -> None:
@@ -273,9 +276,13 @@ class Reader:
                 fam, priority = self._new.pop()
                 if fam.members:  # still read here
                     self.sources.mark(await self._add_source(fam, priority))
+            for c in list(self._parked):
+                c.dispatch_parked()
+                if not c.parked:
+                    del self._parked[c]
             if self._takeovers:
                 await self._takeover()
-            batch = self.sources.plan(set(self._takeovers))
+            batch = self.sources.plan(set(self._takeovers) | set(self._parked))
             if batch:
                 await self._read(batch)
             now = time.monotonic()
@@ -293,10 +300,13 @@ class Reader:
         """One round trip: an ``XREADGROUP`` per stream of the batch; entries to their agents."""
         lane = self._lane
         assert lane is not None
+        # one more than there is room for: had the stream more, that one says so (it is
+        # parked), and no read is spent finding the stream empty
         commands = [
-            ("XREADGROUP", "GROUP", AGENT_GROUP, c.instance_id, "COUNT", n, "STREAMS", src.key, ">")
+            ("XREADGROUP", "GROUP", AGENT_GROUP, c.instance_id, "COUNT", n + 1, "STREAMS",
+             src.key, ">")
             for src, c, n in batch
-        ]
+        ]  # fmt: skip
         self._round.clear()
         try:
             replies = await lane.execute(commands)
@@ -318,9 +328,10 @@ class Reader:
                     log.warning("reading %s for %s failed: %s", src.key, c.name, reply)
                 continue
             entries = _entries(reply)
-            if len(entries) >= n:
+            if len(entries) > n:
                 self.sources.mark(src)  # there may be more
-            c.slots.settle(n, c.take(src.key, entries))
+                self._parked[c] = None
+            c.slots.settle(n, c.take(src.key, entries, n))
         for src in missing:
             log.warning("the consumer group of %s is missing (Redis lost data?); recreating",
                         src.key)  # fmt: skip

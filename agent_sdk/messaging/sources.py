@@ -12,7 +12,9 @@ work never waits behind a backlog of lower priority. The starvation bound: after
 ``STARVATION_TURN`` rounds in a row that served a higher priority while a lower one kept
 waiting, the next round serves the priorities the other way round (lowest first). So under any
 load above it, a waiting stream is read at least once every ``STARVATION_TURN + 1`` rounds that
-have a free slot for it (docs/PROTOCOL.md, "Priorities").
+have a free slot for it; a round takes at most one entry more than the free slots (parked), so
+an agent with ``max_concurrency`` c handles at most ``STARVATION_TURN * (c + 1)`` entries of
+higher priority before it takes a waiting lower one (docs/PROTOCOL.md, "Priorities").
 No I/O here: ``agent_sdk.messaging.reader`` does it.
 """
 
@@ -58,13 +60,13 @@ class Family:
         self.sources: dict[str, Source] = {}
         self.turn = 0
 
-    def pick(self) -> Consumer | None:
+    def pick(self, blocked: set[Consumer] | frozenset[Consumer] = frozenset()) -> Consumer | None:
         """The next member (in turn) that may take work now."""
         members = self.members
         k = len(members)
         for i in range(k):
             c = members[(self.turn + i) % k]
-            if c.slots.free > 0 and c.may_take():
+            if c.slots.free > 0 and c not in blocked and c.may_take():
                 self.turn = (self.turn + i + 1) % k
                 return c
         return None
@@ -156,7 +158,7 @@ class Sources:
         """The reads to do now: per dirty stream (priority order, see the module docstring),
         a member with free slots and how many entries it reserves. A stream nobody can read
         now stays dirty (a freed slot or a renewed lease wakes the reader). Members in
-        ``blocked`` are not picked for their inbox (being taken over)."""
+        ``blocked`` (being taken over, or holding parked entries) are not picked."""
         ranks = list(range(len(self.dirty)))
         turn = self.streak >= STARVATION_TURN  # the lower priorities' turn, until served
         if turn:
@@ -168,7 +170,7 @@ class Sources:
                 fam = src.family
                 if not fam.role and fam.members[0] in blocked:
                     continue
-                c = fam.pick()
+                c = fam.pick(blocked)
                 if c is None:
                     continue
                 n = min(c.slots.free, READ_MAX)
