@@ -9,10 +9,14 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from common import say, serve
 from pydantic import BaseModel, Field
 
 from agent_sdk import Agent
+
+
+def say(name: str, text: str) -> None:
+    """One line on stdout (``agentbus demo`` shows it in its transcript)."""
+    print(f"{name}: {text}", flush=True)
 
 
 class Job(BaseModel):
@@ -26,7 +30,7 @@ def split(text: str, parts: int) -> list[str]:
     return [" ".join(words[i : i + size]) for i in range(0, len(words), size)]
 
 
-def build(name: str) -> Agent:
+def build(name: str = "planner") -> Agent:
     agent = Agent(name, "planner", capabilities=["plan"], version="1.0.0", max_concurrency=4)
 
     @agent.on("plan")
@@ -50,5 +54,5 @@ def build(name: str) -> Agent:
     return agent
 
 
-if __name__ == "__main__":
-    asyncio.run(serve(build(sys.argv[1] if len(sys.argv) > 1 else "planner")))
+if __name__ == "__main__":  # or: agentbus run planner:build --arg name=...
+    sys.exit(build(sys.argv[1] if len(sys.argv) > 1 else "planner").run())

@@ -5,13 +5,16 @@ python examples/reviewer.py
 
 from __future__ import annotations
 
-import asyncio
 import sys
 
-from common import say, serve
 from pydantic import BaseModel
 
 from agent_sdk import Agent
+
+
+def say(name: str, text: str) -> None:
+    """One line on stdout (``agentbus demo`` shows it in its transcript)."""
+    print(f"{name}: {text}", flush=True)
 
 
 class Draft(BaseModel):
@@ -24,7 +27,7 @@ class Review(BaseModel):
     by: str
 
 
-def build(name: str) -> Agent:
+def build(name: str = "reviewer") -> Agent:
     agent = Agent(name, "reviewer", capabilities=["review"], tags=["en"], version="0.9.0")
 
     @agent.on("review")
@@ -42,5 +45,5 @@ def build(name: str) -> Agent:
     return agent
 
 
-if __name__ == "__main__":
-    asyncio.run(serve(build(sys.argv[1] if len(sys.argv) > 1 else "reviewer")))
+if __name__ == "__main__":  # or: agentbus run reviewer:build --arg name=...
+    sys.exit(build(sys.argv[1] if len(sys.argv) > 1 else "reviewer").run())

@@ -10,11 +10,15 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from common import say, serve
 from pydantic import BaseModel
 
 from agent_sdk import Agent
 from agent_sdk.types import Message
+
+
+def say(name: str, text: str) -> None:
+    """One line on stdout (``agentbus demo`` shows it in its transcript)."""
+    print(f"{name}: {text}", flush=True)
 
 
 class Doc(BaseModel):
@@ -28,7 +32,7 @@ class Summary(BaseModel):
     delivery: int
 
 
-def build(name: str) -> Agent:
+def build(name: str = "summarizer-1") -> Agent:
     agent = Agent(
         name, "summarizer", capabilities=["summarize"], tags=["en"], version="1.2.0",
         max_concurrency=2,
@@ -58,5 +62,5 @@ def build(name: str) -> Agent:
     return agent
 
 
-if __name__ == "__main__":
-    asyncio.run(serve(build(sys.argv[1] if len(sys.argv) > 1 else "summarizer-1")))
+if __name__ == "__main__":  # or: agentbus run summarizer:build --arg name=...
+    sys.exit(build(sys.argv[1] if len(sys.argv) > 1 else "summarizer-1").run())

@@ -198,3 +198,33 @@ async def _none_in(r: aioredis.Redis, keys: KeySpace, names: set[str]) -> bool:
 async def _events_all(r: aioredis.Redis, keys: KeySpace) -> list[RegistryEvent]:
     rows: Any = await r.xrange(keys.events())
     return [RegistryEvent.from_fields(i, f) for i, f in rows]
+
+
+async def test_a_factory_takes_arguments_from_the_command_line(
+    coordinator: Coordinator, settings: Settings, r: aioredis.Redis, keys: KeySpace, spawn: Any
+) -> None:
+    """`agentbus run examples.summarizer:build --arg name=sum-cli`: the demo's way."""
+    proc = spawn(*AGENTBUS, "run", "examples.summarizer:build", "--arg", "name=sum-cli")
+    await wait_for(lambda: r.exists(keys.record("sum-cli")), timeout=20, message="registered")
+    async with Bus(settings) as bus:
+        reply = await bus.request("sum-cli", "summarize", {"text": "one two"}, timeout=10)
+    assert reply["by"] == "sum-cli"
+    proc.proc.send_signal(signal.SIGTERM)
+    assert await proc.wait(15) == 0, proc.stderr()
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (("examples.summarizer:build", "--arg", "nope"), "expects KEY=VALUE"),
+        (("examples.summarizer:build", "--arg", "colour=red"), "does not take ['colour']"),
+        (("examples.echo:agent", "--arg", "name=x"), "--arg is for factories"),
+    ],
+)
+async def test_bad_factory_arguments_are_refused(
+    spawn: Any, argv: tuple[str, ...], says: str
+) -> None:
+    proc = spawn(*AGENTBUS, "run", *argv)
+    assert await proc.wait(30) == 2
+    assert says in proc.stderr()
+    assert "Traceback" not in proc.stderr()

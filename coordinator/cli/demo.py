@@ -116,7 +116,7 @@ class Demo:
             ("reviewer", "reviewer.py"),
         ):
             await self.fleet.start(name, script)
-        await self.fleet.wait_all(r"^ready", EVERYONE)
+        await self.fleet.wait_all(r"is running", EVERYONE)
         records = await bus.discover()
         self.out.print(agents_table(records, self.out.width, title="agentbus agents"))
         self.say(f"registered: {', '.join(sorted(EVERYONE))}")
@@ -167,7 +167,7 @@ class Demo:
         await _until(lambda: bus.get(holder.name), present=False)
         self.say(f"{holder.name} expired from the registry (missed heartbeats)")
         await self.fleet.start(holder.name, holder.script)
-        await self.fleet.wait_line(r"^ready", [holder.name])
+        await self.fleet.wait_line(r"is running", [holder.name])
         self.say(f"{holder.name} restarted and registered again")
 
     async def scatter_gather(self, bus: Bus) -> None:

@@ -1,8 +1,8 @@
 """The example agents of ``agentbus demo`` as subprocesses, with their output in the transcript.
 
-Each agent is ``python examples/<script>.py <name>``; every line it prints is shown indented
-under its name and kept, so the demo can wait for a line (``ready``, ``summarizing ...``)
-instead of sleeping.
+Each agent is ``agentbus run <script>:build --arg name=<name>`` in the examples directory (as a
+user would run it); every line it prints is shown indented under its name and kept, so the demo
+can wait for a line (``is running``, ``summarizing ...``) instead of sleeping.
 """
 
 from __future__ import annotations
@@ -69,9 +69,9 @@ class Fleet:
         style = old.style if old else _STYLES[len(self.agents) % len(_STYLES)]
         agent = AgentProcess(name, script, style)
         self.agents[name] = agent
-        agent.proc = await asyncio.create_subprocess_exec(
-            sys.executable, str(self.examples / script), name,
-            cwd=self.examples, env=self.env,
+        agent.proc = await asyncio.create_subprocess_exec(  # as a user runs an agent
+            sys.executable, "-m", "coordinator.cli", "run", f"{Path(script).stem}:build",
+            "--arg", f"name={name}", cwd=self.examples, env=self.env,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         )  # fmt: skip
         agent.reader = asyncio.create_task(self._relay(agent))

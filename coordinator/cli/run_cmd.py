@@ -52,11 +52,31 @@ def _load(target: str) -> Any:
     return obj
 
 
-async def _resolve_and_serve(obj: Any, target: str) -> int:
+def _parse_args(pairs: tuple[str, ...]) -> dict[str, str]:
+    """``--arg KEY=VALUE`` pairs as keyword arguments for a factory."""
+    kwargs: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.isidentifier():
+            raise click.UsageError(f"--arg expects KEY=VALUE with KEY a Python name, got {pair!r}")
+        kwargs[key] = value
+    return kwargs
+
+
+async def _resolve_and_serve(obj: Any, target: str, kwargs: dict[str, str]) -> int:
     if not isinstance(obj, Agent | Host) and callable(obj):
-        obj = obj()
+        try:
+            obj = obj(**kwargs)
+        except TypeError as e:
+            if not kwargs:
+                raise
+            click.echo(f"agentbus run: {target} does not take {sorted(kwargs)}: {e}", err=True)
+            return 2
         if inspect.isawaitable(obj):
             obj = await obj
+    elif kwargs:
+        click.echo(f"agentbus run: --arg is for factories; {target} is not callable", err=True)
+        return 2
     if not isinstance(obj, Agent | Host):
         click.echo(
             f"agentbus run: {target} is {type(obj).__name__}, not an Agent, a Host or a "
@@ -69,6 +89,13 @@ async def _resolve_and_serve(obj: Any, target: str) -> int:
 
 @click.command("run", short_help="Run agents from Python, or plugins, until SIGTERM or Ctrl-C.")
 @click.argument("targets", nargs=-1, metavar="MODULE:ATTR | --plugins DIR [DIR ...]")
+@click.option(
+    "--arg",
+    "args",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A keyword argument (a string) for the factory MODULE:ATTR; repeatable.",
+)
 @click.option(
     "--plugins",
     is_flag=True,
@@ -99,6 +126,7 @@ async def _resolve_and_serve(obj: Any, target: str) -> int:
 def run(
     state: CliState,
     targets: tuple[str, ...],
+    args: tuple[str, ...],
     plugins: bool,
     watch: bool,
     ready_timeout: float,
@@ -130,7 +158,8 @@ def run(
         sys.exit(run_coroutine(serve(supervisor)))
     if len(targets) != 1:
         raise click.UsageError("give one MODULE:ATTR (or --plugins DIR [DIR ...])")
+    kwargs = _parse_args(args)
     obj = _load(targets[0])
     configure_logging("INFO")
     logging.getLogger("agentbus.run").setLevel(logging.INFO)  # its start and stop lines
-    sys.exit(run_coroutine(_resolve_and_serve(obj, targets[0])))
+    sys.exit(run_coroutine(_resolve_and_serve(obj, targets[0], kwargs)))
