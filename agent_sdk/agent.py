@@ -37,18 +37,16 @@ from pydantic import ValidationError
 from agent_sdk import telemetry
 from agent_sdk.activity import Activity
 from agent_sdk.bus import Bus, resolve_settings
-from agent_sdk.discovery import StatusFilter
 from agent_sdk.fence import Fence
 from agent_sdk.host import Host
 from agent_sdk.membership import Membership
 from agent_sdk.messaging import HandlerRegistry, Messaging
 from agent_sdk.messaging.handlers import Handler
 from agent_sdk.naming import OnConflict, announce_free_name, check_on_conflict
-from agent_sdk.selection import Strategy
 from agent_sdk.settings import Settings
 from agent_sdk.state import AgentState
 from agent_sdk.usage import UNKNOWN_TYPE, UsageRecorder
-from agent_sdk.verbs import Verbs
+from agent_sdk.verbs import Lookups, Verbs
 from schemas.agent import AgentCard, AgentRecord, AgentStatus
 from schemas.envelope import Envelope, new_id
 from schemas.errors import AgentbusError, InvalidInput, NameLost
@@ -72,7 +70,7 @@ class Component(Protocol):
     async def stop(self, grace: float) -> None: ...
 
 
-class Agent(Verbs):
+class Agent(Lookups, Verbs):
     """A registered agent. An async context manager; ``start``/``stop`` are idempotent."""
 
     def __init__(
@@ -427,39 +425,9 @@ class Agent(Verbs):
         """Decorator: ``@agent.on("summarize")`` registers an async handler for a type."""
         return self.handlers.on(type)
 
-    # -- discovery (delegated to the bus) ----------------------------------------------------
-    async def discover(
-        self,
-        role: str | None = None,
-        capabilities: str | Iterable[str] | None = (),
-        tags: str | Iterable[str] | None = (),
-        status: StatusFilter = None,
-        max_load: int | None = None,
-        version: str | None = None,
-        limit: int | None = None,
-    ) -> list[AgentRecord]:
-        """See ``Bus.discover``."""
-        return await self.bus.discover(role, capabilities, tags, status, max_load, version, limit)
-
-    async def select(
-        self,
-        role: str | None = None,
-        capabilities: str | Iterable[str] | None = (),
-        tags: str | Iterable[str] | None = (),
-        status: StatusFilter = None,
-        max_load: int | None = None,
-        version: str | None = None,
-        *,
-        strategy: Strategy = "least_loaded",
-    ) -> AgentRecord:
-        """See ``Bus.select``."""
-        return await self.bus.select(
-            role, capabilities, tags, status, max_load, version, strategy=strategy
-        )
-
-    async def get(self, name: str) -> AgentRecord | None:
-        """See ``Bus.get``."""
-        return await self.bus.get(name)
+    # -- discovery: agent_sdk.verbs.Lookups, over the host's bus -----------------------------
+    def _bus(self) -> Bus:
+        return self.bus
 
     def _observe(self, message_type: str, seconds: float, failed: bool) -> None:
         """The handler observer: usage stats in Redis and the handler-duration metric."""

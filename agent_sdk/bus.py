@@ -15,7 +15,7 @@ reply list ``reply_key`` for request replies.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Collection, Iterable
+from collections.abc import AsyncIterator, Collection
 from types import TracebackType
 from typing import Any
 
@@ -23,23 +23,19 @@ import redis.asyncio as aioredis
 
 from agent_sdk.activity import ActivityLog
 from agent_sdk.connection import make_client, redis_errors
-from agent_sdk.discovery import Discovery, StatusFilter
+from agent_sdk.discovery import Discovery
 from agent_sdk.messaging import Messaging
 from agent_sdk.replies import ReplyRouter
-from agent_sdk.selection import STRATEGIES, Selector, Strategy, no_responders
+from agent_sdk.selection import Selector
 from agent_sdk.settings import Settings
-from agent_sdk.verbs import Verbs
+from agent_sdk.verbs import SELECTABLE, Lookups, Verbs
 from agent_sdk.watch import watch_registry
-from schemas.agent import AgentRecord, AgentStatus
 from schemas.envelope import new_id
-from schemas.errors import InvalidInput
 from schemas.events import ActivityEvent, RegistryEvent, RegistryEventType
 from schemas.keys import KeySpace
 
 __all__ = ["SELECTABLE", "Bus", "resolve_settings"]
 
-#: Statuses ``select`` considers when not told otherwise.
-SELECTABLE = (AgentStatus.READY, AgentStatus.BUSY)
 _NOT_STARTED = "the Bus is not started: use `async with Bus(...)` or `await bus.start()`"
 
 
@@ -52,7 +48,7 @@ def resolve_settings(settings: Settings | None, overrides: dict[str, Any]) -> Se
     return type(settings).load(**{**settings.model_dump(), **overrides})
 
 
-class Bus(Verbs):
+class Bus(Lookups, Verbs):
     """Redis client + key space + registry reads. An async context manager.
 
     ``start``/``stop`` are idempotent; ``stopped`` is set once stopped. Nothing connects before
@@ -67,7 +63,8 @@ class Bus(Verbs):
         self.stopped = asyncio.Event()
         self._client: aioredis.Redis | None = None
         self._discovery: Discovery | None = None
-        self._selector = Selector()
+        #: How ``select`` picks (round-robin state lives here).
+        self.selector = Selector()
         self._activity: ActivityLog | None = None
         self._messaging: Messaging | None = None
         self._router: ReplyRouter | None = None
@@ -149,65 +146,8 @@ class Bus(Verbs):
             )
         return self._discovery
 
-    async def discover(
-        self,
-        role: str | None = None,
-        capabilities: str | Iterable[str] | None = (),
-        tags: str | Iterable[str] | None = (),
-        status: StatusFilter = None,
-        max_load: int | None = None,
-        version: str | None = None,
-        limit: int | None = None,
-    ) -> list[AgentRecord]:
-        """Live agents matching every filter (see ``Discovery.discover``), sorted by name."""
-        return await self.discovery.discover(
-            role=role,
-            capabilities=capabilities,
-            tags=tags,
-            status=status,
-            max_load=max_load,
-            version=version,
-            limit=limit,
-        )
-
-    async def select(
-        self,
-        role: str | None = None,
-        capabilities: str | Iterable[str] | None = (),
-        tags: str | Iterable[str] | None = (),
-        status: StatusFilter = None,
-        max_load: int | None = None,
-        version: str | None = None,
-        *,
-        strategy: Strategy = "least_loaded",
-    ) -> AgentRecord:
-        """One live agent matching the filters, chosen by ``strategy``; ``NoResponders`` if none.
-
-        Without ``status``, only agents that take work are considered (``ready`` or ``busy``:
-        not ``starting`` nor ``draining``).
-        """
-        if strategy not in STRATEGIES:
-            raise InvalidInput(
-                f"unknown selection strategy {strategy!r}: use one of {', '.join(STRATEGIES)}"
-            )
-        query: dict[str, object] = {
-            "role": role,
-            "capabilities": _key_part(capabilities),
-            "tags": _key_part(tags),
-            "status": _key_part(status),
-            "max_load": max_load,
-            "version": version,
-        }
-        if status is None:
-            status = SELECTABLE
-        records = await self.discover(role, capabilities, tags, status, max_load, version)
-        if not records:
-            raise no_responders(self.settings, query)
-        return self._selector.pick(records, strategy, key=tuple(query.values()))
-
-    async def get(self, name: str) -> AgentRecord | None:
-        """The live agent called ``name``, or ``None``."""
-        return await self.discovery.get(name)
+    def _bus(self) -> Bus:
+        return self
 
     # -- messaging as a client (agent_sdk.messaging; an Agent has its own) -------------------
     @property
@@ -261,11 +201,3 @@ class Bus(Verbs):
         """A session's activity events in order, from ``since`` (``None``: all held, ``"now"``,
         or the ``id`` of the last event handled)."""
         return self.activity_log.watch(session_id, since)
-
-
-def _key_part(value: object) -> object:
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, Iterable):
-        return tuple(str(v) for v in value)
-    return value

@@ -37,10 +37,12 @@ from typing import TYPE_CHECKING, Any
 
 from agent_sdk.bus import Bus, resolve_settings
 from agent_sdk.heartbeats import Heartbeats
+from agent_sdk.messaging import Messaging
 from agent_sdk.messaging.plane import Plane
 from agent_sdk.naming import OnConflict, suffixed
 from agent_sdk.replies import ReplyRouter
 from agent_sdk.settings import Settings
+from agent_sdk.verbs import Lookups, Verbs
 from schemas.agent import ControlType
 from schemas.envelope import Envelope, new_id
 from schemas.errors import InvalidInput, NameLost
@@ -58,8 +60,12 @@ log = logging.getLogger("agentbus.host")
 HELD_CONNECTIONS = 6
 
 
-class Host:
-    """Carries agents. An async context manager; ``start``/``stop`` are idempotent."""
+class Host(Lookups, Verbs):
+    """Carries agents. An async context manager; ``start``/``stop`` are idempotent.
+
+    While it runs, a host is also a client: the verbs (``send``, ``request``, ``publish``, ...,
+    ``discover``, ``select``) go out as the host (``sender`` = its name) over its shared data
+    plane and are answered on its reply list."""
 
     def __init__(
         self,
@@ -98,6 +104,7 @@ class Host:
         self.heartbeats: Heartbeats | None = None
         #: The data plane its agents share (exists once the host runs).
         self.plane: Plane | None = None
+        self._client_plane: Messaging | None = None
         #: The agents this host carries, by name (created on it and not stopped yet).
         self.agents: dict[str, Agent] = {}
         self.stopped = asyncio.Event()
@@ -177,6 +184,20 @@ class Host:
         if self.agents.get(agent.name) is agent:
             del self.agents[agent.name]
 
+    # -- a client too: agent_sdk.verbs -------------------------------------------------------
+    def _bus(self) -> Bus:
+        return self.bus
+
+    def _data_plane(self) -> Messaging:
+        if self.plane is None:
+            raise InvalidInput(f"{self!r} is not running: use `async with host:` first")
+        if self._client_plane is None:
+            self._client_plane = Messaging(
+                self.bus.client, self.settings, name=self.name, instance_id=self.instance_id,
+                consume=False, plane=self.plane, replies=self.router,
+            )  # fmt: skip
+        return self._client_plane
+
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> Host:
         """Start the shared machinery, then register every agent created on the host (at
@@ -232,6 +253,9 @@ class Host:
 
     async def _stop_shared(self) -> None:
         try:
+            if self._client_plane is not None:
+                await self._client_plane.stop()
+                self._client_plane = None
             if self.plane is not None:
                 await self.plane.stop()
             if self.heartbeats is not None:

@@ -12,13 +12,20 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from agent_sdk.discovery import StatusFilter
+from agent_sdk.selection import STRATEGIES, Strategy, no_responders
+from schemas.agent import AgentRecord, AgentStatus
 from schemas.errors import InvalidInput
 from schemas.priority import Priority
 
 if TYPE_CHECKING:
+    from agent_sdk.bus import Bus
     from agent_sdk.messaging import GatherResult, Messaging, Subscription
 
-__all__ = ["Verbs"]
+__all__ = ["SELECTABLE", "Lookups", "Verbs"]
+
+#: Statuses ``select`` considers when not told otherwise.
+SELECTABLE = (AgentStatus.READY, AgentStatus.BUSY)
 
 
 def _need_type(type: str | None) -> str:
@@ -138,3 +145,79 @@ class Verbs:
     def subscribe(self, pattern: str) -> Subscription:
         """``async with x.subscribe("news.*") as sub: async for msg in sub: ...``"""
         return self._data_plane().hub.subscribe(pattern)
+
+
+class Lookups:
+    """``discover``, ``select`` and ``get`` (registry reads, one round trip): ``Bus``, ``Agent``
+    and ``Host`` expose them, each over its ``Bus`` (``_bus``)."""
+
+    def _bus(self) -> Bus:
+        raise NotImplementedError
+
+    async def discover(
+        self,
+        role: str | None = None,
+        capabilities: str | Iterable[str] | None = (),
+        tags: str | Iterable[str] | None = (),
+        status: StatusFilter = None,
+        max_load: int | None = None,
+        version: str | None = None,
+        limit: int | None = None,
+    ) -> list[AgentRecord]:
+        """Live agents matching every filter (see ``Discovery.discover``), sorted by name."""
+        return await self._bus().discovery.discover(
+            role=role,
+            capabilities=capabilities,
+            tags=tags,
+            status=status,
+            max_load=max_load,
+            version=version,
+            limit=limit,
+        )
+
+    async def select(
+        self,
+        role: str | None = None,
+        capabilities: str | Iterable[str] | None = (),
+        tags: str | Iterable[str] | None = (),
+        status: StatusFilter = None,
+        max_load: int | None = None,
+        version: str | None = None,
+        *,
+        strategy: Strategy = "least_loaded",
+    ) -> AgentRecord:
+        """One live agent matching the filters, chosen by ``strategy``; ``NoResponders`` if none.
+
+        Without ``status``, only agents that take work are considered (``ready`` or ``busy``:
+        not ``starting`` nor ``draining``).
+        """
+        if strategy not in STRATEGIES:
+            raise InvalidInput(
+                f"unknown selection strategy {strategy!r}: use one of {', '.join(STRATEGIES)}"
+            )
+        query: dict[str, object] = {
+            "role": role,
+            "capabilities": _key_part(capabilities),
+            "tags": _key_part(tags),
+            "status": _key_part(status),
+            "max_load": max_load,
+            "version": version,
+        }
+        if status is None:
+            status = SELECTABLE
+        records = await self.discover(role, capabilities, tags, status, max_load, version)
+        if not records:
+            raise no_responders(self._bus().settings, query)
+        return self._bus().selector.pick(records, strategy, key=tuple(query.values()))
+
+    async def get(self, name: str) -> AgentRecord | None:
+        """The live agent called ``name``, or ``None``."""
+        return await self._bus().discovery.get(name)
+
+
+def _key_part(value: object) -> object:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, Iterable):
+        return tuple(str(v) for v in value)
+    return value

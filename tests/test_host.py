@@ -273,3 +273,27 @@ async def test_an_answer_later_than_a_ttl_is_no_stall(
             assert await _names(r, keys) == {a.name for a in agents}
         finally:
             await host.stop()
+
+
+async def test_a_running_host_is_a_client_too(
+    coordinator: Coordinator, settings: Settings, r: aioredis.Redis, keys: KeySpace
+) -> None:
+    """The verbs and registry reads, defined once, work on a host: as the host, over its own
+    data plane and reply list (no extra connection per call)."""
+    host = Host(settings, name="h-client")
+    worker = host.agent("hc-worker", "hc-role")
+
+    @worker.on("double")
+    async def double(payload: int) -> int:
+        return 2 * payload
+
+    with pytest.raises(InvalidInput, match="not running"):
+        await host.send("hc-worker", "double", 1)
+    async with host:
+        assert [a.name for a in await host.discover(role="hc-role")] == ["hc-worker"]
+        assert (await host.select(role="hc-role")).name == "hc-worker"
+        assert await host.request("hc-worker", "double", 21) == 42
+        assert await host.request(role="hc-role", type="double", payload=2, durable=False) == 4
+        await host.send("hc-worker", "double", 1)
+        rows: Any = await r.xrange(keys.inbox("hc-worker"))
+        assert rows[-1][1]["sender"] == "h-client"
