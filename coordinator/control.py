@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,6 +66,8 @@ MAX_SCRIPT_ENTRIES = 500
 #: While a script is under way, the read loop checks the next batch in slices of this many
 #: entries, giving the event loop a turn between slices (to send the script).
 _OVERLAP_EVERY = 32
+#: Past this many (name, instance) pairs remembered as asked to re-announce, expired ones go.
+_REANNOUNCED_MAX = 100_000
 
 
 def _internal(e: Exception) -> ErrorInfo:
@@ -245,6 +248,10 @@ class ControlConsumer:
         self._group_ready = False
         #: ids of the entries being applied now (by the read loop or a claim)
         self.in_hand: set[str] = set()
+        #: (name, instance) asked to re-announce -> until when not to ask again (monotonic):
+        #: one ``reannounce`` per instance per TTL, however many heartbeats or leases it sends
+        #: meanwhile (a busy host would otherwise get one per lease, and fall further behind).
+        self._reannounced: dict[tuple[str, str], float] = {}
 
     @property
     def registry(self) -> Registry:
@@ -639,9 +646,14 @@ class ControlConsumer:
             self.stats.stale += 1
             self._refuse(out, eid, op.reply_to, op.ann.name, op.correlation_id, stale_announce(op))
         told: set[tuple[str, str]] = set()
+        now = time.monotonic()
         for eid, name, inst, other in result.unknown:
-            if (name, inst) not in told:
-                told.add((name, inst))
-                to = batch.lease_reply_to(eid)
-                queue_reannounce(out.pipe, self.settings, name, inst, other or None, reply_to=to)
+            if (name, inst) in told or now < self._reannounced.get((name, inst), 0.0):
+                continue  # asked already: its answer (an announce) is on its way
+            told.add((name, inst))
+            self._reannounced[(name, inst)] = now + self.settings.ttl
+            to = batch.lease_reply_to(eid)
+            queue_reannounce(out.pipe, self.settings, name, inst, other or None, reply_to=to)
         self.stats.reannounces += len(told)
+        if len(self._reannounced) > _REANNOUNCED_MAX:
+            self._reannounced = {k: t for k, t in self._reannounced.items() if t > now}

@@ -124,6 +124,27 @@ async def test_a_beat_of_an_unknown_agent_is_answered_on_the_hosts_reply_list(
     assert await r.llen(live.reply_key) == 0  # nothing for the live one
 
 
+async def test_an_unknown_instance_is_asked_to_reannounce_once_per_ttl(
+    coordinator: Coordinator, r: aioredis.Redis, keys: KeySpace
+) -> None:
+    """Lease after lease for an instance the registry does not hold: one ``reannounce`` per
+    TTL, not one per lease (a host that fell behind must not be buried in them)."""
+    host_reply = keys.replies("host-3", "h3")
+    beats = [["ghost-3", "g3", 0, "ready", None]]
+    for _ in range(20):
+        await xadd_control(r, keys, _lease_fields("host-3", beats, host_reply))
+    await wait_for(lambda: coordinator.stats.heartbeats + coordinator.stats.reannounces >= 1,
+                   message="leases read")  # fmt: skip
+    await wait_for(lambda: _control_drained(r, keys), message="the 20 leases applied")
+    assert await r.llen(host_reply) == 1
+    assert coordinator.stats.reannounces == 1
+
+
+async def _control_drained(r: aioredis.Redis, keys: KeySpace) -> bool:
+    groups: Any = await r.xinfo_groups(keys.control())
+    return bool(groups) and int(groups[0]["pending"]) == 0 and int(groups[0].get("lag") or 0) == 0
+
+
 async def test_a_lease_that_takes_the_full_check_is_applied_too(
     coordinator: Coordinator, r: aioredis.Redis, keys: KeySpace
 ) -> None:
