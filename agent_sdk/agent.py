@@ -272,6 +272,7 @@ class Agent(Lookups, Verbs):
             membership = Membership(
                 self.bus.client, self.settings, self.card, self.instance_id, self.router,
                 fence=self.fence, on_lost=self._name_was_lost,
+                batcher=self.host.plane.send_batcher if self.host.plane is not None else None,
             )  # fmt: skip
             membership.status, membership.load = self._status, self._load
             self._membership = membership

@@ -37,6 +37,7 @@ import redis.asyncio as aioredis
 
 from agent_sdk.connection import redis_errors
 from agent_sdk.fence import Fence
+from agent_sdk.messaging.batcher import Batcher, Op
 from agent_sdk.replies import ReplyRouter
 from agent_sdk.settings import Settings
 from schemas.agent import (
@@ -88,10 +89,13 @@ class Membership:
         router: ReplyRouter,
         fence: Fence | None = None,
         on_lost: Callable[[NameLost], None] | None = None,
+        batcher: Batcher | None = None,
     ) -> None:
         self.client = client
         self.settings = settings
         self.card = card
+        #: Control entries of agents starting together leave in one pipeline (the host's).
+        self.batcher = batcher
         self.instance_id = instance_id
         self.router = router
         #: The instance's lease (read by its consumer before it handles anything).
@@ -129,7 +133,7 @@ class Membership:
         )
 
     async def _xadd(self, env: Envelope, doing: str) -> None:
-        await xadd_control(self.client, self.settings, env, doing)
+        await xadd_control(self.client, self.settings, env, doing, batcher=self.batcher)
 
     # -- announce ----------------------------------------------------------------------------
     async def announce(self, *, wait: bool = True) -> AgentRecord:
@@ -370,15 +374,27 @@ class Membership:
 
 
 async def xadd_control(
-    client: aioredis.Redis, settings: Settings, env: Envelope, doing: str
+    client: aioredis.Redis,
+    settings: Settings,
+    env: Envelope,
+    doing: str,
+    *,
+    batcher: Batcher | None = None,
 ) -> None:
-    """Append a control envelope to the control stream (capped like the coordinators cap it)."""
+    """Append a control envelope to the control stream (capped like the coordinators cap it);
+    through ``batcher`` when given (concurrent entries share a round trip)."""
     with redis_errors(settings, doing):
-        await client.xadd(
-            settings.keys.control(),
-            encode_fields(env),  # type: ignore[arg-type]
-            maxlen=CONTROL_MAXLEN,
-            approximate=True,
+        if batcher is None:
+            await client.xadd(
+                settings.keys.control(),
+                encode_fields(env),  # type: ignore[arg-type]
+                maxlen=CONTROL_MAXLEN,
+                approximate=True,
+            )
+            return
+        flat = [x for pair in encode_fields(env).items() for x in pair]
+        await batcher.run(
+            Op(("XADD", settings.keys.control(), "MAXLEN", "~", CONTROL_MAXLEN, "*", *flat))
         )
 
 

@@ -173,6 +173,10 @@ class UsageRecorder:
             log.info("usage stats of %s: a newer instance holds them; not added", self.name)
 
     async def _loop(self) -> None:
+        try:
+            await self.flush()  # claims the hash for this instance
+        except Exception as e:
+            log.warning("usage stats of %s: cannot claim them yet: %s", self.name, e)
         while True:
             await asyncio.sleep(self.interval)
             try:
@@ -181,13 +185,9 @@ class UsageRecorder:
                 log.warning("usage stats flush for %s failed: %s", self.name, e)
 
     async def start(self) -> None:
-        """Claim the stats hash for this instance (a failure is retried by the next flush) and
-        start the flush task."""
+        """Start the flush task: it claims the stats hash for this instance at once (a failure
+        is retried by the next flush), without holding up the agent's start."""
         if self._task is None:
-            try:
-                await self.flush()
-            except Exception as e:
-                log.warning("usage stats of %s: cannot claim them yet: %s", self.name, e)
             self._task = asyncio.create_task(self._loop(), name=f"agentbus-usage-{self.name}")
 
     async def stop(self, grace: float | None = None) -> None:

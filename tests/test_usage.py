@@ -12,6 +12,7 @@ from agent_sdk.settings import Settings
 from agent_sdk.usage import TypeUsage, UsageRecorder, parse_usage, read_usage
 from schemas.errors import ConnectionFailed
 from schemas.keys import KeySpace
+from tests.support import wait_for
 
 
 @pytest.fixture
@@ -177,7 +178,8 @@ async def test_a_new_instance_starts_afresh_and_a_replaced_one_adds_nothing(
 
     new = UsageRecorder(client, settings, "w", instance_id="new", interval=3600)
     new.started_at = "9" + new.started_at[1:]  # surely later than the old one's start
-    await new.start()  # claims the hash before it handled anything
+    await new.start()  # claims the hash at once, before it handled anything
+    await wait_for(lambda: _field_is(r, keys.stats("w"), "instance_id", "new"), message="claim")
     stats: dict[str, str] = await r.hgetall(keys.stats("w"))  # type: ignore[assignment]
     assert stats == {"instance_id": "new", "started_at": new.started_at}
     assert await read_usage(client, settings, "w") == []  # not the old instance's call
@@ -190,3 +192,7 @@ async def test_a_new_instance_starts_afresh_and_a_replaced_one_adds_nothing(
     (u,) = await read_usage(client, settings, "w")
     assert u.invocations == 1
     await old.stop()
+
+
+async def _field_is(r: aioredis.Redis, key: str, field: str, value: str) -> bool:
+    return bool(await r.hget(key, field) == value)

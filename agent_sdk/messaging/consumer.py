@@ -44,6 +44,7 @@ from schemas.keys import AGENT_GROUP
 if TYPE_CHECKING:
     from agent_sdk.messaging.batcher import Batcher
     from agent_sdk.messaging.reader import Reader
+    from agent_sdk.messaging.topics import ChannelCallback
 
 #: Broadcast types without a handler logged at INFO (once each); any others at DEBUG.
 _UNHANDLED_TYPES_LOGGED = 100
@@ -129,11 +130,13 @@ class Consumer:
         return f"Consumer({self.name!r}, {self.instance_id!r})"
 
     # -- lifecycle -----------------------------------------------------------------------------
-    async def start(self) -> None:
+    async def start(self, channels: dict[str, ChannelCallback] | None = None) -> None:
+        """Take work from now on (``channels``: pub/sub channels of this agent to listen to
+        alongside its doorbells)."""
         if self.accepting:
             return
         self.accepting = True
-        await self.reader.add(self)
+        await self.reader.add(self, channels)
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop taking work, let running handlers finish for ``grace`` seconds, flush acks and

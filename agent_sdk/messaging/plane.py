@@ -39,7 +39,7 @@ class Plane:
         #: Replies of concurrent handlers share round trips; a reply leaves as soon as it can.
         self.reply_batcher = Batcher(client, join_turn=False)
         self.hub = PubSubHub(client, settings)
-        self.reader = Reader(client, settings, self.scripts, self.hub)
+        self.reader = Reader(client, settings, self.scripts, self.hub, self.send_batcher)
         #: Broadcast channel -> the agents it reaches here.
         self._audience: dict[str, dict[Consumer, None]] = {}
         #: Direct-request channel -> its agent.
@@ -78,8 +78,7 @@ class Plane:
         direct = keys.direct_channel(consumer.name)
         self._direct[direct] = consumer
         new[direct] = self._on_direct
-        await self.hub.listen(new)
-        await consumer.start()
+        await consumer.start(new)  # subscribed together with its doorbells
 
     async def leave(self, consumer: Consumer, grace: float | None = None) -> None:
         """Stop ``consumer`` (drained for ``grace`` seconds) and its broadcasts."""

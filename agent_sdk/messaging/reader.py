@@ -37,10 +37,11 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, ResponseError
 
 from agent_sdk.lane import Lane
+from agent_sdk.messaging.batcher import Batcher, Op
 from agent_sdk.messaging.dispatch import text
 from agent_sdk.messaging.scripts import Scripts, load_script_text
 from agent_sdk.messaging.sources import Family, Source, Sources
-from agent_sdk.messaging.topics import PubSubHub
+from agent_sdk.messaging.topics import ChannelCallback, PubSubHub
 from agent_sdk.settings import Settings
 from agent_sdk.tasks import cancel_all
 from schemas.keys import AGENT_GROUP
@@ -79,9 +80,15 @@ class Reader:
     """Reads for every agent of a host. ``start``/``stop`` are idempotent."""
 
     def __init__(
-        self, client: aioredis.Redis, settings: Settings, scripts: Scripts, hub: PubSubHub
+        self,
+        client: aioredis.Redis,
+        settings: Settings,
+        scripts: Scripts,
+        hub: PubSubHub,
+        batcher: Batcher,
     ) -> None:
         self.client = client
+        self.batcher = batcher
         self.settings = settings
         self.scripts = scripts
         self.hub = hub
@@ -159,16 +166,21 @@ class Reader:
             backoff = min(backoff * 2, self.settings.retry_max_backoff)
 
     # -- agents --------------------------------------------------------------------------------
-    async def add(self, consumer: Consumer) -> None:
-        """Read ``consumer``'s streams from now on: groups made, doorbells subscribed (and
-        confirmed), priority streams that already hold entries found, what its previous
-        instance left in its inbox taken over, then read."""
+    async def add(
+        self, consumer: Consumer, channels: dict[str, ChannelCallback] | None = None
+    ) -> None:
+        """Read ``consumer``'s streams from now on. Two round trips, side by side, however many
+        agents start together: its doorbells (and ``channels``, its broadcasts and direct
+        requests) subscribed and confirmed; its groups made and its priority streams that hold
+        entries already found (one pipeline). Then what its previous instance left in its
+        inbox is taken over, and its streams are read."""
         bells, new = self.sources.join(consumer)
-        for src in new:
-            await self.ensure_group(src.key)
-        if bells:
-            await self.hub.listen(dict.fromkeys(bells, self._on_bell))
-        await self._find_priority_streams(consumer)
+        listen = dict(channels or {})
+        listen.update(dict.fromkeys(bells, self._on_bell))
+        if listen:
+            await asyncio.gather(self.hub.listen(listen), self._prepare(consumer, new))
+        else:
+            await self._prepare(consumer, new)
         self._consumers[consumer] = None
         inbox = self.sources.families[consumer.inbox.key]
         self._takeovers[consumer] = [(src, "0-0") for src in inbox.sources.values()]
@@ -176,23 +188,30 @@ class Reader:
             self.sources.mark_family(self.sources.families[family_key])
         self._wake.set()
 
-    async def _find_priority_streams(self, consumer: Consumer) -> None:
-        """Add the priority streams of ``consumer``'s families that hold entries already (a
-        ring for them may have come before anyone here listened)."""
+    async def _prepare(self, consumer: Consumer, new: list[Source]) -> None:
+        """One pipeline: the consumer groups of the new streams (``XGROUP CREATE ... MKSTREAM``)
+        and ``EXISTS`` of the priority streams of ``consumer``'s families not read here yet;
+        those that hold entries are added (a ring for them may have come before anyone here
+        listened)."""
         wanted = [
             (self.sources.families[k], p)
             for k in consumer.families
             for p in PRIORITIES
             if p not in self.sources.families[k].sources
         ]
-        if not wanted:
-            return
         keys = self.settings.keys
-        async with self.client.pipeline(transaction=False) as pipe:
-            for fam, p in wanted:
-                pipe.exists(keys.prioritized(fam.key, p))
-            found = await pipe.execute()
-        for (fam, p), exists in zip(wanted, found, strict=True):
+        ops = [Op(("XGROUP", "CREATE", src.key, AGENT_GROUP, "0", "MKSTREAM")) for src in new]
+        ops += [Op(("EXISTS", keys.prioritized(fam.key, p))) for fam, p in wanted]
+        # through the batcher: agents starting together share the round trip
+        results = await asyncio.gather(
+            *(self.batcher.run(op) for op in ops), return_exceptions=True
+        )
+        for result in results[: len(new)]:
+            if isinstance(result, Exception) and "BUSYGROUP" not in str(result):
+                raise result
+        for (fam, p), exists in zip(wanted, results[len(new) :], strict=True):
+            if isinstance(exists, Exception):
+                raise exists
             if exists:
                 await self._add_source(fam, p)
 
@@ -357,8 +376,7 @@ class Reader:
             else:
                 todo.pop(0)
         for c, left in list(self._takeovers.items()):
-            if not left:
-                del self._takeovers[c]
+            if not left and self._takeovers.pop(c, None) is not None:
                 with contextlib.suppress(Exception):
                     await c.prune_consumers(c.inbox, idle_limit=0)
 
