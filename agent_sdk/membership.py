@@ -37,6 +37,7 @@ import redis.asyncio as aioredis
 
 from agent_sdk.connection import redis_errors
 from agent_sdk.fence import Fence
+from agent_sdk.messaging.scripts import script_text
 from agent_sdk.replies import ReplyRouter
 from agent_sdk.settings import Settings
 from schemas.agent import (
@@ -372,7 +373,18 @@ class Membership:
 async def xadd_control(
     client: aioredis.Redis, settings: Settings, env: Envelope, doing: str
 ) -> None:
-    """Append a control envelope to the control stream (capped like the coordinators cap it)."""
+    """Append a control envelope to the control stream (capped like the coordinators cap it);
+    in acl mode through ``xadd_proved.lua``, proved under the envelope's sender."""
+    if settings.secure:
+        keys = settings.keys
+        flat = [x for pair in encode_fields(env).items() for x in pair]
+        script = client.register_script(script_text("xadd_proved"))
+        with redis_errors(settings, doing):
+            await script(
+                keys=[keys.control(), keys.proofs(env.sender)],
+                args=[CONTROL_MAXLEN, settings.proof_keep * 1000, "", *flat],
+            )
+        return
     with redis_errors(settings, doing):
         await client.xadd(
             settings.keys.control(),

@@ -35,6 +35,7 @@ from agent_sdk.messaging.handlers import HandlerRegistry, Message
 from agent_sdk.messaging.scripts import Scripts
 from agent_sdk.messaging.slots import Slots
 from agent_sdk.messaging.workers import BROADCAST_QUEUE_MAX, BROADCAST_WORKERS, WorkerPool
+from agent_sdk.security import UNVERIFIED
 from agent_sdk.settings import Settings
 from agent_sdk.tasks import cancel_and_wait
 from schemas.envelope import Envelope
@@ -229,21 +230,25 @@ class Consumer:
         return released
 
     # -- what the reader hands over ------------------------------------------------------------
-    def take(self, key: str, entries: list[Any]) -> int:
-        """Dispatch entries read (delivered once); returns the slots used."""
+    def take(self, key: str, entries: list[Any], verdicts: list[Any] | None = None) -> int:
+        """Dispatch entries read (delivered once); returns the slots used. ``verdicts`` (acl
+        mode): 0 for an entry whose sender is not proved (it is dead-lettered, not handled)."""
         if self._fenced_now or not self.accepting:  # left pending, unrenewed
             self.fenced += len(entries)
             return 0
         s = self.stream(key)
         used = 0
-        for entry_id, flat in entries:
+        for i, (entry_id, flat) in enumerate(entries):
             if flat is None:  # deleted while pending: nothing to do
                 continue
             used += 1
-            self._dispatch(s, text(entry_id), dict(zip(flat[::2], flat[1::2], strict=True)), 1)
+            count = 1 if verdicts is None or int(verdicts[i]) else UNVERIFIED
+            self._dispatch(s, text(entry_id), dict(zip(flat[::2], flat[1::2], strict=True)), count)
         return used
 
-    def claimed(self, key: str, entries: list[Any], counts: list[Any]) -> int:
+    def claimed(
+        self, key: str, entries: list[Any], counts: list[Any], verdicts: list[Any] | None = None
+    ) -> int:
         """Dispatch entries claimed, with their delivery counts; returns the slots used.
 
         Held already = ours: if a claim returns one, it is in our hands or was acked while
@@ -254,11 +259,13 @@ class Consumer:
             return 0
         s = self.stream(key)
         used = 0
-        for (entry_id, flat), count in zip(entries, counts, strict=True):
+        for i, ((entry_id, flat), count) in enumerate(zip(entries, counts, strict=True)):
             eid = text(entry_id)
             if eid in s.held or flat is None:
                 continue
             used += 1
+            if verdicts is not None and not int(verdicts[i]):
+                count = UNVERIFIED
             self._dispatch(s, eid, dict(zip(flat[::2], flat[1::2], strict=True)), int(count))
         return used
 

@@ -54,6 +54,8 @@ __all__ = ["Reader", "nogroup"]
 log = logging.getLogger("agentbus.messaging")
 
 _LEASE_CHUNK = 500
+#: Bytes an envelope may add to its payload (ids, times, headers) under acl-mode byte limits.
+_ENVELOPE_ALLOWANCE = 64 * 1024
 _PRUNE_EVERY = 50  # claim rounds
 
 
@@ -86,6 +88,8 @@ class Reader:
         self.scripts = scripts
         self.hub = hub
         self.sources = Sources(settings.keys)
+        #: ``<ns>:agent:{``: the proof zset of sender S is this + S + ``}:sent`` (acl mode)
+        self._proof_prefix = settings.keys.agents_prefix + "{"
         self._sweep_next = 0
         self._consumers: dict[Consumer, None] = {}
         self._acks: dict[Consumer, None] = {}
@@ -116,7 +120,8 @@ class Reader:
         self._lane = Lane(self.client)
         self._acker = Lane(self.client)
         with contextlib.suppress(Exception):  # else loaded after its first NOSCRIPT
-            await self.client.script_load(load_script_text("claim"))
+            for name in ("claim_secure", "read_secure") if self.settings.secure else ("claim",):
+                await self.client.script_load(load_script_text(name))
         self.hub.on_reconnect = self.ring_all
         self._tasks = [
             asyncio.create_task(self._guard("read", self._read_loop), name="agentbus-reader"),
@@ -164,6 +169,8 @@ class Reader:
         bells, new = self.sources.join(consumer)
         for src in new:
             await self.ensure_group(src.key)
+        if self.settings.secure:
+            await self._publish_limits(consumer)
         if bells:
             await self.hub.listen(dict.fromkeys(bells, self._on_bell))
         await self._find_priority_streams(consumer)
@@ -173,6 +180,20 @@ class Reader:
         for family_key in consumer.families:
             self.sources.mark_family(self.sources.families[family_key])
         self._wake.set()
+
+    async def _publish_limits(self, consumer: Consumer) -> None:
+        """acl mode: write the limits senders must respect (the send script enforces them):
+        this agent's inbox cap, its role queue's cap, and the largest message it takes."""
+        keys, s = self.settings.keys, self.settings
+        max_bytes = s.max_payload_bytes + _ENVELOPE_ALLOWANCE
+        async with self.client.pipeline(transaction=False) as pipe:
+            for family_key in consumer.families:
+                fam = self.sources.families[family_key]
+                maxlen = s.queue_maxlen if fam.role else s.inbox_maxlen
+                pipe.hset(
+                    keys.limits(family_key), mapping={"maxlen": maxlen, "max_bytes": max_bytes}
+                )
+            await pipe.execute()
 
     async def _find_priority_streams(self, consumer: Consumer) -> None:
         """Add the priority streams of ``consumer``'s families that hold entries already (a
@@ -293,10 +314,20 @@ class Reader:
         """One round trip: an ``XREADGROUP`` per stream of the batch; entries to their agents."""
         lane = self._lane
         assert lane is not None
-        commands = [
-            ("XREADGROUP", "GROUP", AGENT_GROUP, c.instance_id, "COUNT", n, "STREAMS", src.key, ">")
-            for src, c, n in batch
-        ]
+        secure = self.settings.secure
+        commands: list[tuple[Any, ...]]
+        if secure:  # read_secure.lua: the same read, and a verdict on each entry's sender
+            sha, prefix = self.scripts.read_secure.sha, self._proof_prefix
+            commands = [
+                ("EVALSHA", sha, 1, src.key, AGENT_GROUP, c.instance_id, n, prefix)
+                for src, c, n in batch
+            ]
+        else:
+            commands = [
+                ("XREADGROUP", "GROUP", AGENT_GROUP, c.instance_id, "COUNT", n, "STREAMS",
+                 src.key, ">")
+                for src, c, n in batch
+            ]  # fmt: skip
         self._round.clear()
         try:
             replies = await lane.execute(commands)
@@ -314,13 +345,20 @@ class Reader:
                 c.slots.settle(n, 0)
                 if nogroup(reply):
                     missing.append(src)
+                elif isinstance(reply, NoScriptError):  # Redis restarted or SCRIPT FLUSH
+                    await self.client.script_load(load_script_text("read_secure"))
+                    self.sources.mark(src)
                 else:
                     log.warning("reading %s for %s failed: %s", src.key, c.name, reply)
                 continue
-            entries = _entries(reply)
+            verdicts = None
+            if secure:
+                entries, verdicts = list(reply[0]), list(reply[1])
+            else:
+                entries = _entries(reply)
             if len(entries) >= n:
                 self.sources.mark(src)  # there may be more
-            c.slots.settle(n, c.take(src.key, entries))
+            c.slots.settle(n, c.take(src.key, entries, verdicts))
         for src in missing:
             log.warning("the consumer group of %s is missing (Redis lost data?); recreating",
                         src.key)  # fmt: skip
@@ -420,12 +458,15 @@ class Reader:
             return []
         lane = self._lane
         assert lane is not None
-        sha = self.scripts.claim.sha
+        secure = self.settings.secure
+        script = "claim_secure" if secure else "claim"
+        sha = getattr(self.scripts, script).sha
+        extra = (self._proof_prefix,) if secure else ()
         commands = []
         for src, c, n, idle, cursor in jobs:
             c.slots.reserve(n)
             commands.append(
-                ("EVALSHA", sha, 1, src.key, AGENT_GROUP, c.instance_id, idle, cursor, n)
+                ("EVALSHA", sha, 1, src.key, AGENT_GROUP, c.instance_id, idle, cursor, n, *extra)
             )
         self._round.clear()
         try:
@@ -442,15 +483,16 @@ class Reader:
                 c.slots.settle(n, 0)
                 cursors.append(cursor)  # again next time
                 if isinstance(reply, NoScriptError):  # Redis restarted or SCRIPT FLUSH
-                    await self.client.script_load(load_script_text("claim"))
+                    await self.client.script_load(load_script_text(script))
                 elif nogroup(reply):
                     await self.ensure_group(src.key)
                 else:  # pragma: no cover - logged, tried again next round
                     log.warning("claiming on %s for %s failed: %s", src.key, c.name, reply)
                 continue
-            next_cursor, entries, counts = reply
+            next_cursor, entries, counts = reply[0], reply[1], reply[2]
+            verdicts = list(reply[3]) if secure else None
             cursors.append(text(next_cursor))
-            c.slots.settle(n, c.claimed(src.key, entries, counts))
+            c.slots.settle(n, c.claimed(src.key, entries, counts, verdicts))
         return cursors
 
     # -- leases and acks -----------------------------------------------------------------------
