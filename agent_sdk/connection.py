@@ -15,7 +15,13 @@ from contextlib import contextmanager
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import AuthenticationError, AuthorizationError, NoPermissionError, RedisError
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    NoPermissionError,
+    RedisError,
+    ResponseError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -39,6 +45,10 @@ ACCESS_ERRORS: tuple[type[BaseException], ...] = (
     AuthorizationError,
     NoPermissionError,
 )
+
+
+#: What Redis says when a script runs a command its caller's ACL user may not run.
+_SCRIPT_DENIED = "user executing the script can't run"
 
 
 def _retryable(error: Exception) -> bool:
@@ -91,16 +101,24 @@ def redis_errors(settings: Settings, doing: str) -> Iterator[None]:
         yield
     except ACCESS_ERRORS as e:
         raise access_error(settings, doing, e) from e
+    except ResponseError as e:
+        if _SCRIPT_DENIED in str(e):  # a command a script ran was refused by the ACL
+            raise access_error(settings, doing, NoPermissionError(str(e))) from e
+        raise _failed(settings, doing, e) from e
     except CONNECTION_ERRORS as e:
         raise ConnectionFailed(
             f"cannot reach Redis at {settings.display_url} while {doing}: {e}",
             details={"url": settings.display_url, "namespace": settings.namespace},
         ) from e
     except RedisError as e:
-        raise ConnectionFailed(
-            f"Redis at {settings.display_url} failed while {doing}: {e}",
-            details={"url": settings.display_url, "namespace": settings.namespace},
-        ) from e
+        raise _failed(settings, doing, e) from e
+
+
+def _failed(settings: Settings, doing: str, e: BaseException) -> ConnectionFailed:
+    return ConnectionFailed(
+        f"Redis at {settings.display_url} failed while {doing}: {e}",
+        details={"url": settings.display_url, "namespace": settings.namespace},
+    )
 
 
 def access_error(settings: Settings, doing: str, e: BaseException) -> AuthFailed | PermissionDenied:
