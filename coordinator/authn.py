@@ -81,6 +81,8 @@ class Screen:
         #: entries refused as unauthenticated, forbidden, over quota (for stats and tests)
         self.unauthenticated = 0
         self.forbidden = 0
+        #: lease beats dropped: names the lease's sender is not the lessee of
+        self.dropped_beats = 0
 
     async def policy(self) -> Policy | None:
         now = time.monotonic()

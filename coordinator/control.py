@@ -417,6 +417,8 @@ class ControlConsumer:
         except BaseException:
             self.in_hand.difference_update(ids)
             raise
+        if verdicts is not None and self.screen is not None:
+            self.screen.dropped_beats += verdicts.dropped_beats
         return _Prepared(ids, batches, out)
 
     async def _finish(self, prepared: _Prepared) -> None:
