@@ -82,7 +82,8 @@ async def _status(world: World, record: str, status: str) -> bool:
 
 
 def _dropped(coord: Coordinator) -> int:
-    assert coord.control is not None and coord.control.screen is not None
+    assert coord.control is not None
+    assert coord.control.screen is not None
     return coord.control.screen.dropped_beats
 
 
@@ -137,7 +138,8 @@ async def test_roles_and_capabilities_follow_the_policy(world: World, coord: Coo
     if world.secure:
         with pytest.raises(Refused) as e:
             await a.start()
-        assert e.value.code == "forbidden" and "role 'admin-role'" in e.value.description
+        assert e.value.code == "forbidden"
+        assert "role 'admin-role'" in e.value.description
     else:
         await a.start()
         await a.stop()

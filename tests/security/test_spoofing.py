@@ -37,4 +37,5 @@ async def test_spoofed_sender_on_an_inbox(world: World, coord: Coordinator) -> N
             assert [m.payload for m in got] == [{"n": 1}]
         else:  # documented: accepted as alice's
             await wait_for(lambda: len(got) == 2, message="the forged message handled")
-            assert got[1].sender == "alice" and got[1].payload == {"n": 1000000}
+            assert got[1].sender == "alice"
+            assert got[1].payload == {"n": 1000000}
