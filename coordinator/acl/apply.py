@@ -99,8 +99,12 @@ class Plan:
 def _line_rules(line: str) -> str:
     """An ``ACL LIST`` line without its ``user <name>`` head and its password hashes."""
     parts = line.split(" ")
-    kept = [p for p in parts[2:] if not (p.startswith("#") or p in ("nopass", "resetpass"))]
+    kept = [p for p in parts[2:] if not (p.startswith("#") or p in _NOT_RULES)]
     return " ".join(kept)
+
+
+#: Flags of an ``ACL LIST`` line that are not the policy's rules (``reset`` sets the first).
+_NOT_RULES = frozenset({"nopass", "resetpass", "sanitize-payload", "skip-sanitize-payload"})
 
 
 async def _acl_lines(client: aioredis.Redis) -> dict[str, str]:
