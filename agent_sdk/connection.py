@@ -15,14 +15,20 @@ from contextlib import contextmanager
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    NoPermissionError,
+    RedisError,
+    ResponseError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from agent_sdk.settings import Settings
-from schemas.errors import ConnectionFailed
+from schemas.errors import AuthFailed, ConnectionFailed, PermissionDenied
 
-__all__ = ["CONNECTION_ERRORS", "make_client", "redis_errors"]
+__all__ = ["ACCESS_ERRORS", "CONNECTION_ERRORS", "access_error", "make_client", "redis_errors"]
 
 log = logging.getLogger("agentbus.connection")
 
@@ -33,6 +39,21 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     ConnectionError,
     OSError,
 )
+#: redis-py errors that say the credential or the command was refused: never retried.
+ACCESS_ERRORS: tuple[type[BaseException], ...] = (
+    AuthenticationError,
+    AuthorizationError,
+    NoPermissionError,
+)
+
+
+#: What Redis says when a script runs a command its caller's ACL user may not run.
+_SCRIPT_DENIED = "user executing the script can't run"
+
+
+def _retryable(error: Exception) -> bool:
+    """A wrong or missing password is not a network problem: fail at once, do not reconnect."""
+    return not isinstance(error, ACCESS_ERRORS)
 
 
 def make_client(
@@ -48,9 +69,18 @@ def make_client(
         ExponentialWithJitterBackoff(base=0.05, cap=settings.retry_max_backoff),
         settings.retry_attempts,
         supported_errors=(RedisConnectionError, RedisTimeoutError),
+        is_retryable=_retryable,
     )
+    auth: dict[str, str] = {}
+    if settings.redis_username is not None:
+        auth["username"] = settings.redis_username
+    password = settings.password()
+    if password is not None:
+        auth["password"] = password
     pool = aioredis.BlockingConnectionPool.from_url(
         settings.url,
+        **auth,
+        **settings.tls_options(),
         max_connections=max_connections or settings.max_connections,
         timeout=settings.pool_timeout,
         decode_responses=decode_responses,
@@ -69,13 +99,41 @@ def redis_errors(settings: Settings, doing: str) -> Iterator[None]:
     """Re-raise redis-py connection errors as ``ConnectionFailed`` saying what and where."""
     try:
         yield
+    except ACCESS_ERRORS as e:
+        raise access_error(settings, doing, e) from e
+    except ResponseError as e:
+        if _SCRIPT_DENIED in str(e):  # a command a script ran was refused by the ACL
+            raise access_error(settings, doing, NoPermissionError(str(e))) from e
+        raise _failed(settings, doing, e) from e
     except CONNECTION_ERRORS as e:
         raise ConnectionFailed(
             f"cannot reach Redis at {settings.display_url} while {doing}: {e}",
             details={"url": settings.display_url, "namespace": settings.namespace},
         ) from e
     except RedisError as e:
-        raise ConnectionFailed(
-            f"Redis at {settings.display_url} failed while {doing}: {e}",
-            details={"url": settings.display_url, "namespace": settings.namespace},
-        ) from e
+        raise _failed(settings, doing, e) from e
+
+
+def _failed(settings: Settings, doing: str, e: BaseException) -> ConnectionFailed:
+    return ConnectionFailed(
+        f"Redis at {settings.display_url} failed while {doing}: {e}",
+        details={"url": settings.display_url, "namespace": settings.namespace},
+    )
+
+
+def access_error(settings: Settings, doing: str, e: BaseException) -> AuthFailed | PermissionDenied:
+    """``AuthFailed`` or ``PermissionDenied`` for a refusal by Redis, with a hint."""
+    details = {"url": settings.display_url, "namespace": settings.namespace}
+    if isinstance(e, NoPermissionError):
+        return PermissionDenied(
+            f"Redis at {settings.display_url} refused a command while {doing}: {e}; the ACL user "
+            "may not do this (check the policy: agentbus acl show)",
+            details=details,
+        )
+    user = settings.redis_username or "the URL's user (or default)"
+    return AuthFailed(
+        f"Redis at {settings.display_url} refused the credential of {user} while {doing}: {e}; "
+        "set AGENTBUS_REDIS_PASSWORD or AGENTBUS_REDIS_PASSWORD_FILE (and "
+        "AGENTBUS_REDIS_USERNAME)",
+        details=details,
+    )

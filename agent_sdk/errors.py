@@ -5,6 +5,9 @@ One root, ``AgentbusError``; ``except AgentbusError`` catches anything agentbus 
     AgentbusError
     ├── ConfigurationError        bad settings (URL, intervals, namespace)
     ├── ConnectionFailed          Redis unreachable after retries (wraps the redis-py error)
+    ├── AccessDenied              Redis refused the credential or the command (never retried)
+    │   ├── AuthFailed            no password, a wrong one, or an unknown user (code ``auth``)
+    │   └── PermissionDenied      the ACL user may not do that (code ``permission``)
     ├── InvalidInput              a value was refused before it left the process
     │   ├── PayloadTooLarge       the encoded payload exceeds ``max_payload_bytes``
     │   └── PluginError           a plugin cannot be loaded (manifest, entry point, dependency)
@@ -19,6 +22,7 @@ One root, ``AgentbusError``; ``except AgentbusError`` catches anything agentbus 
         ├── AgentNotFound         the target agent is not alive
         ├── NoResponders          nobody alive can answer (empty role, dead agent)
         ├── RequestTimeout        no reply before the deadline
+        ├── InboxFull             the receiver's cap is reached (acl mode: backpressure)
         └── RemoteError           the handler answered with an error (code, description, details)
 
 Each exception carries ``info: ErrorInfo`` (``code``, ``description``, ``details``): the same
@@ -28,13 +32,16 @@ another. ``ErrorCode`` lists the stable codes. The classes are defined in ``sche
 """
 
 from schemas.errors import (
+    AccessDenied,
     AgentbusError,
     AgentNotFound,
+    AuthFailed,
     ConfigurationError,
     ConnectionFailed,
     ErrorCode,
     ErrorInfo,
     EventsLost,
+    InboxFull,
     InvalidInput,
     MessagingError,
     NameLost,
@@ -42,6 +49,7 @@ from schemas.errors import (
     NoCoordinator,
     NoResponders,
     PayloadTooLarge,
+    PermissionDenied,
     PluginError,
     ProtocolError,
     Refused,
@@ -51,13 +59,16 @@ from schemas.errors import (
 )
 
 __all__ = [
+    "AccessDenied",
     "AgentNotFound",
     "AgentbusError",
+    "AuthFailed",
     "ConfigurationError",
     "ConnectionFailed",
     "ErrorCode",
     "ErrorInfo",
     "EventsLost",
+    "InboxFull",
     "InvalidInput",
     "MessagingError",
     "NameLost",
@@ -65,6 +76,7 @@ __all__ = [
     "NoCoordinator",
     "NoResponders",
     "PayloadTooLarge",
+    "PermissionDenied",
     "PluginError",
     "ProtocolError",
     "Refused",

@@ -38,6 +38,7 @@ import redis.asyncio as aioredis
 from agent_sdk.connection import redis_errors
 from agent_sdk.fence import Fence
 from agent_sdk.messaging.batcher import Batcher, Op
+from agent_sdk.messaging.scripts import script_text
 from agent_sdk.replies import ReplyRouter
 from agent_sdk.settings import Settings
 from schemas.agent import (
@@ -382,7 +383,18 @@ async def xadd_control(
     batcher: Batcher | None = None,
 ) -> None:
     """Append a control envelope to the control stream (capped like the coordinators cap it);
-    through ``batcher`` when given (concurrent entries share a round trip)."""
+    through ``batcher`` when given (concurrent entries share a round trip); in acl mode through
+    ``xadd_proved.lua``, proved under the envelope's sender."""
+    if settings.secure:
+        keys = settings.keys
+        flat = [x for pair in encode_fields(env).items() for x in pair]
+        script = client.register_script(script_text("xadd_proved"))
+        with redis_errors(settings, doing):
+            await script(
+                keys=[keys.control(), keys.proofs(env.sender)],
+                args=[CONTROL_MAXLEN, settings.proof_keep * 1000, "", *flat],
+            )
+        return
     with redis_errors(settings, doing):
         if batcher is None:
             await client.xadd(

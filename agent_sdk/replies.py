@@ -35,6 +35,7 @@ from agent_sdk.messaging.topics import PubSubHub
 from agent_sdk.retry import keep_running
 from agent_sdk.settings import Settings
 from agent_sdk.tasks import cancel_and_wait
+from schemas.display import safe_text
 from schemas.envelope import Envelope, Kind, decode_json, utcnow
 from schemas.errors import ProtocolError
 
@@ -73,6 +74,10 @@ class ReplyRouter:
         self.on_unsolicited = on_unsolicited
         self.stopped = asyncio.Event()
         self._waiting: dict[str, asyncio.Future[Envelope]] = {}
+        #: correlation id -> the only sender whose reply is accepted (acl mode)
+        self._senders: dict[str, str] = {}
+        #: replies dropped because they came from another sender than the one asked
+        self.forged = 0
         self._task: asyncio.Task[None] | None = None
         self._client: aioredis.Redis | None = None
         self._ready = asyncio.Event()
@@ -83,17 +88,22 @@ class ReplyRouter:
         return self._task is not None and not self._task.done()
 
     # -- waiting for replies -----------------------------------------------------------------
-    def expect(self, correlation_id: str) -> asyncio.Future[Envelope]:
-        """A future for the reply to ``correlation_id`` (register before sending)."""
+    def expect(self, correlation_id: str, *, sender: str | None = None) -> asyncio.Future[Envelope]:
+        """A future for the reply to ``correlation_id`` (register before sending). With
+        ``sender`` (acl mode, a request to a named agent), a reply that claims another sender is
+        dropped and logged: only the agent the request went to can answer it."""
         fut = self._waiting.get(correlation_id)
         if fut is None or fut.done():
             fut = asyncio.get_running_loop().create_future()
             self._waiting[correlation_id] = fut
+        if sender is not None:
+            self._senders[correlation_id] = sender
         return fut
 
     def discard(self, correlation_id: str) -> None:
         """Stop waiting for ``correlation_id`` (cancels its future if still pending)."""
         fut = self._waiting.pop(correlation_id, None)
+        self._senders.pop(correlation_id, None)
         if fut is not None and not fut.done():
             fut.cancel()
 
@@ -205,7 +215,17 @@ class ReplyRouter:
             await self._dead_letter(data, e)
             return
         cid = env.correlation_id
+        wanted = self._senders.get(cid) if cid is not None else None
+        if wanted is not None and env.sender != wanted:
+            self.forged += 1
+            log.warning(
+                "reply list %s: dropping a reply to %s that claims sender %s (the request went "
+                "to %s)", self.key, cid, safe_text(env.sender), wanted,
+            )  # fmt: skip
+            return
         fut = self._waiting.pop(cid, None) if cid is not None else None
+        if cid is not None:
+            self._senders.pop(cid, None)
         if fut is not None:
             if not fut.done():
                 fut.set_result(env)

@@ -8,8 +8,10 @@ Precedence: keyword arguments > environment (``AGENTBUS_REDIS_URL``, ...) > defa
 
 from __future__ import annotations
 
-from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+import logging
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -17,20 +19,44 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from schemas.errors import ConfigurationError, validation_summary
 from schemas.keys import DEFAULT_NAMESPACE, KeySpace, validate_namespace
 
-__all__ = ["Settings", "redact_url"]
+__all__ = ["Security", "Settings", "redact_url"]
+
+log = logging.getLogger("agentbus.settings")
 
 _SCHEMES = ("redis", "rediss", "unix")
+#: Query parameters of a Redis URL that hold secrets (redis-py reads ``password`` there).
+_SECRET_PARAMS = frozenset({"password", "pass", "pw", "secret", "token", "ssl_password"})
+
+#: ``off``: one shared credential, identities are claimed (the default, as before);
+#: ``acl``: each process connects as its own Redis ACL user and every claimed identity is proved
+#: (docs/SECURITY.md).
+Security = Literal["off", "acl"]
 
 
 def redact_url(url: str) -> str:
-    """The URL with its password replaced by ``***`` (safe to log and print)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    """The URL with every secret replaced by ``***`` (the password of the authority and secret
+    query parameters such as ``?password=``): safe to log and print, whatever the URL holds.
+    A URL that does not parse is redacted whole except for its scheme."""
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises ValueError on a malformed port
+    except ValueError:
+        scheme = url.split("://", 1)[0] if "://" in url else ""
+        return f"{scheme}://***" if scheme and scheme.isalnum() else "***"
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hostport = netloc.rpartition("@")
+        user = userinfo.split(":", 1)[0] if ":" in userinfo else ""
+        # "redis://secret@host": redis-py reads a lone userinfo as the password
+        netloc = f"{user}:***@{hostport}" if user else f"***@{hostport}"
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        if any(k.lower() in _SECRET_PARAMS for k, _ in pairs):
+            query = urlencode(
+                [(k, "***" if k.lower() in _SECRET_PARAMS else v) for k, v in pairs], safe="*"
+            )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 class Settings(BaseSettings):
@@ -71,6 +97,34 @@ class Settings(BaseSettings):
     pool_timeout: float = Field(default=20.0, gt=0, description="Wait for a free connection.")
     retry_attempts: int = Field(default=8, ge=0, description="Redis reconnect attempts per call.")
     retry_max_backoff: float = Field(default=2.0, gt=0, description="Seconds between retries.")
+    # -- security (docs/SECURITY.md) --------------------------------------------------------
+    security: Security = Field(
+        default="off",
+        description="off: claimed identities (default); acl: per-process Redis users, proved "
+        "identities, receiver-owned limits.",
+    )
+    redis_username: str | None = Field(
+        default=None, description="Redis ACL user (overrides the URL's user)."
+    )
+    redis_password: SecretStr | None = Field(
+        default=None, description="Redis password (overrides the URL's; kept out of URLs)."
+    )
+    redis_password_file: Path | None = Field(
+        default=None, description="File holding the Redis password (first line)."
+    )
+    tls_ca: Path | None = Field(default=None, description="CA bundle to verify Redis (TLS).")
+    tls_cert: Path | None = Field(default=None, description="Client certificate (mTLS).")
+    tls_key: Path | None = Field(default=None, description="Client key (mTLS).")
+    tls_verify: bool = Field(
+        default=True, description="Verify the server's certificate and name (off: warned)."
+    )
+    proof_keep: float = Field(
+        default=900.0,
+        ge=10,
+        le=7 * 86400,
+        description="acl mode: seconds a sender's proofs are kept; older unread messages are "
+        "dead-lettered as unverifiable.",
+    )
 
     @field_validator("redis_url")
     @classmethod
@@ -83,6 +137,27 @@ class Settings(BaseSettings):
                 + ", ".join(f"{s}://" for s in _SCHEMES)
             )
         return v
+
+    @model_validator(mode="after")
+    def _check_secrets_and_tls(self) -> Settings:
+        if self.redis_password is not None and self.redis_password_file is not None:
+            raise ValueError("give redis_password or redis_password_file, not both")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together (mutual TLS needs both)")
+        for name in ("tls_ca", "tls_cert", "tls_key", "redis_password_file"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"{name}: no such file {str(path)!r}")
+        tls_files = self.tls_ca or self.tls_cert
+        if tls_files and urlsplit(self.url).scheme != "rediss":
+            raise ValueError("TLS files are set but the URL is not rediss://: use rediss://")
+        query = {k.lower() for k, _ in parse_qsl(urlsplit(self.url).query)}
+        if query & {"ssl_cert_reqs", "ssl_check_hostname"}:
+            raise ValueError(
+                "TLS verification is set by AGENTBUS_TLS_VERIFY (and AGENTBUS_TLS_CA/CERT/KEY), "
+                "not by URL parameters"
+            )
+        return self
 
     @field_validator("namespace")
     @classmethod
@@ -116,6 +191,43 @@ class Settings(BaseSettings):
     @property
     def display_url(self) -> str:
         return redact_url(self.url)
+
+    @property
+    def secure(self) -> bool:
+        """True in ``acl`` mode: identities are proved, limits are the receiver's."""
+        return self.security == "acl"
+
+    def password(self) -> str | None:
+        """The password to authenticate with: the setting, its file, else None (the URL's own
+        password, if any, is used by the client)."""
+        if self.redis_password is not None:
+            return self.redis_password.get_secret_value()
+        if self.redis_password_file is not None:
+            text = Path(self.redis_password_file).read_text(encoding="utf-8")
+            return text.splitlines()[0] if text else ""
+        return None
+
+    def tls_options(self) -> dict[str, Any]:
+        """redis-py connection options for ``rediss://`` (empty otherwise). Verification is on
+        unless ``tls_verify`` is False, which is logged loudly each time a client is made."""
+        if urlsplit(self.url).scheme != "rediss":
+            return {}
+        opts: dict[str, Any] = {
+            "ssl_cert_reqs": "required" if self.tls_verify else "none",
+            "ssl_check_hostname": self.tls_verify,
+        }
+        if self.tls_ca is not None:
+            opts["ssl_ca_certs"] = str(self.tls_ca)
+        if self.tls_cert is not None:
+            opts["ssl_certfile"] = str(self.tls_cert)
+            opts["ssl_keyfile"] = str(self.tls_key)
+        if not self.tls_verify:
+            log.warning(
+                "TLS certificate verification is OFF for %s (AGENTBUS_TLS_VERIFY=false): "
+                "anyone on the path can impersonate Redis and read every message",
+                self.display_url,
+            )
+        return opts
 
     @property
     def keys(self) -> KeySpace:

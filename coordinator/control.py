@@ -30,6 +30,7 @@ from redis.exceptions import ResponseError
 
 from agent_sdk.connection import CONNECTION_ERRORS
 from agent_sdk.retry import keep_running
+from coordinator.authn import Screen, Verdicts
 from coordinator.loops import RETRYABLE
 from coordinator.outbox import (
     queue_dead_letter,
@@ -252,6 +253,9 @@ class ControlConsumer:
         #: one ``reannounce`` per instance per TTL, however many heartbeats or leases it sends
         #: meanwhile (a busy host would otherwise get one per lease, and fall further behind).
         self._reannounced: dict[tuple[str, str], float] = {}
+        #: acl mode: proofs and policy checked before anything is applied (coordinator.authn)
+        self.screen: Screen | None = Screen(client, settings) if settings.secure else None
+        self._verdicts: Verdicts | None = None
 
     @property
     def registry(self) -> Registry:
@@ -391,6 +395,8 @@ class ControlConsumer:
         ids = [_text(raw_id) for raw_id, _ in entries]
         self.in_hand.update(ids)
         try:
+            verdicts = None if self.screen is None else await self.screen.screen(entries)
+            self._verdicts = verdicts
             out = _Outbox(self._client.pipeline(transaction=False))
             batches = [_Batch()]
             for i, (eid, (_, fields)) in enumerate(zip(ids, entries, strict=True)):
@@ -399,11 +405,17 @@ class ControlConsumer:
                 if fields is None:  # deleted while pending: nothing to apply
                     out.acks.append(eid)
                     continue
+                if verdicts is not None and eid in verdicts.refused:
+                    info, answer = verdicts.refused[eid]
+                    self._dead(out, eid, fields, info, answer=answer)
+                    continue
                 batch = batches[-1]
                 hb = fast_heartbeat(eid, fields)
                 if hb is not None:
                     batch.heartbeat(eid, fields, hb)
                 elif (beats := fast_lease(eid, fields)) is not None:
+                    if verdicts is not None:
+                        beats = verdicts.beats(eid, beats)
                     batch.lease(eid, fields, beats, self._raw_reply_address(fields))
                 else:
                     self._entry(eid, fields, batch, out)
@@ -412,6 +424,8 @@ class ControlConsumer:
         except BaseException:
             self.in_hand.difference_update(ids)
             raise
+        if verdicts is not None and self.screen is not None:
+            self.screen.dropped_beats += verdicts.dropped_beats
         return _Prepared(ids, batches, out)
 
     async def _finish(self, prepared: _Prepared) -> None:
@@ -462,10 +476,21 @@ class ControlConsumer:
             log.exception("preparing control entry %s failed", eid)
             self._dead(out, eid, fields, _internal(e))
 
-    def _dead(self, out: _Outbox, eid: str, fields: dict[bytes, bytes], info: ErrorInfo) -> None:
+    def _dead(
+        self,
+        out: _Outbox,
+        eid: str,
+        fields: dict[bytes, bytes],
+        info: ErrorInfo,
+        *,
+        answer: bool = True,
+    ) -> None:
+        """Dead-letter and acknowledge an entry; answer it unless ``answer`` is False (an
+        unauthenticated entry: its reply address is whatever the forger wrote)."""
         log.warning("dead-lettering control entry %s: [%s] %s", eid, info.code, info.description)
         queue_dead_letter(out.pipe, self.settings, eid, fields, info)
-        queue_error_answer(out.pipe, self.settings, eid, fields, info)  # tell the agent why
+        if answer:
+            queue_error_answer(out.pipe, self.settings, eid, fields, info)  # tell the agent why
         out.acks.append(eid)
         self.stats.dead_letters += 1
 
@@ -495,6 +520,8 @@ class ControlConsumer:
             (eid, name, inst, str(load), status.value, str(epoch or 0))
             for name, inst, load, status, epoch in lease.beats
         ]
+        if self._verdicts is not None:
+            beats = self._verdicts.beats(eid, beats)
         batch.lease(eid, fields, beats, self._reply_address(env))
 
     def _reply_address(self, env: Envelope) -> str | None:

@@ -54,6 +54,11 @@ class Coordinator:
         self._fatal_stop: asyncio.Task[None] | None = None
 
     @property
+    def control(self) -> ControlConsumer | None:
+        """The control-stream consumer (None before ``start``)."""
+        return self._consumer
+
+    @property
     def id(self) -> str:
         return self.settings.coordinator_id
 

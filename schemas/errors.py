@@ -5,6 +5,9 @@ Exception tree (every exception agentbus raises derives from ``AgentbusError``):
     AgentbusError
     ├── ConfigurationError        bad settings (URL, intervals, namespace)
     ├── ConnectionFailed          Redis unreachable after retries (wraps the redis-py error)
+    ├── AccessDenied              Redis refused the credential or the command (never retried)
+    │   ├── AuthFailed            no password, a wrong one, or an unknown user (code ``auth``)
+    │   └── PermissionDenied      the ACL user may not run that command on that key (``permission``)
     ├── InvalidInput              a value was refused before it left the process
     │   ├── PayloadTooLarge       the encoded payload exceeds ``max_payload_bytes``
     │   └── PluginError           a plugin cannot be loaded (manifest, entry point, dependency)
@@ -19,6 +22,7 @@ Exception tree (every exception agentbus raises derives from ``AgentbusError``):
         ├── AgentNotFound         the target agent is not alive
         ├── NoResponders          nobody alive can answer (empty role, dead agent)
         ├── RequestTimeout        no reply before the deadline
+        ├── InboxFull             the receiver's inbox or queue is at its cap (backpressure)
         └── RemoteError           the handler answered with an error (code, description, details)
 
 Each exception carries ``info: ErrorInfo``, the same object that travels on the wire, so an error
@@ -36,14 +40,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic.json_schema import SkipJsonSchema
 
 __all__ = [
+    "AccessDenied",
     "AgentNotFound",
     "AgentbusError",
+    "AuthFailed",
     "ConfigurationError",
     "ConnectionFailed",
     "DeadLetterEntry",
     "ErrorCode",
     "ErrorInfo",
     "EventsLost",
+    "InboxFull",
     "InvalidInput",
     "MessagingError",
     "NameLost",
@@ -51,6 +58,7 @@ __all__ = [
     "NoCoordinator",
     "NoResponders",
     "PayloadTooLarge",
+    "PermissionDenied",
     "PluginError",
     "ProtocolError",
     "Refused",
@@ -88,6 +96,12 @@ class ErrorCode(StrEnum):
     INTERNAL = "internal"
     EVENTS_LOST = "events_lost"  # a stream was trimmed past the reader's resume point
     INVALID_PLUGIN = "invalid_plugin"  # a plugin cannot be loaded (details: file, field, reason)
+    AUTH = "auth"  # Redis refused the credential (missing or wrong password, unknown user)
+    PERMISSION = "permission"  # the Redis ACL user may not run that command on that key
+    INBOX_FULL = "inbox_full"  # the receiver's cap is reached: retry later (backpressure)
+    UNAUTHENTICATED = "unauthenticated"  # acl mode: the claimed sender is not proved
+    FORBIDDEN = "forbidden"  # acl mode: the policy does not let this identity do that
+    QUOTA = "quota"  # acl mode: the identity is over one of its quotas
 
 
 class ErrorInfo(BaseModel):
@@ -183,6 +197,20 @@ class ConnectionFailed(AgentbusError):
     default_code = ErrorCode.CONNECTION
 
 
+class AccessDenied(AgentbusError):
+    """Redis refused who we are or what we asked: retrying cannot help, so nothing retries it."""
+
+    default_code = ErrorCode.PERMISSION
+
+
+class AuthFailed(AccessDenied):
+    default_code = ErrorCode.AUTH
+
+
+class PermissionDenied(AccessDenied):
+    default_code = ErrorCode.PERMISSION
+
+
 class InvalidInput(AgentbusError):
     default_code = ErrorCode.BAD_REQUEST
 
@@ -246,6 +274,13 @@ class NoResponders(MessagingError):
 
 class RequestTimeout(MessagingError):
     default_code = ErrorCode.TIMEOUT
+
+
+class InboxFull(MessagingError):
+    """The receiver's inbox (or role queue) holds as many unread messages as its owner allows:
+    nothing was queued; try again later (acl mode, docs/SECURITY.md)."""
+
+    default_code = ErrorCode.INBOX_FULL
 
 
 class RemoteError(MessagingError):

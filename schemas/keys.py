@@ -35,6 +35,14 @@ R:events                               stream  MAXLEN ~ (settings)         coord
                                                                            plugin hosts
 R:coordinators                         zset    none (score = last tick)    coordinator    CLI
 R:coordinator:<id>                     string  PX 3 x tick                 coordinator    ``check``
+R:policy                               string  none (JSON: the acl policy) ``acl --apply`` coordinator
+R:lessees                              hash    none (name -> host name)    coordinator    coordinator
+R:identity:<identity>:names            set     none (pruned lazily)        coordinator    coordinator
+<ns>:agent:{<name>}:sent               zset    proofs pruned after         the name's     receivers,
+                                               proof_keep (acl mode)       owner          coordinator
+<ns>:agent:{<name>}:limits             hash    none (acl mode: maxlen,     the agent      send script
+                                               max_bytes)
+<ns>:role:{<role>}:limits              hash    none (as above)             role members   send script
 <ns>:agent:{<name>}:inbox              stream  MAXLEN ~ (settings)         senders        the agent
 <ns>:agent:{<name>}:inbox:<priority>   stream  MAXLEN ~ (critical,         senders        the agent
                                                important, low)
@@ -160,6 +168,18 @@ class KeySpace:
     def control(self) -> str:
         return f"{self.registry_prefix}control"
 
+    def policy(self) -> str:
+        """The acl policy in force (JSON written by ``agentbus acl --apply``; acl mode)."""
+        return f"{self.registry_prefix}policy"
+
+    def lessees(self) -> str:
+        """Which host (lease sender) may heartbeat for each name (acl mode)."""
+        return f"{self.registry_prefix}lessees"
+
+    def identity_names(self, identity: str) -> str:
+        """The names an identity registered (its ``max_agents`` quota; acl mode)."""
+        return f"{self.registry_prefix}identity:{identity}:names"
+
     def events(self) -> str:
         return f"{self.registry_prefix}events"
 
@@ -184,6 +204,16 @@ class KeySpace:
 
     def replies(self, name: str, instance_id: str) -> str:
         return f"{self.agent_prefix(name)}replies:{instance_id}"
+
+    def proofs(self, name: str) -> str:
+        """The proofs of what ``name`` wrote (acl mode): a zset of digests scored by time,
+        writable only by the user that owns the name (docs/SECURITY.md, "Proofs")."""
+        return f"{self.agent_prefix(name)}sent"
+
+    def limits(self, family: str) -> str:
+        """The receiver's limits of an inbox or role queue family (``maxlen``, ``max_bytes``):
+        ``<inbox or queue key minus its last part>:limits``."""
+        return f"{family.rsplit(':', 1)[0]}:limits"
 
     def stats(self, name: str) -> str:
         return f"{self.agent_prefix(name)}stats"

@@ -36,6 +36,7 @@ from agent_sdk.messaging.handlers import HandlerRegistry, Message
 from agent_sdk.messaging.scripts import Scripts
 from agent_sdk.messaging.slots import Slots
 from agent_sdk.messaging.workers import BROADCAST_QUEUE_MAX, BROADCAST_WORKERS, WorkerPool
+from agent_sdk.security import UNVERIFIED
 from agent_sdk.settings import Settings
 from agent_sdk.tasks import cancel_and_wait
 from schemas.envelope import Envelope, Kind
@@ -115,7 +116,7 @@ class Consumer:
         )  # fmt: skip
         #: Entries read beyond the free slots (a read asks for one more than it has room for,
         #: so that it knows whether the stream holds more without reading it again).
-        self.parked: deque[tuple[StreamState, str, Fields]] = deque()
+        self.parked: deque[tuple[StreamState, str, Fields, int]] = deque()
         self.accepting = False
         self._fence_watch: asyncio.Task[None] | None = None
         #: Entries handled (any outcome): for tests and stats.
@@ -146,7 +147,7 @@ class Consumer:
         self.accepting = False
         grace = self.settings.shutdown_grace if grace is None else grace
         await self.reader.remove(self)
-        for st, eid, _ in self.parked:  # never started: handed back below (role) or left
+        for st, eid, _, _ in self.parked:  # never started: handed back below (role) or left
             st.held.discard(eid)  # pending for the name's next instance (inbox)
         self.parked.clear()
         await asyncio.gather(
@@ -247,25 +248,30 @@ class Consumer:
         return released
 
     # -- what the reader hands over ------------------------------------------------------------
-    def take(self, key: str, entries: list[Any], room: int) -> int:
+    def take(
+        self, key: str, entries: list[Any], room: int, verdicts: list[Any] | None = None
+    ) -> int:
         """Dispatch entries read (delivered once), up to ``room``; park the rest (held, their
-        leases renewed: dispatched first when a slot frees). Returns the slots used."""
+        leases renewed: dispatched first when a slot frees). Returns the slots used.
+        ``verdicts`` (acl mode): 0 for an entry whose sender is not proved (it is
+        dead-lettered, not handled)."""
         if self._fenced_now or not self.accepting:  # left pending, unrenewed
             self.fenced += len(entries)
             return 0
         s = self.stream(key)
         used = 0
-        for entry_id, flat in entries:
+        for i, (entry_id, flat) in enumerate(entries):
             if flat is None:  # deleted while pending: nothing to do
                 continue
             fields = dict(zip(flat[::2], flat[1::2], strict=True))
+            count = 1 if verdicts is None or int(verdicts[i]) else UNVERIFIED
             if used < room:
                 used += 1
-                self._dispatch(s, text(entry_id), fields, 1)
+                self._dispatch(s, text(entry_id), fields, count)
             else:
                 eid = text(entry_id)
                 s.held.add(eid)
-                self.parked.append((s, eid, fields))
+                self.parked.append((s, eid, fields, count))
         return used
 
     def dispatch_parked(self) -> None:
@@ -273,18 +279,20 @@ class Consumer:
         meanwhile is another consumer's now: skipped)."""
         parked = self.parked
         if self._fenced_now or not self.accepting:
-            for s, eid, _ in parked:  # left pending, unrenewed: whoever holds the name claims
+            for s, eid, _, _ in parked:  # left pending, unrenewed: the name's holder claims
                 s.held.discard(eid)
                 self.fenced += 1
             parked.clear()
             return
         while parked and self.slots.free > 0:
-            s, eid, fields = parked.popleft()
+            s, eid, fields, count = parked.popleft()
             if eid in s.held:
                 self.slots.take(1)
-                self._dispatch(s, eid, fields, 1)
+                self._dispatch(s, eid, fields, count)
 
-    def claimed(self, key: str, entries: list[Any], counts: list[Any]) -> int:
+    def claimed(
+        self, key: str, entries: list[Any], counts: list[Any], verdicts: list[Any] | None = None
+    ) -> int:
         """Dispatch entries claimed, with their delivery counts; returns the slots used.
 
         Held already = ours: if a claim returns one, it is in our hands or was acked while
@@ -295,11 +303,13 @@ class Consumer:
             return 0
         s = self.stream(key)
         used = 0
-        for (entry_id, flat), count in zip(entries, counts, strict=True):
+        for i, ((entry_id, flat), count) in enumerate(zip(entries, counts, strict=True)):
             eid = text(entry_id)
             if eid in s.held or flat is None:
                 continue
             used += 1
+            if verdicts is not None and not int(verdicts[i]):
+                count = UNVERIFIED
             self._dispatch(s, eid, dict(zip(flat[::2], flat[1::2], strict=True)), int(count))
         return used
 

@@ -23,8 +23,9 @@ import redis.asyncio as aioredis
 
 from agent_sdk.connection import redis_errors
 from agent_sdk.messaging.codec import iso
-from agent_sdk.messaging.scripts import Scripts
+from agent_sdk.messaging.scripts import Scripts, script_text
 from agent_sdk.settings import Settings
+from schemas.display import safe_text
 from schemas.errors import InvalidInput
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
 ]
 
 ORIG_PREFIX = "orig."
+_REPLAYABLE_KINDS = frozenset({"send", "request", "broadcast"})
 _ENTRY_ID = re.compile(r"^\d{1,20}(-\d{1,20})?$")
 
 
@@ -132,13 +134,64 @@ async def replay(client: aioredis.Redis, settings: Settings, dead_letter_id: str
         letter = DeadLetter.from_entry(_text(entries[0][0]), entries[0][1])
         if not letter.source or not letter.original:
             raise InvalidInput(f"dead letter {dead_letter_id!r} has no source or no fields")
+        check_replay_target(settings, letter)
         fields: dict[Any, Any] = dict(letter.original)
         fields.setdefault("id", letter.source_id)
+        if settings.secure:  # proved again under its sender (operators are trusted to)
+            return await _replay_proved(client, settings, letter, fields, dead_letter_id)
         async with client.pipeline(transaction=True) as pipe:
             pipe.xadd(letter.source, fields)
             pipe.xdel(key, dead_letter_id)
             pipe.publish(settings.keys.bell(letter.source), "")
             new_id, _, _ = await pipe.execute()
+    return _text(new_id)
+
+
+def check_replay_target(settings: Settings, letter: DeadLetter) -> None:
+    """A dead letter goes back only to an inbox or a role queue of this namespace, and only
+    as a message: never to the control stream, a reply list, or a key outside the namespace
+    (a dead letter's fields are whatever its writer put there)."""
+    if not _replay_target(settings.namespace).match(letter.source):
+        raise InvalidInput(
+            f"dead letter {letter.id} names source {safe_text(letter.source, 200)!r}, which is "
+            "not an inbox or role queue of this namespace: not replayed"
+        )
+    kind = letter.original.get("kind", "")
+    if kind not in _REPLAYABLE_KINDS:
+        raise InvalidInput(
+            f"dead letter {letter.id} is a {safe_text(kind, 50)!r} entry; only messages "
+            f"({', '.join(sorted(_REPLAYABLE_KINDS))}) are replayed"
+        )
+
+
+def _replay_target(ns: str) -> re.Pattern[str]:
+    name = r"[A-Za-z0-9][A-Za-z0-9._@/-]{0,127}"
+    prio = r"(:(critical|important|low))?"
+    return re.compile(
+        rf"^{re.escape(ns)}:(agent:\{{{name}\}}:inbox|role:\{{{name}\}}:queue){prio}$"
+    )
+
+
+async def _replay_proved(
+    client: aioredis.Redis, settings: Settings, letter: DeadLetter, fields: dict[Any, Any],
+    dead_letter_id: str,
+) -> str:  # fmt: skip
+    sender = fields.get("sender", "")
+    if not _replay_target(settings.namespace).match(
+        f"{settings.namespace}:agent:{{{sender}}}:inbox"
+    ):
+        raise InvalidInput(f"dead letter {letter.id} has no valid sender: not replayed")
+    keys = settings.keys
+    family = letter.source
+    for p in ("critical", "important", "low"):
+        family = family.removesuffix(f":{p}")
+    script = client.register_script(script_text("xadd_proved"))
+    flat = [x for pair in fields.items() for x in pair]
+    new_id = await script(
+        keys=[letter.source, keys.proofs(sender)],
+        args=[0, settings.proof_keep * 1000, keys.bell(family), *flat],
+    )
+    await client.xdel(keys.deadletter(), dead_letter_id)
     return _text(new_id)
 
 

@@ -22,7 +22,9 @@ from agent_sdk.messaging.deadletter import dead_letter
 from agent_sdk.messaging.handlers import HandlerRegistry, Message, Outcome
 from agent_sdk.messaging.replier import Replier
 from agent_sdk.messaging.scripts import Scripts
+from agent_sdk.security import UNVERIFIED
 from agent_sdk.settings import Settings
+from schemas.display import safe_text
 from schemas.envelope import Envelope, Kind, decode_fields
 from schemas.errors import ErrorCode, ProtocolError
 
@@ -109,6 +111,14 @@ class Dispatcher:
         """Decode, check and handle one entry, then settle it. ``handled`` is called once the
         handler has returned and the reply (or ack) is written, without waiting for Redis to
         answer it (the consumer frees the entry's slot then, so its reader reads again)."""
+        if count == UNVERIFIED:  # acl mode: the sender it claims did not write it
+            sender = safe_text(text(fields.get(b"sender", fields.get("sender", ""))), 200)
+            reason = (
+                f"sender {sender!r} is not proved: written by someone else, or older than "
+                "proof_keep (docs/SECURITY.md)"
+            )
+            await self.to_dead_letter(s, entry_id, fields, reason, ErrorCode.UNAUTHENTICATED)
+            return
         try:
             env = decode_fields(fields, entry_id)
         except ProtocolError as e:

@@ -55,6 +55,8 @@ __all__ = ["Reader", "nogroup"]
 log = logging.getLogger("agentbus.messaging")
 
 _LEASE_CHUNK = 500
+#: Bytes an envelope may add to its payload (ids, times, headers) under acl-mode byte limits.
+_ENVELOPE_ALLOWANCE = 64 * 1024
 _PRUNE_EVERY = 50  # claim rounds
 
 
@@ -93,6 +95,8 @@ class Reader:
         self.scripts = scripts
         self.hub = hub
         self.sources = Sources(settings.keys)
+        #: ``<ns>:agent:{``: the proof zset of sender S is this + S + ``}:sent`` (acl mode)
+        self._proof_prefix = settings.keys.agents_prefix + "{"
         self._sweep_next = 0
         self._consumers: dict[Consumer, None] = {}
         self._acks: dict[Consumer, None] = {}
@@ -125,7 +129,8 @@ class Reader:
         self._lane = Lane(self.client)
         self._acker = Lane(self.client)
         with contextlib.suppress(Exception):  # else loaded after its first NOSCRIPT
-            await self.client.script_load(load_script_text("claim"))
+            for name in ("claim_secure", "read_secure") if self.settings.secure else ("claim",):
+                await self.client.script_load(load_script_text(name))
         self.hub.on_reconnect = self.ring_all
         self._tasks = [
             asyncio.create_task(self._guard("read", self._read_loop), name="agentbus-reader"),
@@ -177,16 +182,32 @@ class Reader:
         bells, new = self.sources.join(consumer)
         listen = dict(channels or {})
         listen.update(dict.fromkeys(bells, self._on_bell))
+        steps = [self._prepare(consumer, new)]
         if listen:
-            await asyncio.gather(self.hub.listen(listen), self._prepare(consumer, new))
-        else:
-            await self._prepare(consumer, new)
+            steps.append(self.hub.listen(listen))
+        if self.settings.secure:
+            steps.append(self._publish_limits(consumer))
+        await asyncio.gather(*steps)
         self._consumers[consumer] = None
         inbox = self.sources.families[consumer.inbox.key]
         self._takeovers[consumer] = [(src, "0-0") for src in inbox.sources.values()]
         for family_key in consumer.families:
             self.sources.mark_family(self.sources.families[family_key])
         self._wake.set()
+
+    async def _publish_limits(self, consumer: Consumer) -> None:
+        """acl mode: write the limits senders must respect (the send script enforces them):
+        this agent's inbox cap, its role queue's cap, and the largest message it takes."""
+        keys, s = self.settings.keys, self.settings
+        max_bytes = s.max_payload_bytes + _ENVELOPE_ALLOWANCE
+        async with self.client.pipeline(transaction=False) as pipe:
+            for family_key in consumer.families:
+                fam = self.sources.families[family_key]
+                maxlen = s.queue_maxlen if fam.role else s.inbox_maxlen
+                pipe.hset(
+                    keys.limits(family_key), mapping={"maxlen": maxlen, "max_bytes": max_bytes}
+                )
+            await pipe.execute()
 
     async def _prepare(self, consumer: Consumer, new: list[Source]) -> None:
         """One pipeline: the consumer groups of the new streams (``XGROUP CREATE ... MKSTREAM``)
@@ -321,11 +342,20 @@ class Reader:
         assert lane is not None
         # one more than there is room for: had the stream more, that one says so (it is
         # parked), and no read is spent finding the stream empty
-        commands = [
-            ("XREADGROUP", "GROUP", AGENT_GROUP, c.instance_id, "COUNT", n + 1, "STREAMS",
-             src.key, ">")
-            for src, c, n in batch
-        ]  # fmt: skip
+        secure = self.settings.secure
+        commands: list[tuple[Any, ...]]
+        if secure:  # read_secure.lua: the same read, and a verdict on each entry's sender
+            sha, prefix = self.scripts.read_secure.sha, self._proof_prefix
+            commands = [
+                ("EVALSHA", sha, 1, src.key, AGENT_GROUP, c.instance_id, n + 1, prefix)
+                for src, c, n in batch
+            ]
+        else:
+            commands = [
+                ("XREADGROUP", "GROUP", AGENT_GROUP, c.instance_id, "COUNT", n + 1, "STREAMS",
+                 src.key, ">")
+                for src, c, n in batch
+            ]  # fmt: skip
         self._round.clear()
         try:
             replies = await lane.execute(commands)
@@ -343,14 +373,21 @@ class Reader:
                 c.slots.settle(n, 0)
                 if nogroup(reply):
                     missing.append(src)
+                elif isinstance(reply, NoScriptError):  # Redis restarted or SCRIPT FLUSH
+                    await self.client.script_load(load_script_text("read_secure"))
+                    self.sources.mark(src)
                 else:
                     log.warning("reading %s for %s failed: %s", src.key, c.name, reply)
                 continue
-            entries = _entries(reply)
+            verdicts = None
+            if secure:
+                entries, verdicts = list(reply[0]), list(reply[1])
+            else:
+                entries = _entries(reply)
             if len(entries) > n:
                 self.sources.mark(src)  # there may be more
                 self._parked[c] = None
-            c.slots.settle(n, c.take(src.key, entries, n))
+            c.slots.settle(n, c.take(src.key, entries, n, verdicts))
         for src in missing:
             log.warning("the consumer group of %s is missing (Redis lost data?); recreating",
                         src.key)  # fmt: skip
@@ -449,12 +486,15 @@ class Reader:
             return []
         lane = self._lane
         assert lane is not None
-        sha = self.scripts.claim.sha
+        secure = self.settings.secure
+        script = "claim_secure" if secure else "claim"
+        sha = getattr(self.scripts, script).sha
+        extra = (self._proof_prefix,) if secure else ()
         commands = []
         for src, c, n, idle, cursor in jobs:
             c.slots.reserve(n)
             commands.append(
-                ("EVALSHA", sha, 1, src.key, AGENT_GROUP, c.instance_id, idle, cursor, n)
+                ("EVALSHA", sha, 1, src.key, AGENT_GROUP, c.instance_id, idle, cursor, n, *extra)
             )
         self._round.clear()
         try:
@@ -471,15 +511,16 @@ class Reader:
                 c.slots.settle(n, 0)
                 cursors.append(cursor)  # again next time
                 if isinstance(reply, NoScriptError):  # Redis restarted or SCRIPT FLUSH
-                    await self.client.script_load(load_script_text("claim"))
+                    await self.client.script_load(load_script_text(script))
                 elif nogroup(reply):
                     await self.ensure_group(src.key)
                 else:  # pragma: no cover - logged, tried again next round
                     log.warning("claiming on %s for %s failed: %s", src.key, c.name, reply)
                 continue
-            next_cursor, entries, counts = reply
+            next_cursor, entries, counts = reply[0], reply[1], reply[2]
+            verdicts = list(reply[3]) if secure else None
             cursors.append(text(next_cursor))
-            c.slots.settle(n, c.claimed(src.key, entries, counts))
+            c.slots.settle(n, c.claimed(src.key, entries, counts, verdicts))
         return cursors
 
     # -- leases and acks -----------------------------------------------------------------------

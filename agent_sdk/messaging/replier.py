@@ -104,11 +104,14 @@ class Replier:
         if request.deadline is not None:
             left = (request.deadline - datetime.now(UTC)).total_seconds() * 1000
             linger += max(0, int(left))
+        if self.settings.secure:  # no PEXPIRE of another's list (docs/SECURITY.md)
+            op = Op([self.build(request, outcome), group, *ack], self.scripts.reply_secure,
+                    (reply_to, stream))  # fmt: skip
+        else:
+            op = Op([self.build(request, outcome), linger, group, *ack], self.scripts.reply,
+                    (reply_to, stream))  # fmt: skip
         with redis_errors(self.settings, f"replying to {request.sender}"):
-            await self.batcher.run(
-                Op([self.build(request, outcome), linger, group, *ack], self.scripts.reply,
-                   (reply_to, stream))
-            )  # fmt: skip
+            await self.batcher.run(op)
 
     def refusal(self, fields: Mapping[Any, Any], entry_id: str, error: ErrorInfo) -> Refusal | None:
         """The error reply owed to a request that does not decode (an unknown envelope field, a
@@ -141,6 +144,11 @@ class Replier:
     async def refuse(self, refusal: Refusal, *, stream: str, group: str) -> None:
         """Push an error reply built by ``refusal`` (no acknowledgement: a dead letter does)."""
         with redis_errors(self.settings, "answering an undecodable request"):
+            if self.settings.secure:
+                await self.scripts.reply_secure(
+                    keys=[refusal.reply_to, stream], args=[refusal.data, group]
+                )
+                return
             await self.scripts.reply(
                 keys=[refusal.reply_to, stream], args=[refusal.data, REPLY_LINGER_MS, group]
             )

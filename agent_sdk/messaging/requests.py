@@ -45,7 +45,9 @@ class ReplyPort(Protocol):
 
     key: str
 
-    def expect(self, correlation_id: str) -> asyncio.Future[Envelope]: ...
+    def expect(
+        self, correlation_id: str, *, sender: str | None = None
+    ) -> asyncio.Future[Envelope]: ...
 
     def discard(self, correlation_id: str) -> None: ...
 
@@ -164,9 +166,9 @@ class Requester:
         out = Outgoing.with_timeout(
             timeout, type=type, sender=self.sender.sender, kind=Kind.REQUEST,
             payload=self.sender.payload(payload), target=target.label,
-            reply_to=self.replies.key, headers=headers,
+            reply_to=self.replies.key, headers=headers, id=self.sender.new_id(),
         )  # fmt: skip
-        fut = self.replies.expect(out.id)
+        fut = self.replies.expect(out.id, sender=target.name if self.settings.secure else None)
         started, outcome = time.perf_counter(), "ok"
         try:
             with telemetry.producer_span(target.label, type, message_id=out.id, request=True):
@@ -242,6 +244,38 @@ class Requester:
             details={"role": target.role, "id": out.id},
         )
 
+    async def _ask_all(
+        self, role: str, members: list[str], type: str, body: bytes, timeout: float,
+        headers: dict[str, str], pending: dict[asyncio.Future[Envelope], str], ids: list[str],
+    ) -> None:  # fmt: skip
+        """One request per member, registered in ``pending`` before it leaves: one pipeline
+        of ``XADD``s, or in acl mode one proved send each (within each receiver's limits)."""
+        keys, maxlen = self.sender.keys, self.settings.inbox_maxlen
+        outs = []
+        for name in members:
+            out = Outgoing.with_timeout(
+                timeout, type=type, sender=self.sender.sender, kind=Kind.REQUEST,
+                payload=body, target=name, reply_to=self.replies.key, headers=headers,
+                id=self.sender.new_id(),
+            )  # fmt: skip
+            ids.append(out.id)
+            secure_from = name if self.settings.secure else None
+            pending[self.replies.expect(out.id, sender=secure_from)] = name
+            outs.append((name, out))
+        if self.settings.secure:
+            await asyncio.gather(*(
+                self.sender.deliver(Target(name, None), out, queue_if_absent=True)
+                for name, out in outs
+            ))  # fmt: skip
+            return
+        async with self.sender.client.pipeline(transaction=False) as pipe:
+            for name, out in outs:
+                inbox = keys.inbox(name)
+                pipe.xadd(inbox, out.stream_fields(), maxlen=maxlen, approximate=True)
+                pipe.publish(keys.bell(inbox), "")
+            with redis_errors(self.settings, f"sending {type!r} to role {role!r}"):
+                await pipe.execute()
+
     async def request_many(
         self,
         role: str,
@@ -262,7 +296,6 @@ class Requester:
                 details={"role": role},
             )
         body = self.sender.payload(payload)
-        keys, maxlen = self.sender.keys, self.settings.inbox_maxlen
         headers = dict(headers or {})
         with telemetry.producer_span(f"role:{role}", type, headers=headers, request=True):
             telemetry.record_sent(type, Kind.REQUEST.value)
@@ -270,19 +303,7 @@ class Requester:
             ids: list[str] = []
             result = GatherResult()
             try:
-                async with self.sender.client.pipeline(transaction=False) as pipe:
-                    for name in members:
-                        out = Outgoing.with_timeout(
-                            timeout, type=type, sender=self.sender.sender, kind=Kind.REQUEST,
-                            payload=body, target=name, reply_to=self.replies.key, headers=headers,
-                        )  # fmt: skip
-                        ids.append(out.id)
-                        pending[self.replies.expect(out.id)] = name
-                        inbox = keys.inbox(name)
-                        pipe.xadd(inbox, out.stream_fields(), maxlen=maxlen, approximate=True)
-                        pipe.publish(keys.bell(inbox), "")
-                    with redis_errors(self.settings, f"sending {type!r} to role {role!r}"):
-                        await pipe.execute()
+                await self._ask_all(role, members, type, body, timeout, headers, pending, ids)
                 give_up = time.monotonic() + timeout
                 wanted = len(members) if max_replies is None else min(max_replies, len(members))
                 while pending and len(result.replies) + len(result.errors) < wanted:

@@ -21,16 +21,18 @@ from collections.abc import Iterable
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import NoPermissionError, RedisError, ResponseError
 
 from agent_sdk import telemetry
 from agent_sdk.connection import CONNECTION_ERRORS, redis_errors
 from agent_sdk.messaging.batcher import Batcher, Op
 from agent_sdk.messaging.codec import Outgoing, encode_payload
 from agent_sdk.messaging.scripts import Scripts
+from agent_sdk.security import refusal_of, secure_id
 from agent_sdk.settings import Settings
 from schemas.envelope import Kind
 from schemas.errors import AgentNotFound, InvalidInput, NoResponders
+from schemas.keys import AGENT_GROUP
 from schemas.names import check_identifier, check_topic
 from schemas.priority import Priority, check_priority
 
@@ -99,9 +101,28 @@ class Sender:
             if isinstance(op, Op):
                 return await self.batcher.run(op)
             return await self.batcher.run_many(op)
+        except ResponseError as e:
+            refused = None if isinstance(e, NoPermissionError) else refusal_of(e)
+            if refused is not None:
+                raise refused from None
+            with redis_errors(self.settings, doing % what):
+                raise
         except _REDIS_ERRORS:
             with redis_errors(self.settings, doing % what):
                 raise
+
+    def new_id(self) -> str:
+        """An id for a message that will be answered: unguessable in acl mode."""
+        return secure_id() if self.settings.secure else ""
+
+    def proved_op(self, stream: str, family: str, check_key: str, mode: str, ring: str,
+                  out: Outgoing) -> Op:  # fmt: skip
+        """acl mode: the ``send_secure.lua`` call (receiver's limits, proof of the sender)."""
+        keys = self.keys
+        args = [mode, AGENT_GROUP, keys.bell(family), ring, self.settings.proof_keep * 1000,
+                *out.stream_args()]  # fmt: skip
+        script_keys = (check_key, stream, keys.proofs(self.sender), keys.limits(family))
+        return Op(args, self.scripts.send_secure, script_keys)
 
     async def deliver(
         self, target: Target, out: Outgoing, *, queue_if_absent: bool, priority: str = "normal"
@@ -133,8 +154,11 @@ class Sender:
             conversation_id=out.correlation_id,
         ) as span:  # fmt: skip
             ring = "" if priority == "normal" else priority
-            args = [mode, maxlen, keys.bell(family), ring, *out.stream_args()]
-            op = Op(args, self.scripts.send, (check_key, stream))
+            if self.settings.secure:
+                op = self.proved_op(stream, family, check_key, mode, ring, out)
+            else:
+                args = [mode, maxlen, keys.bell(family), ring, *out.stream_args()]
+                op = Op(args, self.scripts.send, (check_key, stream))
             entry_id = await self._run(op, "sending %r to %s", out.type, target.label)
             if entry_id is None:
                 telemetry.mark_error(span, "not_found" if target.name else "no_responders")
@@ -199,7 +223,14 @@ class Sender:
         """The ``PUBLISH`` of one live broadcast envelope."""
         out = Outgoing(type=type, sender=self.sender, payload=body, kind=Kind.BROADCAST,
                        target=label, headers=headers)  # fmt: skip
-        return Op(("PUBLISH", self.keys.broadcast_channel(role), out.json()))
+        return self.publish_op(self.keys.broadcast_channel(role), out.json())
+
+    def publish_op(self, channel: str, data: bytes) -> Op:
+        """A ``PUBLISH`` (acl mode: ``publish_proved.lua``, proved under the sender's name)."""
+        if self.settings.secure:
+            args = (channel, data, self.settings.proof_keep * 1000)
+            return Op(args, self.scripts.publish_proved, (self.keys.proofs(self.sender),))
+        return Op(("PUBLISH", channel, data))
 
     def _broadcast_label(self, role: str | None) -> str:
         """The envelope's ``target`` of a broadcast (``*`` or ``role:<role>``); checks ``role``."""
@@ -267,6 +298,15 @@ class Sender:
         names = await self.members(role)
         if not names:
             return [0] * len(bodies)
+        if self.settings.secure:  # each copy proved, within each receiver's limits
+            ops = []
+            for body, name in itertools.product(bodies, names):
+                out = Outgoing(type=type, sender=self.sender, payload=body, kind=Kind.BROADCAST,
+                               target=name, headers=headers)  # fmt: skip
+                inbox = self.keys.inbox(name)
+                ops.append(self.proved_op(inbox, inbox, self.keys.record(name), "none", "", out))
+            await self._run(ops, "broadcasting %r durably", type)
+            return [len(names)] * len(bodies)
         maxlen = self.settings.inbox_maxlen
         with redis_errors(self.settings, f"broadcasting {type!r} durably"):
             async with self.client.pipeline(transaction=False) as pipe:
@@ -293,5 +333,5 @@ class Sender:
             out = Outgoing(type=type or topic, sender=self.sender, payload=self.payload(payload),
                            kind=Kind.PUBLISH, target=topic, headers=headers)  # fmt: skip
             telemetry.record_sent(out.type, Kind.PUBLISH.value)
-            op = Op(("PUBLISH", self.keys.topic_channel(topic), out.json()))
+            op = self.publish_op(self.keys.topic_channel(topic), out.json())
             return int(await self._run(op, "publishing on %r", topic))

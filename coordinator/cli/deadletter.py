@@ -13,7 +13,15 @@ from agent_sdk.bus import Bus
 from agent_sdk.connection import redis_errors
 from agent_sdk.messaging import DeadLetter, list_dead_letters, replay
 from agent_sdk.settings import Settings
-from coordinator.cli.base import CliState, console, dumps, pass_state, run_async, stream_ids
+from coordinator.cli.base import (
+    EXIT_ERROR,
+    CliState,
+    console,
+    dumps,
+    pass_state,
+    run_async,
+    stream_ids,
+)
 from coordinator.cli.render import Column, fitted_table
 from schemas.errors import InvalidInput
 
@@ -131,6 +139,8 @@ def replay_(state: CliState, ids: tuple[str, ...], replay_all: bool) -> None:
         raise click.UsageError("give dead letter IDs or --all (not both)")
     settings = state.settings()
 
+    skipped: list[str] = []
+
     async def go() -> list[tuple[str, str]]:
         async with Bus(settings) as bus:
             chosen = list(ids)
@@ -139,10 +149,20 @@ def replay_(state: CliState, ids: tuple[str, ...], replay_all: bool) -> None:
                     bus.client, settings, count=1_000_000, newest_first=False
                 )
                 chosen = [d.id for d in letters]
-            return [(i, await replay(bus.client, settings, i)) for i in chosen]
+            done = []
+            for i in chosen:
+                try:
+                    done.append((i, await replay(bus.client, settings, i)))
+                except InvalidInput as e:  # a letter that must not go back: say why, go on
+                    skipped.append(f"skipped {i}: {e.description}")
+            return done
 
     done = run_async(go)
     for old, new in done:
         click.echo(f"replayed {old} as {new}")
-    if not done:
+    for line in skipped:
+        click.echo(line, err=True)
+    if not done and not skipped:
         click.echo("nothing to replay")
+    if skipped:
+        raise SystemExit(EXIT_ERROR)

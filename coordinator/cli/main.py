@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from coordinator.cli.acl_cmd import acl
 from coordinator.cli.agents import agents
 from coordinator.cli.base import AgentbusGroup, CliState, setup_logging
 from coordinator.cli.conformance_cmd import conformance
@@ -68,6 +69,7 @@ cli.add_command(stats)
 cli.add_command(conformance)
 cli.add_command(gateway)
 cli.add_command(token)
+cli.add_command(acl)
 
 
 def main() -> None:

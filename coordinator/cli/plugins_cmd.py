@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 from rich.table import Table
+from rich.text import Text
 
 from agent_sdk.bus import Bus
 from agent_sdk.plugin_manifest import read_manifest
@@ -21,6 +22,7 @@ from coordinator.cli.stats_cmd import usage_table
 from coordinator.plugins.catalogue import Catalogue, CatalogueEntry
 from coordinator.plugins.install import install_plugin
 from coordinator.plugins.supervisor import find_plugin_dirs
+from schemas.display import safe_text
 from schemas.errors import AgentbusError, PluginError
 
 __all__ = ["plugins"]
@@ -79,8 +81,10 @@ def _print(entries: list[CatalogueEntry], as_json: bool, empty: str) -> None:
     for e in entries:
         status = e.get("status")
         style = {"running": "green", "failed": "red", "invalid": "red"}.get(status, "")
-        row = [e.get(c) for c in _COLUMNS]
-        row[2] = f"[{style}]{status}[/]" if style else status
+        row: list[str | Text | None] = [
+            None if e.get(c) is None else Text(safe_text(e.get(c))) for c in _COLUMNS
+        ]
+        row[2] = Text(safe_text(status), style=style) if status is not None else None
         table.add_row(*row)
     console().print(table)
 
@@ -148,7 +152,7 @@ def show(state: CliState, name: str, dirs: tuple[Path, ...], as_json: bool) -> N
     for key in ("name", "version", "status", "role", "description", "tags", "capabilities",
                 "replicas", "agents", "path", "host", "updated_at", "last_error"):  # fmt: skip
         if entry.get(key):
-            table.add_row(key, entry.get(key))
+            table.add_row(key, Text(safe_text(entry.get(key))))
     out.print(table)
     if entry.get("manifest"):
         out.print(f"manifest: {entry.get('manifest')}")

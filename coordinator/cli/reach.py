@@ -13,13 +13,16 @@ port) and prints the URL to export. The hint says so when the default was used.
 
 from __future__ import annotations
 
+from typing import Any
+
 import redis
 from redis.backoff import NoBackoff
-from redis.exceptions import AuthenticationError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
+from agent_sdk.connection import ACCESS_ERRORS, access_error
 from agent_sdk.settings import Settings
 from schemas.errors import ConnectionFailed
 
@@ -65,16 +68,23 @@ def unreachable(settings: Settings, reason: str, *, given: bool) -> ConnectionFa
 def reach(settings: Settings, *, given: bool) -> None:
     """Connect to ``settings``' Redis once and ``PING`` it (no retries); raise ``unreachable``
     when nothing answers. ``given``: the URL came from the user (else it is the default)."""
+    auth: dict[str, Any] = {}
+    if settings.redis_username is not None:
+        auth["username"] = settings.redis_username
+    if (password := settings.password()) is not None:
+        auth["password"] = password
     client = redis.Redis.from_url(
         settings.url,
+        **auth,
+        **settings.tls_options(),
         socket_connect_timeout=settings.connect_timeout,
         socket_timeout=settings.connect_timeout,
         retry=Retry(NoBackoff(), 0),
     )
     try:
         client.ping()
-    except AuthenticationError:
-        return  # it answers: the command reports the refusal itself
+    except ACCESS_ERRORS as e:  # it answers, and refuses us: say so now, not after retries
+        raise access_error(settings, "connecting", e) from e
     except (RedisConnectionError, RedisTimeoutError, OSError) as e:
         raise unreachable(settings, str(e).rstrip("."), given=given) from e
     except RedisError:

@@ -18,6 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from schemas.agent import AgentRecord, AgentStatus
+from schemas.display import safe_text
 
 __all__ = [
     "Column",
@@ -53,8 +54,9 @@ class Column:
     fold: bool = False
 
     def texts(self) -> list[Text]:
-        """The cells as rich ``Text`` (a ``str`` is plain text, never markup)."""
-        return [Text(c) if isinstance(c, str) else c for c in self.cells]
+        """The cells as rich ``Text`` (a ``str`` is plain text, never markup; its control
+        characters and line breaks are shown escaped: the data comes from the bus)."""
+        return [Text(safe_text(c)) if isinstance(c, str) else c for c in self.cells]
 
     def width(self) -> int:
         """The widest line of the header and the cells."""
@@ -159,7 +161,7 @@ def agent_details(record: AgentRecord) -> Table:
             text += f" ({ago(record.last_seen, now)})"
         elif key == "registered_at":
             text += f" ({ago(record.registered_at, now)})"
-        table.add_row(key, text)
+        table.add_row(key, Text(safe_text(text)))  # data: never markup, never escapes
     return table
 
 

@@ -18,9 +18,16 @@ from rich.markup import escape
 from agent_sdk.bus import Bus
 from agent_sdk.settings import Settings
 from coordinator.cli.base import CliState, console, dumps, pass_state, run_async, stream_ids
+from schemas.display import safe_text
 from schemas.events import ActivityEvent, ActivityType, RegistryEvent, RegistryEventType
 
 __all__ = ["format_activity", "format_registry", "watch"]
+
+
+def escape_data(value: object) -> str:
+    """Data from the bus in a line of markup: markup escaped, control characters shown."""
+    return escape(safe_text(value))
+
 
 _REGISTRY_STYLE = {
     RegistryEventType.AGENT_REGISTERED: ("green", "+ registered"),
@@ -57,24 +64,24 @@ def format_registry(event: RegistryEvent) -> str:
     parts = [
         f"[dim]{_clock(event)}[/]",
         f"[bold {style}]{label:<15}[/]",
-        f"[bold]{escape(event.name)}[/]",
+        f"[bold]{escape_data(event.name)}[/]",
     ]
     if event.role:
-        parts.append(f"role={escape(event.role)}")
+        parts.append(f"role={escape_data(event.role)}")
     if event.version:
-        parts.append(f"version={escape(event.version)}")
+        parts.append(f"version={escape_data(event.version)}")
     if event.changes:
         changes = ", ".join(
-            f"{escape(k)}: {escape(_short(v[0], 40))} → {escape(_short(v[-1], 40))}"
+            f"{escape_data(k)}: {escape_data(_short(v[0], 40))} → {escape_data(_short(v[-1], 40))}"
             for k, v in event.changes.items()
         )
         parts.append(changes)
     if event.reason:
-        parts.append(f"reason={escape(event.reason)}")
+        parts.append(f"reason={escape_data(event.reason)}")
     if event.last_seen:
         parts.append(f"last seen {event.last_seen.astimezone().strftime('%H:%M:%S.%f')[:-3]}")
     if event.instance_id:
-        parts.append(f"[dim]instance {escape(event.instance_id)}[/]")
+        parts.append(f"[dim]instance {escape_data(event.instance_id)}[/]")
     parts.append(f"[dim]rev {event.revision}[/]")
     return "  ".join(parts)
 
@@ -85,11 +92,11 @@ def format_activity(event: ActivityEvent) -> str:
     parts = [
         f"[dim]{_clock(event)}[/]",
         f"[dim]#{event.seq:<4}[/]",
-        f"[bold]{escape(event.agent)}[/]",
+        f"[bold]{escape_data(event.agent)}[/]",
         f"[{style}]{event.type.value:<15}[/]",
     ]
     if event.payload is not None:
-        parts.append(escape(_short(event.payload)))
+        parts.append(escape_data(_short(event.payload)))
     parts.append(f"[dim]id {event.id}[/]")
     return "  ".join(parts)
 

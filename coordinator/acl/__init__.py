@@ -1,0 +1,1 @@
+"""acl mode: the policy file, its Redis ACL rules, and applying them (``agentbus acl``)."""

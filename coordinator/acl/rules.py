@@ -1,0 +1,116 @@
+"""The Redis ACL rules of each identity of a policy (Redis 7: key permissions and selectors).
+
+Each agent identity gets a root rule set for what it owns (its names' keys
+``<ns>:agent:{<name>}:*``, its roles' queues, its doorbells, its topic patterns) and selectors,
+each one command family on other keys:
+
+======================  ============================================================  ========
+selector                commands                                                      keys
+======================  ============================================================  ========
+scripts                 EVALSHA (the scripts declare others' keys: Redis checks each    RW
+                        declared key, then every command the script runs, again)
+send                    XADD, XLEN, XINFO GROUPS, XPENDING, XTRIM on the inboxes and    RW
+                        queues of ``send_to``; HMGET of their limits                    R
+registry                reads of records, indexes, the change feed, proofs, limits      R
+control                 XADD to the control stream                                      W
+replies                 LPUSH to reply lists                                            W
+dead letters            XADD to the dead-letter stream                                  W
+doorbells, publish      PUBLISH on doorbells, ``publish`` topics, broadcast channels   channels
+======================  ============================================================  ========
+
+Nobody but an identity may write its names' proofs (``<ns>:agent:{<name>}:sent``): that is what
+binds a claimed sender to a credential. Nobody else may read its inbox, its reply lists or its
+role queues. Coordinators and operators are trusted with the whole namespace (operators replay
+dead letters as their senders); no generated user may run ``EVAL`` (only ``EVALSHA``),
+``FUNCTION``, ``SCRIPT FLUSH``/``KILL``, or anything in ``@dangerous`` / ``@admin``.
+"""
+
+from __future__ import annotations
+
+from coordinator.acl.policy import Identity, Policy
+from schemas.keys import KeySpace
+
+__all__ = ["BASE_COMMANDS", "rules_for"]
+
+#: What every generated user may run on the keys and channels its rules give it.
+BASE_COMMANDS = (
+    "+@connection", "+@stream", "+@list", "+@hash", "+@sortedset", "+@set", "+@string",
+    "+@keyspace", "+@transaction", "+evalsha", "+evalsha_ro", "+script|load", "+script|exists",
+    "+subscribe", "+unsubscribe", "+psubscribe", "+punsubscribe", "-@dangerous", "-@admin",
+    "+client|setname", "+client|getname", "+client|id", "+client|info", "+time",
+)  # fmt: skip
+_TRUSTED = ("+@all", "-@dangerous", "-@admin", "+info", "+client|setname", "+client|getname",
+            "+client|id", "+client|info", "+client|list", "+script|flush")  # fmt: skip
+_REGISTRY_READS = (
+    "+exists", "+scard", "+sismember", "+smembers", "+sinter", "+sintercard", "+sunion",
+    "+sscan", "+hget", "+hmget", "+hgetall", "+hexists", "+type", "+xread", "+xrange",
+    "+xrevrange", "+xlen", "+xinfo|stream", "+zscore", "+get",
+)  # fmt: skip
+
+
+def _sel(*parts: str) -> str:
+    return "(" + " ".join(parts) + ")"
+
+
+def rules_for(policy: Policy, identity: str, keys: KeySpace) -> list[str]:
+    """The ``ACL SETUSER`` rules of ``identity`` (without ``on`` and passwords)."""
+    ident = policy.identities[identity]
+    head = ["resetkeys", "resetchannels", "clearselectors", "-@all"]
+    ns = keys.ns
+    if ident.kind in ("coordinator", "operator"):
+        return [*head, *_TRUSTED, f"~{ns}:*", f"&{ns}:*"]
+    return [*head, *_agent_rules(ident, keys)]
+
+
+def _agent_rules(ident: Identity, keys: KeySpace) -> list[str]:
+    ns, reg = keys.ns, keys.registry_prefix
+    own = [f"~{keys.agent_prefix(n)}*" for n in ident.names]
+    own += [f"~{ns}:role:{{{r}}}:*" for r in ident.roles]
+    proofs = [f"~{keys.proofs(n)}" for n in ident.names]
+    channels = [f"&{keys.bell(keys.inbox(n))}" for n in ident.names]
+    channels += [f"&{keys.bell(keys.role_queue(r))}" for r in ident.roles]
+    channels += [f"&{keys.broadcast_channel()}", f"&{keys.events_channel()}"]
+    channels += [f"&{keys.broadcast_channel(r)}" for r in ident.roles]
+    channels += [f"&{keys.topic_channel(t)}" for t in ident.subscribe]
+    targets: list[str] = []
+    limits: list[str] = []
+    for t in ident.send_to:
+        if t.startswith("role:"):
+            stream = keys.role_queue(t.removeprefix("role:"))
+        else:
+            stream = keys.inbox(t)
+        targets += [f"~{stream}", f"~{stream}:*"]
+        limits.append(f"%R~{keys.limits(stream)}")
+    root = [*BASE_COMMANDS, *own, *channels]
+    if ident.kind == "gateway":
+        root += [f"~{ns}:gateway:*", f"~{ns}:session:*", f"%R~{keys.deadletter()}"]
+    registry = [
+        f"{reg}agent:*", f"{reg}agents", f"{reg}role:*", f"{reg}cap:*", f"{reg}tag:*",
+    ]  # fmt: skip
+    scripts = _sel(
+        "+evalsha", "+evalsha_ro", *own, *proofs, *targets, *(f"~{k}" for k in registry),
+        f"~{keys.control()}", f"~{keys.agents_prefix}*:replies:*", f"~{keys.deadletter()}",
+        f"~{ns}:session:*", *(x.replace("%R~", "~") for x in limits),
+    )  # fmt: skip
+    send = _sel("+xadd", "+xlen", "+xinfo|groups", "+xpending", "+xtrim", *targets)
+    reads = _sel(
+        *_REGISTRY_READS, "+hmget", *(f"%R~{k}" for k in registry), f"%R~{keys.events()}",
+        f"%R~{keys.agents_prefix}*:sent", *limits,
+    )  # fmt: skip
+    publish = ["+publish", f"&{keys.agents_prefix}*:inbox:bell", f"&{ns}:role:*:queue:bell"]
+    publish += [f"&{keys.topic_channel(t)}" for t in ident.publish]
+    if ident.broadcast:
+        publish += [f"&{keys.broadcast_channel()}", f"&{keys.broadcast_channel('*')}"]
+    sessions = _sel("+incr", "+xadd", "+pexpire", "+publish", f"~{ns}:session:*",
+                    f"&{ns}:session:*")  # fmt: skip
+    return [
+        *root,
+        scripts,
+        send,
+        reads,
+        _sel("+xadd", f"%W~{keys.control()}"),
+        _sel("+lpush", f"%W~{keys.agents_prefix}*:replies:*"),
+        _sel("+xadd", f"%W~{keys.deadletter()}"),
+        _sel(*publish),
+        sessions,
+    ]

@@ -1,0 +1,218 @@
+"""acl mode: the coordinator accepts a control entry only from whoever owns the name it claims.
+
+Before a batch is applied, one pipelined round trip checks, for every entry, that the proof
+zset of its ``sender`` (``<ns>:agent:{<sender>}:sent``, writable only by the Redis user that owns
+that name: ``agentbus acl``) holds the entry's digest (``agent_sdk.security.proof_digest``). An
+entry without that proof was written by someone else: it is dead-lettered with code
+``unauthenticated`` and **not** answered (its ``reply_to`` may be a victim's). Then:
+
+* an **announce** must also fit the policy (``R:policy``): the identity that owns the name may
+  take the card's role and capabilities (else ``forbidden``) and has fewer than ``max_agents``
+  live names (else ``quota``); both are answered, as any refusal. The host that reads the
+  announce's ``reply_to`` becomes the name's **lessee** (``R:lessees``);
+* a **lease** (heartbeats of a host's agents) renews only the names whose lessee is the lease's
+  proved sender: a beat for any other name is dropped and counted.
+
+The price: one pipelined round trip and one SHA-1 per entry, per batch (docs/SECURITY.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+
+from agent_sdk.security import proof_digest
+from coordinator.acl.policy import Policy
+from coordinator.settings import CoordinatorSettings
+from coordinator.validation import is_identifier
+from schemas.display import safe_text
+from schemas.errors import ErrorCode, ErrorInfo
+
+__all__ = ["Screen", "Verdicts"]
+
+log = logging.getLogger("agentbus.coordinator.authn")
+
+_POLICY_REFRESH = 2.0  # seconds between reads of R:policy
+
+
+@dataclass(slots=True)
+class Verdicts:
+    """What the screen decided for one batch."""
+
+    #: entries refused: their error, and whether to answer it (not when unauthenticated)
+    refused: dict[str, tuple[ErrorInfo, bool]] = field(default_factory=dict)
+    #: name -> the host that may heartbeat for it (for the lease entries of the batch)
+    lessees: dict[str, str] = field(default_factory=dict)
+    #: entry id -> the proved sender (leases)
+    senders: dict[str, str] = field(default_factory=dict)
+    dropped_beats: int = 0
+
+    def beats(self, eid: str, beats: list[Any]) -> list[Any]:
+        """The beats of lease ``eid`` its sender may give (``(eid, name, ...)`` tuples)."""
+        host = self.senders.get(eid)
+        kept = [b for b in beats if host is not None and self.lessees.get(b[1]) == host]
+        if len(kept) != len(beats):
+            self.dropped_beats += len(beats) - len(kept)
+            log.warning("lease %s of %s: %d beat(s) for names it does not hold dropped", eid,
+                        safe_text(host or "?"), len(beats) - len(kept))  # fmt: skip
+        return kept
+
+
+def _text(v: bytes | str | None) -> str:
+    if v is None:
+        return ""
+    return v.decode(errors="replace") if isinstance(v, bytes) else v
+
+
+class Screen:
+    """Checks control entries against proofs and the policy (acl mode only)."""
+
+    def __init__(self, client: aioredis.Redis, settings: CoordinatorSettings) -> None:
+        self.client = client
+        self.settings = settings
+        self.keys = settings.keys
+        self._policy: Policy | None = None
+        self._policy_at = 0.0
+        #: entries refused as unauthenticated, forbidden, over quota (for stats and tests)
+        self.unauthenticated = 0
+        self.forbidden = 0
+        #: lease beats dropped: names the lease's sender is not the lessee of
+        self.dropped_beats = 0
+
+    async def policy(self) -> Policy | None:
+        now = time.monotonic()
+        if now - self._policy_at > _POLICY_REFRESH:
+            raw = await self.client.get(self.keys.policy())
+            self._policy = None if raw is None else Policy.from_json(raw)
+            self._policy_at = now
+        return self._policy
+
+    async def screen(self, entries: list[tuple[Any, dict[bytes, bytes] | None]]) -> Verdicts:
+        out = Verdicts()
+        control = self.keys.control()
+        checks: list[tuple[str, str, dict[bytes, bytes]]] = []
+        async with self.client.pipeline(transaction=False) as pipe:
+            for raw_id, fields in entries:
+                if fields is None:
+                    continue
+                eid = _text(raw_id)
+                sender = _text(fields.get(b"sender"))
+                if not is_identifier(sender):
+                    out.refused[eid] = (_unproved(sender), False)
+                    continue
+                flat = [x for pair in fields.items() for x in pair]
+                pipe.zscore(self.keys.proofs(sender), proof_digest(control, eid, flat))
+                checks.append((eid, sender, fields))
+            scores = await pipe.execute() if checks else []
+        announces: list[tuple[str, str, dict[bytes, bytes]]] = []
+        lease_names: set[str] = set()
+        for (eid, sender, fields), score in zip(checks, scores, strict=True):
+            if score is None:
+                out.refused[eid] = (_unproved(sender), False)
+                continue
+            kind = fields.get(b"type")
+            if kind == b"announce":
+                announces.append((eid, sender, fields))
+            elif kind == b"lease":
+                out.senders[eid] = sender
+                lease_names.update(_beat_names(fields))
+        if announces:
+            await self._announces(announces, out)
+        if lease_names:
+            names = sorted(lease_names)
+            hosts = await self.client.hmget(self.keys.lessees(), names)
+            for name, host in zip(names, hosts, strict=True):
+                if host is not None:
+                    out.lessees[name] = _text(host)
+        self.unauthenticated += sum(1 for _, answer in out.refused.values() if not answer)
+        return out
+
+    async def _announces(
+        self, announces: list[tuple[str, str, dict[bytes, bytes]]], out: Verdicts
+    ) -> None:
+        policy = await self.policy()
+        prefix = self.keys.agents_prefix + "{"
+        for eid, name, fields in announces:
+            error = None if policy is None else await self._allowed(policy, name, fields)
+            if error is not None:
+                self.forbidden += 1
+                out.refused[eid] = (error, True)
+                continue
+            reply_to = _text(fields.get(b"reply_to"))
+            host = name
+            if reply_to.startswith(prefix) and "}:" in reply_to:
+                host = reply_to[len(prefix) : reply_to.index("}:")]
+            await self.client.hset(self.keys.lessees(), name, host)
+
+    async def _allowed(
+        self, policy: Policy, name: str, fields: dict[bytes, bytes]
+    ) -> ErrorInfo | None:
+        owner = policy.owner_of(name)
+        if owner is None:
+            return _refusal(
+                ErrorCode.FORBIDDEN, f"no identity of the policy may take the name {name!r}"
+            )
+        identity, ident = owner
+        try:
+            card = orjson.loads(fields.get(b"payload", b"{}")).get("card", {})
+        except (orjson.JSONDecodeError, AttributeError):
+            return None  # the announce's own validation answers it
+        role = card.get("role") if isinstance(card, dict) else None
+        if isinstance(role, str) and not ident.may_role(role):
+            return _refusal(
+                ErrorCode.FORBIDDEN, f"identity {identity!r} may not take role {role!r}"
+            )
+        for cap in card.get("capabilities", []) if isinstance(card, dict) else []:
+            if isinstance(cap, str) and not ident.may_capability(cap):
+                return _refusal(
+                    ErrorCode.FORBIDDEN,
+                    f"identity {identity!r} may not announce capability {cap!r}",
+                )
+        key = self.keys.identity_names(identity)
+        if not await self.client.sismember(key, name):
+            if await self.client.scard(key) >= ident.max_agents:
+                await self._prune(key)
+                if await self.client.scard(key) >= ident.max_agents:
+                    return _refusal(
+                        ErrorCode.QUOTA,
+                        f"identity {identity!r} already has {ident.max_agents} live agents "
+                        "(max_agents)",
+                    )
+            await self.client.sadd(key, name)
+        return None
+
+    async def _prune(self, key: str) -> None:
+        """Forget the names of an identity that are no longer registered."""
+        names = [_text(n) for n in await self.client.smembers(key)]
+        async with self.client.pipeline(transaction=False) as pipe:
+            for n in names:
+                pipe.exists(self.keys.record(n))
+            alive = await pipe.execute()
+        gone = [n for n, a in zip(names, alive, strict=True) if not a]
+        if gone:
+            await self.client.srem(key, *gone)
+
+
+def _beat_names(fields: dict[bytes, bytes]) -> list[str]:
+    try:
+        beats = orjson.loads(fields.get(b"payload", b"{}")).get("beats", [])
+        return [b[0] for b in beats if isinstance(b, list) and b and isinstance(b[0], str)]
+    except (orjson.JSONDecodeError, AttributeError, TypeError):
+        return []
+
+
+def _unproved(sender: str) -> ErrorInfo:
+    return _refusal(
+        ErrorCode.UNAUTHENTICATED,
+        f"control entry claims sender {safe_text(sender, 200)!r} but that name's owner did not "
+        "write it (no proof): not applied",
+    )
+
+
+def _refusal(code: ErrorCode, description: str) -> ErrorInfo:
+    return ErrorInfo(code=code, description=description, details={})

@@ -1,0 +1,41 @@
+"""Attack 1: a message claiming another sender (inbox and broadcast)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agent_sdk.messaging import Message
+from coordinator import Coordinator
+from tests.security.conftest import World
+from tests.support import wait_for
+
+
+async def test_spoofed_sender_on_an_inbox(world: World, coord: Coordinator) -> None:
+    got: list[Message] = []
+    async with world.agent("bob", "bob") as bob, world.agent("alice", "alice") as alice:
+
+        @bob.on("pay")
+        async def pay(payload: Any, msg: Message) -> None:
+            got.append(msg)
+
+        await alice.send("bob", "pay", {"n": 1})  # the real alice
+        await wait_for(lambda: len(got) == 1, message="alice's message")
+        mallory = await world.raw("mallory")
+        inbox = world.keys.inbox("bob")
+        await mallory.xadd(inbox, {
+            "v": "1", "id": "0190000000000000000000000a", "kind": "send", "type": "pay",
+            "sender": "alice", "sent_at": "2026-01-01T00:00:00.000Z", "target": "bob",
+            "payload": '{"n": 1000000}',
+        })  # fmt: skip
+        await mallory.publish(world.keys.bell(inbox), "")
+        if world.secure:
+            letters = await wait_for(
+                lambda: world.admin.xrange(world.keys.deadletter()), message="dead letter"
+            )
+            assert letters[0][1]["code"] == "unauthenticated"
+            assert "'alice' is not proved" in letters[0][1]["reason"]
+            assert [m.payload for m in got] == [{"n": 1}]
+        else:  # documented: accepted as alice's
+            await wait_for(lambda: len(got) == 2, message="the forged message handled")
+            assert got[1].sender == "alice"
+            assert got[1].payload == {"n": 1000000}
