@@ -75,9 +75,10 @@ class Plane:
             if not audience:
                 new[channel] = self._on_broadcast
             audience[consumer] = None
-        direct = keys.direct_channel(consumer.name)
-        self._direct[direct] = consumer
-        new[direct] = self._on_direct
+        if not self.settings.secure:  # direct requests carry no proof: not in acl mode
+            direct = keys.direct_channel(consumer.name)
+            self._direct[direct] = consumer
+            new[direct] = self._on_direct
         await consumer.start(new)  # subscribed together with its doorbells
 
     async def leave(self, consumer: Consumer, grace: float | None = None) -> None:

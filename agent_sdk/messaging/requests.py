@@ -30,6 +30,7 @@ from schemas.envelope import Envelope, Kind
 from schemas.errors import (
     AgentbusError,
     AgentNotFound,
+    InvalidInput,
     NoResponders,
     RemoteError,
     RequestTimeout,
@@ -197,6 +198,11 @@ class Requester:
         channel named like our reply list. At-most-once: nothing is stored,
         so a request that reaches nobody fails at once (``AgentNotFound``, ``NoResponders``) and
         one its agent could not take is answered with an error or lost to the timeout."""
+        if self.settings.secure:
+            raise InvalidInput(
+                "request(..., durable=False) is not available with AGENTBUS_SECURITY=acl: a "
+                "direct request carries no proof of its sender (docs/SECURITY.md)"
+            )
         await self.replies.listen_pushed(self.hub)  # answered by PUBLISH on our reply key
         name = target.name
         if name is None:

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+from redis.exceptions import NoPermissionError
+
+from agent_sdk.errors import InvalidInput
 from agent_sdk.messaging import Message
 from coordinator import Coordinator
 from tests.security.conftest import World
@@ -39,3 +43,22 @@ async def test_spoofed_sender_on_an_inbox(world: World, coord: Coordinator) -> N
             await wait_for(lambda: len(got) == 2, message="the forged message handled")
             assert got[1].sender == "alice"
             assert got[1].payload == {"n": 1000000}
+
+
+async def test_direct_requests_only_outside_acl_mode(world: World, coord: Coordinator) -> None:
+    """``durable=False`` carries no proof of its sender: refused in acl mode, where agents do
+    not even listen on their direct channel; answered otherwise."""
+    async with world.agent("bob", "bob") as bob, world.agent("alice", "alice") as alice:
+
+        @bob.on("ping")
+        async def ping(payload: Any) -> Any:
+            return payload
+
+        if world.secure:
+            with pytest.raises(InvalidInput, match="not available with AGENTBUS_SECURITY=acl"):
+                await alice.request("bob", "ping", 1, durable=False)
+            mallory = await world.raw("mallory")  # may not even publish there
+            with pytest.raises(NoPermissionError):
+                await mallory.publish(world.keys.direct_channel("bob"), b"{}")
+        else:
+            assert await alice.request("bob", "ping", 1, durable=False) == 1
