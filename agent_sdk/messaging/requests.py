@@ -319,7 +319,9 @@ class Requester:
                     done, _ = await asyncio.wait(
                         set(pending), timeout=left, return_when=asyncio.FIRST_COMPLETED
                     )
-                    for fut in done:
+                    for fut in done:  # several may settle at once (replies come in batches)
+                        if len(result.replies) + len(result.errors) >= wanted:
+                            break  # max_replies reached: the rest count as missing
                         name = pending.pop(fut)
                         env = fut.result()
                         if env.error is not None:
