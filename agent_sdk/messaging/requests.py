@@ -149,12 +149,13 @@ class Requester:
         payload: Any = None,
         *,
         role: str | None = None,
+        version: str | None = None,
         timeout: float | None = None,
         headers: dict[str, str] | None = None,
         priority: Priority = "normal",
     ) -> Any:
         """Send a request and return the reply's payload."""
-        target = Target(to, role)
+        target = Target(to, role, version)
         timeout = self.settings.request_timeout if timeout is None else timeout
         out = Outgoing.with_timeout(
             timeout, type=type, sender=self.sender.sender, kind=Kind.REQUEST,
@@ -165,8 +166,11 @@ class Requester:
         started, outcome = time.perf_counter(), "ok"
         try:
             with telemetry.producer_span(target.label, type, message_id=out.id, request=True):
-                await self.sender.deliver(target, out, queue_if_absent=False, priority=priority)
-                watch = _Watch(self, fut, target, timeout, out)
+                # routed by version: the member it went to is the one whose liveness counts
+                where = await self.sender.deliver(
+                    target, out, queue_if_absent=False, priority=priority
+                )
+                watch = _Watch(self, fut, where, timeout, out)
                 try:
                     env = await fut
                 finally:
@@ -207,14 +211,21 @@ class Requester:
         type: str,
         payload: Any = None,
         *,
+        version: str | None = None,
         timeout: float | None = None,
         max_replies: int | None = None,
         headers: dict[str, str] | None = None,
     ) -> GatherResult:
-        """Ask every live member of ``role``; collect until all, ``max_replies`` or timeout."""
-        Target(None, role)  # validates the role name
+        """Ask every live member of ``role`` (whose version is in the range ``version``, when
+        given); collect until all, ``max_replies`` or timeout."""
+        Target(None, role, version)  # validates the role name and the range
         timeout = self.settings.request_timeout if timeout is None else timeout
-        members = await self.sender.members(role)
+        if version is None:
+            members = await self.sender.members(role)
+        else:
+            members = [r.name for r in await self.sender.router.members(role, version)]
+            if not members:
+                raise await self.sender.router.no_member(role, version)
         if not members:
             raise NoResponders(
                 f"no live member of role {role!r} in namespace {self.settings.namespace!r}",
@@ -223,7 +234,8 @@ class Requester:
         body = self.sender.payload(payload)
         keys, maxlen = self.sender.keys, self.settings.inbox_maxlen
         headers = dict(headers or {})
-        with telemetry.producer_span(f"role:{role}", type, headers=headers, request=True):
+        label = Target(None, role, version).label
+        with telemetry.producer_span(label, type, headers=headers, request=True):
             telemetry.record_sent(type, Kind.REQUEST.value)
             pending: dict[asyncio.Future[Envelope], str] = {}
             ids: list[str] = []
