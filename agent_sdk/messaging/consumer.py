@@ -141,8 +141,17 @@ class Consumer:
             if self.role is not None:
                 role = self.families[1]
                 await self.release_pending([s for s in self.streams if s.key.startswith(role)])
+            await self.leave_groups()
         except Exception as e:  # claimed after a TTL instead
             log.warning("agent %s: could not settle its entries on stop: %s", self.name, e)
+
+    async def leave_groups(self) -> int:
+        """Delete this instance's consumer from each of its streams' groups where it holds
+        nothing (a clean stop): consumers of stopped instances do not pile up in the groups
+        (``prune_consumers`` catches those of crashed ones). Returns how many were deleted."""
+        keys = [s.key for s in self.streams]
+        deleted: Any = await self.scripts.leave(keys=keys, args=[AGENT_GROUP, self.instance_id])
+        return int(deleted)
 
     @property
     def in_flight(self) -> int:

@@ -33,6 +33,7 @@ class Scripts:
     lease: AsyncScript
     claim: AsyncScript
     deadletter: AsyncScript
+    leave: AsyncScript
 
     @classmethod
     def register(cls, client: aioredis.Redis) -> Scripts:
@@ -42,4 +43,5 @@ class Scripts:
             lease=client.register_script(load_script_text("lease")),
             claim=client.register_script(load_script_text("claim")),
             deadletter=client.register_script(load_script_text("deadletter")),
+            leave=client.register_script(load_script_text("leave")),
         )
