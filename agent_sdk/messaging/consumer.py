@@ -106,6 +106,7 @@ class Consumer:
             what="broadcast handler",
         )  # fmt: skip
         self.accepting = False
+        self._stopping = False
         self._fence_watch: asyncio.Task[None] | None = None
         #: Entries handled (any outcome): for tests and stats.
         self.handled = 0
@@ -128,11 +129,16 @@ class Consumer:
     async def stop(self, grace: float | None = None) -> None:
         """Stop taking work, let running handlers finish for ``grace`` seconds, flush acks and
         hand back what was taken but not started (others may claim it at once)."""
-        if not self.accepting:
+        if not self.accepting or self._stopping:
             return
-        self.accepting = False
+        self._stopping = True
         grace = self.settings.shutdown_grace if grace is None else grace
+        # no new read for it, and the one in flight (if any) returns first: what it brings is
+        # still accepted and handled below, not left pending for a claim that a busy role's
+        # members may not get round to (their slots go to new reads first)
         await self.reader.remove(self)
+        self.accepting = False
+        self._stopping = False
         await asyncio.gather(self.entries.stop(grace), self.live.stop(grace))
         if self._fence_watch is not None:
             await cancel_and_wait(self._fence_watch)

@@ -8,8 +8,8 @@ A distribution declares, in its ``pyproject.toml``::
 The value names a **package** (a directory) that holds ``manifest.yaml`` and the plugin's code,
 exactly as a plugin directory does (include ``manifest.yaml`` in the package data). The plugin
 is located without importing its code (only its parent packages are imported, to find it);
-``agentbus run --plugins --installed`` then hosts it as any other plugin (in a worker process, on a snapshot of that directory). ``agentbus plugins
---installed`` lists them.
+``agentbus run --plugins --installed`` then hosts it as any other plugin (in a worker process,
+on a snapshot of that directory); ``agentbus plugins --installed`` lists them.
 """
 
 from __future__ import annotations
