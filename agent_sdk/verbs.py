@@ -51,17 +51,20 @@ class Verbs:
         payload: Any = None,
         *,
         role: str | None = None,
+        version: str | None = None,
         headers: dict[str, str] | None = None,
         queue_if_absent: bool = False,
         ttl: float | None = None,
         priority: Priority = "normal",
     ) -> str:
         """Fire-and-forget to agent ``to`` or one member of ``role``; returns the message id.
+        ``version``: a SemVer range (``^2``): to a member whose version is in it, the newest
+        such version first (without it, to the role's default version when one is set).
         ``AgentNotFound`` / ``NoResponders`` at once when nobody can receive it (unless
         ``queue_if_absent``); ``ttl`` seconds bound how long it may wait unhandled; ``priority``
         (``critical``, ``important``, ``normal``, ``low``): readers take higher ones first."""
         return await self._data_plane().sender.send(
-            to, _need_type(type), payload, role=role, headers=headers,
+            to, _need_type(type), payload, role=role, version=version, headers=headers,
             queue_if_absent=queue_if_absent, ttl=ttl, priority=priority,
         )  # fmt: skip
 
@@ -72,6 +75,7 @@ class Verbs:
         payload: Any = None,
         *,
         role: str | None = None,
+        version: str | None = None,
         timeout: float | None = None,
         headers: dict[str, str] | None = None,
         priority: Priority = "normal",
@@ -79,13 +83,14 @@ class Verbs:
     ) -> Any:
         """Send a request to ``to`` or one member of ``role``; return the reply payload
         (``RemoteError`` for an error reply, ``RequestTimeout`` after ``timeout`` seconds, by
-        default ``request_timeout``). ``priority`` as for ``send``. ``durable=False`` skips the
-        streams: straight to the agent over pub/sub, faster, at-most-once (nothing is kept if
-        the agent cannot take it; ``priority`` does not apply)."""
+        default ``request_timeout``). ``version`` and ``priority`` as for ``send``.
+        ``durable=False`` skips the streams: straight to the agent over pub/sub, faster,
+        at-most-once (nothing is kept if the agent cannot take it; ``priority`` does not
+        apply)."""
         requester = (await self._request_plane())._requester()
         return await requester.request(
-            to, _need_type(type), payload, role=role, timeout=timeout, headers=headers,
-            priority=priority, durable=durable,
+            to, _need_type(type), payload, role=role, version=version, timeout=timeout,
+            headers=headers, priority=priority, durable=durable,
         )  # fmt: skip
 
     async def request_many(
@@ -94,16 +99,19 @@ class Verbs:
         type: str | None = None,
         payload: Any = None,
         *,
+        version: str | None = None,
         timeout: float | None = None,
         max_replies: int | None = None,
         headers: dict[str, str] | None = None,
     ) -> GatherResult:
-        """Ask every live member of ``role`` (scatter-gather); see ``GatherResult``."""
+        """Ask every live member of ``role`` (scatter-gather), or those whose version is in the
+        SemVer range ``version``; see ``GatherResult``."""
         if role is None:
             raise InvalidInput("request_many needs role=...")
         requester = (await self._request_plane())._requester()
         return await requester.request_many(
-            role, _need_type(type), payload, timeout=timeout, max_replies=max_replies,
+            role, _need_type(type), payload, version=version, timeout=timeout,
+            max_replies=max_replies,
             headers=headers,
         )  # fmt: skip
 

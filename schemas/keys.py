@@ -52,6 +52,9 @@ R:identity:<identity>:names            set     none (pruned lazily)        coord
 <ns>:role:{<role>}:queue               stream  MAXLEN ~ (settings)         senders        role members
 <ns>:role:{<role>}:queue:<priority>    stream  MAXLEN ~ (critical,         senders        role members
                                                important, low)
+<ns>:role:{<role>}:default             string  none (a SemVer version)     ``plugins      senders
+                                                                           default``,
+                                                                           plugin hosts
 <ns>:session:{<session>}:activity      stream  MAXLEN ~; PX retention      agents         UIs
 <ns>:session:{<session>}:seq           string  PX retention                agents         agents
 <ns>:session:{<session>}:owner         string  PX retention                gateway        gateway
@@ -60,7 +63,10 @@ R:identity:<identity>:names            set     none (pruned lazily)        coord
                                                JSON user, role, expiry)    command
 <ns>:plugins                           set     none                        plugin hosts   ``plugins``
 <ns>:plugin:<name>                     hash    none; removed when its      plugin hosts   ``plugins``
-                                               directory is deleted
+                                               last version is deleted
+<ns>:plugin:<name>:version:<version>   hash    none; removed when that     plugin hosts   ``plugins``
+                                               version's directory is
+                                               deleted
 =====================================  ======  ==========================  =============  ==============
 
 Pub/sub channels: ``<ns>:broadcast`` (every agent), ``<ns>:broadcast:role:<role>``, the doorbells
@@ -225,6 +231,12 @@ class KeySpace:
     def role_queue(self, role: str) -> str:
         return f"{self.ns}:role:{{{role}}}:queue"
 
+    def role_default(self, role: str) -> str:
+        """The default version of a role: a send or request to the role without ``version=``
+        goes to a live member of this version (any member when none is live); set by
+        ``agentbus plugins default`` (docs/PLUGINS.md, "Versions side by side")."""
+        return f"{self.ns}:role:{{{role}}}:default"
+
     def prioritized(self, stream: str, priority: str) -> str:
         """The stream of ``priority`` in the family of inbox or role queue ``stream``:
         ``stream`` itself for ``normal``, ``<stream>:<priority>`` otherwise (``schemas.priority``);
@@ -265,6 +277,10 @@ class KeySpace:
     def plugin(self, name: str) -> str:
         """One plugin's catalogue entry: flat strings (version, status, path, agents, ...)."""
         return f"{self.ns}:plugin:{name}"
+
+    def plugin_version(self, name: str, version: str) -> str:
+        """One version of a plugin (several may run side by side): the same flat fields."""
+        return f"{self.ns}:plugin:{name}:version:{version}"
 
     # -- pub/sub channels --------------------------------------------------------------------
     def direct_channel(self, name: str) -> str:

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import textwrap
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
+
+from agent_sdk.settings import Settings
+from coordinator.plugins import PluginSupervisor
 
 #: A plain module of @handler functions: ``echo`` answers with what it got, plus the version.
 ECHO_CODE = """
@@ -53,3 +58,22 @@ def write_plugin(
     (directory / f"{module}.py").write_text(textwrap.dedent(text))
     (directory / "manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
     return directory
+
+
+Make = Callable[..., PluginSupervisor]
+
+
+@pytest.fixture
+async def make_supervisor(settings: Settings) -> AsyncIterator[Make]:
+    """A factory of plugin supervisors (not watching unless ``watch=True``), stopped after."""
+    made: list[PluginSupervisor] = []
+
+    def make(*roots: Path, **kwargs: Any) -> PluginSupervisor:
+        kwargs.setdefault("debounce_ms", 100)
+        supervisor = PluginSupervisor(settings, list(roots), **kwargs)
+        made.append(supervisor)
+        return supervisor
+
+    yield make
+    for supervisor in made:
+        await supervisor.stop()

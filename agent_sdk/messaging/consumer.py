@@ -118,6 +118,7 @@ class Consumer:
         #: so that it knows whether the stream holds more without reading it again).
         self.parked: deque[tuple[StreamState, str, Fields, int]] = deque()
         self.accepting = False
+        self._stopping = False
         self._fence_watch: asyncio.Task[None] | None = None
         #: Entries handled (any outcome): for tests and stats.
         self.handled = 0
@@ -142,11 +143,16 @@ class Consumer:
     async def stop(self, grace: float | None = None) -> None:
         """Stop taking work, let running handlers finish for ``grace`` seconds, flush acks and
         hand back what was taken but not started (others may claim it at once)."""
-        if not self.accepting:
+        if not self.accepting or self._stopping:
             return
-        self.accepting = False
+        self._stopping = True
         grace = self.settings.shutdown_grace if grace is None else grace
+        # no new read for it, and the one in flight (if any) returns first: what it brings is
+        # still accepted and handled below, not left pending for a claim that a busy role's
+        # members may not get round to (their slots go to new reads first)
         await self.reader.remove(self)
+        self.accepting = False
+        self._stopping = False
         for st, eid, _, _ in self.parked:  # never started: handed back below (role) or left
             st.held.discard(eid)  # pending for the name's next instance (inbox)
         self.parked.clear()
@@ -160,8 +166,17 @@ class Consumer:
             if self.role is not None:
                 role = self.families[1]
                 await self.release_pending([s for s in self.streams if s.key.startswith(role)])
+            await self.leave_groups()
         except Exception as e:  # claimed after a TTL instead
             log.warning("agent %s: could not settle its entries on stop: %s", self.name, e)
+
+    async def leave_groups(self) -> int:
+        """Delete this instance's consumer from each of its streams' groups where it holds
+        nothing (a clean stop): consumers of stopped instances do not pile up in the groups
+        (``prune_consumers`` catches those of crashed ones). Returns how many were deleted."""
+        keys = [s.key for s in self.streams]
+        deleted: Any = await self.scripts.leave(keys=keys, args=[AGENT_GROUP, self.instance_id])
+        return int(deleted)
 
     @property
     def in_flight(self) -> int:

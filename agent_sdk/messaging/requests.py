@@ -156,13 +156,14 @@ class Requester:
         payload: Any = None,
         *,
         role: str | None = None,
+        version: str | None = None,
         timeout: float | None = None,
         headers: dict[str, str] | None = None,
         priority: Priority = "normal",
         durable: bool = True,
     ) -> Any:
         """Send a request and return the reply's payload (``durable=False``: ``_direct``)."""
-        target = Target(to, role)
+        target = Target(to, role, version)
         timeout = self.settings.request_timeout if timeout is None else timeout
         out = Outgoing.with_timeout(
             timeout, type=type, sender=self.sender.sender, kind=Kind.REQUEST,
@@ -173,11 +174,13 @@ class Requester:
         started, outcome = time.perf_counter(), "ok"
         try:
             with telemetry.producer_span(target.label, type, message_id=out.id, request=True):
-                if durable:
-                    await self.sender.deliver(target, out, queue_if_absent=False, priority=priority)
+                if durable:  # routed by version: the member it went to is the one to watch
+                    where = await self.sender.deliver(
+                        target, out, queue_if_absent=False, priority=priority
+                    )
                 else:
-                    await self._direct(target, out)
-                watch = _Watch(self, fut, target, timeout, out)
+                    where = await self._direct(target, out)
+                watch = _Watch(self, fut, where, timeout, out)
                 try:
                     env = await fut
                 finally:
@@ -192,7 +195,7 @@ class Requester:
             self.replies.discard(out.id)
             telemetry.record_request_duration(type, time.perf_counter() - started, outcome)
 
-    async def _direct(self, target: Target, out: Outgoing) -> None:
+    async def _direct(self, target: Target, out: Outgoing) -> Target:
         """A request that skips the streams: ``PUBLISH`` on the agent's direct channel (for a
         role, on that of one live member picked at random), answered by ``PUBLISH`` on the
         channel named like our reply list. At-most-once: nothing is stored,
@@ -205,7 +208,10 @@ class Requester:
             )
         await self.replies.listen_pushed(self.hub)  # answered by PUBLISH on our reply key
         name = target.name
-        if name is None:
+        if name is None and target.version is not None:
+            assert target.role is not None
+            name = await self.sender.router.pick(target.role, target.version)
+        elif name is None:
             assert target.role is not None
             with redis_errors(self.settings, f"picking a member of role {target.role!r}"):
                 picked: Any = await self.sender.client.srandmember(
@@ -229,6 +235,7 @@ class Requester:
                 f"member {name!r} of role {target.role!r} does not listen for direct requests",
                 details={"role": target.role, "agent": name},
             )
+        return Target(name, None)
 
     async def _check_alive(self, target: Target, out: Outgoing) -> None:
         client, keys = self.sender.client, self.sender.keys
@@ -288,14 +295,21 @@ class Requester:
         type: str,
         payload: Any = None,
         *,
+        version: str | None = None,
         timeout: float | None = None,
         max_replies: int | None = None,
         headers: dict[str, str] | None = None,
     ) -> GatherResult:
-        """Ask every live member of ``role``; collect until all, ``max_replies`` or timeout."""
-        Target(None, role)  # validates the role name
+        """Ask every live member of ``role`` (whose version is in the range ``version``, when
+        given); collect until all, ``max_replies`` or timeout."""
+        Target(None, role, version)  # validates the role name and the range
         timeout = self.settings.request_timeout if timeout is None else timeout
-        members = await self.sender.members(role)
+        if version is None:
+            members = await self.sender.members(role)
+        else:
+            members = [r.name for r in await self.sender.router.members(role, version)]
+            if not members:
+                raise await self.sender.router.no_member(role, version)
         if not members:
             raise NoResponders(
                 f"no live member of role {role!r} in namespace {self.settings.namespace!r}",
@@ -303,7 +317,8 @@ class Requester:
             )
         body = self.sender.payload(payload)
         headers = dict(headers or {})
-        with telemetry.producer_span(f"role:{role}", type, headers=headers, request=True):
+        label = Target(None, role, version).label
+        with telemetry.producer_span(label, type, headers=headers, request=True):
             telemetry.record_sent(type, Kind.REQUEST.value)
             pending: dict[asyncio.Future[Envelope], str] = {}
             ids: list[str] = []

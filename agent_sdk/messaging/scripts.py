@@ -57,11 +57,13 @@ class Scripts:
     xadd_proved: AsyncScript
     publish_proved: AsyncScript
     reply_secure: AsyncScript
+    #: a clean stop: the instance's consumer leaves the groups where it holds nothing
+    leave: AsyncScript
 
     @classmethod
     def register(cls, client: aioredis.Redis) -> Scripts:
         names = (
             "send", "reply", "lease", "claim", "deadletter", "send_secure", "read_secure",
-            "claim_secure", "xadd_proved", "publish_proved", "reply_secure",
+            "claim_secure", "xadd_proved", "publish_proved", "reply_secure", "leave",
         )  # fmt: skip
         return cls(**{n: client.register_script(script_text(n)) for n in names})

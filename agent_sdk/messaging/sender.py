@@ -25,9 +25,11 @@ from redis.exceptions import NoPermissionError, RedisError, ResponseError
 
 from agent_sdk import telemetry
 from agent_sdk.connection import CONNECTION_ERRORS, redis_errors
+from agent_sdk.discovery import Discovery
 from agent_sdk.messaging.batcher import Batcher, Op
 from agent_sdk.messaging.codec import Outgoing, encode_payload
 from agent_sdk.messaging.scripts import Scripts
+from agent_sdk.messaging.versions import ATTEMPTS, VersionRouter, check_range
 from agent_sdk.security import refusal_of, secure_id
 from agent_sdk.settings import Settings
 from schemas.envelope import Kind
@@ -47,11 +49,12 @@ def _text(v: bytes | str) -> str:
 
 
 class Target:
-    """Where a message goes: one agent (``to``) or one member of a role (``role``)."""
+    """Where a message goes: one agent (``to``), or one member of a role (``role``), optionally
+    one whose version is in the SemVer range ``version`` (``agent_sdk.messaging.versions``)."""
 
-    __slots__ = ("name", "role")
+    __slots__ = ("name", "role", "version")
 
-    def __init__(self, to: str | None, role: str | None) -> None:
+    def __init__(self, to: str | None, role: str | None, version: str | None = None) -> None:
         if (to is None) == (role is None):
             raise InvalidInput("give exactly one of an agent name (to=...) or role=...")
         try:
@@ -61,13 +64,21 @@ class Target:
                 check_identifier(role, "role")
         except ValueError as e:
             raise InvalidInput(str(e)) from e
+        if version is not None:
+            if role is None:
+                raise InvalidInput("version=... selects among the members of a role: give role=")
+            check_range(version)
         self.name = to
         self.role = role
+        self.version = version
 
     @property
     def label(self) -> str:
-        """The envelope's ``target`` field: the agent name, or ``role:<role>``."""
-        return self.name if self.name is not None else f"role:{self.role}"
+        """The envelope's ``target`` field: the agent name, ``role:<role>``, or
+        ``role:<role>@<range>``."""
+        if self.name is not None:
+            return self.name
+        return f"role:{self.role}" if self.version is None else f"role:{self.role}@{self.version}"
 
 
 class Sender:
@@ -89,6 +100,14 @@ class Sender:
         self.keys = settings.keys
         #: Sends of every agent of a host share one batcher (one connection).
         self.batcher = batcher or Batcher(client)
+        self._router: VersionRouter | None = None
+
+    @property
+    def router(self) -> VersionRouter:
+        """Routing by version (made on first use: most senders never need it)."""
+        if self._router is None:
+            self._router = VersionRouter(Discovery(self.client, self.settings))
+        return self._router
 
     def payload(self, payload: Any) -> bytes:
         return encode_payload(payload, self.settings.max_payload_bytes)
@@ -126,13 +145,41 @@ class Sender:
 
     async def deliver(
         self, target: Target, out: Outgoing, *, queue_if_absent: bool, priority: str = "normal"
-    ) -> str:
+    ) -> Target:
         """Append ``out`` to the target's stream of ``priority`` after the liveness check, and
-        ring the family's doorbell; returns the entry id."""
+        ring the family's doorbell. Returns where it went: ``target``, or the member of its role
+        it was routed to by version (a ``version`` range, or the role's default version)."""
+        try:
+            check_priority(priority)
+        except ValueError as e:
+            raise InvalidInput(str(e)) from None
+        out.headers = dict(out.headers or {})
+        with telemetry.producer_span(
+            target.label, out.type, message_id=out.id, headers=out.headers,
+            conversation_id=out.correlation_id,
+        ) as span:  # fmt: skip
+            try:
+                if target.version is not None:
+                    where = await self._to_version(target, target.version, out, priority)
+                else:
+                    where = await self._deliver(target, out, queue_if_absent, priority)
+            except (AgentNotFound, NoResponders) as e:
+                telemetry.mark_error(span, e.code)
+                raise
+            telemetry.record_sent(out.type, out.kind.value)
+        return where
+
+    async def _deliver(
+        self, target: Target, out: Outgoing, queue_if_absent: bool, priority: str,
+        *, use_default: bool = True,
+    ) -> Target:  # fmt: skip
+        """One ``send.lua`` to an agent's inbox or a role queue (a role's default version, when
+        set, is answered by the script instead: then routed to a member of it)."""
         keys = self.keys
         if target.name is not None:
             check_key, family, mode = keys.record(target.name), keys.inbox(target.name), "record"
             maxlen = self.settings.inbox_maxlen
+            script_keys: tuple[str, ...] = (check_key, keys.prioritized(family, priority))
         else:
             assert target.role is not None
             check_key, family, mode = (
@@ -141,29 +188,28 @@ class Sender:
                 "role",
             )
             maxlen = self.settings.queue_maxlen
-        try:
-            check_priority(priority)
-        except ValueError as e:
-            raise InvalidInput(str(e)) from None
-        stream = keys.prioritized(family, priority)
+            script_keys = (check_key, keys.prioritized(family, priority))
+            if use_default:
+                script_keys += (keys.role_default(target.role),)
         if queue_if_absent:
             mode = "none"
-        out.headers = dict(out.headers or {})
-        with telemetry.producer_span(
-            target.label, out.type, message_id=out.id, headers=out.headers,
-            conversation_id=out.correlation_id,
-        ) as span:  # fmt: skip
-            ring = "" if priority == "normal" else priority
-            if self.settings.secure:
-                op = self.proved_op(stream, family, check_key, mode, ring, out)
-            else:
-                args = [mode, maxlen, keys.bell(family), ring, *out.stream_args()]
-                op = Op(args, self.scripts.send, (check_key, stream))
-            entry_id = await self._run(op, "sending %r to %s", out.type, target.label)
-            if entry_id is None:
-                telemetry.mark_error(span, "not_found" if target.name else "no_responders")
-            else:
-                telemetry.record_sent(out.type, out.kind.value)
+        ring = "" if priority == "normal" else priority
+        if self.settings.secure:  # (acl mode does not consult the role's default version)
+            stream = keys.prioritized(family, priority)
+            op = self.proved_op(stream, family, check_key, mode, ring, out)
+        else:
+            args = [mode, maxlen, keys.bell(family), ring, *out.stream_args()]
+            op = Op(args, self.scripts.send, script_keys)
+        entry_id = await self._run(op, "sending %r to %s", out.type, target.label)
+        if isinstance(entry_id, list):  # the role's default version: to one of its members
+            assert target.role is not None
+            default = _text(entry_id[0])
+            try:
+                return await self._to_version(target, f"=={default}", out, priority)
+            except NoResponders:  # no live member of the default version: any member
+                return await self._deliver(
+                    target, out, queue_if_absent, priority, use_default=False
+                )
         if entry_id is None:
             if target.name is not None:
                 ns = self.settings.namespace
@@ -175,7 +221,24 @@ class Sender:
                 f"no live member of role {target.role!r} in namespace {self.settings.namespace!r}",
                 details={"role": target.role},
             )
-        return _text(entry_id)
+        return target
+
+    async def _to_version(
+        self, target: Target, version: str, out: Outgoing, priority: str
+    ) -> Target:
+        """To the inbox of the member of ``target.role`` that ``version`` routes to; picked
+        again (at most ``ATTEMPTS`` times) if that member left before the send landed."""
+        assert target.role is not None
+        gone: frozenset[str] = frozenset()
+        for attempt in range(ATTEMPTS):
+            member = Target(await self.router.pick(target.role, version, exclude=gone), None)
+            try:
+                return await self._deliver(member, out, False, priority)
+            except AgentNotFound:
+                if attempt == ATTEMPTS - 1:
+                    raise await self.router.no_member(target.role, version) from None
+                gone |= {member.name or ""}
+        raise AssertionError("unreachable")
 
     async def send(
         self,
@@ -184,13 +247,15 @@ class Sender:
         payload: Any = None,
         *,
         role: str | None = None,
+        version: str | None = None,
         headers: dict[str, str] | None = None,
         queue_if_absent: bool = False,
         ttl: float | None = None,
         priority: Priority = "normal",
     ) -> str:
-        """Fire-and-forget to an agent or a role member; returns the message id."""
-        target = Target(to, role)
+        """Fire-and-forget to an agent or a role member (of a version in the range
+        ``version``); returns the message id."""
+        target = Target(to, role, version)
         body = self.payload(payload)
         fields: dict[str, Any] = {
             "type": type, "sender": self.sender, "payload": body, "target": target.label,

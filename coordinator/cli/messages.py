@@ -20,6 +20,15 @@ from schemas.errors import AgentNotFound
 __all__ = ["broadcast", "publish", "request", "send", "subscribe"]
 
 _role_option = click.option("--role", help="Send to one live member of this role instead.")
+_version_option = click.option(
+    "--version", "version", metavar="RANGE",
+    help="With --role: a member whose version is in this SemVer range (e.g. '^2').",
+)  # fmt: skip
+
+
+def _check_version(role: str | None, version: str | None) -> None:
+    if version is not None and not role:
+        raise click.UsageError("--version needs --role")
 
 
 def _target(role: str | None, args: tuple[str, ...]) -> tuple[str | None, str, str | None]:
@@ -35,13 +44,18 @@ def _target(role: str | None, args: tuple[str, ...]) -> tuple[str | None, str, s
 
 @click.command(short_help="Send a one-way message; print its id.")
 @_role_option
+@_version_option
 @click.option(
     "--queue-if-absent", is_flag=True, help="Queue for an agent that is not alive (bounded)."
 )
 @click.argument("args", nargs=-1, required=True, metavar="NAME|--role ROLE TYPE [PAYLOAD]")
 @pass_state
-def send(state: CliState, role: str | None, queue_if_absent: bool, args: tuple[str, ...]) -> None:
+def send(
+    state: CliState, role: str | None, version: str | None, queue_if_absent: bool,
+    args: tuple[str, ...],
+) -> None:  # fmt: skip
     """Send a one-way message (durable, at-least-once); print its id."""
+    _check_version(role, version)
     name, type_, raw = _target(role, args)
     payload = json_payload(raw)
     settings = state.settings()
@@ -50,8 +64,9 @@ def send(state: CliState, role: str | None, queue_if_absent: bool, args: tuple[s
         async with Bus(settings) as bus:
             try:
                 return await bus.send(
-                    name, type_, payload, role=role, queue_if_absent=queue_if_absent
-                )
+                    name, type_, payload, role=role, version=version,
+                    queue_if_absent=queue_if_absent,
+                )  # fmt: skip
             except AgentNotFound as e:  # the SDK's hint names its keyword, not our flag
                 raise AgentNotFound(
                     f"agent {name!r} is not registered (not alive) in namespace "
@@ -64,6 +79,7 @@ def send(state: CliState, role: str | None, queue_if_absent: bool, args: tuple[s
 
 @click.command(short_help="Send a request; print the reply as JSON.")
 @_role_option
+@_version_option
 @click.option(
     "--timeout",
     type=click.FloatRange(min=0, min_open=True),
@@ -80,13 +96,15 @@ def send(state: CliState, role: str | None, queue_if_absent: bool, args: tuple[s
 @click.argument("args", nargs=-1, required=True, metavar="NAME|--role ROLE TYPE [PAYLOAD]")
 @pass_state
 def request(
-    state: CliState, role: str | None, timeout: float | None, gather: bool, args: tuple[str, ...]
-) -> None:
+    state: CliState, role: str | None, version: str | None, timeout: float | None, gather: bool,
+    args: tuple[str, ...],
+) -> None:  # fmt: skip
     """Send a request and print the reply as JSON.
 
     A failed request (an error reply, a timeout, nobody to answer) prints its error code and
     exits 1; with --all the errors are part of the output.
     """
+    _check_version(role, version)
     name, type_, raw = _target(role, args)
     payload = json_payload(raw)
     if gather and not role:
@@ -96,13 +114,17 @@ def request(
     async def go() -> Any:
         async with Bus(settings) as bus:
             if gather:
-                result = await bus.request_many(role, type_, payload, timeout=timeout)
+                result = await bus.request_many(
+                    role, type_, payload, version=version, timeout=timeout
+                )
                 return {
                     "replies": result.replies,
                     "errors": {n: e.info.model_dump() for n, e in result.errors.items()},
                     "missing": result.missing,
                 }
-            return await bus.request(name, type_, payload, role=role, timeout=timeout)
+            return await bus.request(
+                name, type_, payload, role=role, version=version, timeout=timeout
+            )
 
     click.echo(dumps(run_async(go), pretty=True))
 

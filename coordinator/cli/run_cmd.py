@@ -102,6 +102,12 @@ async def _resolve_and_serve(obj: Any, target: str, kwargs: dict[str, str]) -> i
     help="The arguments are plugin directories: host every plugin found in them.",
 )
 @click.option(
+    "--installed",
+    is_flag=True,
+    help="With --plugins: also host the plugins installed packages ship (entry-point group "
+    "agentbus.plugins); DIRs may then be omitted.",
+)
+@click.option(
     "--watch/--no-watch",
     default=True,
     show_default=True,
@@ -128,6 +134,7 @@ def run(
     targets: tuple[str, ...],
     args: tuple[str, ...],
     plugins: bool,
+    installed: bool,
     watch: bool,
     ready_timeout: float,
     debounce: int,
@@ -142,14 +149,16 @@ def run(
         os.environ["AGENTBUS_REDIS_URL"] = state.redis_url
     if state.namespace:
         os.environ["AGENTBUS_NAMESPACE"] = state.namespace
+    if installed and not plugins:
+        raise click.UsageError("--installed goes with --plugins")
     if plugins:
-        if not targets:
-            raise click.UsageError("--plugins needs at least one directory")
+        if not targets and not installed:
+            raise click.UsageError("--plugins needs at least one directory (or --installed)")
         missing = [t for t in targets if not Path(t).is_dir()]
         if missing:
             raise click.UsageError(f"not a directory: {', '.join(missing)}")
         supervisor = PluginSupervisor(
-            state.settings(), [Path(t) for t in targets], watch=watch,
+            state.settings(), [Path(t) for t in targets], watch=watch, installed=installed,
             ready_timeout=ready_timeout, debounce_ms=debounce,
         )  # fmt: skip
         configure_logging("INFO")

@@ -1,40 +1,45 @@
-"""``PluginSupervisor``: hosts every plugin found in some directories, one worker per plugin.
+"""``PluginSupervisor``: hosts every plugin found in some directories, one worker per version.
 
 ::
 
     async with PluginSupervisor(settings, [Path("plugins")], watch=True) as plugins:
         ...   # each plugin directory's agents serve; edits reload; deletions drain
 
-What it does with a plugin directory (``<root>/<dir>/manifest.yaml``):
+What it does with a plugin directory (``<root>/<dir>/manifest.yaml``), a **unit**
+(``coordinator.plugins.units``; several versions of one plugin may run side by side, one
+directory each):
 
 * **load**: read the manifest, start a worker process on a snapshot of the directory
   (``coordinator.plugins.workers``), wait until its agents serve and answer their
   ``healthcheck``; record it in the catalogue, emit ``plugin_loaded``.
 * **reload** (the directory changed): start the new version the same way *beside* the running
-  one (its agents take the other of two name slots, ``<name>.a0`` / ``<name>.b0``); only once it
-  serves is the old worker drained (SIGTERM: no new work, in-flight work finishes, its agents
-  leave); emit ``plugin_reloaded``. If any step fails, the new worker is killed, the old one
-  keeps serving, and ``plugin_failed`` carries the reason.
+  one (its agents take the other slot of the unit's pair, ``<name>.a0`` / ``<name>.b0``); only
+  once it serves does the role's default version follow it (if it was the old version), and is
+  the old worker drained (SIGTERM: no new work, in-flight work finishes, its agents leave); emit
+  ``plugin_reloaded``. If any step fails, the new worker is killed, the old one keeps serving,
+  and ``plugin_failed`` carries the reason.
 * **crash** (a worker exits on its own): ``plugin_failed``; within ``probation`` seconds of a
   reload the previous version is started again (rollback), otherwise the same version is
   restarted with a growing delay (up to ``MAX_RESTARTS`` in a row).
-* **unload** (the directory or its manifest is gone): drain the worker, remove the catalogue
-  entry, emit ``plugin_unloaded``.
+* **unload** (the directory or its manifest is gone): drain the worker, remove the version's
+  catalogue entry (and the role's default, if it was this version), emit ``plugin_unloaded``.
+* **scale** (``replicas.max > replicas.min``): ``coordinator.plugins.scaler`` decides; a replica
+  is one more worker process of one agent.
 
-Operations on one plugin never overlap (a lock per plugin); plugins never wait on each other.
+Operations on one unit never overlap (a lock per unit); units never wait on each other.
 A plugin that fails never takes the supervisor or other plugins down.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
@@ -45,6 +50,9 @@ from agent_sdk.plugin_manifest import read_manifest
 from agent_sdk.settings import Settings
 from agent_sdk.tasks import cancel_and_wait
 from coordinator.plugins.catalogue import Catalogue
+from coordinator.plugins.installed import installed_plugins
+from coordinator.plugins.scaler import ScalePolicy, read_unit
+from coordinator.plugins.units import MAX_UNITS_PER_NAME, Unit, free_pair, replica_names
 from coordinator.plugins.watcher import watch_plugin_dirs
 from coordinator.plugins.workers import Worker, start_worker
 from schemas.errors import AgentbusError, InvalidInput, PluginError
@@ -69,23 +77,12 @@ def find_plugin_dirs(root: Path) -> list[Path]:
     )
 
 
-@dataclass(eq=False)
-class _Plugin:
-    name: str
-    source: Path
-    manifest: PluginManifest
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    current: Worker | None = None
-    #: The version before the last reload (its snapshot): what a crash in probation rolls back to.
-    previous: tuple[PluginManifest, Path] | None = None
-    #: The name slot of the last worker that started: the next one takes the other (the
-    #: running one's names, or a crashed one's until its TTL runs out, are never reused).
-    slot: str = "b"  # the first worker takes "a"
-    restarts: int = 0
-    monitors: set[asyncio.Task[None]] = field(default_factory=set)
-
-    def next_slot(self) -> str:
-        return "a" if self.slot == "b" else "b"
+def _clash(source: Path, manifest: PluginManifest, reason: str) -> PluginError:
+    return PluginError(
+        f"{source}: {reason}",
+        details={"plugin": str(source), "file": MANIFEST_FILE, "field": "name",
+                 "reason": "name clash"},
+    )  # fmt: skip
 
 
 class PluginSupervisor:
@@ -98,33 +95,40 @@ class PluginSupervisor:
         roots: Sequence[Path | str],
         *,
         watch: bool = False,
+        installed: bool = False,
         ready_timeout: float = 30.0,
         health_timeout: float = 5.0,
         debounce_ms: int = 300,
         probation: float = 10.0,
+        scaling: ScalePolicy | None = None,
         name: str = "plugins",
     ) -> None:
-        if not roots:
-            raise InvalidInput("give at least one plugin directory")
+        if not roots and not installed:
+            raise InvalidInput("give at least one plugin directory (or host installed plugins)")
         self.settings = settings
         self.roots = [Path(r).resolve() for r in roots]
         self.watch = watch
+        self.installed = installed
         self.ready_timeout = ready_timeout
         self.health_timeout = health_timeout
         self.debounce_ms = debounce_ms
         self.probation = probation
+        self.scaling = scaling or ScalePolicy()
         self.name = name
         self.bus = Bus(settings)
         self.catalogue: Catalogue | None = None
-        #: Loaded plugins by name (also those whose worker failed: a change retries them).
-        self.plugins: dict[str, _Plugin] = {}
+        #: Every unit (plugin version) loaded, also those whose worker failed: a change retries.
+        self.units: list[Unit] = []
         self.stopped = asyncio.Event()
         #: Set once the watcher runs (and after each batch of changes it applied: ``applied``).
         self.watching = asyncio.Event()
         self.applied = 0
+        #: Replicas added and removed by the scaler (for tests and logs).
+        self.scaled_up = 0
+        self.scaled_down = 0
         self._state = "new"
         self._workdir: Path | None = None
-        self._watcher: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self._stop_watching: asyncio.Event | None = None
         self._env = self._worker_env(settings)
 
@@ -138,9 +142,12 @@ class PluginSupervisor:
         return env
 
     def __repr__(self) -> str:
-        return (
-            f"PluginSupervisor(roots={[str(r) for r in self.roots]}, plugins={len(self.plugins)})"
-        )
+        return f"PluginSupervisor(roots={[str(r) for r in self.roots]}, units={len(self.units)})"
+
+    def unit(self, name: str, version: str | None = None) -> Unit | None:
+        """The unit of plugin ``name`` (at ``version``; the newest when not given)."""
+        found = [u for u in self.units if u.name == name and version in (None, u.version)]
+        return found[-1] if found else None
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> PluginSupervisor:
@@ -156,16 +163,32 @@ class PluginSupervisor:
         self.catalogue = Catalogue(self.bus.client, self.settings.keys)
         self._workdir = Path(tempfile.mkdtemp(prefix="agentbus-plugins-"))
         dirs = [d for root in self.roots for d in find_plugin_dirs(root)]
+        if self.installed:
+            dirs += await self._installed_dirs()
         if not dirs:
             log.warning("no plugin found in %s", ", ".join(str(r) for r in self.roots))
         await asyncio.gather(*(self._load(d) for d in dirs))
-        if self.watch:
+        self._tasks.append(asyncio.create_task(self._scale_loop(), name="agentbus-plugins-scale"))
+        if self.watch and self.roots:
             self._stop_watching = asyncio.Event()
             ready = asyncio.Event()
-            self._watcher = asyncio.create_task(self._watch(ready), name="agentbus-plugins-watch")
+            self._tasks.append(
+                asyncio.create_task(self._watch(ready), name="agentbus-plugins-watch")
+            )
             await ready.wait()
         self._state = "running"
         return self
+
+    async def _installed_dirs(self) -> list[Path]:
+        dirs = []
+        for p in await asyncio.to_thread(installed_plugins):
+            if p.directory is None:
+                where = p.distribution or "an installed package"
+                reason = f"entry point {p.entry_point} = {p.value!r} of {where}: {p.error}"
+                await self._failed(p.entry_point, None, reason)
+            else:
+                dirs.append(p.directory.resolve())
+        return dirs
 
     async def stop(self) -> None:
         if self._state in ("new", "stopped"):
@@ -179,9 +202,9 @@ class PluginSupervisor:
         try:
             if self._stop_watching is not None:
                 self._stop_watching.set()
-            if self._watcher is not None:
-                await cancel_and_wait(self._watcher)
-            await asyncio.gather(*(self._shutdown(p) for p in list(self.plugins.values())))
+            for task in self._tasks:
+                await cancel_and_wait(task)
+            await asyncio.gather(*(self._shutdown(u) for u in list(self.units)))
         finally:
             await self.bus.stop()
             if self._workdir is not None:
@@ -189,14 +212,14 @@ class PluginSupervisor:
             self._state = "stopped"
             self.stopped.set()
 
-    async def _shutdown(self, plugin: _Plugin) -> None:
-        async with plugin.lock:
-            for task in list(plugin.monitors):
+    async def _shutdown(self, unit: Unit) -> None:
+        async with unit.lock:
+            for task in list(unit.monitors):
                 await cancel_and_wait(task)
-            if plugin.current is not None:
-                await plugin.current.stop(self._grace)
-                plugin.current = None
-                await self._catalogue_update(plugin.name, status="stopped", agents="")
+            running = unit.current is not None
+            await self._stop_workers(unit)
+            if running:
+                await self._update(unit, status="stopped", agents="")
 
     async def wait_stopped(self) -> None:
         await self.stopped.wait()
@@ -216,36 +239,52 @@ class PluginSupervisor:
     def _grace(self) -> float:
         return self.settings.shutdown_grace + 5.0
 
-    # -- one plugin ----------------------------------------------------------------------------
-    def _names(self, manifest: PluginManifest, slot: str) -> list[str]:
-        return [f"{manifest.name}.{slot}{i}" for i in range(manifest.replicas.min)]
-
-    async def _start(self, plugin: _Plugin, source: Path, manifest: PluginManifest) -> Worker:
+    # -- one unit ------------------------------------------------------------------------------
+    async def _start(
+        self, unit: Unit, source: Path, manifest: PluginManifest, *, slot: str | None = None,
+        replicas: Iterable[int] | None = None,
+    ) -> Worker:  # fmt: skip
+        """A worker for ``manifest`` from ``source`` in the next slot (or ``slot``), running
+        ``replicas`` (default ``range(replicas.min)``); monitored once it serves."""
         assert self._workdir is not None
-        slot = plugin.next_slot()
-        snapshot = self._workdir / f"{manifest.name}-{slot}-{time.monotonic_ns()}"
+        new_slot = slot or unit.next_slot()
+        numbers = list(range(manifest.replicas.min) if replicas is None else replicas)
+        snapshot = self._workdir / f"{manifest.name}-{new_slot}-{time.monotonic_ns()}"
         worker = await start_worker(
-            source, manifest, snapshot=snapshot, slot=slot, names=self._names(manifest, slot),
-            bus=self.bus, env=self._env, ready_timeout=self.ready_timeout,
-            health_timeout=self.health_timeout, grace=self._grace,
+            source, manifest, snapshot=snapshot, slot=new_slot,
+            names=replica_names(manifest.name, new_slot, numbers), bus=self.bus, env=self._env,
+            ready_timeout=self.ready_timeout, health_timeout=self.health_timeout,
+            grace=self._grace,
         )  # fmt: skip
-        plugin.slot = slot
-        task = asyncio.create_task(
-            self._monitor(plugin, worker), name=f"agentbus-plugin:{plugin.name}"
-        )
-        plugin.monitors.add(task)
-        task.add_done_callback(plugin.monitors.discard)
+        if slot is None:
+            unit.slot = new_slot
+        task = asyncio.create_task(self._monitor(unit, worker), name=f"agentbus-plugin:{unit.name}")
+        unit.monitors.add(task)
+        task.add_done_callback(unit.monitors.discard)
         return worker
 
-    async def _read(self, source: Path) -> PluginManifest:
+    async def _stop_workers(self, unit: Unit, workers: list[Worker] | None = None) -> None:
+        """Drain ``workers`` (default: every worker of the unit) at once."""
+        chosen = unit.workers if workers is None else workers
+        await asyncio.gather(*(w.stop(self._grace) for w in chosen))
+        for w in chosen:
+            if w is unit.current:
+                unit.current = None
+            elif w in unit.extra:
+                unit.extra.remove(w)
+                w.remove_snapshot()
+        self.scaling.forget(unit)
+
+    async def _read(self, source: Path, unit: Unit | None = None) -> PluginManifest:
+        """Read ``source``'s manifest; refuse a (name, version) another directory runs."""
         manifest = await asyncio.to_thread(read_manifest, source)
-        owner = self.plugins.get(manifest.name)
-        if owner is not None and owner.source != source and owner.source.exists():
-            raise PluginError(
-                f"{source}: plugin name {manifest.name!r} is already taken by {owner.source}",
-                details={"plugin": str(source), "file": MANIFEST_FILE, "field": "name",
-                         "reason": "name clash"},
-            )  # fmt: skip
+        for other in self.units:
+            if other is unit or other.name != manifest.name or other.source == source:
+                continue
+            if other.version == manifest.version and other.source.exists():
+                raise _clash(source, manifest,
+                             f"plugin {manifest.name!r} {manifest.version} is already "
+                             f"loaded from {other.source}")  # fmt: skip
         return manifest
 
     async def _load(self, source: Path) -> None:
@@ -254,78 +293,91 @@ class PluginSupervisor:
         except AgentbusError as e:
             await self._failed(source.name, None, str(e))
             return
-        plugin = self.plugins.get(manifest.name)
-        if plugin is not None:  # known (failed before, or moved here): treat as a change
-            await self._reload(plugin, source)
+        known = next((u for u in self.units if u.source == source), None) or next(
+            (u for u in self.units if u.name == manifest.name and u.version == manifest.version),
+            None,
+        )  # the same directory (failed before), or the same version moved here
+        if known is not None:
+            await self._reload(known, source)
             return
-        plugin = _Plugin(manifest.name, source, manifest)
-        self.plugins[manifest.name] = plugin
-        async with plugin.lock:
+        pair = free_pair(self.units, manifest.name)
+        if pair is None:
+            await self._failed(manifest.name, manifest,
+                               f"{source}: {MAX_UNITS_PER_NAME} versions of {manifest.name!r} "
+                               "run already (the most side by side)")  # fmt: skip
+            return
+        unit = Unit(manifest.name, source, manifest, pair)
+        self.units.append(unit)
+        async with unit.lock:
             try:
-                plugin.current = await self._start(plugin, source, manifest)
+                unit.current = await self._start(unit, source, manifest)
             except AgentbusError as e:
-                await self._record(plugin, manifest, status="failed", error=str(e))
+                await self._record(unit, status="failed", error=str(e))
                 await self._failed(manifest.name, manifest, str(e))
                 return
-            await self._record(plugin, manifest, status="running")
+            await self._record(unit, status="running")
             await self._event(Ev.PLUGIN_LOADED, manifest)
-            log.info("plugin %s %s serves as %s", manifest.name, manifest.version,
-                     ", ".join(plugin.current.agents))  # fmt: skip
+            log.info("plugin %s serves as %s", unit.label, ", ".join(unit.agents))
 
-    async def _reload(self, plugin: _Plugin, source: Path) -> None:
-        async with plugin.lock:
+    async def _reload(self, unit: Unit, source: Path) -> None:
+        async with unit.lock:
             try:
-                manifest = await self._read(source)
-                if manifest.name != plugin.name:
+                manifest = await self._read(source, unit)
+                if manifest.name != unit.name:
                     raise PluginError(
-                        f"{source}: the plugin's name changed from {plugin.name!r} to "
+                        f"{source}: the plugin's name changed from {unit.name!r} to "
                         f"{manifest.name!r}: a rename is a new plugin (move it to a new "
                         "directory)",
                         details={"plugin": str(source), "field": "name", "reason": "renamed"},
                     )
-                new = await self._start(plugin, source, manifest)
+                new = await self._start(unit, source, manifest)
             except AgentbusError as e:
-                old = plugin.current
-                note = "; the running version keeps serving" if old is not None else ""
-                await self._catalogue_update(plugin.name, last_error=str(e))
-                if old is None:
-                    await self._catalogue_update(plugin.name, status="failed")
-                await self._failed(plugin.name, plugin.manifest, f"{e}{note}")
+                running = unit.current is not None
+                note = "; the running version keeps serving" if running else ""
+                await self._update(unit, last_error=str(e), **({} if running else
+                                                              {"status": "failed"}))  # fmt: skip
+                await self._failed(unit.name, unit.manifest, f"{e}{note}")
                 return
-            old, plugin.current = plugin.current, new
-            plugin.source, previous, plugin.manifest = source, plugin.manifest, manifest
-            await self._record(plugin, manifest, status="running")
-            if old is not None:
-                await old.stop(self._grace)
-                self._forget_previous(plugin)
-                plugin.previous = (previous, old.snapshot)
-            await self._event(Ev.PLUGIN_RELOADED if old else Ev.PLUGIN_LOADED, manifest)
-            drained = " (the previous version drained)" if old else ""
-            log.info("plugin %s %s serves as %s%s", manifest.name, manifest.version,
-                     ", ".join(new.agents), drained)  # fmt: skip
+            old_workers, old_manifest = unit.workers, unit.manifest
+            unit.current, unit.extra = new, []
+            unit.source, unit.manifest = source, manifest
+            if old_manifest.version != manifest.version:
+                await self._follow_default(old_manifest, manifest)
+                await self._forget_version(old_manifest)
+            await self._record(unit, status="running")
+            if old_workers:
+                await asyncio.gather(*(w.stop(self._grace) for w in old_workers))
+                for w in old_workers[1:]:
+                    w.remove_snapshot()
+                self._forget_previous(unit)
+                unit.previous = (old_manifest, old_workers[0].snapshot)
+            self.scaling.forget(unit)
+            await self._event(Ev.PLUGIN_RELOADED if old_workers else Ev.PLUGIN_LOADED, manifest)
+            drained = " (the previous version drained)" if old_workers else ""
+            log.info("plugin %s serves as %s%s", unit.label, ", ".join(new.agents), drained)
 
-    async def _unload(self, plugin: _Plugin) -> None:
-        async with plugin.lock:
-            for task in list(plugin.monitors):
+    async def _unload(self, unit: Unit) -> None:
+        async with unit.lock:
+            for task in list(unit.monitors):
                 await cancel_and_wait(task)
-            if plugin.current is not None:
-                await plugin.current.stop(self._grace)
-                plugin.current.remove_snapshot()
-                plugin.current = None
-            self._forget_previous(plugin)
-            self.plugins.pop(plugin.name, None)
-            assert self.catalogue is not None
-            await self.catalogue.remove(plugin.name)
-            await self._event(Ev.PLUGIN_UNLOADED, plugin.manifest)
-            log.info("plugin %s unloaded (its directory is gone)", plugin.name)
+            current = unit.current
+            await self._stop_workers(unit)
+            if current is not None:
+                current.remove_snapshot()
+            self._forget_previous(unit)
+            if unit in self.units:
+                self.units.remove(unit)
+            await self._forget_version(unit.manifest, clear_default=True)
+            await self._event(Ev.PLUGIN_UNLOADED, unit.manifest)
+            log.info("plugin %s unloaded (its directory is gone)", unit.label)
 
     @staticmethod
-    def _forget_previous(plugin: _Plugin) -> None:
-        if plugin.previous is not None:
-            shutil.rmtree(plugin.previous[1], ignore_errors=True)
-            plugin.previous = None
+    def _forget_previous(unit: Unit) -> None:
+        if unit.previous is not None:
+            shutil.rmtree(unit.previous[1], ignore_errors=True)
+            unit.previous = None
 
-    async def _monitor(self, plugin: _Plugin, worker: Worker) -> None:
+    async def _monitor(self, unit: Unit, worker: Worker) -> None:
         """Wait for the worker to exit; an exit the supervisor did not ask for is a crash."""
         code = await worker.proc.wait()
         if worker.stopping:
@@ -334,45 +386,97 @@ class PluginSupervisor:
         await worker.kill()  # closes its pipes
         reason = f"the worker of {worker.manifest.version} exited with status {code} after " \
                  f"{lived:.1f}s: {worker.tail()}"  # fmt: skip
-        async with plugin.lock:
-            if plugin.current is not worker:
+        async with unit.lock:
+            if worker in unit.extra:  # an added replica: gone; the scaler adds one if needed
+                unit.extra.remove(worker)
+                worker.remove_snapshot()
+                await self._update(unit, agents=",".join(unit.agents))
+                await self._failed(unit.name, worker.manifest, reason)
                 return
-            plugin.current = None
-            plugin.restarts = 0 if lived > _STABLE_AFTER else plugin.restarts + 1
-            rollback = plugin.previous if lived < self.probation else None
-            await self._catalogue_update(plugin.name, status="failed", agents="", last_error=reason)
-            await self._failed(plugin.name, worker.manifest, reason)
+            if unit.current is not worker:
+                return
+            unit.current = None
+            unit.restarts = 0 if lived > _STABLE_AFTER else unit.restarts + 1
+            rollback = unit.previous if lived < self.probation else None
+            await self._update(unit, status="failed", agents="", last_error=reason)
+            await self._failed(unit.name, worker.manifest, reason)
             if rollback is not None:
                 manifest, snapshot = rollback
-                log.warning("plugin %s: rolling back to %s", plugin.name, manifest.version)
-                plugin.previous = None
-                await self._restart(plugin, snapshot, manifest, remove_source=True)
+                log.warning("plugin %s: rolling back to %s", unit.name, manifest.version)
+                unit.previous = None
+                await self._restart(unit, snapshot, manifest, remove_source=True)
                 worker.remove_snapshot()
                 return
-        if plugin.restarts > MAX_RESTARTS:
+        if unit.restarts > MAX_RESTARTS:
             log.error("plugin %s crashed %d times in a row: not restarted until it changes",
-                      plugin.name, plugin.restarts)  # fmt: skip
+                      unit.label, unit.restarts)  # fmt: skip
             return
-        await asyncio.sleep(min(30.0, 0.5 * 2**plugin.restarts))  # restart backoff
-        async with plugin.lock:
-            if plugin.current is None and self._state == "running":
-                await self._restart(plugin, worker.snapshot, worker.manifest, remove_source=True)
+        await asyncio.sleep(min(30.0, 0.5 * 2**unit.restarts))  # restart backoff
+        async with unit.lock:
+            if unit.current is None and self._state == "running":
+                await self._restart(unit, worker.snapshot, worker.manifest, remove_source=True)
 
     async def _restart(
-        self, plugin: _Plugin, snapshot: Path, manifest: PluginManifest, *, remove_source: bool
+        self, unit: Unit, snapshot: Path, manifest: PluginManifest, *, remove_source: bool
     ) -> None:
         """Start ``manifest``'s version from a snapshot (caller holds the lock)."""
+        others = list(unit.extra)
         try:
-            plugin.current = await self._start(plugin, snapshot, manifest)
+            unit.current = await self._start(unit, snapshot, manifest)
         except AgentbusError as e:
-            await self._failed(plugin.name, manifest, f"restarting {manifest.version}: {e}")
+            await self._failed(unit.name, manifest, f"restarting {manifest.version}: {e}")
             return
         finally:
             if remove_source:
                 shutil.rmtree(snapshot, ignore_errors=True)
-        plugin.manifest = manifest
-        await self._record(plugin, manifest, status="running")
+        if manifest.version != unit.manifest.version:  # a rollback: extras ran the other one
+            await self._stop_workers(unit, others)
+            await self._follow_default(unit.manifest, manifest)
+            await self._forget_version(unit.manifest)
+        unit.manifest = manifest
+        await self._record(unit, status="running")
         await self._event(Ev.PLUGIN_LOADED, manifest)
+
+    # -- replicas ------------------------------------------------------------------------------
+    async def _scale_loop(self) -> None:
+        policy = self.scaling
+        while True:
+            await asyncio.sleep(policy.interval)
+            for unit in [
+                u for u in self.units if u.manifest.replicas.max > u.manifest.replicas.min
+            ]:
+                try:
+                    await self._scale(unit)
+                except (AgentbusError, RedisError) as e:
+                    log.warning("plugin %s: scaling check failed: %s", unit.label, e)
+                except Exception:
+                    log.exception("plugin %s: scaling check failed", unit.label)
+
+    async def _scale(self, unit: Unit) -> None:
+        if unit.current is None or unit.lock.locked():
+            return
+        m = unit.manifest
+        reading = await read_unit(self.bus.client, self.settings.keys, m.role, unit.agents,
+                                  m.resources.max_concurrency)  # fmt: skip
+        step = self.scaling.decide(unit, reading, unit.replicas, m.replicas.min,
+                                   m.replicas.max, time.monotonic())  # fmt: skip
+        if step == 0:
+            return
+        async with unit.lock:
+            if unit.current is None:
+                return
+            if step > 0:
+                number = unit.free_replica()
+                worker = await self._start(unit, unit.current.snapshot, m, slot=unit.slot,
+                                           replicas=[number])  # fmt: skip
+                unit.extra.append(worker)
+                self.scaled_up += 1
+            elif unit.extra:
+                await self._stop_workers(unit, [unit.extra[-1]])
+                self.scaled_down += 1
+            log.info("plugin %s: %d replicas (backlog %d, load %d/%d)", unit.label,
+                     unit.replicas, reading.backlog, reading.load, reading.capacity)  # fmt: skip
+            await self._update(unit, agents=",".join(unit.agents))
 
     # -- watching ------------------------------------------------------------------------------
     async def _watch(self, ready: asyncio.Event) -> None:
@@ -391,36 +495,47 @@ class PluginSupervisor:
         dirs = [d for d in dirs if not d.name.startswith(".")]  # staging, editors' temp dirs
         present = sorted(d for d in dirs if (d / MANIFEST_FILE).is_file())
         gone = sorted(d for d in dirs if d not in present)
-        by_source = {p.source: p for p in self.plugins.values()}
-        work = []
-        for d in present:
-            plugin = by_source.get(d)
-            work.append(self._reload(plugin, d) if plugin else self._load(d))
-        await asyncio.gather(*work)
-        by_source = {p.source: p for p in self.plugins.values()}  # moves updated sources
+        by_source = {u.source: u for u in self.units}
+        await asyncio.gather(*(self._reload(by_source[d], d) for d in present if d in by_source))
+        # new ones after the reloads (a reload may free a version a new directory takes)
+        await asyncio.gather(*(self._load(d) for d in present if d not in by_source))
+        by_source = {u.source: u for u in self.units}  # moves updated sources
         await asyncio.gather(*(self._unload(by_source[d]) for d in gone if d in by_source))
         self.applied += 1
         self.watching.set()
 
-    # -- catalogue and events --------------------------------------------------------------------
-    async def _record(
-        self, plugin: _Plugin, manifest: PluginManifest, *, status: str, error: str = ""
-    ) -> None:
+    # -- catalogue, default version and events -------------------------------------------------
+    async def _record(self, unit: Unit, *, status: str, error: str = "") -> None:
         assert self.catalogue is not None
-        agents = plugin.current.agents if plugin.current is not None else []
         try:
-            await self.catalogue.record(
-                manifest, status=status, path=str(plugin.source), agents=agents, last_error=error
-            )
+            await self.catalogue.record(unit.manifest, status=status, path=str(unit.source),
+                                        agents=unit.agents, last_error=error)  # fmt: skip
         except (AgentbusError, RedisError) as e:
-            log.warning("plugin %s: could not update the catalogue: %s", plugin.name, e)
+            log.warning("plugin %s: could not update the catalogue: %s", unit.label, e)
 
-    async def _catalogue_update(self, name: str, **fields: str) -> None:
+    async def _update(self, unit: Unit, **fields: str) -> None:
         assert self.catalogue is not None
         try:
-            await self.catalogue.update(name, **fields)
+            await self.catalogue.update(unit.name, unit.version, **fields)
         except (AgentbusError, RedisError) as e:
-            log.warning("plugin %s: could not update the catalogue: %s", name, e)
+            log.warning("plugin %s: could not update the catalogue: %s", unit.label, e)
+
+    async def _follow_default(self, old: PluginManifest, new: PluginManifest) -> None:
+        """The role's default was the old version of a reloaded directory: it follows."""
+        assert self.catalogue is not None
+        with contextlib.suppress(RedisError):
+            if await self.catalogue.swap_default(old.role, old.version, new.version):
+                log.info("role %s: default version %s -> %s", old.role, old.version, new.version)
+
+    async def _forget_version(self, manifest: PluginManifest, *, clear_default: bool = False
+                              ) -> None:  # fmt: skip
+        assert self.catalogue is not None
+        try:
+            if clear_default:
+                await self.catalogue.swap_default(manifest.role, manifest.version, "")
+            await self.catalogue.remove(manifest.name, manifest.version)
+        except (AgentbusError, RedisError) as e:
+            log.warning("plugin %s: could not update the catalogue: %s", manifest.name, e)
 
     async def _event(self, type: Ev, manifest: PluginManifest, reason: str | None = None) -> None:
         assert self.catalogue is not None
