@@ -1,8 +1,9 @@
 """A live reload and a rollback, end to end: ``python examples/plugin_reload.py``.
 
 It starts a private bus (a throwaway redis-server and a coordinator: ``agent_sdk.testing``),
-writes a plugin ``greeter`` 1.0.0 into a temporary directory and hosts it as ``agentbus run
---plugins DIR`` does, with a client asking it ``greet`` 50 times a second throughout. Then:
+writes a plugin ``greeter`` 1.0.0 into a temporary directory and hosts it with ``agentbus run
+--plugins DIR`` (a child process), with a client asking it ``greet`` 50 times a second
+throughout. Then:
 
 1. **live reload**: the plugin's files are edited to 1.1.0; the new version serves, the old one
    drains, no request fails;
@@ -15,6 +16,8 @@ It prints what happens and exits 0 when every request was answered (1 otherwise)
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import sys
 import tempfile
 import textwrap
@@ -25,7 +28,6 @@ from typing import Any
 
 from agent_sdk import Bus
 from agent_sdk.testing import agentbus_for_tests
-from coordinator.plugins import PluginSupervisor
 
 CODE = """
 from agent_sdk.plugin import handler
@@ -127,31 +129,54 @@ async def show(root: Path) -> int:
     save(plugin, "1.0.0", "hello")
     async with agentbus_for_tests() as private:
         settings = private.settings()
-        async with (
-            PluginSupervisor(settings, [root], watch=True),
-            Bus(settings) as bus,
-        ):
-            print(f"hosting {plugin} (agentbus run --plugins {root})")
-            print("greeter 1.0.0:", await bus.request(role="greeter", type="greet", payload="ada"))
-            client = Client(bus)
-            client.start()
+        env = {**os.environ, "AGENTBUS_REDIS_URL": settings.url,
+               "AGENTBUS_NAMESPACE": settings.namespace}  # fmt: skip
+        agentbus = shutil.which("agentbus") or "agentbus"
+        host = await asyncio.create_subprocess_exec(
+            agentbus, "run", "--plugins", str(root), env=env,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            async with Bus(settings) as bus:
+                print(f"hosting {plugin}: agentbus run --plugins {root}")
+                await until_serving(bus, "greeter")
+                return await walk_through(bus, settings, plugin)
+        finally:
+            host.terminate()  # SIGTERM: it drains and every agent leaves
+            await host.wait()
 
-            print("\n== live reload: saving greeter 1.1.0")
-            save(plugin, "1.1.0", "hi")
-            took = await client.until_version("1.1.0")
-            print(f"1.1.0 answers {took:.2f} s after the save (then 1.0.0 drains and leaves)")
-            print("greeter 1.1.0:", await bus.request(role="greeter", type="greet", payload="ada"))
 
-            print("\n== rollback: saving a broken greeter 1.2.0")
-            feed = settings.keys.events()  # the change feed, as `agentbus watch` reads it
-            last: Any = (await bus.client.xinfo_stream(feed))["last-generated-id"]
-            save(plugin, "1.2.0", "hey", broken=True)
-            reason = await next_failure(bus, feed, last)
-            print(f"plugin_failed: {reason}")
-            version: Any = await bus.client.hget(settings.keys.plugin("greeter"), "version")
-            print(f"still serving: greeter {version.decode()}")
-            await asyncio.sleep(1.0)  # a second more of load on the version kept
-            await client.stop()
+async def until_serving(bus: Bus, role: str, timeout: float = 30.0) -> None:
+    """Wait (at most ``timeout`` seconds) until a member of ``role`` is registered."""
+    give_up = time.monotonic() + timeout
+    while not await bus.discover(role=role):
+        if time.monotonic() > give_up:
+            raise SystemExit(f"no {role} registered within {timeout:g}s")
+        await asyncio.sleep(0.05)
+
+
+async def walk_through(bus: Bus, settings: Any, plugin: Path) -> int:
+    """The reload and the rollback under load; the exit status."""
+    print("greeter 1.0.0:", await bus.request(role="greeter", type="greet", payload="ada"))
+    client = Client(bus)
+    client.start()
+
+    print("\n== live reload: saving greeter 1.1.0")
+    save(plugin, "1.1.0", "hi")
+    took = await client.until_version("1.1.0")
+    print(f"1.1.0 answers {took:.2f} s after the save (then 1.0.0 drains and leaves)")
+    print("greeter 1.1.0:", await bus.request(role="greeter", type="greet", payload="ada"))
+
+    print("\n== rollback: saving a broken greeter 1.2.0")
+    feed = settings.keys.events()  # the change feed, as `agentbus watch` reads it
+    last: Any = (await bus.client.xinfo_stream(feed))["last-generated-id"]
+    save(plugin, "1.2.0", "hey", broken=True)
+    reason = await next_failure(bus, feed, last)
+    print(f"plugin_failed: {reason}")
+    version: Any = await bus.client.hget(settings.keys.plugin("greeter"), "version")
+    print(f"still serving: greeter {version.decode()}")
+    await asyncio.sleep(1.0)  # a second more of load on the version kept
+    await client.stop()
 
     answered = sum(client.answers.values())
     print(f"\n{answered} requests answered during all this "
