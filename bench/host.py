@@ -28,6 +28,7 @@ from bench.stats import Latency, Row, Scalar
 __all__ = ["host_group", "phase_shares"]
 
 _AT_SCALE = 10_000  # the size the per-host targets are set for
+_WAVE = 500  # agents started at a time when a host cannot start all at once
 
 
 async def _lone_start(url: str, ns: str, samples: int, heartbeat: float, ttl: float) -> Latency:
@@ -87,12 +88,16 @@ def _size_rows(ctx: Context, res: dict[str, Any], lone: Latency) -> None:
         f"idle window {res['window_s']:g} s, heartbeat {res['heartbeat_s']:g} s / "
         f"TTL {res['ttl_s']:g} s"
     )
+    wave = res["wave"]
     ctx.add(Row(
-        key=f"host.{n}.register",
-        title=f"host of {n} agents: all registered after `async with host`",
-        value=Scalar(res["register_s"], "s", "{:.2f}"), target=target("≤ 10 s"),
-        met=met(res["register_s"] <= 10 and res["registered"] >= n),
-        note=f"{res['registered']} in the registry after start",
+        key=f"host.{n}.register" + (".waves" if wave else ""),
+        title=f"host of {n} agents: all registered after `async with host`"
+        + (f", {wave} at a time" if wave else ""),
+        value=Scalar(res["register_s"], "s", "{:.2f}"), target="" if wave else target("≤ 10 s"),
+        met=None if wave else met(res["register_s"] <= 10 and res["registered"] >= n),
+        note=f"{res['registered']} in the registry after start"
+        + ("; the host started empty, then its agents in waves: all at once failed (above), "
+           "the figures below are of this host" if wave else ""),
     ))  # fmt: skip
     ctx.add(Row(
         key=f"host.{n}.connections", title=f"host of {n} agents: Redis connections of the process",
@@ -154,6 +159,17 @@ def _size_rows(ctx: Context, res: dict[str, Any], lone: Latency) -> None:
                     baseline_name=name, baseline=rr[key]))  # fmt: skip
 
 
+def _failed_row(ctx: Context, res: dict[str, Any]) -> None:
+    n = res["agents"]
+    ctx.add(Row(
+        key=f"host.{n}.register", title=f"host of {n} agents: all registered after "
+        "`async with host`",
+        value=None, target="≤ 10 s", met=False,
+        note=f"failed after {res['register_fail_s']:.1f} s ({res['registered']} in the "
+        f"registry then): {res['register_error']}",
+    ))  # fmt: skip
+
+
 def _kill_rows(ctx: Context, res: dict[str, Any]) -> None:
     ttl = res["ttl_s"]
     expiry: Latency = res["expiry"]
@@ -203,6 +219,13 @@ async def host_group(ctx: Context) -> None:
     ctx.details["host_lone_start"] = lone.as_dict()
     for n in sizes:
         res = await size_run(ctx.url, n, s, ctx.loop, ctx.nats_url, window)
+        if "register_error" in res:  # the other figures, of a host started in waves
+            _failed_row(ctx, res)
+            ctx.details[f"host_{n}_all_at_once"] = _plain(res)
+            res = await size_run(ctx.url, n, s, ctx.loop, ctx.nats_url, window, wave=_WAVE)
+            if "register_error" in res:
+                _failed_row(ctx, res)
+                continue
         _size_rows(ctx, res, lone)
         ctx.details[f"host_{n}"] = _plain(res)
     res = await kill_run(ctx.url, s, ctx.loop)

@@ -133,10 +133,12 @@ async def _rr_side_by_side(
 
 
 async def size_run(
-    url: str, n: int, sizes: Sizes, loop: str, nats_url: str | None, window: float
+    url: str, n: int, sizes: Sizes, loop: str, nats_url: str | None, window: float, wave: int = 0
 ) -> dict[str, Any]:
-    """A host of ``n`` agents (module docstring); ``window`` seconds idle."""
-    ns = f"host{n}"
+    """A host of ``n`` agents (module docstring); ``window`` seconds idle. ``wave``: its agents
+    started that many at a time (``HostSpec.wave``). If the host cannot start, the result says
+    why (``register_error``) and holds nothing else."""
+    ns = f"host{n}" + (f"w{wave}" if wave else "")
     keys = KeySpace(ns)
     heartbeat, ttl = sizes.host_ttl
     r = client(url)
@@ -144,11 +146,19 @@ async def size_run(
     env = {"heartbeat_interval": str(heartbeat), "ttl": str(ttl)}
     try:
         with CoordinatorProcess(url, ns, **env) as coordinator:
-            spec = HostSpec(f"bench-host-{n}", "h", n, heartbeat=heartbeat, ttl=ttl)
+            spec = HostSpec(f"bench-host-{n}", "h", n, heartbeat=heartbeat, ttl=ttl, wave=wave)
             host = HostDriver(url, ns, spec, loop)
             try:
                 since = await _last_event(r, keys)
-                res = await host.call(("start",), "register_s", timeout=max(120.0, n / 20))
+                t0 = time.perf_counter()
+                try:
+                    res = await host.call(("start",), "register_s", timeout=max(120.0, n / 20))
+                except RuntimeError as e:
+                    out["register_error"] = str(e).removeprefix("worker host_worker failed: ")
+                    out["register_fail_s"] = time.perf_counter() - t0
+                    out["registered"] = int(await r.scard(keys.agents()))
+                    return out
+                out["wave"] = wave
                 out["register_s"] = res["register_s"]
                 out["registered"] = int(await r.scard(keys.agents()))
                 await asyncio.sleep(sizes.settle)  # the start settles before the idle window

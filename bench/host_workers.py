@@ -3,7 +3,8 @@
 A host worker builds its agents (``HostSpec``), says it is ready, then obeys the commands the
 bench puts on its queue, answering each with one result:
 
-* ``("start",)``: ``await host.start()`` (every agent at once), timed;
+* ``("start",)``: ``await host.start()`` (every agent at once, or in waves: ``HostSpec.wave``),
+  timed;
 * ``("add", k)``: ``k`` more agents started at once on the running host, each ``start()``
   timed, with where the time went (``StartPhases``);
 * ``("stop",)``: ``await host.stop()`` (every agent drains and leaves), then the worker ends.
@@ -29,10 +30,15 @@ from bench.protocol import card_for
 __all__ = ["PHASES", "HostSpec", "StartPhases", "host_worker", "lone_agent_worker", "settings"]
 
 
-def settings(url: str, ns: str, heartbeat: float, ttl: float) -> Any:
+def settings(
+    url: str, ns: str, heartbeat: float, ttl: float, announce_timeout: float | None = None
+) -> Any:
     from agent_sdk.settings import Settings
 
-    return Settings(redis_url=url, namespace=ns, heartbeat_interval=heartbeat, ttl=ttl)
+    base = Settings(redis_url=url, namespace=ns, heartbeat_interval=heartbeat, ttl=ttl)
+    if announce_timeout is None:
+        return base
+    return base.model_copy(update={"announce_timeout": announce_timeout})
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +56,10 @@ class HostSpec:
     hold: bool = False  # take ``work`` items and never finish them
     heartbeat: float = 1.0
     ttl: float = 3.0
+    announce_timeout: float | None = None  # the SDK's default (5 s) unless given
+    #: 0: every agent made first and started by ``host.start()`` at once; else the host starts
+    #: empty and its agents are made and started ``wave`` at a time (a fallback, see host_runs)
+    wave: int = 0
 
 
 #: The parts of ``Agent.start()`` timed by ``StartPhases`` (the rest is CPU in between).
@@ -112,7 +122,7 @@ async def host_worker(ctx: WorkerContext, url: str, ns: str, spec: HostSpec, com
 
     phases = StartPhases()
     phases.install()
-    host = Host(settings(url, ns, spec.heartbeat, spec.ttl), name=spec.name)
+    host = Host(settings(url, ns, spec.heartbeat, spec.ttl, spec.announce_timeout), name=spec.name)
     held = asyncio.Event()  # never set: a held item is never finished
 
     def make(i: int, prefix: str) -> Any:
@@ -134,8 +144,10 @@ async def host_worker(ctx: WorkerContext, url: str, ns: str, spec: HostSpec, com
 
         return agent
 
-    for i in range(spec.first, spec.first + spec.count):
-        make(i, spec.prefix)
+    ids = range(spec.first, spec.first + spec.count)
+    if not spec.wave:
+        for i in ids:
+            make(i, spec.prefix)
     ctx.ready()
     added = 0
     while True:
@@ -143,6 +155,9 @@ async def host_worker(ctx: WorkerContext, url: str, ns: str, spec: HostSpec, com
         if cmd[0] == "start":
             t0 = time.perf_counter()
             await host.start()
+            for k in range(0, len(ids) if spec.wave else 0, spec.wave or 1):
+                wave = [make(i, spec.prefix) for i in ids[k : k + spec.wave]]
+                await asyncio.gather(*(a.start() for a in wave))
             ctx.put({"register_s": time.perf_counter() - t0, "agents": len(host.agents)})
         elif cmd[0] == "add":
             agents = [make(added + k, f"{spec.prefix}-u") for k in range(cmd[1])]
