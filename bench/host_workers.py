@@ -27,7 +27,15 @@ from bench.common import now_ns
 from bench.procs import WorkerContext
 from bench.protocol import card_for
 
-__all__ = ["PHASES", "HostSpec", "StartPhases", "host_worker", "lone_agent_worker", "settings"]
+__all__ = [
+    "NESTED",
+    "PHASES",
+    "HostSpec",
+    "StartPhases",
+    "host_worker",
+    "lone_agent_worker",
+    "settings",
+]
 
 
 def settings(
@@ -65,11 +73,23 @@ class HostSpec:
 #: The parts of ``Agent.start()`` timed by ``StartPhases`` (the rest is CPU in between).
 PHASES = {
     "announce": "announce: control XADD → coordinator → announce_result (Membership.announce)",
+    "xadd": "of which the announce's control XADD itself (Membership._xadd)",
     "usage": "usage stats claim (UsageRecorder.start → flush)",
     "group": "XGROUP CREATE of the inbox (Reader.ensure_group)",
     "listen": "SUBSCRIBE + confirmation of doorbells/broadcasts (PubSubHub.listen)",
     "exists": "EXISTS of the priority streams (Reader._find_priority_streams)",
 }
+
+#: Phases timed inside another one (not added up).
+NESTED = frozenset({"xadd"})
+
+
+async def _loop_lag(lags: list[float]) -> None:
+    """Record how late a 1 ms sleep wakes up, until cancelled (the event loop blocked)."""
+    while True:
+        t = time.perf_counter()
+        await asyncio.sleep(0.001)
+        lags.append(time.perf_counter() - t - 0.001)
 
 
 class StartPhases:
@@ -91,6 +111,7 @@ class StartPhases:
 
         for cls, attr, phase in (
             (Membership, "announce", "announce"),
+            (Membership, "_xadd", "xadd"),
             (UsageRecorder, "start", "usage"),
             (Reader, "ensure_group", "group"),
             (PubSubHub, "listen", "listen"),
@@ -168,8 +189,15 @@ async def host_worker(ctx: WorkerContext, url: str, ns: str, spec: HostSpec, com
                 await agent.start()
                 return time.perf_counter() - t, phases.take(asyncio.current_task())
 
+            lags: list[float] = []
+            ticker = asyncio.create_task(_loop_lag(lags))
             results = await asyncio.gather(*(asyncio.create_task(timed(a)) for a in agents))
-            ctx.put({"added_s": [s for s, _ in results], "phases": [p for _, p in results]})
+            ticker.cancel()
+            ctx.put({
+                "added_s": [s for s, _ in results], "phases": [p for _, p in results],
+                "loop_lag_max_s": max(lags, default=0.0),
+                "loop_blocked_s": sum(x for x in lags if x > 0.01),
+            })  # fmt: skip
         elif cmd[0] == "stop":
             t0 = time.perf_counter()
             await host.stop()
