@@ -85,14 +85,18 @@ async def _last_event(r: Any, keys: KeySpace) -> str:
     return str(last[0][0].decode()) if last else "0-0"
 
 
-async def _count_expired(r: Any, keys: KeySpace, since: str) -> int:
+async def _count_expired(r: Any, keys: KeySpace, since: str, prefix: str) -> int:
+    """``agent_expired`` events since ``since`` of agents named ``<prefix>-...`` (the host's;
+    not the lone baseline agents the bench terminates)."""
     count, start = 0, since
+    mine = f"{prefix}-".encode()
     while True:
         entries: Any = await r.xrange(keys.events(), min=f"({start}", max="+", count=1000)
         if not entries:
             return count
         for eid, fields in entries:
-            count += fields.get(b"type") == b"agent_expired"
+            expired = fields.get(b"type") == b"agent_expired"
+            count += expired and fields.get(b"name", b"").startswith(mine)
             start = eid.decode()
 
 
@@ -182,14 +186,15 @@ async def size_run(
                 out["host_connections"], out["redis_clients"] = await _connections(
                     r, host.pid, _port(url)
                 )
-                out["expired_in_window"] = await _count_expired(r, keys, window_since)
+                out["expired_in_window"] = await _count_expired(r, keys, window_since, "h")
                 out["rr"] = await _rr_side_by_side(url, ns, f"h-{n // 2}", sizes, loop, nats_url)
                 res = await host.call(("add", sizes.host_added), "added_s", timeout=120)
                 out["added"] = Latency.from_us([t * 1e6 for t in res["added_s"]])
                 out["added_phases"], out["added_s_list"] = res["phases"], res["added_s"]
                 out["loop_lag_max_s"] = res["loop_lag_max_s"]
                 out["loop_blocked_s"] = res["loop_blocked_s"]
-                out["expired_total"] = await _count_expired(r, keys, since)
+                out["add_cpu_s"] = res["cpu_s"]
+                out["expired_total"] = await _count_expired(r, keys, since, "h")
                 out["registered_end"] = int(await r.scard(keys.agents()))
                 res = await host.call(("stop",), "stopped_s", timeout=120)
                 out["stop_s"] = res["stopped_s"]
