@@ -418,6 +418,7 @@ class Reader:
             else:
                 todo.pop(0)
         for c, left in list(self._takeovers.items()):
+            # an agent removed meanwhile (during the await below) is not ours to prune
             if not left and self._takeovers.pop(c, None) is not None:
                 with contextlib.suppress(Exception):
                     await c.prune_consumers(c.inbox, idle_limit=0)
