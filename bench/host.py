@@ -161,6 +161,15 @@ def _size_rows(ctx: Context, res: dict[str, Any], lone: Latency) -> None:
     for key, name in (("pubsub_rr", "raw pub/sub reply"), ("lpush_blpop_rr", "raw LPUSH+BLPOP")):
         ctx.add(Row(key=f"host.{n}.rr.vs.{key}", title=title, value=host_rr,
                     baseline_name=name, baseline=rr[key]))  # fmt: skip
+    direct = rr.get("host_direct")
+    if direct is not None and nats is not None:
+        ctx.add(Row(
+            key=f"host.{n}.rr_direct.vs.nats_rr",
+            title=f"request-reply durable=False to one agent of a host of {n}",
+            value=direct, baseline_name="NATS request-reply (nats-py)", baseline=nats,
+            target=target("ahead of NATS (p50)"), met=met(direct.p50 < nats.p50),
+            note="the non-durable request mode (pub/sub both ways, at-most-once)",
+        ))  # fmt: skip
 
 
 def _failed_row(ctx: Context, res: dict[str, Any]) -> None:

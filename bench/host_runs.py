@@ -115,9 +115,12 @@ def _port(url: str) -> int:
     return int(url.rsplit(":", 1)[1].split("/", 1)[0])
 
 
-async def _rr_to(url: str, ns: str, target: str, sizes: Sizes, loop: str) -> Latency:
-    """Sequential ``Bus.request`` from a client process to ``target``."""
-    worker = spawn(messaging.client_worker, url, ns, target, "rr", sizes.samples, sizes.warmup,
+async def _rr_to(
+    url: str, ns: str, target: str, sizes: Sizes, loop: str, mode: str = "rr"
+) -> Latency:
+    """Sequential ``Bus.request`` from a client process to ``target`` (``rr_direct``:
+    ``durable=False``)."""
+    worker = spawn(messaging.client_worker, url, ns, target, mode, sizes.samples, sizes.warmup,
                    "off", loop=loop)  # fmt: skip
     try:
         res = await asyncio.to_thread(worker.result, 300)
@@ -132,6 +135,7 @@ async def _rr_side_by_side(
     """Request-reply to ``target`` (a hosted agent), to a lone agent, raw pub/sub and
     LPUSH+BLPOP, and NATS: one after another, while the host runs."""
     out = {"host": await _rr_to(url, ns, target, sizes, loop)}
+    out["host_direct"] = await _rr_to(url, ns, target, sizes, loop, "rr_direct")
     out["lone"], _ = await messaging.agentbus_rr(url, ns, sizes, loop)
     keys = KeySpace(ns)
     out["pubsub_rr"] = await raw.pubsub_rr(url, keys, sizes, loop)
