@@ -293,8 +293,9 @@ class Agent(Lookups, Verbs):
                 self._components.insert(0, self._messaging)
                 # usage stats: started before the data plane, stopped (and flushed) after it
                 self.usage = UsageRecorder(
-                    self.bus.client, self.settings, self.name, instance_id=self.instance_id
-                )
+                    self.bus.client, self.settings, self.name, instance_id=self.instance_id,
+                    flusher=self.host.usage_flusher,
+                )  # fmt: skip
                 self.handlers.observer = self._observe
                 self._components.insert(0, self.usage)
             for component in list(self._components):

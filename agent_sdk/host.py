@@ -16,10 +16,11 @@ target), ONE heartbeat loop that carries every agent in one control entry per in
 ``lease``, docs/PROTOCOL.md "Hosts"), and ONE data plane (``agent_sdk.messaging.plane``): one
 reader for every inbox and role queue (woken by doorbells), one connection for acks, one send
 batcher, one reply batcher and one pub/sub connection. Its connections do not grow with the
-number of agents: ``HELD_CONNECTIONS`` held for good, plus up to ``max_connections`` for
-commands in between (registrations, discovery). Each agent still has its own card, instance id,
-epoch, fence (``agent_sdk.fence``), handler slots and consumer name: one agent losing its name
-stops that agent only, and one slow handler holds only its own agent's slots.
+number of agents: ``HELD_CONNECTIONS`` held for good, plus ``command_connections`` (2) for
+commands in between (registrations, discovery, heartbeats): 8 in all. Each agent still has its
+own card, instance id, epoch, fence (``agent_sdk.fence``), handler slots and consumer name: one
+agent losing its name stops that agent only, and one slow handler holds only its own agent's
+slots.
 
 A lone ``Agent(...)`` is a host of one (it makes its own, named after it, whose reply list is the
 agent's own: the wire of a lone agent is unchanged). Names are unique on a host: a second agent
@@ -42,6 +43,7 @@ from agent_sdk.messaging.plane import Plane
 from agent_sdk.naming import OnConflict, suffixed
 from agent_sdk.replies import ReplyRouter
 from agent_sdk.settings import Settings
+from agent_sdk.usage_flusher import UsageFlusher
 from agent_sdk.verbs import Lookups, Verbs
 from schemas.agent import ControlType
 from schemas.envelope import Envelope, new_id
@@ -51,9 +53,12 @@ from schemas.names import check_identifier
 if TYPE_CHECKING:
     from agent_sdk.agent import Agent
 
-__all__ = ["HELD_CONNECTIONS", "Host"]
+__all__ = ["HELD_CONNECTIONS", "START_WAVE", "Host"]
 
 log = logging.getLogger("agentbus.host")
+
+#: Agents ``Host.start`` registers together.
+START_WAVE = 250
 
 #: Connections a running host holds for good: its reply list's blocking read, the reader, the
 #: acks, the send and reply batchers, and pub/sub.
@@ -75,6 +80,7 @@ class Host(Lookups, Verbs):
         bus: Bus | None = None,
         max_agents: int = 100_000,
         instance_id: str | None = None,
+        command_connections: int = 2,
         **overrides: Any,
     ) -> None:
         if bus is not None and (settings is not None or overrides):
@@ -87,9 +93,13 @@ class Host(Lookups, Verbs):
             raise InvalidInput(f"invalid host name {name!r}: {e}") from e
         if max_agents < 1:
             raise InvalidInput(f"max_agents must be >= 1, got {max_agents}")
+        if command_connections < 1:
+            raise InvalidInput(f"command_connections must be >= 1, got {command_connections}")
         self.max_agents = max_agents
         if bus is None:
-            pool = self.settings.max_connections + HELD_CONNECTIONS
+            # the held ones (but the reply list's, on a client of its own) and a few for the
+            # commands in between: what starts and heartbeats in bursts goes through batchers
+            pool = HELD_CONNECTIONS - 1 + command_connections
             bus = Bus(self.settings.model_copy(update={"max_connections": pool}))
             self._owns_bus = True
         else:
@@ -104,6 +114,8 @@ class Host(Lookups, Verbs):
         self.heartbeats: Heartbeats | None = None
         #: The data plane its agents share (exists once the host runs).
         self.plane: Plane | None = None
+        #: Flushes the usage stats of every agent it carries, from one loop.
+        self.usage_flusher = UsageFlusher()
         self._client_plane: Messaging | None = None
         #: The agents this host carries, by name (created on it and not stopped yet).
         self.agents: dict[str, Agent] = {}
@@ -200,16 +212,19 @@ class Host(Lookups, Verbs):
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> Host:
-        """Start the shared machinery, then register every agent created on the host (at
-        once: their announcements go out together). If one cannot register, the host stops
-        and the error is raised."""
+        """Start the shared machinery, then register every agent created on the host, in waves
+        of ``START_WAVE`` (the announcements of a wave go out together; a wave at a time keeps
+        the event loop, and so the heartbeats of the agents already running, responsive). If
+        one cannot register, the host stops and the error is raised."""
         await self.start_shared()
         pending = [a for a in list(self.agents.values()) if a.lifecycle == "new"]
-        results = await asyncio.gather(*(a.start() for a in pending), return_exceptions=True)
-        errors = [r for r in results if isinstance(r, BaseException)]
-        if errors:
-            await self.stop()
-            raise errors[0]
+        for i in range(0, len(pending), START_WAVE):
+            wave = pending[i : i + START_WAVE]
+            results = await asyncio.gather(*(a.start() for a in wave), return_exceptions=True)
+            errors = [r for r in results if isinstance(r, BaseException)]
+            if errors:
+                await self.stop()
+                raise errors[0]
         return self
 
     async def start_shared(self) -> None:
@@ -232,6 +247,7 @@ class Host(Lookups, Verbs):
                 await self.heartbeats.start()
                 self.plane = Plane(self.bus.client, self.settings)
                 await self.plane.start()
+                await self.usage_flusher.start()
             except BaseException:
                 await self._stop_shared()
                 raise
@@ -253,6 +269,7 @@ class Host(Lookups, Verbs):
 
     async def _stop_shared(self) -> None:
         try:
+            await self.usage_flusher.stop()
             if self._client_plane is not None:
                 await self._client_plane.stop()
                 self._client_plane = None

@@ -82,7 +82,7 @@ class Settings(BaseSettings):
     max_deliveries: int = Field(default=5, ge=1, description="Then a message is dead-lettered.")
     claim_interval: float = Field(default=1.0, gt=0, description="Role queue reclaim period.")
     inbox_sweep: float = Field(
-        default=10.0,
+        default=60.0,
         gt=0,
         description="Every inbox of a host is read at least this often, doorbell or not.",
     )

@@ -38,7 +38,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import redis.asyncio as aioredis
@@ -46,6 +46,9 @@ import redis.asyncio as aioredis
 from agent_sdk.connection import redis_errors
 from agent_sdk.settings import Settings
 from agent_sdk.tasks import cancel_and_wait
+
+if TYPE_CHECKING:
+    from agent_sdk.usage_flusher import UsageFlusher
 from schemas.envelope import format_time, utcnow
 
 __all__ = [
@@ -117,6 +120,7 @@ class UsageRecorder:
         *,
         instance_id: str = "",
         interval: float = 1.0,
+        flusher: UsageFlusher | None = None,
     ) -> None:
         self._client = client
         self._settings = settings
@@ -129,6 +133,8 @@ class UsageRecorder:
         self._pending: dict[str, _Delta] = defaultdict(_Delta)
         self._task: asyncio.Task[None] | None = None
         self._claimed = not instance_id  # the hash is ours (cleared for this instance)
+        #: The host's shared flush loop (``agent_sdk.usage_flusher``); ``None``: our own loop.
+        self._flusher = flusher
         self._script = client.register_script(_SCRIPT)
 
     def record(self, message_type: str, seconds: float, error: bool = False) -> None:
@@ -144,6 +150,8 @@ class UsageRecorder:
             d.max_ms = ms
         d.buckets[bisect_left(BUCKETS_MS, ms)] += 1
         d.last_at = time.time()
+        if self._flusher is not None:
+            self._flusher.mark(self)
 
     @property
     def pending(self) -> int:
@@ -185,9 +193,12 @@ class UsageRecorder:
                 log.warning("usage stats flush for %s failed: %s", self.name, e)
 
     async def start(self) -> None:
-        """Start the flush task: it claims the stats hash for this instance at once (a failure
-        is retried by the next flush), without holding up the agent's start."""
-        if self._task is None:
+        """Start flushing: the first flush claims the stats hash for this instance at once (a
+        failure is retried by the next flush), without holding up the agent's start. On a host
+        its flusher does it; alone, a task of its own."""
+        if self._flusher is not None:
+            self._flusher.mark(self)
+        elif self._task is None:
             self._task = asyncio.create_task(self._loop(), name=f"agentbus-usage-{self.name}")
 
     async def stop(self, grace: float | None = None) -> None:
@@ -195,6 +206,8 @@ class UsageRecorder:
         task, self._task = self._task, None
         if task is not None:
             await cancel_and_wait(task)
+        if self._flusher is not None:
+            self._flusher.forget(self)
         try:
             await self.flush()
         except Exception as e:

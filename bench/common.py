@@ -30,7 +30,11 @@ class Sizes:
     scaling_window: float = 10.0  # heartbeat CPU window per scaling point
     fleet_procs: int = 3
     settle: float = 2.0  # seconds between a fleet's registration burst and its measured window
-    hosts: tuple[int, ...] = (100, 1000)  # agents per host (the host group)
+    hosts: tuple[int, ...] = (100, 1000, 10_000)  # agents per host (the host group)
+    host_added: int = 100  # agents added at once to a running host
+    host_kill: int = 1000  # agents of the host that is SIGKILLed
+    host_spread: tuple[int, int] = (4462, 100)  # agents over 3 hosts, single-agent processes
+    host_ttl: tuple[float, float] = (1.0, 3.0)  # heartbeat interval and TTL of the host group
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -46,6 +50,10 @@ class Sizes:
             fleet_procs=2,
             settle=0.2,
             hosts=(20,),
+            host_added=10,
+            host_kill=6,
+            host_spread=(30, 2),
+            host_ttl=(0.2, 0.6),
         )
 
 

@@ -18,7 +18,7 @@ from bench.procs import Worker, WorkerContext, spawn
 from bench.stats import Latency
 from schemas.keys import KeySpace
 
-__all__ = ["failure_detection"]
+__all__ = ["failure_detection", "wait_expired"]
 
 _BATCH = 5  # agent processes alive at once (2 cores)
 
@@ -35,7 +35,7 @@ async def victim_worker(
         await asyncio.Event().wait()
 
 
-async def _wait_expired(
+async def wait_expired(
     r: Any, keys: KeySpace, since: str, names: set[str], timeout: float
 ) -> dict[str, int]:
     """Read the change feed from ``since`` until every name in ``names`` expired."""
@@ -81,7 +81,7 @@ async def failure_detection(
                     await asyncio.sleep(rng.uniform(0, heartbeat))  # random heartbeat phase
                     os.kill(w.pid, signal.SIGKILL)
                     killed[name] = now_ns()
-                seen = await _wait_expired(r, keys, since, set(names), timeout=ttl * 3 + 5)
+                seen = await wait_expired(r, keys, since, set(names), timeout=ttl * 3 + 5)
                 for name, t_kill in killed.items():
                     if name in seen:
                         samples.append((seen[name] - t_kill) / 1000)  # µs

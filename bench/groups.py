@@ -243,7 +243,7 @@ async def messaging_group(ctx: Context) -> None:
                 baseline_name="NATS nats-py",
                 baseline=nats,
                 target="p50 ahead of NATS request-reply",
-                met=nats is not None and direct.p50 < nats.p50,
+                met=isinstance(nats, Latency) and direct.p50 < nats.p50,
                 note=f"Redis commands per request: {direct_info['commands']}",
             )
         )

@@ -153,6 +153,7 @@ class Worker:
 
 #: Imported once by the fork server, so each worker starts in milliseconds, not ~0.5 s.
 _PRELOAD = ["redis.asyncio", "pydantic", "orjson", "schemas", "agent_sdk.agent", "bench.raw",
+            "bench.host_workers",
             "bench.messaging", "bench.fleet", "bench.failure"]  # fmt: skip
 
 

@@ -297,3 +297,28 @@ async def test_a_running_host_is_a_client_too(
         await host.send("hc-worker", "double", 1)
         rows: Any = await r.xrange(keys.inbox("hc-worker"))
         assert rows[-1][1]["sender"] == "h-client"
+
+
+async def test_a_hosts_usage_stats_are_flushed_by_one_loop(
+    coordinator: Coordinator, settings: Settings, r: aioredis.Redis, keys: KeySpace
+) -> None:
+    """No task per agent waking every second to find nothing to write: the host's flusher
+    writes the stats of the agents that handled something."""
+    host = Host(settings, name="h-usage")
+    for i in range(30):
+        host.agent(f"u{i}", "usage-role").on("ping")(_echo)
+    async with host, Bus(settings) as bus:
+        names = {t.get_name() for t in asyncio.all_tasks()}
+        assert not [
+            n for n in names if n.startswith("agentbus-usage-") and n != "agentbus-usage-flusher"
+        ]
+        for _ in range(3):
+            await bus.request("u7", "ping", 1)
+        await wait_for(
+            lambda: r.hget(keys.stats("u7"), "ping.invocations"), message="u7's stats written"
+        )
+        assert await r.hget(keys.stats("u7"), "instance_id") == host.agents["u7"].instance_id
+
+
+async def _echo(payload: Any) -> Any:
+    return payload

@@ -270,8 +270,10 @@ class Consumer:
         leases renewed: dispatched first when a slot frees). Returns the slots used.
         ``verdicts`` (acl mode): 0 for an entry whose sender is not proved (it is
         dead-lettered, not handled)."""
-        if self._fenced_now or not self.accepting:  # left pending, unrenewed
+        if self._fenced_now or not self.accepting:  # left pending, unrenewed: claimed later
             self.fenced += len(entries)
+            if entries:
+                self._retry_later(self.stream(key))
             return 0
         s = self.stream(key)
         used = 0

@@ -418,6 +418,7 @@ class Reader:
             else:
                 todo.pop(0)
         for c, left in list(self._takeovers.items()):
+            # an agent removed meanwhile (during the await below) is not ours to prune
             if not left and self._takeovers.pop(c, None) is not None:
                 with contextlib.suppress(Exception):
                     await c.prune_consumers(c.inbox, idle_limit=0)
@@ -450,9 +451,12 @@ class Reader:
             if fam.role:
                 for src in fam.sources.values():
                     sources.mark(src)  # swept too: an entry XADDed without a ring
-                    c = fam.pick()
-                    if c is not None:
-                        jobs.append((src, c, 0, ttl_ms, src.cursor))
+                    if src.backlog:  # the last claim came back full: every member with room
+                        members = [c for c in fam.members if c.slots.free and c.may_take()]
+                    else:  # one member in turn: idle, a claim round costs one call per stream
+                        picked = fam.pick()
+                        members = [picked] if picked is not None else []
+                    jobs.extend((src, c, 0, ttl_ms, src.cursor) for c in members)
         jobs = self._share_slots(jobs)
         if jobs:
             for (src, _, _, _, _), cursor in zip(jobs, await self._claim(jobs), strict=True):
@@ -511,6 +515,8 @@ class Reader:
         finally:
             self._round.set()
         cursors = []
+        for src, _, _, _, _ in jobs:
+            src.backlog = False
         for (src, c, n, _, cursor), reply in zip(jobs, replies, strict=True):
             if isinstance(reply, Exception):
                 c.slots.settle(n, 0)
@@ -525,6 +531,8 @@ class Reader:
             next_cursor, entries, counts = reply[0], reply[1], reply[2]
             verdicts = list(reply[3]) if secure else None
             cursors.append(text(next_cursor))
+            if len(entries) >= n:
+                src.backlog = True  # there may be more idle entries: more members next round
             c.slots.settle(n, c.claimed(src.key, entries, counts, verdicts))
         return cursors
 

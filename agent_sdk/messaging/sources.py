@@ -37,7 +37,7 @@ STARVATION_TURN = 8
 class Source:
     """One stream of a family."""
 
-    __slots__ = ("cursor", "family", "key", "priority", "rank")
+    __slots__ = ("backlog", "cursor", "family", "key", "priority", "rank")
 
     def __init__(self, family: Family, priority: str, key: str) -> None:
         self.family = family
@@ -45,6 +45,8 @@ class Source:
         self.rank = priority_rank(priority)
         self.key = key
         self.cursor = "0-0"  # XAUTOCLAIM cursor of the claim rounds
+        #: The last claim round took all it asked for: more may idle there.
+        self.backlog = False
 
 
 class Family:

@@ -1,0 +1,68 @@
+"""One loop that flushes the usage stats of every agent of a host.
+
+A lone agent's ``UsageRecorder`` runs its own flush loop. A host of 10,000 agents must not run
+10,000 loops that wake every second to find nothing to write: its agents' recorders tell the
+host's ``UsageFlusher`` when they have something (their first flush, which claims the stats
+hash for the instance, or a handled message), and once an interval it flushes those, and only
+those, together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from agent_sdk.tasks import cancel_and_wait
+
+if TYPE_CHECKING:
+    from agent_sdk.usage import UsageRecorder
+
+__all__ = ["UsageFlusher"]
+
+log = logging.getLogger("agentbus.usage")
+
+
+class UsageFlusher:
+    """Flushes the recorders marked since the last round, once per ``interval``."""
+
+    def __init__(self, interval: float = 1.0) -> None:
+        self.interval = interval
+        self._due: dict[UsageRecorder, None] = {}
+        self._task: asyncio.Task[None] | None = None
+        #: Flush rounds that wrote something (for tests and stats).
+        self.rounds = 0
+
+    def mark(self, recorder: UsageRecorder) -> None:
+        """``recorder`` has something to write: flush it in the next round."""
+        self._due[recorder] = None
+
+    def forget(self, recorder: UsageRecorder) -> None:
+        self._due.pop(recorder, None)
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._loop(), name="agentbus-usage-flusher")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            await cancel_and_wait(task)
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            if self._due:
+                await self.flush_due()
+
+    async def flush_due(self) -> None:
+        """Flush every recorder marked since the last round (a failed one stays marked)."""
+        due, self._due = list(self._due), {}
+        results = await asyncio.gather(*(r.flush() for r in due), return_exceptions=True)
+        failed = [r for r, res in zip(due, results, strict=True) if isinstance(res, Exception)]
+        for recorder in failed:
+            self._due[recorder] = None  # kept, tried again next round
+        if failed:
+            log.warning("usage stats: %d agent(s) could not be flushed (%s); again in %.1fs",
+                        len(failed), results[due.index(failed[0])], self.interval)  # fmt: skip
+        self.rounds += 1
