@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -210,7 +210,7 @@ async def follow(
     limit: int,
     keepalive: float,
     accept: Callable[[Frame], bool] | None = None,
-) -> AsyncIterator[Frame]:
+) -> AsyncGenerator[Frame, None]:
     """Every frame after ``after`` (see the module docstring), then live ones, with a
     ``keepalive`` frame after each ``keepalive`` seconds of silence, until a final frame.
 
