@@ -42,7 +42,7 @@ from agent_sdk.fence import Fence
 from agent_sdk.host import Host
 from agent_sdk.membership import Membership
 from agent_sdk.messaging import HandlerRegistry, Messaging
-from agent_sdk.messaging.handlers import Handler
+from agent_sdk.messaging.handlers import Handler, Message
 from agent_sdk.naming import OnConflict, announce_free_name, check_on_conflict
 from agent_sdk.selection import Strategy
 from agent_sdk.settings import Settings
@@ -51,7 +51,7 @@ from agent_sdk.usage import UNKNOWN_TYPE, UsageRecorder
 from agent_sdk.verbs import Verbs
 from schemas.agent import AgentCard, AgentRecord, AgentStatus
 from schemas.envelope import Envelope, new_id
-from schemas.errors import AgentbusError, InvalidInput, NameLost
+from schemas.errors import AgentbusError, ErrorInfo, InvalidInput, NameLost
 from schemas.keys import KeySpace
 
 __all__ = ["Agent", "Component"]
@@ -297,6 +297,7 @@ class Agent(Verbs):
                     self.bus.client, self.settings, self.name, instance_id=self.instance_id
                 )
                 self.handlers.observer = self._observe
+                self.handlers.task_observer = self._task_done
                 self._components.insert(0, self.usage)
             for component in list(self._components):
                 await component.start()
@@ -468,6 +469,16 @@ class Agent(Verbs):
         if self.usage is not None:
             self.usage.record(message_type, seconds, failed)
         telemetry.record_handled(message_type, seconds, failed)
+
+    def _task_done(
+        self, msg: Message, started: float, seconds: float, error: ErrorInfo | None
+    ) -> None:
+        """The task observer: one entry of the task history, written with the usage stats."""
+        if self.usage is not None:
+            self.usage.tasks.add(
+                msg.id, msg.type, msg.sender, msg.kind.value, msg.headers.get("session"),
+                started, seconds, None if error is None else error.code,
+            )  # fmt: skip
 
     # -- activity (agent_sdk.activity) -------------------------------------------------------
     def activity(self, session_id: str) -> Activity:
