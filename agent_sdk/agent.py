@@ -271,6 +271,7 @@ class Agent(Verbs):
         self._state = "starting"
         self.stopped.clear()
         try:
+            self._card_lists_handlers()
             membership = Membership(
                 self.bus.client, self.settings, self.card, self.instance_id, self.router,
                 fence=self.fence, on_lost=self._name_was_lost,
@@ -469,6 +470,18 @@ class Agent(Verbs):
         if self.usage is not None:
             self.usage.record(message_type, seconds, failed)
         telemetry.record_handled(message_type, seconds, failed)
+
+    def _card_lists_handlers(self) -> None:
+        """Name the handled message types in the card's metadata (``handles``, comma-separated)
+        for those who describe agents to others (the gateway's A2A agent cards), unless the
+        caller set it. Handlers added after ``start`` are not listed (until a restart)."""
+        types = [t for t in self.handlers.types if "," not in t]
+        if not types or "handles" in self.card.metadata or len(self.card.metadata) >= 32:
+            return
+        listed = ",".join(sorted(types))[:1024]
+        self.card = self.card.model_copy(
+            update={"metadata": {**self.card.metadata, "handles": listed}}
+        )
 
     def _task_done(
         self, msg: Message, started: float, seconds: float, error: ErrorInfo | None
