@@ -24,7 +24,9 @@ __all__ = ["Context", "main"]
 log = logging.getLogger("bench")
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
-GROUPS = ("raw", "registry", "messaging", "failure", "fleet", "scaling", "tracing", "host")
+GROUPS = (
+    "raw", "registry", "messaging", "failure", "fleet", "scaling", "tracing", "host", "gateway",
+)  # fmt: skip
 
 
 @dataclasses.dataclass
@@ -97,6 +99,7 @@ GroupFn = Callable[[Context], Awaitable[None]]
 
 def _groups() -> dict[str, GroupFn]:
     from bench import groups
+    from bench.gateway_group import gateway_group
     from bench.host import host_group
 
     return {
@@ -108,6 +111,7 @@ def _groups() -> dict[str, GroupFn]:
         "scaling": groups.scaling_group,
         "tracing": groups.tracing_group,
         "host": host_group,
+        "gateway": gateway_group,
     }
 
 

@@ -31,6 +31,8 @@ class Sizes:
     fleet_procs: int = 3
     settle: float = 2.0  # seconds between a fleet's registration burst and its measured window
     hosts: tuple[int, ...] = (100, 1000)  # agents per host (the host group)
+    sse_clients: int = 1000  # SSE clients of one gateway (the gateway group)
+    sse_events: int = 50  # change-feed events they all receive
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -46,6 +48,8 @@ class Sizes:
             fleet_procs=2,
             settle=0.2,
             hosts=(20,),
+            sse_clients=20,
+            sse_events=5,
         )
 
 
