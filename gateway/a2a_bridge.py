@@ -220,6 +220,7 @@ class BusRequestHandler(RequestHandler):
             )  # fmt: skip
             request = asyncio.create_task(self._request(name, mtype, payload, headers))
             pending = asyncio.create_task(anext(frames))
+            seen = "0-0"  # the id of the last frame taken from the session
             while not request.done():
                 waiting: set[asyncio.Future[Any]] = {request}
                 if pending is not None:
@@ -228,15 +229,18 @@ class BusRequestHandler(RequestHandler):
                 while pending is not None and pending.done():
                     frame = pending.exception() is None and pending.result()
                     pending = None
+                    if frame and frame.id is not None:
+                        seen = frame.id
                     if frame and not frame.final:
                         pending = asyncio.create_task(anext(frames))
                     if frame and frame.kind in _ACTIVITY:
                         yield self._working(session, task_id, frame)
             if pending is not None:  # the activity written before the reply, then the end
                 until = await latest_id(gateway.bus.client, hub.key)
-                async for frame in self._until(pending, frames, until):
-                    yield self._working(session, task_id, frame)
-                pending = None
+                if id_key(until) > id_key(seen):
+                    async for frame in self._until(pending, frames, until):
+                        yield self._working(session, task_id, frame)
+                    pending = None
             try:
                 reply = request.result()
             except AgentbusError as e:

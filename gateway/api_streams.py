@@ -29,7 +29,7 @@ from agent_sdk.activity import DEFAULT_RETENTION
 from gateway.api_agents import checked_name
 from gateway.auth import Viewer, can_read_session, claim_session, gateway_of, websocket_principal
 from gateway.errors import Forbidden
-from gateway.fanout import Frame, StreamHub, follow
+from gateway.fanout import Frame, StreamHub, follow_batches
 from gateway.state import Gateway
 from schemas.envelope import new_id
 from schemas.errors import AgentbusError, InvalidInput
@@ -57,8 +57,8 @@ def resume_point(last_event_id: str | None, since: str | None) -> str | None:
 
 
 def sse(frame: Frame) -> bytes:
-    head = b"id: " + frame.id.encode() + b"\n" if frame.id is not None else b""
-    return head + b"event: " + frame.kind.encode() + b"\ndata: " + frame.data + b"\n\n"
+    """The frame as Server-Sent Events (encoded once, by the frame, for every client)."""
+    return frame.sse
 
 
 def ws_text(frame: Frame) -> str:
@@ -95,22 +95,23 @@ def _follow(
     *,
     replay_all: bool,
     accept: Callable[[Frame], bool] | None,
-) -> AsyncGenerator[Frame, None]:
+) -> AsyncGenerator[list[Frame], None]:
     s = gateway.settings
-    return follow(
+    return follow_batches(
         hub, after, replay_all=replay_all, limit=s.gateway_client_queue,
         keepalive=s.gateway_keepalive, accept=accept,
     )  # fmt: skip
 
 
-async def _sse_body(frames: AsyncIterator[Frame]) -> AsyncGenerator[bytes, None]:
+async def _sse_body(batches: AsyncIterator[list[Frame]]) -> AsyncGenerator[bytes, None]:
+    """One write per batch: a client that fell behind catches up in few writes."""
     yield b"retry: 1000\n\n"
-    async for frame in frames:
-        yield sse(frame)
+    async for batch in batches:
+        yield batch[0].sse if len(batch) == 1 else b"".join(f.sse for f in batch)
 
 
 async def _close(
-    frames: AsyncGenerator[Frame, None], gateway: Gateway, release: str | None
+    frames: AsyncGenerator[list[Frame], None], gateway: Gateway, release: str | None
 ) -> None:
     """Close a client's frames and let go of its session hub. The bookkeeping happens before
     any suspension (``follow``'s cleanup and ``release_session``'s counting are synchronous),
@@ -134,7 +135,7 @@ class EventStream(StreamingResponse):
     """
 
     def __init__(
-        self, frames: AsyncGenerator[Frame, None], gateway: Gateway, release: str | None
+        self, frames: AsyncGenerator[list[Frame], None], gateway: Gateway, release: str | None
     ) -> None:
         self._body = _sse_body(frames)
         super().__init__(self._body, media_type="text/event-stream", headers=_SSE_HEADERS)
@@ -226,14 +227,15 @@ async def start_session(request: Request, body: SessionBody, who: Viewer) -> dic
 
 async def _serve_ws(
     websocket: WebSocket,
-    frames: AsyncGenerator[Frame, None],
+    frames: AsyncGenerator[list[Frame], None],
     gateway: Gateway,
     release: str | None,
 ) -> None:
     try:
-        async for frame in frames:
-            await websocket.send_text(ws_text(frame))
-            if frame.final:
+        async for batch in frames:
+            for frame in batch:
+                await websocket.send_text(ws_text(frame))
+            if batch[-1].final:
                 break
         await websocket.close()
     except WebSocketDisconnect:
