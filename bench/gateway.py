@@ -173,10 +173,10 @@ async def _blocked_xreads(url: str, ns: str) -> int:
 
 
 async def sse_fanout(
-    url: str, ns: str, gateway: GatewayProcess, clients: int, events: int, loop: str
+    url: str, ns: str, gateway: GatewayProcess, clients: int, events: int, gap: float, loop: str
 ) -> dict[str, Any]:
-    """``clients`` SSE clients on one gateway; ``events`` change-feed entries written 20 ms
-    apart; delivery latency from each write to each client's receipt, the gateway's CPU over
+    """``clients`` SSE clients on one gateway; ``events`` change-feed entries written ``gap``
+    seconds apart; delivery latency from each write to each client's receipt, the gateway's CPU over
     the window and its RSS, and the Redis reads it made."""
     from bench.procs import spawn
 
@@ -194,7 +194,7 @@ async def sse_fanout(
             for i in range(events):
                 written.append(time.monotonic_ns())
                 await r.xadd(keys.events(), _event_fields(i))  # type: ignore[arg-type]
-                await asyncio.sleep(0.02)
+                await asyncio.sleep(gap)
             result = worker.result(timeout=180)
             cpu1, t1 = gateway.cpu_seconds(), time.monotonic()
             after = await r.info("commandstats")

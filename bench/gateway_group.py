@@ -4,6 +4,8 @@ HTTP request-reply against ``Bus.request``, and the task history's cost on direc
 
 from __future__ import annotations
 
+from typing import Any
+
 from bench import fleet
 from bench.cli import Context
 from bench.coord import CoordinatorProcess
@@ -24,42 +26,9 @@ async def gateway_group(ctx: Context) -> None:
     s, url, loop = ctx.sizes, ctx.url, ctx.loop
     ns = "gw"
     with CoordinatorProcess(url, ns), GatewayProcess(url, ns) as gateway:
-        fan = await sse_fanout(url, ns, gateway, s.sse_clients, s.sse_events, loop)
-        ctx.details["sse_fanout"] = {k: v for k, v in fan.items() if k != "latency"}
-        lat = fan["latency"]
-        ctx.add(
-            Row(
-                key="gateway.sse_delivery",
-                title=f"SSE: change-feed write → {s.sse_clients} clients, one gateway",
-                value=lat,
-                target="p99 ≤ 100 ms",
-                met=lat.n > 0 and lat.p99 <= 100_000 and fan["delivered"] == fan["expected"],
-                note=f"{s.sse_events} events 20 ms apart; {fan['delivered']}/{fan['expected']} "
-                f"deliveries; Redis connections blocked in XREAD: "
-                f"{fan['blocked_xread_connections']}; XREAD calls in the window: "
-                f"{fan['xread_calls']}",
-            )
-        )
-        rate = fan["delivered"] / max(fan["window_s"], 1e-9)
-        ctx.add(
-            Row(
-                key="gateway.sse_cpu",
-                title=f"SSE: gateway CPU while fanning out to {s.sse_clients} clients",
-                value=Scalar(fan["cpu_pct"], "% of a core"),
-                target="≤ 50 %",
-                met=fan["cpu_pct"] <= 50,
-                note=f"over {fan['window_s']:.1f} s: {rate:.0f} deliveries/s",
-            )
-        )
-        ctx.add(
-            Row(
-                key="gateway.sse_rss",
-                title=f"SSE: gateway RSS with {s.sse_clients} clients",
-                value=Scalar(fan["rss_mb"], "MB"),
-                target="≤ 300 MB",
-                met=fan["rss_mb"] <= 300,
-            )
-        )
+        for gap, label in ((0.1, ""), (0.02, ".burst")):
+            fan = await sse_fanout(url, ns, gateway, s.sse_clients, s.sse_events, gap, loop)
+            _sse_rows(ctx, fan, s.sse_clients, s.sse_events, gap, label)
         reg = await fleet.bulk_register(url, KeySpace(ns), s.agents)
         http, py, found = await http_vs_python_discover(url, ns, gateway, s)
         ctx.add(
@@ -98,5 +67,49 @@ async def gateway_group(ctx: Context) -> None:
                 baseline=Throughput(cost["n"], cost["n"] / without if without else 0.0),
                 note=f"best of 2 runs each, in turn; stream lengths after: {cost['lengths']} "
                 "(MAXLEN ~ 1000)",
+            )
+        )
+
+
+def _sse_rows(
+    ctx: Context, fan: dict[str, Any], clients: int, events: int, gap: float, label: str
+) -> None:
+    ctx.details[f"sse_fanout{label}"] = {k: v for k, v in fan.items() if k != "latency"}
+    lat = fan["latency"]
+    rate = 1 / gap
+    target = not label  # the target is stated for the steady rate; the burst is a stress figure
+    ctx.add(
+        Row(
+            key=f"gateway.sse_delivery{label}",
+            title=f"SSE: change-feed write → {clients} clients, {rate:.0f} events/s",
+            value=lat,
+            target="p99 ≤ 100 ms" if target else "",
+            met=(lat.n > 0 and lat.p99 <= 100_000 and fan["delivered"] == fan["expected"])
+            if target
+            else None,
+            note=f"{events} events {gap * 1000:.0f} ms apart; {fan['delivered']}/"
+            f"{fan['expected']} deliveries; Redis connections blocked in XREAD: "
+            f"{fan['blocked_xread_connections']}; XREAD calls in the window: {fan['xread_calls']}",
+        )
+    )
+    per_second = fan["delivered"] / max(fan["window_s"], 1e-9)
+    ctx.add(
+        Row(
+            key=f"gateway.sse_cpu{label}",
+            title=f"SSE: gateway CPU, {clients} clients, {rate:.0f} events/s",
+            value=Scalar(fan["cpu_pct"], "% of a core"),
+            target="≤ 50 %" if target else "",
+            met=fan["cpu_pct"] <= 50 if target else None,
+            note=f"over {fan['window_s']:.1f} s: {per_second:.0f} deliveries/s",
+        )
+    )
+    if target:
+        ctx.add(
+            Row(
+                key="gateway.sse_rss",
+                title=f"SSE: gateway RSS with {clients} clients",
+                value=Scalar(fan["rss_mb"], "MB"),
+                target="≤ 300 MB",
+                met=fan["rss_mb"] <= 300,
             )
         )

@@ -8,7 +8,8 @@ import base64
 import binascii
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+import orjson
+from fastapi import APIRouter, Query, Request, Response
 
 from agent_sdk.task_history import read_tasks
 from agent_sdk.watch import latest_id
@@ -82,7 +83,7 @@ async def list_agents(
     ] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Page size.")] = 100,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page.")] = None,
-) -> dict[str, Any]:
+) -> Response:
     """A page of live agents sorted by name, each with its health score.
 
     ``revision`` is the change feed's revision read *before* the agents: follow
@@ -115,12 +116,14 @@ async def list_agents(
     if min_health is None:
         usage = await usage_of(bus.client, gateway.settings, (r.name for r in page))
         scores = {r.name: health(r, usage[r.name]) for r in page}
-    return {
+    body = {
         "agents": [{**agent_json(r), "health": scores[r.name].score} for r in page],
         "total": total,
         "next_cursor": encode_cursor(page[-1].name) if len(records) > limit else None,
         "revision": revision,
     }
+    # plain JSON values already: encoded by orjson, not walked again by FastAPI's encoder
+    return Response(orjson.dumps(body), media_type="application/json")
 
 
 @router.get(
