@@ -41,7 +41,7 @@ from agent_sdk.fence import Fence
 from agent_sdk.host import Host
 from agent_sdk.membership import Membership
 from agent_sdk.messaging import HandlerRegistry, Messaging
-from agent_sdk.messaging.handlers import Handler
+from agent_sdk.messaging.handlers import Handler, Message
 from agent_sdk.naming import OnConflict, announce_free_name, check_on_conflict
 from agent_sdk.settings import Settings
 from agent_sdk.state import AgentState
@@ -49,7 +49,7 @@ from agent_sdk.usage import UNKNOWN_TYPE, UsageRecorder
 from agent_sdk.verbs import Lookups, Verbs
 from schemas.agent import AgentCard, AgentRecord, AgentStatus
 from schemas.envelope import Envelope, new_id
-from schemas.errors import AgentbusError, InvalidInput, NameLost
+from schemas.errors import AgentbusError, ErrorInfo, InvalidInput, NameLost
 from schemas.keys import KeySpace
 
 __all__ = ["Agent", "Component"]
@@ -269,6 +269,7 @@ class Agent(Lookups, Verbs):
         self._state = "starting"
         self.stopped.clear()
         try:
+            self._card_lists_handlers()
             membership = Membership(
                 self.bus.client, self.settings, self.card, self.instance_id, self.router,
                 fence=self.fence, on_lost=self._name_was_lost,
@@ -297,6 +298,7 @@ class Agent(Lookups, Verbs):
                     flusher=self.host.usage_flusher,
                 )  # fmt: skip
                 self.handlers.observer = self._observe
+                self.handlers.task_observer = self._task_done
                 self._components.insert(0, self.usage)
             for component in list(self._components):
                 await component.start()
@@ -438,6 +440,29 @@ class Agent(Lookups, Verbs):
         if self.usage is not None:
             self.usage.record(message_type, seconds, failed)
         telemetry.record_handled(message_type, seconds, failed)
+
+    def _card_lists_handlers(self) -> None:
+        """Name the handled message types in the card's metadata (``handles``, comma-separated)
+        for those who describe agents to others (the gateway's A2A agent cards), unless the
+        caller set it. Handlers added after ``start`` are not listed (until a restart)."""
+        types = [t for t in self.handlers.types if "," not in t]
+        if not types or "handles" in self.card.metadata or len(self.card.metadata) >= 32:
+            return
+        listed = ",".join(sorted(types))[:1024]
+        self.card = self.card.model_copy(
+            update={"metadata": {**self.card.metadata, "handles": listed}}
+        )
+
+    def _task_done(
+        self, msg: Message, started: float, seconds: float, error: ErrorInfo | None
+    ) -> None:
+        """The task observer: one entry of the task history, written with the usage stats."""
+        if self.usage is not None:
+            self.usage.tasks.add(
+                msg.id, msg.type, msg.sender, msg.kind.value, msg.headers.get("session"),
+                started, seconds, None if error is None else error.code,
+            )  # fmt: skip
+            self.host.usage_flusher.mark(self.usage)  # written with the next flush round
 
     # -- activity (agent_sdk.activity) -------------------------------------------------------
     def activity(self, session_id: str) -> Activity:

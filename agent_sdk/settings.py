@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     inbox_maxlen: int = Field(default=10_000, ge=10, description="Approximate inbox cap.")
     queue_maxlen: int = Field(default=100_000, ge=10, description="Approximate role queue cap.")
     deadletter_maxlen: int = Field(default=100_000, ge=10)
+    task_history: int = Field(
+        default=1000, ge=0, le=1_000_000, description="Handled messages kept per agent (0: none)."
+    )
     shutdown_grace: float = Field(default=10.0, ge=0, description="Drain time on stop.")
     connect_timeout: float = Field(default=5.0, gt=0)
     max_connections: int = Field(

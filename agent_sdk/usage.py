@@ -22,7 +22,9 @@ replaced instance is dropped (``agent_sdk/lua/usage.lua``).
 
 The hot path (``UsageRecorder.record``) only adds to in-memory deltas; a background task flushes
 them every ``interval`` seconds in one round trip (one script call). A flush that fails keeps its
-deltas for the next one. ``read_usage`` turns the hash back into ``TypeUsage`` rows with mean and
+deltas for the next one. The same call appends the task history (``UsageRecorder.tasks``, see
+``agent_sdk.task_history``): one handled message costs no round trip of its own.
+``read_usage`` turns the hash back into ``TypeUsage`` rows with mean and
 approximate percentiles (interpolated within a bucket, and never outside the fastest and slowest
 call: one call has p50 = p95 = mean = its latency).
 """
@@ -45,6 +47,7 @@ import redis.asyncio as aioredis
 
 from agent_sdk.connection import redis_errors
 from agent_sdk.settings import Settings
+from agent_sdk.task_history import TaskBuffer
 from agent_sdk.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
@@ -125,6 +128,7 @@ class UsageRecorder:
         self._client = client
         self._settings = settings
         self._key = settings.keys.stats(name)
+        self._tasks_key = settings.keys.tasks(name)
         self.name = name
         #: The instance counted ("": none, the hash is only added to, never cleared).
         self.instance_id = instance_id
@@ -135,6 +139,9 @@ class UsageRecorder:
         self._claimed = not instance_id  # the hash is ours (cleared for this instance)
         #: The host's shared flush loop (``agent_sdk.usage_flusher``); ``None``: our own loop.
         self._flusher = flusher
+        #: Handled messages not yet written to the task history (``settings.task_history``
+        #: at most; ``add`` to it, the flush writes it).
+        self.tasks = TaskBuffer(settings.task_history, instance_id)
         self._script = client.register_script(_SCRIPT)
 
     def record(self, message_type: str, seconds: float, error: bool = False) -> None:
@@ -161,20 +168,25 @@ class UsageRecorder:
     async def flush(self) -> None:
         """Write the pending deltas in one round trip (kept on failure). The first flush of an
         instance also claims the hash (clears a previous instance's counts), deltas or not."""
-        if not self._pending and self._claimed:
+        if not self._pending and not self.tasks and self._claimed:
             return
         batch, self._pending = self._pending, defaultdict(_Delta)
+        tasks = self.tasks.take()
         deltas = orjson.dumps({mtype: d.wire() for mtype, d in batch.items()})
         try:
             with redis_errors(self._settings, f"writing usage stats of {self.name!r}"):
                 added = await self._script(
-                    keys=[self._key],
-                    args=[self.instance_id, self.started_at, deltas],
+                    keys=[self._key, self._tasks_key],
+                    args=[
+                        self.instance_id, self.started_at, deltas,
+                        self.tasks.limit, self.tasks.wire(tasks) if tasks else b"",
+                    ],
                     client=self._client,
-                )
+                )  # fmt: skip
         except BaseException:
             for mtype, d in batch.items():  # keep them for the next flush
                 self._pending[mtype].merge(d)
+            self.tasks.give_back(tasks)
             raise
         self._claimed = True
         if not added:

@@ -26,6 +26,7 @@ log = logging.getLogger("bench")
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
 GROUPS = (
     "raw", "registry", "messaging", "failure", "fleet", "scaling", "tracing", "host", "plugins",
+    "gateway",
 )  # fmt: skip
 
 
@@ -99,6 +100,7 @@ GroupFn = Callable[[Context], Awaitable[None]]
 
 def _groups() -> dict[str, GroupFn]:
     from bench import groups
+    from bench.gateway_group import gateway_group
     from bench.host import host_group
     from bench.plugins import plugins_group
 
@@ -112,6 +114,7 @@ def _groups() -> dict[str, GroupFn]:
         "tracing": groups.tracing_group,
         "host": host_group,
         "plugins": plugins_group,
+        "gateway": gateway_group,
     }
 
 

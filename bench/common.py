@@ -35,6 +35,8 @@ class Sizes:
     host_kill: int = 1000  # agents of the host that is SIGKILLed
     host_spread: tuple[int, int] = (4462, 100)  # agents over 3 hosts, single-agent processes
     host_ttl: tuple[float, float] = (1.0, 3.0)  # heartbeat interval and TTL of the host group
+    sse_clients: int = 1000  # SSE clients of one gateway (the gateway group)
+    sse_events: int = 50  # change-feed events they all receive
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -54,6 +56,8 @@ class Sizes:
             host_kill=6,
             host_spread=(30, 2),
             host_ttl=(0.2, 0.6),
+            sse_clients=20,
+            sse_events=5,
         )
 
 

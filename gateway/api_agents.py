@@ -1,5 +1,6 @@
-"""``GET /api/agents`` (discovery over HTTP: filters, text search, pagination) and
-``GET /api/agents/{name}`` (record, usage, health)."""
+"""``GET /api/agents`` (discovery over HTTP: filters, text search, pagination),
+``GET /api/agents/{name}`` (record, usage, health, recent tasks) and
+``GET /api/agents/{name}/tasks`` (the task history, newest first, paginated)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import base64
 import binascii
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+import orjson
+from fastapi import APIRouter, Query, Request, Response
 
+from agent_sdk.task_history import read_tasks
 from agent_sdk.watch import latest_id
 from gateway.auth import Viewer, gateway_of
 from gateway.errors import NotFound
@@ -23,6 +26,8 @@ __all__ = ["router"]
 router = APIRouter(prefix="/api", tags=["agents"])
 
 MAX_LIMIT = 1000
+#: Tasks shown with an agent's details (``GET /api/agents/{name}``).
+RECENT_TASKS = 20
 
 
 def encode_cursor(name: str) -> str:
@@ -78,7 +83,7 @@ async def list_agents(
     ] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Page size.")] = 100,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page.")] = None,
-) -> dict[str, Any]:
+) -> Response:
     """A page of live agents sorted by name, each with its health score.
 
     ``revision`` is the change feed's revision read *before* the agents: follow
@@ -111,25 +116,53 @@ async def list_agents(
     if min_health is None:
         usage = await usage_of(bus.client, gateway.settings, (r.name for r in page))
         scores = {r.name: health(r, usage[r.name]) for r in page}
-    return {
+    body = {
         "agents": [{**agent_json(r), "health": scores[r.name].score} for r in page],
         "total": total,
         "next_cursor": encode_cursor(page[-1].name) if len(records) > limit else None,
         "revision": revision,
     }
+    # plain JSON values already: encoded by orjson, not walked again by FastAPI's encoder
+    return Response(orjson.dumps(body), media_type="application/json")
 
 
-@router.get("/agents/{name}", summary="One live agent: record, usage by message type, health")
+@router.get(
+    "/agents/{name}", summary="One live agent: record, usage by message type, health, tasks"
+)
 async def get_agent(request: Request, name: str, who: Viewer) -> dict[str, Any]:
-    """The agent's record, its usage stats by message type (current instance) and its health
-    score with what it was computed from (docs/GATEWAY.md, "Health score")."""
+    """The agent's record, its usage stats by message type (current instance), its health
+    score with what it was computed from (docs/GATEWAY.md, "Health score") and its
+    ``RECENT_TASKS`` newest tasks (more: ``/api/agents/{name}/tasks``)."""
     gateway = gateway_of(request)
     record = await gateway.bus.get(checked_name(name))
     if record is None:
         raise NotFound(f"no live agent named {name!r}", details={"name": name})
     usage = (await usage_of(gateway.bus.client, gateway.settings, [name]))[name]
+    tasks, _ = await read_tasks(gateway.bus.client, gateway.settings, name, limit=RECENT_TASKS)
     return {
         "agent": agent_json(record),
         "usage": [u.as_dict() for u in usage],
         "health": health(record, usage).as_dict(),
+        "tasks": [t.as_dict() for t in tasks],
     }
+
+
+@router.get("/agents/{name}/tasks", summary="An agent's task history, newest first")
+async def get_tasks(
+    request: Request,
+    name: str,
+    who: Viewer,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Page size.")] = 50,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page.")] = None,
+) -> dict[str, Any]:
+    """Each handled message: ``type``, ``sender``, ``kind``, ``start``, ``duration_ms``, ``ok``
+    and ``outcome`` (``ok`` or the error code), ``instance``, ``session``. The history outlives
+    the agent (``AGENTBUS_TASK_HISTORY`` entries are kept); 404 for a name with neither a live
+    agent nor a history."""
+    gateway = gateway_of(request)
+    checked_name(name)
+    client, settings = gateway.bus.client, gateway.settings
+    tasks, next_cursor = await read_tasks(client, settings, name, limit=limit, before=cursor)
+    if not tasks and cursor is None and await gateway.bus.get(name) is None:
+        raise NotFound(f"no agent named {name!r} and no task history", details={"name": name})
+    return {"tasks": [t.as_dict() for t in tasks], "next_cursor": next_cursor}

@@ -17,18 +17,19 @@ revision). The reading behind them is shared (``gateway.fanout``).
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.types import Receive, Scope, Send
 
 from agent_sdk.activity import DEFAULT_RETENTION
 from gateway.api_agents import checked_name
 from gateway.auth import Viewer, can_read_session, claim_session, gateway_of, websocket_principal
 from gateway.errors import Forbidden
-from gateway.fanout import Frame, StreamHub, follow
+from gateway.fanout import Frame, StreamHub, follow_batches
 from gateway.state import Gateway
 from schemas.envelope import new_id
 from schemas.errors import AgentbusError, InvalidInput
@@ -56,8 +57,8 @@ def resume_point(last_event_id: str | None, since: str | None) -> str | None:
 
 
 def sse(frame: Frame) -> bytes:
-    head = b"id: " + frame.id.encode() + b"\n" if frame.id is not None else b""
-    return head + b"event: " + frame.kind.encode() + b"\ndata: " + frame.data + b"\n\n"
+    """The frame as Server-Sent Events (encoded once, by the frame, for every client)."""
+    return frame.sse
 
 
 def ws_text(frame: Frame) -> str:
@@ -87,32 +88,69 @@ def registry_filter(
     return accept
 
 
-async def _frames(
+def _follow(
     gateway: Gateway,
     hub: StreamHub,
     after: str | None,
     *,
     replay_all: bool,
     accept: Callable[[Frame], bool] | None,
-    release: str | None,
-) -> AsyncIterator[Frame]:
-    """``follow``, releasing the session hub at the end."""
+) -> AsyncGenerator[list[Frame], None]:
     s = gateway.settings
+    return follow_batches(
+        hub, after, replay_all=replay_all, limit=s.gateway_client_queue,
+        keepalive=s.gateway_keepalive, accept=accept,
+    )  # fmt: skip
+
+
+async def _sse_body(batches: AsyncIterator[list[Frame]]) -> AsyncGenerator[bytes, None]:
+    """One write per batch: a client that fell behind catches up in few writes."""
+    yield b"retry: 1000\n\n"
+    async for batch in batches:
+        yield batch[0].sse if len(batch) == 1 else b"".join(f.sse for f in batch)
+
+
+async def _close(
+    frames: AsyncGenerator[list[Frame], None], gateway: Gateway, release: str | None
+) -> None:
+    """Close a client's frames and let go of its session hub. The bookkeeping happens before
+    any suspension (``follow``'s cleanup and ``release_session``'s counting are synchronous),
+    so a cancellation arriving meanwhile cannot leave a hub held."""
     try:
-        async for frame in follow(
-            hub, after, replay_all=replay_all, limit=s.gateway_client_queue,
-            keepalive=s.gateway_keepalive, accept=accept,
-        ):  # fmt: skip
-            yield frame
+        await frames.aclose()
     finally:
         if release is not None:
             await gateway.release_session(release)
 
 
-async def _sse_body(frames: AsyncIterator[Frame]) -> AsyncIterator[bytes]:
-    yield b"retry: 1000\n\n"
-    async for frame in frames:
-        yield sse(frame)
+class EventStream(StreamingResponse):
+    """An SSE response that closes its frames and releases its session hub when it ends,
+    however it ends.
+
+    Releasing from inside the frame generator is not enough: a client that goes away while the
+    response head is being written cancels the response before the generator first runs, and
+    a generator that never ran never runs its ``finally``: the hub (and its blocking Redis
+    connection) stayed held for good, and after ``gateway_max_sessions`` such clients every
+    session stream was refused.
+    """
+
+    def __init__(
+        self, frames: AsyncGenerator[list[Frame], None], gateway: Gateway, release: str | None
+    ) -> None:
+        self._body = _sse_body(frames)
+        super().__init__(self._body, media_type="text/event-stream", headers=_SSE_HEADERS)
+        self._frames = frames
+        self._gateway = gateway
+        self._release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            try:
+                await self._body.aclose()
+            finally:
+                await _close(self._frames, self._gateway, self._release)
 
 
 _Since = Annotated[
@@ -137,12 +175,8 @@ async def events(
     after = resume_point(last_event_id, since)
     accept = registry_filter(role, name, type)
     await gateway.registry.start()
-    frames = _frames(
-        gateway, gateway.registry, after, replay_all=False, accept=accept, release=None
-    )
-    return StreamingResponse(
-        _sse_body(frames), media_type="text/event-stream", headers=_SSE_HEADERS
-    )
+    frames = _follow(gateway, gateway.registry, after, replay_all=False, accept=accept)
+    return EventStream(frames, gateway, None)
 
 
 @router.get(
@@ -169,10 +203,8 @@ async def session_events(
     except BaseException:
         await gateway.release_session(session)
         raise
-    frames = _frames(gateway, hub, after, replay_all=True, accept=None, release=session)
-    return StreamingResponse(
-        _sse_body(frames), media_type="text/event-stream", headers=_SSE_HEADERS
-    )
+    frames = _follow(gateway, hub, after, replay_all=True, accept=None)
+    return EventStream(frames, gateway, session)
 
 
 class SessionBody(BaseModel):
@@ -193,15 +225,23 @@ async def start_session(request: Request, body: SessionBody, who: Viewer) -> dic
     return {"session": session, "owner": who.user}
 
 
-async def _serve_ws(websocket: WebSocket, frames: AsyncIterator[Frame]) -> None:
+async def _serve_ws(
+    websocket: WebSocket,
+    frames: AsyncGenerator[list[Frame], None],
+    gateway: Gateway,
+    release: str | None,
+) -> None:
     try:
-        async for frame in frames:
-            await websocket.send_text(ws_text(frame))
-            if frame.final:
+        async for batch in frames:
+            for frame in batch:
+                await websocket.send_text(ws_text(frame))
+            if batch[-1].final:
                 break
         await websocket.close()
     except WebSocketDisconnect:
         pass
+    finally:
+        await _close(frames, gateway, release)
 
 
 async def _ws_refuse(websocket: WebSocket, error: AgentbusError) -> None:
@@ -226,10 +266,8 @@ async def events_ws(websocket: WebSocket) -> None:
         await _ws_refuse(websocket, e)
         return
     await websocket.accept()
-    frames = _frames(
-        gateway, gateway.registry, after, replay_all=False, accept=accept, release=None
-    )
-    await _serve_ws(websocket, frames)
+    frames = _follow(gateway, gateway.registry, after, replay_all=False, accept=accept)
+    await _serve_ws(websocket, frames, gateway, None)
 
 
 @router.websocket("/sessions/{session}/events/ws")
@@ -251,5 +289,5 @@ async def session_events_ws(websocket: WebSocket, session: str) -> None:
     except BaseException:
         await gateway.release_session(session)
         raise
-    frames = _frames(gateway, hub, after, replay_all=True, accept=None, release=session)
-    await _serve_ws(websocket, frames)
+    frames = _follow(gateway, hub, after, replay_all=True, accept=None)
+    await _serve_ws(websocket, frames, gateway, session)

@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agent_sdk.connection import redis_errors
-from gateway import api_agents, api_messages, api_ops, api_streams, metrics
+from gateway import api_a2a, api_agents, api_messages, api_ops, api_streams, metrics
 from gateway.errors import error_body, http_status
 from gateway.settings import GatewaySettings
 from gateway.state import Gateway
@@ -148,7 +148,7 @@ def create_app(settings: GatewaySettings | None = None, *, loopback: bool = True
         )
         return JSONResponse(body, status_code=500)
 
-    for module in (api_agents, api_ops, api_messages, api_streams, metrics):
+    for module in (api_agents, api_ops, api_messages, api_streams, api_a2a, metrics):
         app.include_router(module.router)
 
     @app.get("/", include_in_schema=False)

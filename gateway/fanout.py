@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +33,7 @@ from agent_sdk.tasks import cancel_and_wait
 from agent_sdk.watch import check_resumable, latest_id, tail_stream
 from schemas.errors import EventsLost
 
-__all__ = ["Frame", "StreamHub", "Subscriber", "follow", "id_key"]
+__all__ = ["Frame", "StreamHub", "Subscriber", "follow", "follow_batches", "id_key"]
 
 log = logging.getLogger("agentbus.gateway.fanout")
 
@@ -63,6 +63,13 @@ class Frame:
     id: str | None = None
     attrs: dict[str, str | None] = field(default_factory=dict)
     final: bool = False
+    #: The frame as Server-Sent Events bytes, encoded once for every client.
+    sse: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        head = b"id: " + self.id.encode() + b"\n" if self.id is not None else b""
+        body = head + b"event: " + self.kind.encode() + b"\ndata: " + self.data + b"\n\n"
+        object.__setattr__(self, "sse", body)
 
 
 class Subscriber:
@@ -202,6 +209,78 @@ def _lost(e: EventsLost) -> Frame:
     return Frame("events_lost", orjson.dumps(e.info.model_dump()), final=True)
 
 
+async def follow_batches(
+    hub: StreamHub,
+    after: str | None,
+    *,
+    replay_all: bool,
+    limit: int,
+    keepalive: float,
+    accept: Callable[[Frame], bool] | None = None,
+) -> AsyncGenerator[list[Frame], None]:
+    """Every frame after ``after`` (see the module docstring), then live ones, with a
+    ``keepalive`` frame after each ``keepalive`` seconds of silence, until a final frame; in
+    batches: each wake-up takes everything the client's queue holds, so a client that fell
+    behind catches up with one write per batch instead of one per frame.
+
+    The first batch is ``[ready]`` (sent once subscribed: anything written after it arrives),
+    with the position the live part starts after.
+    ``after=None``: everything the stream holds when ``replay_all``, else only new entries.
+    ``accept`` filters frames (the position still advances past the rejected ones).
+    """
+    await hub.start()
+    sub, position = hub.subscribe(limit)
+    queue = sub.queue
+    try:
+        floor = position
+        if after is not None and id_key(after) >= id_key(position):
+            floor = after  # the client is ahead of this hub (it started after that event)
+        yield [Frame("ready", f'{{"revision":"{floor}"}}'.encode())]
+        if floor != after and (after is not None or replay_all):
+            if after is not None:
+                try:
+                    await check_resumable(hub.client, hub.key, after)
+                except EventsLost as e:
+                    yield [_lost(e)]
+                    return
+            page: list[Frame] = []
+            async for held in hub.history(after, position):
+                if accept is None or accept(held):
+                    page.append(held)
+                if len(page) >= _PAGE:
+                    yield page
+                    page = []
+            if page:
+                yield page
+        floor_key = id_key(floor)
+        while True:
+            if queue.empty():
+                try:
+                    async with asyncio.timeout(keepalive):
+                        first = await queue.get()
+                except TimeoutError:
+                    yield [_keepalive(hub.position)]
+                    continue
+            else:
+                first = queue.get_nowait()
+            batch: list[Frame] = []
+            live: Frame | None = first
+            while live is not None:
+                if live.final:
+                    batch.append(live)
+                    yield batch
+                    return
+                if (live.id is None or id_key(live.id) > floor_key) and (
+                    accept is None or accept(live)
+                ):
+                    batch.append(live)
+                live = None if queue.empty() else queue.get_nowait()
+            if batch:
+                yield batch
+    finally:
+        hub.unsubscribe(sub)
+
+
 async def follow(
     hub: StreamHub,
     after: str | None,
@@ -210,44 +289,14 @@ async def follow(
     limit: int,
     keepalive: float,
     accept: Callable[[Frame], bool] | None = None,
-) -> AsyncIterator[Frame]:
-    """Every frame after ``after`` (see the module docstring), then live ones, with a
-    ``keepalive`` frame after each ``keepalive`` seconds of silence, until a final frame.
-
-    The first frame is ``ready`` (sent once subscribed: anything written after it arrives),
-    with the position the live part starts after.
-    ``after=None``: everything the stream holds when ``replay_all``, else only new entries.
-    ``accept`` filters frames (the position still advances past the rejected ones).
-    """
-    await hub.start()
-    sub, position = hub.subscribe(limit)
+) -> AsyncGenerator[Frame, None]:
+    """``follow_batches``, one frame at a time."""
+    batches = follow_batches(
+        hub, after, replay_all=replay_all, limit=limit, keepalive=keepalive, accept=accept
+    )
     try:
-        floor = position
-        if after is not None and id_key(after) >= id_key(position):
-            floor = after  # the client is ahead of this hub (it started after that event)
-        yield Frame("ready", f'{{"revision":"{floor}"}}'.encode())
-        if floor != after and (after is not None or replay_all):
-            if after is not None:
-                try:
-                    await check_resumable(hub.client, hub.key, after)
-                except EventsLost as e:
-                    yield _lost(e)
-                    return
-            async for frame in hub.history(after, position):
-                if accept is None or accept(frame):
-                    yield frame
-        while True:
-            try:
-                frame = await asyncio.wait_for(sub.queue.get(), keepalive)
-            except TimeoutError:
-                yield _keepalive(hub.position)
-                continue
-            if frame.final:
-                yield frame
-                return
-            if frame.id is not None and id_key(frame.id) <= id_key(floor):
-                continue
-            if accept is None or accept(frame):
+        async for batch in batches:
+            for frame in batch:
                 yield frame
     finally:
-        hub.unsubscribe(sub)
+        await batches.aclose()

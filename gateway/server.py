@@ -1,4 +1,5 @@
-"""Serving the gateway with uvicorn (``agentbus gateway``).
+"""Serving the gateway with uvicorn: ``serve`` (``agentbus gateway``, a process of its own) and
+``running`` (inside another command's event loop: ``agentbus up`` and ``agentbus demo``).
 
 Without any token issued, the gateway listens on 127.0.0.1 only, whatever host was asked, and
 says so: an open API is never put on a network by accident.
@@ -11,16 +12,19 @@ import contextlib
 import ipaddress
 import logging
 import signal
-from collections.abc import Callable, Iterator
+import socket
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 
 import uvicorn
 
 from agent_sdk.connection import make_client, redis_errors
+from agent_sdk.tasks import cancel_and_wait
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
 from gateway.tokens import TokenStore
 
-__all__ = ["is_loopback", "serve"]
+__all__ = ["is_loopback", "running", "serve"]
 
 log = logging.getLogger("agentbus.gateway")
 
@@ -87,3 +91,69 @@ async def serve(settings: GatewaySettings, say: Callable[[str], None] = print) -
     if not app.state.gateway.loopback:
         say("agentbus gateway: every request needs a token (Authorization: Bearer ...)")
     await _Server(config).serve(sockets=[sock])
+
+
+class _Embedded(uvicorn.Server):
+    """uvicorn's server inside a command that owns the signals (no handlers of its own), with
+    an event for "listening"."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.listening = asyncio.Event()
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if not self.should_exit:
+            self.listening.set()
+
+
+def _bind(port: int, fallback: bool) -> socket.socket:
+    """A socket bound to 127.0.0.1:``port``; any free port instead when it is taken and
+    ``fallback``."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(("127.0.0.1", port))
+    except OSError:
+        if not fallback or port == 0:
+            sock.close()
+            raise
+        sock.bind(("127.0.0.1", 0))
+    sock.set_inheritable(True)
+    return sock
+
+
+@asynccontextmanager
+async def running(settings: GatewaySettings, *, fallback: bool = False) -> AsyncIterator[str]:
+    """A gateway on 127.0.0.1 (``settings.gateway_port``; 0: any free port; ``fallback``: any
+    free port when that one is taken) in the running event loop, for as long as the block
+    runs; yields its base URL (``http://127.0.0.1:N``). The caller handles signals; leaving the
+    block stops it (open streams get 2 s)."""
+    app = create_app(settings, loopback=True)
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=settings.gateway_port, log_level="warning",
+        lifespan="on", proxy_headers=False, timeout_graceful_shutdown=2,
+    )  # fmt: skip
+    sock = _bind(settings.gateway_port, fallback)
+    server = _Embedded(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]), name="agentbus-gateway")
+    listening = asyncio.create_task(server.listening.wait())
+    try:
+        await asyncio.wait({task, listening}, return_when=asyncio.FIRST_COMPLETED)
+        if not server.listening.is_set():
+            task.result()  # its error, if it failed to start
+            raise RuntimeError("the gateway stopped while starting")
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        listening.cancel()
+        server.should_exit = True
+        try:
+            await asyncio.wait_for(asyncio.shield(task), 10)
+        except TimeoutError:
+            server.force_exit = True
+            await cancel_and_wait(task)
+        sock.close()

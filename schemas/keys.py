@@ -48,6 +48,7 @@ R:identity:<identity>:names            set     none (pruned lazily)        coord
                                                important, low)
 <ns>:agent:{<name>}:replies:<instance> list    PX request deadline         responders     the agent
 <ns>:agent:{<name>}:stats              hash    none                        the agent      CLI
+<ns>:agent:{<name>}:tasks              stream  MAXLEN ~ (task_history)     the agent      CLI, gateway
 <ns>:agent:{<name>}:state              hash    none (survives restarts)    the agent      the agent
 <ns>:role:{<role>}:queue               stream  MAXLEN ~ (settings)         senders        role members
 <ns>:role:{<role>}:queue:<priority>    stream  MAXLEN ~ (critical,         senders        role members
@@ -223,6 +224,10 @@ class KeySpace:
 
     def stats(self, name: str) -> str:
         return f"{self.agent_prefix(name)}stats"
+
+    def tasks(self, name: str) -> str:
+        """The agent's task history: one entry per handled message (``agent_sdk.task_history``)."""
+        return f"{self.agent_prefix(name)}tasks"
 
     def agent_state(self, name: str) -> str:
         """The persisted state of an agent name (``agent.state``): JSON values, ``_epoch``."""

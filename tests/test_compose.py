@@ -64,14 +64,25 @@ def test_coordinator_is_built_from_the_repo_and_checked_by_agentbus() -> None:
 
 def test_dockerfile_copies_every_package() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
-    for package in ("schemas", "agent_sdk", "coordinator"):
+    for package in ("schemas", "agent_sdk", "coordinator", "gateway"):
         assert f"COPY {package} " in dockerfile
+    assert "gateway]" in dockerfile  # the gateway extra is installed
+
+
+def test_gateway_service_listens_for_the_host_and_is_checked() -> None:
+    gateway = _compose()["services"]["gateway"]
+    assert gateway["build"] in (".", {"context": "."})
+    assert gateway["ports"] == ["127.0.0.1:8080:8080"]
+    assert "/healthz" in " ".join(_as_argv(gateway["healthcheck"]["test"]))
+    assert gateway["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert "profiles" not in gateway  # started by a plain `docker compose up`
 
 
 def test_compose_names_agentbus_commands() -> None:
     assert sorted(map(tuple, _agentbus_commands())) == [
         ("coordinator",),
         ("coordinator", "check", "--quiet"),
+        ("gateway", "--host", "0.0.0.0", "--port", "8080"),
     ]
 
 
@@ -81,7 +92,8 @@ def test_every_agentbus_command_in_compose_exists(argv: list[str]) -> None:
     # fails with a usage error (exit 2) instead of printing help.
     result = CliRunner().invoke(cli, [*argv, "--help"], prog_name="agentbus")
     assert result.exit_code == 0, result.output
-    assert f"Usage: agentbus {' '.join(a for a in argv if not a.startswith('-'))}" in result.output
+    words = argv[: next((i for i, a in enumerate(argv) if a.startswith("-")), len(argv))]
+    assert f"Usage: agentbus {' '.join(words)}" in result.output
 
 
 def test_an_unknown_command_would_be_caught() -> None:

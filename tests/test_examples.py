@@ -5,16 +5,19 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import selectors
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 from click.testing import CliRunner
 
 from coordinator.cli import cli
+from tests.support import wait_for_sync
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -50,6 +53,8 @@ def transcript() -> str:
 @pytest.mark.parametrize(
     "expected",
     [
+        # the dashboard of the demo's gateway
+        r"dashboard: http://127\.0\.0\.1:\d+/",
         # 1. registration: four processes announce, the table lists them
         r"== 1\. Registration",
         r"registered: planner, reviewer, summarizer-1, summarizer-2",
@@ -88,6 +93,50 @@ def test_the_killed_member_is_not_the_one_that_finished(transcript: str) -> None
     assert killed.group(2) == done.group(2)  # the same message id: the idempotency key
     for agent in ("planner", "summarizer-1", "summarizer-2", "reviewer"):
         assert re.search(rf"{agent} │ got broadcast", transcript)
+
+
+@pytest.mark.timeout(120)
+def test_demo_stay_leaves_a_dashboard_worth_opening() -> None:
+    """``demo --stay``: after the steps the agents stay up and the dashboard shows them, with
+    their task history; Ctrl-C goes on to the clean shutdown."""
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "coordinator.cli", "demo", "--stay"],
+        env={k: v for k, v in os.environ.items() if k != "COLUMNS"},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, bufsize=0,
+    )  # fmt: skip
+    assert demo.stdout is not None
+    out = ""
+    try:
+        with selectors.DefaultSelector() as sel:
+            sel.register(demo.stdout.fileno(), selectors.EVENT_READ)
+            while "Ctrl-C to go on" not in out:
+                assert sel.select(90), f"no pause in time:\n{out}"
+                chunk = os.read(demo.stdout.fileno(), 65536)
+                assert chunk, f"exited:\n{out}"
+                out += chunk.decode(errors="replace")
+        found = re.search(r"dashboard (http://127\.0\.0\.1:\d+)/", out)
+        assert found, out
+        base = found.group(1)
+        agents = httpx.get(base + "/api/agents", timeout=10).json()
+        assert {a["name"] for a in agents["agents"]} == {
+            "planner", "reviewer", "summarizer-1", "summarizer-2",
+        }  # fmt: skip
+        assert "agentbus" in httpx.get(base + "/", timeout=10).text
+
+        def reviewed() -> bool:  # the agent flushes its history every second
+            tasks = httpx.get(base + "/api/agents/reviewer/tasks", timeout=10).json()["tasks"]
+            return bool(tasks)
+
+        wait_for_sync(reviewed, message="the reviewer's task history")
+        demo.send_signal(signal.SIGINT)
+        rest, _ = demo.communicate(timeout=60)
+        out += rest.decode(errors="replace")
+    finally:
+        if demo.poll() is None:
+            os.killpg(demo.pid, signal.SIGKILL)
+            demo.communicate()
+    assert demo.returncode == 0, out
+    assert "demo complete: every step passed" in out
 
 
 def test_demo_without_the_examples_says_where_they_are(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 import redis
@@ -147,6 +148,34 @@ def test_up_serves_a_bus_keeps_data_and_stops_cleanly(
     assert client.get("user:key") == b"kept"  # the append-only file brought it back
     client.close()
     assert again.stop(signal.SIGINT) == 0, again.output
+
+
+DASHBOARD_RE = re.compile(r"Dashboard: (http://127\.0\.0\.1:\d+)/")
+
+
+def test_up_starts_a_gateway_and_prints_the_dashboard_url(
+    run_up: Callable[..., Up], tmp_path: Path
+) -> None:
+    up = run_up("up", "--port", "0", "--gateway-port", "0", "--state-dir", str(tmp_path / "s"))
+    url = up.read_until(URL_RE).group(1)
+    dashboard = up.read_until(DASHBOARD_RE).group(1)
+    assert "gateway running" in up.output
+    health = httpx.get(dashboard + "/healthz", timeout=10)
+    assert health.status_code == 200
+    assert health.json()["ok"] is True
+    page = httpx.get(dashboard + "/", timeout=10)
+    assert "agentbus" in page.text
+    listed = httpx.get(dashboard + "/api/agents", timeout=10).json()
+    assert listed["agents"] == []
+    assert up.stop(signal.SIGTERM) == 0, up.output
+    assert "agentbus stopped" in up.output
+    assert not _ping(url)
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(dashboard + "/healthz", timeout=2)
+    quiet = run_up("up", "--port", "0", "--no-gateway", "--state-dir", str(tmp_path / "q"))
+    quiet.read_until(URL_RE)
+    assert quiet.stop(signal.SIGINT) == 0, quiet.output
+    assert "Dashboard" not in quiet.output
 
 
 def test_a_second_up_on_the_same_state_dir_is_refused(

@@ -5,11 +5,21 @@
 -- ARGV[3]  the deltas as JSON, every value a string:
 --          {"<type>": {"n": invocations, "e": errors, "sum": ms, "min": ms, "max": ms,
 --                      "last": ISO time, "b": {"le_1": count, ...}}, ...}
+-- KEYS[2]  the agent's task history stream (KeySpace.tasks(name))
+-- ARGV[4]  its approximate MAXLEN
+-- ARGV[5]  the tasks handled since the last flush, oldest first, as JSON: a list of flat
+--          field/value lists (agent_sdk/task_history.py); "" or "[]" for none
+-- The tasks are appended whichever instance holds the hash: they happened.
 -- The hash holds the usage of one instance of the name: when another instance that started
 -- earlier holds it, it is cleared first (a new instance starts afresh); the deltas of an
 -- instance that started before the one the hash holds (a late flush of a replaced instance)
 -- are dropped. Returns 1 when the deltas were added, 0 when they were dropped.
 local key = KEYS[1]
+if ARGV[5] and ARGV[5] ~= '' and ARGV[5] ~= '[]' then
+  for _, fields in ipairs(cjson.decode(ARGV[5])) do
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', unpack(fields))
+  end
+end
 local instance, started = ARGV[1], ARGV[2]
 if instance ~= '' then
   local held = redis.call('HMGET', key, 'instance_id', 'started_at')

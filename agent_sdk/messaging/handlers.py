@@ -23,13 +23,17 @@ from agent_sdk.messaging.codec import to_jsonable
 from schemas.envelope import Envelope, Kind
 from schemas.errors import AgentbusError, ErrorCode, ErrorInfo, validation_summary
 
-__all__ = ["Handler", "HandlerRegistry", "Message", "Observer", "Outcome"]
+__all__ = ["Handler", "HandlerRegistry", "Message", "Observer", "Outcome", "TaskObserver"]
 
 log = logging.getLogger("agentbus.messaging")
 
 Handler = Callable[..., Awaitable[Any]]
 #: Called after each handled message: (type, seconds, failed). E.g. ``UsageRecorder.record``.
 Observer = Callable[[str, float, bool], None]
+#: Called after each handled message with the message, when its handler started
+#: (``time.time()``), how long it ran (seconds) and its error (``None``: ok). E.g. the task
+#: history (``agent_sdk.task_history``).
+TaskObserver = Callable[["Message", float, float, ErrorInfo | None], None]
 
 
 class Message:
@@ -160,9 +164,12 @@ def _inspect(func: Handler) -> _Entry:
 class HandlerRegistry:
     """Handlers by message type."""
 
-    def __init__(self, observer: Observer | None = None) -> None:
+    def __init__(
+        self, observer: Observer | None = None, task_observer: TaskObserver | None = None
+    ) -> None:
         self._handlers: dict[str, _Entry] = {}
         self.observer = observer
+        self.task_observer = task_observer
 
     def on(self, type: str) -> Callable[[Handler], Handler]:
         """Decorator: register an async handler for messages of ``type``."""
@@ -191,11 +198,18 @@ class HandlerRegistry:
 
     async def handle(self, msg: Message) -> Outcome:
         """Run the handler for ``msg``; every failure becomes an ``Outcome`` with an error."""
-        if self.observer is None:
+        if self.observer is None and self.task_observer is None:
             return await self._handle(msg)
+        started = time.time()
         t0 = time.perf_counter()
         outcome = await self._handle(msg)
-        self.observe(msg.type, time.perf_counter() - t0, failed=not outcome.ok)
+        seconds = time.perf_counter() - t0
+        self.observe(msg.type, seconds, failed=not outcome.ok)
+        if self.task_observer is not None:
+            try:
+                self.task_observer(msg, started, seconds, outcome.error)
+            except Exception:
+                log.exception("task observer failed")
         return outcome
 
     def observe(self, type: str, seconds: float, *, failed: bool) -> None:

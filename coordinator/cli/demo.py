@@ -1,5 +1,10 @@
 """``agentbus demo``: a private bus, a coordinator and the example agents, in seven steps.
 
+A gateway runs beside them when its extra is installed: the demo prints the dashboard's URL
+first, so the page shows the agents register, work, die and come back as the steps go; with
+``--stay`` the agents stay up after step 6 until Ctrl-C (their task history, usage and health
+on the page), then leave.
+
 Nothing to set up: Redis is embedded (a ``redis-server`` on PATH or the ``embedded`` extra's),
 in a temporary directory, on a free port. The agents (``examples/``: a planner, two summarizers,
 a reviewer) are separate processes; the demo itself is a client (``Bus``). Every wait is on an
@@ -9,10 +14,12 @@ event (a line an agent printed, a registry change), bounded by a timeout.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
+import signal
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import click
@@ -47,7 +54,12 @@ EVERYONE = ["planner", *SUMMARIZERS, "reviewer"]
     type=click.Path(file_okay=False, exists=True, path_type=Path),
     help="Directory of the example agents [default: examples/ of this checkout].",
 )
-def demo(examples_dir: Path | None) -> None:
+@click.option(
+    "--stay",
+    is_flag=True,
+    help="Keep the agents and the dashboard up after the steps, until Ctrl-C.",
+)
+def demo(examples_dir: Path | None, stay: bool) -> None:
     """Run a private bus with example agents and show what it does (about 10 seconds)."""
     examples = find_examples(examples_dir)
     out = console()
@@ -59,15 +71,18 @@ def demo(examples_dir: Path | None) -> None:
                 claim_interval=0.25, sweep_interval=0.05, health_interval=0.5,
                 request_timeout=20.0, shutdown_grace=5.0,
             )  # fmt: skip
-            run_async(lambda: Demo(settings, examples, out).run(server))
+            run_async(lambda: Demo(settings, examples, out, stay=stay).run(server))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
 class Demo:
-    def __init__(self, settings: CoordinatorSettings, examples: Path, out: Console) -> None:
+    def __init__(
+        self, settings: CoordinatorSettings, examples: Path, out: Console, *, stay: bool = False
+    ) -> None:
         self.settings = settings
         self.out = out
+        self.stay = stay
         env = {
             "AGENTBUS_REDIS_URL": settings.url,
             "AGENTBUS_NAMESPACE": settings.namespace,
@@ -92,8 +107,14 @@ class Demo:
             f"[bold green]agentbus demo[/]: Redis {server.url} ({server.binary}), "
             f"namespace {s.namespace!r}, heartbeat {s.heartbeat_interval}s, TTL {s.ttl}s"
         )
-        async with Coordinator(self.settings), Bus(self.settings) as bus:
+        async with (
+            Coordinator(self.settings),
+            Bus(self.settings) as bus,
+            _dashboard(self.settings) as dashboard,
+        ):
             self.say("coordinator running")
+            if dashboard:
+                self.say(f"dashboard: {dashboard}/  (open it to watch the steps)")
             try:
                 await self.registration(bus)
                 await self.discovery(bus)
@@ -101,6 +122,8 @@ class Demo:
                 await self.role_queue_with_a_kill(bus)
                 await self.scatter_gather(bus)
                 await self.broadcast(bus)
+                if self.stay:
+                    await self.hold(dashboard)
             finally:
                 codes = await self.fleet.stop_all()
             await self.shutdown(bus, codes)
@@ -188,12 +211,39 @@ class Demo:
             f"broadcast delivered to {receivers} subscriber connection(s); all 4 agents got it"
         )
 
+    async def hold(self, dashboard: str | None) -> None:
+        where = f"; dashboard {dashboard}/" if dashboard else ""
+        self.say(f"the agents stay up{where}: Ctrl-C to go on to the shutdown")
+        go_on = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):  # the executable edge: a CLI command
+            loop.add_signal_handler(sig, go_on.set)
+        try:
+            await go_on.wait()
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
     async def shutdown(self, bus: Bus, codes: dict[str, int | None]) -> None:
         self.step(7, "Shutdown: agents leave cleanly (deregistered at once, not after the TTL)")
         left = await bus.discover()
         self.say(f"exit codes: {codes}; agents still registered: {[r.name for r in left]}")
         if left:
             raise AgentbusError(f"agents still registered after leaving: {left}")
+
+
+@contextlib.asynccontextmanager
+async def _dashboard(settings: CoordinatorSettings) -> AsyncIterator[str | None]:
+    """A gateway on 127.0.0.1 (8080 when free) for the demo's bus; ``None`` without its extra."""
+    try:
+        from gateway.server import running
+        from gateway.settings import GatewaySettings
+    except ImportError:
+        yield None
+        return
+    values = settings.model_dump(include=set(GatewaySettings.model_fields))
+    async with running(GatewaySettings(**{**values, "gateway_port": 8080}), fallback=True) as url:
+        yield url
 
 
 async def _until(

@@ -18,6 +18,7 @@ from coordinator.cli.plugins_cmd import plugins
 from coordinator.cli.reach import UP_URL
 from coordinator.cli.run_cmd import run
 from coordinator.cli.stats_cmd import stats
+from coordinator.cli.tasks_cmd import tasks
 from coordinator.cli.up import up
 from coordinator.cli.watch_cmd import watch
 
@@ -66,6 +67,7 @@ for command in (send, request, broadcast, publish, subscribe, deadletter):
     cli.add_command(command)
 cli.add_command(watch)
 cli.add_command(stats)
+cli.add_command(tasks)
 cli.add_command(conformance)
 cli.add_command(gateway)
 cli.add_command(token)

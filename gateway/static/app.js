@@ -126,10 +126,34 @@ async function showAgent(name) {
       tr.append(text("td", u.type), text("td", u.invocations + " calls"), text("td", u.errors + " errors"), text("td", (u.p50_ms ?? "-") + " ms p50"));
       return tr;
     }));
-    panel.replaceChildren(...parts, table);
+    panel.replaceChildren(...parts, table, tasksTable(name, d.tasks));
     const row = agents.get(name);
     if (row) { row.health = h.score; render(); }
   } catch (e) { panel.replaceChildren(text("h2", "agent"), text("p", e.message)); }
+}
+function tasksTable(name, tasks) {
+  // the agent's newest handled messages (GET /api/agents/{name}/tasks for more)
+  const box = document.createElement("div");
+  const head = text("h3", "tasks ");
+  const again = text("button", "↻");
+  again.title = "refresh";
+  again.addEventListener("click", () => showAgent(name));
+  head.append(again);
+  const table = document.createElement("table");
+  table.id = "agent-tasks";
+  table.append(...tasks.map((t) => {
+    const tr = document.createElement("tr");
+    tr.className = "task";
+    tr.dataset.outcome = t.outcome;
+    tr.dataset.type = t.type;
+    tr.title = `message ${t.id} (${t.kind})` + (t.session ? ` · session ${t.session}` : "");
+    tr.append(text("td", new Date(t.start).toLocaleTimeString()), text("td", t.type),
+      text("td", t.sender), text("td", t.duration_ms.toFixed(1) + " ms"),
+      text("td", t.outcome, t.ok ? "ok" : "failed"));
+    return tr;
+  }));
+  box.append(head, tasks.length ? table : text("p", "no tasks recorded yet", "hint"));
+  return box;
 }
 async function refreshStats() {
   statsTimer = null;

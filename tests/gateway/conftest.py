@@ -4,10 +4,10 @@ port, an SSE reader, and agents to look at."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import orjson
@@ -22,6 +22,7 @@ from gateway.settings import GatewaySettings
 from tests.support import wait_for
 
 MakeSettings = Callable[..., GatewaySettings]
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -108,25 +109,42 @@ class SseEvent:
 
 
 class SseReader:
-    """Reads one SSE response event by event (what a browser's EventSource does)."""
+    """Reads one SSE response event by event (what a browser's EventSource does).
+
+    Every read has a deadline over the whole wait, keep-alives included (a stream that only
+    sends keep-alives never satisfies a read): a missing event fails the test with what did
+    arrive instead of hanging it until pytest-timeout.
+    """
 
     def __init__(self, response: httpx.Response) -> None:
         self.response = response
         self._lines = response.aiter_lines()
+        #: Every event read so far, keep-alives included (shown when a read times out).
+        self.seen: list[SseEvent] = []
+
+    async def _within(self, scan: Awaitable[T], timeout: float, what: str) -> T:
+        before = len(self.seen)
+        try:
+            return await asyncio.wait_for(scan, timeout)
+        except TimeoutError:
+            got = [(e.event, e.id) for e in self.seen[before:]]
+            raise AssertionError(f"no {what} within {timeout}s; got {got}") from None
 
     async def next(self, timeout: float = 10.0) -> SseEvent:
-        return await asyncio.wait_for(self._next(), timeout)
+        return await self._within(self._next(), timeout, "event")
 
     async def _next(self) -> SseEvent:
         fields: dict[str, str] = {}
         async for line in self._lines:
             if line == "":
                 if "event" in fields or "data" in fields:
-                    return SseEvent(
+                    event = SseEvent(
                         fields.get("event", "message"),
                         orjson.loads(fields["data"]) if "data" in fields else None,
                         fields.get("id"),
                     )
+                    self.seen.append(event)
+                    return event
                 continue
             name, _, value = line.partition(":")
             fields[name] = value.removeprefix(" ")
@@ -139,7 +157,7 @@ class SseReader:
                 if wanted(event):
                     return event
 
-        return await asyncio.wait_for(scan(), timeout)
+        return await self._within(scan(), timeout, "wanted event")
 
     async def through(self, event: str, name: str, timeout: float = 10.0) -> list[SseEvent]:
         """Every event (keep-alives aside) up to and including ``event`` about agent ``name``."""
@@ -154,15 +172,22 @@ class SseReader:
                 if got.event == event and got.data.get("name") == name:
                     return out
 
-        return await asyncio.wait_for(scan(), timeout)
+        return await self._within(scan(), timeout, f"{event} of {name}")
 
-    async def events(self, count: int, *, skip: tuple[str, ...] = ("keepalive",)) -> list[SseEvent]:
-        out: list[SseEvent] = []
-        while len(out) < count:
-            event = await self.next()
-            if event.event not in skip:
-                out.append(event)
-        return out
+    async def events(
+        self, count: int, *, skip: tuple[str, ...] = ("keepalive",), timeout: float = 10.0
+    ) -> list[SseEvent]:
+        """The next ``count`` events (``skip`` aside), all within ``timeout`` seconds."""
+
+        async def scan() -> list[SseEvent]:
+            out: list[SseEvent] = []
+            while len(out) < count:
+                event = await self._next()
+                if event.event not in skip:
+                    out.append(event)
+            return out
+
+        return await self._within(scan(), timeout, f"{count} event(s)")
 
 
 @asynccontextmanager

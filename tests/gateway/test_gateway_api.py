@@ -30,7 +30,8 @@ def _error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
 async def test_openapi_document_lists_every_endpoint(http: httpx.AsyncClient) -> None:
     doc = (await http.get("/openapi.json")).json()
     for path in (
-        "/api/agents", "/api/agents/{name}", "/api/stats", "/api/deadletters",
+        "/api/agents", "/api/agents/{name}", "/api/agents/{name}/tasks", "/api/stats",
+        "/api/deadletters",
         "/api/deadletters/{letter_id}/replay", "/api/agents/{name}/messages",
         "/api/agents/{name}/requests", "/api/roles/{role}/messages", "/api/roles/{role}/requests",
         "/api/roles/{role}/gather", "/api/events", "/api/sessions/{session}/events", "/metrics",
@@ -233,7 +234,8 @@ async def test_agent_details_usage_and_health(http: httpx.AsyncClient, settings:
 
         async def usage_flushed() -> dict[str, Any] | None:
             body: dict[str, Any] = (await http.get("/api/agents/flaky")).json()
-            return body if body["usage"] and body["usage"][0]["invocations"] == 4 else None
+            done = body["usage"] and body["usage"][0]["invocations"] == 4
+            return body if done and len(body["tasks"]) == 4 else None
 
         body = await wait_for(usage_flushed, message="usage flushed")
         assert body["agent"]["name"] == "flaky"
@@ -244,6 +246,27 @@ async def test_agent_details_usage_and_health(http: httpx.AsyncClient, settings:
         assert body["health"]["score"] == 75  # 100 × (1 − 0.25), idle, fast, ready
         assert await _names(http, "?min_health=76") == []
         assert await _names(http, "?min_health=75") == ["flaky"]
+        # the task history: newest first, the failure with its code, paginated
+        recent = [(t["type"], t["outcome"], t["ok"]) for t in body["tasks"]]
+        assert len(recent) == 4
+        assert recent[0] == ("work", "handler_error", False)
+        assert recent.count(("work", "ok", True)) == 3
+        first = (await http.get("/api/agents/flaky/tasks?limit=3")).json()
+        assert [t["entry_id"] for t in first["tasks"]] == [t["entry_id"] for t in body["tasks"][:3]]
+        assert first["next_cursor"] == first["tasks"][-1]["entry_id"]
+        rest = (await http.get(f"/api/agents/flaky/tasks?cursor={first['next_cursor']}")).json()
+        assert [t["entry_id"] for t in rest["tasks"]] == [body["tasks"][3]["entry_id"]]
+        assert rest["next_cursor"] is None
+        task = rest["tasks"][0]
+        assert task["sender"]
+        assert task["kind"] == "request"
+        assert task["duration_ms"] >= 0
+    # the history outlives the agent; a name with neither is 404; bad input is 400
+    kept = (await http.get("/api/agents/flaky/tasks")).json()
+    assert len(kept["tasks"]) == 4
+    _error(await http.get("/api/agents/nobody/tasks"), 404, "not_found")
+    _error(await http.get("/api/agents/flaky/tasks?cursor=yesterday"), 400, "bad_request")
+    _error(await http.get("/api/agents/flaky/tasks?limit=0"), 400, "bad_request")
 
 
 async def test_stats_and_metrics(http: httpx.AsyncClient, settings: Settings) -> None:

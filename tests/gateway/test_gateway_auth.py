@@ -29,7 +29,8 @@ from tests.gateway.conftest import MakeSettings, asgi_client, serve, sse
 from tests.support import wait_for
 
 READS = [
-    "/api/agents", "/api/agents/worker-1", "/api/stats", "/api/deadletters", "/metrics",
+    "/api/agents", "/api/agents/worker-1", "/api/agents/worker-1/tasks", "/api/stats",
+    "/api/deadletters", "/metrics",
 ]  # fmt: skip
 WRITES = [
     ("/api/agents/worker-1/messages", {"type": "job"}),

@@ -11,6 +11,7 @@ from playwright.async_api import Browser, Page, async_playwright
 
 from agent_sdk import Agent, Bus
 from agent_sdk.settings import Settings
+from schemas.errors import RemoteError
 from tests.gateway.conftest import ServeGateway
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -89,4 +90,37 @@ async def test_a_sessions_events_appear_in_order(
             "agent_started", "agent_thinking", "tool_executing", "tool_completed",
             "agent_completed",
         ]  # fmt: skip
+        await page.close()
+
+
+async def test_an_agents_tasks_show_in_its_details(
+    browser: Browser, live_gateway: ServeGateway, settings: Settings
+) -> None:
+    worker = Agent("tasked", "worker", settings=settings)
+
+    @worker.on("job")
+    async def job(payload: dict[str, bool]) -> str:
+        if payload["fail"]:
+            raise RuntimeError("no")
+        return "done"
+
+    async with live_gateway() as live, worker, Bus(settings) as bus:
+        await bus.request("tasked", "job", {"fail": False})
+        with pytest.raises(RemoteError):
+            await bus.request("tasked", "job", {"fail": True})
+        assert worker.usage is not None
+        await worker.usage.flush()
+        page = await _open(browser, live.url + "/")
+        await page.click('tr[data-name="tasked"]', timeout=WAIT_MS)
+        await page.wait_for_selector("#agent-tasks tr.task", timeout=WAIT_MS)
+        rows = page.locator("#agent-tasks tr.task")
+        outcomes = [await rows.nth(i).get_attribute("data-outcome") for i in range(2)]
+        assert outcomes == ["handler_error", "ok"]  # newest first
+        assert "job" in await rows.nth(0).inner_text()
+        # a new task shows after a refresh of the panel
+        await bus.request("tasked", "job", {"fail": False})
+        await worker.usage.flush()
+        await page.click("#details h3 button")
+        await page.wait_for_selector("#agent-tasks tr.task >> nth=2", timeout=WAIT_MS)
+        assert await rows.nth(0).get_attribute("data-outcome") == "ok"
         await page.close()

@@ -10,13 +10,14 @@ from typing import Any
 import httpx
 import orjson
 import redis.asyncio as aioredis
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 
 from agent_sdk import Agent, Bus
 from agent_sdk.settings import Settings
-from gateway.fanout import StreamHub, follow
+from gateway.app import create_app
+from gateway.fanout import StreamHub, follow, id_key
 from gateway.state import registry_frame
-from tests.gateway.conftest import ServeGateway, SseEvent, sse
+from tests.gateway.conftest import MakeSettings, ServeGateway, SseEvent, sse
 from tests.support import wait_for
 
 
@@ -197,12 +198,12 @@ async def _emit(bus: Bus, session: str, agent: str, kinds: list[str]) -> list[st
 
 
 async def test_session_events_in_order_and_resumable_within_their_session(
-    live_gateway: ServeGateway, settings: Settings
+    live_gateway: ServeGateway, settings: Settings, r: aioredis.Redis
 ) -> None:
     kinds = ["agent_started", "agent_thinking", "tool_executing", "tool_completed"]
     async with live_gateway() as live, Bus(settings) as bus:
+        await _emit(bus, "chat-b", "helper", ["agent_started"])
         ids = await _emit(bus, "chat-a", "helper", kinds)
-        other = await _emit(bus, "chat-b", "helper", ["agent_started", "agent_completed"])
         async with httpx.AsyncClient(base_url=live.url) as client:
             async with sse(client, "/api/sessions/chat-a/events") as s:
                 await s.next()
@@ -217,37 +218,91 @@ async def test_session_events_in_order_and_resumable_within_their_session(
                 await s.next()
                 resumed = await s.events(3)
             assert [e.data["seq"] for e in resumed] == [3, 4, 5]
-            # a resume id taken from another session never yields that session's events
+
+            # A resume id taken from another session is only a position in this one: never
+            # that session's events. Stream ids are per stream, so chat-a's id may equal one of
+            # chat-b's (XADDs in the same millisecond; the test used to expect that one and
+            # hang): the expected events are chat-b's entries after the id, with at least one.
+            async def chat_b_passed_it() -> bool:
+                (eid,) = await _emit(bus, "chat-b", "helper", ["agent_thinking"])
+                return id_key(eid) > id_key(ids[0])
+
+            await wait_for(chat_b_passed_it, message="an id of chat-b after chat-a's")
+            key_b = settings.keys.session_activity("chat-b")
+            after: Any = await r.xrange(key_b, min=f"({ids[0]}")
+            expected = [eid for eid, _ in after]
             async with sse(client, "/api/sessions/chat-b/events", {"Last-Event-ID": ids[0]}) as s:
                 await s.next()
-                only_b = await s.events(2)
-            assert [e.id for e in only_b] == other
+                only_b = await s.events(len(expected))
+            assert [e.id for e in only_b] == expected
             assert {e.data["session"] for e in only_b} == {"chat-b"}
         await wait_for(lambda: not live.app.state.gateway.sessions, message="session hubs released")
+
+
+async def test_a_client_gone_before_the_first_byte_releases_its_session_hub(
+    gateway_settings: MakeSettings,
+) -> None:
+    """A client that goes away while the response head is being written (its socket never
+    drained) cancels the response before its body runs: the session hub is released all the
+    same (it used to stay held, with its blocking Redis connection, for good)."""
+    app = create_app(gateway_settings())
+    gateway = app.state.gateway
+    await gateway.start()
+    try:
+        head_written = asyncio.Event()
+
+        async def receive() -> dict[str, Any]:
+            await head_written.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: Any) -> None:
+            head_written.set()
+            await asyncio.Event().wait()  # a client that stopped reading
+
+        path = "/api/sessions/chat-gone/events"
+        scope = {
+            "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": "1.1", "method": "GET", "scheme": "http", "path": path,
+            "raw_path": path.encode(), "query_string": b"", "headers": [], "root_path": "",
+            "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8080), "app": app,
+        }  # fmt: skip
+        for _ in range(3):
+            head_written.clear()
+            await asyncio.wait_for(app(scope, receive, send), 10)
+            assert gateway.sessions == {}
+            assert gateway._holders == {}
+    finally:
+        await gateway.stop()
+
+
+async def _recv(ws: ClientConnection, timeout: float = 10.0) -> Any:
+    return orjson.loads(await asyncio.wait_for(ws.recv(), timeout))
 
 
 async def test_websocket_variant(live_gateway: ServeGateway, settings: Settings) -> None:
     async with live_gateway() as live, Bus(settings) as bus:
         ws_url = live.url.replace("http://", "ws://")
         async with connect(ws_url + "/api/events/ws") as ws:
-            ready = orjson.loads(await ws.recv())
+            ready = await _recv(ws)
             assert ready["event"] == "ready"
             async with Agent("ws-agent", "worker", settings=settings):
                 pass
-            got = []
-            while not got or got[-1]["event"] != "agent_deregistered":
-                got.append(orjson.loads(await asyncio.wait_for(ws.recv(), 10)))
+            got: list[Any] = []
+            async with asyncio.timeout(10):
+                while not got or got[-1]["event"] != "agent_deregistered":
+                    got.append(await _recv(ws))
         assert got[0]["event"] == "agent_registered"
         assert {m["data"]["name"] for m in got} == {"ws-agent"}
         async with connect(f"{ws_url}/api/events/ws?since={got[0]['id']}") as ws:
-            await ws.recv()
-            again = orjson.loads(await asyncio.wait_for(ws.recv(), 10))
+            await _recv(ws)
+            again = await _recv(ws)
         assert again["id"] == got[1]["id"]
         ids = await _emit(bus, "chat-ws", "helper", ["agent_started", "agent_completed"])
         async with connect(ws_url + "/api/sessions/chat-ws/events/ws") as ws:
-            await ws.recv()
-            session = [orjson.loads(await asyncio.wait_for(ws.recv(), 10)) for _ in range(2)]
+            await _recv(ws)
+            session = [await _recv(ws) for _ in range(2)]
         assert [m["id"] for m in session] == ids
+        await wait_for(lambda: not live.app.state.gateway.sessions, message="session hubs released")
 
 
 async def test_streams_resume_after_redis_restarts(
