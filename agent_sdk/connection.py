@@ -1,7 +1,16 @@
 """Redis clients for agentbus, and the boundary where redis-py errors become ours.
 
 ``make_client`` returns an asyncio client whose commands retry connection errors with
-exponential backoff (redis-py's own retry, which reconnects). No ``socket_timeout`` is set: it
+exponential backoff (redis-py's own retry, which reconnects). The URL picks the topology
+(``agent_sdk.topology``): one server (``redis.asyncio.Redis``), a Redis Cluster
+(``redis.asyncio.RedisCluster``: redirections and topology refreshes are redis-py's) or a
+Sentinel deployment (a ``Redis`` over a ``SentinelConnectionPool``, which asks the sentinels for
+the master on every new connection and drops connections to a demoted one).
+
+A ``RedisCluster`` is not a subclass of ``Redis``: it is returned typed as ``Redis`` because it
+offers the same commands, scripts and pipelines agentbus uses. The few places that need more
+(a held connection, pub/sub, ``MULTI``) check ``is_cluster`` and take the cluster's path
+(``agent_sdk.cluster_lane``, ``agent_sdk.messaging.topics``). No ``socket_timeout`` is set: it
 adds cost to every call and blocking reads carry their own timeouts. Errors that survive the
 retries are raised as ``ConnectionFailed`` by ``redis_errors()``, naming the URL (password hidden).
 """
@@ -11,18 +20,29 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any, cast
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from agent_sdk.settings import Settings
+from agent_sdk.topology import RedisTarget, Topology
 from schemas.errors import ConnectionFailed
 
-__all__ = ["CONNECTION_ERRORS", "make_client", "redis_errors"]
+__all__ = [
+    "CONNECTION_ERRORS",
+    "is_cluster",
+    "make_client",
+    "node_client",
+    "publish_command",
+    "redis_errors",
+]
 
 log = logging.getLogger("agentbus.connection")
 
@@ -35,33 +55,107 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+def _retry(settings: Settings) -> Retry:
+    return Retry(
+        ExponentialWithJitterBackoff(base=0.05, cap=settings.retry_max_backoff),
+        settings.retry_attempts,
+        supported_errors=(RedisConnectionError, RedisTimeoutError),
+    )
+
+
+def _common(settings: Settings, decode_responses: bool) -> dict[str, Any]:
+    return {
+        "decode_responses": decode_responses,
+        "socket_timeout": None,
+        "socket_connect_timeout": settings.connect_timeout,
+        "socket_keepalive": True,
+        "client_name": f"agentbus:{settings.namespace}",
+    }
+
+
+def _credentials(target: RedisTarget) -> dict[str, Any]:
+    return {"username": target.username, "password": target.password, "ssl": target.tls}
+
+
 def make_client(
     settings: Settings, *, decode_responses: bool = False, max_connections: int | None = None
 ) -> aioredis.Redis:
     """An asyncio Redis client configured from ``settings`` (not yet connected).
 
-    Its pool blocks when all ``settings.max_connections`` connections are busy (a caller waits
-    up to ``settings.pool_timeout`` for one) instead of failing with "Too many connections",
-    so hundreds of concurrent sends share a bounded number of sockets.
+    On one server its pool blocks when all ``settings.max_connections`` connections are busy
+    (a caller waits up to ``settings.pool_timeout`` for one) instead of failing with "Too many
+    connections", so hundreds of concurrent sends share a bounded number of sockets. On a
+    cluster the bound is per node; under Sentinel the pool does not block (redis-py has no
+    blocking Sentinel pool): past the bound a call fails with ``ConnectionFailed``.
     """
-    retry = Retry(
-        ExponentialWithJitterBackoff(base=0.05, cap=settings.retry_max_backoff),
-        settings.retry_attempts,
-        supported_errors=(RedisConnectionError, RedisTimeoutError),
-    )
+    target = settings.target
+    size = max_connections or settings.max_connections
+    if target.topology is Topology.CLUSTER:
+        cluster = RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in target.nodes],
+            max_connections=size,
+            retry=_retry(settings),
+            **_credentials(target),
+            **_common(settings, decode_responses),
+        )
+        return cast(aioredis.Redis, cluster)
+    if target.topology is Topology.SENTINEL:
+        assert target.master is not None
+        common = _common(settings, decode_responses)
+        sentinel = Sentinel(
+            list(target.nodes),
+            sentinel_kwargs={
+                "username": target.username,
+                "password": target.password,
+                "socket_connect_timeout": settings.connect_timeout,
+            },
+            **_credentials(target),
+        )
+        client: aioredis.Redis = sentinel.master_for(
+            target.master,
+            db=target.db,
+            max_connections=size,
+            retry=_retry(settings),
+            health_check_interval=30,
+            **common,
+        )
+        return client
     pool = aioredis.BlockingConnectionPool.from_url(
         settings.url,
-        max_connections=max_connections or settings.max_connections,
+        max_connections=size,
         timeout=settings.pool_timeout,
-        decode_responses=decode_responses,
-        socket_timeout=None,
-        socket_connect_timeout=settings.connect_timeout,
-        socket_keepalive=True,
-        retry=retry,
+        retry=_retry(settings),
         health_check_interval=30,
-        client_name=f"agentbus:{settings.namespace}",
+        **_common(settings, decode_responses),
     )
     return aioredis.Redis.from_pool(pool)
+
+
+def is_cluster(client: Any) -> bool:
+    """Whether ``client`` (from ``make_client``) talks to a Redis Cluster."""
+    return isinstance(client, RedisCluster)
+
+
+def publish_command(client: Any) -> str:
+    """How to ring a doorbell (a channel in its stream's slot): ``SPUBLISH`` on a cluster, so
+    the message stays on the shard that owns the slot, ``PUBLISH`` on one server (Redis 6.2
+    has no sharded pub/sub; a cluster of 6.2 nodes is not supported)."""
+    return "SPUBLISH" if is_cluster(client) else "PUBLISH"
+
+
+def node_client(
+    settings: Settings, host: str, port: int, *, decode_responses: bool = False
+) -> aioredis.Redis:
+    """A plain client to one node of a cluster (its pub/sub connections: sharded channels are
+    subscribed on the node that owns their slot)."""
+    target = settings.target
+    return aioredis.Redis(
+        host=host,
+        port=port,
+        retry=_retry(settings),
+        **_credentials(target),
+        **_common(settings, decode_responses),
+    )
 
 
 @contextmanager

@@ -9,29 +9,15 @@ Precedence: keyword arguments > environment (``AGENTBUS_REDIS_URL``, ...) > defa
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from agent_sdk.topology import RedisTarget, Topology, parse_redis_url, redact_url
 from schemas.errors import ConfigurationError, validation_summary
 from schemas.keys import DEFAULT_NAMESPACE, KeySpace, validate_namespace
 
 __all__ = ["Settings", "redact_url"]
-
-_SCHEMES = ("redis", "rediss", "unix")
-
-
-def redact_url(url: str) -> str:
-    """The URL with its password replaced by ``***`` (safe to log and print)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-
 
 class Settings(BaseSettings):
     """Settings shared by agents, the coordinator and the CLI."""
@@ -42,7 +28,11 @@ class Settings(BaseSettings):
 
     redis_url: SecretStr = Field(
         default=SecretStr("redis://127.0.0.1:6379/0"),
-        description="Redis to use: redis://[user:password@]host:port/db, rediss://, unix://.",
+        description=(
+            "Redis to use: redis://[user:password@]host:port/db, rediss://, unix://; a cluster "
+            "as redis+cluster://[user:password@]host:port[,host:port...]; Sentinel as "
+            "redis+sentinel://[user:password@]host:port[,host:port...]/MASTER[/db]."
+        ),
     )
     namespace: str = Field(default=DEFAULT_NAMESPACE, description="Prefix of every key.")
     heartbeat_interval: float = Field(default=1.0, ge=0.1, le=3600, description="Seconds.")
@@ -75,13 +65,7 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _check_url(cls, v: SecretStr) -> SecretStr:
-        url = v.get_secret_value()
-        scheme = urlsplit(url).scheme
-        if scheme not in _SCHEMES:
-            raise ValueError(
-                f"{redact_url(url)!r} must start with one of "
-                + ", ".join(f"{s}://" for s in _SCHEMES)
-            )
+        parse_redis_url(v.get_secret_value())  # ValueError naming what is wrong
         return v
 
     @field_validator("namespace")
@@ -112,6 +96,15 @@ class Settings(BaseSettings):
     @property
     def url(self) -> str:
         return self.redis_url.get_secret_value()
+
+    @property
+    def target(self) -> RedisTarget:
+        """The topology the URL names (one server, a cluster, Sentinel) and its parts."""
+        return parse_redis_url(self.url)
+
+    @property
+    def topology(self) -> Topology:
+        return self.target.topology
 
     @property
     def display_url(self) -> str:
