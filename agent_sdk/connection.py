@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from typing import Any, cast
 
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialWithJitterBackoff
@@ -41,6 +41,7 @@ __all__ = [
     "make_client",
     "node_client",
     "publish_command",
+    "queue_ring",
     "redis_errors",
 ]
 
@@ -113,6 +114,7 @@ def make_client(
         )
         client: aioredis.Redis = sentinel.master_for(
             target.master,
+            redis_class=_SentinelMaster,
             db=target.db,
             max_connections=size,
             retry=_retry(settings),
@@ -131,6 +133,17 @@ def make_client(
     return aioredis.Redis.from_pool(pool)
 
 
+class _SentinelMaster(aioredis.Redis):
+    """The master's client of a Sentinel deployment; closing it also closes the connections
+    its pool opened to the sentinels (redis-py leaves them open)."""
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        manager = getattr(self.connection_pool, "sentinel_manager", None)
+        for sentinel in getattr(manager, "sentinels", ()):
+            await sentinel.aclose()
+
+
 def is_cluster(client: Any) -> bool:
     """Whether ``client`` (from ``make_client``) talks to a Redis Cluster."""
     return isinstance(client, RedisCluster)
@@ -141,6 +154,15 @@ def publish_command(client: Any) -> str:
     the message stays on the shard that owns the slot, ``PUBLISH`` on one server (Redis 6.2
     has no sharded pub/sub; a cluster of 6.2 nodes is not supported)."""
     return "SPUBLISH" if is_cluster(client) else "PUBLISH"
+
+
+def queue_ring(pipe: Any, channel: str, data: str = "") -> None:
+    """Queue a doorbell ring on ``pipe``: ``SPUBLISH`` in a cluster's pipeline, else
+    ``PUBLISH`` (see ``publish_command``)."""
+    if isinstance(pipe, ClusterPipeline):
+        pipe.spublish(channel, data)
+    else:
+        pipe.publish(channel, data)
 
 
 def node_client(

@@ -14,7 +14,9 @@ replies read straight off the connection.
   result list (``execute``) or is raised (``call``).
 * **Connection failures are retried** with the client's own ``Retry`` policy (reconnect +
   backoff), as a plain redis-py call is: a command that had reached Redis may be applied twice
-  (at-least-once).
+  (at-least-once). A ``READONLY`` reply (the master was demoted: a Sentinel failover) counts as
+  one: the next connection goes to the new master.
+* On a **Redis Cluster** use ``agent_sdk.cluster_lane.open_lane``: the same contract, per node.
 * A call **cancelled** mid-flight drops the connection (its reply may still come); the next call
   reconnects.
 """
@@ -30,7 +32,7 @@ from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import ReadOnlyError, ResponseError
 
 __all__ = ["Lane", "hiredis_reader", "incomplete", "read_replies"]
 
@@ -123,7 +125,12 @@ class Lane:
 
             async def attempt() -> list[Any]:
                 await conn.send_packed_command(packed, check_health=False)
-                return await read_replies(conn, len(commands))
+                replies = await read_replies(conn, len(commands))
+                if any(isinstance(r, ReadOnlyError) for r in replies):
+                    # the server was demoted (a Sentinel failover): nothing was written there;
+                    # reconnecting asks the sentinels for the new master
+                    raise RedisConnectionError("Redis is a read-only replica now; reconnecting")
+                return replies
 
             async def failed(error: Exception) -> None:
                 await conn.disconnect()

@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable
 import redis.asyncio as aioredis
 
 from agent_sdk.connection import CONNECTION_ERRORS, make_client
-from agent_sdk.lane import Lane
+from agent_sdk.cluster_lane import AnyLane, open_lane
 from agent_sdk.retry import keep_running
 from agent_sdk.settings import Settings
 from agent_sdk.tasks import cancel_and_wait
@@ -124,13 +124,13 @@ class ReplyRouter:
     async def _run(self) -> None:
         assert self._client is not None
         client = self._client
-        lane = Lane(client)  # BRPOP straight on one connection (no pool checkout per pop)
+        lane = open_lane(client)  # BRPOP straight on one connection (no pool checkout per pop)
         try:
             await self._loop(client, lane)
         finally:
             await lane.aclose()
 
-    async def _loop(self, client: aioredis.Redis, lane: Lane) -> None:
+    async def _loop(self, client: aioredis.Redis, lane: AnyLane) -> None:
         drain = False  # the last pop found something: take what else waits, without blocking
 
         async def pop() -> None:

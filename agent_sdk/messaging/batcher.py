@@ -31,7 +31,7 @@ import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
-from agent_sdk.lane import Lane
+from agent_sdk.cluster_lane import AnyLane, open_lane
 
 __all__ = ["Batcher", "Op"]
 
@@ -60,7 +60,7 @@ class Batcher:
         as the replies of an agent's handlers, where it would only add latency)."""
         self.client = client
         self.join_turn = join_turn
-        self.lane = Lane(client)
+        self.lane: AnyLane = open_lane(client)
         self._pending: list[Op] = []
         self._busy = False
         self._task: asyncio.Task[None] | None = None

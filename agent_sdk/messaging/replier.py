@@ -1,5 +1,8 @@
 """Answering a request: ``LPUSH`` the JSON reply to ``reply_to``, ``PEXPIRE`` it, ``XACK`` the
 request (and any other finished entries of the same stream): one ``EVALSHA`` (``reply.lua``).
+On a Redis Cluster the reply list and the stream are in different slots: the reply is written
+first, then the request acknowledged (a failure in between redelivers the request: a second
+reply, which the requester ignores, rather than none).
 """
 
 from __future__ import annotations
@@ -93,6 +96,13 @@ class Replier:
             left = (request.deadline - datetime.now(UTC)).total_seconds() * 1000
             linger += max(0, int(left))
         with redis_errors(self.settings, f"replying to {request.sender}"):
+            if self.scripts.cluster:  # two slots: the reply first, then the acknowledgement
+                reply = Op([self.build(request, outcome), linger, group], self.scripts.reply,
+                           (reply_to,))  # fmt: skip
+                await self.batcher.run(reply)
+                if ack:
+                    await self.batcher.run(Op(("XACK", stream, group, *ack)))
+                return
             await self.batcher.run(
                 Op([self.build(request, outcome), linger, group, *ack], self.scripts.reply,
                    (reply_to, stream))
@@ -129,9 +139,8 @@ class Replier:
     async def refuse(self, refusal: Refusal, *, stream: str, group: str) -> None:
         """Push an error reply built by ``refusal`` (no acknowledgement: a dead letter does)."""
         with redis_errors(self.settings, "answering an undecodable request"):
-            await self.scripts.reply(
-                keys=[refusal.reply_to, stream], args=[refusal.data, REPLY_LINGER_MS, group]
-            )
+            keys = [refusal.reply_to] if self.scripts.cluster else [refusal.reply_to, stream]
+            await self.scripts.reply(keys=keys, args=[refusal.data, REPLY_LINGER_MS, group])
 
 
 @dataclass(frozen=True, slots=True)

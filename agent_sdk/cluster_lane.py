@@ -1,0 +1,199 @@
+"""A lane on a Redis Cluster: the ``Lane`` contract (raw replies, in order, one round trip at a
+time) over the nodes that own the commands' keys.
+
+The commands of one ``execute`` are grouped by the master that owns each command's key slot;
+each group is written as one pipeline on a connection this lane holds to that node, and the
+groups go out in parallel, so a host's pipelined reads and claims cost one round trip per node
+they need, not one per stream. Within a node the order of the calls is kept; between nodes
+there is none (commands of different slots are independent: agentbus never relies on an
+order across slots).
+
+Every command must name its key (the first key decides the node): ``EVALSHA``/``EVAL`` with at
+least one key, ``XREADGROUP``/``XREAD`` (the first stream), and any command whose first argument
+is a key or a shard channel (``XACK``, ``BRPOP``, ``SPUBLISH``, ...).
+
+Failures:
+
+* a **redirection** (``MOVED``, ``ASK``), ``TRYAGAIN``, ``CLUSTERDOWN`` or ``READONLY`` reply means
+  the command was not applied: the slot map is refreshed and the command sent again where it
+  now belongs;
+* a **connection failure** drops that node's connection and sends its commands again after a
+  backoff and a slot-map refresh (a master that died is replaced by its replica after the
+  cluster's node timeout): at-least-once, as ``Lane``;
+* after ``attempts`` tries the last error is raised (redis-py's ``ConnectionError``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import hiredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import Connection
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    MovedError,
+    ReadOnlyError,
+    ResponseError,
+    TryAgainError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from agent_sdk.lane import Command, Lane, read_replies
+
+__all__ = ["AnyLane", "ClusterLane", "command_key", "open_lane"]
+
+_REDIRECTS = (MovedError, AskError, TryAgainError, ClusterDownError, ReadOnlyError)
+_FAILURES = (RedisConnectionError, RedisTimeoutError, OSError)
+_STREAMS = {"XREADGROUP", "XREAD"}
+_SCRIPTS = {"EVALSHA", "EVAL", "EVALSHA_RO", "EVAL_RO", "FCALL", "FCALL_RO"}
+
+
+def _name(value: Any) -> str:
+    return (value.decode() if isinstance(value, bytes) else str(value)).upper()
+
+
+def command_key(command: Command) -> Any:
+    """The key (or shard channel) that decides where ``command`` runs; None if it has none."""
+    name = _name(command[0])
+    if name in _SCRIPTS:
+        return command[3] if int(command[2]) > 0 else None
+    if name in _STREAMS:
+        for i, arg in enumerate(command):
+            if _name(arg) == "STREAMS":
+                return command[i + 1]
+        return None
+    return command[1] if len(command) > 1 else None
+
+
+class ClusterLane:
+    """One held connection per node of ``client`` (a ``RedisCluster``), used one round trip at
+    a time."""
+
+    def __init__(self, client: RedisCluster, *, attempts: int = 10, max_backoff: float = 1.0):
+        self.client = client
+        self.attempts = attempts
+        self.max_backoff = max_backoff
+        self._conns: dict[str, tuple[ClusterNode, Connection]] = {}
+        self._busy = False
+        #: Slot-map refreshes this lane asked for (for tests).
+        self.refreshes = 0
+
+    def _node(self, command: Command) -> ClusterNode:
+        key = command_key(command)
+        node = (
+            self.client.get_default_node() if key is None else self.client.get_node_from_key(key)
+        )
+        if node is None:
+            raise RedisConnectionError(f"no cluster node serves {command_key(command)!r} now")
+        return node
+
+    async def call(self, *args: Any) -> Any:
+        """Run one command; its raw reply, or its error reply raised."""
+        (reply,) = await self.execute((args,))
+        if isinstance(reply, ResponseError):
+            raise reply
+        return reply
+
+    async def execute(self, commands: Sequence[Command]) -> list[Any]:
+        """Run ``commands``, grouped by node; their raw replies in call order."""
+        if self._busy:
+            raise RuntimeError("a Lane runs one round trip at a time")
+        self._busy = True
+        try:
+            return await self._execute(commands)
+        finally:
+            self._busy = False
+
+    async def _execute(self, commands: Sequence[Command]) -> list[Any]:
+        if not self.client.nodes_manager.slots_cache:
+            await self.client.initialize()
+        results: list[Any] = [None] * len(commands)
+        todo = list(range(len(commands)))
+        last: BaseException = RedisConnectionError("the cluster did not answer")
+        for attempt in range(self.attempts + 1):
+            groups: dict[ClusterNode, list[int]] = {}
+            try:
+                for i in todo:
+                    groups.setdefault(self._node(commands[i]), []).append(i)
+            except Exception as e:  # a slot nobody serves (failover under way)
+                last = e
+            else:
+                outcomes = await asyncio.gather(
+                    *(self._on_node(n, [commands[i] for i in idx]) for n, idx in groups.items()),
+                    return_exceptions=True,
+                )
+                todo = []
+                for (node, idx), out in zip(groups.items(), outcomes, strict=True):
+                    if isinstance(out, BaseException):
+                        if not isinstance(out, _FAILURES):
+                            raise out
+                        last = out
+                        todo.extend(idx)
+                        continue
+                    for i, reply in zip(idx, out, strict=True):
+                        if isinstance(reply, _REDIRECTS):
+                            last = reply
+                            todo.append(i)
+                        else:
+                            results[i] = reply
+                if not todo:
+                    return results
+                todo.sort()  # keep each node's commands in call order
+            if attempt == self.attempts:
+                break
+            await asyncio.sleep(min(self.max_backoff, 0.05 * 2**attempt))
+            await self._refresh()
+        if isinstance(last, _FAILURES):
+            raise last
+        raise RedisConnectionError(f"the cluster did not serve a command: {last}") from last
+
+    async def _refresh(self) -> None:
+        self.refreshes += 1
+        try:
+            await self.client.nodes_manager.initialize()
+        except Exception:  # noqa: S110 - every node unreachable right now: the next try says
+            pass
+
+    async def _on_node(self, node: ClusterNode, commands: list[Command]) -> list[Any]:
+        held = self._conns.get(node.name)
+        if held is None or held[0] is not node:
+            if held is not None:
+                await self._drop(node.name)
+            held = (node, node.acquire_connection())
+            self._conns[node.name] = held
+        conn = held[1]
+        packed = b"".join([hiredis.pack_command(tuple(c)) for c in commands])
+        try:
+            await conn.send_packed_command(packed, check_health=False)
+            return await read_replies(conn, len(commands))
+        except BaseException:
+            await self._drop(node.name)  # replies may be left unread: never reuse it
+            raise
+
+    async def _drop(self, name: str) -> None:
+        held = self._conns.pop(name, None)
+        if held is not None:
+            node, conn = held
+            await conn.disconnect()
+            node.release(conn)
+
+    async def aclose(self) -> None:
+        """Hand every held connection back to its node."""
+        for name, (node, conn) in list(self._conns.items()):
+            del self._conns[name]
+            node.release(conn)
+
+
+AnyLane = Lane | ClusterLane
+
+
+def open_lane(client: Any) -> AnyLane:
+    """A ``ClusterLane`` for a cluster client, a ``Lane`` otherwise."""
+    if isinstance(client, RedisCluster):
+        return ClusterLane(client)
+    return Lane(client)
