@@ -26,6 +26,7 @@ Failures:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -80,14 +81,15 @@ class ClusterLane:
         self.max_backoff = max_backoff
         self._conns: dict[str, tuple[ClusterNode, Connection]] = {}
         self._busy = False
+        self._wait: tuple[int, int] | None = None
         #: Slot-map refreshes this lane asked for (for tests).
         self.refreshes = 0
+        #: Node round trips whose ``WAIT`` timed out before enough replicas confirmed.
+        self.under_replicated = 0
 
     def _node(self, command: Command) -> ClusterNode:
         key = command_key(command)
-        node = (
-            self.client.get_default_node() if key is None else self.client.get_node_from_key(key)
-        )
+        node = self.client.get_default_node() if key is None else self.client.get_node_from_key(key)
         if node is None:
             raise RedisConnectionError(f"no cluster node serves {command_key(command)!r} now")
         return node
@@ -99,11 +101,15 @@ class ClusterLane:
             raise reply
         return reply
 
-    async def execute(self, commands: Sequence[Command]) -> list[Any]:
-        """Run ``commands``, grouped by node; their raw replies in call order."""
+    async def execute(
+        self, commands: Sequence[Command], *, wait: tuple[int, int] | None = None
+    ) -> list[Any]:
+        """Run ``commands``, grouped by node; their raw replies in call order. ``wait`` as
+        ``Lane.execute``: one ``WAIT`` after each node's commands."""
         if self._busy:
             raise RuntimeError("a Lane runs one round trip at a time")
         self._busy = True
+        self._wait = wait
         try:
             return await self._execute(commands)
         finally:
@@ -128,7 +134,7 @@ class ClusterLane:
                     return_exceptions=True,
                 )
                 todo = []
-                for (node, idx), out in zip(groups.items(), outcomes, strict=True):
+                for idx, out in zip(groups.values(), outcomes, strict=True):
                     if isinstance(out, BaseException):
                         if not isinstance(out, _FAILURES):
                             raise out
@@ -154,10 +160,8 @@ class ClusterLane:
 
     async def _refresh(self) -> None:
         self.refreshes += 1
-        try:
+        with contextlib.suppress(Exception):  # every node unreachable now: the next try says
             await self.client.nodes_manager.initialize()
-        except Exception:  # noqa: S110 - every node unreachable right now: the next try says
-            pass
 
     async def _on_node(self, node: ClusterNode, commands: list[Command]) -> list[Any]:
         held = self._conns.get(node.name)
@@ -167,10 +171,18 @@ class ClusterLane:
             held = (node, node.acquire_connection())
             self._conns[node.name] = held
         conn = held[1]
+        wait = self._wait
+        if wait is not None:
+            commands = [*commands, ("WAIT", *wait)]
         packed = b"".join([hiredis.pack_command(tuple(c)) for c in commands])
         try:
             await conn.send_packed_command(packed, check_health=False)
-            return await read_replies(conn, len(commands))
+            replies = await read_replies(conn, len(commands))
+            if wait is not None:
+                reply = replies.pop()
+                if not isinstance(reply, int) or reply < wait[0]:
+                    self.under_replicated += 1
+            return replies
         except BaseException:
             await self._drop(node.name)  # replies may be left unread: never reuse it
             raise

@@ -93,6 +93,11 @@ async def read_replies(conn: AbstractConnection, n: int) -> list[Any]:
     return replies
 
 
+def _short(reply: Any, wanted: int) -> int:
+    """1 when a ``WAIT`` reply says fewer than ``wanted`` replicas confirmed, else 0."""
+    return 1 if not isinstance(reply, int) or reply < wanted else 0
+
+
 class Lane:
     """One connection checked out of ``client``'s pool (on first use, until ``aclose``)."""
 
@@ -100,6 +105,8 @@ class Lane:
         self.client = client
         self._conn: AbstractConnection | None = None
         self._busy = False
+        #: Rounds whose ``WAIT`` timed out before enough replicas confirmed.
+        self.under_replicated = 0
 
     async def _connection(self) -> AbstractConnection:
         # Checked out once and kept: closing the client (its pool) closes it too.
@@ -114,13 +121,21 @@ class Lane:
             raise reply
         return reply
 
-    async def execute(self, commands: Sequence[Command]) -> list[Any]:
-        """Run ``commands`` as one write; their raw replies in order (error replies as values)."""
+    async def execute(
+        self, commands: Sequence[Command], *, wait: tuple[int, int] | None = None
+    ) -> list[Any]:
+        """Run ``commands`` as one write; their raw replies in order (error replies as values).
+
+        ``wait=(replicas, timeout_ms)`` follows them with ``WAIT replicas timeout_ms`` on the
+        same connection: the call returns once that many replicas hold what they wrote (or the
+        timeout passed: ``under_replicated`` counts those rounds)."""
         if self._busy:
             raise RuntimeError("a Lane runs one round trip at a time")
         self._busy = True
         try:
             conn = await self._connection()
+            if wait is not None:
+                commands = [*commands, ("WAIT", *wait)]
             packed = b"".join([hiredis.pack_command(tuple(c)) for c in commands])
 
             async def attempt() -> list[Any]:
@@ -137,7 +152,10 @@ class Lane:
 
             retry: Retry = conn.retry or Retry(NoBackoff(), 0)
             try:
-                return await retry.call_with_retry(attempt, failed)
+                replies = await retry.call_with_retry(attempt, failed)
+                if wait is not None:
+                    self.under_replicated += _short(replies.pop(), wait[0])
+                return replies
             except BaseException:
                 await conn.disconnect()  # replies may be left unread: never reuse it as it is
                 raise

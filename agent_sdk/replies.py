@@ -26,8 +26,8 @@ from collections.abc import Awaitable, Callable
 
 import redis.asyncio as aioredis
 
-from agent_sdk.connection import CONNECTION_ERRORS, make_client
 from agent_sdk.cluster_lane import AnyLane, open_lane
+from agent_sdk.connection import CONNECTION_ERRORS, make_client
 from agent_sdk.retry import keep_running
 from agent_sdk.settings import Settings
 from agent_sdk.tasks import cancel_and_wait

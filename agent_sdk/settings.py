@@ -19,6 +19,7 @@ from schemas.keys import DEFAULT_NAMESPACE, KeySpace, validate_namespace
 
 __all__ = ["Settings", "redact_url"]
 
+
 class Settings(BaseSettings):
     """Settings shared by agents, the coordinator and the CLI."""
 
@@ -61,6 +62,18 @@ class Settings(BaseSettings):
     pool_timeout: float = Field(default=20.0, gt=0, description="Wait for a free connection.")
     retry_attempts: int = Field(default=8, ge=0, description="Redis reconnect attempts per call.")
     retry_max_backoff: float = Field(default=2.0, gt=0, description="Seconds between retries.")
+    replica_acks: int = Field(
+        default=0,
+        ge=0,
+        le=16,
+        description=(
+            "Replicas that must hold a sent message or reply before the call returns (WAIT "
+            "after each round trip): 1 keeps what was acknowledged through a failover."
+        ),
+    )
+    replica_ack_timeout: float = Field(
+        default=1.0, gt=0, description="Longest WAIT for replica_acks, seconds."
+    )
 
     @field_validator("redis_url")
     @classmethod

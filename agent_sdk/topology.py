@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-__all__ = ["Topology", "RedisTarget", "parse_redis_url", "redact_url"]
+__all__ = ["RedisTarget", "Topology", "parse_redis_url", "redact_url"]
 
 _SINGLE = ("redis", "rediss", "unix")
 _MULTI = {
@@ -108,9 +108,7 @@ def parse_redis_url(url: str) -> RedisTarget:
             if not segments[1].isdigit():
                 raise ValueError(f"{redact_url(url)!r}: the database must be a number")
             db = int(segments[1])
-    return RedisTarget(
-        Topology(kind), url, tuple(nodes), username, password, master, db, tls
-    )
+    return RedisTarget(Topology(kind), url, tuple(nodes), username, password, master, db, tls)
 
 
 def redact_url(url: str) -> str:

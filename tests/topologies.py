@@ -15,6 +15,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import redis
@@ -112,7 +113,9 @@ class LocalCluster:
                     return False
                 c = redis.Redis(port=s.port, socket_timeout=1, decode_responses=True)
                 try:
-                    state = c.execute_command("CLUSTER", "INFO")
+                    state = c.execute_command(  # type: ignore[no-untyped-call]
+                        "CLUSTER", "INFO"
+                    )
                 finally:
                     c.close()
                 if "cluster_state:ok" not in str(state):
@@ -127,15 +130,23 @@ class LocalCluster:
 
     def masters(self) -> list[RedisServer]:
         return [
-            s for s in self.servers if s.running and _info(s.port, "replication")["role"] == "master"
+            s
+            for s in self.servers
+            if s.running and _info(s.port, "replication")["role"] == "master"
         ]
 
     def master_of(self, key: str) -> RedisServer:
         """The live master that owns ``key``'s slot (asked of the cluster)."""
         c = redis.Redis(port=self.masters()[0].port, decode_responses=True)
         try:
-            slot = int(c.execute_command("CLUSTER", "KEYSLOT", key))
-            for start, end, master, *_ in c.execute_command("CLUSTER", "SLOTS"):
+            slot = int(
+                c.execute_command(  # type: ignore[no-untyped-call]
+                    "CLUSTER", "KEYSLOT", key
+                )
+            )
+            for start, end, master, *_ in c.execute_command(  # type: ignore[no-untyped-call]
+                "CLUSTER", "SLOTS"
+            ):
                 if start <= slot <= end:
                     port = int(master[1])
                     return next(s for s in self.servers if s.port == port)
@@ -152,7 +163,11 @@ class LocalCluster:
         def promoted() -> bool:
             c = redis.Redis(port=others[0].port, socket_timeout=1, decode_responses=True)
             try:
-                nodes = str(c.execute_command("CLUSTER", "NODES"))
+                nodes = str(
+                    c.execute_command(  # type: ignore[no-untyped-call]
+                        "CLUSTER", "NODES"
+                    )
+                )
             finally:
                 c.close()
             mine = [ln for ln in nodes.splitlines() if f":{server.port}@" in ln]
@@ -165,7 +180,11 @@ class LocalCluster:
     def _all_covered(server: RedisServer) -> bool:
         c = redis.Redis(port=server.port, socket_timeout=1, decode_responses=True)
         try:
-            return "cluster_state:ok" in str(c.execute_command("CLUSTER", "INFO"))
+            return "cluster_state:ok" in str(
+                c.execute_command(  # type: ignore[no-untyped-call]
+                    "CLUSTER", "INFO"
+                )
+            )
         finally:
             c.close()
 
@@ -214,7 +233,7 @@ class LocalSentinel:
         for _ in range(3):
             self._start_sentinel(free_port(), master.port)
         for port, _ in self.sentinels:
-            poll(lambda p=port: self._sentinel_sees_all(p), 20, "the sentinels to find each other")
+            poll(partial(self._sentinel_sees_all, port), 20, "the sentinels to find each other")
         return self
 
     def _start_sentinel(self, port: int, master_port: int) -> None:
@@ -236,7 +255,9 @@ class LocalSentinel:
     def _sentinel_sees_all(self, port: int) -> bool:
         c = redis.Redis(port=port, socket_timeout=1, decode_responses=True)
         try:
-            m = c.execute_command("SENTINEL", "MASTER", self.MASTER)
+            m = c.execute_command(  # type: ignore[no-untyped-call]
+                "SENTINEL", "MASTER", self.MASTER
+            )
         finally:
             c.close()
         d = dict(zip(m[::2], m[1::2], strict=True)) if isinstance(m, list) else dict(m)
@@ -250,7 +271,9 @@ class LocalSentinel:
     def master(self) -> RedisServer:
         c = redis.Redis(port=self.sentinels[0][0], socket_timeout=1, decode_responses=True)
         try:
-            _, port = c.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.MASTER)
+            _, port = c.execute_command(  # type: ignore[no-untyped-call]
+                "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.MASTER
+            )
         finally:
             c.close()
         return next(s for s in self.servers if s.port == int(port))

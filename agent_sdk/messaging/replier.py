@@ -51,7 +51,12 @@ class Replier:
         self._agents_prefix = settings.keys.agents_prefix
         #: Replies of concurrent handlers share round trips (one in flight, on its own lane;
         #: the host's, shared by its agents).
-        self.batcher = batcher or Batcher(client, join_turn=False)  # leaves as soon as it can
+        self.batcher = batcher or Batcher(  # join_turn=False: leaves as soon as it can
+            client,
+            join_turn=False,
+            replica_acks=settings.replica_acks,
+            replica_timeout=settings.replica_ack_timeout,
+        )
 
     def build(self, request: Envelope, outcome: Outcome) -> bytes:
         error = outcome.error

@@ -86,7 +86,11 @@ class Sender:
         self.sender = sender
         self.keys = settings.keys
         #: Sends of every agent of a host share one batcher (one connection).
-        self.batcher = batcher or Batcher(client)
+        self.batcher = batcher or Batcher(
+            client,
+            replica_acks=settings.replica_acks,
+            replica_timeout=settings.replica_ack_timeout,
+        )
 
     def payload(self, payload: Any) -> bytes:
         return encode_payload(payload, self.settings.max_payload_bytes)
@@ -134,8 +138,9 @@ class Sender:
         ) as span:  # fmt: skip
             ring = "" if priority == "normal" else priority
             if self.scripts.cluster:  # the registry is in another slot: check it first
-                entry_id = await self._deliver_on_cluster(mode, check_key, stream, out,
-                                                          [maxlen, keys.bell(family), ring])
+                entry_id = await self._deliver_on_cluster(
+                    mode, check_key, stream, out, [maxlen, keys.bell(family), ring]
+                )
             else:
                 args = [mode, maxlen, keys.bell(family), ring, *out.stream_args()]
                 op = Op(args, self.scripts.send, (check_key, stream))

@@ -24,7 +24,10 @@ async def test_register_heartbeat_expire(scaled: Settings, scaled_coordinator: C
     keys = scaled.keys
     silent = FakeAgent(r, keys, "silent", capabilities=["x"])
     try:
-        async with Bus(scaled) as bus, Agent("alpha", "worker", settings=scaled, capabilities=["x"]):
+        async with (
+            Bus(scaled) as bus,
+            Agent("alpha", "worker", settings=scaled, capabilities=["x"]),
+        ):
             await silent.register()
             assert {a.name for a in await bus.discover(capabilities="x")} == {"alpha", "silent"}
             seen = (await bus.discover(role="worker"))[0].last_seen
@@ -35,7 +38,8 @@ async def test_register_heartbeat_expire(scaled: Settings, scaled_coordinator: C
                 return [f for _, f in events if f["type"] == "agent_expired"]
 
             (event,) = await wait_for(expired, timeout=10, message="silent expired")
-            assert event["name"] == "silent" and event["reason"] == "heartbeat_missed"
+            assert event["name"] == "silent"
+            assert event["reason"] == "heartbeat_missed"
             assert [a.name for a in await bus.discover(capabilities="x")] == ["alpha"]
             leaver = Agent("beta", "worker", settings=scaled)
             await leaver.start()
@@ -71,7 +75,8 @@ async def test_send_request_roles(scaled: Settings, scaled_coordinator: Coordina
             await bus.send(n, "note", {"to": n}, priority="critical")
         await wait_for(lambda: len(got) == len(names), timeout=10, message="every note")
         r = await bus.request(role="svc", type="echo", payload=1, timeout=10)
-        assert r["payload"] == 1 and r["me"] in names
+        assert r["payload"] == 1
+        assert r["me"] in names
         many = await bus.request_many(role="svc", type="echo", payload=2, timeout=10)
         assert sorted(dict(many)) == sorted(names)
         replies = await asyncio.gather(
@@ -84,7 +89,7 @@ async def test_send_request_roles(scaled: Settings, scaled_coordinator: Coordina
             await bus.send(role="nobody", type="note", payload={})
 
 
-class contextlib_all:  # noqa: N801 - reads as a context manager
+class contextlib_all:
     """Start every agent; stop them all on exit."""
 
     def __init__(self, agents: list[Agent]) -> None:
