@@ -21,12 +21,18 @@ Failures:
   backoff and a slot-map refresh (a master that died is replaced by its replica after the
   cluster's node timeout): at-least-once, as ``Lane``;
 * after ``attempts`` tries the last error is raised (redis-py's ``ConnectionError``).
+
+With ``wait`` (``replica_acks``) each node's commands end with a ``WAIT``; a node whose ``WAIT``
+timed out (its replica is gone: it was just promoted) is written without one for
+``UNREPLICATED_HOLD`` seconds, then tried again, so a lost replica costs one timeout per node
+every few seconds instead of one per call.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -44,7 +50,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from agent_sdk.lane import Command, Lane, read_replies
+from agent_sdk.lane import UNREPLICATED_HOLD, Command, Lane, read_replies
 
 __all__ = ["AnyLane", "ClusterLane", "command_key", "open_lane"]
 
@@ -82,6 +88,7 @@ class ClusterLane:
         self._conns: dict[str, tuple[ClusterNode, Connection]] = {}
         self._busy = False
         self._wait: tuple[int, int] | None = None
+        self._alone: dict[str, float] = {}  # node -> until when it is written without WAIT
         #: Slot-map refreshes this lane asked for (for tests).
         self.refreshes = 0
         #: Node round trips whose ``WAIT`` timed out before enough replicas confirmed.
@@ -172,6 +179,8 @@ class ClusterLane:
             self._conns[node.name] = held
         conn = held[1]
         wait = self._wait
+        if wait is not None and self._alone.get(node.name, 0.0) > time.monotonic():
+            wait = None  # its last WAIT timed out: no replica now, do not stall every call
         if wait is not None:
             commands = [*commands, ("WAIT", *wait)]
         packed = b"".join([hiredis.pack_command(tuple(c)) for c in commands])
@@ -182,6 +191,7 @@ class ClusterLane:
                 reply = replies.pop()
                 if not isinstance(reply, int) or reply < wait[0]:
                     self.under_replicated += 1
+                    self._alone[node.name] = time.monotonic() + UNREPLICATED_HOLD
             return replies
         except BaseException:
             await self._drop(node.name)  # replies may be left unread: never reuse it

@@ -23,6 +23,7 @@ replies read straight off the connection.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,7 +35,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError, ResponseError
 
-__all__ = ["Lane", "hiredis_reader", "incomplete", "read_replies"]
+__all__ = ["UNREPLICATED_HOLD", "Lane", "hiredis_reader", "incomplete", "read_replies"]
 
 Command = Sequence[Any]
 _READ_SIZE = 65_536
@@ -93,6 +94,10 @@ async def read_replies(conn: AbstractConnection, n: int) -> list[Any]:
     return replies
 
 
+#: Seconds a server whose ``WAIT`` timed out is written without one (see ``Lane.execute``).
+UNREPLICATED_HOLD = 5.0
+
+
 def _short(reply: Any, wanted: int) -> int:
     """1 when a ``WAIT`` reply says fewer than ``wanted`` replicas confirmed, else 0."""
     return 1 if not isinstance(reply, int) or reply < wanted else 0
@@ -107,6 +112,7 @@ class Lane:
         self._busy = False
         #: Rounds whose ``WAIT`` timed out before enough replicas confirmed.
         self.under_replicated = 0
+        self._alone_until = 0.0
 
     async def _connection(self) -> AbstractConnection:
         # Checked out once and kept: closing the client (its pool) closes it too.
@@ -128,17 +134,23 @@ class Lane:
 
         ``wait=(replicas, timeout_ms)`` follows them with ``WAIT replicas timeout_ms`` on the
         same connection: the call returns once that many replicas hold what they wrote (or the
-        timeout passed: ``under_replicated`` counts those rounds)."""
+        timeout passed: ``under_replicated`` counts those rounds, and the next
+        ``UNREPLICATED_HOLD`` seconds go without ``WAIT``: the replica is gone)."""
         if self._busy:
             raise RuntimeError("a Lane runs one round trip at a time")
         self._busy = True
         try:
             conn = await self._connection()
+            if wait is not None and self._alone_until > time.monotonic():
+                wait = None
             if wait is not None:
                 commands = [*commands, ("WAIT", *wait)]
             packed = b"".join([hiredis.pack_command(tuple(c)) for c in commands])
 
             async def attempt() -> list[Any]:
+                if not conn.is_connected:  # connect(), not the send's own: under Sentinel it
+                    # asks the sentinels where the master is now
+                    await conn.connect()  # type: ignore[no-untyped-call]
                 await conn.send_packed_command(packed, check_health=False)
                 replies = await read_replies(conn, len(commands))
                 if any(isinstance(r, ReadOnlyError) for r in replies):
@@ -153,8 +165,9 @@ class Lane:
             retry: Retry = conn.retry or Retry(NoBackoff(), 0)
             try:
                 replies = await retry.call_with_retry(attempt, failed)
-                if wait is not None:
-                    self.under_replicated += _short(replies.pop(), wait[0])
+                if wait is not None and _short(replies.pop(), wait[0]):
+                    self.under_replicated += 1
+                    self._alone_until = time.monotonic() + UNREPLICATED_HOLD
                 return replies
             except BaseException:
                 await conn.disconnect()  # replies may be left unread: never reuse it as it is

@@ -170,7 +170,11 @@ class ClusterLinks:
             self._pushes.put_nowait(e)
 
     async def _global_link(self) -> PubSub:
-        node = self.client.get_default_node() or self.client.get_random_node()
+        # the master of the change feed's slot: a node the current slot map says is serving
+        # (the default node may be a master that died)
+        node = self.client.get_node_from_key(self.settings.keys.events_channel())
+        if node is None:
+            raise ConnectionError("no cluster node serves pub/sub now")
         self._global = f"global:{node.name}"
         return await self._link(self._global, node.host, int(node.port))
 
