@@ -24,7 +24,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoPermissionError, RedisError, ResponseError
 
 from agent_sdk import telemetry
-from agent_sdk.connection import CONNECTION_ERRORS, redis_errors
+from agent_sdk.connection import CONNECTION_ERRORS, publish_command, queue_ring, redis_errors
 from agent_sdk.messaging.batcher import Batcher, Op
 from agent_sdk.messaging.codec import Outgoing, encode_payload
 from agent_sdk.messaging.scripts import Scripts
@@ -88,7 +88,11 @@ class Sender:
         self.sender = sender
         self.keys = settings.keys
         #: Sends of every agent of a host share one batcher (one connection).
-        self.batcher = batcher or Batcher(client)
+        self.batcher = batcher or Batcher(
+            client,
+            replica_acks=settings.replica_acks,
+            replica_timeout=settings.replica_ack_timeout,
+        )
 
     def payload(self, payload: Any) -> bytes:
         return encode_payload(payload, self.settings.max_payload_bytes)
@@ -154,12 +158,17 @@ class Sender:
             conversation_id=out.correlation_id,
         ) as span:  # fmt: skip
             ring = "" if priority == "normal" else priority
-            if self.settings.secure:
+            if self.settings.secure:  # one server (acl mode is refused on a cluster)
                 op = self.proved_op(stream, family, check_key, mode, ring, out)
+                entry_id = await self._run(op, "sending %r to %s", out.type, target.label)
+            elif self.scripts.cluster:  # the registry is in another slot: check it first
+                entry_id = await self._deliver_on_cluster(
+                    mode, check_key, stream, out, [maxlen, keys.bell(family), ring]
+                )
             else:
                 args = [mode, maxlen, keys.bell(family), ring, *out.stream_args()]
                 op = Op(args, self.scripts.send, (check_key, stream))
-            entry_id = await self._run(op, "sending %r to %s", out.type, target.label)
+                entry_id = await self._run(op, "sending %r to %s", out.type, target.label)
             if entry_id is None:
                 telemetry.mark_error(span, "not_found" if target.name else "no_responders")
             else:
@@ -176,6 +185,20 @@ class Sender:
                 details={"role": target.role},
             )
         return _text(entry_id)
+
+    async def _deliver_on_cluster(
+        self, mode: str, check_key: str, stream: str, out: Outgoing, args: list[Any]
+    ) -> Any:
+        """The send script split in two calls of one slot each: the registry check (``EXISTS``
+        of the record, ``SCARD`` of the role), then the append and ring. An agent that expires
+        between the two gets the message in its inbox, as one that expires just after a send."""
+        what = (out.type, out.target or "")
+        if mode != "none":
+            check = Op(("EXISTS" if mode == "record" else "SCARD", check_key))
+            if not int(await self._run(check, "sending %r to %s", *what)):
+                return None
+        op = Op(["none", *args, *out.stream_args()], self.scripts.send, (stream,))
+        return await self._run(op, "sending %r to %s", *what)
 
     async def send(
         self,
@@ -206,9 +229,10 @@ class Sender:
         return out.id
 
     async def direct(self, name: str, out: Outgoing) -> int:
-        """``PUBLISH`` ``out`` on agent ``name``'s direct channel (a ``durable=False`` request);
-        how many hosts received it (0: nobody listens)."""
-        op = Op(("PUBLISH", self.keys.direct_channel(name), out.json()))
+        """``PUBLISH`` ``out`` on agent ``name``'s direct channel (a ``durable=False`` request;
+        ``SPUBLISH`` on a cluster: the channel has the agent's hash tag, a sharded channel like
+        a doorbell); how many hosts received it (0: nobody listens)."""
+        op = Op((publish_command(self.client), self.keys.direct_channel(name), out.json()))
         return int(await self._run(op, "sending %r to %s", out.type, name))
 
     async def members(self, role: str | None) -> list[str]:
@@ -315,7 +339,7 @@ class Sender:
                                    kind=Kind.BROADCAST, target=name, headers=headers)  # fmt: skip
                     inbox = self.keys.inbox(name)
                     pipe.xadd(inbox, out.stream_fields(), maxlen=maxlen, approximate=True)
-                    pipe.publish(self.keys.bell(inbox), "")
+                    queue_ring(pipe, self.keys.bell(inbox))
                 await pipe.execute()
         return [len(names)] * len(bodies)
 

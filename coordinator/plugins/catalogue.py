@@ -29,6 +29,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
+from agent_sdk.connection import is_cluster
 from coordinator.settings import CoordinatorSettings
 from schemas.envelope import format_time, utcnow
 from schemas.events import RegistryEventType
@@ -67,6 +68,12 @@ class Catalogue:
     keys: KeySpace
     host: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
 
+    @property
+    def _atomic(self) -> bool:
+        """MULTI over the index and an entry: one server only (two slots on a cluster, where
+        the entry is written before the index, so a reader never sees a name without one)."""
+        return not is_cluster(self.client)
+
     async def record(
         self,
         manifest: PluginManifest,
@@ -92,7 +99,7 @@ class Catalogue:
             "last_error": last_error,
             "manifest": manifest.model_dump_json(),
         }
-        async with self.client.pipeline(transaction=True) as pipe:
+        async with self.client.pipeline(transaction=self._atomic) as pipe:
             pipe.hset(self.keys.plugin(manifest.name), mapping=fields)
             pipe.sadd(self.keys.plugins(), manifest.name)
             await pipe.execute()
@@ -104,7 +111,7 @@ class Catalogue:
             await self.client.hset(self.keys.plugin(name), mapping=values)
 
     async def remove(self, name: str) -> None:
-        async with self.client.pipeline(transaction=True) as pipe:
+        async with self.client.pipeline(transaction=self._atomic) as pipe:
             pipe.delete(self.keys.plugin(name))
             pipe.srem(self.keys.plugins(), name)
             await pipe.execute()
