@@ -147,17 +147,24 @@ class ClusterLinks:
         self._global: str | None = None
         self._pushes: asyncio.Queue[list[Any] | BaseException] = asyncio.Queue()
         self._wanted: set[str] = set()
+        self._opening = asyncio.Lock()
 
     async def _link(self, name: str, host: str, port: int) -> PubSub:
-        held = self._nodes.get(name)
-        if held is not None:
-            return held[1]
-        client = node_client(self.settings, host, port)
-        pubsub = client.pubsub(push_handler_func=_push_as_is)
-        await pubsub.connect()  # type: ignore[no-untyped-call]
-        task = asyncio.create_task(self._pump(pubsub), name=f"agentbus-pubsub-{name}")
-        self._nodes[name] = (client, pubsub, task)
-        return pubsub
+        async with self._opening:  # agents starting together subscribe together: one link each
+            held = self._nodes.get(name)
+            if held is not None:
+                return held[1]
+            client = node_client(self.settings, host, port)
+            pubsub = client.pubsub(push_handler_func=_push_as_is)
+            try:
+                await pubsub.connect()  # type: ignore[no-untyped-call]
+            except BaseException:
+                await _close(pubsub)
+                await client.aclose()
+                raise
+            task = asyncio.create_task(self._pump(pubsub), name=f"agentbus-pubsub-{name}")
+            self._nodes[name] = (client, pubsub, task)
+            return pubsub
 
     async def _pump(self, pubsub: PubSub) -> None:
         try:

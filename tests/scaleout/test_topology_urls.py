@@ -66,3 +66,22 @@ def test_compose_examples(name: str) -> None:
         assert argv[0] == "agentbus"
         result = CliRunner().invoke(cli, [*argv[1:], "--help"])
         assert result.exit_code == 0, result.output
+
+
+def test_acl_mode_is_refused_on_a_cluster_and_kept_under_sentinel() -> None:
+    with pytest.raises(ConfigurationError, match="not supported on a Redis Cluster"):
+        Settings.load(redis_url="redis+cluster://h:1", security="acl")
+    assert Settings.load(redis_url="redis+sentinel://h:1/m", security="acl").secure
+
+
+def test_tls_and_credentials_of_the_multi_node_forms(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("x")
+    with pytest.raises(ConfigurationError, match="not rediss://"):
+        Settings.load(redis_url="redis+cluster://h:1", tls_ca=ca)
+    s = Settings.load(redis_url="rediss+sentinel://h:1/m", tls_ca=ca)
+    assert s.tls_options()["ssl_ca_certs"] == str(ca)
+    assert redact_url("redis+cluster://u:pw@a:1,b:2?password=pw2") == (
+        "redis+cluster://u:***@a:1,b:2?password=***"
+    )
+    assert "pw" not in redact_url("redis+sentinel://pw@a:1/m")
