@@ -340,21 +340,24 @@ class Reader:
         """One round trip: an ``XREADGROUP`` per stream of the batch; entries to their agents."""
         lane = self._lane
         assert lane is not None
-        # one more than there is room for: had the stream more, that one says so (it is
-        # parked), and no read is spent finding the stream empty
+        # An inbox is read for one more than there is room for: had it more, that one says so
+        # (it is parked: only this agent reads its inbox anyway) and no read is spent finding
+        # it empty. A role queue is read for the room only: what one member cannot start now
+        # stays for the others.
         secure = self.settings.secure
+        counts = [n if src.family.role else n + 1 for src, _, n in batch]
         commands: list[tuple[Any, ...]]
         if secure:  # read_secure.lua: the same read, and a verdict on each entry's sender
             sha, prefix = self.scripts.read_secure.sha, self._proof_prefix
             commands = [
-                ("EVALSHA", sha, 1, src.key, AGENT_GROUP, c.instance_id, n + 1, prefix)
-                for src, c, n in batch
+                ("EVALSHA", sha, 1, src.key, AGENT_GROUP, c.instance_id, k, prefix)
+                for (src, c, _), k in zip(batch, counts, strict=True)
             ]
         else:
             commands = [
-                ("XREADGROUP", "GROUP", AGENT_GROUP, c.instance_id, "COUNT", n + 1, "STREAMS",
+                ("XREADGROUP", "GROUP", AGENT_GROUP, c.instance_id, "COUNT", k, "STREAMS",
                  src.key, ">")
-                for src, c, n in batch
+                for (src, c, _), k in zip(batch, counts, strict=True)
             ]  # fmt: skip
         self._round.clear()
         try:
@@ -367,6 +370,7 @@ class Reader:
         finally:
             self._round.set()
         self.reads += 1
+        k_of = {src: k for (src, _, _), k in zip(batch, counts, strict=True)}
         missing = []
         for (src, c, n), reply in zip(batch, replies, strict=True):
             if isinstance(reply, Exception):
@@ -384,8 +388,9 @@ class Reader:
                 entries, verdicts = list(reply[0]), list(reply[1])
             else:
                 entries = _entries(reply)
-            if len(entries) > n:
+            if len(entries) >= k_of[src]:
                 self.sources.mark(src)  # there may be more
+            if len(entries) > n:
                 self._parked[c] = None
             c.slots.settle(n, c.take(src.key, entries, n, verdicts))
         for src in missing:
