@@ -12,7 +12,8 @@ offers the same commands, scripts and pipelines agentbus uses. The few places th
 (a held connection, pub/sub, ``MULTI``) check ``is_cluster`` and take the cluster's path
 (``agent_sdk.cluster_lane``, ``agent_sdk.messaging.topics``). No ``socket_timeout`` is set: it
 adds cost to every call and blocking reads carry their own timeouts. Errors that survive the
-retries are raised as ``ConnectionFailed`` by ``redis_errors()``, naming the URL (password hidden).
+retries are raised as ``ConnectionFailed`` by ``redis_errors()``, naming the URL (password hidden);
+a refused credential or command (never retried) as ``AuthFailed`` / ``PermissionDenied``.
 """
 
 from __future__ import annotations

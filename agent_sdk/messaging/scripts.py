@@ -9,7 +9,9 @@ and a stream). On a Redis Cluster every call stays in one slot: the same scripts
 the keys of one slot only and the caller does the other half in a call of its own
 (``Sender.deliver`` checks the registry first; ``Replier`` and the dead-letter path ``XACK``
 after writing), and ``send`` rings its doorbell with ``SPUBLISH`` (a sharded channel of the
-stream's slot) instead of ``PUBLISH``.
+stream's slot) instead of ``PUBLISH``. The acl-mode scripts (``*_secure``, ``*_proved``) read
+proofs in the sender's slot: they run on one server or under Sentinel only (``Settings``
+refuses acl mode on a cluster).
 """
 
 from __future__ import annotations
