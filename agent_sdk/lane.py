@@ -14,13 +14,16 @@ replies read straight off the connection.
   result list (``execute``) or is raised (``call``).
 * **Connection failures are retried** with the client's own ``Retry`` policy (reconnect +
   backoff), as a plain redis-py call is: a command that had reached Redis may be applied twice
-  (at-least-once).
+  (at-least-once). A ``READONLY`` reply (the master was demoted: a Sentinel failover) counts as
+  one: the next connection goes to the new master.
+* On a **Redis Cluster** use ``agent_sdk.cluster_lane.open_lane``: the same contract, per node.
 * A call **cancelled** mid-flight drops the connection (its reply may still come); the next call
   reconnects.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,9 +33,9 @@ from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import ReadOnlyError, ResponseError
 
-__all__ = ["Lane", "hiredis_reader", "incomplete", "read_replies"]
+__all__ = ["UNREPLICATED_HOLD", "Lane", "hiredis_reader", "incomplete", "read_replies"]
 
 Command = Sequence[Any]
 _READ_SIZE = 65_536
@@ -91,6 +94,15 @@ async def read_replies(conn: AbstractConnection, n: int) -> list[Any]:
     return replies
 
 
+#: Seconds a server whose ``WAIT`` timed out is written without one (see ``Lane.execute``).
+UNREPLICATED_HOLD = 5.0
+
+
+def _short(reply: Any, wanted: int) -> int:
+    """1 when a ``WAIT`` reply says fewer than ``wanted`` replicas confirmed, else 0."""
+    return 1 if not isinstance(reply, int) or reply < wanted else 0
+
+
 class Lane:
     """One connection checked out of ``client``'s pool (on first use, until ``aclose``)."""
 
@@ -98,6 +110,9 @@ class Lane:
         self.client = client
         self._conn: AbstractConnection | None = None
         self._busy = False
+        #: Rounds whose ``WAIT`` timed out before enough replicas confirmed.
+        self.under_replicated = 0
+        self._alone_until = 0.0
 
     async def _connection(self) -> AbstractConnection:
         # Checked out once and kept: closing the client (its pool) closes it too.
@@ -112,25 +127,48 @@ class Lane:
             raise reply
         return reply
 
-    async def execute(self, commands: Sequence[Command]) -> list[Any]:
-        """Run ``commands`` as one write; their raw replies in order (error replies as values)."""
+    async def execute(
+        self, commands: Sequence[Command], *, wait: tuple[int, int] | None = None
+    ) -> list[Any]:
+        """Run ``commands`` as one write; their raw replies in order (error replies as values).
+
+        ``wait=(replicas, timeout_ms)`` follows them with ``WAIT replicas timeout_ms`` on the
+        same connection: the call returns once that many replicas hold what they wrote (or the
+        timeout passed: ``under_replicated`` counts those rounds, and the next
+        ``UNREPLICATED_HOLD`` seconds go without ``WAIT``: the replica is gone)."""
         if self._busy:
             raise RuntimeError("a Lane runs one round trip at a time")
         self._busy = True
         try:
             conn = await self._connection()
+            if wait is not None and self._alone_until > time.monotonic():
+                wait = None
+            if wait is not None:
+                commands = [*commands, ("WAIT", *wait)]
             packed = b"".join([hiredis.pack_command(tuple(c)) for c in commands])
 
             async def attempt() -> list[Any]:
+                if not conn.is_connected:  # connect(), not the send's own: under Sentinel it
+                    # asks the sentinels where the master is now
+                    await conn.connect()  # type: ignore[no-untyped-call]
                 await conn.send_packed_command(packed, check_health=False)
-                return await read_replies(conn, len(commands))
+                replies = await read_replies(conn, len(commands))
+                if any(isinstance(r, ReadOnlyError) for r in replies):
+                    # the server was demoted (a Sentinel failover): nothing was written there;
+                    # reconnecting asks the sentinels for the new master
+                    raise RedisConnectionError("Redis is a read-only replica now; reconnecting")
+                return replies
 
             async def failed(error: Exception) -> None:
                 await conn.disconnect()
 
             retry: Retry = conn.retry or Retry(NoBackoff(), 0)
             try:
-                return await retry.call_with_retry(attempt, failed)
+                replies = await retry.call_with_retry(attempt, failed)
+                if wait is not None and _short(replies.pop(), wait[0]):
+                    self.under_replicated += 1
+                    self._alone_until = time.monotonic() + UNREPLICATED_HOLD
+                return replies
             except BaseException:
                 await conn.disconnect()  # replies may be left unread: never reuse it as it is
                 raise

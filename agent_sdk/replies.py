@@ -29,8 +29,8 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from agent_sdk.cluster_lane import AnyLane, open_lane
 from agent_sdk.connection import CONNECTION_ERRORS, make_client
-from agent_sdk.lane import Lane
 from agent_sdk.messaging.topics import PubSubHub
 from agent_sdk.retry import keep_running
 from agent_sdk.settings import Settings
@@ -159,13 +159,13 @@ class ReplyRouter:
     async def _run(self) -> None:
         assert self._client is not None
         client = self._client
-        lane = Lane(client)  # BRPOP straight on one connection (no pool checkout per pop)
+        lane = open_lane(client)  # BRPOP straight on one connection (no pool checkout per pop)
         try:
             await self._loop(client, lane)
         finally:
             await lane.aclose()
 
-    async def _loop(self, client: aioredis.Redis, lane: Lane) -> None:
+    async def _loop(self, client: aioredis.Redis, lane: AnyLane) -> None:
         drain = False  # the last pop found something: take what else waits, without blocking
         blmpop = True  # Redis >= 7: one command blocks for the first and takes what else waits
 

@@ -11,11 +11,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from agent_sdk.topology import RedisTarget, Topology, parse_redis_url, redact_url
 from schemas.errors import ConfigurationError, validation_summary
 from schemas.keys import DEFAULT_NAMESPACE, KeySpace, validate_namespace
 
@@ -23,40 +24,10 @@ __all__ = ["Security", "Settings", "redact_url"]
 
 log = logging.getLogger("agentbus.settings")
 
-_SCHEMES = ("redis", "rediss", "unix")
-#: Query parameters of a Redis URL that hold secrets (redis-py reads ``password`` there).
-_SECRET_PARAMS = frozenset({"password", "pass", "pw", "secret", "token", "ssl_password"})
-
 #: ``off``: one shared credential, identities are claimed (the default, as before);
 #: ``acl``: each process connects as its own Redis ACL user and every claimed identity is proved
 #: (docs/SECURITY.md).
 Security = Literal["off", "acl"]
-
-
-def redact_url(url: str) -> str:
-    """The URL with every secret replaced by ``***`` (the password of the authority and secret
-    query parameters such as ``?password=``): safe to log and print, whatever the URL holds.
-    A URL that does not parse is redacted whole except for its scheme."""
-    try:
-        parts = urlsplit(url)
-        _ = parts.port  # raises ValueError on a malformed port
-    except ValueError:
-        scheme = url.split("://", 1)[0] if "://" in url else ""
-        return f"{scheme}://***" if scheme and scheme.isalnum() else "***"
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, _, hostport = netloc.rpartition("@")
-        user = userinfo.split(":", 1)[0] if ":" in userinfo else ""
-        # "redis://secret@host": redis-py reads a lone userinfo as the password
-        netloc = f"{user}:***@{hostport}" if user else f"***@{hostport}"
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        if any(k.lower() in _SECRET_PARAMS for k, _ in pairs):
-            query = urlencode(
-                [(k, "***" if k.lower() in _SECRET_PARAMS else v) for k, v in pairs], safe="*"
-            )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 class Settings(BaseSettings):
@@ -68,7 +39,11 @@ class Settings(BaseSettings):
 
     redis_url: SecretStr = Field(
         default=SecretStr("redis://127.0.0.1:6379/0"),
-        description="Redis to use: redis://[user:password@]host:port/db, rediss://, unix://.",
+        description=(
+            "Redis to use: redis://[user:password@]host:port/db, rediss://, unix://; a cluster "
+            "as redis+cluster://[user:password@]host:port[,host:port...]; Sentinel as "
+            "redis+sentinel://[user:password@]host:port[,host:port...]/MASTER[/db]."
+        ),
     )
     namespace: str = Field(default=DEFAULT_NAMESPACE, description="Prefix of every key.")
     heartbeat_interval: float = Field(default=1.0, ge=0.1, le=3600, description="Seconds.")
@@ -100,6 +75,18 @@ class Settings(BaseSettings):
     pool_timeout: float = Field(default=20.0, gt=0, description="Wait for a free connection.")
     retry_attempts: int = Field(default=8, ge=0, description="Redis reconnect attempts per call.")
     retry_max_backoff: float = Field(default=2.0, gt=0, description="Seconds between retries.")
+    replica_acks: int = Field(
+        default=0,
+        ge=0,
+        le=16,
+        description=(
+            "Replicas that must hold a sent message or reply before the call returns (WAIT "
+            "after each round trip): 1 keeps what was acknowledged through a failover."
+        ),
+    )
+    replica_ack_timeout: float = Field(
+        default=1.0, gt=0, description="Longest WAIT for replica_acks, seconds."
+    )
     # -- security (docs/SECURITY.md) --------------------------------------------------------
     security: Security = Field(
         default="off",
@@ -132,13 +119,7 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _check_url(cls, v: SecretStr) -> SecretStr:
-        url = v.get_secret_value()
-        scheme = urlsplit(url).scheme
-        if scheme not in _SCHEMES:
-            raise ValueError(
-                f"{redact_url(url)!r} must start with one of "
-                + ", ".join(f"{s}://" for s in _SCHEMES)
-            )
+        parse_redis_url(v.get_secret_value())  # ValueError naming what is wrong
         return v
 
     @model_validator(mode="after")
@@ -151,9 +132,18 @@ class Settings(BaseSettings):
             path = getattr(self, name)
             if path is not None and not Path(path).is_file():
                 raise ValueError(f"{name}: no such file {str(path)!r}")
-        tls_files = self.tls_ca or self.tls_cert
-        if tls_files and urlsplit(self.url).scheme != "rediss":
-            raise ValueError("TLS files are set but the URL is not rediss://: use rediss://")
+        target = self.target
+        if (self.tls_ca or self.tls_cert) and not target.tls:
+            raise ValueError(
+                "TLS files are set but the URL is not rediss:// (or rediss+cluster://, "
+                "rediss+sentinel://): use a TLS scheme"
+            )
+        if self.secure and target.topology is Topology.CLUSTER:
+            raise ValueError(
+                "security=acl is not supported on a Redis Cluster (a message's proof lives in "
+                "its sender's slot, its check in the receiver's: docs/SECURITY.md); use one "
+                "server or Sentinel"
+            )
         query = {k.lower() for k, _ in parse_qsl(urlsplit(self.url).query)}
         if query & {"ssl_cert_reqs", "ssl_check_hostname"}:
             raise ValueError(
@@ -192,6 +182,15 @@ class Settings(BaseSettings):
         return self.redis_url.get_secret_value()
 
     @property
+    def target(self) -> RedisTarget:
+        """The topology the URL names (one server, a cluster, Sentinel) and its parts."""
+        return parse_redis_url(self.url)
+
+    @property
+    def topology(self) -> Topology:
+        return self.target.topology
+
+    @property
     def display_url(self) -> str:
         return redact_url(self.url)
 
@@ -211,9 +210,10 @@ class Settings(BaseSettings):
         return None
 
     def tls_options(self) -> dict[str, Any]:
-        """redis-py connection options for ``rediss://`` (empty otherwise). Verification is on
+        """redis-py connection options for a TLS URL (``rediss://``, ``rediss+cluster://``,
+        ``rediss+sentinel://``; empty otherwise). Verification is on
         unless ``tls_verify`` is False, which is logged loudly each time a client is made."""
-        if urlsplit(self.url).scheme != "rediss":
+        if not self.target.tls:
             return {}
         opts: dict[str, Any] = {
             "ssl_cert_reqs": "required" if self.tls_verify else "none",

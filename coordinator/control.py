@@ -658,6 +658,9 @@ class ControlConsumer:
                         details={"exception": "ResponseError"},
                     )
                     self._dead(out, eid, fields, info)
+        for reply_to, data in result.replies:  # a cluster's: the script could not push them
+            out.pipe.lpush(reply_to, data)
+            out.pipe.pexpire(reply_to, self.settings.reply_ttl_ms)
         self.stats.heartbeats += batch.heartbeats(failed)
         self.stats.leaves += result.removed
         announces_failed = sum(1 for eid in failed if eid in batch.announces)

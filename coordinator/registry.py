@@ -4,7 +4,8 @@
 ``coordinator/lua/control.lua`` in one call: it updates the record hashes, their indexes
 (``R:agents``, ``R:role:*``, ``R:cap:*``, ``R:tag:*``), ``R:deadlines``, writes the change-feed
 events (``XADD R:events`` + ``PUBLISH``), answers accepted announces and leaves on their reply
-lists and ``XACK``s what it applied, so a reader never sees a record without its event or an
+lists (on a Redis Cluster it returns those answers, pushed by the caller: other slots) and
+``XACK``s what it applied, so a reader never sees a record without its event or an
 index without its record, and an entry is acknowledged exactly when it was applied. Only
 coordinators call this module.
 """
@@ -17,6 +18,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from agent_sdk.connection import is_cluster
 from coordinator.outbox import LEAVE_RESULT, reply_head
 from coordinator.scripts import Scripts
 from coordinator.settings import CoordinatorSettings
@@ -119,10 +121,17 @@ class ControlResult:
     failed: list[tuple[str, str]] = field(default_factory=list)  # (entry id, Redis's error)
     #: announces written before their instance left or expired, applied late: not applied
     stale: list[str] = field(default_factory=list)
+    #: on a Redis Cluster, the answers the script could not push (other slots): (reply list,
+    #: envelope JSON), for the caller to push
+    replies: list[tuple[str, bytes]] = field(default_factory=list)
 
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _bytes(value: Any) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()
 
 
 def name_taken(name: str, holder: tuple[str, str, str, str, str]) -> ErrorInfo:
@@ -176,7 +185,10 @@ class Registry:
             settings.tombstone_keep_ms,
         ]
         self._control_keys = [*self._keys, keys.epoch()]
-        self._control_args: list[Any] = [*self._args, settings.reply_ttl_ms]
+        #: on a cluster the script returns its replies instead of pushing them (other slots)
+        self.cluster = is_cluster(client)
+        reply_ttl: int | str = "return" if self.cluster else settings.reply_ttl_ms
+        self._control_args: list[Any] = [*self._args, reply_ttl]
 
     async def apply(self, batch: ControlBatch) -> ControlResult:
         """Apply, answer and ``XACK`` a batch in one script call; refused announces and
@@ -194,7 +206,8 @@ class Registry:
             refused[eid] = (inst, host, pid, last_seen, expires)
         failed = [(_text(eid), _text(err)) for eid, err in res[3]]
         stale = [_text(x) for x in res[4]]
-        return ControlResult(unknown, refused, int(res[2]), failed, stale)
+        replies = [(_text(to), _bytes(text)) for to, text in res[5]]
+        return ControlResult(unknown, refused, int(res[2]), failed, stale, replies)
 
     async def announce(self, entry_id: str, ann: PreparedAnnounce) -> ErrorInfo | None:
         """Apply one announce without a reply (tests, tools); the refusal, if any."""

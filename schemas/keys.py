@@ -9,9 +9,9 @@ No other module formats a key. ``KeySpace(ns)`` builds them for one namespace (d
   and per session, and each agent's own keys share one prefix, ``<ns>:agent:{<name>}:``, for a
   per-agent ACL.
 
-The hash tags do not make agentbus run on Redis Cluster: the coordinator's control script also
-pushes to agents' reply lists (other slots, not declared in its KEYS) and several data-plane
-scripts touch two slots, so it needs one Redis server (docs/PROTOCOL.md, "Redis Cluster").
+On a Redis Cluster every script call stays in one of these slots: the calls that span two
+on one server are split there (docs/PROTOCOL.md, "Redis Cluster and Sentinel"), and the
+doorbell channels, which carry their stream's hash tag, are sharded channels.
 
 Data model (mirrored in docs/PROTOCOL.md; ``R`` = ``<ns>:{registry}``):
 

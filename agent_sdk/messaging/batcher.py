@@ -31,7 +31,7 @@ import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
-from agent_sdk.lane import Lane
+from agent_sdk.cluster_lane import AnyLane, open_lane
 
 __all__ = ["Batcher", "Op"]
 
@@ -54,13 +54,20 @@ class Op:
 class Batcher:
     """Coalesces concurrent commands on one client; at most one round trip in flight."""
 
-    def __init__(self, client: aioredis.Redis, *, join_turn: bool = True) -> None:
+    def __init__(
+        self, client: aioredis.Redis, *, join_turn: bool = True, replica_acks: int = 0,
+        replica_timeout: float = 1.0,
+    ) -> None:  # fmt: skip
         """``join_turn=False``: a call made while idle goes out at once, without first letting
         the other calls of this loop turn join it (for callers that rarely come together, such
-        as the replies of an agent's handlers, where it would only add latency)."""
+        as the replies of an agent's handlers, where it would only add latency).
+        ``replica_acks``: each round trip ends with ``WAIT replica_acks`` (at most
+        ``replica_timeout`` seconds) so a call returns once its write is on that many
+        replicas."""
         self.client = client
         self.join_turn = join_turn
-        self.lane = Lane(client)
+        self._wait = (replica_acks, round(replica_timeout * 1000)) if replica_acks else None
+        self.lane: AnyLane = open_lane(client)
         self._pending: list[Op] = []
         self._busy = False
         self._task: asyncio.Task[None] | None = None
@@ -173,13 +180,13 @@ class Batcher:
             _settle(op, res)
 
     async def _round_trip(self, batch: list[Op]) -> list[Any]:
-        results = await self.lane.execute([op.command() for op in batch])
+        results = await self.lane.execute([op.command() for op in batch], wait=self._wait)
         retry = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
         if retry:
             for script in {id(batch[i].script): batch[i].script for i in retry}.values():
                 assert script is not None
                 script.sha = await self.client.script_load(script.script)
-            again = await self.lane.execute([batch[i].command() for i in retry])
+            again = await self.lane.execute([batch[i].command() for i in retry], wait=self._wait)
             for i, r in zip(retry, again, strict=True):
                 results[i] = r
         return results

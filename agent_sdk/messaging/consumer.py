@@ -174,9 +174,12 @@ class Consumer:
         """Delete this instance's consumer from each of its streams' groups where it holds
         nothing (a clean stop): consumers of stopped instances do not pile up in the groups
         (``prune_consumers`` catches those of crashed ones). Returns how many were deleted."""
-        keys = [s.key for s in self.streams]
-        deleted: Any = await self.scripts.leave(keys=keys, args=[AGENT_GROUP, self.instance_id])
-        return int(deleted)
+        deleted = 0
+        for family in self.families:  # one call per family: one hash slot each
+            keys = [s.key for s in self.streams if s.key.startswith(family)]
+            n: Any = await self.scripts.leave(keys=keys, args=[AGENT_GROUP, self.instance_id])
+            deleted += int(n)
+        return deleted
 
     @property
     def in_flight(self) -> int:

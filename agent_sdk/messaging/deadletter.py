@@ -6,7 +6,9 @@ invalid payload (``bad_request``), expired before it was handled (``deadline_exc
 ``max_deliveries`` times (``max_deliveries``). The dead letter is an entry of ``<ns>:deadletter``
 with the fields ``reason`` (a sentence), ``code``, ``source`` (stream key), ``source_id`` (entry
 id), ``failed_at`` (ISO-8601 UTC), and every original field as ``orig.<field>``. Writing it and
-acknowledging the original are one script, so a reader never stalls on a bad entry.
+acknowledging the original are one script, so a reader never stalls on a bad entry (on a Redis
+Cluster two calls, one per slot: the dead letter is written first, then the original is
+acknowledged, so a failure in between leaves it pending, to be dead-lettered again, never lost).
 
 ``list_dead_letters`` and ``replay`` are what ``agentbus deadletter`` shows and does.
 """
@@ -21,12 +23,13 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from agent_sdk.connection import redis_errors
+from agent_sdk.connection import is_cluster, queue_ring, redis_errors
 from agent_sdk.messaging.codec import iso
 from agent_sdk.messaging.scripts import Scripts, script_text
 from agent_sdk.settings import Settings
 from schemas.display import safe_text
 from schemas.errors import InvalidInput
+from schemas.priority import PRIORITIES
 
 __all__ = [
     "ORIG_PREFIX",
@@ -99,7 +102,13 @@ async def dead_letter(
     for k, v in fields.items():
         args += [ORIG_PREFIX + _text(k), v]
     with redis_errors(settings, "dead-lettering a message"):
-        new_id = await scripts.deadletter(keys=[settings.keys.deadletter(), source], args=args)
+        if scripts.cluster:  # two slots: write the dead letter, then acknowledge
+            args[0] = ""
+            new_id = await scripts.deadletter(keys=[settings.keys.deadletter()], args=args)
+            if group:
+                await client.xack(source, group, entry_id)
+        else:
+            new_id = await scripts.deadletter(keys=[settings.keys.deadletter(), source], args=args)
     return _text(new_id)
 
 
@@ -139,12 +148,27 @@ async def replay(client: aioredis.Redis, settings: Settings, dead_letter_id: str
         fields.setdefault("id", letter.source_id)
         if settings.secure:  # proved again under its sender (operators are trusted to)
             return await _replay_proved(client, settings, letter, fields, dead_letter_id)
+        if is_cluster(client):  # two slots: no MULTI; back on its stream first, then deleted
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.xadd(letter.source, fields)
+                queue_ring(pipe, settings.keys.bell(_family(letter.source)))
+                new_id, _ = await pipe.execute()
+            await client.xdel(key, dead_letter_id)
+            return _text(new_id)
         async with client.pipeline(transaction=True) as pipe:
             pipe.xadd(letter.source, fields)
             pipe.xdel(key, dead_letter_id)
-            pipe.publish(settings.keys.bell(letter.source), "")
+            pipe.publish(settings.keys.bell(_family(letter.source)), "")
             new_id, _, _ = await pipe.execute()
     return _text(new_id)
+
+
+def _family(stream: str) -> str:
+    """The normal-priority stream of ``stream``'s family (whose doorbell rings for all)."""
+    for p in PRIORITIES:
+        if p != "normal":
+            stream = stream.removesuffix(f":{p}")
+    return stream
 
 
 def check_replay_target(settings: Settings, letter: DeadLetter) -> None:
@@ -182,9 +206,7 @@ async def _replay_proved(
     ):
         raise InvalidInput(f"dead letter {letter.id} has no valid sender: not replayed")
     keys = settings.keys
-    family = letter.source
-    for p in ("critical", "important", "low"):
-        family = family.removesuffix(f":{p}")
+    family = _family(letter.source)
     script = client.register_script(script_text("xadd_proved"))
     flat = [x for pair in fields.items() for x in pair]
     new_id = await script(

@@ -35,9 +35,12 @@ class Plane:
         self.client = client
         self.settings = settings
         self.scripts = Scripts.register(client)
-        self.send_batcher = Batcher(client)
+        acks, timeout = settings.replica_acks, settings.replica_ack_timeout
+        self.send_batcher = Batcher(client, replica_acks=acks, replica_timeout=timeout)
         #: Replies of concurrent handlers share round trips; a reply leaves as soon as it can.
-        self.reply_batcher = Batcher(client, join_turn=False)
+        self.reply_batcher = Batcher(
+            client, join_turn=False, replica_acks=acks, replica_timeout=timeout
+        )
         self.hub = PubSubHub(client, settings)
         self.reader = Reader(client, settings, self.scripts, self.hub, self.send_batcher)
         #: Broadcast channel -> the agents it reaches here.

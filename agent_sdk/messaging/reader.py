@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, ResponseError
 
-from agent_sdk.lane import Lane
+from agent_sdk.cluster_lane import AnyLane, open_lane
 from agent_sdk.messaging.batcher import Batcher, Op
 from agent_sdk.messaging.dispatch import text
 from agent_sdk.messaging.scripts import Scripts, load_script_text
@@ -113,8 +113,8 @@ class Reader:
         self._ack_event = asyncio.Event()
         self._round: asyncio.Event = asyncio.Event()  # set while no read is in flight
         self._round.set()
-        self._lane: Lane | None = None
-        self._acker: Lane | None = None
+        self._lane: AnyLane | None = None
+        self._acker: AnyLane | None = None
         self._tasks: list[asyncio.Task[None]] = []
         #: Read round trips, claim rounds and sweeps done (for tests and stats).
         self.reads = 0
@@ -126,8 +126,8 @@ class Reader:
     async def start(self) -> None:
         if self._tasks:
             return
-        self._lane = Lane(self.client)
-        self._acker = Lane(self.client)
+        self._lane = open_lane(self.client)
+        self._acker = open_lane(self.client)
         with contextlib.suppress(Exception):  # else loaded after its first NOSCRIPT
             for name in ("claim_secure", "read_secure") if self.settings.secure else ("claim",):
                 await self.client.script_load(load_script_text(name))
@@ -554,18 +554,29 @@ class Reader:
                     jobs.append((c, s, ids[i : i + _LEASE_CHUNK]))
         if not jobs:
             return
-        async with self.client.pipeline(transaction=False) as pipe:
-            for c, s, chunk in jobs:
-                await self.scripts.lease(
-                    keys=[s.key], args=[AGENT_GROUP, c.instance_id, *chunk], client=pipe
-                )
-            results = await pipe.execute(raise_on_error=False)
+        results = await self._lease_round(jobs)
+        if any(isinstance(r, NoScriptError) for r in results):
+            # a cluster's pipeline does not load scripts (a node that never ran it, or a
+            # promoted replica): load it everywhere, then again those that were refused
+            await self.client.script_load(self.scripts.lease.script)
+            again = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+            for i, r in zip(again, await self._lease_round([jobs[i] for i in again]), strict=True):
+                results[i] = r
         for (_, s, _), lost in zip(jobs, results, strict=True):
             if isinstance(lost, Exception):
                 log.warning("renewing leases on %s failed: %s", s.key, lost)
                 continue
             for eid in lost:
                 s.held.discard(text(eid))
+
+    async def _lease_round(self, jobs: list[tuple[Consumer, Any, list[str]]]) -> list[Any]:
+        async with self.client.pipeline(transaction=False) as pipe:
+            for c, s, chunk in jobs:
+                await self.scripts.lease(
+                    keys=[s.key], args=[AGENT_GROUP, c.instance_id, *chunk], client=pipe
+                )
+            results: list[Any] = await pipe.execute(raise_on_error=False)
+        return results
 
     def ack_soon(self, consumer: Consumer) -> None:
         self._acks[consumer] = None

@@ -1,5 +1,8 @@
 """Answering a request: ``LPUSH`` the JSON reply to ``reply_to``, ``PEXPIRE`` it, ``XACK`` the
 request (and any other finished entries of the same stream): one ``EVALSHA`` (``reply.lua``).
+On a Redis Cluster the reply list and the stream are in different slots: the reply is written
+first, then the request acknowledged (a failure in between redelivers the request: a second
+reply, which the requester ignores, rather than none).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
-from agent_sdk.connection import redis_errors
+from agent_sdk.connection import publish_command, redis_errors
 from agent_sdk.messaging.batcher import Batcher, Op
 from agent_sdk.messaging.codec import Outgoing, encode_payload
 from agent_sdk.messaging.handlers import Outcome
@@ -48,7 +51,12 @@ class Replier:
         self._agents_prefix = settings.keys.agents_prefix
         #: Replies of concurrent handlers share round trips (one in flight, on its own lane;
         #: the host's, shared by its agents).
-        self.batcher = batcher or Batcher(client, join_turn=False)  # leaves as soon as it can
+        self.batcher = batcher or Batcher(  # join_turn=False: leaves as soon as it can
+            client,
+            join_turn=False,
+            replica_acks=settings.replica_acks,
+            replica_timeout=settings.replica_ack_timeout,
+        )
 
     def build(self, request: Envelope, outcome: Outcome) -> bytes:
         error = outcome.error
@@ -78,7 +86,8 @@ class Replier:
 
     async def publish_reply(self, request: Envelope, outcome: Outcome) -> None:
         """Answer a ``durable=False`` request: ``PUBLISH`` on the channel named like its
-        ``reply_to`` (at-most-once, as the request was)."""
+        ``reply_to`` (at-most-once, as the request was; ``SPUBLISH`` on a cluster: the channel
+        has the requester's hash tag, a sharded channel like a doorbell)."""
         assert request.reply_to is not None
         reply_to = request.reply_to
         if not reply_to.startswith(self._reply_prefix) or ":replies:" not in reply_to:
@@ -86,7 +95,8 @@ class Replier:
                         request.id, reply_to)  # fmt: skip
             return
         with redis_errors(self.settings, f"replying to {request.sender}"):
-            await self.batcher.run(Op(("PUBLISH", reply_to, self.build(request, outcome))))
+            data = self.build(request, outcome)
+            await self.batcher.run(Op((publish_command(self.client), reply_to, data)))
 
     async def reply(
         self, request: Envelope, outcome: Outcome, *, stream: str, group: str, ack: list[str]
@@ -104,14 +114,20 @@ class Replier:
         if request.deadline is not None:
             left = (request.deadline - datetime.now(UTC)).total_seconds() * 1000
             linger += max(0, int(left))
-        if self.settings.secure:  # no PEXPIRE of another's list (docs/SECURITY.md)
-            op = Op([self.build(request, outcome), group, *ack], self.scripts.reply_secure,
-                    (reply_to, stream))  # fmt: skip
-        else:
-            op = Op([self.build(request, outcome), linger, group, *ack], self.scripts.reply,
-                    (reply_to, stream))  # fmt: skip
+        data = self.build(request, outcome)
         with redis_errors(self.settings, f"replying to {request.sender}"):
-            await self.batcher.run(op)
+            if self.settings.secure:  # no PEXPIRE of another's list (docs/SECURITY.md)
+                await self.batcher.run(
+                    Op([data, group, *ack], self.scripts.reply_secure, (reply_to, stream))
+                )
+            elif self.scripts.cluster:  # two slots: the reply first, then the acknowledgement
+                await self.batcher.run(Op([data, linger, group], self.scripts.reply, (reply_to,)))
+                if ack:
+                    await self.batcher.run(Op(("XACK", stream, group, *ack)))
+            else:
+                await self.batcher.run(
+                    Op([data, linger, group, *ack], self.scripts.reply, (reply_to, stream))
+                )
 
     def refusal(self, fields: Mapping[Any, Any], entry_id: str, error: ErrorInfo) -> Refusal | None:
         """The error reply owed to a request that does not decode (an unknown envelope field, a
@@ -149,9 +165,8 @@ class Replier:
                     keys=[refusal.reply_to, stream], args=[refusal.data, group]
                 )
                 return
-            await self.scripts.reply(
-                keys=[refusal.reply_to, stream], args=[refusal.data, REPLY_LINGER_MS, group]
-            )
+            keys = [refusal.reply_to] if self.scripts.cluster else [refusal.reply_to, stream]
+            await self.scripts.reply(keys=keys, args=[refusal.data, REPLY_LINGER_MS, group])
 
 
 @dataclass(frozen=True, slots=True)

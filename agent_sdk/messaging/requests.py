@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from agent_sdk import telemetry
-from agent_sdk.connection import redis_errors
+from agent_sdk.connection import queue_ring, redis_errors
 from agent_sdk.messaging.codec import Outgoing
 from agent_sdk.messaging.sender import Sender, Target
 from agent_sdk.messaging.topics import PubSubHub
@@ -285,7 +285,7 @@ class Requester:
             for name, out in outs:
                 inbox = keys.inbox(name)
                 pipe.xadd(inbox, out.stream_fields(), maxlen=maxlen, approximate=True)
-                pipe.publish(keys.bell(inbox), "")
+                queue_ring(pipe, keys.bell(inbox))
             with redis_errors(self.settings, f"sending {type!r} to role {role!r}"):
                 await pipe.execute()
 

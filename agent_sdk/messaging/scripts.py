@@ -3,9 +3,15 @@
 Each script's header comment names its KEYS and ARGV. redis-py's ``Script`` sends ``EVALSHA`` and
 falls back to ``SCRIPT LOAD`` after a ``NOSCRIPT`` (for example after Redis restarted).
 
-Note for Redis Cluster: ``send``, ``reply`` and ``deadletter`` touch keys of two hash tags (the
-registry and an inbox; a reply list and a stream). They run on a single node (standalone or
-Sentinel); on a cluster they would need splitting.
+On one server ``send``, ``reply`` and ``deadletter`` each do their check-and-write in one call
+over two hash tags (the registry and an inbox; a reply list and a stream; the dead-letter stream
+and a stream). On a Redis Cluster every call stays in one slot: the same scripts are called with
+the keys of one slot only and the caller does the other half in a call of its own
+(``Sender.deliver`` checks the registry first; ``Replier`` and the dead-letter path ``XACK``
+after writing), and ``send`` rings its doorbell with ``SPUBLISH`` (a sharded channel of the
+stream's slot) instead of ``PUBLISH``. The acl-mode scripts (``*_secure``, ``*_proved``) read
+proofs in the sender's slot: they run on one server or under Sentinel only (``Settings``
+refuses acl mode on a cluster).
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ from importlib import resources
 
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
+
+from agent_sdk.connection import is_cluster
 
 __all__ = ["SECURE_SCRIPTS", "Scripts", "load_script_text", "script_text"]
 
@@ -59,11 +67,18 @@ class Scripts:
     reply_secure: AsyncScript
     #: a clean stop: the instance's consumer leaves the groups where it holds nothing
     leave: AsyncScript
+    #: Whether the client is a Redis Cluster's (each call must stay in one slot; acl mode is
+    #: refused there by ``Settings``).
+    cluster: bool = False
 
     @classmethod
     def register(cls, client: aioredis.Redis) -> Scripts:
+        cluster = is_cluster(client)
         names = (
             "send", "reply", "lease", "claim", "deadletter", "send_secure", "read_secure",
             "claim_secure", "xadd_proved", "publish_proved", "reply_secure", "leave",
         )  # fmt: skip
-        return cls(**{n: client.register_script(script_text(n)) for n in names})
+        texts = {n: script_text(n) for n in names}
+        if cluster:  # a doorbell is a sharded channel of its stream's slot
+            texts["send"] = texts["send"].replace("redis.call('PUBLISH'", "redis.call('SPUBLISH'")
+        return cls(cluster=cluster, **{n: client.register_script(t) for n, t in texts.items()})

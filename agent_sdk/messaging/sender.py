@@ -24,7 +24,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoPermissionError, RedisError, ResponseError
 
 from agent_sdk import telemetry
-from agent_sdk.connection import CONNECTION_ERRORS, redis_errors
+from agent_sdk.connection import CONNECTION_ERRORS, publish_command, queue_ring, redis_errors
 from agent_sdk.discovery import Discovery
 from agent_sdk.messaging.batcher import Batcher, Op
 from agent_sdk.messaging.codec import Outgoing, encode_payload
@@ -99,7 +99,11 @@ class Sender:
         self.sender = sender
         self.keys = settings.keys
         #: Sends of every agent of a host share one batcher (one connection).
-        self.batcher = batcher or Batcher(client)
+        self.batcher = batcher or Batcher(
+            client,
+            replica_acks=settings.replica_acks,
+            replica_timeout=settings.replica_ack_timeout,
+        )
         self._router: VersionRouter | None = None
 
     @property
@@ -179,7 +183,6 @@ class Sender:
         if target.name is not None:
             check_key, family, mode = keys.record(target.name), keys.inbox(target.name), "record"
             maxlen = self.settings.inbox_maxlen
-            script_keys: tuple[str, ...] = (check_key, keys.prioritized(family, priority))
         else:
             assert target.role is not None
             check_key, family, mode = (
@@ -188,19 +191,26 @@ class Sender:
                 "role",
             )
             maxlen = self.settings.queue_maxlen
-            script_keys = (check_key, keys.prioritized(family, priority))
-            if use_default:
-                script_keys += (keys.role_default(target.role),)
         if queue_if_absent:
             mode = "none"
+        stream = keys.prioritized(family, priority)
+        # the stream, then the role's default version key (same slot) when it is to be looked at
+        tail: tuple[str, ...] = (stream,)
+        if target.role is not None and use_default:
+            tail += (keys.role_default(target.role),)
         ring = "" if priority == "normal" else priority
-        if self.settings.secure:  # (acl mode does not consult the role's default version)
-            stream = keys.prioritized(family, priority)
+        if self.settings.secure:  # one server; the role's default version is not looked at
             op = self.proved_op(stream, family, check_key, mode, ring, out)
+            entry_id = await self._run(op, "sending %r to %s", out.type, target.label)
+        elif self.scripts.cluster:  # the registry is in another slot: checked first
+            entry_id = await self._deliver_on_cluster(
+                mode, check_key, tail, out, [maxlen, keys.bell(family), ring]
+            )
         else:
+            script_keys = tail if mode == "none" else (check_key, *tail)
             args = [mode, maxlen, keys.bell(family), ring, *out.stream_args()]
             op = Op(args, self.scripts.send, script_keys)
-        entry_id = await self._run(op, "sending %r to %s", out.type, target.label)
+            entry_id = await self._run(op, "sending %r to %s", out.type, target.label)
         if isinstance(entry_id, list):  # the role's default version: to one of its members
             assert target.role is not None
             default = _text(entry_id[0])
@@ -240,6 +250,20 @@ class Sender:
                 gone |= {member.name or ""}
         raise AssertionError("unreachable")
 
+    async def _deliver_on_cluster(
+        self, mode: str, check_key: str, tail: tuple[str, ...], out: Outgoing, args: list[Any]
+    ) -> Any:
+        """The send script split in two calls of one slot each: the registry check (``EXISTS``
+        of the record, ``SCARD`` of the role), then the append and ring. An agent that expires
+        between the two gets the message in its inbox, as one that expires just after a send."""
+        what = (out.type, out.target or "")
+        if mode != "none":
+            check = Op(("EXISTS" if mode == "record" else "SCARD", check_key))
+            if not int(await self._run(check, "sending %r to %s", *what)):
+                return None
+        op = Op(["none", *args, *out.stream_args()], self.scripts.send, tail)
+        return await self._run(op, "sending %r to %s", *what)
+
     async def send(
         self,
         to: str | None,
@@ -271,9 +295,10 @@ class Sender:
         return out.id
 
     async def direct(self, name: str, out: Outgoing) -> int:
-        """``PUBLISH`` ``out`` on agent ``name``'s direct channel (a ``durable=False`` request);
-        how many hosts received it (0: nobody listens)."""
-        op = Op(("PUBLISH", self.keys.direct_channel(name), out.json()))
+        """``PUBLISH`` ``out`` on agent ``name``'s direct channel (a ``durable=False`` request;
+        ``SPUBLISH`` on a cluster: the channel has the agent's hash tag, a sharded channel like
+        a doorbell); how many hosts received it (0: nobody listens)."""
+        op = Op((publish_command(self.client), self.keys.direct_channel(name), out.json()))
         return int(await self._run(op, "sending %r to %s", out.type, name))
 
     async def members(self, role: str | None) -> list[str]:
@@ -380,7 +405,7 @@ class Sender:
                                    kind=Kind.BROADCAST, target=name, headers=headers)  # fmt: skip
                     inbox = self.keys.inbox(name)
                     pipe.xadd(inbox, out.stream_fields(), maxlen=maxlen, approximate=True)
-                    pipe.publish(self.keys.bell(inbox), "")
+                    queue_ring(pipe, self.keys.bell(inbox))
                 await pipe.execute()
         return [len(names)] * len(bodies)
 

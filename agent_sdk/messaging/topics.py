@@ -1,4 +1,5 @@
-"""Pub/sub: one connection per host (or client) shared by broadcasts, doorbells and topics.
+"""Pub/sub: one connection per host (or client) shared by broadcasts, doorbells and topics (on
+a Redis Cluster, one per master its doorbells live on plus one: ``agent_sdk.messaging.links``).
 
 ``subscribe("news.*")`` returns a ``Subscription``: an async context manager and an async iterator
 of ``Message``. It is active when the ``async with`` body starts (the ``PSUBSCRIBE`` is
@@ -15,16 +16,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.asyncio.client import PubSub
 
-from agent_sdk.lane import hiredis_reader, incomplete
 from agent_sdk.messaging.handlers import Message
+from agent_sdk.messaging.links import Links, open_links
 from agent_sdk.settings import Settings
 from agent_sdk.tasks import cancel_and_wait
 from schemas.envelope import decode_json
@@ -39,14 +38,7 @@ log = logging.getLogger("agentbus.messaging")
 ChannelCallback = Callable[[str, bytes], None]
 _QUEUE_MAX = 10_000
 _CONFIRM_TIMEOUT = 10.0
-_READ_SIZE = 65_536
-_SUBSCRIBE_CHUNK = 1_000
-
-
-async def _push_as_is(push: Any) -> Any:
-    """What redis-py's default pub/sub push handler returns, without its per-message cost: it
-    formats ``"Push response: " + str(push)`` for a debug log line, whether or not it is logged."""
-    return push
+_MESSAGE = frozenset((b"message", "message", b"smessage", "smessage"))  # smessage: a cluster's
 
 
 def _text(v: Any) -> str:
@@ -117,7 +109,7 @@ class PubSubHub:
         self._subs: dict[str, list[Subscription]] = {}
         self._confirmed: dict[str, asyncio.Event] = {}
         self._names: dict[Any, str] = {}  # channel as received -> its name
-        self._pubsub: PubSub | None = None
+        self._pubsub: Links | None = None
         self._task: asyncio.Task[None] | None = None
         self._ready: asyncio.Event | None = None
         #: Times the connection was re-established after a failure.
@@ -164,8 +156,7 @@ class PubSubHub:
         last.clear()
         if self._pubsub is not None:
             with contextlib.suppress(Exception):  # a broken connection resubscribes all
-                for i in range(0, len(new), _SUBSCRIBE_CHUNK):
-                    await self._pubsub.subscribe(*new[i : i + _SUBSCRIBE_CHUNK])
+                await self._pubsub.subscribe(new)
         async with asyncio.timeout(_CONFIRM_TIMEOUT):
             await last.wait()
         self._confirmed.pop(new[-1], None)
@@ -175,8 +166,7 @@ class PubSubHub:
         gone = [c for c in channels if self._listeners.pop(c, None) is not None]
         if gone and self._pubsub is not None:
             with contextlib.suppress(Exception):
-                for i in range(0, len(gone), _SUBSCRIBE_CHUNK):
-                    await self._pubsub.unsubscribe(*gone[i : i + _SUBSCRIBE_CHUNK])
+                await self._pubsub.unsubscribe(gone)
         for c in gone:
             self._names.pop(c.encode(), None)
 
@@ -206,23 +196,21 @@ class PubSubHub:
                     await self._pubsub.punsubscribe(chan)
 
     async def _close_pubsub(self) -> None:
-        pubsub, self._pubsub = self._pubsub, None
-        if pubsub is not None:
+        links, self._pubsub = self._pubsub, None
+        if links is not None:
             with contextlib.suppress(Exception):
-                await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]
+                await links.close()
 
-    async def _connect(self) -> PubSub:
+    async def _connect(self) -> Links:
         for event in self._confirmed.values():
             event.clear()
-        pubsub = self.client.pubsub(push_handler_func=_push_as_is)
-        channels = list(self._listeners)
-        for i in range(0, len(channels), _SUBSCRIBE_CHUNK):
-            await pubsub.subscribe(*channels[i : i + _SUBSCRIBE_CHUNK])
-        if self._subs:
-            await pubsub.psubscribe(*self._subs)
-        if not channels and not self._subs:
-            await pubsub.connect()  # type: ignore[no-untyped-call]
-        return pubsub
+        links = open_links(self.client, self.settings)
+        try:
+            await links.open(list(self._listeners), list(self._subs))
+        except BaseException:
+            await links.close()
+            raise
+        return links
 
     async def _run(self) -> None:
         assert self._ready is not None
@@ -234,7 +222,7 @@ class PubSubHub:
                     self._ready.set()
                     if self.reconnects and self.on_reconnect is not None:
                         self.on_reconnect()
-                replies = await self._read(self._pubsub)
+                replies = await self._pubsub.read()
                 backoff = 0.05
                 for reply in replies:
                     if isinstance(reply, list) and reply:
@@ -249,46 +237,14 @@ class PubSubHub:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.settings.retry_max_backoff)
 
-    @staticmethod
-    async def _read(pubsub: PubSub) -> list[Any]:
-        """The pushes of the connection, as Redis sent them (``[b"message", channel, data]``,
-        ``[b"pmessage", pattern, channel, data]``, ``[b"subscribe", channel, count]``, ...):
-        every one already received, waiting for the socket only when none is.
-
-        Read straight from the connection: ``PubSub.get_message`` adds a health check, a retry
-        wrapper, a dict and a metrics call per message (≈ 6 µs), and even the connection's own
-        ``read_response`` costs ≈ 5 µs a message in timeout and push-type checks. With hiredis
-        (a dependency) the parser's reader is drained directly: one ``gets()`` per push.
-        Reconnecting is ours anyway.
-        """
-        conn = pubsub.connection
-        if conn is None:
-            raise ConnectionError("the pub/sub connection is closed")
-        fast = hiredis_reader(conn)
-        if fast is None:  # not the parser we know: the slow path
-            return [await conn.read_response(timeout=math.inf, push_request=True)]
-        reader, stream = fast
-        replies: list[Any] = []
-        while True:
-            reply = reader.gets()
-            if not incomplete(reply):
-                replies.append(reply)
-                continue
-            if replies:
-                return replies
-            data = await stream.read(_READ_SIZE)
-            if not data:
-                raise ConnectionError("the pub/sub connection was closed by the server")
-            reader.feed(data)
-
     def _route(self, raw: list[Any]) -> None:
         kind = raw[0]
-        if (kind == b"message" or kind == "message") and len(raw) == 3:
+        if kind in _MESSAGE and len(raw) == 3:
             channel, data, pattern = raw[1], raw[2], None
         elif (kind == b"pmessage" or kind == "pmessage") and len(raw) == 4:
             pattern, channel, data = raw[1], raw[2], raw[3]
         else:
-            if _text(kind) in ("psubscribe", "subscribe") and len(raw) > 1:
+            if _text(kind) in ("psubscribe", "subscribe", "ssubscribe") and len(raw) > 1:
                 event = self._confirmed.get(_text(raw[1]))
                 if event is not None:
                     event.set()

@@ -24,6 +24,7 @@ from redis.retry import Retry
 
 from agent_sdk.connection import ACCESS_ERRORS, access_error
 from agent_sdk.settings import Settings
+from agent_sdk.topology import Topology
 from schemas.errors import ConnectionFailed
 
 __all__ = ["UP_PORT", "UP_URL", "default_url_note", "reach", "unreachable"]
@@ -65,29 +66,53 @@ def unreachable(settings: Settings, reason: str, *, given: bool) -> ConnectionFa
     )
 
 
+def _clients(settings: Settings) -> list[redis.Redis]:
+    """One client for one server; one per seed node of a cluster or per sentinel (any one
+    answering is enough)."""
+    common: dict[str, Any] = {
+        "socket_connect_timeout": settings.connect_timeout,
+        "socket_timeout": settings.connect_timeout,
+        "retry": Retry(NoBackoff(), 0),
+        **settings.tls_options(),
+    }
+    target = settings.target
+    if target.topology is Topology.SINGLE:
+        auth: dict[str, Any] = {}
+        if settings.redis_username is not None:
+            auth["username"] = settings.redis_username
+        if (password := settings.password()) is not None:
+            auth["password"] = password
+        return [redis.Redis.from_url(settings.url, **auth, **common)]
+    user, password = target.username, target.password  # the sentinels': the URL's
+    if target.topology is Topology.CLUSTER:
+        user = settings.redis_username or user
+        password = settings.password() or password
+    return [
+        redis.Redis(
+            host=host, port=port, username=user, password=password, ssl=target.tls, **common
+        )
+        for host, port in target.nodes
+    ]
+
+
 def reach(settings: Settings, *, given: bool) -> None:
     """Connect to ``settings``' Redis once and ``PING`` it (no retries); raise ``unreachable``
     when nothing answers. ``given``: the URL came from the user (else it is the default)."""
-    auth: dict[str, Any] = {}
-    if settings.redis_username is not None:
-        auth["username"] = settings.redis_username
-    if (password := settings.password()) is not None:
-        auth["password"] = password
-    client = redis.Redis.from_url(
-        settings.url,
-        **auth,
-        **settings.tls_options(),
-        socket_connect_timeout=settings.connect_timeout,
-        socket_timeout=settings.connect_timeout,
-        retry=Retry(NoBackoff(), 0),
-    )
+    clients = _clients(settings)
     try:
-        client.ping()
-    except ACCESS_ERRORS as e:  # it answers, and refuses us: say so now, not after retries
-        raise access_error(settings, "connecting", e) from e
-    except (RedisConnectionError, RedisTimeoutError, OSError) as e:
-        raise unreachable(settings, str(e).rstrip("."), given=given) from e
-    except RedisError:
-        return
+        failure: BaseException | None = None
+        for client in clients:
+            try:
+                client.ping()
+                return
+            except ACCESS_ERRORS as e:  # it answers, and refuses us: say so now
+                raise access_error(settings, "connecting", e) from e
+            except (RedisConnectionError, RedisTimeoutError, OSError) as e:
+                failure = e
+            except RedisError:
+                return
+        assert failure is not None
+        raise unreachable(settings, str(failure).rstrip("."), given=given) from failure
     finally:
-        client.close()
+        for client in clients:
+            client.close()

@@ -20,6 +20,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from agent_sdk.connection import is_cluster
 from agent_sdk.messaging.deadletter import DeadLetter
 from agent_sdk.settings import Settings
 from schemas.envelope import Envelope, Kind, decode_json, encode_fields, encode_json, new_id, utcnow
@@ -96,7 +97,10 @@ class Probe:
         """Append ``env`` to ``stream`` as flat fields and ring its doorbell; the entry id."""
         fields: Any = encode_fields(env)
         entry_id: Any = await self.client.xadd(stream, fields, maxlen=maxlen, approximate=True)
-        await self.client.publish(self.keys.bell(stream), entry_id)
+        if is_cluster(self.client):  # a doorbell is a sharded channel there
+            await self.client.spublish(self.keys.bell(stream), entry_id)
+        else:
+            await self.client.publish(self.keys.bell(stream), entry_id)
         return str(entry_id)
 
     async def publish(self, channel: str, env: Envelope) -> int:

@@ -1,6 +1,8 @@
 -- control: apply a batch of control entries in stream order, answer them and XACK them.
 -- KEYS[1..6] and ARGV[1..10]: see common.lua.  KEYS[7] R:epoch (the registration counter)
--- ARGV[11] PEXPIRE (ms) of the reply lists this script pushes to
+-- ARGV[11] PEXPIRE (ms) of the reply lists this script pushes to, or 'return' on a Redis
+--          Cluster: the reply lists live in other slots, so the replies are not pushed here but
+--          returned ({list, text} pairs, the 6th element of the result) for the caller to push
 -- ARGV[12..] the entries in stream order, each starting with its kind:
 --   'h' <lines>    a run of heartbeats, one line per entry "<entry id> <name> <instance_id>
 --                  <load> <status> <epoch>" (names never hold spaces; epoch 0: not given),
@@ -33,7 +35,8 @@
 --             (announces refused: name_taken),
 --           number of leaves that removed their instance,
 --           { {entry id, error}, ... } (entries Redis refused: not applied, or partly),
---           { entry id, ... } (announces refused as stale) }.
+--           { entry id, ... } (announces refused as stale),
+--           { {reply list, text}, ... } (the replies, when ARGV[11] is 'return'; else empty) }.
 -- @include common
 local epoch_key, reply_ttl = KEYS[7], ARGV[11]
 local acks = {}
@@ -65,7 +68,12 @@ local function next_epoch()
   return string.format('%.0f', redis.call('INCR', epoch_key))
 end
 
+local deferred = {}
 local function reply(list, text)
+  if reply_ttl == 'return' then
+    deferred[#deferred + 1] = { list, text }
+    return
+  end
   redis.call('LPUSH', list, text)
   redis.call('PEXPIRE', list, reply_ttl)
 end
@@ -290,4 +298,4 @@ end
 for a = 1, #acks, 1000 do
   redis.call('XACK', P.control, P.group, unpack(acks, a, math.min(#acks, a + 999)))
 end
-return { unknown, refused, removed, failed, stale_announces }
+return { unknown, refused, removed, failed, stale_announces, deferred }

@@ -35,6 +35,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import WatchError
 
+from agent_sdk.connection import is_cluster
 from coordinator.settings import CoordinatorSettings
 from schemas.envelope import format_time, utcnow
 from schemas.events import RegistryEventType
@@ -89,6 +90,12 @@ class Catalogue:
     keys: KeySpace
     host: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
 
+    @property
+    def _atomic(self) -> bool:
+        """MULTI over the index and an entry: one server only (two slots on a cluster, where
+        the entry is written before the index, so a reader never sees a name without one)."""
+        return not is_cluster(self.client)
+
     async def record(
         self,
         manifest: PluginManifest,
@@ -137,19 +144,24 @@ class Catalogue:
         when another writer changed it meanwhile)."""
         summary = self.keys.plugin(name)
         while True:
-            async with self.client.pipeline(transaction=True) as pipe:
+            # on a Redis Cluster these keys live in several slots: no WATCH/MULTI there (the
+            # summary is recomputed by the next writer if two race)
+            async with self.client.pipeline(transaction=self._atomic) as pipe:
                 try:
-                    await pipe.watch(summary)
-                    known = _text(await pipe.hget(summary, "versions") or b"")
+                    reads: Any = pipe if self._atomic else self.client  # WATCHed: immediate
+                    if self._atomic:
+                        await pipe.watch(summary)
+                    known = _text(await reads.hget(summary, "versions") or b"")
                     versions = {v for v in known.split(",") if v} | ({add} if add else set())
                     versions.discard(drop)
-                    rows = {v: await self._fields(pipe, self.keys.plugin_version(name, v))
+                    rows = {v: await self._fields(reads, self.keys.plugin_version(name, v))
                             for v in sorted(versions)}  # fmt: skip
                     rows = {v: row for v, row in rows.items() if row}
                     role = next((row["role"] for row in rows.values() if "role" in row), "")
-                    default = _text(await pipe.get(self.keys.role_default(role)) or b"") \
+                    default = _text(await reads.get(self.keys.role_default(role)) or b"") \
                         if role else ""  # fmt: skip
-                    pipe.multi()  # type: ignore[no-untyped-call]
+                    if self._atomic:
+                        pipe.multi()  # type: ignore[no-untyped-call]
                     if not rows:
                         pipe.delete(summary)
                         pipe.srem(self.keys.plugins(), name)

@@ -1,6 +1,7 @@
 -- deadletter.lua: move a stream entry to the dead-letter stream and acknowledge it.
 -- KEYS[1]: the dead-letter stream
--- KEYS[2]: the source stream (inbox or role queue)
+-- KEYS[2]: the source stream (inbox or role queue); left out on a Redis Cluster (another slot:
+--          the caller XACKs after this call)
 -- ARGV[1]: the consumer group of KEYS[2] ("" = nothing to acknowledge)
 -- ARGV[2]: approximate MAXLEN of the dead-letter stream
 -- ARGV[3]: the source entry id

@@ -1,6 +1,7 @@
 -- reply.lua: answer a request and acknowledge it in one round trip.
 -- KEYS[1]: the requester's reply list (the request's reply_to)
--- KEYS[2]: the stream the request was read from (inbox or role queue)
+-- KEYS[2]: the stream the request was read from (inbox or role queue); left out, with no ids
+--          to acknowledge, on a Redis Cluster (another slot: the caller XACKs after this call)
 -- ARGV[1]: the reply envelope (JSON)
 -- ARGV[2]: PEXPIRE of the reply list, in ms
 -- ARGV[3]: the consumer group of KEYS[2]

@@ -1,0 +1,102 @@
+"""The core scenarios on a Redis Cluster and under Sentinel: registration, heartbeats and
+expiry, discovery, send and request by name and by role, priorities, broadcasts, dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from agent_sdk import Agent, Bus, Settings
+from agent_sdk.connection import make_client
+from agent_sdk.messaging import Message
+from coordinator import Coordinator
+from schemas.errors import AgentNotFound, NoResponders
+from tests.fake_agents import FakeAgent
+from tests.support import wait_for
+
+
+async def test_register_heartbeat_expire(scaled: Settings, scaled_coordinator: Coordinator) -> None:
+    """An agent that heartbeats stays (its record follows its beats), one that falls silent
+    expires with an event, one that leaves is gone at once; discovery sees all three."""
+    r = make_client(scaled, decode_responses=True)
+    keys = scaled.keys
+    silent = FakeAgent(r, keys, "silent", capabilities=["x"])
+    try:
+        async with (
+            Bus(scaled) as bus,
+            Agent("alpha", "worker", settings=scaled, capabilities=["x"]),
+        ):
+            await silent.register()
+            assert {a.name for a in await bus.discover(capabilities="x")} == {"alpha", "silent"}
+            seen = (await bus.discover(role="worker"))[0].last_seen
+            await wait_for(lambda: _last_seen_moved(bus, seen), timeout=5, message="a heartbeat")
+
+            async def expired() -> list[Any]:
+                events: Any = await r.xrange(keys.events())
+                return [f for _, f in events if f["type"] == "agent_expired"]
+
+            (event,) = await wait_for(expired, timeout=10, message="silent expired")
+            assert event["name"] == "silent"
+            assert event["reason"] == "heartbeat_missed"
+            assert [a.name for a in await bus.discover(capabilities="x")] == ["alpha"]
+            leaver = Agent("beta", "worker", settings=scaled)
+            await leaver.start()
+            assert {a.name for a in await bus.discover(role="worker")} == {"alpha", "beta"}
+            await leaver.stop()
+            assert [a.name for a in await bus.discover(role="worker")] == ["alpha"]
+    finally:
+        await r.aclose()
+
+
+async def _last_seen_moved(bus: Bus, before: Any) -> bool:
+    now = await bus.discover(role="worker")
+    return bool(now) and now[0].last_seen != before
+
+
+async def test_send_request_roles(scaled: Settings, scaled_coordinator: Coordinator) -> None:
+    got: list[Message] = []
+    names = [f"svc-{i}" for i in range(6)]  # spread over the cluster's slots
+    agents = [Agent(n, "svc", settings=scaled) for n in names]
+    for a in agents:
+
+        @a.on("echo")
+        async def echo(payload: Any, msg: Message, me: str = a.name) -> Any:
+            return {"me": me, "payload": payload}
+
+        @a.on("note")
+        async def note(payload: Any, msg: Message) -> None:
+            got.append(msg)
+
+    async with contextlib_all(agents), Bus(scaled) as bus:
+        for n in names:
+            assert await bus.request(n, "echo", n, timeout=10) == {"me": n, "payload": n}
+            await bus.send(n, "note", {"to": n}, priority="critical")
+        await wait_for(lambda: len(got) == len(names), timeout=10, message="every note")
+        r = await bus.request(role="svc", type="echo", payload=1, timeout=10)
+        assert r["payload"] == 1
+        assert r["me"] in names
+        many = await bus.request_many(role="svc", type="echo", payload=2, timeout=10)
+        assert sorted(dict(many)) == sorted(names)
+        replies = await asyncio.gather(
+            *(bus.request(names[i % 6], "echo", i, timeout=10) for i in range(60))
+        )
+        assert [r["payload"] for r in replies] == list(range(60))
+        with pytest.raises(AgentNotFound):
+            await bus.send("nobody", "note", {})
+        with pytest.raises(NoResponders):
+            await bus.send(role="nobody", type="note", payload={})
+
+
+class contextlib_all:
+    """Start every agent; stop them all on exit."""
+
+    def __init__(self, agents: list[Agent]) -> None:
+        self.agents = agents
+
+    async def __aenter__(self) -> None:
+        await asyncio.gather(*(a.start() for a in self.agents))
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.gather(*(a.stop() for a in self.agents))
