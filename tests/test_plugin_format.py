@@ -253,7 +253,8 @@ async def test_each_kind_of_entry_point_is_hosted_with_the_manifests_card(
         assert record is not None
         assert (record.role, record.version, record.max_concurrency) == ("worker", "2.1.0", 3)
         assert (record.capabilities, record.tags) == (("cfg",), ("t1",))
-        assert record.metadata == {"plugin": name, "replica": "1"}
+        # the plugin host's keys, and the SDK's list of handled types (``handles``)
+        assert record.metadata == {"plugin": name, "replica": "1", "handles": "config"}
         assert record.description == f"the {name} plugin"
         assert await bus.request(f"{name}-1", "config", {}, timeout=5) == expected
         assert {a.name for a in await bus.discover(role="worker", version="^2")} == {
