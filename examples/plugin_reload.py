@@ -131,28 +131,33 @@ async def show(root: Path) -> int:
         settings = private.settings()
         env = {**os.environ, "AGENTBUS_REDIS_URL": settings.url,
                "AGENTBUS_NAMESPACE": settings.namespace}  # fmt: skip
-        agentbus = shutil.which("agentbus") or "agentbus"
+        # the `agentbus` command of this Python (`python -m coordinator.cli` is the same)
+        agentbus = shutil.which("agentbus", path=os.path.dirname(sys.executable)) or "agentbus"
         host = await asyncio.create_subprocess_exec(
             agentbus, "run", "--plugins", str(root), env=env,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
+        assert host.stderr is not None
+        running: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        logs = asyncio.create_task(read_log(host.stderr, running))
         try:
             async with Bus(settings) as bus:
                 print(f"hosting {plugin}: agentbus run --plugins {root}")
-                await until_serving(bus, "greeter")
+                await asyncio.wait_for(running, 60)  # its plugins loaded, their directory watched
                 return await walk_through(bus, settings, plugin)
         finally:
             host.terminate()  # SIGTERM: it drains and every agent leaves
             await host.wait()
+            logs.cancel()
 
 
-async def until_serving(bus: Bus, role: str, timeout: float = 30.0) -> None:
-    """Wait (at most ``timeout`` seconds) until a member of ``role`` is registered."""
-    give_up = time.monotonic() + timeout
-    while not await bus.discover(role=role):
-        if time.monotonic() > give_up:
-            raise SystemExit(f"no {role} registered within {timeout:g}s")
-        await asyncio.sleep(0.05)
+async def read_log(stderr: asyncio.StreamReader, running: asyncio.Future[None]) -> None:
+    """Read ``agentbus run``'s log (so that it never blocks on a full pipe); ``running`` is set
+    when it says it is running (its plugins loaded, their directory watched; the plugins' own
+    worker processes log "is running" earlier, under their own names)."""
+    async for line in stderr:
+        if b"agentbus.run: plugins is running" in line and not running.done():
+            running.set_result(None)
 
 
 async def walk_through(bus: Bus, settings: Any, plugin: Path) -> int:
