@@ -333,7 +333,20 @@ _SUFFIXES = (
 
 
 async def read_usage(client: aioredis.Redis, settings: Settings, name: str) -> list[TypeUsage]:
-    """The usage stats of agent ``name`` (empty when it never recorded any)."""
+    """The usage stats of agent ``name``'s live instance (empty when it recorded none yet: a
+    new instance's first flush, within a second of its start, clears its predecessor's; until
+    then the hash still names the previous instance, and is not shown for this one)."""
+    keys = settings.keys
     with redis_errors(settings, f"reading usage stats of {name!r}"):
-        fields: dict[Any, Any] = await client.hgetall(settings.keys.stats(name))
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.hgetall(keys.stats(name))
+            pipe.hget(keys.record(name), "instance_id")
+            fields, live = await pipe.execute()
+    held = fields.get(b"instance_id", fields.get("instance_id"))
+    if live is not None and held is not None and _str(held) != _str(live):
+        return []
     return parse_usage(fields)
+
+
+def _str(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

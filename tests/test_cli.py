@@ -161,7 +161,8 @@ def test_bad_settings_are_one_line_and_exit_2() -> None:
     assert bad_url.exit_code == 2
     assert bad_url.stderr == (
         "agentbus: error [configuration]: invalid agentbus settings: redis_url: "
-        "'http://user:***@x' must start with one of redis://, rediss://, unix://\n"
+        "'http://user:***@x' must start with one of redis://, rediss://, unix://, "
+        "redis+cluster://, rediss+cluster://, redis+sentinel://, rediss+sentinel://\n"
     )
     for bad in (result, bad_url):  # one line: no pydantic dump, no traceback, no password
         assert len(bad.stderr.splitlines()) == 1
