@@ -74,10 +74,9 @@ class HostSpec:
 PHASES = {
     "announce": "announce: control XADD → coordinator → announce_result (Membership.announce)",
     "xadd": "of which the announce's control XADD itself (Membership._xadd)",
-    "usage": "usage stats claim (UsageRecorder.start → flush)",
-    "group": "XGROUP CREATE of the inbox (Reader.ensure_group)",
+    "usage": "usage stats (UsageRecorder.start: marks it for the host's flusher)",
+    "group": "XGROUP CREATE + EXISTS of the priority streams, batched (Reader._prepare)",
     "listen": "SUBSCRIBE + confirmation of doorbells/broadcasts (PubSubHub.listen)",
-    "exists": "EXISTS of the priority streams (Reader._find_priority_streams)",
 }
 
 #: Phases timed inside another one (not added up).
@@ -113,9 +112,8 @@ class StartPhases:
             (Membership, "announce", "announce"),
             (Membership, "_xadd", "xadd"),
             (UsageRecorder, "start", "usage"),
-            (Reader, "ensure_group", "group"),
+            (Reader, "_prepare", "group"),
             (PubSubHub, "listen", "listen"),
-            (Reader, "_find_priority_streams", "exists"),
         ):
             setattr(cls, attr, self._timed(getattr(cls, attr), phase))
 
