@@ -21,6 +21,7 @@ from pathlib import Path
 import redis
 
 from agent_sdk.embedded import RedisServer, find_redis_server, free_port
+from schemas.errors import ConnectionFailed
 
 __all__ = ["LocalCluster", "LocalSentinel", "poll"]
 
@@ -28,9 +29,11 @@ _NODE_TIMEOUT_MS = 1000
 
 
 def cluster_port() -> int:
-    """A free port P with P + 10000 free too (a cluster node's bus port), P below 55536."""
+    """A free port P with P + 10000 free too (a cluster node's bus port). Both below Linux's
+    ephemeral range (32768 and up), where the client side of any connection of the tests could
+    take one between this check and the server's bind."""
     while True:
-        port = random.randint(20_000, 45_000)
+        port = random.randint(20_000, 22_700)
         try:
             for p in (port, port + 10_000):
                 with socket.socket() as sock:
@@ -86,10 +89,19 @@ class LocalCluster:
             ),
         )  # fmt: skip
 
+    def _start_node(self) -> RedisServer:
+        """A node on a free port pair; another pair if its port was taken meanwhile."""
+        for attempt in range(5):
+            server = self._server(cluster_port())
+            try:
+                return server.start()
+            except ConnectionFailed:
+                if attempt == 4:
+                    raise
+        raise AssertionError("unreachable")
+
     def start(self) -> LocalCluster:
-        self.servers = [self._server(cluster_port()) for _ in range(self.n)]
-        for s in self.servers:
-            s.start()
+        self.servers = [self._start_node() for _ in range(self.n)]
         subprocess.run(
             [
                 str(Path(self.binary).with_name("redis-cli")),
