@@ -17,7 +17,7 @@ import psutil
 import pytest
 import redis.asyncio as aioredis
 
-from agent_sdk import Bus, RemoteError
+from agent_sdk import Agent, Bus, RemoteError
 from agent_sdk.settings import Settings
 from coordinator import Coordinator
 from coordinator.plugins import PluginSupervisor
@@ -289,3 +289,24 @@ async def test_requests_during_a_reload_are_all_answered(
         assert errors == []
         assert versions[0] == "1.0.0"
         assert versions[-1] == "2.0.0"
+
+
+async def test_a_plugin_whose_name_a_live_agent_holds_is_refused_and_the_others_load(
+    coordinator: Coordinator,
+    settings: Settings,
+    r: aioredis.Redis,
+    keys: KeySpace,
+    tmp_path: Path,
+    make_supervisor: Make,
+) -> None:
+    """A name clash with a live agent (not a plugin): the plugin fails with the holder named,
+    the live agent keeps its name, the other plugins load."""
+    write_plugin(tmp_path, "gamma", version="1.0.0")
+    write_plugin(tmp_path, "delta", version="1.0.0")
+    squatter = Agent("gamma.a0", "squatter", settings=settings)
+    async with squatter, make_supervisor(tmp_path, ready_timeout=10.0):
+        (failed,) = await _events(r, keys, RegistryEventType.PLUGIN_FAILED)
+        assert failed.name == "gamma"
+        assert "gamma.a0" in (failed.reason or "")
+        assert await r.hget(keys.record("gamma.a0"), "instance_id") == squatter.instance_id
+        assert "delta.a0" in set(await r.smembers(keys.agents()))
