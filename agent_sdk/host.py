@@ -247,6 +247,7 @@ class Host(Lookups, Verbs):
                 await self.heartbeats.start()
                 self.plane = Plane(self.bus.client, self.settings)
                 await self.plane.start()
+                self.usage_flusher.batcher = self.plane.send_batcher
                 await self.usage_flusher.start()
             except BaseException:
                 await self._stop_shared()

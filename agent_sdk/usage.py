@@ -46,11 +46,13 @@ import orjson
 import redis.asyncio as aioredis
 
 from agent_sdk.connection import redis_errors
+from agent_sdk.messaging.batcher import Op
 from agent_sdk.settings import Settings
 from agent_sdk.task_history import TaskBuffer
 from agent_sdk.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
+    from agent_sdk.messaging.batcher import Batcher
     from agent_sdk.usage_flusher import UsageFlusher
 from schemas.envelope import format_time, utcnow
 
@@ -165,24 +167,26 @@ class UsageRecorder:
         """Invocations recorded but not yet flushed."""
         return sum(d.invocations for d in self._pending.values())
 
-    async def flush(self) -> None:
+    async def flush(self, batcher: Batcher | None = None) -> None:
         """Write the pending deltas in one round trip (kept on failure). The first flush of an
-        instance also claims the hash (clears a previous instance's counts), deltas or not."""
+        instance also claims the hash (clears a previous instance's counts), deltas or not.
+        Through ``batcher`` when given (a host's flushes share its pipelines)."""
         if not self._pending and not self.tasks and self._claimed:
             return
         batch, self._pending = self._pending, defaultdict(_Delta)
         tasks = self.tasks.take()
         deltas = orjson.dumps({mtype: d.wire() for mtype, d in batch.items()})
         try:
+            args: list[Any] = [
+                self.instance_id, self.started_at, deltas,
+                self.tasks.limit, self.tasks.wire(tasks) if tasks else b"",
+            ]  # fmt: skip
+            keys = [self._key, self._tasks_key]
             with redis_errors(self._settings, f"writing usage stats of {self.name!r}"):
-                added = await self._script(
-                    keys=[self._key, self._tasks_key],
-                    args=[
-                        self.instance_id, self.started_at, deltas,
-                        self.tasks.limit, self.tasks.wire(tasks) if tasks else b"",
-                    ],
-                    client=self._client,
-                )  # fmt: skip
+                if batcher is not None:
+                    added = await batcher.run(Op(args, self._script, keys))
+                else:
+                    added = await self._script(keys=keys, args=args, client=self._client)
         except BaseException:
             for mtype, d in batch.items():  # keep them for the next flush
                 self._pending[mtype].merge(d)

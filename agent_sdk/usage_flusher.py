@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from agent_sdk.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
+    from agent_sdk.messaging.batcher import Batcher
     from agent_sdk.usage import UsageRecorder
 
 __all__ = ["UsageFlusher"]
@@ -28,6 +29,10 @@ class UsageFlusher:
 
     def __init__(self, interval: float = 1.0) -> None:
         self.interval = interval
+        #: The host's send batcher, once it runs: thousands of flushes (a fleet starting, each
+        #: claiming its stats hash) leave in a few pipelines on its connection instead of
+        #: queueing in the command pool ahead of the heartbeats.
+        self.batcher: Batcher | None = None
         self._due: dict[UsageRecorder, None] = {}
         self._task: asyncio.Task[None] | None = None
         #: Flush rounds that wrote something (for tests and stats).
@@ -58,7 +63,9 @@ class UsageFlusher:
     async def flush_due(self) -> None:
         """Flush every recorder marked since the last round (a failed one stays marked)."""
         due, self._due = list(self._due), {}
-        results = await asyncio.gather(*(r.flush() for r in due), return_exceptions=True)
+        results = await asyncio.gather(
+            *(r.flush(self.batcher) for r in due), return_exceptions=True
+        )
         failed = [r for r, res in zip(due, results, strict=True) if isinstance(res, Exception)]
         for recorder in failed:
             self._due[recorder] = None  # kept, tried again next round
