@@ -20,6 +20,7 @@ from agent_sdk.embedded import RedisServer, find_redis_server, server_version
 from agent_sdk.settings import Settings
 from coordinator import Coordinator, CoordinatorSettings
 from schemas.keys import KeySpace
+from tests.support import fast_coordinator_settings
 
 
 def _dump_pending_tasks(test: str) -> None:
@@ -105,16 +106,7 @@ async def r(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
 @pytest.fixture
 def coordinator_settings(settings: Settings) -> CoordinatorSettings:
     """``settings`` plus fast coordinator loops (sweep every 20 ms, claim after 0.5 s)."""
-    return CoordinatorSettings(
-        **settings.model_dump(),
-        coordinator_id=f"test-{uuid.uuid4().hex[:8]}",
-        sweep_interval=0.02,
-        stall_threshold=0.3,
-        claim_idle=0.5,
-        health_interval=0.2,
-        read_block=0.5,
-        drain_timeout=5.0,
-    )
+    return fast_coordinator_settings(settings)
 
 
 @pytest.fixture

@@ -5,8 +5,12 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import TypeVar, overload
+
+from agent_sdk.settings import Settings
+from coordinator import CoordinatorSettings
 
 T = TypeVar("T")
 
@@ -70,3 +74,18 @@ def wait_for_sync(
                 f"timed out after {timeout}s waiting for {message} (last={last!r})"
             )
         time.sleep(interval)
+
+
+def fast_coordinator_settings(settings: Settings) -> CoordinatorSettings:
+    """``settings`` plus fast coordinator loops (sweep every 20 ms, claim after 0.5 s): what
+    the tests' coordinators run with, on one server or a cluster."""
+    return CoordinatorSettings(
+        **settings.model_dump(),
+        coordinator_id=f"test-{uuid.uuid4().hex[:8]}",
+        sweep_interval=0.02,
+        stall_threshold=0.3,
+        claim_idle=0.5,
+        health_interval=0.2,
+        read_block=0.5,
+        drain_timeout=5.0,
+    )

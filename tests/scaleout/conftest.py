@@ -15,6 +15,7 @@ import redis
 
 from agent_sdk import Settings
 from coordinator import Coordinator, CoordinatorSettings
+from tests.support import fast_coordinator_settings
 from tests.topologies import LocalCluster, LocalSentinel
 
 
@@ -80,16 +81,7 @@ def scaled(topology: LocalCluster | LocalSentinel) -> Iterator[Settings]:
 
 
 def coordinator_settings_for(settings: Settings) -> CoordinatorSettings:
-    return CoordinatorSettings(
-        **settings.model_dump(),
-        coordinator_id=f"test-{uuid.uuid4().hex[:8]}",
-        sweep_interval=0.02,
-        stall_threshold=0.3,
-        claim_idle=0.5,
-        health_interval=0.2,
-        read_block=0.5,
-        drain_timeout=5.0,
-    )
+    return fast_coordinator_settings(settings)
 
 
 @pytest.fixture
