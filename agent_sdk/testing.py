@@ -206,9 +206,20 @@ class PrivateBus:
         await asyncio.to_thread(self.stop)
 
 
-def agentbus_for_tests(**kwargs: Any) -> PrivateBus:
+def agentbus_for_tests(
+    *,
+    namespace: str = DEFAULT_NAMESPACE,
+    redis_url: str | None = None,
+    heartbeat_interval: float = 0.1,
+    ttl: float = 0.5,
+    coordinator_env: dict[str, str] | None = None,
+    startup_timeout: float = 30.0,
+) -> PrivateBus:
     """A private bus; use ``with`` or ``async with``. Arguments: see ``PrivateBus``."""
-    return PrivateBus(**kwargs)
+    return PrivateBus(
+        namespace=namespace, redis_url=redis_url, heartbeat_interval=heartbeat_interval,
+        ttl=ttl, coordinator_env=coordinator_env, startup_timeout=startup_timeout,
+    )  # fmt: skip
 
 
 def agentbus_fixture(
