@@ -86,8 +86,10 @@ async def test_100_reloads_in_a_row_leak_nothing(
 
         assert supervisor.unit("churn") is not None
         assert [u.version for u in supervisor.units] == [f"1.0.{RELOADS}"]
-        for what in ("children", "tasks"):
-            assert after[what] == before[what], (what, before, after)
+        assert after["children"] == before["children"], (before, after)
+        # a snapshot may catch a short-lived task (a flush, a watch tick) on either side; a task
+        # leaked per reload would be 90 more
+        assert after["tasks"] <= before["tasks"] + 3, (before, after)
         # a connection pool may open one more connection; a leak per reload would be 90
         assert after["fds"] - before["fds"] <= 3, (before, after)
         assert after["rss"] - before["rss"] < MEMORY_SLACK, (before, after)
