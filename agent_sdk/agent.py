@@ -245,6 +245,27 @@ class Agent(Lookups, Verbs):
         if component not in self._components:
             self._components.append(component)
 
+    def _make_data_plane(self) -> Messaging:
+        """The agent's data plane and usage stats, made once (first started, last stopped)."""
+        if self._messaging is not None:
+            return self._messaging
+        self._messaging = messaging = Messaging(
+            self.bus.client, self.settings, name=self.name,
+            instance_id=self.instance_id, role=self.role, replies=self.router,
+            max_concurrency=self.card.max_concurrency, on_load=self.set_load,
+            handlers=self.handlers, fence=self.fence, plane=self.host.plane,
+        )  # fmt: skip
+        self._components.insert(0, messaging)
+        # usage stats: started before the data plane, stopped (and flushed) after it
+        self.usage = UsageRecorder(
+            self.bus.client, self.settings, self.name, instance_id=self.instance_id,
+            flusher=self.host.usage_flusher,
+        )  # fmt: skip
+        self.handlers.observer = self._observe
+        self.handlers.task_observer = self._task_done
+        self._components.insert(0, self.usage)
+        return messaging
+
     async def start_component(self, component: Component) -> None:
         """Add ``component`` and, if the agent runs, start it now."""
         if component not in self._components:
@@ -277,29 +298,21 @@ class Agent(Lookups, Verbs):
             )  # fmt: skip
             membership.status, membership.load = self._status, self._load
             self._membership = membership
-            if self.on_conflict == "suffix":
+            if self.on_conflict == "suffix":  # the name is known once announced
                 await announce_free_name(membership, self._base_name, self._claim_name)
+                self._make_data_plane()
             else:
-                await membership.announce()
+                # groups made and channels subscribed while the announcement travels
+                messaging = self._make_data_plane()
+                messaging.prepare()
+                try:
+                    await membership.announce()
+                except BaseException:
+                    await messaging.abandon()
+                    raise
             heartbeats = self.host.heartbeats
             assert heartbeats is not None  # the host runs
             await membership.start(heartbeats)
-            if self._messaging is None:  # the data plane: first started, last stopped
-                self._messaging = Messaging(
-                    self.bus.client, self.settings, name=self.name,
-                    instance_id=self.instance_id, role=self.role, replies=self.router,
-                    max_concurrency=self.card.max_concurrency, on_load=self.set_load,
-                    handlers=self.handlers, fence=self.fence, plane=self.host.plane,
-                )  # fmt: skip
-                self._components.insert(0, self._messaging)
-                # usage stats: started before the data plane, stopped (and flushed) after it
-                self.usage = UsageRecorder(
-                    self.bus.client, self.settings, self.name, instance_id=self.instance_id,
-                    flusher=self.host.usage_flusher,
-                )  # fmt: skip
-                self.handlers.observer = self._observe
-                self.handlers.task_observer = self._task_done
-                self._components.insert(0, self.usage)
             for component in list(self._components):
                 await component.start()
                 self._started.append(component)

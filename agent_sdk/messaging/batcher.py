@@ -137,6 +137,21 @@ class Batcher:
                 raise r
         return results
 
+    def submit(self, ops: Sequence[Op]) -> list[asyncio.Future[Any]]:
+        """Queue ``ops`` for the next round trip without waiting: the futures of their replies,
+        in order (an error reply is its own future's exception). No task per call: what is
+        queued in one turn of the event loop leaves together, after that turn."""
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[Any]] = []
+        for op in ops:
+            op.future = fut = loop.create_future()
+            futures.append(fut)
+        self._pending.extend(ops)
+        if not self._busy and ops:
+            self._busy = True
+            self._task = loop.create_task(self._drain(), name="agentbus-batcher")
+        return futures
+
     async def aclose(self) -> None:
         await self.lane.aclose()
 

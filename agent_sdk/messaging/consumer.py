@@ -44,7 +44,7 @@ from schemas.keys import AGENT_GROUP
 
 if TYPE_CHECKING:
     from agent_sdk.messaging.batcher import Batcher
-    from agent_sdk.messaging.reader import Reader
+    from agent_sdk.messaging.reader import Joining, Reader
     from agent_sdk.messaging.topics import ChannelCallback
 
 #: Broadcast types without a handler logged at INFO (once each); any others at DEBUG.
@@ -118,6 +118,8 @@ class Consumer:
         #: so that it knows whether the stream holds more without reading it again).
         self.parked: deque[tuple[StreamState, str, Fields, int]] = deque()
         self.accepting = False
+        #: A join under way (``prepare`` .. ``start``).
+        self.joining: Joining | None = None
         self._stopping = False
         self._fence_watch: asyncio.Task[None] | None = None
         #: Entries handled (any outcome): for tests and stats.
@@ -132,13 +134,29 @@ class Consumer:
         return f"Consumer({self.name!r}, {self.instance_id!r})"
 
     # -- lifecycle -----------------------------------------------------------------------------
+    def prepare(self, channels: dict[str, ChannelCallback] | None = None) -> None:
+        """Begin joining the host's reader without waiting (``Reader.prepare``; ``channels``:
+        pub/sub channels of this agent to listen to alongside its doorbells). Nothing is taken
+        before ``start``."""
+        if self.joining is None and not self.accepting:
+            self.joining = self.reader.prepare(self, channels)
+
     async def start(self, channels: dict[str, ChannelCallback] | None = None) -> None:
-        """Take work from now on (``channels``: pub/sub channels of this agent to listen to
-        alongside its doorbells)."""
+        """Take work from now on (prepared first if ``prepare`` was not called)."""
         if self.accepting:
             return
+        self.prepare(channels)
+        joining, self.joining = self.joining, None
+        assert joining is not None
         self.accepting = True
-        await self.reader.add(self, channels)
+        await self.reader.activate(joining)
+
+    async def abandon(self) -> None:
+        """Undo a ``prepare`` never followed by ``start`` (the agent did not register)."""
+        joining, self.joining = self.joining, None
+        if joining is not None:
+            await joining.done  # never raises: its errors are in its results
+            await self.reader.remove(self)
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop taking work, let running handlers finish for ``grace`` seconds, flush acks and
@@ -402,6 +420,8 @@ class Consumer:
 
     def handle_live(self, env: Envelope, channel: str) -> None:
         """Queue the handler of a broadcast received on pub/sub (no ack, no reply)."""
+        if not self.accepting:  # subscribed while its announcement travels: not registered yet
+            return
         if env.type not in self.handlers:
             # not an error (a broadcast reaches every agent, handler or not), but never silent:
             # counted in the usage stats (as UNKNOWN_TYPE), logged once per type

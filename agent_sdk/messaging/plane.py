@@ -65,9 +65,12 @@ class Plane:
         await self.send_batcher.aclose()
         await self.reply_batcher.aclose()
 
-    async def join(self, consumer: Consumer) -> None:
-        """Hand ``consumer`` its broadcasts and its streams from now on."""
-        await self.start()
+    def prepare(self, consumer: Consumer) -> None:
+        """Begin ``join`` without waiting (the plane runs): its groups made and its channels
+        subscribed together with those of the agents starting in the same turn, e.g. while
+        its announcement travels. Nothing reaches it before ``join``."""
+        if not self._started or consumer.joining is not None or consumer.accepting:
+            return
         keys = self.settings.keys
         channels = [keys.broadcast_channel()]
         if consumer.role is not None:
@@ -82,7 +85,13 @@ class Plane:
             direct = keys.direct_channel(consumer.name)
             self._direct[direct] = consumer
             new[direct] = self._on_direct
-        await consumer.start(new)  # subscribed together with its doorbells
+        consumer.prepare(new)  # subscribed together with its doorbells
+
+    async def join(self, consumer: Consumer) -> None:
+        """Hand ``consumer`` its broadcasts and its streams from now on."""
+        await self.start()
+        self.prepare(consumer)
+        await consumer.start()
 
     async def leave(self, consumer: Consumer, grace: float | None = None) -> None:
         """Stop ``consumer`` (drained for ``grace`` seconds) and its broadcasts."""
@@ -96,6 +105,7 @@ class Plane:
             del self._direct[direct]
             gone.append(direct)
         await consumer.stop(grace)
+        await consumer.abandon()  # prepared, never started
         await self.hub.unlisten(gone)
 
     def _on_direct(self, channel: str, data: bytes) -> None:

@@ -31,6 +31,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
@@ -45,7 +46,7 @@ from agent_sdk.messaging.topics import ChannelCallback, PubSubHub
 from agent_sdk.settings import Settings
 from agent_sdk.tasks import cancel_all
 from schemas.keys import AGENT_GROUP
-from schemas.priority import PRIORITIES
+from schemas.priority import PRIORITIES, Priority
 
 if TYPE_CHECKING:
     from agent_sdk.messaging.consumer import Consumer
@@ -76,6 +77,16 @@ def _entries(reply: Any) -> list[Any]:
 
 
 Job = tuple[Source, "Consumer", int, int, str]  # stream, agent, count, min idle ms, cursor
+
+
+@dataclass(slots=True)
+class Joining:
+    """A consumer's join under way (``Reader.prepare``): the round trips it waits for."""
+
+    consumer: Consumer
+    new: list[Source]
+    wanted: list[tuple[Family, Priority]]
+    done: asyncio.Future[list[Any]]
 
 
 class Reader:
@@ -174,67 +185,64 @@ class Reader:
     async def add(
         self, consumer: Consumer, channels: dict[str, ChannelCallback] | None = None
     ) -> None:
-        """Read ``consumer``'s streams from now on. Two round trips, side by side, however many
-        agents start together: its doorbells (and ``channels``, its broadcasts and direct
-        requests) subscribed and confirmed; its groups made and its priority streams that hold
-        entries already found (one pipeline). Then what its previous instance left in its
-        inbox is taken over, and its streams are read."""
+        """Read ``consumer``'s streams from now on: ``prepare`` then ``activate``."""
+        await self.activate(self.prepare(consumer, channels))
+
+    def prepare(
+        self, consumer: Consumer, channels: dict[str, ChannelCallback] | None = None
+    ) -> Joining:
+        """Begin reading ``consumer``'s streams, without waiting: its groups made, its priority
+        streams that hold entries already found, its limits published (acl mode), in one
+        pipeline of the send batcher; its doorbells (and ``channels``, its broadcasts and direct
+        requests) in one ``SUBSCRIBE``. Agents starting in the same turn of the event loop
+        share both round trips. Nothing is read for it before ``activate``."""
         bells, new = self.sources.join(consumer)
         listen = dict(channels or {})
         listen.update(dict.fromkeys(bells, self._on_bell))
-        steps = [self._prepare(consumer, new)]
-        if listen:
-            steps.append(self.hub.listen(listen))
-        if self.settings.secure:
-            steps.append(self._publish_limits(consumer))
-        await asyncio.gather(*steps)
-        self._consumers[consumer] = None
-        inbox = self.sources.families[consumer.inbox.key]
-        self._takeovers[consumer] = [(src, "0-0") for src in inbox.sources.values()]
-        for family_key in consumer.families:
-            self.sources.mark_family(self.sources.families[family_key])
-        self._wake.set()
-
-    async def _publish_limits(self, consumer: Consumer) -> None:
-        """acl mode: write the limits senders must respect (the send script enforces them):
-        this agent's inbox cap, its role queue's cap, and the largest message it takes."""
-        keys, s = self.settings.keys, self.settings
-        max_bytes = s.max_payload_bytes + _ENVELOPE_ALLOWANCE
-        async with self.client.pipeline(transaction=False) as pipe:
-            for family_key in consumer.families:
-                fam = self.sources.families[family_key]
-                maxlen = s.queue_maxlen if fam.role else s.inbox_maxlen
-                pipe.hset(
-                    keys.limits(family_key), mapping={"maxlen": maxlen, "max_bytes": max_bytes}
-                )
-            await pipe.execute()
-
-    async def _prepare(self, consumer: Consumer, new: list[Source]) -> None:
-        """One pipeline: the consumer groups of the new streams (``XGROUP CREATE ... MKSTREAM``)
-        and ``EXISTS`` of the priority streams of ``consumer``'s families not read here yet;
-        those that hold entries are added (a ring for them may have come before anyone here
-        listened)."""
         wanted = [
             (self.sources.families[k], p)
             for k in consumer.families
             for p in PRIORITIES
             if p not in self.sources.families[k].sources
         ]
-        keys = self.settings.keys
+        keys, s = self.settings.keys, self.settings
         ops = [Op(("XGROUP", "CREATE", src.key, AGENT_GROUP, "0", "MKSTREAM")) for src in new]
         ops += [Op(("EXISTS", keys.prioritized(fam.key, p))) for fam, p in wanted]
-        # through the batcher: agents starting together share the round trip
-        results = await asyncio.gather(
-            *(self.batcher.run(op) for op in ops), return_exceptions=True
-        )
+        if s.secure:  # the limits senders must respect (the send script enforces them)
+            max_bytes = s.max_payload_bytes + _ENVELOPE_ALLOWANCE
+            for family_key in consumer.families:
+                role = self.sources.families[family_key].role
+                maxlen = s.queue_maxlen if role else s.inbox_maxlen
+                ops.append(Op(("HSET", keys.limits(family_key), "maxlen", maxlen,
+                               "max_bytes", max_bytes)))  # fmt: skip
+        waits: list[asyncio.Future[Any]] = self.batcher.submit(ops)
+        if listen:
+            waits.append(self.hub.listen_soon(listen))
+        done = asyncio.gather(*waits, return_exceptions=True)
+        return Joining(consumer, new, wanted, done)
+
+    async def activate(self, joining: Joining) -> None:
+        """Finish ``prepare`` (its errors raised here): what ``consumer``'s previous instance
+        left in its inbox is taken over, and its streams are read."""
+        consumer, new, wanted = joining.consumer, joining.new, joining.wanted
+        results = await joining.done
         for result in results[: len(new)]:
             if isinstance(result, Exception) and "BUSYGROUP" not in str(result):
                 raise result
-        for (fam, p), exists in zip(wanted, results[len(new) :], strict=True):
-            if isinstance(exists, Exception):
+        for result in results[len(new) + len(wanted) :]:
+            if isinstance(result, BaseException):
+                raise result
+        for (fam, p), exists in zip(wanted, results[len(new) :], strict=False):
+            if isinstance(exists, BaseException):
                 raise exists
             if exists:
                 await self._add_source(fam, p)
+        self._consumers[consumer] = None
+        inbox = self.sources.families[consumer.inbox.key]
+        self._takeovers[consumer] = [(src, "0-0") for src in inbox.sources.values()]
+        for family_key in consumer.families:
+            self.sources.mark_family(self.sources.families[family_key])
+        self._wake.set()
 
     async def _add_source(self, fam: Family, priority: str) -> Source:
         src = fam.sources.get(priority)

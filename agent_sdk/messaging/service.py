@@ -82,6 +82,17 @@ class Messaging(Verbs):
         self._started = False
 
     # -- lifecycle (a component of Agent) ---------------------------------------------------
+    def prepare(self) -> None:
+        """Begin the consumer's join without waiting (``Plane.prepare``): called while the
+        agent's announcement travels, so ``start`` has no round trip left to make."""
+        if not self._started and self.consumer is not None and self.plane is not None:
+            self.plane.prepare(self.consumer)
+
+    async def abandon(self) -> None:
+        """Undo a ``prepare`` not followed by ``start`` (the announcement was refused)."""
+        if not self._started and self.consumer is not None and self.plane is not None:
+            await self.plane.leave(self.consumer, 0)
+
     async def start(self) -> None:
         if self._started:
             return

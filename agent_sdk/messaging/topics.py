@@ -108,6 +108,10 @@ class PubSubHub:
         self._listeners: dict[str, ChannelCallback] = {}
         self._subs: dict[str, list[Subscription]] = {}
         self._confirmed: dict[str, asyncio.Event] = {}
+        #: Channels ``listen_soon`` queued for the next ``SUBSCRIBE``, and who waits for them.
+        self._queued: list[str] = []
+        self._queued_waiters: list[asyncio.Future[None]] = []
+        self._subscriber: asyncio.Task[None] | None = None
         self._names: dict[Any, str] = {}  # channel as received -> its name
         self._pubsub: Links | None = None
         self._task: asyncio.Task[None] | None = None
@@ -127,6 +131,8 @@ class PubSubHub:
         ready.cancel()
 
     async def stop(self) -> None:
+        if self._subscriber is not None:
+            await cancel_and_wait(self._subscriber)
         task, self._task = self._task, None
         if task is None:
             return
@@ -147,19 +153,54 @@ class PubSubHub:
     async def listen(self, channels: dict[str, ChannelCallback]) -> None:
         """``SUBSCRIBE`` ``channels`` (each to its callback); returns once Redis confirmed them
         (after a reconnect every channel is subscribed again, and ``on_reconnect`` called)."""
-        await self.start()
+        await self.listen_soon(channels)
+
+    def listen_soon(self, channels: dict[str, ChannelCallback]) -> asyncio.Future[None]:
+        """``listen`` without awaiting it: the channels asked for in one turn of the event loop
+        (agents starting together) go out in **one** ``SUBSCRIBE``; the future is done once
+        Redis confirmed them (``TimeoutError`` if it did not within 10 s)."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
         new = [c for c in channels if c not in self._listeners]
         self._listeners.update(channels)
         if not new:
-            return
-        last = self._confirmed.setdefault(new[-1], asyncio.Event())
-        last.clear()
-        if self._pubsub is not None:
-            with contextlib.suppress(Exception):  # a broken connection resubscribes all
-                await self._pubsub.subscribe(new)
-        async with asyncio.timeout(_CONFIRM_TIMEOUT):
-            await last.wait()
-        self._confirmed.pop(new[-1], None)
+            done.set_result(None)
+            return done
+        self._queued.extend(new)
+        self._queued_waiters.append(done)
+        if self._subscriber is None:
+            self._subscriber = loop.create_task(self._subscribe_queued(), name="agentbus-subscribe")
+        return done
+
+    async def _subscribe_queued(self) -> None:
+        """Subscribe what ``listen_soon`` queued, a batch at a time, until nothing is queued."""
+        waiters: list[asyncio.Future[None]] = []
+        try:
+            await self.start()
+            while self._queued:
+                new, waiters = self._queued, self._queued_waiters
+                self._queued, self._queued_waiters = [], []
+                last = self._confirmed.setdefault(new[-1], asyncio.Event())
+                last.clear()
+                if self._pubsub is not None:
+                    with contextlib.suppress(Exception):  # a broken connection resubscribes all
+                        await self._pubsub.subscribe(new)
+                try:
+                    async with asyncio.timeout(_CONFIRM_TIMEOUT):
+                        await last.wait()
+                except TimeoutError as e:
+                    _settle_all(waiters, e)
+                else:
+                    _settle_all(waiters, None)
+                finally:
+                    self._confirmed.pop(new[-1], None)
+        except BaseException as e:
+            failure = e if isinstance(e, Exception) else RuntimeError("the pub/sub hub stopped")
+            _settle_all(waiters + self._queued_waiters, failure)
+            self._queued, self._queued_waiters = [], []
+            raise
+        finally:
+            self._subscriber = None
 
     async def unlisten(self, channels: list[str]) -> None:
         """``UNSUBSCRIBE`` ``channels``."""
@@ -272,3 +313,13 @@ class PubSubHub:
         msg = Message(env, source=name)
         for sub in self._subs.get(_text(pattern), ()):
             sub._put(msg)
+
+
+def _settle_all(waiters: list[asyncio.Future[None]], error: BaseException | None) -> None:
+    for waiter in waiters:
+        if waiter.done():
+            continue
+        if error is None:
+            waiter.set_result(None)
+        else:
+            waiter.set_exception(error)
