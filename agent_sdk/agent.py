@@ -266,6 +266,9 @@ class Agent(Lookups, Verbs):
         self._components.insert(0, self.usage)
         return messaging
 
+    def _prepare_data_plane(self) -> None:
+        self._make_data_plane().prepare()
+
     async def start_component(self, component: Component) -> None:
         """Add ``component`` and, if the agent runs, start it now."""
         if component not in self._components:
@@ -302,14 +305,17 @@ class Agent(Lookups, Verbs):
                 await announce_free_name(membership, self._base_name, self._claim_name)
                 self._make_data_plane()
             else:
-                # groups made and channels subscribed while the announcement travels
-                messaging = self._make_data_plane()
-                messaging.prepare()
+                # groups made and channels subscribed while the coordinator answers
+                membership.on_announce_sent = self._prepare_data_plane
                 try:
                     await membership.announce()
                 except BaseException:
-                    await messaging.abandon()
+                    if self._messaging is not None:
+                        await self._messaging.abandon()
                     raise
+                finally:
+                    membership.on_announce_sent = None
+                self._make_data_plane()
             heartbeats = self.host.heartbeats
             assert heartbeats is not None  # the host runs
             await membership.start(heartbeats)

@@ -8,6 +8,7 @@ Precedence: keyword arguments > environment (``AGENTBUS_REDIS_URL``, ...) > defa
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 from typing import Any, Literal
@@ -234,7 +235,7 @@ class Settings(BaseSettings):
 
     @property
     def keys(self) -> KeySpace:
-        return KeySpace(self.namespace)
+        return _keyspace(self.namespace)
 
     @property
     def heartbeat_ms(self) -> int:
@@ -243,3 +244,9 @@ class Settings(BaseSettings):
     @property
     def ttl_ms(self) -> int:
         return round(self.ttl * 1000)
+
+
+@functools.lru_cache(maxsize=64)
+def _keyspace(namespace: str) -> KeySpace:
+    """One ``KeySpace`` per namespace (it is immutable; ``settings.keys`` is called often)."""
+    return KeySpace(namespace)
