@@ -266,9 +266,6 @@ class Agent(Lookups, Verbs):
         self._components.insert(0, self.usage)
         return messaging
 
-    def _prepare_data_plane(self) -> None:
-        self._make_data_plane().prepare()
-
     async def start_component(self, component: Component) -> None:
         """Add ``component`` and, if the agent runs, start it now."""
         if component not in self._components:
@@ -305,17 +302,14 @@ class Agent(Lookups, Verbs):
                 await announce_free_name(membership, self._base_name, self._claim_name)
                 self._make_data_plane()
             else:
-                # groups made and channels subscribed while the coordinator answers
-                membership.on_announce_sent = self._prepare_data_plane
+                # groups made and channels subscribed in the round trips of the announcement
+                messaging = self._make_data_plane()
+                messaging.prepare()
                 try:
                     await membership.announce()
                 except BaseException:
-                    if self._messaging is not None:
-                        await self._messaging.abandon()
+                    await messaging.abandon()
                     raise
-                finally:
-                    membership.on_announce_sent = None
-                self._make_data_plane()
             heartbeats = self.host.heartbeats
             assert heartbeats is not None  # the host runs
             await membership.start(heartbeats)

@@ -115,9 +115,6 @@ class Membership:
         self._keys = settings.keys
         self._beats: Heartbeats | None = None
         self._announced_at = time.monotonic()
-        #: Called each time an announcement has reached the control stream, before its answer
-        #: comes (the agent prepares its data plane meanwhile).
-        self.on_announce_sent: Callable[[], None] | None = None
 
     @property
     def registered(self) -> bool:
@@ -192,8 +189,6 @@ class Membership:
         sent = time.monotonic()
         try:
             await self._xadd(env, f"announcing {self.card.name!r}")
-            if self.on_announce_sent is not None:  # work that can overlap the coordinator's
-                self.on_announce_sent()
             try:
                 reply = await asyncio.wait_for(answer, timeout)
             except TimeoutError:
