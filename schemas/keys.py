@@ -38,6 +38,8 @@ R:coordinator:<id>                     string  PX 3 x tick                 coord
 R:policy                               string  none (JSON: the acl policy) ``acl --apply`` coordinator
 R:lessees                              hash    none (name -> host name)    coordinator    coordinator
 R:identity:<identity>:names            set     none (pruned lazily)        coordinator    coordinator
+R:proofs                               zset    proofs pruned after         coordinator    reply routers
+                                               proof_keep (acl mode)
 <ns>:agent:{<name>}:sent               zset    proofs pruned after         the name's     receivers,
                                                proof_keep (acl mode)       owner          coordinator
 <ns>:agent:{<name>}:limits             hash    none (acl mode: maxlen,     the agent      send script
@@ -186,6 +188,12 @@ class KeySpace:
     def identity_names(self, identity: str) -> str:
         """The names an identity registered (its ``max_agents`` quota; acl mode)."""
         return f"{self.registry_prefix}identity:{identity}:names"
+
+    def coordinator_proofs(self) -> str:
+        """The proofs of what coordinators pushed to reply lists (acl mode): digests of
+        ``<list>\\n\\n<envelope>`` scored by time; only coordinators may write it, so an agent
+        cannot pass off a ``reannounce`` as the coordinator's (docs/SECURITY.md)."""
+        return f"{self.registry_prefix}proofs"
 
     def events(self) -> str:
         return f"{self.registry_prefix}events"
