@@ -155,8 +155,11 @@ def queue_dead_letter(
     entry_id: str,
     fields: dict[bytes, bytes],
     error: ErrorInfo,
+    *,
+    extra: dict[str, str] | None = None,
 ) -> None:
-    """``XADD`` the entry to the dead-letter stream; the caller ``XACK``s it afterwards."""
+    """``XADD`` the entry to the dead-letter stream (with ``extra`` fields, e.g. ``count``);
+    the caller ``XACK``s it afterwards."""
     keys = settings.keys
     letter: dict[Any, Any] = {
         "reason": error.description,
@@ -165,6 +168,7 @@ def queue_dead_letter(
         "source_id": entry_id,
         "failed_at": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         "coordinator": settings.coordinator_id,
+        **(extra or {}),
     }
     for k, v in fields.items():
         letter[b"orig." + k] = v
