@@ -45,6 +45,9 @@ R:proofs                               zset    proofs pruned after         coord
 <ns>:agent:{<name>}:limits             hash    none (acl mode: maxlen,     the agent      send script
                                                max_bytes)
 <ns>:role:{<role>}:limits              hash    none (as above)             role members   send script
+<ns>:agent:{<name>}:inbox:lost         string  none (entries trimmed       the agent      the agent
+                                               unread, reported)
+<ns>:role:{<role>}:queue:lost          string  none (as above)             role members   role members
 <ns>:agent:{<name>}:inbox              stream  MAXLEN ~ (settings)         senders        the agent
 <ns>:agent:{<name>}:inbox:<priority>   stream  MAXLEN ~ (critical,         senders        the agent
                                                important, low)
@@ -229,6 +232,11 @@ class KeySpace:
         """The receiver's limits of an inbox or role queue family (``maxlen``, ``max_bytes``):
         ``<inbox or queue key minus its last part>:limits``."""
         return f"{family.rsplit(':', 1)[0]}:limits"
+
+    def losses(self, stream: str) -> str:
+        """How many entries of an inbox or role queue stream were found trimmed before they
+        were read and reported (``agent_sdk.messaging.losses``): ``<stream>:lost``."""
+        return f"{stream}:lost"
 
     def stats(self, name: str) -> str:
         return f"{self.agent_prefix(name)}stats"
