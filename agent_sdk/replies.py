@@ -9,7 +9,11 @@ them and hands each to whoever waits for it:
 * ``expect(correlation_id)`` returns a future resolved by the reply whose ``correlation_id``
   matches; register it *before* sending whatever is answered, and ``discard`` it in ``finally``;
 * an envelope nobody waits for goes to ``on_unsolicited`` if it is of kind ``control`` (e.g. the
-  coordinator's ``reannounce``); a late reply to a forgotten request is dropped (logged at debug);
+  coordinator's ``reannounce``); a late reply to a forgotten request is dropped (logged at debug).
+  In acl mode such a control envelope is handed on only if a coordinator proved it
+  (``R:proofs``, which only coordinators may write): anyone allowed to answer requests may push
+  to a reply list, but not a ``reannounce`` the agent would obey; an unproved one is dropped,
+  counted (``unproved``) and logged;
 * an entry that does not decode is logged and dead-lettered (``<ns>:deadletter``).
 
 Replies are ``LPUSH``ed and popped from the right, in arrival order: on Redis 7 one
@@ -33,6 +37,7 @@ from agent_sdk.cluster_lane import AnyLane, open_lane
 from agent_sdk.connection import CONNECTION_ERRORS, make_client
 from agent_sdk.messaging.topics import PubSubHub
 from agent_sdk.retry import keep_running
+from agent_sdk.security import publish_digest
 from agent_sdk.settings import Settings
 from agent_sdk.tasks import cancel_and_wait
 from schemas.display import safe_text
@@ -78,6 +83,8 @@ class ReplyRouter:
         self._senders: dict[str, str] = {}
         #: replies dropped because they came from another sender than the one asked
         self.forged = 0
+        #: acl mode: unsolicited control envelopes dropped because no coordinator proved them
+        self.unproved = 0
         self._task: asyncio.Task[None] | None = None
         self._client: aioredis.Redis | None = None
         self._ready = asyncio.Event()
@@ -231,6 +238,14 @@ class ReplyRouter:
                 fut.set_result(env)
             return
         if env.kind is Kind.CONTROL and self.on_unsolicited is not None:
+            if self.settings.secure and not await self._proved(data):
+                self.unproved += 1
+                log.warning(
+                    "reply list %s: dropping a %s control envelope claiming sender %s: no "
+                    "coordinator proved it (acl mode)", self.key, safe_text(env.type, 64),
+                    safe_text(env.sender, 128),
+                )  # fmt: skip
+                return
             try:
                 result = self.on_unsolicited(env)
                 if inspect.isawaitable(result):
@@ -245,6 +260,13 @@ class ReplyRouter:
             env.type,
             cid,
         )
+
+    async def _proved(self, data: bytes | str) -> bool:
+        """Whether a coordinator proved ``data`` pushed to this list (acl mode)."""
+        if self._client is None:
+            return False
+        proofs = self.settings.keys.coordinator_proofs()
+        return await self._client.zscore(proofs, publish_digest(self.key, data)) is not None
 
     async def _dead_letter(self, data: bytes | str, error: ProtocolError) -> None:
         if self._client is None:

@@ -57,6 +57,12 @@ class Settings(BaseSettings):
     max_payload_bytes: int = Field(default=1024 * 1024, ge=1024, description="Encoded payload.")
     max_deliveries: int = Field(default=5, ge=1, description="Then a message is dead-lettered.")
     claim_interval: float = Field(default=1.0, gt=0, description="Role queue reclaim period.")
+    loss_check: float = Field(
+        default=10.0,
+        ge=0,
+        description="Seconds between checks of the streams a host reads for entries trimmed "
+        "before they were read (dead-lettered as messages_lost); 0: never.",
+    )
     inbox_sweep: float = Field(
         default=60.0,
         gt=0,

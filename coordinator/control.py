@@ -30,7 +30,7 @@ from redis.exceptions import ResponseError
 
 from agent_sdk.connection import CONNECTION_ERRORS
 from agent_sdk.retry import keep_running
-from coordinator.authn import Screen, Verdicts
+from coordinator.authn import Screen, Verdicts, queue_unproved
 from coordinator.loops import RETRYABLE
 from coordinator.outbox import (
     queue_dead_letter,
@@ -399,6 +399,7 @@ class ControlConsumer:
             self._verdicts = verdicts
             out = _Outbox(self._client.pipeline(transaction=False))
             batches = [_Batch()]
+            unproved: list[tuple[str, dict[bytes, bytes]]] = []  # refused in bulk (authn)
             for i, (eid, (_, fields)) in enumerate(zip(ids, entries, strict=True)):
                 if overlap and i % _OVERLAP_EVERY == _OVERLAP_EVERY - 1:
                     await asyncio.sleep(0)
@@ -407,7 +408,11 @@ class ControlConsumer:
                     continue
                 if verdicts is not None and eid in verdicts.refused:
                     info, answer = verdicts.refused[eid]
-                    self._dead(out, eid, fields, info, answer=answer)
+                    if answer:
+                        self._dead(out, eid, fields, info)
+                    else:
+                        unproved.append((eid, fields))
+                        out.acks.append(eid)
                     continue
                 batch = batches[-1]
                 hb = fast_heartbeat(eid, fields)
@@ -421,6 +426,8 @@ class ControlConsumer:
                     self._entry(eid, fields, batch, out)
                 if batch.weight >= MAX_SCRIPT_ENTRIES:
                     batches.append(_Batch())
+            if unproved:
+                self.stats.dead_letters += queue_unproved(out.pipe, self.settings, unproved)
         except BaseException:
             self.in_hand.difference_update(ids)
             raise

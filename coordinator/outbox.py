@@ -16,12 +16,14 @@ registers or re-announces at once); a test pins the bytes to ``schemas.envelope.
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from redis.asyncio.client import Pipeline
 
+from agent_sdk.security import publish_digest
 from coordinator.settings import CoordinatorSettings
 from coordinator.validation import is_identifier
 from schemas.agent import ControlType
@@ -100,7 +102,9 @@ def queue_reply(
     payload: Any = None,
     error: ErrorInfo | None = None,
 ) -> None:
-    """``LPUSH`` a JSON envelope to a reply list and ``PEXPIRE`` the list."""
+    """``LPUSH`` a JSON envelope to a reply list and ``PEXPIRE`` the list. In acl mode its
+    proof goes first into ``R:proofs`` (only coordinators may write it): a reply router hands
+    an unsolicited control envelope (``reannounce``, ...) on only if it is proved there."""
     data = reply_bytes(
         type=type,
         kind=kind,
@@ -109,6 +113,11 @@ def queue_reply(
         payload=payload,
         error=error,
     )
+    if settings.secure:
+        now = int(time.time() * 1000)
+        proofs = settings.keys.coordinator_proofs()
+        pipe.zadd(proofs, {publish_digest(reply_to, data): now})
+        pipe.zremrangebyscore(proofs, "-inf", now - round(settings.proof_keep * 1000))
     pipe.lpush(reply_to, data)
     pipe.pexpire(reply_to, settings.reply_ttl_ms)
 
@@ -146,8 +155,11 @@ def queue_dead_letter(
     entry_id: str,
     fields: dict[bytes, bytes],
     error: ErrorInfo,
+    *,
+    extra: dict[str, str] | None = None,
 ) -> None:
-    """``XADD`` the entry to the dead-letter stream; the caller ``XACK``s it afterwards."""
+    """``XADD`` the entry to the dead-letter stream (with ``extra`` fields, e.g. ``count``);
+    the caller ``XACK``s it afterwards."""
     keys = settings.keys
     letter: dict[Any, Any] = {
         "reason": error.description,
@@ -156,6 +168,7 @@ def queue_dead_letter(
         "source_id": entry_id,
         "failed_at": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         "coordinator": settings.coordinator_id,
+        **(extra or {}),
     }
     for k, v in fields.items():
         letter[b"orig." + k] = v

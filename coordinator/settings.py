@@ -64,6 +64,12 @@ class CoordinatorSettings(Settings):
         "(about 190 bytes each), the longest lag (or coordinator outage) after which unread "
         "entries start to be trimmed.",
     )
+    control_lag_max: int = Field(
+        default=10_000,
+        ge=1,
+        description="`agentbus coordinator check` fails when more control entries than this "
+        "wait unread (a flood, or coordinators too slow for the fleet).",
+    )
     events_maxlen: int = Field(default=100_000, ge=10, description="Approximate change-feed cap.")
     drain_timeout: float = Field(default=5.0, ge=0, description="Seconds to drain on stop.")
     reply_ttl: float = Field(default=60.0, gt=0, description="PEXPIRE of reply lists we push.")

@@ -95,6 +95,7 @@ class ErrorCode(StrEnum):
     CONFIGURATION = "configuration"
     INTERNAL = "internal"
     EVENTS_LOST = "events_lost"  # a stream was trimmed past the reader's resume point
+    MESSAGES_LOST = "messages_lost"  # inbox/queue entries trimmed before they were read
     INVALID_PLUGIN = "invalid_plugin"  # a plugin cannot be loaded (details: file, field, reason)
     AUTH = "auth"  # Redis refused the credential (missing or wrong password, unknown user)
     PERMISSION = "permission"  # the Redis ACL user may not run that command on that key

@@ -38,11 +38,16 @@ R:coordinator:<id>                     string  PX 3 x tick                 coord
 R:policy                               string  none (JSON: the acl policy) ``acl --apply`` coordinator
 R:lessees                              hash    none (name -> host name)    coordinator    coordinator
 R:identity:<identity>:names            set     none (pruned lazily)        coordinator    coordinator
+R:proofs                               zset    proofs pruned after         coordinator    reply routers
+                                               proof_keep (acl mode)
 <ns>:agent:{<name>}:sent               zset    proofs pruned after         the name's     receivers,
                                                proof_keep (acl mode)       owner          coordinator
 <ns>:agent:{<name>}:limits             hash    none (acl mode: maxlen,     the agent      send script
                                                max_bytes)
 <ns>:role:{<role>}:limits              hash    none (as above)             role members   send script
+<ns>:agent:{<name>}:inbox:lost         string  none (entries trimmed       the agent      the agent
+                                               unread, reported)
+<ns>:role:{<role>}:queue:lost          string  none (as above)             role members   role members
 <ns>:agent:{<name>}:inbox              stream  MAXLEN ~ (settings)         senders        the agent
 <ns>:agent:{<name>}:inbox:<priority>   stream  MAXLEN ~ (critical,         senders        the agent
                                                important, low)
@@ -187,6 +192,12 @@ class KeySpace:
         """The names an identity registered (its ``max_agents`` quota; acl mode)."""
         return f"{self.registry_prefix}identity:{identity}:names"
 
+    def coordinator_proofs(self) -> str:
+        """The proofs of what coordinators pushed to reply lists (acl mode): digests of
+        ``<list>\\n\\n<envelope>`` scored by time; only coordinators may write it, so an agent
+        cannot pass off a ``reannounce`` as the coordinator's (docs/SECURITY.md)."""
+        return f"{self.registry_prefix}proofs"
+
     def events(self) -> str:
         return f"{self.registry_prefix}events"
 
@@ -221,6 +232,11 @@ class KeySpace:
         """The receiver's limits of an inbox or role queue family (``maxlen``, ``max_bytes``):
         ``<inbox or queue key minus its last part>:limits``."""
         return f"{family.rsplit(':', 1)[0]}:limits"
+
+    def losses(self, stream: str) -> str:
+        """How many entries of an inbox or role queue stream were found trimmed before they
+        were read and reported (``agent_sdk.messaging.losses``): ``<stream>:lost``."""
+        return f"{stream}:lost"
 
     def stats(self, name: str) -> str:
         return f"{self.agent_prefix(name)}stats"

@@ -20,7 +20,7 @@ from agent_sdk.messaging.reader import Reader
 from agent_sdk.messaging.scripts import Scripts
 from agent_sdk.messaging.topics import ChannelCallback, PubSubHub
 from agent_sdk.settings import Settings
-from schemas.envelope import decode_json
+from schemas.envelope import Envelope, decode_json
 from schemas.errors import ProtocolError
 
 __all__ = ["Plane"]
@@ -125,5 +125,12 @@ class Plane:
         except ProtocolError as e:
             log.warning("dropping an undecodable message on %s: %s", channel, e.description)
             return
+        verifier = self.hub.verifier
+        if verifier is None:
+            self._deliver(channel, env)
+        else:  # acl mode: handled once its sender's proof is found (agent_sdk.messaging.verify)
+            verifier.submit(channel, data, env, lambda: self._deliver(channel, env))
+
+    def _deliver(self, channel: str, env: Envelope) -> None:
         for consumer in list(self._audience.get(channel, ())):
             consumer.handle_live(env, channel)

@@ -40,6 +40,7 @@ from redis.exceptions import NoScriptError, ResponseError
 from agent_sdk.cluster_lane import AnyLane, open_lane
 from agent_sdk.messaging.batcher import Batcher, Op
 from agent_sdk.messaging.dispatch import text
+from agent_sdk.messaging.losses import LossWatch
 from agent_sdk.messaging.scripts import Scripts, load_script_text
 from agent_sdk.messaging.sources import Family, Source, Sources
 from agent_sdk.messaging.topics import ChannelCallback, PubSubHub
@@ -132,6 +133,8 @@ class Reader:
         self.claim_rounds = 0
         #: True while the reader waits for a doorbell (nothing to read).
         self.idle = False
+        #: Entries trimmed before they were read: detected and reported (``losses``).
+        self.losses = LossWatch(client, settings)
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -148,6 +151,9 @@ class Reader:
             asyncio.create_task(self._guard("lease", self._lease_loop), name="agentbus-leases"),
             asyncio.create_task(self._guard("ack", self._ack_loop), name="agentbus-acks"),
         ]
+        if self.settings.loss_check > 0:
+            losses = self._guard("losses", lambda: self.losses.run(lambda: [*self.sources.by_key]))
+            self._tasks.append(asyncio.create_task(losses, name="agentbus-losses"))
 
     async def stop(self) -> None:
         tasks, self._tasks = self._tasks, []

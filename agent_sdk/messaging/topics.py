@@ -24,6 +24,7 @@ import redis.asyncio as aioredis
 
 from agent_sdk.messaging.handlers import Message
 from agent_sdk.messaging.links import Links, open_links
+from agent_sdk.messaging.verify import PublishVerifier
 from agent_sdk.settings import Settings
 from agent_sdk.tasks import cancel_and_wait
 from schemas.envelope import decode_json
@@ -120,11 +121,15 @@ class PubSubHub:
         self.reconnects = 0
         #: Called after every reconnect (messages published meanwhile were lost).
         self.on_reconnect: Callable[[], None] | None = None
+        #: acl mode: topic messages (and the plane's broadcasts) are delivered once proved.
+        self.verifier = PublishVerifier(client, settings) if settings.secure else None
 
     async def start(self) -> None:
         if self._task is not None:
             return
         self._ready = asyncio.Event()
+        if self.verifier is not None:
+            await self.verifier.start()
         self._task = asyncio.create_task(self._run(), name="agentbus-pubsub")
         ready = asyncio.ensure_future(self._ready.wait())
         await asyncio.wait({ready, self._task}, return_when=asyncio.FIRST_COMPLETED)
@@ -137,6 +142,8 @@ class PubSubHub:
         if task is None:
             return
         await cancel_and_wait(task)
+        if self.verifier is not None:
+            await self.verifier.stop()
         await self._close_pubsub()
         for subs in list(self._subs.values()):
             for sub in subs:
@@ -311,8 +318,18 @@ class PubSubHub:
             log.warning("dropping an undecodable message on %s: %s", name, e.description)
             return
         msg = Message(env, source=name)
-        for sub in self._subs.get(_text(pattern), ()):
-            sub._put(msg)
+        subs = self._subs.get(_text(pattern), ())
+        if self.verifier is None:
+            for sub in subs:
+                sub._put(msg)
+            return
+
+        def deliver() -> None:
+            for sub in subs:
+                if not sub._closed:
+                    sub._put(msg)
+
+        self.verifier.submit(name, data, env, deliver)
 
 
 def _settle_all(waiters: list[asyncio.Future[None]], error: BaseException | None) -> None:

@@ -11,7 +11,8 @@ scripts                 EVALSHA (the scripts declare others' keys: Redis checks 
                         declared key, then every command the script runs, again)
 send                    XADD, XLEN, XINFO GROUPS, XPENDING, XTRIM on the inboxes and    RW
                         queues of ``send_to``; HMGET of their limits                    R
-registry                reads of records, indexes, the change feed, proofs, limits      R
+registry                reads of records, indexes, the change feed, proofs (the         R
+                        agents' and the coordinators' ``R:proofs``), limits
 control                 XADD to the control stream                                      W
 replies                 LPUSH to reply lists                                            W
 dead letters            XADD to the dead-letter stream                                  W
@@ -95,7 +96,7 @@ def _agent_rules(ident: Identity, keys: KeySpace) -> list[str]:
     send = _sel("+xadd", "+xlen", "+xinfo|groups", "+xpending", "+xtrim", *targets)
     reads = _sel(
         *_REGISTRY_READS, "+hmget", *(f"%R~{k}" for k in registry), f"%R~{keys.events()}",
-        f"%R~{keys.agents_prefix}*:sent", *limits,
+        f"%R~{keys.agents_prefix}*:sent", f"%R~{keys.coordinator_proofs()}", *limits,
     )  # fmt: skip
     publish = ["+publish", f"&{keys.agents_prefix}*:inbox:bell", f"&{ns}:role:*:queue:bell"]
     publish += [f"&{keys.topic_channel(t)}" for t in ident.publish]

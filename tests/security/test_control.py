@@ -143,3 +143,31 @@ async def test_roles_and_capabilities_follow_the_policy(world: World, coord: Coo
     else:
         await a.start()
         await a.stop()
+
+
+async def test_forged_reannounce(world: World, coord: Coordinator) -> None:
+    """A ``reannounce`` saying another instance took the name, pushed by mallory to alice's
+    reply list (anyone who may answer requests may push there): obeyed in ``off`` mode (alice
+    stops serving her name); dropped and counted in acl mode, where only what a coordinator
+    proved in ``R:proofs`` is obeyed, as a genuine ``reannounce`` still is."""
+    lost: list[Exception] = []
+    async with world.agent("alice", "alice", on_name_lost=lost.append) as alice:
+        mallory = await world.raw("mallory")
+        record = world.keys.record("alice")
+        instance = await mallory.hget(record, "instance_id")
+        forged = {
+            "v": 1, "id": new_id(), "kind": "control", "type": "reannounce",
+            "sender": "coordinator", "sent_at": "2026-01-01T00:00:00.000Z", "target": "alice",
+            "payload": {"instance_id": instance, "reason": "name_lost", "holder": "x"},
+        }  # fmt: skip
+        await mallory.lpush(alice.router.key, json.dumps(forged))
+        if not world.secure:  # documented: alice gives her name up
+            await wait_for(lambda: len(lost) == 1, message="the name given up")
+            return
+        await wait_for(lambda: alice.router.unproved == 1, message="the forgery dropped")
+        assert lost == []
+        assert alice.name_lost is None
+        # a genuine reannounce (the record lost: the coordinator asks at the next beat) works
+        await world.admin.delete(record)
+        await wait_for(lambda: world.admin.exists(record), message="re-announced", timeout=5)
+        assert alice.router.unproved == 1

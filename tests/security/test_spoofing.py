@@ -1,7 +1,8 @@
-"""Attack 1: a message claiming another sender (inbox and broadcast)."""
+"""Attack 1: a message claiming another sender (inbox, broadcast and topic)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -62,3 +63,42 @@ async def test_direct_requests_only_outside_acl_mode(world: World, coord: Coordi
                 await mallory.publish(world.keys.direct_channel("bob"), b"{}")
         else:
             assert await alice.request("bob", "ping", 1, durable=False) == 1
+
+
+def _forged(type: str, sender: str, payload: Any) -> str:
+    return json.dumps({
+        "v": 1, "id": "0190000000000000000000000b", "kind": "broadcast", "type": type,
+        "sender": sender, "sent_at": "2026-01-01T00:00:00.000Z", "payload": payload,
+    })  # fmt: skip
+
+
+async def test_spoofed_sender_on_a_broadcast_and_a_topic(world: World, coord: Coordinator) -> None:
+    """mallory may publish on broadcast and topic channels (the policy lets her), but a raw
+    ``PUBLISH`` claiming alice is not proved by alice: handled as alice's in ``off`` mode,
+    dropped and counted in acl mode. Pub/sub keeps the order of one server, so once alice's
+    genuine message that follows has arrived, the forged one was seen (and dropped) first."""
+    got: list[Message] = []
+    async with world.agent("bob", "bob") as bob, world.agent("alice", "alice") as alice:
+
+        @bob.on("halt")
+        async def halt(payload: Any, msg: Message) -> None:
+            got.append(msg)
+
+        mallory = await world.raw("mallory")
+        async with bob.subscribe("news.*") as news:
+            await mallory.publish(world.keys.broadcast_channel(), _forged("halt", "alice", 1))
+            await mallory.publish(world.keys.topic_channel("news.eu"), _forged("x", "alice", 2))
+            await alice.broadcast("halt", 3)
+            await alice.publish("news.eu", 4)
+            await wait_for(lambda: any(m.payload == 3 for m in got), message="the broadcast")
+            topic = [(await news.get(timeout=5)).payload]
+            if world.secure:
+                assert [m.payload for m in got] == [3]
+                assert topic == [4]
+                verifier = bob.host.plane.hub.verifier if bob.host.plane else None
+                assert verifier is not None
+                assert verifier.unproved == 2
+            else:  # documented: both handled as alice's
+                topic.append((await news.get(timeout=5)).payload)
+                assert [(m.sender, m.payload) for m in got] == [("alice", 1), ("alice", 3)]
+                assert topic == [2, 4]
