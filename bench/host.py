@@ -134,7 +134,7 @@ def _size_rows(ctx: Context, res: dict[str, Any], lone: Latency) -> None:
     ctx.details[f"host_{n}_add_phases"] = shares
     ctx.add(Row(
         key=f"host.{n}.add", title=f"{ctx.sizes.host_added} agents added at once to a running "
-        f"host of {n}: start() p50 / p99",
+        f"host of {n}: host.agent() + start() p50 / p99",
         value=added, baseline_name="a lone Agent.start(), one at a time", baseline=lone,
         target="p50 ≤ 10 ms, p99 ≤ 25 ms", met=added.p50 <= 10_000 and added.p99 <= 25_000,
         note=f"{_shares_text(shares)}; host CPU during the {len(res['added_s_list'])} starts "

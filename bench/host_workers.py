@@ -5,8 +5,9 @@ bench puts on its queue, answering each with one result:
 
 * ``("start",)``: ``await host.start()`` (every agent at once, or in waves: ``HostSpec.wave``),
   timed;
-* ``("add", k)``: ``k`` more agents started at once on the running host, each ``start()``
-  timed, with where the time went (``StartPhases``);
+* ``("add", k)``: ``k`` more agents added at once to the running host, each made
+  (``host.agent``) and started in a task of its own, timed from before it is made, with where
+  the time went (``StartPhases``);
 * ``("stop",)``: ``await host.stop()`` (every agent drains and leaves), then the worker ends.
 
 Every hosted agent answers ``echo`` (request-reply) and handles ``work`` (role-queue items): a
@@ -72,11 +73,12 @@ class HostSpec:
 
 #: The parts of ``Agent.start()`` timed by ``StartPhases`` (the rest is CPU in between).
 PHASES = {
+    "create": "host.agent(...) and its handlers (the agent made in the task that starts it)",
     "announce": "announce: control XADD → coordinator → announce_result (Membership.announce)",
     "xadd": "of which the announce's control XADD itself (Membership._xadd)",
     "usage": "usage stats (UsageRecorder.start: marks it for the host's flusher)",
-    "group": "XGROUP CREATE + EXISTS of the priority streams, batched (Reader._prepare)",
-    "listen": "SUBSCRIBE + confirmation of doorbells/broadcasts (PubSubHub.listen)",
+    "activate": "groups and doorbells ready, reads begin (Reader.activate; made and subscribed "
+    "in the announcement's round trips)",
 }
 
 #: Phases timed inside another one (not added up).
@@ -105,15 +107,13 @@ class StartPhases:
         self._installed = True
         from agent_sdk.membership import Membership
         from agent_sdk.messaging.reader import Reader
-        from agent_sdk.messaging.topics import PubSubHub
         from agent_sdk.usage import UsageRecorder
 
         for cls, attr, phase in (
             (Membership, "announce", "announce"),
             (Membership, "_xadd", "xadd"),
             (UsageRecorder, "start", "usage"),
-            (Reader, "_prepare", "group"),
-            (PubSubHub, "listen", "listen"),
+            (Reader, "activate", "activate"),
         ):
             setattr(cls, attr, self._timed(getattr(cls, attr), phase))
 
@@ -179,18 +179,24 @@ async def host_worker(ctx: WorkerContext, url: str, ns: str, spec: HostSpec, com
                 await asyncio.gather(*(a.start() for a in wave))
             ctx.put({"register_s": time.perf_counter() - t0, "agents": len(host.agents)})
         elif cmd[0] == "add":
-            agents = [make(added + k, f"{spec.prefix}-u") for k in range(cmd[1])]
-            added += cmd[1]
+            first, added = added, added + cmd[1]
 
-            async def timed(agent: Any) -> tuple[float, dict[str, float]]:
+            async def timed(i: int) -> tuple[float, dict[str, float]]:
+                # as a server adding an agent per request: made and started in the same task
                 t = time.perf_counter()
+                agent = make(i, f"{spec.prefix}-u")
+                made = time.perf_counter()
                 await agent.start()
-                return time.perf_counter() - t, phases.take(asyncio.current_task())
+                spent = phases.take(asyncio.current_task())
+                spent["create"] = made - t
+                return time.perf_counter() - t, spent
 
             lags: list[float] = []
             ticker = asyncio.create_task(_loop_lag(lags))
             cpu0 = time.process_time()
-            results = await asyncio.gather(*(asyncio.create_task(timed(a)) for a in agents))
+            results = await asyncio.gather(
+                *(asyncio.create_task(timed(i)) for i in range(first, added))
+            )
             ticker.cancel()
             ctx.put({
                 "added_s": [s for s, _ in results], "phases": [p for _, p in results],
