@@ -51,14 +51,19 @@ class Heartbeats:
         self.members: dict[str, Membership] = {}
         self._reannouncing: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
+        #: Members to heartbeat before the interval is up (``wake``).
+        self._urgent: dict[str, Membership] = {}
+        self._next_full = 0.0
         self._task: asyncio.Task[None] | None = None
         #: Entries written (a ``heartbeat`` or a ``lease``): for tests and stats.
         self.sent = 0
         self._send_lock = asyncio.Lock()
 
     def add(self, member: Membership) -> None:
+        """Carry ``member``: its first heartbeat goes out at once (with the other members added
+        meanwhile, not with every member of the host)."""
         self.members[member.card.name] = member
-        self.wake()
+        self.wake(member)
 
     def remove(self, member: Membership) -> None:
         """Stop carrying ``member`` (a re-announcement under way is left to finish)."""
@@ -72,8 +77,11 @@ class Heartbeats:
         if task is not None:
             await cancel_and_wait(task)
 
-    def wake(self) -> None:
-        """Send the next entry now."""
+    def wake(self, member: Membership) -> None:
+        """Heartbeat ``member`` now (a status change, a new member, a re-announcement done):
+        the members woken together share one entry; the others wait for the interval (a host
+        of 10,000 agents does not send them all because one changed)."""
+        self._urgent[member.card.name] = member
         self._wake.set()
 
     async def send_now(self, member: Membership) -> None:
@@ -102,12 +110,19 @@ class Heartbeats:
         )
 
     async def _beat(self) -> None:
-        """Wait for the interval (or a wake-up), then heartbeat every member that is due."""
+        """Wait for the interval, then heartbeat every member that is due; woken before it
+        is up, heartbeat only the members woken."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), self.settings.heartbeat_interval)
+            async with asyncio.timeout(max(0.0, self._next_full - time.monotonic())):
+                await self._wake.wait()
         self._wake.clear()
         attempt = time.monotonic()
-        due = self._due(attempt)
+        urgent, self._urgent = self._urgent, {}
+        if attempt >= self._next_full:
+            self._next_full = attempt + self.settings.heartbeat_interval
+            due = self._due(attempt, self.members)
+        else:
+            due = self._due(attempt, urgent)
         if not due:
             return
         await self._send(due)
@@ -115,13 +130,14 @@ class Heartbeats:
         for member in due:
             member.beat_sent(attempt)
 
-    def _due(self, now: float) -> list[Membership]:
-        """The members to heartbeat now; re-announcements started for those that need one."""
+    def _due(self, now: float, among: dict[str, Membership]) -> list[Membership]:
+        """The members of ``among`` to heartbeat now; re-announcements started for those that
+        need one."""
         ttl = self.settings.ttl
         due = []
         stalled: list[str] = []
-        for member in list(self.members.values()):
-            if member.fence.lost is not None:
+        for name, member in list(among.items()):
+            if member.fence.lost is not None or self.members.get(name) is not member:
                 continue
             late = now - member.last_ok > ttl
             if member.needs_announce or late:
@@ -165,7 +181,7 @@ class Heartbeats:
         finally:
             if self._reannouncing.get(member.card.name) is asyncio.current_task():
                 del self._reannouncing[member.card.name]
-            self.wake()
+            self.wake(member)
 
     async def _send(self, due: list[Membership]) -> None:
         # One at a time, each built when its turn comes: a lease built before a status change

@@ -38,7 +38,7 @@ import redis.asyncio as aioredis
 from agent_sdk.connection import redis_errors
 from agent_sdk.fence import Fence
 from agent_sdk.messaging.batcher import Batcher, Op
-from agent_sdk.messaging.scripts import script_text
+from agent_sdk.messaging.scripts import registered, script_text
 from agent_sdk.replies import ReplyRouter
 from agent_sdk.settings import Settings
 from schemas.agent import (
@@ -190,7 +190,8 @@ class Membership:
         try:
             await self._xadd(env, f"announcing {self.card.name!r}")
             try:
-                reply = await asyncio.wait_for(answer, timeout)
+                async with asyncio.timeout(timeout):
+                    reply = await answer
             except TimeoutError:
                 raise self._no_coordinator(timeout) from None
         finally:
@@ -224,7 +225,7 @@ class Membership:
     def wake(self) -> None:
         """Send a heartbeat now (e.g. the status changed)."""
         if self._beats is not None:
-            self._beats.wake()
+            self._beats.wake(self)
 
     def request_reannounce(self) -> None:
         self.needs_announce = True
@@ -318,7 +319,7 @@ class Membership:
         self.last_ok = time.monotonic()  # answered: no stall (its fence runs from the send)
         self.reannounces += 1
         if self._beats is not None:
-            self._beats.wake()  # a heartbeat at once renews the fence
+            self._beats.wake(self)  # a heartbeat at once renews the fence
 
     async def start(self, beats: Heartbeats) -> None:
         """Be carried by the host's heartbeat loop (after ``announce`` succeeded): a heartbeat
@@ -388,12 +389,14 @@ async def xadd_control(
     if settings.secure:
         keys = settings.keys
         flat = [x for pair in encode_fields(env).items() for x in pair]
-        script = client.register_script(script_text("xadd_proved"))
+        script = registered(client, script_text("xadd_proved"))
+        script_keys = [keys.control(), keys.proofs(env.sender)]
+        args = [CONTROL_MAXLEN, settings.proof_keep * 1000, "", *flat]
         with redis_errors(settings, doing):
-            await script(
-                keys=[keys.control(), keys.proofs(env.sender)],
-                args=[CONTROL_MAXLEN, settings.proof_keep * 1000, "", *flat],
-            )
+            if batcher is None:
+                await script(keys=script_keys, args=args)
+            else:
+                await batcher.run(Op(args, script, script_keys))
         return
     with redis_errors(settings, doing):
         if batcher is None:

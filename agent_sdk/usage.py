@@ -35,7 +35,6 @@ import asyncio
 import logging
 import math
 import time
-import weakref
 from bisect import bisect_left
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -45,10 +44,10 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 import redis.asyncio as aioredis
-from redis.commands.core import AsyncScript
 
 from agent_sdk.connection import redis_errors
 from agent_sdk.messaging.batcher import Op
+from agent_sdk.messaging.scripts import registered
 from agent_sdk.settings import Settings
 from agent_sdk.task_history import TaskBuffer
 from agent_sdk.tasks import cancel_and_wait
@@ -146,7 +145,7 @@ class UsageRecorder:
         #: Handled messages not yet written to the task history (``settings.task_history``
         #: at most; ``add`` to it, the flush writes it).
         self.tasks = TaskBuffer(settings.task_history, instance_id)
-        self._script = _usage_script(client)
+        self._script = registered(client, _SCRIPT)
 
     def record(self, message_type: str, seconds: float, error: bool = False) -> None:
         """One handled message (no I/O: the next flush writes it)."""
@@ -357,13 +356,3 @@ async def read_usage(client: aioredis.Redis, settings: Settings, name: str) -> l
 def _str(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
-
-_SCRIPTS: weakref.WeakKeyDictionary[aioredis.Redis, AsyncScript] = weakref.WeakKeyDictionary()
-
-
-def _usage_script(client: aioredis.Redis) -> AsyncScript:
-    """The flush script, registered once per client (hashing it per agent cost 40 µs a start)."""
-    script = _SCRIPTS.get(client)
-    if script is None:
-        script = _SCRIPTS[client] = client.register_script(_SCRIPT)
-    return script

@@ -44,11 +44,31 @@ class Op:
     script: AsyncScript | None = None
     keys: Sequence[Any] = ()
     future: asyncio.Future[Any] | None = field(default=None, repr=False)
+    #: The ops queued together by ``submit`` share one future (``_Group``).
+    group: _Group | None = field(default=None, repr=False)
+    index: int = 0
 
     def command(self) -> tuple[Any, ...]:
         if self.script is not None:
             return ("EVALSHA", self.script.sha, len(self.keys), *self.keys, *self.args)
         return tuple(self.args)
+
+
+class _Group:
+    """The replies of ops submitted together, in order; one future, set when the last is in."""
+
+    __slots__ = ("future", "left", "results")
+
+    def __init__(self, future: asyncio.Future[list[Any]], size: int) -> None:
+        self.future = future
+        self.left = size
+        self.results: list[Any] = [None] * size
+
+    def settle(self, index: int, result: Any) -> None:
+        self.results[index] = result
+        self.left -= 1
+        if self.left == 0 and not self.future.done():
+            self.future.set_result(self.results)
 
 
 class Batcher:
@@ -137,20 +157,24 @@ class Batcher:
                 raise r
         return results
 
-    def submit(self, ops: Sequence[Op]) -> list[asyncio.Future[Any]]:
-        """Queue ``ops`` for the next round trip without waiting: the futures of their replies,
-        in order (an error reply is its own future's exception). No task per call: what is
-        queued in one turn of the event loop leaves together, after that turn."""
+    def submit(self, ops: Sequence[Op]) -> asyncio.Future[list[Any]]:
+        """Queue ``ops`` for the next round trip without waiting: one future of their replies,
+        in order, an error reply in its place (as ``gather(..., return_exceptions=True)``). No
+        task and one future per call: what is queued in one turn of the event loop leaves
+        together, after that turn."""
         loop = asyncio.get_running_loop()
-        futures: list[asyncio.Future[Any]] = []
-        for op in ops:
-            op.future = fut = loop.create_future()
-            futures.append(fut)
+        future: asyncio.Future[list[Any]] = loop.create_future()
+        if not ops:
+            future.set_result([])
+            return future
+        group = _Group(future, len(ops))
+        for i, op in enumerate(ops):
+            op.group, op.index = group, i
         self._pending.extend(ops)
-        if not self._busy and ops:
+        if not self._busy:
             self._busy = True
             self._task = loop.create_task(self._drain(), name="agentbus-batcher")
-        return futures
+        return future
 
     async def aclose(self) -> None:
         await self.lane.aclose()
@@ -164,7 +188,7 @@ class Batcher:
     async def _drain(self) -> None:
         try:
             while self._pending:
-                batch = [op for op in self._pending if op.future is None or not op.future.done()]
+                batch = [op for op in self._pending if not _abandoned(op)]
                 self._pending = []
                 if batch:
                     await self._flush(batch)
@@ -173,8 +197,7 @@ class Batcher:
             self._busy = False
             # A cancelled drain (loop shutting down) must not leave callers waiting forever.
             for op in self._pending:
-                if op.future is not None and not op.future.done():
-                    op.future.set_exception(RuntimeError("the batcher stopped"))
+                _settle(op, RuntimeError("the batcher stopped"))
             self._pending = []
 
     async def _flush(self, batch: list[Op]) -> None:
@@ -190,6 +213,8 @@ class Batcher:
             for op in batch:
                 if op.future is not None:
                     op.future.cancel()
+                elif op.group is not None:
+                    op.group.future.cancel()
             raise
         for op, res in zip(batch, results, strict=True):
             _settle(op, res)
@@ -207,7 +232,17 @@ class Batcher:
         return results
 
 
+def _abandoned(op: Op) -> bool:
+    """Its caller no longer waits (cancelled): not sent."""
+    if op.group is not None:
+        return op.group.future.done()
+    return op.future is not None and op.future.done()
+
+
 def _settle(op: Op, result: Any) -> None:
+    if op.group is not None:
+        op.group.settle(op.index, result)
+        return
     fut = op.future
     if fut is None or fut.done():
         return

@@ -155,7 +155,7 @@ class Consumer:
         """Undo a ``prepare`` never followed by ``start`` (the agent did not register)."""
         joining, self.joining = self.joining, None
         if joining is not None:
-            await joining.done  # never raises: its errors are in its results
+            await joining.settled()
             await self.reader.remove(self)
 
     async def stop(self, grace: float | None = None) -> None:

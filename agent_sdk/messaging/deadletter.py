@@ -25,7 +25,7 @@ import redis.asyncio as aioredis
 
 from agent_sdk.connection import is_cluster, queue_ring, redis_errors
 from agent_sdk.messaging.codec import iso
-from agent_sdk.messaging.scripts import Scripts, script_text
+from agent_sdk.messaging.scripts import Scripts, registered, script_text
 from agent_sdk.settings import Settings
 from schemas.display import safe_text
 from schemas.errors import InvalidInput
@@ -207,7 +207,7 @@ async def _replay_proved(
         raise InvalidInput(f"dead letter {letter.id} has no valid sender: not replayed")
     keys = settings.keys
     family = _family(letter.source)
-    script = client.register_script(script_text("xadd_proved"))
+    script = registered(client, script_text("xadd_proved"))
     flat = [x for pair in fields.items() for x in pair]
     new_id = await script(
         keys=[letter.source, keys.proofs(sender)],

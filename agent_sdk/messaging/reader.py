@@ -87,7 +87,17 @@ class Joining:
     consumer: Consumer
     new: list[Source]
     wanted: list[tuple[Family, Priority]]
-    done: asyncio.Future[list[Any]]
+    #: The replies of its commands (an error in its place), and its subscription confirmed.
+    replies: asyncio.Future[list[Any]]
+    listening: asyncio.Future[None] | None
+
+    async def settled(self) -> None:
+        """Once every round trip it waits for is over (errors ignored: it is being undone)."""
+        with contextlib.suppress(Exception):
+            await self.replies
+        if self.listening is not None:
+            with contextlib.suppress(Exception):
+                await self.listening
 
 
 class Reader:
@@ -221,21 +231,21 @@ class Reader:
                 maxlen = s.queue_maxlen if role else s.inbox_maxlen
                 ops.append(Op(("HSET", keys.limits(family_key), "maxlen", maxlen,
                                "max_bytes", max_bytes)))  # fmt: skip
-        waits: list[asyncio.Future[Any]] = self.batcher.submit(ops)
-        if listen:
-            waits.append(self.hub.listen_soon(listen))
-        done = asyncio.gather(*waits, return_exceptions=True)
-        return Joining(consumer, new, wanted, done)
+        replies = self.batcher.submit(ops)
+        listening = self.hub.listen_soon(listen) if listen else None
+        return Joining(consumer, new, wanted, replies, listening)
 
     async def activate(self, joining: Joining) -> None:
         """Finish ``prepare`` (its errors raised here): what ``consumer``'s previous instance
         left in its inbox is taken over, and its streams are read."""
         consumer, new, wanted = joining.consumer, joining.new, joining.wanted
-        results = await joining.done
+        results = await joining.replies
+        if joining.listening is not None:
+            await joining.listening
         for result in results[: len(new)]:
             if isinstance(result, Exception) and "BUSYGROUP" not in str(result):
                 raise result
-        for result in results[len(new) + len(wanted) :]:
+        for result in results[len(new) + len(wanted) :]:  # the limits (acl mode)
             if isinstance(result, BaseException):
                 raise result
         for (fam, p), exists in zip(wanted, results[len(new) :], strict=False):

@@ -16,6 +16,7 @@ refuses acl mode on a cluster).
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -46,6 +47,21 @@ def load_script_text(name: str) -> str:
 def script_text(name: str) -> str:
     """``load_script_text``, read once."""
     return load_script_text(name)
+
+
+_REGISTERED: weakref.WeakKeyDictionary[aioredis.Redis, dict[str, AsyncScript]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def registered(client: aioredis.Redis, source: str) -> AsyncScript:
+    """``client.register_script(source)``, once per client and source (registering hashes the
+    source: 40 µs for a large one, which an agent's start must not pay each time)."""
+    known = _REGISTERED.setdefault(client, {})
+    script = known.get(source)
+    if script is None:
+        script = known[source] = client.register_script(source)
+    return script
 
 
 @dataclass(frozen=True, slots=True)
