@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +65,8 @@ Entry = tuple[bytes, dict[bytes, bytes] | None]
 #: Most control entries applied by one script call (Redis runs nothing else meanwhile: about
 #: 20 ms for 500 announces, less for heartbeats).
 MAX_SCRIPT_ENTRIES = 500
+#: Announcements answered per script call when many come in one read (``answer_slices``).
+ANSWER_CHUNK = 16
 #: While a script is under way, the read loop checks the next batch in slices of this many
 #: entries, giving the event loop a turn between slices (to send the script).
 _OVERLAP_EVERY = 32
@@ -230,6 +233,24 @@ class _Prepared:
     out: _Outbox
 
 
+def answer_slices(entries: list[Entry]) -> list[list[Entry]]:
+    """``entries`` cut after every ``ANSWER_CHUNK`` announcements: a burst of agents starting
+    together is answered a slice at a time (the first answers leave while the next slice is
+    checked) instead of all at once at the end. Heartbeats and leases are not counted: a
+    backlog of them stays one script call."""
+    slices: list[list[Entry]] = []
+    start = announces = 0
+    for i, (_, fields) in enumerate(entries):
+        if fields is not None and fields.get(b"type") == b"announce":
+            announces += 1
+            if announces == ANSWER_CHUNK:
+                slices.append(entries[start : i + 1])
+                start, announces = i + 1, 0
+    if start < len(entries):
+        slices.append(entries[start:])
+    return slices
+
+
 class ControlConsumer:
     """Reads and applies the control stream for one coordinator."""
 
@@ -283,25 +304,33 @@ class ControlConsumer:
         Redis work overlap. Scripts still run one after the other, in stream order.
         """
         pending: _Prepared | None = None
+        #: Entries read but not prepared yet, in stream order (a read cut into slices).
+        queued: deque[list[Entry]] = deque()
+        backlog = False  # the last read was full: read again before waiting
 
         async def step() -> None:
-            nonlocal pending
+            nonlocal pending, backlog
             try:
                 if not self._group_ready:
                     await self.ensure_group()
                 if pending is None:
-                    entries = await self._read(stopping)
-                    if not entries:  # None: asked to stop while waiting (nothing in hand)
-                        return
-                    pending = await self._prepare(entries)
+                    if not queued:
+                        entries = await self._read(stopping)
+                        if not entries:  # None: asked to stop while waiting (nothing in hand)
+                            return
+                        backlog = len(entries) >= self.settings.batch_size
+                        queued.extend(answer_slices(entries))
+                    pending = await self._prepare(queued.popleft())
                 current, pending = pending, None
-                ahead: list[Entry] = []
-                if len(current.ids) >= self.settings.batch_size:
+                if not queued and backlog:
                     try:
-                        ahead = await self._read_now()
+                        more = await self._read_now()
                     except BaseException:
                         pending = current
                         raise
+                    backlog = len(more) >= self.settings.batch_size
+                    queued.extend(answer_slices(more))
+                ahead = queued.popleft() if queued else []
                 applying = asyncio.ensure_future(self._finish(current))
                 try:
                     if ahead:  # turns the loop now and then: the script goes out meanwhile
@@ -315,11 +344,13 @@ class ControlConsumer:
                 self._group_ready = False
                 self._release(pending)  # those entries went with the stream
                 pending = None
+                queued.clear()
             except RETRYABLE:
                 raise
             except Exception:  # a bug: logged whole by keep_running; consuming goes on
                 self._release(pending)  # left pending in the group: claimed back (recovery)
                 pending = None
+                queued.clear()
                 raise
 
         def failed(error: BaseException) -> None:
@@ -336,6 +367,8 @@ class ControlConsumer:
         )
         if pending is not None:  # read ahead before the stop: finish it too
             await self._finish(pending)
+        while queued:
+            await self.process(queued.popleft())
 
     def _release(self, prepared: _Prepared | None) -> None:
         if prepared is not None:

@@ -201,3 +201,19 @@ def test_coordinator_replies_are_encoded_as_the_schemas_encode(parts: dict[str, 
         full = head + orjson.dumps(parts["payload"]) + b"}"
         env = Envelope.model_validate(orjson.loads(full))
         assert encode_json(env) == full
+
+
+@given(st.lists(st.sampled_from(["announce", "heartbeat", "lease", "leave", None]), max_size=120))
+def test_answer_slices_cut_after_every_chunk_of_announcements(kinds: list[str | None]) -> None:
+    from coordinator.control import ANSWER_CHUNK, answer_slices
+
+    entries: list[Any] = [
+        (f"{i}-0".encode(), None if k is None else {b"type": k.encode()})
+        for i, k in enumerate(kinds)
+    ]
+    slices = answer_slices(entries)
+    assert [e for sl in slices for e in sl] == entries  # every entry, in stream order
+    assert all(slices)
+    counts = [sum(1 for _, f in sl if f is not None and f[b"type"] == b"announce") for sl in slices]
+    assert all(c <= ANSWER_CHUNK for c in counts)
+    assert all(c == ANSWER_CHUNK for c in counts[:-1])  # cut only when a chunk is full
