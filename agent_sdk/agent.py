@@ -290,6 +290,8 @@ class Agent(Lookups, Verbs):
         self._state = "starting"
         self.stopped.clear()
         try:
+            if not self._owns_host:  # a burst of starts on a host becomes a pipeline
+                await self.host.turnstile.enter()
             self._card_lists_handlers()
             membership = Membership(
                 self.bus.client, self.settings, self.card, self.instance_id, self.router,

@@ -86,7 +86,7 @@ class Joining:
 
     consumer: Consumer
     new: list[Source]
-    wanted: list[tuple[Family, Priority]]
+    wanted: list[tuple[Family, list[Priority]]]
     #: The replies of its commands (an error in its place), and its subscription confirmed.
     replies: asyncio.Future[list[Any]]
     listening: asyncio.Future[None] | None
@@ -215,15 +215,20 @@ class Reader:
         bells, new = self.sources.join(consumer)
         listen = dict(channels or {})
         listen.update(dict.fromkeys(bells, self._on_bell))
-        wanted = [
-            (self.sources.families[k], p)
-            for k in consumer.families
-            for p in PRIORITIES
-            if p not in self.sources.families[k].sources
-        ]
+        families = self.sources.families
+        wanted: list[tuple[Family, list[Priority]]] = []  # priority streams not read here yet
+        for k in consumer.families:
+            fam = families[k]
+            missing = [p for p in PRIORITIES if p not in fam.sources]
+            if missing:
+                wanted.append((fam, missing))
         keys, s = self.settings.keys, self.settings
         ops = [Op(("XGROUP", "CREATE", src.key, AGENT_GROUP, "0", "MKSTREAM")) for src in new]
-        ops += [Op(("EXISTS", keys.prioritized(fam.key, p))) for fam, p in wanted]
+        # one EXISTS per family (one slot): almost always 0; which ones, asked only if not
+        ops += [
+            Op(("EXISTS", *(keys.prioritized(fam.key, p) for p in missing)))
+            for fam, missing in wanted
+        ]
         if s.secure:  # the limits senders must respect (the send script enforces them)
             max_bytes = s.max_payload_bytes + _ENVELOPE_ALLOWANCE
             for family_key in consumer.families:
@@ -248,11 +253,17 @@ class Reader:
         for result in results[len(new) + len(wanted) :]:  # the limits (acl mode)
             if isinstance(result, BaseException):
                 raise result
-        for (fam, p), exists in zip(wanted, results[len(new) :], strict=False):
-            if isinstance(exists, BaseException):
-                raise exists
-            if exists:
-                await self._add_source(fam, p)
+        for (fam, missing), found in zip(wanted, results[len(new) :], strict=False):
+            if isinstance(found, BaseException):
+                raise found
+            if found:
+                keys = self.settings.keys
+                each = await self.batcher.run_many(
+                    [Op(("EXISTS", keys.prioritized(fam.key, p))) for p in missing]
+                )
+                for p, exists in zip(missing, each, strict=True):
+                    if exists:
+                        await self._add_source(fam, p)
         self._consumers[consumer] = None
         inbox = self.sources.families[consumer.inbox.key]
         self._takeovers[consumer] = [(src, "0-0") for src in inbox.sources.values()]
