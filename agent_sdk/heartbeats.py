@@ -1,6 +1,8 @@
 """The heartbeat loop of a host: one control entry per interval for every agent it carries.
 
-Every ``heartbeat_interval`` (or at once after ``wake()``) the loop looks at each member:
+Every ``heartbeat_interval`` the loop looks at each member (and at once at the members
+``wake(member)`` names: a new member, a status change, a re-announcement done; only those go out
+early, so one agent of a 10,000-agent host changing its status does not send the whole lease):
 
 * lost its name: skipped (it is stopping);
 * asked to announce again (``reannounce`` from the coordinator) or stalled (its last heartbeat
