@@ -287,16 +287,15 @@ async def http_vs_python_discover(
 
 
 async def http_vs_python_request(
-    url: str, ns: str, gateway: GatewayProcess, sizes: Sizes, loop: str
+    url: str, ns: str, gateway: GatewayProcess, sizes: Sizes, loop: str, name: str = "rx-gateway"
 ) -> tuple[Latency, Latency]:
     """``POST /api/agents/{name}/requests`` against ``Bus.request``, in turn, to an ``echo``
-    agent in another process; (http, python)."""
+    agent ``name`` in another process; (http, python)."""
     from agent_sdk.bus import Bus
     from agent_sdk.settings import Settings
     from bench.messaging import receiver_worker
     from bench.procs import spawn
 
-    name = "rx-gateway"
     receiver = spawn(receiver_worker, url, ns, name, 0, 1, "off", loop=loop)
     n = max(20, sizes.samples // 5)
     http_ns: list[int] = []

@@ -81,8 +81,8 @@ async def serve(settings: GatewaySettings, say: Callable[[str], None] = print) -
         host = "127.0.0.1"
     app = create_app(settings, loopback=is_loopback(host))
     config = uvicorn.Config(
-        app, host=host, port=settings.gateway_port, log_level="warning", lifespan="on",
-        proxy_headers=False, timeout_graceful_shutdown=5,
+        app, host=host, port=settings.gateway_port, log_level="warning", access_log=False,
+        lifespan="on", proxy_headers=False, timeout_graceful_shutdown=5,
     )  # fmt: skip
     sock = config.bind_socket()  # bound before serving: the printed URL has the real port
     bound_host, bound_port = sock.getsockname()[:2]
@@ -136,7 +136,7 @@ async def running(settings: GatewaySettings, *, fallback: bool = False) -> Async
     app = create_app(settings, loopback=True)
     config = uvicorn.Config(
         app, host="127.0.0.1", port=settings.gateway_port, log_level="warning",
-        lifespan="on", proxy_headers=False, timeout_graceful_shutdown=2,
+        access_log=False, lifespan="on", proxy_headers=False, timeout_graceful_shutdown=2,
     )  # fmt: skip
     sock = _bind(settings.gateway_port, fallback)
     server = _Embedded(config)
