@@ -158,7 +158,8 @@ def create_app(settings: GatewaySettings | None = None, *, loopback: bool = True
         )
         return json_response(body, status_code=500)
 
-    for module in (api_agents, api_messages, api_ops, api_streams, api_a2a, metrics):
+    # routes are matched in order: the per-call ones (request-reply, send) first
+    for module in (api_messages, api_agents, api_ops, api_streams, api_a2a, metrics):
         app.include_router(module.router)
 
     @app.get("/", include_in_schema=False)

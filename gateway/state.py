@@ -111,8 +111,8 @@ class Gateway:
         self._streams_client = make_client(
             self.settings, max_connections=self.settings.gateway_max_sessions + 4
         )
-        self._tokens = TokenStore(self.bus.client, self.settings)
         self._lanes = LanePool(self.bus.client)
+        self._tokens = TokenStore(self.bus.client, self.settings, self._lanes)
         self._registry = StreamHub(
             self._streams_client, self.settings, self.settings.keys.events(), registry_frame
         )
