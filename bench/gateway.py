@@ -53,9 +53,10 @@ def _more_files() -> None:
 class GatewayProcess:
     """``agentbus gateway`` on a free port for namespace ``ns``; ready once ``/healthz`` is."""
 
-    def __init__(self, url: str, ns: str) -> None:
+    def __init__(self, url: str, ns: str, root: Path = ROOT) -> None:
         self.url = url
         self.ns = ns
+        self.root = root  # the checkout whose gateway runs (bench.gateway_ab compares two)
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
@@ -66,7 +67,7 @@ class GatewayProcess:
         env = {**os.environ, "AGENTBUS_REDIS_URL": self.url, "AGENTBUS_NAMESPACE": self.ns}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "coordinator.cli", "gateway", "--port", str(self.port)],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            cwd=self.root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         self.ps = psutil.Process(self.process.pid)
         deadline = time.monotonic() + 30
