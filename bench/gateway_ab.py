@@ -47,6 +47,7 @@ async def _one(
         lat = fan["latency"]
         out["sse_ms_p50_p99"] = [_ms(lat.p50), _ms(lat.p99)]
         out["sse_cpu_pct"] = round(fan["cpu_pct"], 1)
+        out["sse_clients_cpu_pct"] = round(fan["clients_cpu_pct"], 1)
         out["sse_rss_mb"] = round(fan["rss_mb"])
         out["sse_delivered"] = f"{fan['delivered']}/{fan['expected']}"
     if "discover" in args.what:
