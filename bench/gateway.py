@@ -53,9 +53,10 @@ def _more_files() -> None:
 class GatewayProcess:
     """``agentbus gateway`` on a free port for namespace ``ns``; ready once ``/healthz`` is."""
 
-    def __init__(self, url: str, ns: str) -> None:
+    def __init__(self, url: str, ns: str, root: Path = ROOT) -> None:
         self.url = url
         self.ns = ns
+        self.root = root  # the checkout whose gateway runs (bench.gateway_ab compares two)
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
@@ -66,7 +67,7 @@ class GatewayProcess:
         env = {**os.environ, "AGENTBUS_REDIS_URL": self.url, "AGENTBUS_NAMESPACE": self.ns}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "coordinator.cli", "gateway", "--port", str(self.port)],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            cwd=self.root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         self.ps = psutil.Process(self.process.pid)
         deadline = time.monotonic() + 30
@@ -99,47 +100,73 @@ class GatewayProcess:
 
 
 # -- SSE fan-out -----------------------------------------------------------------------------
+class _SseClient(asyncio.Protocol):
+    """One EventSource-like client of ``/api/events``: the receive time of each event ``ev<i>``
+    (appended to ``recv[i]``). An ``asyncio.Protocol`` (a callback per read) rather than a
+    stream reader and a coroutine per client: 1,000 of them share one process and the machine's
+    two cores with the gateway, and the cheaper each read is, the less the clients' own CPU
+    shows up as delivery latency (a browser has its own)."""
+
+    def __init__(self, expected: int, recv: list[list[int]], ready: asyncio.Event) -> None:
+        self.expected = expected
+        self.recv = recv
+        self.ready = ready
+        self.done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.buf = b""
+        self.got = 0
+        self.transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # uvloop's is no asyncio.Transport subclass
+
+    def data_received(self, data: bytes) -> None:
+        t = time.monotonic_ns()
+        buf = self.buf + data
+        if not self.ready.is_set():
+            if b"event: ready" not in buf:
+                self.buf = buf
+                return
+            self.ready.set()
+            buf = buf[buf.index(b"event: ready") :]
+        end = 0
+        for m in _NAME.finditer(buf):
+            self.recv[int(m.group(1))].append(t)
+            self.got += 1
+            end = m.end()
+        self.buf = buf[end:]
+        if self.got >= self.expected and not self.done.done():
+            self.done.set_result(self.got)
+            assert self.transport is not None
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_result(self.got)
+
+
 async def _sse_client(
     host: str, port: int, expected: int, recv: list[list[int]], ready: asyncio.Event
 ) -> int:
-    """One EventSource-like client of ``/api/events``: the receive time of each event ``ev<i>``
-    (appended to ``recv[i]``). Returns how many it got."""
-    reader, writer = await asyncio.open_connection(host, port)
-    writer.write(
+    """One client (``_SseClient``); returns how many events it got."""
+    loop = asyncio.get_running_loop()
+    transport, client = await loop.create_connection(
+        lambda: _SseClient(expected, recv, ready), host, port
+    )
+    transport.write(
         f"GET /api/events HTTP/1.1\r\nHost: {host}:{port}\r\nAccept: text/event-stream\r\n"
         "\r\n".encode()
     )
-    buf = b""
-    got = 0
     try:
-        while b"event: ready" not in buf:
-            chunk = await reader.read(65536)
-            if not chunk:
-                return got
-            buf += chunk
-        ready.set()
-        buf = buf[buf.index(b"event: ready") :]
-        while got < expected:
-            chunk = await reader.read(65536)
-            if not chunk:
-                break
-            t = time.monotonic_ns()
-            buf += chunk
-            end = 0
-            for m in _NAME.finditer(buf):
-                recv[int(m.group(1))].append(t)
-                got += 1
-                end = m.end()
-            buf = buf[end:]
+        return await client.done
     finally:
-        writer.close()
-    return got
+        transport.close()
 
 
 async def sse_clients_worker(
     ctx: WorkerContext, host: str, port: int, n: int, expected: int
 ) -> None:
-    """``n`` SSE clients; ready once every one is subscribed; puts the receive times."""
+    """``n`` SSE clients; ready once every one is subscribed; puts the receive times and the
+    CPU the clients' process used while receiving."""
     _more_files()
     recv: list[list[int]] = [[] for _ in range(expected)]
     readies = [asyncio.Event() for _ in range(n)]
@@ -150,11 +177,14 @@ async def sse_clients_worker(
             await asyncio.sleep(0)  # let the connections open in waves
     await asyncio.wait_for(asyncio.gather(*(r.wait() for r in readies)), 120)
     ctx.ready()
+    cpu0, t0 = time.process_time(), time.monotonic()
     done, pending = await asyncio.wait(tasks, timeout=120)
+    cpu_pct = 100.0 * (time.process_time() - cpu0) / max(time.monotonic() - t0, 1e-9)
     for task in pending:
         task.cancel()
     counts = [t.result() for t in done if not t.cancelled() and t.exception() is None]
-    ctx.put({"recv": recv, "complete": sum(1 for c in counts if c == expected)})
+    ctx.put({"recv": recv, "complete": sum(1 for c in counts if c == expected),
+             "clients_cpu_pct": cpu_pct})  # fmt: skip
 
 
 def _event_fields(i: int) -> dict[str, str]:
@@ -212,6 +242,7 @@ async def sse_fanout(
         "expected": clients * events,
         "complete_clients": result["complete"],
         "cpu_pct": 100.0 * (cpu1 - cpu0) / (t1 - t0),
+        "clients_cpu_pct": result.get("clients_cpu_pct"),
         "rss_mb": gateway.rss_mb(),
         "blocked_xread_connections": readers,
         "xread_calls": xreads,
@@ -287,16 +318,15 @@ async def http_vs_python_discover(
 
 
 async def http_vs_python_request(
-    url: str, ns: str, gateway: GatewayProcess, sizes: Sizes, loop: str
+    url: str, ns: str, gateway: GatewayProcess, sizes: Sizes, loop: str, name: str = "rx-gateway"
 ) -> tuple[Latency, Latency]:
     """``POST /api/agents/{name}/requests`` against ``Bus.request``, in turn, to an ``echo``
-    agent in another process; (http, python)."""
+    agent ``name`` in another process; (http, python)."""
     from agent_sdk.bus import Bus
     from agent_sdk.settings import Settings
     from bench.messaging import receiver_worker
     from bench.procs import spawn
 
-    name = "rx-gateway"
     receiver = spawn(receiver_worker, url, ns, name, 0, 1, "off", loop=loop)
     n = max(20, sizes.samples // 5)
     http_ns: list[int] = []

@@ -89,7 +89,8 @@ def _sse_rows(
             else None,
             note=f"{events} events {gap * 1000:.0f} ms apart; {fan['delivered']}/"
             f"{fan['expected']} deliveries; Redis connections blocked in XREAD: "
-            f"{fan['blocked_xread_connections']}; XREAD calls in the window: {fan['xread_calls']}",
+            f"{fan['blocked_xread_connections']}; XREAD calls in the window: {fan['xread_calls']}; "
+            f"the clients' process: {fan['clients_cpu_pct']:.0f} % of a core",
         )
     )
     per_second = fan["delivered"] / max(fan["window_s"], 1e-9)

@@ -150,7 +150,7 @@ class BusRequestHandler(RequestHandler):
             record = await gateway.bus.get(name)
             if record is None:
                 raise InvalidParamsError(message=f"no live agent named {name!r}")
-            usage = (await usage_of(gateway.bus.client, gateway.settings, [name]))[name]
+            usage = (await usage_of(gateway.lanes, gateway.settings, [name]))[name]
             types = handled_types(record, usage)
             if len(types) != 1:
                 raise InvalidParamsError(

@@ -61,7 +61,7 @@ async def agent_card(request: Request, name: str, who: Viewer) -> JSONResponse:
     record = await gateway.bus.get(checked_name(name))
     if record is None:
         raise NotFound(f"no live agent named {name!r}", details={"name": name})
-    usage = (await usage_of(gateway.bus.client, gateway.settings, [name]))[name]
+    usage = (await usage_of(gateway.lanes, gateway.settings, [name]))[name]
     base = str(request.base_url).rstrip("/")
     secured = not (gateway.loopback and not await gateway.tokens.any())
     card = build_card(record, handled_types(record, usage), base, secured=secured)

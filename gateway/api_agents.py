@@ -16,7 +16,7 @@ from agent_sdk.watch import latest_id
 from gateway.auth import Viewer, gateway_of
 from gateway.errors import NotFound
 from gateway.fleet import usage_of
-from gateway.health import health
+from gateway.health import health, health_score
 from schemas.agent import AgentRecord, AgentStatus
 from schemas.errors import InvalidInput
 from schemas.names import check_identifier
@@ -58,6 +58,17 @@ def _matches(record: AgentRecord, words: list[str]) -> bool:
 
 def agent_json(record: AgentRecord) -> dict[str, Any]:
     return record.model_dump(mode="json")
+
+
+_RECORD_JSON = AgentRecord.__pydantic_serializer__
+
+
+def agent_bytes(record: AgentRecord, health_score: int) -> bytes:
+    """``{**agent_json(record), "health": health_score}`` as JSON bytes, encoded by pydantic's
+    serializer straight to JSON (no dict in between): the same bytes orjson gives for
+    ``agent_json`` plus the score (``tests/gateway/test_gateway_api.py`` checks it)."""
+    encoded: bytes = _RECORD_JSON.to_json(record)
+    return b'%s,"health":%d}' % (encoded[:-1], health_score)
 
 
 @router.get("/agents", summary="Live agents: discovery filters, text search, pagination")
@@ -104,26 +115,27 @@ async def list_agents(
     if words:
         records = [r for r in records if _matches(r, words)]
     after = decode_cursor(cursor) if cursor else None
-    scores: dict[str, Any] = {}
+    scores: dict[str, int] = {}
     if min_health is not None:
-        usage = await usage_of(bus.client, gateway.settings, (r.name for r in records))
-        scores = {r.name: health(r, usage[r.name]) for r in records}
-        records = [r for r in records if scores[r.name].score >= min_health]
+        usage = await usage_of(gateway.lanes, gateway.settings, (r.name for r in records))
+        scores = {r.name: health_score(r, usage[r.name]) for r in records}
+        records = [r for r in records if scores[r.name] >= min_health]
     total = len(records)
     if after is not None:
         records = [r for r in records if r.name > after]
     page = records[:limit]
     if min_health is None:
-        usage = await usage_of(bus.client, gateway.settings, (r.name for r in page))
-        scores = {r.name: health(r, usage[r.name]) for r in page}
-    body = {
-        "agents": [{**agent_json(r), "health": scores[r.name].score} for r in page],
+        usage = await usage_of(gateway.lanes, gateway.settings, (r.name for r in page))
+        scores = {r.name: health_score(r, usage[r.name]) for r in page}
+    tail = {
         "total": total,
         "next_cursor": encode_cursor(page[-1].name) if len(records) > limit else None,
         "revision": revision,
     }
-    # plain JSON values already: encoded by orjson, not walked again by FastAPI's encoder
-    return Response(orjson.dumps(body), media_type="application/json")
+    # each record encoded straight to JSON by pydantic, the rest by orjson: one pass, no dicts
+    agents = b",".join([agent_bytes(r, scores[r.name]) for r in page])
+    body = b'{"agents":[' + agents + b"]," + orjson.dumps(tail)[1:]
+    return Response(body, media_type="application/json")
 
 
 @router.get(
@@ -137,7 +149,7 @@ async def get_agent(request: Request, name: str, who: Viewer) -> dict[str, Any]:
     record = await gateway.bus.get(checked_name(name))
     if record is None:
         raise NotFound(f"no live agent named {name!r}", details={"name": name})
-    usage = (await usage_of(gateway.bus.client, gateway.settings, [name]))[name]
+    usage = (await usage_of(gateway.lanes, gateway.settings, [name]))[name]
     tasks, _ = await read_tasks(gateway.bus.client, gateway.settings, name, limit=RECENT_TASKS)
     return {
         "agent": agent_json(record),

@@ -14,12 +14,12 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent_sdk.activity import DEFAULT_RETENTION
 from gateway.api_agents import checked_name
 from gateway.auth import Operator, claim_session, gateway_of
+from gateway.responses import JSONBytes, json_response
 from gateway.state import Gateway
 from gateway.tokens import Principal
 from schemas.errors import InvalidInput
@@ -84,62 +84,56 @@ def _timeout(gateway: Gateway, timeout: float | None) -> float | None:
 
 async def _send(
     request: Request, who: Principal, body: SendBody, to: str | None, role: str | None
-) -> JSONResponse:
+) -> JSONBytes:
     gateway = gateway_of(request)
     headers = await _headers(gateway, who, body.session)
     message_id = await gateway.bus.send(
         to, body.type, body.payload, role=role, headers=headers,
         queue_if_absent=body.queue_if_absent, ttl=body.ttl,
     )  # fmt: skip
-    return JSONResponse({"id": message_id}, status_code=202)
+    return json_response({"id": message_id}, status_code=202)
 
 
 async def _request(
     request: Request, who: Principal, body: RequestBody, to: str | None, role: str | None
-) -> dict[str, Any]:
+) -> JSONBytes:
     gateway = gateway_of(request)
     headers = await _headers(gateway, who, body.session)
     reply = await gateway.bus.request(
         to, body.type, body.payload, role=role, timeout=_timeout(gateway, body.timeout),
         headers=headers,
     )  # fmt: skip
-    return {"reply": reply}
+    return json_response({"reply": reply})
 
 
 @router.post("/agents/{name}/messages", status_code=202, summary="Send to an agent")
-async def send_to_agent(request: Request, name: str, body: SendBody, who: Operator) -> JSONResponse:
+async def send_to_agent(request: Request, name: str, body: SendBody, who: Operator) -> JSONBytes:
     """Durable, at-least-once; 404 ``not_found`` when the agent is not alive (unless
     ``queue_if_absent``). Returns the message id."""
     return await _send(request, who, body, checked_name(name), None)
 
 
 @router.post("/roles/{role}/messages", status_code=202, summary="Send to one member of a role")
-async def send_to_role(request: Request, role: str, body: SendBody, who: Operator) -> JSONResponse:
+async def send_to_role(request: Request, role: str, body: SendBody, who: Operator) -> JSONBytes:
     """One live member of the role handles it; 503 ``no_responders`` when the role is empty."""
     return await _send(request, who, body, None, checked_name(role, "role"))
 
 
 @router.post("/agents/{name}/requests", summary="Request-reply with an agent")
-async def request_agent(
-    request: Request, name: str, body: RequestBody, who: Operator
-) -> dict[str, Any]:
+async def request_agent(request: Request, name: str, body: RequestBody, who: Operator) -> JSONBytes:
     """``{"reply": ...}``; errors: 404 ``not_found``, 504 ``timeout``, 502 ``handler_error``,
     400 ``bad_request`` / ``unknown_type`` (the agent refused the payload or type)."""
     return await _request(request, who, body, checked_name(name), None)
 
 
 @router.post("/roles/{role}/requests", summary="Request-reply with one member of a role")
-async def request_role(
-    request: Request, role: str, body: RequestBody, who: Operator
-) -> dict[str, Any]:
+async def request_role(request: Request, role: str, body: RequestBody, who: Operator) -> JSONBytes:
     """As for an agent; 503 ``no_responders`` when nobody in the role is alive."""
     return await _request(request, who, body, None, checked_name(role, "role"))
 
 
 @router.post("/roles/{role}/gather", summary="Ask every live member of a role")
-async def gather_role(
-    request: Request, role: str, body: GatherBody, who: Operator
-) -> dict[str, Any]:
+async def gather_role(request: Request, role: str, body: GatherBody, who: Operator) -> JSONBytes:
     """Scatter-gather: ``replies`` by member, ``errors`` by member (code, description),
     ``missing`` (members that did not answer in time)."""
     gateway = gateway_of(request)
@@ -148,8 +142,10 @@ async def gather_role(
         checked_name(role, "role"), body.type, body.payload,
         timeout=_timeout(gateway, body.timeout), max_replies=body.max_replies, headers=headers,
     )  # fmt: skip
-    return {
-        "replies": result.replies,
-        "errors": {n: e.info.model_dump() for n, e in result.errors.items()},
-        "missing": result.missing,
-    }
+    return json_response(
+        {
+            "replies": result.replies,
+            "errors": {n: e.info.model_dump() for n, e in result.errors.items()},
+            "missing": result.missing,
+        }
+    )

@@ -37,7 +37,7 @@ async def stats(request: Request, who: Viewer) -> dict[str, Any]:
     gateway = gateway_of(request)
     revision = await latest_id(gateway.bus.client, gateway.settings.keys.events())
     agents = await gateway.bus.discover()
-    result = await fleet_stats(gateway.bus.client, gateway.settings, agents)
+    result = await fleet_stats(gateway.bus.client, gateway.lanes, gateway.settings, agents)
     return {**result.as_dict(), "revision": revision}
 
 

@@ -16,16 +16,17 @@ revision). The reading behind them is shared (``gateway.fanout``).
 
 from __future__ import annotations
 
+import asyncio
 import re
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request, WebSocket, WebSocketDisconnect
-from fastapi.responses import StreamingResponse
+from fastapi import APIRouter, Header, Query, Request, Response, WebSocket, WebSocketDisconnect
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from agent_sdk.activity import DEFAULT_RETENTION
+from agent_sdk.tasks import cancel_all
 from gateway.api_agents import checked_name
 from gateway.auth import Viewer, can_read_session, claim_session, gateway_of, websocket_principal
 from gateway.errors import Forbidden
@@ -41,6 +42,13 @@ router = APIRouter(prefix="/api", tags=["streams"])
 
 _ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+#: The first bytes of every stream: a browser reconnects after 1 s.
+_RETRY = b"retry: 1000\n\n"
+_SSE_RAW = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
 _EVENT_STREAM = {"content": {"text/event-stream": {}}, "description": "An SSE stream."}
 
 
@@ -103,13 +111,6 @@ def _follow(
     )  # fmt: skip
 
 
-async def _sse_body(batches: AsyncIterator[list[Frame]]) -> AsyncGenerator[bytes, None]:
-    """One write per batch: a client that fell behind catches up in few writes."""
-    yield b"retry: 1000\n\n"
-    async for batch in batches:
-        yield batch[0].sse if len(batch) == 1 else b"".join(f.sse for f in batch)
-
-
 async def _close(
     frames: AsyncGenerator[list[Frame], None], gateway: Gateway, release: str | None
 ) -> None:
@@ -123,34 +124,74 @@ async def _close(
             await gateway.release_session(release)
 
 
-class EventStream(StreamingResponse):
-    """An SSE response that closes its frames and releases its session hub when it ends,
-    however it ends.
+#: Scope key where ``with_direct_send`` leaves the server's own ``send``.
+DIRECT_SEND = "agentbus.direct_send"
 
-    Releasing from inside the frame generator is not enough: a client that goes away while the
+
+def with_direct_send(app: ASGIApp) -> ASGIApp:
+    """``app`` with the server's ``send`` in each HTTP scope (``DIRECT_SEND``), for the
+    streams' body frames. Starlette wraps ``send`` three times on the way to a route (its two
+    exception layers note whether the response has started); a stream starts its response
+    through those wrappers, then writes each event straight to the server: for 1,000 clients
+    that is 3,000 coroutine calls less per event. Without it (an ASGI test client) the
+    wrapped ``send`` does the same job."""
+
+    async def direct(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            scope[DIRECT_SEND] = send
+        await app(scope, receive, send)
+
+    return direct
+
+
+async def _until_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+class EventStream(Response):
+    """An SSE response: one write per batch of frames (a client that fell behind catches up
+    in few writes), written by a lean loop (no body generator in between); it closes its
+    frames and releases its session hub when it ends, however it ends.
+
+    Releasing from inside a frame generator is not enough: a client that goes away while the
     response head is being written cancels the response before the generator first runs, and
     a generator that never ran never runs its ``finally``: the hub (and its blocking Redis
     connection) stayed held for good, and after ``gateway_max_sessions`` such clients every
-    session stream was refused.
+    session stream was refused. A client that disconnects is noticed by a task reading the
+    request side (the server says ``http.disconnect``), which ends the writing.
     """
+
+    media_type = "text/event-stream"
 
     def __init__(
         self, frames: AsyncGenerator[list[Frame], None], gateway: Gateway, release: str | None
     ) -> None:
-        self._body = _sse_body(frames)
-        super().__init__(self._body, media_type="text/event-stream", headers=_SSE_HEADERS)
+        super().__init__(headers=_SSE_HEADERS)  # what FastAPI looks at; the head is _SSE_RAW
         self._frames = frames
         self._gateway = gateway
         self._release = release
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            await super().__call__(scope, receive, send)
-        finally:
+            writer = asyncio.create_task(self._write(send, scope.get(DIRECT_SEND, send)))
+            watcher = asyncio.create_task(_until_disconnect(receive))
             try:
-                await self._body.aclose()
+                await asyncio.wait((writer, watcher), return_when=asyncio.FIRST_COMPLETED)
             finally:
-                await _close(self._frames, self._gateway, self._release)
+                await cancel_all((writer, watcher))
+            if writer.done() and not writer.cancelled():
+                writer.result()  # its error, if any
+        finally:
+            await _close(self._frames, self._gateway, self._release)
+
+    async def _write(self, send: Send, direct: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": _SSE_RAW})
+        await send({"type": "http.response.body", "body": _RETRY, "more_body": True})
+        async for batch in self._frames:
+            body = batch[0].sse if len(batch) == 1 else b"".join([f.sse for f in batch])
+            await direct({"type": "http.response.body", "body": body, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 _Since = Annotated[
@@ -168,7 +209,7 @@ async def events(
     name: Annotated[list[str] | None, Query(description="Only these agents.")] = None,
     type: Annotated[list[str] | None, Query(description="Only these event types.")] = None,
     last_event_id: _LastEventId = None,
-) -> StreamingResponse:
+) -> EventStream:
     """Without a resume point: only changes from now on (read ``/api/agents`` first and pass
     its ``revision`` as ``since``)."""
     gateway = gateway_of(request)
@@ -190,7 +231,7 @@ async def session_events(
     who: Viewer,
     since: _Since = None,
     last_event_id: _LastEventId = None,
-) -> StreamingResponse:
+) -> EventStream:
     """Without a resume point: every event the session still holds, then new ones. Readable by
     the session's owner and by operators."""
     gateway = gateway_of(request)

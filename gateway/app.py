@@ -15,7 +15,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from agent_sdk.connection import redis_errors
 from gateway import api_a2a, api_agents, api_messages, api_ops, api_streams, metrics
 from gateway.errors import error_body, http_status
+from gateway.responses import JSONBytes, json_response
 from gateway.settings import GatewaySettings
 from gateway.state import Gateway
 from schemas.errors import AgentbusError
@@ -37,7 +38,8 @@ _HTTP_CODES = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "me
 
 class BodyLimit:
     """Refuses request bodies over ``limit`` bytes with 413 ``too_large``, whether announced by
-    ``Content-Length`` or streamed (pure ASGI: nothing is buffered here)."""
+    ``Content-Length`` or streamed (pure ASGI: nothing is buffered here). Only a streamed
+    (chunked) body is counted; other requests pass through untouched."""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
@@ -47,10 +49,18 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        streamed = False
         for name, value in scope.get("headers", ()):
             if name == b"content-length" and value.isdigit() and int(value) > self.limit:
                 await self._refuse(send)
                 return
+            if name == b"transfer-encoding":
+                streamed = True
+        if not streamed:
+            # no body, or one whose announced length is within the limit (HTTP framing ends
+            # it there): nothing to count, and the response's sends go straight through
+            await self.app(scope, receive, send)
+            return
         seen = 0
         refused = False
 
@@ -73,7 +83,7 @@ class BodyLimit:
 
     async def _refuse(self, send: Send) -> None:
         body = error_body("too_large", f"the request body is over {self.limit} bytes")
-        response = JSONResponse(body, status_code=413)
+        response = json_response(body, status_code=413)
         await response({"type": "http"}, _empty_receive, send)
 
 
@@ -118,37 +128,38 @@ def create_app(settings: GatewaySettings | None = None, *, loopback: bool = True
     app.state.gateway = gateway
 
     @app.exception_handler(AgentbusError)
-    async def agentbus_error(request: Request, exc: AgentbusError) -> JSONResponse:
+    async def agentbus_error(request: Request, exc: AgentbusError) -> JSONBytes:
         status = http_status(exc)
         if status >= 500 and status not in (502, 503, 504):
             log.error("request %s %s failed: %s", request.method, request.url.path, exc)
         body = error_body(exc.code, exc.description, exc.details)
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-        return JSONResponse(body, status_code=status, headers=headers)
+        return json_response(body, status_code=status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONBytes:
         message, details = _validation_message(exc)
-        return JSONResponse(
+        return json_response(
             error_body("bad_request", message, {"errors": details}), status_code=400
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONBytes:
         code = _HTTP_CODES.get(
             exc.status_code, "bad_request" if exc.status_code < 500 else "internal"
         )
-        return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code)
+        return json_response(error_body(code, str(exc.detail)), status_code=exc.status_code)
 
     @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+    async def unexpected(request: Request, exc: Exception) -> JSONBytes:
         log.exception("request %s %s failed", request.method, request.url.path)
         body = error_body(
             "internal", f"internal error ({type(exc).__name__}); see the gateway's log"
         )
-        return JSONResponse(body, status_code=500)
+        return json_response(body, status_code=500)
 
-    for module in (api_agents, api_ops, api_messages, api_streams, api_a2a, metrics):
+    # routes are matched in order: the per-call ones (request-reply, send) first
+    for module in (api_messages, api_agents, api_ops, api_streams, api_a2a, metrics):
         app.include_router(module.router)
 
     @app.get("/", include_in_schema=False)
@@ -156,10 +167,10 @@ def create_app(settings: GatewaySettings | None = None, *, loopback: bool = True
         return FileResponse(str(_STATIC.joinpath("index.html")), media_type="text/html")
 
     @app.get("/healthz", tags=["operations"], summary="Is this gateway up and Redis reachable")
-    async def healthz() -> dict[str, Any]:
+    async def healthz() -> JSONBytes:
         with redis_errors(settings, "checking Redis"):
             await gateway.bus.client.ping()
-        return {"ok": True, "namespace": settings.namespace}
+        return json_response({"ok": True, "namespace": settings.namespace})
 
     app.mount("/static", StaticFiles(directory=str(_STATIC)), name="static")
     app.add_middleware(BodyLimit, limit=settings.gateway_max_body_bytes)

@@ -14,7 +14,7 @@ import time
 from typing import Annotated
 
 from fastapi import Depends, Request, WebSocket
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPBearer
 
 from agent_sdk.connection import redis_errors
 from gateway.errors import Forbidden, Unauthorized
@@ -30,10 +30,7 @@ __all__ = [
     "gateway_of",
 ]
 
-_bearer = HTTPBearer(
-    auto_error=False,
-    description="A token from `agentbus token issue --user U --role viewer|operator`.",
-)
+_DESCRIPTION = "A token from `agentbus token issue --user U --role viewer|operator`."
 _LOCAL = Principal("local", Role.OPERATOR, anonymous=True)
 
 
@@ -63,31 +60,40 @@ def _query_token(request: Request | WebSocket) -> str | None:
     return request.query_params.get("access_token") or None
 
 
-async def principal(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> Principal:
-    token = credentials.credentials if credentials is not None else _query_token(request)
-    return await authenticate(gateway_of(request), token)
+def bearer_token(request: Request | WebSocket) -> str | None:
+    """``Authorization: Bearer <token>``, else ``?access_token=``; ``None`` when neither."""
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    token = value.strip() if scheme.lower() == "bearer" else ""
+    return token or _query_token(request)
+
+
+class _BearerAuth(HTTPBearer):
+    """The caller's ``Principal`` as one dependency (``operator``: writes need an operator).
+
+    An ``HTTPBearer`` for the OpenAPI document (its security scheme, ``HTTPBearer``), but it
+    reads the header itself and authenticates in the same call: one dependency per request
+    instead of three nested ones (credentials, principal, role check), each a resolution.
+    """
+
+    def __init__(self, *, operator: bool) -> None:
+        super().__init__(auto_error=False, scheme_name="HTTPBearer", description=_DESCRIPTION)
+        self.operator = operator
+
+    async def __call__(self, request: Request) -> Principal:  # type: ignore[override]
+        who = await authenticate(gateway_of(request), bearer_token(request))
+        if self.operator and not who.is_operator:
+            raise Forbidden(f"user {who.user!r} is a viewer: this needs an operator token")
+        return who
 
 
 async def websocket_principal(websocket: WebSocket) -> Principal:
-    header = websocket.headers.get("authorization", "")
-    scheme, _, value = header.partition(" ")
-    token = value.strip() if scheme.lower() == "bearer" and value.strip() else None
-    return await authenticate(websocket.app.state.gateway, token or _query_token(websocket))
-
-
-async def _operator(who: Annotated[Principal, Depends(principal)]) -> Principal:
-    if not who.is_operator:
-        raise Forbidden(f"user {who.user!r} is a viewer: this needs an operator token")
-    return who
+    return await authenticate(websocket.app.state.gateway, bearer_token(websocket))
 
 
 #: Any valid token (or open mode).
-Viewer = Annotated[Principal, Depends(principal)]
+Viewer = Annotated[Principal, Depends(_BearerAuth(operator=False))]
 #: An operator token (or open mode).
-Operator = Annotated[Principal, Depends(_operator)]
+Operator = Annotated[Principal, Depends(_BearerAuth(operator=True))]
 
 
 async def session_owner(gateway: Gateway, session: str) -> str | None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,30 +66,42 @@ class Frame:
     final: bool = False
     #: The frame as Server-Sent Events bytes, encoded once for every client.
     sse: bytes = field(init=False, repr=False, compare=False)
+    #: ``id_key(id)``, parsed once for every client (``None``: no id).
+    key: tuple[int, int] | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         head = b"id: " + self.id.encode() + b"\n" if self.id is not None else b""
         body = head + b"event: " + self.kind.encode() + b"\ndata: " + self.data + b"\n\n"
         object.__setattr__(self, "sse", body)
+        object.__setattr__(self, "key", None if self.id is None else id_key(self.id))
 
 
 class Subscriber:
-    """One client's bounded queue. The hub cuts it off (``reason``) when the queue is full."""
+    """One client's bounded queue. The hub cuts it off (``reason``) when the queue is full.
+
+    A deque and at most one waiting future rather than an ``asyncio.Queue``: the hub offers
+    each frame to every client, so the offer is the fan-out's inner loop (an append, and a
+    wake-up only for a client that is waiting).
+    """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        # one slot more than the limit: room for the final frame of a cut-off client
-        self.queue: asyncio.Queue[Frame] = asyncio.Queue(limit + 1)
+        # at most limit + 1 frames: the final frame of a cut-off client comes on top
+        self.frames: deque[Frame] = deque()
         self.reason: str | None = None
+        #: Set (and the client woken) when a keep-alive is due (``follow_batches``).
+        self.keepalive_due = False
+        self._waiter: asyncio.Future[None] | None = None
 
     def offer(self, frame: Frame) -> bool:
         """Queue ``frame``; ``False`` (and cut off) when the client is ``limit`` frames behind."""
         if self.reason is not None:
             return False
-        if self.queue.qsize() >= self.limit:
+        if len(self.frames) >= self.limit:
             self.cut("slow_consumer", frame.id)
             return False
-        self.queue.put_nowait(frame)
+        self.frames.append(frame)
+        self.wake()
         return True
 
     def cut(self, reason: str, first_missed: str | None = None) -> None:
@@ -100,7 +113,22 @@ class Subscriber:
         if first_missed is not None:
             body += f',"first_missed":"{first_missed}"'
         body += "}"
-        self.queue.put_nowait(Frame("cutoff", body.encode(), final=True))
+        self.frames.append(Frame("cutoff", body.encode(), final=True))
+        self.wake()
+
+    def wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait(self) -> None:
+        """Until a frame is queued or a keep-alive is due."""
+        while not self.frames and not self.keepalive_due:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
 
 
 class StreamHub:
@@ -200,6 +228,34 @@ class StreamHub:
             low = "(" + (last.decode() if isinstance(last, bytes) else last)
 
 
+class _KeepaliveTimer:
+    """Marks ``sub.keepalive_due`` (and wakes it) once nothing was sent to it for ``period``
+    seconds. Sending only records the time (``sent``): the timer is re-armed when it fires,
+    for the period after the last send, instead of a timeout set and cancelled per frame."""
+
+    def __init__(self, sub: Subscriber, loop: asyncio.AbstractEventLoop, period: float) -> None:
+        self.sub = sub
+        self.loop = loop
+        self.period = period
+        self.last = loop.time()
+        self.handle = loop.call_at(self.last + period, self._fire)
+
+    def sent(self) -> None:
+        self.last = self.loop.time()
+
+    def _fire(self) -> None:
+        now = self.loop.time()
+        due = self.last + self.period
+        if now >= due:
+            self.sub.keepalive_due = True
+            self.sub.wake()
+            due = now + self.period
+        self.handle = self.loop.call_at(due, self._fire)
+
+    def cancel(self) -> None:
+        self.handle.cancel()
+
+
 def _keepalive(position: str) -> Frame:
     body = f'{{"at":{time.time():.3f},"revision":"{position}"}}'
     return Frame("keepalive", body.encode())
@@ -230,7 +286,6 @@ async def follow_batches(
     """
     await hub.start()
     sub, position = hub.subscribe(limit)
-    queue = sub.queue
     try:
         floor = position
         if after is not None and id_key(after) >= id_key(position):
@@ -253,30 +308,35 @@ async def follow_batches(
             if page:
                 yield page
         floor_key = id_key(floor)
-        while True:
-            if queue.empty():
-                try:
-                    async with asyncio.timeout(keepalive):
-                        first = await queue.get()
-                except TimeoutError:
-                    yield [_keepalive(hub.position)]
-                    continue
-            else:
-                first = queue.get_nowait()
-            batch: list[Frame] = []
-            live: Frame | None = first
-            while live is not None:
-                if live.final:
-                    batch.append(live)
+        frames = sub.frames
+        loop = asyncio.get_running_loop()
+        timer = _KeepaliveTimer(sub, loop, keepalive)
+        try:
+            while True:
+                if not frames:
+                    await sub.wait()
+                    if not frames:  # woken for a keep-alive: nothing was sent for a while
+                        sub.keepalive_due = False
+                        timer.sent()
+                        yield [_keepalive(hub.position)]
+                        continue
+                batch: list[Frame] = []
+                while frames:
+                    live = frames.popleft()
+                    if live.final:
+                        batch.append(live)
+                        yield batch
+                        return
+                    if (live.key is None or live.key > floor_key) and (
+                        accept is None or accept(live)
+                    ):
+                        batch.append(live)
+                if batch:
+                    sub.keepalive_due = False
+                    timer.sent()
                     yield batch
-                    return
-                if (live.id is None or id_key(live.id) > floor_key) and (
-                    accept is None or accept(live)
-                ):
-                    batch.append(live)
-                live = None if queue.empty() else queue.get_nowait()
-            if batch:
-                yield batch
+        finally:
+            timer.cancel()
     finally:
         hub.unsubscribe(sub)
 

@@ -16,6 +16,7 @@ from agent_sdk.connection import redis_errors
 from agent_sdk.settings import Settings
 from agent_sdk.usage import TypeUsage, parse_usage
 from gateway.health import health
+from gateway.lanes import LanePool, as_fields
 from schemas.agent import AgentRecord, AgentStatus
 from schemas.keys import COORDINATOR_GROUP
 
@@ -23,18 +24,20 @@ __all__ = ["ControlState", "FleetStats", "control_state", "fleet_stats", "usage_
 
 
 async def usage_of(
-    client: aioredis.Redis, settings: Settings, names: Iterable[str]
+    lanes: LanePool, settings: Settings, names: Iterable[str]
 ) -> dict[str, list[TypeUsage]]:
-    """Usage rows of each agent in ``names`` (one pipeline)."""
+    """Usage rows of each agent in ``names`` (one round trip on a lane: raw replies)."""
     chosen = list(dict.fromkeys(names))
     if not chosen:
         return {}
+    keys = settings.keys  # a KeySpace is built per access: once, not once per name
     with redis_errors(settings, "reading usage stats"):
-        pipe = client.pipeline(transaction=False)
-        for name in chosen:
-            pipe.hgetall(settings.keys.stats(name))
-        results = await pipe.execute()
-    return {name: parse_usage(fields) for name, fields in zip(chosen, results, strict=True)}
+        results = await lanes.execute([("HGETALL", keys.stats(name)) for name in chosen])
+    with redis_errors(settings, "reading usage stats"):
+        return {
+            name: parse_usage(as_fields(reply)) if reply else []
+            for name, reply in zip(chosen, results, strict=True)
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,8 +136,8 @@ class FleetStats:
 
 
 async def fleet_stats(
-    client: aioredis.Redis, settings: Settings, agents: list[AgentRecord]
+    client: aioredis.Redis, lanes: LanePool, settings: Settings, agents: list[AgentRecord]
 ) -> FleetStats:
     """Usage and control state for ``agents`` (every live agent, from discovery)."""
-    usage = await usage_of(client, settings, (a.name for a in agents))
+    usage = await usage_of(lanes, settings, (a.name for a in agents))
     return FleetStats(agents, usage, await control_state(client, settings))

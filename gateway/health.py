@@ -21,7 +21,7 @@ from typing import Any
 from agent_sdk.usage import TypeUsage
 from schemas.agent import AgentRecord, AgentStatus
 
-__all__ = ["LATENCY_BUDGET_MS", "Health", "health"]
+__all__ = ["LATENCY_BUDGET_MS", "Health", "health", "health_score"]
 
 #: A p95 latency up to this (ms) costs nothing.
 LATENCY_BUDGET_MS = 1000.0
@@ -73,3 +73,12 @@ def health(record: AgentRecord, usage: list[TypeUsage]) -> Health:
         invocations=invocations,
         errors=errors,
     )
+
+
+def health_score(record: AgentRecord, usage: list[TypeUsage]) -> int:
+    """``health(record, usage).score``; without usage rows (an agent that has handled nothing
+    in this instance) computed from the record alone, which is most of a large fleet's page."""
+    if usage:
+        return health(record, usage).score
+    load_factor = 1.0 - 0.5 * min(record.load_ratio, 1.0)
+    return round(100.0 * load_factor * _STATUS_FACTOR.get(record.status, 1.0))

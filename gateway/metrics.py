@@ -136,7 +136,7 @@ class _Snapshot(Collector):
 async def render_metrics(gateway: Gateway) -> bytes:
     """The Prometheus text exposition of the fleet now."""
     agents = await gateway.bus.discover()
-    stats = await fleet_stats(gateway.bus.client, gateway.settings, agents)
+    stats = await fleet_stats(gateway.bus.client, gateway.lanes, gateway.settings, agents)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Snapshot(stats, gateway))
     return generate_latest(registry)

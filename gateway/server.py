@@ -20,6 +20,7 @@ import uvicorn
 
 from agent_sdk.connection import make_client, redis_errors
 from agent_sdk.tasks import cancel_and_wait
+from gateway.api_streams import with_direct_send
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
 from gateway.tokens import TokenStore
@@ -81,8 +82,8 @@ async def serve(settings: GatewaySettings, say: Callable[[str], None] = print) -
         host = "127.0.0.1"
     app = create_app(settings, loopback=is_loopback(host))
     config = uvicorn.Config(
-        app, host=host, port=settings.gateway_port, log_level="warning", lifespan="on",
-        proxy_headers=False, timeout_graceful_shutdown=5,
+        with_direct_send(app), host=host, port=settings.gateway_port, log_level="warning",
+        access_log=False, lifespan="on", proxy_headers=False, timeout_graceful_shutdown=5,
     )  # fmt: skip
     sock = config.bind_socket()  # bound before serving: the printed URL has the real port
     bound_host, bound_port = sock.getsockname()[:2]
@@ -135,8 +136,8 @@ async def running(settings: GatewaySettings, *, fallback: bool = False) -> Async
     block stops it (open streams get 2 s)."""
     app = create_app(settings, loopback=True)
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=settings.gateway_port, log_level="warning",
-        lifespan="on", proxy_headers=False, timeout_graceful_shutdown=2,
+        with_direct_send(app), host="127.0.0.1", port=settings.gateway_port, log_level="warning",
+        access_log=False, lifespan="on", proxy_headers=False, timeout_graceful_shutdown=2,
     )  # fmt: skip
     sock = _bind(settings.gateway_port, fallback)
     server = _Embedded(config)

@@ -14,6 +14,7 @@ from agent_sdk.bus import Bus
 from agent_sdk.connection import make_client
 from gateway.errors import TooManyStreams
 from gateway.fanout import Frame, StreamHub
+from gateway.lanes import LanePool
 from gateway.settings import GatewaySettings
 from gateway.tokens import TokenStore
 from schemas.events import ActivityEvent, RegistryEvent
@@ -68,6 +69,7 @@ class Gateway:
         self._streams_client: aioredis.Redis | None = None
         self._tokens: TokenStore | None = None
         self._registry: StreamHub | None = None
+        self._lanes: LanePool | None = None
         self.sessions: dict[str, StreamHub] = {}
         self._holders: dict[str, int] = {}
         self.session_cutoffs = 0
@@ -89,6 +91,13 @@ class Gateway:
         return self._tokens
 
     @property
+    def lanes(self) -> LanePool:
+        """Raw lanes on the bus's client, for wide reads (``gateway.lanes``)."""
+        if self._lanes is None:
+            raise RuntimeError("the gateway is not started")
+        return self._lanes
+
+    @property
     def registry(self) -> StreamHub:
         if self._registry is None:
             raise RuntimeError("the gateway is not started")
@@ -102,7 +111,8 @@ class Gateway:
         self._streams_client = make_client(
             self.settings, max_connections=self.settings.gateway_max_sessions + 4
         )
-        self._tokens = TokenStore(self.bus.client, self.settings)
+        self._lanes = LanePool(self.bus.client)
+        self._tokens = TokenStore(self.bus.client, self.settings, self._lanes)
         self._registry = StreamHub(
             self._streams_client, self.settings, self.settings.keys.events(), registry_frame
         )
@@ -116,6 +126,9 @@ class Gateway:
         registry, self._registry = self._registry, None
         if registry is not None:
             await registry.stop()
+        lanes, self._lanes = self._lanes, None
+        if lanes is not None:
+            await lanes.aclose()
         client, self._streams_client = self._streams_client, None
         if client is not None:
             await client.aclose()

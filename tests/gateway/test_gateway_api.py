@@ -9,11 +9,13 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 import httpx
+import orjson
 import redis.asyncio as aioredis
 
 from agent_sdk import Agent
 from agent_sdk.embedded import RedisServer
 from agent_sdk.settings import Settings
+from gateway.api_agents import agent_bytes, agent_json
 from gateway.app import create_app
 from tests.gateway.conftest import MakeSettings, asgi_client
 from tests.support import wait_for
@@ -89,6 +91,26 @@ async def test_agents_filters_search_and_pages(http: httpx.AsyncClient, settings
         first = (await http.get("/api/agents?limit=1")).json()
         assert first["agents"][0]["health"] == 100
         assert first["revision"].count("-") == 1
+
+
+async def test_listed_agents_are_their_records_as_json_plus_health(
+    http: httpx.AsyncClient, settings: Settings
+) -> None:
+    """``GET /api/agents`` encodes each record straight to JSON (``agent_bytes``): the same
+    bytes as the record's JSON-mode dump plus its score, and every field of ``GET /api/agents/
+    {name}``'s record."""
+    agent = Agent("epsilon", "writer", capabilities=["pdf"], tags=["en"], version="1.0.0",
+                  description='Ünïcode, "quotes" and \\ back', region="eu-1",
+                  metadata={"team": "blue"}, max_concurrency=3, settings=settings)  # fmt: skip
+    async with agent:
+        listed = (await http.get("/api/agents?role=writer")).json()["agents"]
+        details = (await http.get("/api/agents/epsilon")).json()
+        record = agent.record
+    assert listed == [{**details["agent"], "health": details["health"]["score"]}]
+    assert record is not None
+    for score in (0, 87, 100):
+        expected = orjson.dumps({**agent_json(record), "health": score})
+        assert agent_bytes(record, score) == expected
 
 
 async def test_bad_queries_are_400_with_a_code(http: httpx.AsyncClient) -> None:
