@@ -290,40 +290,51 @@ class Agent(Lookups, Verbs):
         self._state = "starting"
         self.stopped.clear()
         try:
-            if not self._owns_host:  # a burst of starts on a host becomes a pipeline
-                await self.host.turnstile.enter()
-            self._card_lists_handlers()
-            membership = Membership(
-                self.bus.client, self.settings, self.card, self.instance_id, self.router,
-                fence=self.fence, on_lost=self._name_was_lost,
-                batcher=self.host.plane.send_batcher if self.host.plane is not None else None,
-            )  # fmt: skip
-            membership.status, membership.load = self._status, self._load
-            self._membership = membership
-            if self.on_conflict == "suffix":  # the name is known once announced
-                await announce_free_name(membership, self._base_name, self._claim_name)
-                self._make_data_plane()
-            else:
-                # groups made and channels subscribed in the round trips of the announcement
-                messaging = self._make_data_plane()
-                messaging.prepare()
-                try:
-                    await membership.announce()
-                except BaseException:
-                    await messaging.abandon()
-                    raise
-            heartbeats = self.host.heartbeats
-            assert heartbeats is not None  # the host runs
-            await membership.start(heartbeats)
-            for component in list(self._components):
-                await component.start()
-                self._started.append(component)
+            await self._register()
+            await self._start_components()
         except BaseException:
             await self._shutdown()
             raise
         self._state = "running"
         log.info("%s registered (instance %s)", self.name, self.instance_id)
         return self
+
+    async def _register(self) -> None:
+        """Announce, then start the components (the data plane prepared meanwhile)."""
+        self._card_lists_handlers()
+        membership = Membership(
+            self.bus.client, self.settings, self.card, self.instance_id, self.router,
+            fence=self.fence, on_lost=self._name_was_lost,
+            batcher=self.host.plane.send_batcher if self.host.plane is not None else None,
+        )  # fmt: skip
+        membership.status, membership.load = self._status, self._load
+        self._membership = membership
+        if self.on_conflict == "suffix":  # the name is known once announced
+            await announce_free_name(membership, self._base_name, self._claim_name)
+            self._make_data_plane()
+        else:
+            # groups made and channels subscribed in the round trips of the announcement
+            messaging = self._make_data_plane()
+            messaging.prepare()
+            try:
+                await membership.announce()
+            except BaseException:
+                await messaging.abandon()
+                raise
+        heartbeats = self.host.heartbeats
+        assert heartbeats is not None  # the host runs
+        await membership.start(heartbeats)
+        for component in (self.usage, self._messaging):  # the agent's own, first
+            if component is not None and component not in self._started:
+                await component.start()
+                self._started.append(component)
+
+    async def _start_components(self) -> None:
+        """The components added by the program (``start_component``), after the agent's own."""
+        for component in list(self._components):
+            if component not in self._started:
+                await component.start()
+                self._started.append(component)
 
     async def stop(self) -> None:
         if self._state in ("new", "stopped"):

@@ -43,7 +43,6 @@ from agent_sdk.messaging.plane import Plane
 from agent_sdk.naming import OnConflict, suffixed
 from agent_sdk.replies import ReplyRouter
 from agent_sdk.settings import Settings
-from agent_sdk.turnstile import Turnstile
 from agent_sdk.usage_flusher import UsageFlusher
 from agent_sdk.verbs import Lookups, Verbs
 from schemas.agent import ControlType
@@ -54,16 +53,12 @@ from schemas.names import check_identifier
 if TYPE_CHECKING:
     from agent_sdk.agent import Agent
 
-__all__ = ["HELD_CONNECTIONS", "START_PER_TURN", "START_WAVE", "Host"]
+__all__ = ["HELD_CONNECTIONS", "START_WAVE", "Host"]
 
 log = logging.getLogger("agentbus.host")
 
 #: Agents ``Host.start`` registers together.
 START_WAVE = 250
-
-#: Agents starting together that begin their start in one turn of the event loop (the others
-#: in the next turns: the first announcements leave while the next agents are built).
-START_PER_TURN = 16
 
 #: Connections a running host holds for good: its reply list's blocking read, the reader, the
 #: acks, the send and reply batchers, and pub/sub.
@@ -121,8 +116,7 @@ class Host(Lookups, Verbs):
         self.plane: Plane | None = None
         #: Flushes the usage stats of every agent it carries, from one loop.
         self.usage_flusher = UsageFlusher()
-        #: Agents starting at once go through it ``START_PER_TURN`` per turn (a pipeline).
-        self.turnstile = Turnstile(START_PER_TURN)
+
         self._client_plane: Messaging | None = None
         #: The agents this host carries, by name (created on it and not stopped yet).
         self.agents: dict[str, Agent] = {}

@@ -45,7 +45,6 @@ from schemas.agent import (
     AgentCard,
     AgentRecord,
     AgentStatus,
-    Announce,
     ControlType,
     Heartbeat,
     Leave,
@@ -115,6 +114,7 @@ class Membership:
         self._keys = settings.keys
         self._beats: Heartbeats | None = None
         self._announced_at = time.monotonic()
+        self._card_json: tuple[AgentCard | None, dict[str, Any]] = (None, {})
 
     @property
     def registered(self) -> bool:
@@ -137,6 +137,22 @@ class Membership:
         await xadd_control(self.client, self.settings, env, doing, batcher=self.batcher)
 
     # -- announce ----------------------------------------------------------------------------
+    def announce_payload(self) -> dict[str, Any]:
+        """``Announce(...).model_dump(mode="json", exclude_none=True)``, from values already
+        validated (the card, the settings): built, not validated again (a start's hot path)."""
+        card = self.card
+        if self._card_json[0] is not card:  # the card is immutable; a new one replaces it
+            self._card_json = (card, card.model_dump(mode="json", exclude_none=True))
+        s = self.settings
+        return {
+            "card": self._card_json[1],
+            "instance_id": self.instance_id,
+            "status": self.status.value,
+            "load": self.load,
+            "heartbeat_ms": s.heartbeat_ms,
+            "ttl_ms": s.ttl_ms,
+        }
+
     async def announce(self, *, wait: bool = True) -> AgentRecord:
         """Join the registry (retrying ``name_taken`` for up to ``name_wait``, or raising it at
         once if not ``wait``); the record."""
@@ -176,15 +192,8 @@ class Membership:
 
     async def _announce_attempt(self) -> AgentRecord:
         timeout = self.settings.announce_timeout
-        payload = Announce(
-            card=self.card,
-            instance_id=self.instance_id,
-            status=self.status,
-            load=self.load,
-            heartbeat_ms=self.settings.heartbeat_ms,
-            ttl_ms=self.settings.ttl_ms,
-        ).model_dump(mode="json", exclude_none=True)
-        env = self._control(ControlType.ANNOUNCE, payload, reply=True, timeout=timeout)
+        env = self._control(ControlType.ANNOUNCE, self.announce_payload(), reply=True,
+                            timeout=timeout)  # fmt: skip
         answer = self.router.expect(env.id)
         sent = time.monotonic()
         try:
