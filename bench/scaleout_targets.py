@@ -57,13 +57,16 @@ async def _fleet(args: argparse.Namespace) -> dict[str, Any]:
         "coordinators": args.coordinators, "window": args.window, "loop": args.loop,
     }  # fmt: skip
     out: dict[str, Any] = {}
-    single = RedisServer().start()
-    try:
-        out["single"] = await fleet_run(single.url, [("server", _pid(single))], **common)
-    finally:
-        single.stop()
-        single.cleanup()
-    _print_fleet("one server", out["single"])
+    if "single" in args.topologies:
+        single = RedisServer().start()
+        try:
+            out["single"] = await fleet_run(single.url, [("server", _pid(single))], **common)
+        finally:
+            single.stop()
+            single.cleanup()
+        _print_fleet("one server", out["single"])
+    if "cluster" not in args.topologies:
+        return out
     cluster = LocalCluster().start()
     try:
         nodes = _cluster_nodes(cluster, KeySpace("x").control())  # {registry}: any namespace
@@ -94,18 +97,19 @@ def _print_fleet(name: str, r: dict[str, Any]) -> None:
 
 async def _failover(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    cluster = LocalCluster().start()
-    try:
-        out["cluster"] = await failover_run("cluster", cluster, rate=args.rate, loop=args.loop)
-    finally:
-        cluster.stop()
-    sentinel = LocalSentinel().start()
-    try:
-        out["sentinel"] = await failover_run("sentinel", sentinel, rate=args.rate, loop=args.loop)
-    finally:
-        sentinel.stop()
-    for name, r in out.items():
-        print(f"\n## failover on {name} at {r['rate']:g} requests/s: {r['summary']}")
+    for kind in ("cluster", "sentinel"):
+        if kind not in args.topologies:
+            continue
+        topo = LocalCluster() if kind == "cluster" else LocalSentinel()
+        topo.start()
+        try:
+            out[kind] = r = await failover_run(kind, topo, rate=args.rate, loop=args.loop)
+        finally:
+            topo.stop()
+        print(f"\n## failover on {kind} at {r['rate']:g} operations/s: {r['summary']}")
+        print("  from the kill, per 0.5 s: started/failed/slow " + " ".join(
+            f"{b['t_s']:+g}:{b['started']}/{b['failed']}/{b['slow']}" for b in r["timeline"]
+        ))  # fmt: skip
     return out
 
 
@@ -142,6 +146,12 @@ def main() -> None:
     p.add_argument("--coordinators", type=int, default=1)
     p.add_argument("--window", type=float, default=60.0, help="seconds measured")
     p.add_argument("--rate", type=float, default=1000.0, help="failover: requests/s")
+    p.add_argument(
+        "--topologies",
+        type=lambda v: v.split(","),
+        default=["single", "cluster", "sentinel"],
+        help="of single,cluster,sentinel (fleet: single, cluster; failover: cluster, sentinel)",
+    )
     p.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
     p.add_argument("--json", type=Path, help="write every figure there (bench/results/...)")
     args = p.parse_args()
