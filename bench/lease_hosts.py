@@ -6,9 +6,10 @@ at 100,000 agents is about), and with exactly its control traffic:
 
 * each agent announces (a real ``announce`` envelope, ``reply_to`` = the host's reply list, as
   ``Host`` agents share its reply router), at most ``ramp`` announces in flight per host;
-* every ``heartbeat`` seconds the host writes ONE ``lease`` entry (``schemas.agent.Lease``: a
+* every ``heartbeat`` seconds the host writes its ``lease`` entries (``schemas.agent.Lease``: a
   beat ``[name, instance_id, load, status, epoch]`` per registered agent, the epoch its
-  ``announce_result`` gave) to the control stream, as ``agent_sdk.heartbeats`` does;
+  ``announce_result`` gave; ``max_beats`` per entry, ``agent_sdk.heartbeats.LEASE_MAX_BEATS``
+  in the SDK) to the control stream, as ``agent_sdk.heartbeats`` does;
 * its reply list is drained on every tick: ``announce_result`` marks an agent registered, a
   ``reannounce`` makes that agent announce again (and leave the lease until it is answered).
 
@@ -73,8 +74,11 @@ class LeaseHostSpec:
 
 
 class _Host:
-    def __init__(self, r: Any, keys: KeySpace, spec: LeaseHostSpec, hb_ms: int, ttl_ms: int):
+    def __init__(
+        self, r: Any, keys: KeySpace, spec: LeaseHostSpec, hb_ms: int, ttl_ms: int, max_beats: int
+    ) -> None:
         self.r = r
+        self.max_beats = max_beats
         self.keys = keys
         self.spec = spec
         self.hb_ms, self.ttl_ms = hb_ms, ttl_ms
@@ -130,19 +134,20 @@ class _Host:
             return
         agents = self.agents
         beats = [[n, agents[n].instance_id, 0, "ready", e] for n, e in self.epochs.items()]
-        env = Envelope(  # as agent_sdk.heartbeats builds it (a schemas.agent.Lease payload)
-            kind=Kind.CONTROL,
-            type=ControlType.LEASE.value,
-            sender=self.spec.name,
-            reply_to=self.reply_to,
-            payload={"host": self.spec.name, "beats": beats},
-        )
         t0 = time.perf_counter()
-        await self.r.xadd(
-            self.keys.control(), encode_fields(env), maxlen=CONTROL_MAXLEN, approximate=True
-        )
+        for k in range(0, len(beats), self.max_beats):  # as agent_sdk.heartbeats does
+            env = Envelope(  # a schemas.agent.Lease payload
+                kind=Kind.CONTROL,
+                type=ControlType.LEASE.value,
+                sender=self.spec.name,
+                reply_to=self.reply_to,
+                payload={"host": self.spec.name, "beats": beats[k : k + self.max_beats]},
+            )
+            await self.r.xadd(
+                self.keys.control(), encode_fields(env), maxlen=CONTROL_MAXLEN, approximate=True
+            )
+            self.leases += 1
         self.xadd_max = max(self.xadd_max, time.perf_counter() - t0)
-        self.leases += 1
 
     async def run(self, interval: float, ramp: int, stop: asyncio.Event) -> None:
         next_at = time.monotonic() + random.uniform(0, interval)
@@ -177,6 +182,7 @@ async def lease_hosts_worker(
     heartbeat: float,
     ttl: float,
     ramp: int,
+    max_beats: int,
 ) -> None:
     """Simulated hosts ``specs`` (module docstring): start on ``go``, run until ``stop``, then
     put one result per host."""
@@ -187,7 +193,7 @@ async def lease_hosts_worker(
     keys = KeySpace(ns)
     clients = [make_client(settings, max_connections=4) for _ in specs]
     hosts = [
-        _Host(r, keys, spec, round(heartbeat * 1000), round(ttl * 1000))
+        _Host(r, keys, spec, round(heartbeat * 1000), round(ttl * 1000), max_beats)
         for r, spec in zip(clients, specs, strict=True)
     ]
     for r in clients:

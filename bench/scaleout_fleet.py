@@ -23,6 +23,7 @@ from typing import Any
 
 import psutil
 
+from agent_sdk.heartbeats import LEASE_MAX_BEATS
 from bench.coord import CoordinatorProcess
 from bench.lease_hosts import LeaseHostSpec, lease_hosts_worker, query_100k
 from bench.procs import Worker, context, spawn
@@ -75,6 +76,14 @@ async def _control_lag(bus: Any, keys: KeySpace) -> tuple[int, int]:
     return lag, pending
 
 
+async def _control_counts(bus: Any, keys: KeySpace) -> tuple[int, int]:
+    """Entries ever added to the control stream, and read by the coordinators' group."""
+    info: Any = await bus.client.xinfo_stream(keys.control())
+    groups: Any = await bus.client.xinfo_groups(keys.control())
+    read = max((int(g.get("entries-read") or 0) for g in groups), default=0)
+    return int(info.get("entries-added") or 0), read
+
+
 async def fleet_run(
     url: str,
     nodes: Sequence[Node],
@@ -88,6 +97,7 @@ async def fleet_run(
     heartbeat: float = 1.0,
     ttl: float = 3.0,
     ramp: int = 1000,
+    max_beats: int = LEASE_MAX_BEATS,
     loop: str = "asyncio",
 ) -> dict[str, Any]:
     """The fleet described in the module docstring; ``nodes``: the redis-servers to watch."""
@@ -100,7 +110,7 @@ async def fleet_run(
     env = {"heartbeat_interval": str(heartbeat), "ttl": str(ttl)}
     out: dict[str, Any] = {
         "agents": agents, "hosts": hosts, "processes": procs, "coordinators": coordinators,
-        "window_s": window, "heartbeat_s": heartbeat, "ttl_s": ttl,
+        "window_s": window, "heartbeat_s": heartbeat, "ttl_s": ttl, "lease_max_beats": max_beats,
     }  # fmt: skip
     ctx = context()
     go, stop = ctx.Event(), ctx.Event()
@@ -117,7 +127,7 @@ async def fleet_run(
             for k in range(procs):
                 mine = specs[k::procs]
                 if mine:
-                    args = (url, ns, mine, go, stop, heartbeat, ttl, ramp)
+                    args = (url, ns, mine, go, stop, heartbeat, ttl, ramp, max_beats)
                     workers.append(spawn(lease_hosts_worker, *args, loop=loop))
             coord_cpu0 = sum(c.cpu_seconds() for c in coords)
             t0 = time.perf_counter()
@@ -139,6 +149,7 @@ async def fleet_run(
             lat: dict[str, list[float]] = {"1%": [], "0.1%": []}
             matches: dict[str, int] = {}
             lag_max = pending_max = 0
+            added0, read0 = await _control_counts(bus, keys)
             w0 = time.perf_counter()
             end, j = w0 + window, 0
             next_lag = w0
@@ -156,6 +167,10 @@ async def fleet_run(
                     next_lag += 1.0
                 await asyncio.sleep(0.05)  # discovery sampled ~10 times a second
             elapsed = time.perf_counter() - w0
+            added1, read1 = await _control_counts(bus, keys)
+            out["control_entries_added_per_s"] = (added1 - added0) / elapsed
+            out["control_entries_read_per_s"] = (read1 - read0) / elapsed
+            out["control_lag_end"] = added1 - read1
             out["machine_busy_pct"] = psutil.cpu_percent()
             out["load_avg_1m"] = [load0, os.getloadavg()[0]]
             out["node_cpu_pct"] = {

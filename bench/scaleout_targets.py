@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from agent_sdk.embedded import RedisServer
+from agent_sdk.heartbeats import LEASE_MAX_BEATS
 from bench.scaleout_failover import failover_run
 from bench.scaleout_fleet import Node, fleet_run
 from schemas.keys import KeySpace
@@ -55,6 +56,7 @@ async def _fleet(args: argparse.Namespace) -> dict[str, Any]:
     common = {
         "agents": args.agents, "hosts": args.hosts, "procs": args.procs,
         "coordinators": args.coordinators, "window": args.window, "loop": args.loop,
+        "max_beats": args.lease_beats,
     }  # fmt: skip
     out: dict[str, Any] = {}
     if "single" in args.topologies:
@@ -144,6 +146,8 @@ def main() -> None:
     p.add_argument("--hosts", type=int, default=10, help="simulated hosts (lease writers)")
     p.add_argument("--procs", type=int, default=5, help="worker processes for the hosts")
     p.add_argument("--coordinators", type=int, default=1)
+    p.add_argument("--lease-beats", type=int, default=LEASE_MAX_BEATS,
+                   help="beats per lease entry (the SDK's LEASE_MAX_BEATS by default)")  # fmt: skip
     p.add_argument("--window", type=float, default=60.0, help="seconds measured")
     p.add_argument("--rate", type=float, default=1000.0, help="failover: requests/s")
     p.add_argument(
