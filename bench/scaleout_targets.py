@@ -56,7 +56,7 @@ async def _fleet(args: argparse.Namespace) -> dict[str, Any]:
     common = {
         "agents": args.agents, "hosts": args.hosts, "procs": args.procs,
         "coordinators": args.coordinators, "window": args.window, "loop": args.loop,
-        "max_beats": args.lease_beats,
+        "max_beats": args.lease_beats, "register_timeout": args.register_timeout,
     }  # fmt: skip
     out: dict[str, Any] = {}
     if "single" in args.topologies:
@@ -149,6 +149,8 @@ def main() -> None:
     p.add_argument("--lease-beats", type=int, default=LEASE_MAX_BEATS,
                    help="beats per lease entry (the SDK's LEASE_MAX_BEATS by default)")  # fmt: skip
     p.add_argument("--window", type=float, default=60.0, help="seconds measured")
+    p.add_argument("--register-timeout", type=float, default=60.0,
+                   help="seconds the fleet gets to register before the window starts")  # fmt: skip
     p.add_argument("--rate", type=float, default=1000.0, help="failover: requests/s")
     p.add_argument(
         "--topologies",
