@@ -89,7 +89,9 @@ def _print_fleet(name: str, r: dict[str, Any]) -> None:
     for label, pct in r["node_cpu_pct"].items():
         print(f"  redis {label}: {pct:.1f} % of a core")
     cc = ", ".join(f"{p:.1f} %" for p in r["coordinator_cpu_pct"])
-    print(f"  coordinators: {cc}; control lag max {r['control_lag_max']} entries")
+    print(f"  coordinators: {cc}; control entries added {r['control_entries_added_per_s']:.0f}/s, "
+          f"applied {r['control_entries_read_per_s']:.0f}/s (lease entries of "
+          f"{r['lease_max_beats']} beats); lag at the end {r['control_lag_end']}")  # fmt: skip
     for label in ("1%", "0.1%"):
         d = r[f"discover_{label}"]
         print(f"  discover ({d['matches']} matches): p50 {d['p50_ms']:.2f} ms, p99 "
