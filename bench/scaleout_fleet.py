@@ -10,7 +10,9 @@ spread over ``procs`` worker processes) against ``coordinators`` real coordinato
   (psutil on its pid, user + system) and of the coordinators, the control stream's lag, the
   hosts' lateness, and ``Bus.discover`` sampled all along (a role + 2 capabilities query that
   matches 1 % of the fleet, and one with a third capability matching 0.1 %);
-* false expiries: ``agent_expired`` events in the window and from the start of the run.
+* false expiries: ``agent_expired`` events in the window and from the start of the run;
+* then discovery again with the coordinators stopped (no control scripts or sweeps in Redis's
+  single thread): what a query costs among the same records, without waiting behind them.
 """
 
 from __future__ import annotations
@@ -193,6 +195,20 @@ async def fleet_run(
             out["expired_in_window"] = await _count_events(bus, keys, since, b"agent_expired")
             out["expired_total"] = await _count_events(bus, keys, "0-0", b"agent_expired")
             out["registered_end"] = int(await bus.client.scard(keys.agents()))
+            # discovery's own cost among the same records: the coordinators stopped (no
+            # control scripts, no sweeps), the hosts still appending their leases
+            for c in coords:
+                c.stop()
+            for label, zone in (("1%", False), ("0.1%", True)):
+                idle = []
+                for q in range(100):
+                    role, caps = query_100k(q, zone)
+                    t = time.perf_counter()
+                    await bus.discover(role=role, capabilities=caps)
+                    idle.append((time.perf_counter() - t) * 1e3)
+                idle.sort()
+                out[f"discover_{label}"]["idle_p50_ms"] = percentile(idle, 50)
+                out[f"discover_{label}"]["idle_p99_ms"] = percentile(idle, 99)
             stop.set()
             per_host = [h for w in workers for h in w.result(timeout=60)]
             out["leases"] = sum(h["leases"] for h in per_host)

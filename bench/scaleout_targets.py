@@ -95,7 +95,8 @@ def _print_fleet(name: str, r: dict[str, Any]) -> None:
     for label in ("1%", "0.1%"):
         d = r[f"discover_{label}"]
         print(f"  discover ({d['matches']} matches): p50 {d['p50_ms']:.2f} ms, p99 "
-              f"{d['p99_ms']:.2f} ms over {d['samples']} queries")  # fmt: skip
+              f"{d['p99_ms']:.2f} ms over {d['samples']} queries; coordinators stopped: p50 "
+              f"{d['idle_p50_ms']:.2f} ms, p99 {d['idle_p99_ms']:.2f} ms")  # fmt: skip
     print(f"  machine busy {r['machine_busy_pct']:.0f} %, load {r['load_avg_1m']}")
 
 
