@@ -229,8 +229,8 @@ async def failover_run(
     ctx = context()
     go, stop_rx = ctx.Event(), ctx.Event()
     workers: list[Worker] = []
-    coord = CoordinatorProcess(url, ns, **{k: str(v) for k, v in _SETTINGS.items()
-                                           if k in ("heartbeat_interval", "ttl")})  # fmt: skip
+    own = ("heartbeat_interval", "ttl", "replica_acks")  # what the coordinator takes of them
+    coord = CoordinatorProcess(url, ns, **{k: str(v) for k, v in _SETTINGS.items() if k in own})
     out: dict[str, Any] = {"topology": kind, "rate": rate, "receivers": receivers,
                            "duration_s": duration, "kill_after_s": before, "slow_s": slow,
                            "settings": _SETTINGS}  # fmt: skip
