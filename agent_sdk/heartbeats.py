@@ -9,7 +9,8 @@ early, so one agent of a 10,000-agent host changing its status does not send the
   that reached Redis was sent more than a TTL ago: the process was frozen, its loop blocked, or
   Redis unreachable, so the registry may have expired it): a re-announcement is started for it
   in a task of its own (one at a time per member), and it is not heartbeated meanwhile;
-* otherwise it is due: all due members go out in ONE entry, a plain ``heartbeat`` when the host
+* otherwise it is due: all due members go out in ONE entry (one per ``LEASE_MAX_BEATS``
+  members for a larger host), a plain ``heartbeat`` when the host
   carries a single agent whose own reply list (named after it) is the host's (a lone ``Agent``:
   the wire of protocol 1), else a ``lease`` (docs/PROTOCOL.md, "Hosts") whose ``reply_to`` is
   the host's reply list.
@@ -35,7 +36,13 @@ from agent_sdk.tasks import cancel_all, cancel_and_wait
 from schemas.agent import ControlType
 from schemas.envelope import Envelope, Kind
 
-__all__ = ["Heartbeats"]
+__all__ = ["LEASE_MAX_BEATS", "Heartbeats"]
+
+#: Beats per ``lease`` entry: a larger host writes several entries per interval. The coordinator
+#: applies one entry in one script call, which blocks the registry's Redis meanwhile: 10,000
+#: beats in one call held it 40-360 ms on a loaded 2-core machine (docs/SCALING.md), 1,000 keep
+#: every other registry call (discovery, the sweeper) waiting a tenth of that.
+LEASE_MAX_BEATS = 1000
 
 log = logging.getLogger("agentbus.heartbeats")
 
@@ -200,14 +207,18 @@ class Heartbeats:
         if len(due) == 1 and alone:
             env = only.heartbeat_envelope()
             doing = f"sending a heartbeat for {only.card.name!r}"
-        else:
+            await xadd_control(self.client, self.settings, env, doing)
+            self.sent += 1
+            return
+        for k in range(0, len(due), LEASE_MAX_BEATS):
+            part = due[k : k + LEASE_MAX_BEATS]
             env = Envelope(  # schemas.agent.Lease, built without validating our own values
                 kind=Kind.CONTROL,
                 type=ControlType.LEASE.value,
                 sender=self.host,
                 reply_to=self.reply_to,
-                payload={"host": self.host, "beats": [m.beat() for m in due]},
+                payload={"host": self.host, "beats": [m.beat() for m in part]},
             )
-            doing = f"sending the lease of host {self.host!r} ({len(due)} agents)"
-        await xadd_control(self.client, self.settings, env, doing)
-        self.sent += 1
+            doing = f"sending the lease of host {self.host!r} ({len(part)} agents)"
+            await xadd_control(self.client, self.settings, env, doing)
+            self.sent += 1

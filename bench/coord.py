@@ -10,30 +10,53 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 from urllib.parse import urlsplit
 
 import psutil
 import redis
+from redis.cluster import ClusterNode, RedisCluster
+from redis.sentinel import Sentinel
 
+from agent_sdk.topology import Topology, parse_redis_url
 from schemas.keys import KeySpace
 
-__all__ = ["CoordinatorProcess"]
+__all__ = ["CoordinatorProcess", "sync_client"]
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def sync_client(url: str) -> Any:
+    """A blocking redis-py client for any ``AGENTBUS_REDIS_URL`` form (one server, a cluster's
+    seed nodes, or Sentinel: its master)."""
+    target = parse_redis_url(url)
+    if target.topology is Topology.CLUSTER:
+        nodes = [ClusterNode(host, port) for host, port in target.nodes]
+        return RedisCluster(startup_nodes=nodes, password=target.password)
+    if target.topology is Topology.SENTINEL:
+        assert target.master is not None
+        sentinel = Sentinel(list(target.nodes), password=target.password)
+        return sentinel.master_for(target.master, db=target.db)
+    return redis.Redis.from_url(url)
 
 
 class CoordinatorProcess:
     """One coordinator daemon for namespace ``ns``; ready when its health key exists."""
 
-    def __init__(self, url: str, ns: str, **settings: str) -> None:
+    def __init__(
+        self, url: str, ns: str, coordinator_id: str | None = None, **settings: str
+    ) -> None:
         self.url = url
         self.ns = ns
-        self.coordinator_id = f"bench-{ns}"
+        self.coordinator_id = coordinator_id or f"bench-{ns}"
         self.settings = settings
         self.process: subprocess.Popen[bytes] | None = None
         self.ps: psutil.Process | None = None
-        port = urlsplit(url).port or 0
-        self.log_path = Path(tempfile.gettempdir()) / f"agentbus-bench-coordinator-{port}-{ns}.log"
+        port = urlsplit(url).port if "," not in url else 0
+        self.log_path = (
+            Path(tempfile.gettempdir())
+            / f"agentbus-bench-coordinator-{port}-{self.coordinator_id}.log"
+        )
 
     def start(self, timeout: float = 30.0) -> CoordinatorProcess:
         env = dict(os.environ)
@@ -56,7 +79,7 @@ class CoordinatorProcess:
         log.close()
         self.ps = psutil.Process(self.process.pid)
         health = KeySpace(self.ns).coordinator_health(self.coordinator_id)
-        client = redis.Redis.from_url(self.url)
+        client = sync_client(self.url)
         deadline = time.monotonic() + timeout
         try:
             while not client.exists(health):

@@ -61,15 +61,15 @@ async def _measure(url: str, agents: int, requests: int) -> dict[str, float]:
             lat.append((time.perf_counter() - t) * 1000)
             assert len(found) == agents // 10
         lat.sort()
-        out["discovery p50 ms"] = percentile(lat, 0.5)
+        out["discovery p50 ms"] = percentile(lat, 50)
         lat = []
         for i in range(requests):
             t = time.perf_counter()
             await bus.request(f"w-{i % agents}", "echo", i)
             lat.append((time.perf_counter() - t) * 1000)
         lat.sort()
-        out["request-reply p50 ms"] = percentile(lat, 0.5)
-        out["request-reply p99 ms"] = percentile(lat, 0.99)
+        out["request-reply p50 ms"] = percentile(lat, 50)
+        out["request-reply p99 ms"] = percentile(lat, 99)
         sem = asyncio.Semaphore(64)
 
         async def one(i: int) -> None:

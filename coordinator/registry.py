@@ -12,12 +12,15 @@ coordinators call this module.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError, ResponseError
 
+from agent_sdk.cluster_lane import AnyLane, open_lane
 from agent_sdk.connection import is_cluster
 from coordinator.outbox import LEAVE_RESULT, reply_head
 from coordinator.scripts import Scripts
@@ -185,10 +188,42 @@ class Registry:
             settings.tombstone_keep_ms,
         ]
         self._control_keys = [*self._keys, keys.epoch()]
-        #: on a cluster the script returns its replies instead of pushing them (other slots)
+        #: on a cluster the script returns its replies instead of pushing them (other slots);
+        #: so it does with replica_acks, so that no answer goes out before the WAIT
         self.cluster = is_cluster(client)
-        reply_ttl: int | str = "return" if self.cluster else settings.reply_ttl_ms
+        acks = settings.replica_acks
+        returned = self.cluster or acks > 0
+        reply_ttl: int | str = "return" if returned else settings.reply_ttl_ms
         self._control_args: list[Any] = [*self._args, reply_ttl]
+        #: replica_acks: each control script is followed by WAIT on its connection (a lane)
+        self._wait = (acks, round(settings.replica_ack_timeout * 1000)) if acks else None
+        self._client = client
+        self._lane: AnyLane | None = None
+        self._lane_lock = asyncio.Lock()
+
+    async def aclose(self) -> None:
+        """Hand back the connection held for replicated writes, if any."""
+        lane, self._lane = self._lane, None
+        if lane is not None:
+            await lane.aclose()
+
+    async def _control_replicated(self, args: list[Any]) -> Any:
+        """The control script, then ``WAIT replica_acks`` on the same connection: it returns
+        once a replica holds what the script wrote (or the timeout passed: the lane then writes
+        without ``WAIT`` for ``UNREPLICATED_HOLD`` seconds, as the SDK's sends do)."""
+        script = self._scripts.control
+        keys = self._control_keys
+        command = ("EVALSHA", script.sha, len(keys), *keys, *args)
+        async with self._lane_lock:
+            if self._lane is None:
+                self._lane = open_lane(self._client)
+            (reply,) = await self._lane.execute((command,), wait=self._wait)
+            if isinstance(reply, NoScriptError):  # a restarted or new node: load it, again
+                await self._client.script_load(script.script)
+                (reply,) = await self._lane.execute((command,), wait=self._wait)
+        if isinstance(reply, ResponseError):
+            raise reply
+        return reply
 
     async def apply(self, batch: ControlBatch) -> ControlResult:
         """Apply, answer and ``XACK`` a batch in one script call; refused announces and
@@ -196,9 +231,12 @@ class Registry:
         args = batch.finish()
         if not args:
             return ControlResult([], {}, 0)
-        res: Any = await self._scripts.control(
-            keys=self._control_keys, args=[*self._control_args, *args]
-        )
+        if self._wait is None:
+            res: Any = await self._scripts.control(
+                keys=self._control_keys, args=[*self._control_args, *args]
+            )
+        else:
+            res = await self._control_replicated([*self._control_args, *args])
         unknown = [(_text(e), _text(n), _text(i), _text(h)) for e, n, i, h in res[0]]
         refused: dict[str, tuple[str, str, str, str, str]] = {}
         for row in res[1]:

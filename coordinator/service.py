@@ -161,6 +161,9 @@ class Coordinator:
 
     async def _close(self) -> None:
         client, self._client = self._client, None
+        if self._consumer is not None:
+            with contextlib.suppress(*RETRYABLE):
+                await self._consumer.registry.aclose()
         if client is not None:
             with contextlib.suppress(*RETRYABLE):
                 await client.aclose()

@@ -1,0 +1,47 @@
+"""A host larger than ``LEASE_MAX_BEATS`` writes several ``lease`` entries per interval, each
+of at most that many beats, and every agent stays registered."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+import redis.asyncio as aioredis
+
+from agent_sdk import Host, heartbeats
+from agent_sdk.settings import Settings
+from coordinator import Coordinator
+from schemas.keys import KeySpace
+from tests.support import wait_for
+
+
+async def test_a_large_host_splits_its_lease(
+    coordinator: Coordinator,
+    settings: Settings,
+    r: aioredis.Redis,
+    keys: KeySpace,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(heartbeats, "LEASE_MAX_BEATS", 10)
+    host = Host(settings, name="big")
+    names = {f"a{i}" for i in range(25)}
+    for name in sorted(names):
+        host.agent(name, "worker")
+    async with host:
+        beats = host.heartbeats
+        assert beats is not None
+        before = coordinator.stats.heartbeats
+        await wait_for(
+            lambda: coordinator.stats.heartbeats >= before + 2 * len(names),
+            message="two intervals of heartbeats applied",
+        )
+        assert set(await r.smembers(keys.agents())) == names
+        entries: Any = await r.xrevrange(keys.control(), count=200)
+        leases = [
+            orjson.loads(f["payload"])["beats"] for _, f in entries if f.get("type") == "lease"
+        ]
+        assert leases, "no lease entry left in the control stream"
+        assert max(len(b) for b in leases) == 10
+        covered = {beat[0] for b in leases[:3] for beat in b}
+        assert covered == names, "the three newest entries are one interval's split lease"
