@@ -43,5 +43,10 @@ async def test_a_large_host_splits_its_lease(
         ]
         assert leases, "no lease entry left in the control stream"
         assert max(len(b) for b in leases) == 10
-        covered = {beat[0] for b in leases[:3] for beat in b}
-        assert covered == names, "the three newest entries are one interval's split lease"
+        # one interval's lease, split: three entries in a row (10 + 10 + 5 beats) covering every
+        # agent (leases of members woken early, e.g. new ones, may come in between intervals)
+        windows = [leases[i : i + 3] for i in range(len(leases) - 2)]
+        assert any(
+            sorted(len(b) for b in w) == [5, 10, 10] and {beat[0] for b in w for beat in b} == names
+            for w in windows
+        ), [len(b) for b in leases]
