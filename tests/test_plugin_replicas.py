@@ -4,6 +4,7 @@ redis-server and worker processes."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from pathlib import Path
 
 import redis.asyncio as aioredis
@@ -77,9 +78,17 @@ async def test_a_plugin_grows_under_backlog_and_shrinks_when_idle(
         assert await members() == 3
         names = set(await r.smembers(keys.role_index("elastic")))
         assert names == {"elastic.a0", "elastic.a1", "elastic.a2"}
-        assert set((await r.hget(keys.plugin("elastic"), "agents")).split(",")) == names
+
+        async def listed() -> set[str]:  # the plugin's record follows its replicas
+            return set((await r.hget(keys.plugin("elastic"), "agents") or "").split(","))
+
+        await wait_for(lambda: _equal(listed(), names), message="the replicas in the record")
         # the backlog drains; after the cooldown, back to min, one replica at a time
         await wait_for(lambda: supervisor.scaled_down == 2, timeout=60, message="back to 1")
         assert await r.smembers(keys.role_index("elastic")) == {"elastic.a0"}
         stats = await r.xinfo_groups(keys.role_queue("elastic"))
         assert [(g["lag"], g["pending"]) for g in stats] == [(0, 0)]  # all 200 handled
+
+
+async def _equal(value: Awaitable[set[str]], expected: set[str]) -> bool:
+    return await value == expected
