@@ -99,7 +99,7 @@ async def test_sessions_are_readable_by_their_owner_and_operators(
                 "/api/sessions", json={"session": "vera-chat"}, headers=_bearer(tokens["viewer"])
             )
             assert started.status_code == 201
-            assert started.json() == {"session": "vera-chat", "owner": "vera"}
+            assert started.json() == {"session": "vera-chat", "owner": "vera", "tenant": None}
             taken = await http.post(
                 "/api/sessions", json={"session": "vera-chat"}, headers=_bearer(tokens["viewer2"])
             )
