@@ -14,11 +14,13 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import ValidationError
 from redis.exceptions import NoPermissionError
 
 from agent_sdk import Bus
 from agent_sdk.messaging import Message
 from coordinator import Coordinator
+from coordinator.acl.policy import Policy
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
 from gateway.tokens import TokenStore
@@ -154,3 +156,12 @@ async def test_the_gateway_streams_a_tenant_session_to_its_owner(
         assert kinds == ["ready", "agent_started", "agent_thinking", "agent_completed"]
         held = await world.admin.xlen(world.keys.session_activity("chat-2", "acme"))
         assert held == 3
+
+
+def test_policy_tenants_are_patterns_of_tenant_names() -> None:
+    ok = Policy.model_validate({"identities": {"a": {"names": ["a"], "tenants": ["acme", "t-*"]}}})
+    assert ok.identities["a"].may_tenant("t-1")
+    assert not ok.identities["a"].may_tenant("acme2")
+    for bad in ("a:b", "{x}", "a?", ""):
+        with pytest.raises(ValidationError):
+            Policy.model_validate({"identities": {"a": {"names": ["a"], "tenants": [bad]}}})
