@@ -13,9 +13,12 @@ import asyncio
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from pydantic import ValidationError
 from redis.exceptions import NoPermissionError
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
 from agent_sdk import Bus
 from agent_sdk.messaging import Message
@@ -156,6 +159,23 @@ async def test_the_gateway_streams_a_tenant_session_to_its_owner(
         assert kinds == ["ready", "agent_started", "agent_thinking", "agent_completed"]
         held = await world.admin.xlen(world.keys.session_activity("chat-2", "acme"))
         assert held == 3
+
+        # over WebSocket: an operator names another tenant; a viewer may not
+        await _emit_as_bob(world, "chat-1")
+        ws = live.url.replace("http://", "ws://") + "/api/sessions/chat-1/events/ws"
+        async with connect(f"{ws}?tenant=globex&access_token={tokens['olga']}") as socket:
+            assert orjson.loads(await socket.recv())["event"] == "ready"
+            event = orjson.loads(await socket.recv())
+            assert (event["event"], event["data"]["agent"]) == ("agent_started", "bob")
+        with pytest.raises(InvalidStatus):
+            async with connect(f"{ws}?tenant=acme&access_token={tokens['gus']}"):
+                pass
+
+
+async def _emit_as_bob(world: World, session: str) -> None:
+    """bob (tenant globex) reports on ``session`` of globex."""
+    async with Bus(world.settings("bob")) as bob:
+        await bob.activity_log.emit(session, "bob", "agent_started", tenant="globex")
 
 
 def test_policy_tenants_are_patterns_of_tenant_names() -> None:
