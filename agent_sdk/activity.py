@@ -9,8 +9,19 @@ Inside a handler::
         act.result = {"summary": "..."}                 # payload of agent_completed
     # agent_completed on a normal exit, agent_failed (with the error) on an exception
 
-Each event goes to the session's stream ``KeySpace.session_activity(session)`` (``MAXLEN ~``,
-expiring ``retention`` after the last write) and, as JSON, to ``KeySpace.session_channel``. One
+A session may belong to a **tenant** (a user, a team, a customer: docs/SECURITY.md, "Tenants"):
+its keys then live under the tenant's prefix, which is what acl mode grants to the identities
+acting for that tenant. A message started through the gateway carries its session and tenant in
+its ``session`` and ``tenant`` headers; ``agent.activity(msg)`` takes both from there::
+
+    @agent.on("ask")
+    async def ask(payload: Any, msg: Message) -> Any:
+        async with agent.activity(msg) as act:          # msg.headers: session (+ tenant)
+            ...
+
+Each event goes to the session's stream ``KeySpace.session_activity(session, tenant)``
+(``MAXLEN ~``, expiring ``retention`` after the last write) and, as JSON, to
+``KeySpace.session_channel(session, tenant)``. One
 Lua script takes the next sequence number (``INCR`` of ``KeySpace.session_seq``), ``XADD``s and
 publishes, so in the stream the order of entries *is* the order of ``seq``, also with many agents
 writing to one session at once. ``ActivityLog.watch`` reads a session in order, resumable from the
@@ -27,7 +38,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
-from agent_sdk.connection import redis_errors
+from agent_sdk.connection import ACCESS_ERRORS, access_error, redis_errors
 from agent_sdk.settings import Settings
 from agent_sdk.watch import tail_stream
 from schemas.envelope import utcnow
@@ -35,7 +46,7 @@ from schemas.errors import AgentbusError, InvalidInput, PayloadTooLarge
 from schemas.events import ActivityEvent, ActivityType
 from schemas.names import check_identifier
 
-__all__ = ["DEFAULT_MAXLEN", "DEFAULT_RETENTION", "Activity", "ActivityLog"]
+__all__ = ["DEFAULT_MAXLEN", "DEFAULT_RETENTION", "TENANT_HEADER", "Activity", "ActivityLog"]
 
 log = logging.getLogger("agentbus.activity")
 
@@ -43,6 +54,8 @@ log = logging.getLogger("agentbus.activity")
 DEFAULT_MAXLEN = 10_000
 #: Seconds a session's activity is kept after its last event.
 DEFAULT_RETENTION = 7 * 24 * 3600.0
+#: The envelope header naming the tenant of the message's ``session`` (set by the gateway).
+TENANT_HEADER = "tenant"
 
 _EMIT = """
 -- Append one activity event to a session.
@@ -73,6 +86,15 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def _check(session: str, tenant: str | None) -> None:
+    try:
+        check_identifier(session, "session id")
+        if tenant is not None:
+            check_identifier(tenant, "tenant")
+    except ValueError as e:
+        raise InvalidInput(str(e)) from e
+
+
 class ActivityLog:
     """Writes and reads session activity on one Redis client. Cheap; one per ``Bus``."""
 
@@ -92,18 +114,23 @@ class ActivityLog:
         self._script = client.register_script(_EMIT)
 
     async def emit(
-        self, session: str, agent: str, type: ActivityType | str, payload: Any = None
+        self,
+        session: str,
+        agent: str,
+        type: ActivityType | str,
+        payload: Any = None,
+        *,
+        tenant: str | None = None,
     ) -> ActivityEvent:
-        """Append one event to ``session``; returns it with its stream id and ``seq``."""
+        """Append one event to ``session`` (of ``tenant``, if any); returns it with its stream
+        id and ``seq``. In acl mode, a session of a tenant the caller's identity does not act
+        for fails with ``PermissionDenied``."""
         try:
             kind = ActivityType(type)
         except ValueError as e:
             known = ", ".join(t.value for t in ActivityType)
             raise InvalidInput(f"unknown activity type {type!r}: use one of {known}") from e
-        try:
-            check_identifier(session, "session id")
-        except ValueError as e:
-            raise InvalidInput(str(e)) from e
+        _check(session, tenant)
         try:
             body = b"" if payload is None else orjson.dumps(payload)
         except TypeError as e:
@@ -122,7 +149,7 @@ class ActivityLog:
         args = [
             self._maxlen,
             self._retention_ms,
-            self._keys.session_channel(session),
+            self._keys.session_channel(session, tenant),
             kind.value,
             agent,
             session,
@@ -132,7 +159,10 @@ class ActivityLog:
         ]
         with redis_errors(self._settings, f"writing activity of session {session!r}"):
             entry_id, seq = await self._script(
-                keys=[self._keys.session_activity(session), self._keys.session_seq(session)],
+                keys=[
+                    self._keys.session_activity(session, tenant),
+                    self._keys.session_seq(session, tenant),
+                ],
                 args=args,
             )
         return ActivityEvent(
@@ -146,24 +176,34 @@ class ActivityLog:
         )
 
     async def watch(
-        self, session: str, since: str | None = None, *, block_ms: int = 5_000
+        self,
+        session: str,
+        since: str | None = None,
+        *,
+        tenant: str | None = None,
+        block_ms: int = 5_000,
     ) -> AsyncIterator[ActivityEvent]:
         """A session's events in order: all still held (``since=None``), only new ones
         (``"now"``), or those after a stream id (``event.id`` of the last one handled)."""
-        try:
-            check_identifier(session, "session id")
-        except ValueError as e:
-            raise InvalidInput(str(e)) from e
-        key = self._keys.session_activity(session)
-        async for entry_id, fields in tail_stream(self.client, key, since, block_ms=block_ms):
+        _check(session, tenant)
+        key = self._keys.session_activity(session, tenant)
+        entries = tail_stream(self.client, key, since, block_ms=block_ms)
+        while True:
+            try:  # a refusal (acl mode: another tenant's session): PermissionDenied
+                entry_id, fields = await anext(entries)
+            except StopAsyncIteration:
+                return
+            except ACCESS_ERRORS as e:
+                raise access_error(self._settings, f"reading session {session!r}", e) from e
             try:
                 yield ActivityEvent.from_fields(entry_id, fields)
             except ValueError as e:
                 log.warning("skipping undecodable activity entry %s in %s: %s", entry_id, key, e)
 
-    def session(self, session: str, agent: str) -> Activity:
-        """An ``async with`` block reporting ``agent``'s work for ``session``."""
-        return Activity(self, session, agent)
+    def session(self, session: str, agent: str, tenant: str | None = None) -> Activity:
+        """An ``async with`` block reporting ``agent``'s work for ``session`` (of ``tenant``)."""
+        _check(session, tenant)
+        return Activity(self, session, agent, tenant)
 
 
 class Activity:
@@ -174,16 +214,21 @@ class Activity:
     without the block.
     """
 
-    def __init__(self, log_: ActivityLog, session: str, agent: str) -> None:
+    def __init__(
+        self, log_: ActivityLog, session: str, agent: str, tenant: str | None = None
+    ) -> None:
         self._log = log_
         self.session = session
         self.agent = agent
+        self.tenant = tenant
         #: Payload of ``agent_completed``; set it before the block ends.
         self.result: Any = None
         self.last: ActivityEvent | None = None
 
     async def emit(self, type: ActivityType | str, payload: Any = None) -> ActivityEvent:
-        self.last = await self._log.emit(self.session, self.agent, type, payload)
+        self.last = await self._log.emit(
+            self.session, self.agent, type, payload, tenant=self.tenant
+        )
         return self.last
 
     async def started(self, payload: Any = None) -> ActivityEvent:

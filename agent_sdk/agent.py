@@ -35,7 +35,7 @@ from typing import Any, Protocol, runtime_checkable
 from pydantic import ValidationError
 
 from agent_sdk import telemetry
-from agent_sdk.activity import Activity
+from agent_sdk.activity import TENANT_HEADER, Activity
 from agent_sdk.bus import Bus, resolve_settings
 from agent_sdk.fence import Fence
 from agent_sdk.host import Host
@@ -491,8 +491,16 @@ class Agent(Lookups, Verbs):
             self.host.usage_flusher.mark(self.usage)  # written with the next flush round
 
     # -- activity (agent_sdk.activity) -------------------------------------------------------
-    def activity(self, session_id: str) -> Activity:
+    def activity(self, session: str | Message, *, tenant: str | None = None) -> Activity:
         """Report this agent's work for a session: ``async with agent.activity(sid) as act:``
         emits ``agent_started``, then ``agent_completed`` or ``agent_failed``; inside it
-        ``act.thinking(...)``, ``act.tool_executing(tool, args)``, ``act.tool_completed(...)``."""
-        return self.bus.activity_log.session(session_id, self.name)
+        ``act.thinking(...)``, ``act.tool_executing(tool, args)``, ``act.tool_completed(...)``.
+
+        ``session``: a session id (``tenant``: the tenant it belongs to, if any), or the message
+        being handled, whose ``session`` and ``tenant`` headers (set by the gateway) say both."""
+        if not isinstance(session, str):
+            headers = session.headers
+            if "session" not in headers:
+                raise InvalidInput(f"message {session.id} has no session header")
+            session, tenant = headers["session"], headers.get(TENANT_HEADER, tenant)
+        return self.bus.activity_log.session(session, self.name, tenant)

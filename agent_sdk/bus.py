@@ -196,8 +196,8 @@ class Bus(Lookups, Verbs):
         return self._activity
 
     def watch_session(
-        self, session_id: str, since: str | None = None
+        self, session_id: str, since: str | None = None, *, tenant: str | None = None
     ) -> AsyncIterator[ActivityEvent]:
         """A session's activity events in order, from ``since`` (``None``: all held, ``"now"``,
-        or the ``id`` of the last event handled)."""
-        return self.activity_log.watch(session_id, since)
+        or the ``id`` of the last event handled); ``tenant``: the tenant it belongs to."""
+        return self.activity_log.watch(session_id, since, tenant=tenant)

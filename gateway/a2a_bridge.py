@@ -6,7 +6,8 @@
   clear ``InvalidParams`` error naming the types (its card lists them as skills);
 * **payload**: the one data part's value; else the text parts joined; else ``None``;
 * **session**: the message's ``contextId`` (a new one when absent) is the agentbus session the
-  request carries (``session`` header), owned by the caller as for ``POST /api/.../requests``;
+  request carries (``session`` header, and ``tenant`` when the caller has one), owned by the
+  caller as for ``POST /api/.../requests``;
 * **reply**: an agent ``Message`` with a text part (a string reply) or a data part (any other
   JSON value). A handler error, a timeout or an agent gone is a ``Task`` in state ``failed``
   whose status message has the error (``[code] description``, and the ``ErrorInfo`` as data);
@@ -62,10 +63,10 @@ from a2a.types.a2a_pb2 import (
 from a2a.utils.errors import InternalError, InvalidParamsError, UnsupportedOperationError
 from google.protobuf import json_format, struct_pb2
 
-from agent_sdk.activity import DEFAULT_RETENTION
+from agent_sdk.activity import DEFAULT_RETENTION, TENANT_HEADER
 from agent_sdk.watch import latest_id
 from gateway.a2a_cards import handled_types
-from gateway.auth import claim_session
+from gateway.auth import claim_session, session_tenant
 from gateway.fanout import Frame, follow, id_key
 from gateway.fleet import usage_of
 from gateway.state import Gateway
@@ -168,10 +169,14 @@ class BusRequestHandler(RequestHandler):
         except ValueError as e:
             raise InvalidParamsError(message=str(e)) from e
         try:
-            await claim_session(gateway, who, session, DEFAULT_RETENTION)
+            tenant = session_tenant(gateway, who)
+            await claim_session(gateway, who, session, DEFAULT_RETENTION, tenant)
         except AgentbusError as e:
             raise InvalidParamsError(message=f"[{e.code}] {e.description}") from e
-        return name, mtype, _payload(message), {"session": session}
+        headers = {"session": session}
+        if tenant is not None:
+            headers[TENANT_HEADER] = tenant
+        return name, mtype, _payload(message), headers
 
     async def _request(self, name: str, mtype: str, payload: Any, headers: dict[str, str]) -> Any:
         return await self.gateway.bus.request(name, mtype, payload, headers=headers)
@@ -197,10 +202,10 @@ class BusRequestHandler(RequestHandler):
         self, params: SendMessageRequest, context: ServerCallContext
     ) -> AsyncGenerator[Event]:
         name, mtype, payload, headers = await self._target(context, params.message)
-        session, task_id = headers["session"], new_id()
+        session, tenant, task_id = headers["session"], headers.get(TENANT_HEADER), new_id()
         gateway, s = self.gateway, self.gateway.settings
         try:  # before the first event: a refusal is a JSON-RPC error, not a broken stream
-            hub = gateway.session_hub(session)
+            hub = gateway.session_hub(session, tenant)
         except AgentbusError as e:
             raise InternalError(message=f"[{e.code}] {e.description}") from e
         # From here the hub is released in the finally below, however the stream ends: the
@@ -260,7 +265,7 @@ class BusRequestHandler(RequestHandler):
                     with contextlib.suppress(BaseException):
                         await task
             await frames.aclose()
-            await gateway.release_session(session)
+            await gateway.release_session(session, tenant)
 
     async def _until(
         self, pending: asyncio.Task[Frame], frames: AsyncGenerator[Frame, None], until: str

@@ -5,8 +5,9 @@
 * ``POST /api/roles/{role}/gather``: ask every member (scatter-gather).
 
 All need an operator token. A body may name a ``session``: the caller becomes its owner (if
-nobody is yet) and the message carries it in the ``session`` header, so the agent can report
-its activity there for the caller to follow (``/api/sessions/{id}/events``).
+nobody is yet) and the message carries it in the ``session`` header (and its tenant, if any, in
+the ``tenant`` header), so the agent can report its activity there (``agent.activity(msg)``)
+for the caller to follow (``/api/sessions/{id}/events``).
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent_sdk.activity import DEFAULT_RETENTION
+from agent_sdk.activity import DEFAULT_RETENTION, TENANT_HEADER
 from gateway.api_agents import checked_name
-from gateway.auth import Operator, claim_session, gateway_of
+from gateway.auth import Operator, claim_session, gateway_of, session_tenant
 from gateway.responses import JSONBytes, json_response
 from gateway.state import Gateway
 from gateway.tokens import Principal
@@ -71,8 +72,11 @@ async def _headers(gateway: Gateway, who: Principal, session: str | None) -> dic
     if session is None:
         return {}
     checked_name(session, "session id")
-    await claim_session(gateway, who, session, DEFAULT_RETENTION)
-    return {SESSION_HEADER: session}
+    tenant = session_tenant(gateway, who)
+    await claim_session(gateway, who, session, DEFAULT_RETENTION, tenant)
+    if tenant is None:
+        return {SESSION_HEADER: session}
+    return {SESSION_HEADER: session, TENANT_HEADER: tenant}
 
 
 def _timeout(gateway: Gateway, timeout: float | None) -> float | None:

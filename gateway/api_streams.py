@@ -5,6 +5,9 @@
 * ``/api/events/ws`` and ``/api/sessions/{id}/events/ws``: the same over WebSocket;
 * ``POST /api/sessions``: start a session owned by the caller.
 
+A session is read in the caller's tenant (``gateway.auth.session_tenant``); an operator may name
+another with ``?tenant=``.
+
 Each event's SSE ``id`` is its stream id (the revision): a client that reconnects with
 ``Last-Event-ID`` (``EventSource`` does it by itself) or ``?since=`` gets exactly the events
 after it. The first frame is ``ready`` (``{"revision": ...}``: where the live part starts);
@@ -28,7 +31,14 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from agent_sdk.activity import DEFAULT_RETENTION
 from agent_sdk.tasks import cancel_all
 from gateway.api_agents import checked_name
-from gateway.auth import Viewer, can_read_session, claim_session, gateway_of, websocket_principal
+from gateway.auth import (
+    Viewer,
+    can_read_session,
+    claim_session,
+    gateway_of,
+    session_tenant,
+    websocket_principal,
+)
 from gateway.errors import Forbidden
 from gateway.fanout import Frame, StreamHub, follow_batches
 from gateway.state import Gateway
@@ -111,8 +121,12 @@ def _follow(
     )  # fmt: skip
 
 
+#: The session (and its tenant) whose hub a stream holds.
+Held = tuple[str, str | None]
+
+
 async def _close(
-    frames: AsyncGenerator[list[Frame], None], gateway: Gateway, release: str | None
+    frames: AsyncGenerator[list[Frame], None], gateway: Gateway, release: Held | None
 ) -> None:
     """Close a client's frames and let go of its session hub. The bookkeeping happens before
     any suspension (``follow``'s cleanup and ``release_session``'s counting are synchronous),
@@ -121,7 +135,7 @@ async def _close(
         await frames.aclose()
     finally:
         if release is not None:
-            await gateway.release_session(release)
+            await gateway.release_session(*release)
 
 
 #: Scope key where ``with_direct_send`` leaves the server's own ``send``.
@@ -165,7 +179,7 @@ class EventStream(Response):
     media_type = "text/event-stream"
 
     def __init__(
-        self, frames: AsyncGenerator[list[Frame], None], gateway: Gateway, release: str | None
+        self, frames: AsyncGenerator[list[Frame], None], gateway: Gateway, release: Held | None
     ) -> None:
         super().__init__(headers=_SSE_HEADERS)  # what FastAPI looks at; the head is _SSE_RAW
         self._frames = frames
@@ -198,6 +212,10 @@ _Since = Annotated[
     str | None, Query(description="Resume after this event id (Last-Event-ID wins).")
 ]
 _LastEventId = Annotated[str | None, Header(alias="Last-Event-ID", include_in_schema=False)]
+_Tenant = Annotated[
+    str | None,
+    Query(description="The session's tenant (default: the caller's; another: operators only)."),
+]
 
 
 @router.get("/events", summary="The registry change feed (SSE)", responses={200: _EVENT_STREAM})
@@ -230,6 +248,7 @@ async def session_events(
     session: str,
     who: Viewer,
     since: _Since = None,
+    tenant: _Tenant = None,
     last_event_id: _LastEventId = None,
 ) -> EventStream:
     """Without a resume point: every event the session still holds, then new ones. Readable by
@@ -237,15 +256,16 @@ async def session_events(
     gateway = gateway_of(request)
     checked_name(session, "session id")
     after = resume_point(last_event_id, since)
-    await can_read_session(gateway, who, session)
-    hub = gateway.session_hub(session)
+    owner_tenant = session_tenant(gateway, who, tenant)
+    await can_read_session(gateway, who, session, owner_tenant)
+    hub = gateway.session_hub(session, owner_tenant)
     try:
         await hub.start()
     except BaseException:
-        await gateway.release_session(session)
+        await gateway.release_session(session, owner_tenant)
         raise
     frames = _follow(gateway, hub, after, replay_all=True, accept=None)
-    return EventStream(frames, gateway, session)
+    return EventStream(frames, gateway, (session, owner_tenant))
 
 
 class SessionBody(BaseModel):
@@ -262,15 +282,16 @@ async def start_session(request: Request, body: SessionBody, who: Viewer) -> dic
     user's tokens and by operators. 403 if another user owns that id already."""
     gateway = gateway_of(request)
     session = checked_name(body.session, "session id") if body.session else new_id()
-    await claim_session(gateway, who, session, DEFAULT_RETENTION)
-    return {"session": session, "owner": who.user}
+    tenant = session_tenant(gateway, who)
+    await claim_session(gateway, who, session, DEFAULT_RETENTION, tenant)
+    return {"session": session, "owner": who.user, "tenant": tenant}
 
 
 async def _serve_ws(
     websocket: WebSocket,
     frames: AsyncGenerator[list[Frame], None],
     gateway: Gateway,
-    release: str | None,
+    release: Held | None,
 ) -> None:
     try:
         async for batch in frames:
@@ -313,14 +334,17 @@ async def events_ws(websocket: WebSocket) -> None:
 
 @router.websocket("/sessions/{session}/events/ws")
 async def session_events_ws(websocket: WebSocket, session: str) -> None:
-    """A session's activity as WebSocket text messages; ``?since=`` as for SSE."""
+    """A session's activity as WebSocket text messages; ``?since=`` and ``?tenant=`` as for
+    SSE."""
     gateway: Gateway = websocket.app.state.gateway
+    params = websocket.query_params
     try:
         who = await websocket_principal(websocket)
         checked_name(session, "session id")
-        after = resume_point(None, websocket.query_params.get("since"))
-        await can_read_session(gateway, who, session)
-        hub = gateway.session_hub(session)
+        after = resume_point(None, params.get("since"))
+        tenant = session_tenant(gateway, who, params.get("tenant") or None)
+        await can_read_session(gateway, who, session, tenant)
+        hub = gateway.session_hub(session, tenant)
     except AgentbusError as e:
         await _ws_refuse(websocket, e)
         return
@@ -328,7 +352,7 @@ async def session_events_ws(websocket: WebSocket, session: str) -> None:
         await hub.start()
         await websocket.accept()
     except BaseException:
-        await gateway.release_session(session)
+        await gateway.release_session(session, tenant)
         raise
     frames = _follow(gateway, hub, after, replay_all=True, accept=None)
-    await _serve_ws(websocket, frames, gateway, session)
+    await _serve_ws(websocket, frames, gateway, (session, tenant))

@@ -134,34 +134,32 @@ class Gateway:
             await client.aclose()
         await self.bus.stop()
 
-    def session_hub(self, session: str) -> StreamHub:
-        """The shared reader of ``session``'s activity (created on first use); each call must
-        be paired with a ``release_session``."""
-        hub = self.sessions.get(session)
+    def session_hub(self, session: str, tenant: str | None = None) -> StreamHub:
+        """The shared reader of ``session``'s activity (of ``tenant``; created on first use);
+        each call must be paired with a ``release_session`` of the same session and tenant.
+        ``sessions`` is keyed by the activity stream's key."""
+        key = self.settings.keys.session_activity(session, tenant)
+        hub = self.sessions.get(key)
         if hub is None:
             if len(self.sessions) >= self.settings.gateway_max_sessions:
                 raise TooManyStreams(
                     f"this gateway already follows {len(self.sessions)} sessions "
                     "(AGENTBUS_GATEWAY_MAX_SESSIONS); try again later or another gateway"
                 )
-            hub = StreamHub(
-                self.streams_client,
-                self.settings,
-                self.settings.keys.session_activity(session),
-                activity_frame,
-            )
-            self.sessions[session] = hub
-        self._holders[session] = self._holders.get(session, 0) + 1
+            hub = StreamHub(self.streams_client, self.settings, key, activity_frame)
+            self.sessions[key] = hub
+        self._holders[key] = self._holders.get(key, 0) + 1
         return hub
 
-    async def release_session(self, session: str) -> None:
-        """Stop following ``session`` once its last client has gone."""
-        held = self._holders.get(session, 0) - 1
+    async def release_session(self, session: str, tenant: str | None = None) -> None:
+        """Stop following ``session`` (of ``tenant``) once its last client has gone."""
+        key = self.settings.keys.session_activity(session, tenant)
+        held = self._holders.get(key, 0) - 1
         if held > 0:
-            self._holders[session] = held
+            self._holders[key] = held
             return
-        self._holders.pop(session, None)
-        hub = self.sessions.pop(session, None)
+        self._holders.pop(key, None)
+        hub = self.sessions.pop(key, None)
         if hub is not None:
             self.session_cutoffs += hub.cutoffs
             await hub.stop()

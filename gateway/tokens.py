@@ -4,8 +4,12 @@ A token belongs to a user and has a role: ``viewer`` (reads: agents, stats, dead
 change feed, the sessions the user owns) or ``operator`` (everything, writes included: send,
 request, replay, and every session). Tokens are random (``agb_`` + 43 URL-safe characters);
 only their SHA-256 is stored, in the hash ``KeySpace.gateway_tokens()``: field = the hex
-digest, value = JSON ``{"user", "role", "issued_at", "expires_at"}``. ``agentbus token issue``
-prints a token once; it cannot be read back.
+digest, value = JSON ``{"user", "role", "issued_at", "expires_at"}`` plus ``"tenant"`` when the
+token names one. ``agentbus token issue`` prints a token once; it cannot be read back.
+
+A token's **tenant** (``--tenant``) is whose sessions its user starts and reads: their activity
+keys live under ``KeySpace.tenant_prefix(tenant)`` (docs/SECURITY.md, "Tenants"). Without one,
+a user is its own tenant in acl mode and has none (the untenanted keys, as before) in off mode.
 
 This module needs no web framework: the CLI uses it without the ``gateway`` extra's servers.
 """
@@ -45,6 +49,8 @@ class Principal:
     user: str
     role: Role
     anonymous: bool = False
+    #: The tenant named by the token (None: none named; see the module docstring).
+    tenant: str | None = None
 
     @property
     def is_operator(self) -> bool:
@@ -60,6 +66,7 @@ class TokenInfo:
     role: Role
     issued_at: float
     expires_at: float | None
+    tenant: str | None = None
 
     @property
     def id(self) -> str:
@@ -76,6 +83,7 @@ class TokenInfo:
             "role": self.role.value,
             "issued_at": self.issued_at,
             "expires_at": self.expires_at,
+            "tenant": self.tenant,
         }
 
 
@@ -93,6 +101,7 @@ def _decode(digest: str, raw: bytes | str) -> TokenInfo | None:
             role=Role(data["role"]),
             issued_at=float(data["issued_at"]),
             expires_at=None if data.get("expires_at") is None else float(data["expires_at"]),
+            tenant=None if data.get("tenant") is None else str(data["tenant"]),
         )
     except (orjson.JSONDecodeError, KeyError, ValueError, TypeError):
         return None
@@ -124,25 +133,33 @@ class TokenStore:
             raise reply
         return reply
 
-    async def issue(self, user: str, role: Role | str, ttl: float | None = None) -> str:
-        """A new token for ``user`` with ``role``, valid ``ttl`` seconds (``None``: forever)."""
+    async def issue(
+        self, user: str, role: Role | str, ttl: float | None = None, *, tenant: str | None = None
+    ) -> str:
+        """A new token for ``user`` with ``role``, valid ``ttl`` seconds (``None``: forever),
+        acting for ``tenant`` (``None``: see the module docstring)."""
         try:
             check_identifier(user, "user")
+            if tenant is not None:
+                check_identifier(tenant, "tenant")
+        except ValueError as e:
+            raise InvalidInput(str(e)) from e
+        try:
             kind = Role(role)
         except ValueError as e:
-            raise InvalidInput(
-                str(e) if "user" in str(e) else f"role must be viewer or operator, not {role!r}"
-            ) from e
+            raise InvalidInput(f"role must be viewer or operator, not {role!r}") from e
         if ttl is not None and ttl <= 0:
             raise InvalidInput(f"ttl must be positive, got {ttl}")
         token = _PREFIX + secrets.token_urlsafe(32)
         now = time.time()
-        value = {
+        value: dict[str, Any] = {
             "user": user,
             "role": kind.value,
             "issued_at": round(now, 3),
             "expires_at": None if ttl is None else round(now + ttl, 3),
         }
+        if tenant is not None:
+            value["tenant"] = tenant
         with redis_errors(self._settings, "storing a gateway token"):
             await self._client.hset(self._key, token_digest(token), orjson.dumps(value))
         return token

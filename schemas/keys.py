@@ -13,7 +13,8 @@ On a Redis Cluster every script call stays in one of these slots: the calls that
 on one server are split there (docs/PROTOCOL.md, "Redis Cluster and Sentinel"), and the
 doorbell channels, which carry their stream's hash tag, are sharded channels.
 
-Data model (mirrored in docs/PROTOCOL.md; ``R`` = ``<ns>:{registry}``):
+Data model (mirrored in docs/PROTOCOL.md; ``R`` = ``<ns>:{registry}``; ``T`` =
+``<ns>:tenant:<tenant>``, the sessions of one tenant, docs/SECURITY.md "Tenants"):
 
 =====================================  ======  ==========================  =============  ==============
 key                                    type    TTL                         written by     read by
@@ -64,6 +65,11 @@ R:proofs                               zset    proofs pruned after         coord
 <ns>:session:{<session>}:activity      stream  MAXLEN ~; PX retention      agents         UIs
 <ns>:session:{<session>}:seq           string  PX retention                agents         agents
 <ns>:session:{<session>}:owner         string  PX retention                gateway        gateway
+T:session:{<session>}:activity         stream  MAXLEN ~; PX retention      the tenant's   the tenant's
+                                                                           agents         agents, gateway
+T:session:{<session>}:seq              string  PX retention                the tenant's   the tenant's
+                                                                           agents         agents
+T:session:{<session>}:owner            string  PX retention                gateway        gateway
 <ns>:deadletter                        stream  MAXLEN ~ (settings)         everyone       ``deadletter``
 <ns>:gateway:tokens                    hash    none (sha256 of a token ->  ``token``      gateway
                                                JSON user, role, expiry)    command
@@ -79,7 +85,7 @@ Pub/sub channels: ``<ns>:broadcast`` (every agent), ``<ns>:broadcast:role:<role>
 ``<ns>:agent:{<name>}:inbox:bell`` and ``<ns>:role:{<role>}:queue:bell`` (protocol 2), direct
 requests ``<ns>:agent:{<name>}:direct``,
 ``<ns>:topic:<topic>`` (subscribers may use glob patterns), ``<ns>:events`` (change feed mirror),
-``<ns>:session:<session>:activity`` (activity mirror).
+``<ns>:session:<session>:activity`` and ``T:session:<session>:activity`` (activity mirrors).
 """
 
 from __future__ import annotations
@@ -270,16 +276,31 @@ class KeySpace:
         thousands of streams wakes for the one that has work (docs/PROTOCOL.md, "Doorbells")."""
         return f"{stream}:bell"
 
-    def session_activity(self, session_id: str) -> str:
-        return f"{self.ns}:session:{{{session_id}}}:activity"
+    # -- sessions: untenanted (``tenant=None``) or under their tenant's prefix ----------------
+    def tenant_prefix(self, tenant: str) -> str:
+        """``<ns>:tenant:<tenant>:``: every key and channel of one tenant's sessions (grant it
+        in an ACL; docs/SECURITY.md, "Tenants"). A tenant is an identifier (``schemas.names``),
+        so it holds no ``:`` and no glob character: the prefix of one tenant never matches
+        another's keys."""
+        return f"{self.ns}:tenant:{tenant}:"
 
-    def session_seq(self, session_id: str) -> str:
+    def _session(self, session_id: str, tenant: str | None) -> str:
+        if tenant is None:
+            return f"{self.ns}:session:{{{session_id}}}:"
+        return f"{self.tenant_prefix(tenant)}session:{{{session_id}}}:"
+
+    def session_activity(self, session_id: str, tenant: str | None = None) -> str:
+        """A session's activity stream: ``<ns>:session:{<session>}:activity`` without a
+        tenant, ``<ns>:tenant:<tenant>:session:{<session>}:activity`` with one."""
+        return f"{self._session(session_id, tenant)}activity"
+
+    def session_seq(self, session_id: str, tenant: str | None = None) -> str:
         """Counter behind the per-session activity sequence numbers (INCR, same slot)."""
-        return f"{self.ns}:session:{{{session_id}}}:seq"
+        return f"{self._session(session_id, tenant)}seq"
 
-    def session_owner(self, session_id: str) -> str:
+    def session_owner(self, session_id: str, tenant: str | None = None) -> str:
         """The user a session belongs to (set by the gateway when a user starts it)."""
-        return f"{self.ns}:session:{{{session_id}}}:owner"
+        return f"{self._session(session_id, tenant)}owner"
 
     def deadletter(self) -> str:
         return f"{self.ns}:deadletter"
@@ -325,8 +346,12 @@ class KeySpace:
     def events_channel(self) -> str:
         return f"{self.ns}:events"
 
-    def session_channel(self, session_id: str) -> str:
-        return f"{self.ns}:session:{session_id}:activity"
+    def session_channel(self, session_id: str, tenant: str | None = None) -> str:
+        """The activity mirror: ``<ns>:session:<session>:activity``, or
+        ``<ns>:tenant:<tenant>:session:<session>:activity`` for a tenant's session."""
+        if tenant is None:
+            return f"{self.ns}:session:{session_id}:activity"
+        return f"{self.tenant_prefix(tenant)}session:{session_id}:activity"
 
     # -- patterns for SCAN (inspection only, never on a hot path) ---------------------------
     def all_keys_pattern(self) -> str:

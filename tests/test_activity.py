@@ -10,9 +10,12 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
+from agent_sdk import Agent
 from agent_sdk.activity import ActivityLog
 from agent_sdk.connection import make_client
+from agent_sdk.messaging import Message
 from agent_sdk.settings import Settings
+from schemas.envelope import Envelope, Kind
 from schemas.errors import InvalidInput, PayloadTooLarge
 from schemas.events import ActivityEvent, ActivityType
 from schemas.keys import KeySpace
@@ -183,3 +186,21 @@ async def test_bad_input_is_refused_before_it_is_written(
     with pytest.raises(InvalidInput, match="unknown activity type 'not_a_type'"):
         await activity.emit("s6", "a", "not_a_type")
     assert not await r.exists(keys.session_activity("s6"), keys.session_seq("s6"))
+
+
+async def test_a_tenants_session_and_activity_from_a_message(
+    activity: ActivityLog, settings: Settings, r: aioredis.Redis
+) -> None:
+    keys = settings.keys
+    await activity.emit("s7", "a1", "agent_started")
+    await activity.emit("s7", "a1", "agent_started", tenant="acme")
+    await activity.emit("s7", "a1", "agent_thinking", tenant="acme")
+    assert await r.xlen(keys.session_activity("s7")) == 1  # untenanted: the keys as before
+    assert await r.xlen(keys.session_activity("s7", "acme")) == 2  # the same id, another session
+    assert await r.get(keys.session_seq("s7", "acme")) == "2"
+    with pytest.raises(InvalidInput, match="tenant"):
+        await activity.emit("s7", "a1", "agent_started", tenant="a:b")
+    agent = Agent("a1", "r", settings=settings)
+    with pytest.raises(InvalidInput, match="no session header"):
+        agent.activity(Message(Envelope(kind=Kind.SEND, type="t", sender="x")))
+    # with both headers: tests/security/test_sessions.py (through the gateway)

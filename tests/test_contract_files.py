@@ -30,7 +30,7 @@ def test_protocol_doc_lists_every_key_builder() -> None:
 
     doc = (ROOT / "docs" / "PROTOCOL.md").read_text()
     table = keys_module.__doc__ or ""
-    patterns = re.findall(r"^(R:\S+|<ns>:\S+)\s", table, flags=re.MULTILINE)
+    patterns = re.findall(r"^(R:\S+|T:\S+|<ns>:\S+)\s", table, flags=re.MULTILINE)
     assert len(patterns) >= 15
     missing = [p for p in patterns if f"`{p}`" not in doc]
     assert not missing, f"docs/PROTOCOL.md lacks these keys: {missing}"

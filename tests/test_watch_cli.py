@@ -87,6 +87,8 @@ async def test_watch_session_shows_its_activity(
             await act.thinking({"step": 1})
         async with agent.activity("chat-other") as act:
             await act.thinking({"step": 99})
+        async with agent.activity("chat-9", tenant="acme") as act:  # another session
+            await act.thinking({"step": 7})
     events = _lines(
         await invoke(settings, "watch", "--session", "chat-9", "--json", "--count", "3")
     )
@@ -99,6 +101,11 @@ async def test_watch_session_shows_its_activity(
     assert human.exit_code == 0, human.output
     assert "agent_thinking" in human.stdout.splitlines()[1]
     assert '{"step":1}' in human.stdout
+    acme = await invoke(settings, "watch", "--session", "chat-9", "--tenant", "acme", "--json",
+                        "--count", "2")  # fmt: skip
+    assert [e.get("payload") for e in _lines(acme)] == [None, {"step": 7}]
+    alone = await invoke(settings, "watch", "--tenant", "acme")
+    assert alone.exit_code == 2
     bad = await invoke(settings, "watch", "--session", "chat-9", "--role", "x")
     assert bad.exit_code == 2
     assert "--role and --type filter the registry feed" in bad.output

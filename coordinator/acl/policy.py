@@ -12,9 +12,16 @@ A policy is a TOML file (``agentbus acl`` reads it; docs/SECURITY.md has a full 
     subscribe = ["news.*"]              # topic patterns it may subscribe to (exact patterns)
     broadcast = false                   # may it broadcast
     max_agents = 100                    # live names at once (coordinator-enforced)
+    tenants = ["acme", "team-*"]        # whose sessions it acts for (glob patterns)
     password_file = "secrets/summarizers"   # its password (made by ``--generate``)
 
-Names, roles and topic patterns use the characters of ``schemas.names`` plus ``*``: ``?``,
+``tenants``: an agent identity writes and reads the activity of those tenants' sessions (the
+keys under ``KeySpace.tenant_prefix``), and nobody else's; a gateway identity serves those
+tenants' token users (it claims and reads their sessions). Coordinators and operators reach
+every tenant. Sessions without a tenant (``<ns>:session:*``) are reachable only by coordinators
+and operators in acl mode (docs/SECURITY.md, "Tenants").
+
+Names, roles, tenants and topic patterns use the characters of ``schemas.names`` plus ``*``: ``?``,
 ``[`` and ``\\`` are refused, so a pattern means the same to Redis and to the coordinator.
 The policy is stored as JSON in ``R:policy`` when applied: the coordinator checks roles,
 capabilities and ``max_agents`` of each announce against it.
@@ -63,9 +70,10 @@ class Identity(BaseModel):
     subscribe: list[str] = Field(default_factory=list)
     broadcast: bool = False
     max_agents: int = Field(default=100, ge=0, le=1_000_000)
+    tenants: list[str] = Field(default_factory=list)
     password_file: str | None = None
 
-    @field_validator("names", "roles", "capabilities", "send_to")
+    @field_validator("names", "roles", "capabilities", "send_to", "tenants")
     @classmethod
     def _names(cls, v: list[str]) -> list[str]:
         return _check_patterns([x.removeprefix("role:") for x in v], _PATTERN_RE, "name") and v
@@ -83,6 +91,9 @@ class Identity(BaseModel):
 
     def may_capability(self, cap: str) -> bool:
         return any(fnmatch.fnmatchcase(cap, p) for p in self.capabilities)
+
+    def may_tenant(self, tenant: str) -> bool:
+        return any(fnmatch.fnmatchcase(tenant, p) for p in self.tenants)
 
 
 class Policy(BaseModel):

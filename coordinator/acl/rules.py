@@ -16,8 +16,16 @@ registry                reads of records, indexes, the change feed, proofs (the 
 control                 XADD to the control stream                                      W
 replies                 LPUSH to reply lists                                            W
 dead letters            XADD to the dead-letter stream                                  W
-doorbells, publish      PUBLISH on doorbells, ``publish`` topics, broadcast channels   channels
+doorbells, publish      PUBLISH on doorbells, ``publish`` topics, broadcast channels,  channels
+                        its tenants' activity mirrors
 ======================  ============================================================  ========
+
+**Tenants.** The root rule set also holds the sessions of the identity's ``tenants``: an agent
+identity their activity streams and sequence counters
+(``<ns>:tenant:<tenant>:session:*:activity`` and ``...:seq``; not the owner keys), a gateway
+identity the whole tenant prefix (``<ns>:tenant:<tenant>:*``: owners too). No other tenant's
+session keys, and no untenanted session key (``<ns>:session:*``), are in any agent's or
+gateway's rules: another tenant's activity is ``NOPERM`` to read and to write.
 
 Nobody but an identity may write its names' proofs (``<ns>:agent:{<name>}:sent``): that is what
 binds a claimed sender to a credential. Nobody else may read its inbox, its reply lists or its
@@ -63,16 +71,29 @@ def rules_for(policy: Policy, identity: str, keys: KeySpace) -> list[str]:
     return [*head, *_agent_rules(ident, keys)]
 
 
+def _tenant_rules(ident: Identity, keys: KeySpace) -> tuple[list[str], list[str]]:
+    """The key and channel rules of ``ident``'s tenants' sessions (see the module docstring)."""
+    prefixes = [keys.tenant_prefix(t) for t in ident.tenants]
+    if ident.kind == "gateway":
+        session_keys = [f"~{p}*" for p in prefixes]
+    else:
+        session_keys = [f"~{p}session:*:{part}" for p in prefixes for part in ("activity", "seq")]
+    return session_keys, [f"&{p}session:*" for p in prefixes]
+
+
 def _agent_rules(ident: Identity, keys: KeySpace) -> list[str]:
     ns, reg = keys.ns, keys.registry_prefix
+    session_keys, session_channels = _tenant_rules(ident, keys)
     own = [f"~{keys.agent_prefix(n)}*" for n in ident.names]
     own += [f"~{ns}:role:{{{r}}}:*" for r in ident.roles]
+    own += session_keys
     proofs = [f"~{keys.proofs(n)}" for n in ident.names]
     channels = [f"&{keys.bell(keys.inbox(n))}" for n in ident.names]
     channels += [f"&{keys.bell(keys.role_queue(r))}" for r in ident.roles]
     channels += [f"&{keys.broadcast_channel()}", f"&{keys.events_channel()}"]
     channels += [f"&{keys.broadcast_channel(r)}" for r in ident.roles]
     channels += [f"&{keys.topic_channel(t)}" for t in ident.subscribe]
+    channels += session_channels
     targets: list[str] = []
     limits: list[str] = []
     for t in ident.send_to:
@@ -84,14 +105,14 @@ def _agent_rules(ident: Identity, keys: KeySpace) -> list[str]:
         limits.append(f"%R~{keys.limits(stream)}")
     root = [*BASE_COMMANDS, *own, *channels]
     if ident.kind == "gateway":
-        root += [f"~{ns}:gateway:*", f"~{ns}:session:*", f"%R~{keys.deadletter()}"]
+        root += [f"~{ns}:gateway:*", f"%R~{keys.deadletter()}"]
     registry = [
         f"{reg}agent:*", f"{reg}agents", f"{reg}role:*", f"{reg}cap:*", f"{reg}tag:*",
     ]  # fmt: skip
     scripts = _sel(
         "+evalsha", "+evalsha_ro", *own, *proofs, *targets, *(f"~{k}" for k in registry),
         f"~{keys.control()}", f"~{keys.agents_prefix}*:replies:*", f"~{keys.deadletter()}",
-        f"~{ns}:session:*", *(x.replace("%R~", "~") for x in limits),
+        *(x.replace("%R~", "~") for x in limits),
     )  # fmt: skip
     send = _sel("+xadd", "+xlen", "+xinfo|groups", "+xpending", "+xtrim", *targets)
     reads = _sel(
@@ -100,10 +121,9 @@ def _agent_rules(ident: Identity, keys: KeySpace) -> list[str]:
     )  # fmt: skip
     publish = ["+publish", f"&{keys.agents_prefix}*:inbox:bell", f"&{ns}:role:*:queue:bell"]
     publish += [f"&{keys.topic_channel(t)}" for t in ident.publish]
+    publish += session_channels
     if ident.broadcast:
         publish += [f"&{keys.broadcast_channel()}", f"&{keys.broadcast_channel('*')}"]
-    sessions = _sel("+incr", "+xadd", "+pexpire", "+publish", f"~{ns}:session:*",
-                    f"&{ns}:session:*")  # fmt: skip
     return [
         *root,
         scripts,
@@ -113,5 +133,4 @@ def _agent_rules(ident: Identity, keys: KeySpace) -> list[str]:
         _sel("+lpush", f"%W~{keys.agents_prefix}*:replies:*"),
         _sel("+xadd", f"%W~{keys.deadletter()}"),
         _sel(*publish),
-        sessions,
     ]

@@ -91,8 +91,13 @@ def token() -> None:
     help="viewer: reads; operator: reads and writes (send, request, replay).",
 )
 @click.option("--ttl", type=click.FloatRange(min=0, min_open=True), help="Valid for SECONDS.")
+@click.option(
+    "--tenant",
+    default=None,
+    help="Whose sessions the user starts and reads [default: none; in acl mode, the user].",
+)
 @pass_state
-def issue(state: CliState, user: str, role: str, ttl: float | None) -> None:
+def issue(state: CliState, user: str, role: str, ttl: float | None, tenant: str | None) -> None:
     """Issue a token for USER with ROLE and print it on stdout (nothing else)."""
     settings = _settings(state)
     from agent_sdk.bus import Bus
@@ -100,7 +105,7 @@ def issue(state: CliState, user: str, role: str, ttl: float | None) -> None:
 
     async def go() -> str:
         async with Bus(settings) as bus:
-            return await TokenStore(bus.client, settings).issue(user, role, ttl)
+            return await TokenStore(bus.client, settings).issue(user, role, ttl, tenant=tenant)
 
     click.echo(run_async(go))
 
@@ -130,6 +135,7 @@ def list_(state: CliState, as_json: bool) -> None:
         Column("id", [t.id for t in found], 0),
         Column("user", [t.user for t in found], 0),
         Column("role", [t.role.value for t in found], 1),
+        Column("tenant", [t.tenant or "-" for t in found], 3),
         Column("expires", [_when(t.expires_at) for t in found], 2),
     ]
     out.print(fitted_table(columns, out.width))

@@ -105,6 +105,7 @@ async def _tail(
     settings: Settings,
     *,
     session: str | None,
+    tenant: str | None,
     since: str | None,
     roles: tuple[str, ...],
     types: tuple[str, ...],
@@ -115,7 +116,7 @@ async def _tail(
     async with Bus(settings) as bus:
         stream: AsyncIterator[RegistryEvent] | AsyncIterator[ActivityEvent]
         if session is not None:
-            stream = bus.watch_session(session, since=since)
+            stream = bus.watch_session(session, since=since, tenant=tenant)
         else:
             stream = bus.watch(since=since, roles=roles or None, types=types or None)
         seen = 0
@@ -139,6 +140,7 @@ async def _tail(
     help="Resume after this revision, a stream id like 1700000000000-0 (0: all still held).",
 )
 @click.option("--session", metavar="ID", help="Tail this session's activity events instead.")
+@click.option("--tenant", metavar="T", help="The --session's tenant (docs/SECURITY.md, Tenants).")
 @click.option("--role", "roles", multiple=True, help="Only changes of agents of this role.")
 @click.option(
     "--type",
@@ -154,6 +156,7 @@ def watch(
     state: CliState,
     since: str | None,
     session: str | None,
+    tenant: str | None,
     roles: tuple[str, ...],
     types: tuple[str, ...],
     as_json: bool,
@@ -162,6 +165,8 @@ def watch(
     """Tail the registry change feed (or --session ID's activity) until Ctrl-C."""
     if session is not None and (roles or types):
         raise click.UsageError("--role and --type filter the registry feed, not --session")
+    if tenant is not None and session is None:
+        raise click.UsageError("--tenant names the tenant of a --session")
     settings = state.settings()
     if since in ("0", "0-0"):
         resolved: str | None = None  # everything the stream still holds
@@ -172,7 +177,7 @@ def watch(
 
     async def tail() -> None:
         await _tail(
-            settings, session=session, since=resolved, roles=roles, types=types,
+            settings, session=session, tenant=tenant, since=resolved, roles=roles, types=types,
             count=count, as_json=as_json, out=console(),
         )  # fmt: skip
 

@@ -184,11 +184,12 @@ async function loadDeadLetters() {
 }
 
 // -- a session's activity -------------------------------------------------------------------------
-function followSession(id) {
+function followSession(id, tenant) {
   if (sessionFeed) sessionFeed.close();
   const list = $("#session-events");
   list.replaceChildren();
-  sessionFeed = new EventSource(withToken("/api/sessions/" + encodeURIComponent(id) + "/events"));
+  const of = tenant ? "?tenant=" + encodeURIComponent(tenant) : "";  // another tenant: operators
+  sessionFeed = new EventSource(withToken("/api/sessions/" + encodeURIComponent(id) + "/events" + of));
   const types = ["agent_started", "agent_thinking", "tool_executing", "tool_completed", "agent_completed", "agent_failed"];
   for (const type of types) {
     sessionFeed.addEventListener(type, (m) => {
@@ -210,8 +211,9 @@ $("#token").addEventListener("change", (e) => { localStorage.setItem("agentbus-t
 for (const id of ["#q", "#role", "#status"]) $(id).addEventListener("input", render);
 $("#session-form").addEventListener("submit", (e) => { e.preventDefault(); const id = $("#session-id").value.trim(); if (id) followSession(id); });
 $("#dl-refresh").addEventListener("click", loadDeadLetters);
-const fromHash = new URLSearchParams(location.hash.slice(1)).get("session");
-if (fromHash) { $("#session-id").value = fromHash; followSession(fromHash); }
+const hashParams = new URLSearchParams(location.hash.slice(1));
+const fromHash = hashParams.get("session");
+if (fromHash) { $("#session-id").value = fromHash; followSession(fromHash, hashParams.get("tenant")); }
 follow();
 refreshStats();
 loadDeadLetters();

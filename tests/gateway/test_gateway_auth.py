@@ -99,7 +99,7 @@ async def test_sessions_are_readable_by_their_owner_and_operators(
                 "/api/sessions", json={"session": "vera-chat"}, headers=_bearer(tokens["viewer"])
             )
             assert started.status_code == 201
-            assert started.json() == {"session": "vera-chat", "owner": "vera"}
+            assert started.json() == {"session": "vera-chat", "owner": "vera", "tenant": None}
             taken = await http.post(
                 "/api/sessions", json={"session": "vera-chat"}, headers=_bearer(tokens["viewer2"])
             )
@@ -186,6 +186,15 @@ async def test_token_cli_issue_list_revoke_and_only_hashes_stored(
     listed = await _invoke(settings, "token", "list", "--json")
     (row,) = orjson.loads(listed.output)
     assert (row["user"], row["role"], row["id"]) == ("ops", "operator", digest[:12])
+    assert row["tenant"] is None
+    tenanted = await _invoke(settings, "token", "issue", "--user", "ann", "--tenant", "acme")
+    assert tenanted.exit_code == 0, tenanted.output
+    rows = orjson.loads((await _invoke(settings, "token", "list", "--json")).output)
+    assert [(t["user"], t["tenant"]) for t in rows] == [("ann", "acme"), ("ops", None)]
+    bad_tenant = await _invoke(settings, "token", "issue", "--user", "x", "--tenant", "a:b")
+    assert bad_tenant.exit_code == 2
+    assert "tenant" in bad_tenant.output
+    assert (await _invoke(settings, "token", "revoke", "--user", "ann")).exit_code == 0
     bad_role = await _invoke(settings, "token", "issue", "--user", "x", "--role", "admin")
     assert bad_role.exit_code == 2
     bad_user = await _invoke(settings, "token", "issue", "--user", "no spaces")

@@ -93,6 +93,20 @@ async def test_a_sessions_events_appear_in_order(
         await page.close()
 
 
+async def test_a_tenants_session_from_the_url(
+    browser: Browser, live_gateway: ServeGateway, settings: Settings
+) -> None:
+    async with live_gateway() as live, Bus(settings) as bus:
+        log = bus.activity_log
+        await log.emit("chat-t", "helper", "agent_failed")  # the untenanted chat-t: not this one
+        await log.emit("chat-t", "helper", "agent_thinking", tenant="acme")
+        page = await _open(browser, live.url + "/#session=chat-t&tenant=acme")
+        first = await page.wait_for_selector('li.activity[data-seq="1"]', timeout=WAIT_MS)
+        assert first is not None
+        assert await first.get_attribute("data-type") == "agent_thinking"
+        await page.close()
+
+
 async def test_an_agents_tasks_show_in_its_details(
     browser: Browser, live_gateway: ServeGateway, settings: Settings
 ) -> None:

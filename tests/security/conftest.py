@@ -29,12 +29,17 @@ from coordinator.acl.policy import Policy
 from schemas.keys import KeySpace
 
 #: The identities of the test policy: two agents, an attacker, a host, the trusted ones.
+#: Tenants: alice acts for ``acme``, bob for ``globex``, mallory for ``evil-*`` tenants; the
+#: gateway serves ``acme`` and ``globex`` (not ``initech``).
 POLICY: dict[str, Any] = {
     "alice": {"names": ["alice"], "roles": ["worker"], "subscribe": ["news.*"],
-              "publish": ["news.*"], "broadcast": True},
-    "bob": {"names": ["bob"], "roles": ["worker"], "subscribe": ["news.*"]},
+              "publish": ["news.*"], "broadcast": True, "tenants": ["acme"]},
+    "bob": {"names": ["bob"], "roles": ["worker"], "subscribe": ["news.*"],
+            "tenants": ["globex"]},
     "mallory": {"names": ["mallory", "m-*"], "roles": ["worker"], "max_agents": 3,
-                "subscribe": ["news.*"], "publish": ["news.*"], "broadcast": True},
+                "subscribe": ["news.*"], "publish": ["news.*"], "broadcast": True,
+                "tenants": ["evil-*"]},
+    "gateway": {"kind": "gateway", "names": ["client-*"], "tenants": ["acme", "globex"]},
     "coordinator": {"kind": "coordinator"},
     "operator": {"kind": "operator"},
 }  # fmt: skip
