@@ -37,7 +37,7 @@ from coordinator.acl.apply import apply_plan, make_plan
 from coordinator.acl.policy import Policy
 from schemas.envelope import Envelope
 
-_IDS = {
+_IDS: dict[str, dict[str, Any]] = {
     "a": {"names": ["a"], "roles": ["w"]},
     "b": {"names": ["b"], "roles": ["w"]},
     "coord": {"kind": "coordinator"},
