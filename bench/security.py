@@ -1,9 +1,13 @@
 """The cost of acl mode: request-reply latency, send throughput and control entries (heartbeats),
 default mode and acl mode in the same run on the same private Redis.
 
-    python -m bench.security [--requests 2000] [--sends 20000] [--beats 5000]
+    python -m bench.security [--requests 2000] [--sends 20000] [--beats 5000] [--rounds 10]
 
-Prints one JSON line per measure and mode, and the acl/off ratios (docs/SECURITY.md, "Cost").
+Both buses run at once (a coordinator and two agents each, one namespace per mode) and every
+measure alternates between them in ``--rounds`` slices (which mode goes first alternates too), so
+both modes see the same background load: on a shared machine the load drifts over seconds, and
+whole runs of one mode after the other measured that drift as often as the mode. Prints one
+JSON line per mode and the acl/off ratios (docs/SECURITY.md, "Cost").
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import asyncio
 import secrets
 import statistics
 import time
+from contextlib import AsyncExitStack
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
@@ -32,11 +37,12 @@ from coordinator.acl.apply import apply_plan, make_plan
 from coordinator.acl.policy import Policy
 from schemas.envelope import Envelope
 
-_IDS = {
+_IDS: dict[str, dict[str, Any]] = {
     "a": {"names": ["a"], "roles": ["w"]},
     "b": {"names": ["b"], "roles": ["w"]},
     "coord": {"kind": "coordinator"},
 }
+MODES = ("off", "acl")
 
 
 async def _users(admin: aioredis.Redis, ns: str, base: Settings, tmp: Path) -> dict[str, Settings]:
@@ -57,14 +63,24 @@ async def _users(admin: aioredis.Redis, ns: str, base: Settings, tmp: Path) -> d
     }
 
 
-async def _measure(mode: str, who: dict[str, Settings], n_req: int, n_send: int, n_beat: int
-                   ) -> dict[str, Any]:  # fmt: skip
-    cs = CoordinatorSettings(**who["coord"].model_dump(), coordinator_id=f"bench-{mode}")
-    out: dict[str, Any] = {"mode": mode}
-    async with Coordinator(cs), Agent("b", "w", settings=who["b"], max_concurrency=64) as b, \
-            Agent("a", "w", settings=who["a"]) as a:  # fmt: skip
-        got = 0
-        done = asyncio.Event()
+class _Bus:
+    """One mode's bus: a coordinator, ``b`` answering ``echo`` and counting ``note``s, and ``a``."""
+
+    def __init__(self, mode: str, who: dict[str, Settings]) -> None:
+        self.mode = mode
+        self.who = who
+        self.notes = 0
+        self.wanted = 0
+        self.arrived = asyncio.Event()
+        self.latencies: list[float] = []
+        self.send_time = 0.0
+        self.beat_time = 0.0
+
+    async def start(self, stack: AsyncExitStack) -> None:
+        who = self.who
+        cs = CoordinatorSettings(**who["coord"].model_dump(), coordinator_id=f"bench-{self.mode}")
+        await stack.enter_async_context(Coordinator(cs))
+        b = await stack.enter_async_context(Agent("b", "w", settings=who["b"], max_concurrency=64))
 
         @b.on("echo")
         async def echo(payload: Any, msg: Message) -> Any:
@@ -72,60 +88,80 @@ async def _measure(mode: str, who: dict[str, Settings], n_req: int, n_send: int,
 
         @b.on("note")
         async def note(payload: Any, msg: Message) -> None:
-            nonlocal got
-            got += 1
-            if got >= n_send:
-                done.set()
+            self.notes += 1
+            if self.notes >= self.wanted:
+                self.arrived.set()
 
+        self.a = await stack.enter_async_context(Agent("a", "w", settings=who["a"]))
+        self.client = make_client(who["a"])
+        stack.push_async_callback(self.client.aclose)
+        self.beat = Envelope(
+            kind="control",
+            type="heartbeat",
+            sender="a",
+            payload={"instance_id": self.a.instance_id, "load": 0, "status": "ready"},
+        )
         for _ in range(50):
-            await a.request("b", "echo", 1)
-        lat = []
-        for _ in range(n_req):
+            await self.a.request("b", "echo", 1)
+
+    async def requests(self, n: int) -> None:
+        for _ in range(n):
             t = time.perf_counter()
-            await a.request("b", "echo", 1)
-            lat.append((time.perf_counter() - t) * 1e6)
-        lat.sort()
-        out["request_p50_us"] = round(statistics.median(lat))
-        out["request_p99_us"] = round(lat[int(len(lat) * 0.99)])
+            await self.a.request("b", "echo", 1)
+            self.latencies.append((time.perf_counter() - t) * 1e6)
+
+    async def sends(self, n: int) -> None:
+        self.wanted, self.notes = n, 0
+        self.arrived.clear()
         t = time.perf_counter()
-        for i in range(0, n_send, 200):
-            await asyncio.gather(*(a.send("b", "note", j) for j in range(i, min(i + 200, n_send))))
-        await asyncio.wait_for(done.wait(), 120)
-        out["sends_per_s"] = round(n_send / (time.perf_counter() - t))
-        client = make_client(who["a"])
-        try:
-            env = Envelope(
-                kind="control",
-                type="heartbeat",
-                sender="a",
-                payload={"instance_id": a.instance_id, "load": 0, "status": "ready"},
-            )
-            t = time.perf_counter()
-            for _ in range(n_beat):
-                await xadd_control(client, who["a"], env, "beating")
-            out["control_entry_us"] = round((time.perf_counter() - t) / n_beat * 1e6, 1)
-        finally:
-            await client.aclose()
-    return out
+        for i in range(0, n, 200):
+            await asyncio.gather(*(self.a.send("b", "note", j) for j in range(i, min(i + 200, n))))
+        await asyncio.wait_for(self.arrived.wait(), 120)
+        self.send_time += time.perf_counter() - t
+
+    async def beats(self, n: int) -> None:
+        t = time.perf_counter()
+        for _ in range(n):
+            await xadd_control(self.client, self.who["a"], self.beat, "beating")
+        self.beat_time += time.perf_counter() - t
 
 
-async def main(n_req: int, n_send: int, n_beat: int) -> None:
+async def main(n_req: int, n_send: int, n_beat: int, rounds: int) -> None:
     with RedisServer() as server, TemporaryDirectory() as tmp:
         admin = aioredis.Redis(port=server.port, decode_responses=True)
-        results = []
-        for mode in ("off", "acl", "off", "acl"):
+        buses: dict[str, _Bus] = {}
+        for mode in MODES:
             ns = f"bench{secrets.token_hex(3)}"
             base = Settings(redis_url=server.url, namespace=ns)
             who = {k: base for k in _IDS}
             if mode == "acl":
                 who = await _users(admin, ns, base, Path(tmp))
-            r = await _measure(mode, who, n_req, n_send, n_beat)
-            print(orjson.dumps(r).decode())
-            results.append(r)
+            buses[mode] = _Bus(mode, who)
+        async with AsyncExitStack() as stack:
+            for bus in buses.values():
+                await bus.start(stack)
+            for i in range(rounds):
+                order = list(buses.values()) if i % 2 == 0 else list(buses.values())[::-1]
+                for bus in order:
+                    await bus.requests(n_req // rounds)
+                for bus in order:
+                    await bus.sends(n_send // rounds)
+                for bus in order:
+                    await bus.beats(n_beat // rounds)
         await admin.aclose()
+    results: dict[str, dict[str, Any]] = {}
+    for mode, bus in buses.items():
+        lat = sorted(bus.latencies)
+        results[mode] = {
+            "mode": mode,
+            "request_p50_us": round(statistics.median(lat)),
+            "request_p99_us": round(lat[int(len(lat) * 0.99)]),
+            "sends_per_s": round(n_send // rounds * rounds / bus.send_time),
+            "control_entry_us": round(bus.beat_time / (n_beat // rounds * rounds) * 1e6, 1),
+        }
+        print(orjson.dumps(results[mode]).decode())
     for key in ("request_p50_us", "request_p99_us", "sends_per_s", "control_entry_us"):
-        off = statistics.median(r[key] for r in results if r["mode"] == "off")
-        acl = statistics.median(r[key] for r in results if r["mode"] == "acl")
+        off, acl = results["off"][key], results["acl"][key]
         print(f"{key}: off {off:.1f}  acl {acl:.1f}  acl/off {acl / off:.3f}")
 
 
@@ -134,5 +170,6 @@ if __name__ == "__main__":
     p.add_argument("--requests", type=int, default=2000)
     p.add_argument("--sends", type=int, default=20000)
     p.add_argument("--beats", type=int, default=5000)
+    p.add_argument("--rounds", type=int, default=10)
     a = p.parse_args()
-    asyncio.run(main(a.requests, a.sends, a.beats))
+    asyncio.run(main(a.requests, a.sends, a.beats, a.rounds))

@@ -61,9 +61,7 @@ if len >= maxlen then
   end
   if oldest then redis.call('XTRIM', KEYS[2], 'MINID', '~', oldest) end
 end
-local flat = {}
-for i = 6, #ARGV do flat[#flat + 1] = ARGV[i] end
-local id = redis.call('XADD', KEYS[2], '*', unpack(flat))
-prove(KEYS[3], KEYS[2], id, flat, ARGV[5])
+local id = redis.call('XADD', KEYS[2], '*', unpack(ARGV, 6))
+prove(KEYS[3], KEYS[2], id, ARGV, 6, ARGV[5])
 redis.call('PUBLISH', ARGV[3], ARGV[4])
 return id

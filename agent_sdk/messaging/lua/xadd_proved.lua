@@ -4,14 +4,12 @@
 -- ARGV[3]: a doorbell channel to PUBLISH '' on ('' = none)
 -- ARGV[4..]: the entry as field, value pairs
 -- Returns the new entry id.
-local flat = {}
-for i = 4, #ARGV do flat[#flat + 1] = ARGV[i] end
 local id
 if tonumber(ARGV[1]) > 0 then
-  id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(flat))
+  id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 4))
 else
-  id = redis.call('XADD', KEYS[1], '*', unpack(flat))
+  id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 4))
 end
-prove(KEYS[2], KEYS[1], id, flat, ARGV[2])
+prove(KEYS[2], KEYS[1], id, ARGV, 4, ARGV[2])
 if ARGV[3] ~= '' then redis.call('PUBLISH', ARGV[3], '') end
 return id
