@@ -355,4 +355,3 @@ async def read_usage(client: aioredis.Redis, settings: Settings, name: str) -> l
 
 def _str(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
-

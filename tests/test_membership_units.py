@@ -34,4 +34,3 @@ def test_the_announce_payload_is_the_models_dump() -> None:
     assert m.announce_payload() == expected
     m.card = card.model_copy(update={"role": "s"})  # a new card: dumped again
     assert m.announce_payload()["card"]["role"] == "s"
-
