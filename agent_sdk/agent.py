@@ -312,6 +312,11 @@ class Agent(Lookups, Verbs):
         if self.on_conflict == "suffix":  # the name is known once announced
             await announce_free_name(membership, self._base_name, self._claim_name)
             self._make_data_plane()
+        elif self.settings.secure:
+            # acl mode: the policy decides the roles, so nothing is subscribed before the
+            # coordinator accepted them (a refused role's channels would be NOPERM)
+            await membership.announce()
+            self._make_data_plane()
         else:
             # groups made and channels subscribed in the round trips of the announcement
             messaging = self._make_data_plane()
