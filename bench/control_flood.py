@@ -21,15 +21,13 @@ from tempfile import TemporaryDirectory
 
 import orjson
 import redis.asyncio as aioredis
-from pydantic import SecretStr
 
 from agent_sdk import Agent
 from agent_sdk.connection import make_client
 from agent_sdk.embedded import RedisServer
 from agent_sdk.settings import Settings
+from bench.acl_users import acl_users
 from coordinator import Coordinator, CoordinatorSettings
-from coordinator.acl.apply import apply_plan, make_plan
-from coordinator.acl.policy import Policy
 from coordinator.lag import control_lag
 from schemas.envelope import new_id
 
@@ -39,24 +37,6 @@ _IDS = {
     "m": {"names": ["m"], "roles": ["w"]},
     "coord": {"kind": "coordinator"},
 }
-
-
-async def _users(admin: aioredis.Redis, base: Settings, tmp: Path) -> dict[str, Settings]:
-    ids = {k: {**v, "password_file": k} for k, v in _IDS.items()}
-    for k in ids:
-        (tmp / k).write_text(secrets.token_urlsafe(16) + "\n")
-    policy = Policy.model_validate({"user_prefix": f"{base.namespace}-", "identities": ids})
-    await apply_plan(admin, await make_plan(admin, policy, base.keys, tmp), policy, base.keys)
-    return {
-        k: base.model_copy(
-            update={
-                "security": "acl",
-                "redis_username": policy.user(k),
-                "redis_password": SecretStr((tmp / k).read_text().strip()),
-            }
-        )
-        for k in ids
-    }
 
 
 async def _flood(settings: Settings, n: int) -> float:
@@ -115,7 +95,7 @@ async def main(n: int, modes: list[str]) -> None:
             base = Settings(redis_url=server.url, namespace=f"flood{secrets.token_hex(3)}")
             who = {k: base for k in _IDS}
             if mode == "acl":
-                who = await _users(admin, base, Path(tmp))
+                who = await acl_users(admin, _IDS, base.namespace, base, Path(tmp))
             print(orjson.dumps(await _measure(mode, who, n)).decode(), flush=True)
         await admin.aclose()
 

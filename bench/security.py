@@ -24,7 +24,6 @@ from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
-from pydantic import SecretStr
 
 from agent_sdk import Agent
 from agent_sdk.connection import make_client
@@ -32,9 +31,8 @@ from agent_sdk.embedded import RedisServer
 from agent_sdk.membership import xadd_control
 from agent_sdk.messaging import Message
 from agent_sdk.settings import Settings
+from bench.acl_users import acl_users
 from coordinator import Coordinator, CoordinatorSettings
-from coordinator.acl.apply import apply_plan, make_plan
-from coordinator.acl.policy import Policy
 from schemas.envelope import Envelope
 
 _IDS: dict[str, dict[str, Any]] = {
@@ -43,24 +41,6 @@ _IDS: dict[str, dict[str, Any]] = {
     "coord": {"kind": "coordinator"},
 }
 MODES = ("off", "acl")
-
-
-async def _users(admin: aioredis.Redis, ns: str, base: Settings, tmp: Path) -> dict[str, Settings]:
-    ids = {k: {**v, "password_file": k} for k, v in _IDS.items()}
-    for k in ids:
-        (tmp / k).write_text(secrets.token_urlsafe(16) + "\n")
-    policy = Policy.model_validate({"user_prefix": f"{ns}-", "identities": ids})
-    await apply_plan(admin, await make_plan(admin, policy, base.keys, tmp), policy, base.keys)
-    return {
-        k: base.model_copy(
-            update={
-                "security": "acl",
-                "redis_username": policy.user(k),
-                "redis_password": SecretStr((tmp / k).read_text().strip()),
-            }
-        )
-        for k in ids
-    }
 
 
 class _Bus:
@@ -135,7 +115,7 @@ async def main(n_req: int, n_send: int, n_beat: int, rounds: int) -> None:
             base = Settings(redis_url=server.url, namespace=ns)
             who = {k: base for k in _IDS}
             if mode == "acl":
-                who = await _users(admin, ns, base, Path(tmp))
+                who = await acl_users(admin, _IDS, ns, base, Path(tmp))
             buses[mode] = _Bus(mode, who)
         async with AsyncExitStack() as stack:
             for bus in buses.values():
