@@ -103,16 +103,16 @@ def test_format_ms_is_format_time(ms: int) -> None:
 def test_default_id_and_sent_at_come_from_one_clock_read() -> None:
     out = Outgoing(type="t", sender="s", payload=b"null")
     assert int(out.id[:12], 16) == out.sent_ms == epoch_ms(out.sent_at)
-    later = Outgoing.with_timeout(2.0, type="t", sender="s", payload=b"null")
+    later = Outgoing(type="t", sender="s", payload=b"null", timeout=2.0)
     assert later.deadline == later.sent_at + timedelta(seconds=2)
 
 
 @given(st.floats(min_value=0.001, max_value=86_400.0, allow_nan=False))
 @settings(max_examples=300)
 def test_a_timeout_deadline_is_sent_at_plus_the_timeout(timeout: float) -> None:
-    """``with_timeout`` keeps the deadline in µs (no datetime made): the wire carries what
+    """``timeout=`` keeps the deadline in µs (no datetime made): the wire carries what
     ``format_time(sent_at + timedelta(seconds=timeout))`` writes."""
-    out = Outgoing.with_timeout(timeout, type="t", sender="s", payload=b"null")
+    out = Outgoing(type="t", sender="s", payload=b"null", timeout=timeout)
     expected = out.sent_at + timedelta(seconds=timeout)
     assert out.deadline == expected
     assert orjson.loads(out.json())["deadline"] == format_time(expected)

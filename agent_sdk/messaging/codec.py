@@ -82,7 +82,10 @@ class Outgoing:
         error: ErrorInfo | None = None,
         id: str = "",
         sent_at: datetime | None = None,
+        timeout: float | None = None,
     ) -> None:
+        """``timeout``: the deadline is ``sent_at`` + that many seconds (when ``deadline`` is
+        not given), computed without making either datetime."""
         if not type or len(type) > 128:
             raise InvalidInput(f"message type must be 1-128 characters, got {type!r}")
         self.type = type
@@ -100,6 +103,8 @@ class Outgoing:
         #: ``sent_at`` in ms since the epoch.
         self.sent_ms = time.time_ns() // 1_000_000 if sent_at is None else epoch_ms(sent_at)
         self.id = id or new_id(self.sent_ms)
+        if timeout is not None and deadline is None:
+            self._deadline_us = self.sent_ms * 1000 + round(timeout * 1_000_000)
 
     @property
     def deadline(self) -> datetime | None:
@@ -115,13 +120,6 @@ class Outgoing:
 
     def __repr__(self) -> str:
         return f"Outgoing(id={self.id!r}, kind={self.kind.value!r}, type={self.type!r})"
-
-    @classmethod
-    def with_timeout(cls, timeout: float, **kwargs: Any) -> Outgoing:
-        out = cls(**kwargs)
-        # what sent_at + timedelta(seconds=timeout) is, without making either datetime
-        out._deadline_us = out.sent_ms * 1000 + round(timeout * 1_000_000)
-        return out
 
     def stream_args(self) -> list[str | bytes]:
         """Flat ``field, value, ...`` for ``XADD`` (and for the send script's ARGV)."""

@@ -165,10 +165,10 @@ class Requester:
         """Send a request and return the reply's payload (``durable=False``: ``_direct``)."""
         target = Target(to, role, version)
         timeout = self.settings.request_timeout if timeout is None else timeout
-        out = Outgoing.with_timeout(
-            timeout, type=type, sender=self.sender.sender, kind=Kind.REQUEST,
+        out = Outgoing(
+            type=type, sender=self.sender.sender, kind=Kind.REQUEST,
             payload=self.sender.payload(payload), target=target.label,
-            reply_to=self.replies.key, headers=headers, id=self.sender.new_id(),
+            reply_to=self.replies.key, headers=headers, id=self.sender.new_id(), timeout=timeout,
         )  # fmt: skip
         fut = self.replies.expect(out.id, sender=target.name if self.settings.secure else None)
         started, outcome = time.perf_counter(), "ok"
@@ -266,10 +266,10 @@ class Requester:
         keys, maxlen = self.sender.keys, self.settings.inbox_maxlen
         outs = []
         for name in members:
-            out = Outgoing.with_timeout(
-                timeout, type=type, sender=self.sender.sender, kind=Kind.REQUEST,
+            out = Outgoing(
+                type=type, sender=self.sender.sender, kind=Kind.REQUEST,
                 payload=body, target=name, reply_to=self.replies.key, headers=headers,
-                id=self.sender.new_id(),
+                id=self.sender.new_id(), timeout=timeout,
             )  # fmt: skip
             ids.append(out.id)
             secure_from = name if self.settings.secure else None

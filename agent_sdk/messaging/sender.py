@@ -281,11 +281,14 @@ class Sender:
         ``version``); returns the message id."""
         target = Target(to, role, version)
         body = self.payload(payload)
-        fields: dict[str, Any] = {
-            "type": type, "sender": self.sender, "payload": body, "target": target.label,
-            "headers": headers,
-        }  # fmt: skip
-        out = Outgoing.with_timeout(ttl, **fields) if ttl is not None else Outgoing(**fields)
+        out = Outgoing(
+            type=type,
+            sender=self.sender,
+            payload=body,
+            target=target.label,
+            headers=headers,
+            timeout=ttl,
+        )
         try:
             await self.deliver(target, out, queue_if_absent=queue_if_absent, priority=priority)
         except AgentNotFound as e:  # only a send can queue for an absent agent: say how
