@@ -221,8 +221,8 @@ class Membership:
         return NoCoordinator(
             f"no coordinator answered the announcement of {self.card.name!r} within {timeout:g}s "
             f"on {s.display_url} (namespace {s.namespace!r}). Is a coordinator running? Start "
-            f"one with: agentbus coordinator --redis-url {s.display_url} "
-            f"--namespace {s.namespace}",
+            f"one with: agentbus --redis-url {s.display_url} --namespace {s.namespace} "
+            "coordinator",
             details={"url": s.display_url, "namespace": s.namespace, "timeout": timeout},
         )
 

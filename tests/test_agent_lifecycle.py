@@ -13,11 +13,13 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
+from click.testing import CliRunner
 
 from agent_sdk import Agent, Bus, NameTaken, Settings
 from agent_sdk.errors import InvalidInput, NoCoordinator, Refused
 from agent_sdk.types import AgentStatus
 from coordinator import Coordinator
+from coordinator.cli.main import cli
 from schemas.keys import KeySpace
 from tests.support import wait_for
 
@@ -139,8 +141,13 @@ async def test_no_coordinator_names_url_and_namespace(
     message = str(caught.value)
     assert settings.display_url in message
     assert settings.namespace in message
-    assert "agentbus coordinator" in message
     assert agent.stopped.is_set()
+    # the hint is a command the CLI takes as it is (global options before the verb)
+    hint = message.split("Start one with: ", 1)[1].split()
+    assert hint[0] == "agentbus"
+    ran = CliRunner().invoke(cli, [*hint[1:], "--help"])
+    assert ran.exit_code == 0, ran.output
+    assert "Run the coordinator daemon" in ran.output
 
 
 async def test_no_coordinator_message_hides_the_password(settings: Settings) -> None:
