@@ -280,9 +280,7 @@ class Agent(Lookups, Verbs):
             if self._state == "stopped":
                 raise InvalidInput(f"{self!r} was stopped; create a new Agent to run again")
             return self
-        if self._owns_host:
-            await self.host.start_shared()
-        elif not self.host.running:
+        if not self._owns_host and not self.host.running:
             raise InvalidInput(
                 f"{self!r}: its host {self.host.name!r} is not running: start the host first "
                 "(`async with host:`), which starts every agent created on it"
@@ -290,6 +288,8 @@ class Agent(Lookups, Verbs):
         self._state = "starting"
         self.stopped.clear()
         try:
+            if self._owns_host:
+                await self.host.start_shared()
             await self._register()
             await self._start_components()
         except BaseException:

@@ -31,10 +31,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
+from redis.exceptions import NoPermissionError, ResponseError
 
 from agent_sdk.cluster_lane import AnyLane, open_lane
-from agent_sdk.connection import CONNECTION_ERRORS, make_client
+from agent_sdk.connection import CONNECTION_ERRORS, access_error, make_client
 from agent_sdk.messaging.topics import PubSubHub
 from agent_sdk.retry import keep_running
 from agent_sdk.security import publish_digest
@@ -42,7 +42,7 @@ from agent_sdk.settings import Settings
 from agent_sdk.tasks import cancel_and_wait
 from schemas.display import safe_text
 from schemas.envelope import Envelope, Kind, decode_json, utcnow
-from schemas.errors import ProtocolError
+from schemas.errors import PermissionDenied, ProtocolError
 
 __all__ = ["ReplyRouter", "UnsolicitedHandler"]
 
@@ -146,6 +146,12 @@ class ReplyRouter:
         ready = asyncio.ensure_future(self._ready.wait())
         await asyncio.wait({ready, self._task}, return_when=asyncio.FIRST_COMPLETED)
         ready.cancel()
+        task = self._task
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            error = task.exception()
+            await self.stop()
+            assert error is not None
+            raise error
 
     async def stop(self) -> None:
         task, self._task = self._task, None
@@ -172,6 +178,18 @@ class ReplyRouter:
         finally:
             await lane.aclose()
 
+    async def _first_pop(self, lane: AnyLane) -> None:
+        """What waits already (a non-blocking pop), then ``ready``. A pop Redis refuses (the
+        ACL user may not take this list: the name is not its identity's) ends the router with
+        ``PermissionDenied``, which ``start`` raises: nothing sent would ever be answered."""
+        try:
+            items = await lane.call("RPOP", self.key, _DRAIN_BATCH)
+        except NoPermissionError as e:
+            raise access_error(self.settings, f"reading the reply list {self.key}", e) from e
+        self._ready.set()
+        for data in items or []:
+            await self._route(data)
+
     async def _loop(self, client: aioredis.Redis, lane: AnyLane) -> None:
         drain = False  # the last pop found something: take what else waits, without blocking
         blmpop = True  # Redis >= 7: one command blocks for the first and takes what else waits
@@ -179,8 +197,8 @@ class ReplyRouter:
         async def pop() -> None:
             nonlocal drain, blmpop
             if not self._ready.is_set():
-                await lane.call("PING")
-                self._ready.set()
+                await self._first_pop(lane)
+                return
             items: list[Any]
             if blmpop:
                 try:
@@ -206,6 +224,14 @@ class ReplyRouter:
             if isinstance(error, CONNECTION_ERRORS):
                 self._ready.set()  # do not hold start() hostage to an outage
 
+        try:
+            await self._first_pop(lane)
+        except PermissionDenied:
+            raise  # ends the router: start() raises it
+        except CONNECTION_ERRORS:
+            self._ready.set()  # do not hold start() hostage to an outage: the loop retries
+        except Exception:
+            log.exception("reading the reply list %s: the first pop failed", self.key)
         await keep_running(
             f"reading the reply list {self.key} on {self.settings.display_url}",
             pop,

@@ -109,3 +109,24 @@ def test_tls_settings(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="agentbus.settings"):
         assert off.tls_options()["ssl_cert_reqs"] == "none"
     assert "verification is OFF" in caplog.text
+
+
+async def test_a_name_outside_the_identity_fails_at_once_with_code_permission(
+    world: World, coord: object
+) -> None:
+    """Before: the agent's Redis user may not pop the reply list of a name its identity does not
+    own, the router retried the refusal in a loop, and the start waited 5 s for an answer it
+    could never read, then blamed the coordinator (NoCoordinator)."""
+    agent = Agent("zed", "worker", settings=world.settings("alice"))
+    if not world.secure:  # documented: names are not bound to credentials
+        await agent.start()
+        await agent.stop()
+        return
+    started = time.monotonic()
+    with pytest.raises(PermissionDenied) as e:
+        await agent.start()
+    assert time.monotonic() - started < 2.0
+    assert e.value.code == "permission"
+    assert world.keys.agent_prefix("zed") in str(e.value)
+    assert "reply list" in str(e.value)
+    assert agent.stopped.is_set()
