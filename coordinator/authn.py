@@ -21,8 +21,9 @@ read, a SHA-1, a ``ZMSCORE`` member and an ``XACK`` per entry, not a dead letter
 each: it is read through several times faster, so new agents wait less behind it
 (docs/SECURITY.md).
 
-The price: one round trip per batch (a single ``ZMSCORE`` when one sender wrote the whole batch,
-else a pipeline of one per sender) and one SHA-1 per entry (docs/SECURITY.md).
+The price: one round trip per batch (a ``ZMSCORE`` per claimed sender, and the lessees of the
+names its leases beat for in one ``HMGET``, packed by hiredis) and one SHA-1 per entry
+(docs/SECURITY.md).
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
+from redis.exceptions import ResponseError
 
+from agent_sdk.cluster_lane import AnyLane, open_lane
 from agent_sdk.security import proof_digest
 from coordinator.acl.policy import Policy
 from coordinator.outbox import queue_dead_letter
@@ -58,20 +61,24 @@ class Verdicts:
 
     #: entries refused: their error, and whether to answer it (not when unauthenticated)
     refused: dict[str, tuple[ErrorInfo, bool]] = field(default_factory=dict)
-    #: name -> the host that may heartbeat for it (for the lease entries of the batch)
-    lessees: dict[str, str] = field(default_factory=dict)
-    #: entry id -> the proved sender (leases)
-    senders: dict[str, str] = field(default_factory=dict)
+    #: name -> the host that may heartbeat for it (for the lease entries of the batch; raw)
+    lessees: dict[str, bytes] = field(default_factory=dict)
+    #: entry id -> the proved sender (leases; raw, as lessees are compared)
+    senders: dict[str, bytes] = field(default_factory=dict)
     dropped_beats: int = 0
 
     def beats(self, eid: str, beats: list[Any]) -> list[Any]:
         """The beats of lease ``eid`` its sender may give (``(eid, name, ...)`` tuples)."""
         host = self.senders.get(eid)
-        kept = [b for b in beats if host is not None and self.lessees.get(b[1]) == host]
+        if host is None:
+            kept = []
+        else:
+            lessee = self.lessees.get
+            kept = [b for b in beats if lessee(b[1]) == host]
         if len(kept) != len(beats):
             self.dropped_beats += len(beats) - len(kept)
             log.warning("lease %s of %s: %d beat(s) for names it does not hold dropped", eid,
-                        safe_text(host or "?"), len(beats) - len(kept))  # fmt: skip
+                        safe_text(_text(host) or "?"), len(beats) - len(kept))  # fmt: skip
         return kept
 
 
@@ -88,6 +95,7 @@ class Screen:
         self.client = client
         self.settings = settings
         self.keys = settings.keys
+        self._lane: AnyLane | None = None  # the lookups' round trips (one at a time)
         self._policy: Policy | None = None
         self._policy_at = 0.0
         #: entries refused as unauthenticated, forbidden, over quota (for stats and tests)
@@ -120,9 +128,11 @@ class Screen:
             flat = [x for pair in fields.items() for x in pair]
             digests.setdefault(sender, []).append(proof_digest(control, eid, flat))
             checks.append((eid, sender, fields))
-        scores = await self._scores(digests)
+        # the names the batch's leases beat for: their lessees come in the proofs' round trip
+        leases = [f for _, _, f in checks if f.get(b"type") == b"lease"]
+        names = list({n for f in leases for n in _beat_names(f)})
+        scores, lessees = await self._lookups(digests, names)
         announces: list[tuple[str, str, dict[bytes, bytes]]] = []
-        lease_names: set[str] = set()
         for eid, sender, fields in checks:
             if next(scores[sender]) is None:
                 out.refused[eid] = (_unproved(sender), False)
@@ -131,36 +141,35 @@ class Screen:
             if kind == b"announce":
                 announces.append((eid, sender, fields))
             elif kind == b"lease":
-                out.senders[eid] = sender
-                lease_names.update(_beat_names(fields))
+                out.senders[eid] = sender.encode()
         if announces:
             await self._announces(announces, out)
-        if lease_names:
-            names = sorted(lease_names)
-            hosts = await self.client.hmget(self.keys.lessees(), names)
-            for name, host in zip(names, hosts, strict=True):
-                if host is not None:
-                    out.lessees[name] = _text(host)
+        out.lessees = {n: h for n, h in zip(names, lessees, strict=True) if h is not None}
         self.unauthenticated += sum(1 for _, answer in out.refused.values() if not answer)
         return out
 
-    async def _scores(self, digests: dict[str, list[str]]) -> dict[str, Iterator[Any]]:
-        """The score of each digest in its sender's proof zset (None: no proof): one ``ZMSCORE``
-        per sender, sent alone when the batch has one sender (the usual case for a small batch:
-        a redis-py pipeline costs more Python time than the command it carries), else all in
-        one pipeline."""
-        commands = [("ZMSCORE", self.keys.proofs(s), *d) for s, d in digests.items()]
-        replies: list[Any]
+    async def _lookups(
+        self, digests: dict[str, list[str]], names: list[str]
+    ) -> tuple[dict[str, Iterator[Any]], list[bytes | None]]:
+        """One round trip: the score of each digest in its sender's proof zset (None: no proof),
+        one ``ZMSCORE`` per sender, and the lessee of each name (``HMGET``, raw bytes). Packed
+        by hiredis on a lane of its own: redis-py's encoder cost more than the check itself
+        for a lease of 1,000 names."""
+        commands: list[tuple[Any, ...]] = [
+            ("ZMSCORE", self.keys.proofs(s), *d) for s, d in digests.items()
+        ]
+        if names:
+            commands.append(("HMGET", self.keys.lessees(), *names))
         if not commands:
-            return {}
-        if len(commands) == 1:
-            replies = [await self.client.execute_command(*commands[0])]  # type: ignore[no-untyped-call]
-        else:
-            async with self.client.pipeline(transaction=False) as pipe:
-                for command in commands:
-                    pipe.execute_command(*command)
-                replies = await pipe.execute()
-        return {sender: iter(r) for sender, r in zip(digests, replies, strict=True)}
+            return {}, []
+        if self._lane is None:
+            self._lane = open_lane(self.client)
+        replies = await self._lane.execute(commands)
+        for reply in replies:
+            if isinstance(reply, ResponseError):
+                raise reply
+        lessees: list[bytes | None] = replies.pop() if names else []
+        return {sender: iter(r) for sender, r in zip(digests, replies, strict=True)}, lessees
 
     async def _announces(
         self, announces: list[tuple[str, str, dict[bytes, bytes]]], out: Verdicts

@@ -39,6 +39,8 @@ _STATUSES = frozenset(s.value for s in AgentStatus)
 _HB_ENVELOPE_FIELDS = frozenset(
     {b"v", b"id", b"kind", b"type", b"sender", b"target", b"sent_at", b"headers", b"payload"}
 )
+#: a lease names the host's reply list (answers to its beats go there)
+_LEASE_ENVELOPE_FIELDS = _HB_ENVELOPE_FIELDS | {b"reply_to"}
 _HB_PAYLOAD_FIELDS = frozenset({"instance_id", "load", "status", "epoch"})
 _LEASE_PAYLOAD_FIELDS = frozenset({"host", "beats"})
 _MAX_BEATS = 100_000  # schemas.agent.Lease
@@ -59,10 +61,13 @@ def iso_ms(ms: int) -> str:
     return dt.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _plain_control(type: bytes, fields: dict[bytes, bytes]) -> tuple[bytes, Any] | None:
+def _plain_control(
+    type: bytes, fields: dict[bytes, bytes], allowed: frozenset[bytes] = _HB_ENVELOPE_FIELDS
+) -> tuple[bytes, Any] | None:
     """(sender, decoded payload) of a plain control entry of ``type``: only the envelope fields
-    a heartbeat carries, version 1, a sender that is a name; ``None`` for anything else."""
-    if fields.get(b"type") != type or not fields.keys() <= _HB_ENVELOPE_FIELDS:
+    ``allowed`` (those a heartbeat carries), version 1, a sender that is a name; ``None`` for
+    anything else."""
+    if fields.get(b"type") != type or not fields.keys() <= allowed:
         return None
     v = fields.get(b"v")
     if v is not None and v != b"1":
@@ -119,7 +124,7 @@ def fast_heartbeat(entry_id: str, fields: dict[bytes, bytes]) -> FastHeartbeat |
 def fast_lease(entry_id: str, fields: dict[bytes, bytes]) -> list[FastHeartbeat] | None:
     """Parse a plain ``lease`` entry (one heartbeat per hosted agent) into heartbeats, or
     ``None`` when it needs the full (slow) validation."""
-    plain = _plain_control(b"lease", fields)
+    plain = _plain_control(b"lease", fields, _LEASE_ENVELOPE_FIELDS)
     if plain is None:
         return None
     _, payload = plain

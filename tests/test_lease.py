@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 
 from coordinator import Coordinator
 from coordinator.validation import fast_lease
+from schemas.envelope import Envelope, Kind, encode_fields
 from schemas.keys import KeySpace
 from tests.fake_agents import FakeAgent, xadd_control
 from tests.support import wait_for
@@ -47,6 +48,19 @@ def test_fast_lease_parses_every_beat() -> None:
         ("5-0", "a", "i1", "0", "ready", "7"),
         ("5-0", "b", "i2", "3", "busy", "0"),
     ]
+
+
+def test_fast_lease_takes_the_lease_a_host_sends() -> None:
+    """As ``agent_sdk.heartbeats`` writes it: with the host's reply list (the fast path refused
+    every such lease before, and each went through the full validation)."""
+    env = Envelope(
+        kind=Kind.CONTROL, type="lease", sender="h1", reply_to="ns:agent:{h1}:replies:x",
+        payload={"host": "h1", "beats": [["a", "i1", 0, "ready", 7]]},
+    )  # fmt: skip
+    raw = {
+        k.encode(): v if isinstance(v, bytes) else v.encode() for k, v in encode_fields(env).items()
+    }
+    assert fast_lease("5-0", raw) == [("5-0", "a", "i1", "0", "ready", "7")]
 
 
 @pytest.mark.parametrize(

@@ -30,11 +30,13 @@ end
 -- record the proof of an entry just written (fields flat[from..]); prune proofs older than
 -- keep_ms when the entry is the first of its millisecond in its stream, or every 64th (a burst
 -- pays the prune once per 64 entries, not at each: it costs about as much as the ZADD)
+-- The proof's score is the entry id's milliseconds: the server's clock when XADD * wrote it (no
+-- TIME call of our own).
 local function prove(proof_key, key, id, flat, from, keep_ms)
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local ms, seq = string.match(id, '^(%d+)%-(%d+)$')
+  local now = tonumber(ms)
   redis.call('ZADD', proof_key, now, proof_digest(key, id, flat, from))
-  if tonumber(string.match(id, '%d+$')) % 64 == 0 then
+  if tonumber(seq) % 64 == 0 then
     redis.call('ZREMRANGEBYSCORE', proof_key, '-inf', now - tonumber(keep_ms))
   end
 end
