@@ -1,15 +1,16 @@
 """The cost of acl mode on heartbeats, as a fleet pays it: CPU per heartbeat, default mode and
 acl mode in the same run.
 
-    python -m bench.security_fleet [--agents 2000] [--heartbeat 0.5] [--window 20]
+    python -m bench.security_fleet [--agents 2000] [--heartbeat 0.5] [--window 20] [--lone]
 
 Each mode gets a private Redis, a coordinator process and a host process carrying ``--agents``
-agents (in acl mode as the users an ``agentbus acl`` policy makes: the host's own identity,
-the coordinator's). Both modes run at the same time, so they see the same background load. After
-the fleets settle, the CPU time of the host, the coordinator and Redis (``INFO cpu``) is read
-over ``--window`` seconds and divided by the heartbeats of that window (agents x window /
-interval); the registry must still hold every agent at the end (no false expiry). Prints one
-JSON line per mode and the acl/off ratios (docs/SECURITY.md, "Cost").
+agents (``--lone``: as many lone ``Agent``s, each sending a heartbeat entry of its own), in acl
+mode as the users an ``agentbus acl`` policy makes (the host's own identity, the coordinator's).
+Both modes run at the same time, so they see the same background load. After the fleets
+settle, the CPU time of the host, the coordinator and Redis (``INFO cpu``) is read over
+``--window`` seconds and divided by the heartbeats of that window (agents x window / interval);
+the registry must still hold every agent at the end (no false expiry). Prints one JSON line per
+mode and the acl/off ratios (docs/SECURITY.md, "Cost").
 
 ``bench.security`` times one control entry written alone (a lone agent's heartbeat); this
 measures what carrying a fleet's heartbeats costs: a host sends one lease per interval for up to
@@ -23,7 +24,7 @@ import argparse
 import asyncio
 import secrets
 import time
-from contextlib import ExitStack
+from contextlib import AsyncExitStack, ExitStack
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
@@ -43,14 +44,21 @@ MODES = ("off", "acl")
 _PARTS = ("host", "coordinator", "redis")
 
 
-async def fleet_host(ctx: WorkerContext, settings: Settings, agents: int) -> None:
-    """A ``Host`` of ``agents`` agents ``h-<i>`` (role ``w``), run until the process is stopped."""
-    from agent_sdk import Host
+async def fleet_host(ctx: WorkerContext, settings: Settings, agents: int, lone: bool) -> None:
+    """``agents`` agents ``h-<i>`` (role ``w``) in one ``Host``, or with ``lone`` as that many
+    lone ``Agent``s (each a host of one: a heartbeat entry of its own per interval, as many
+    single-agent processes send), run until the process is stopped."""
+    from agent_sdk import Agent, Host
 
-    host = Host(settings, name="h-host")  # a name of its identity: its reply list is its own
-    for i in range(agents):
-        host.agent(f"h-{i}", "w")
-    async with host:
+    async with AsyncExitStack() as stack:
+        if lone:
+            for i in range(agents):
+                await stack.enter_async_context(Agent(f"h-{i}", "w", settings=settings))
+        else:
+            host = Host(settings, name="h-host")  # a name of its identity: its replies are its own
+            for i in range(agents):
+                host.agent(f"h-{i}", "w")
+            await stack.enter_async_context(host)
         ctx.ready()
         await asyncio.Event().wait()
 
@@ -96,7 +104,7 @@ class _Fleet:
                 ttl=str(args.heartbeat * 3), **extra,
             )
         )  # fmt: skip
-        self.host = spawn(fleet_host, host, args.agents, loop=pick_loop(args.loop))
+        self.host = spawn(fleet_host, host, args.agents, args.lone, loop=pick_loop(args.loop))
         stack.callback(self.host.stop)
         self.host_ps = psutil.Process(self.host.pid)
 
@@ -137,6 +145,7 @@ async def main(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
             results[mode] = {
                 "mode": mode,
                 "agents": args.agents,
+                "lone": args.lone,
                 "heartbeats_per_s": round(args.agents / args.heartbeat),
                 **{f"{p}_us_per_beat": round(v, 2) for p, v in per.items()},
                 "total_us_per_beat": round(sum(per.values()), 2),
@@ -156,5 +165,6 @@ if __name__ == "__main__":
     p.add_argument("--agents", type=int, default=2000)
     p.add_argument("--heartbeat", type=float, default=0.5)
     p.add_argument("--window", type=float, default=20.0)
+    p.add_argument("--lone", action="store_true", help="lone Agents, not one Host")
     p.add_argument("--loop", default="auto", choices=("auto", "uvloop", "asyncio"))
     asyncio.run(main(p.parse_args()))
