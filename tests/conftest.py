@@ -7,6 +7,7 @@ and its keys are deleted afterwards.
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import threading
 import uuid
@@ -21,6 +22,13 @@ from agent_sdk.settings import Settings
 from coordinator import Coordinator, CoordinatorSettings
 from schemas.keys import KeySpace
 from tests.support import fast_coordinator_settings
+
+# The suite runs on two pytest-xdist workers (pyproject's addopts). execnet starts each worker
+# with COLUMNS=80 and LINES=24: the CLI would then render its tables 80 columns wide, as for a
+# terminal, where the tests expect what it prints to a pipe (200 columns unless COLUMNS is set).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.pop("COLUMNS", None)
+    os.environ.pop("LINES", None)
 
 
 def _dump_pending_tasks(test: str) -> None:

@@ -41,6 +41,7 @@ class Up:
     def __init__(self, args: list[str], env: dict[str, str], cwd: Path) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "coordinator.cli", *args],
+            stdin=subprocess.DEVNULL,  # not the test runner's (an xdist worker's is its channel)
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             env=env,

@@ -23,16 +23,18 @@ from tests.topologies import LocalCluster, LocalSentinel
 pytestmark = pytest.mark.timeout(60)
 
 
-def _replica_of(topology: LocalCluster | LocalSentinel, key: str) -> tuple[int, Any]:
-    """The port of the master holding ``key`` and the replica server copying it."""
+def _replicas_of(topology: LocalCluster | LocalSentinel, key: str) -> tuple[int, list[Any]]:
+    """The port of the master holding ``key`` and every replica server copying it (after the
+    failover tests a master may have two: a cluster migrates replicas to orphaned masters)."""
     master = topology.master_of(key) if isinstance(topology, LocalCluster) else topology.master()
     c = redis.Redis(port=master.port, decode_responses=True)
     try:
         info: Any = c.info("replication")
     finally:
         c.close()
-    port = int(info["slave0"]["port"])
-    return master.port, next(s for s in topology.servers if s.port == port)
+    ports = {int(info[f"slave{i}"]["port"]) for i in range(int(info["connected_slaves"]))}
+    assert ports, f"the master on {master.port} has no replica"
+    return master.port, [s for s in topology.servers if s.port in ports]
 
 
 def _clients_in_wait(port: int) -> int:
@@ -58,22 +60,24 @@ async def test_an_announce_is_answered_once_a_replica_holds_it(
 ) -> None:
     settings = scaled.model_copy(update={"replica_acks": 1, "replica_ack_timeout": 30.0})
     keys = settings.keys
-    master_port, replica = _replica_of(topology, keys.agents())
+    master_port, replicas = _replicas_of(topology, keys.agents())
     async with Coordinator(coordinator_settings_for(settings)):
         agent = Agent("waited", "svc", settings=scaled)  # no WAIT of its own: the coordinator's
-        pid = replica.process.pid
-        os.kill(pid, signal.SIGSTOP)
+        pids = [replica.process.pid for replica in replicas]
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
         start = asyncio.create_task(agent.start())
         try:
             try:
                 await wait_for(
                     lambda: _clients_in_wait(master_port) > 0,
-                    message="the coordinator waiting for the stopped replica",
+                    message="the coordinator waiting for the stopped replicas",
                 )
                 assert not start.done(), "announce answered before a replica held it"
             finally:
-                os.kill(pid, signal.SIGCONT)
+                for pid in pids:
+                    os.kill(pid, signal.SIGCONT)
                 await start
-            assert _has_record(replica.port, keys.record("waited"))
+            assert any(_has_record(r.port, keys.record("waited")) for r in replicas)
         finally:
             await agent.stop()
