@@ -23,26 +23,39 @@ from tests.topologies import LocalCluster, LocalSentinel
 pytestmark = pytest.mark.timeout(60)
 
 
-def _replicas_of(topology: LocalCluster | LocalSentinel, key: str) -> tuple[int, list[Any]]:
-    """The port of the master holding ``key`` and every replica server copying it (after the
-    failover tests a master may have two: a cluster migrates replicas to orphaned masters)."""
-    master = topology.master_of(key) if isinstance(topology, LocalCluster) else topology.master()
-    c = redis.Redis(port=master.port, decode_responses=True)
+def _role(port: int) -> str:
+    c = redis.Redis(port=port, decode_responses=True)
     try:
         info: Any = c.info("replication")
     finally:
         c.close()
-    ports = {int(info[f"slave{i}"]["port"]) for i in range(int(info["connected_slaves"]))}
-    assert ports, f"the master on {master.port} has no replica"
-    return master.port, [s for s in topology.servers if s.port in ports]
+    return str(info["role"])
 
 
-def _clients_in_wait(port: int) -> int:
-    c = redis.Redis(port=port, decode_responses=True)
-    try:
-        return sum(1 for x in c.client_list() if x.get("cmd") == "wait")
-    finally:
-        c.close()
+def _replicas(topology: LocalCluster | LocalSentinel) -> tuple[list[int], list[Any]]:
+    """The ports of the masters and every running replica server. Stopped together, no replica
+    can acknowledge a write, and none can be promoted meanwhile: on a loaded machine a cluster
+    can fail a master over, and the registry's slot would move to a master nobody watches."""
+    running = [s for s in topology.servers if s.running]
+    replicas = [s for s in running if _role(s.port) == "slave"]
+    assert replicas, "no replica is running"
+    return [s.port for s in running if s not in replicas], replicas
+
+
+def topology_master(topology: LocalCluster | LocalSentinel, key: str) -> int:
+    master = topology.master_of(key) if isinstance(topology, LocalCluster) else topology.master()
+    return master.port
+
+
+def _clients_in_wait(ports: list[int]) -> int:
+    waiting = 0
+    for port in ports:
+        c = redis.Redis(port=port, decode_responses=True)
+        try:
+            waiting += sum(1 for x in c.client_list() if x.get("cmd") == "wait")
+        finally:
+            c.close()
+    return waiting
 
 
 def _has_record(port: int, key: str) -> bool:
@@ -51,6 +64,8 @@ def _has_record(port: int, key: str) -> bool:
         c.execute_command("READONLY")  # type: ignore[no-untyped-call]  # a cluster replica
     try:
         return bool(c.exists(key))
+    except redis.exceptions.MovedError:  # a replica of another master: not its slot
+        return False
     finally:
         c.close()
 
@@ -60,7 +75,7 @@ async def test_an_announce_is_answered_once_a_replica_holds_it(
 ) -> None:
     settings = scaled.model_copy(update={"replica_acks": 1, "replica_ack_timeout": 30.0})
     keys = settings.keys
-    master_port, replicas = _replicas_of(topology, keys.agents())
+    masters, replicas = _replicas(topology)
     async with Coordinator(coordinator_settings_for(settings)):
         agent = Agent("waited", "svc", settings=scaled)  # no WAIT of its own: the coordinator's
         pids = [replica.process.pid for replica in replicas]
@@ -69,10 +84,17 @@ async def test_an_announce_is_answered_once_a_replica_holds_it(
         start = asyncio.create_task(agent.start())
         try:
             try:
-                await wait_for(
-                    lambda: _clients_in_wait(master_port) > 0,
-                    message="the coordinator waiting for the stopped replicas",
-                )
+                try:
+                    await wait_for(
+                        lambda: _clients_in_wait(masters) > 0,
+                        message="the coordinator waiting for the stopped replicas",
+                    )
+                except AssertionError as e:  # what the deployment looked like then
+                    ports = [r.port for r in replicas]
+                    raise AssertionError(
+                        f"{e}; start done: {start.done()}, masters {masters}, stopped {ports}, "
+                        f"registry on {topology_master(topology, keys.agents())}"
+                    ) from None
                 assert not start.done(), "announce answered before a replica held it"
             finally:
                 for pid in pids:
