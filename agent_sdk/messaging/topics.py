@@ -16,12 +16,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import NoPermissionError, ResponseError
 
+from agent_sdk.connection import access_error
 from agent_sdk.messaging.handlers import Message
 from agent_sdk.messaging.links import Links, open_links
 from agent_sdk.messaging.verify import PublishVerifier
@@ -109,6 +111,8 @@ class PubSubHub:
         self._listeners: dict[str, ChannelCallback] = {}
         self._subs: dict[str, list[Subscription]] = {}
         self._confirmed: dict[str, asyncio.Event] = {}
+        #: channels and patterns whose (P)SUBSCRIBE Redis refused (``NOPERM``), until raised
+        self._refused: dict[str, Exception] = {}
         #: Channels ``listen_soon`` queued for the next ``SUBSCRIBE``, and who waits for them.
         self._queued: list[str] = []
         self._queued_waiters: list[asyncio.Future[None]] = []
@@ -198,7 +202,8 @@ class PubSubHub:
                 except TimeoutError as e:
                     _settle_all(waiters, e)
                 else:
-                    _settle_all(waiters, None)
+                    refused = self._take_refusal(new[-1], listened=new)
+                    _settle_all(waiters, refused)
                 finally:
                     self._confirmed.pop(new[-1], None)
         except BaseException as e:
@@ -230,6 +235,37 @@ class PubSubHub:
                     await self._pubsub.psubscribe(chan)
             async with asyncio.timeout(_CONFIRM_TIMEOUT):
                 await event.wait()
+            refused = self._take_refusal(chan, patterns=[chan])
+            if refused is not None:
+                raise refused
+
+    def _take_refusal(
+        self, key: str, *, listened: Sequence[str] = (), patterns: Sequence[str] = ()
+    ) -> Exception | None:
+        """The refusal of the command that subscribed ``key`` (None if Redis confirmed it);
+        what it asked for is forgotten, so a reconnect does not ask for it again."""
+        refused = self._refused.pop(key, None)
+        if refused is not None:
+            for c in listened:
+                self._listeners.pop(c, None)
+            for c in patterns:
+                self._subs.pop(c, None)
+                self._confirmed.pop(c, None)
+        return refused
+
+    def _on_error_reply(self, error: ResponseError) -> None:
+        """An error reply on the pub/sub connection: a (P)SUBSCRIBE refused by the ACL. Every
+        subscription still waiting for its confirmation is failed with it (Redis does not say
+        which channel it refused; the connection and what it confirmed are unharmed)."""
+        if not isinstance(error, NoPermissionError):
+            if not str(error).startswith("NOPERM"):
+                log.warning("pub/sub connection: unexpected error reply: %s", error)
+                return
+            error = NoPermissionError(str(error))
+        for chan, event in self._confirmed.items():
+            if not event.is_set():
+                self._refused[chan] = access_error(self.settings, f"subscribing to {chan!r}", error)
+                event.set()
 
     async def _remove(self, sub: Subscription) -> None:
         chan = sub.channel_pattern
@@ -275,6 +311,8 @@ class PubSubHub:
                 for reply in replies:
                     if isinstance(reply, list) and reply:
                         self._route(reply)
+                    elif isinstance(reply, ResponseError):
+                        self._on_error_reply(reply)
             except asyncio.CancelledError:
                 raise
             except Exception as e:

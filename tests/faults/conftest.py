@@ -32,7 +32,8 @@ def _run(request: pytest.FixtureRequest, c: Cluster) -> Iterator[Cluster]:
 
 @pytest.fixture
 def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
-    yield from _run(request, Cluster())
+    """``security`` is ``off`` unless a test parametrizes it (indirectly) with ``acl``."""
+    yield from _run(request, Cluster(security=getattr(request, "param", "off")))
 
 
 @pytest.fixture

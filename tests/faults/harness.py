@@ -60,7 +60,15 @@ def redis_binary() -> str | None:
 
 
 def fleet_env(settings: Settings, **extra: str) -> dict[str, str]:
+    secure: dict[str, str] = {}
+    if settings.secure:  # its own Redis user (the credential of its identity)
+        secure = {
+            "AGENTBUS_SECURITY": "acl",
+            "AGENTBUS_REDIS_USERNAME": settings.redis_username or "",
+            "AGENTBUS_REDIS_PASSWORD": settings.password() or "",
+        }
     env = {
+        **secure,
         **os.environ,
         "AGENTBUS_REDIS_URL": settings.url,
         "AGENTBUS_NAMESPACE": settings.namespace,
@@ -265,10 +273,25 @@ class LedgerTail:
                     yield line.split()
 
 
-class Cluster:
-    """A private Redis and the processes of one scenario. ``close()`` ends everything."""
+#: The policy of a secure cluster: the fleet's agents (and the test's own clients) share one
+#: identity, the coordinators have theirs; each its own Redis user (``agentbus acl``'s rules).
+SECURE_POLICY: dict[str, Any] = {
+    "fleet": {
+        "names": ["*"], "roles": ["*"], "capabilities": ["*"], "send_to": ["*", "role:*"],
+        # a PSUBSCRIBE pattern must be one the ACL names as it is: the fleets' topic pattern
+        "subscribe": ["*", "news.*"], "publish": ["*"], "broadcast": True, "max_agents": 10_000,
+    },
+    "coordinator": {"kind": "coordinator"},
+}  # fmt: skip
 
-    def __init__(self, *, persistent: bool = True, **settings: Any) -> None:
+
+class Cluster:
+    """A private Redis and the processes of one scenario. ``close()`` ends everything.
+
+    ``security="acl"``: the scenario runs in acl mode, with the users of ``SECURE_POLICY``
+    (the test's own ``sync`` client stays the admin)."""
+
+    def __init__(self, *, persistent: bool = True, security: str = "off", **settings: Any) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix="agentbus-faults-"))
         self.redis = RedisServer(
             data_dir=self.tmp / "redis",
@@ -293,13 +316,49 @@ class Cluster:
         self.keys = self.settings.keys
         self.children: list[Child] = []
         self.sync = redis.Redis(port=self.redis.port, decode_responses=True)
+        #: the settings coordinators run with (their own user in acl mode)
+        self.coordinator_settings = self.settings
+        self._acl: list[tuple[str, ...]] = []
+        if security == "acl":
+            self._secure()
+
+    def _secure(self) -> None:
+        """Make the users of ``SECURE_POLICY`` and store the policy (as ``agentbus acl
+        --apply`` does); the fleet's and the coordinators' settings use them."""
+        from pydantic import SecretStr
+
+        from coordinator.acl.policy import Policy
+        from coordinator.acl.rules import rules_for
+
+        prefix = f"{self.settings.namespace}-"
+        policy = Policy.model_validate({"user_prefix": prefix, "identities": SECURE_POLICY})
+        who: dict[str, Settings] = {}
+        for identity in policy.identities:
+            password = uuid.uuid4().hex
+            user = policy.user(identity)
+            self._acl.append(
+                ("ACL", "SETUSER", user, "reset", "on", f">{password}",
+                 *rules_for(policy, identity, self.keys))
+            )  # fmt: skip
+            who[identity] = self.settings.model_copy(
+                update={"security": "acl", "redis_username": user,
+                        "redis_password": SecretStr(password)}
+            )  # fmt: skip
+        self._acl.append(("SET", self.keys.policy(), policy.to_json()))
+        self._apply_acl()
+        self.settings, self.coordinator_settings = who["fleet"], who["coordinator"]
+
+    def _apply_acl(self) -> None:
+        """(Again, after a restart: ACL users live in memory, as without an aclfile.)"""
+        for command in self._acl:
+            self.sync.execute_command(*command)  # type: ignore[no-untyped-call]
 
     # -- processes ----------------------------------------------------------------------------
     def coordinator(
         self, coordinator_id: str | None = None, *, env: Mapping[str, str | None] | None = None
     ) -> CoordinatorProc:
         cid = coordinator_id or f"c-{uuid.uuid4().hex[:6]}"
-        c = CoordinatorProc(self.settings, self.tmp, cid, env)
+        c = CoordinatorProc(self.coordinator_settings, self.tmp, cid, env)
         self.children.append(c)
         return c
 
@@ -338,6 +397,8 @@ class Cluster:
         if down:
             time.sleep(down)  # the outage itself
         self.redis.start(timeout=30)
+        if self._acl:
+            self._apply_acl()
         return time.monotonic() - t0
 
     def registered(self) -> set[str]:

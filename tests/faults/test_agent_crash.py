@@ -23,6 +23,7 @@ def holding(fleet: FleetProc) -> set[str]:
     return {ln[1] for ln in ledger.of("start")} - {ln[1] for ln in ledger.of("done")}
 
 
+@pytest.mark.parametrize("cluster", ["off", "acl"], indirect=True)  # acl: each its own user
 async def test_sigkilled_members_work_redelivered_duplicates_bounded(cluster: Cluster) -> None:
     cluster.coordinator("c1")
     workers = [cluster.fleet([f"w{i}"], concurrency=CONCURRENCY, hold=0.05) for i in range(3)]

@@ -17,6 +17,7 @@ LIVE = ["a0", "a1", "a2", "a3"]
 ROUNDS = 6
 
 
+@pytest.mark.parametrize("cluster", ["off", "acl"], indirect=True)  # acl: each its own user
 async def test_coordinator_crashes_expire_only_the_dead(cluster: Cluster) -> None:
     coords = [cluster.coordinator("c1"), cluster.coordinator("c2")]
     live = cluster.fleet(LIVE, concurrency=4)

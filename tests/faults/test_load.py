@@ -22,10 +22,11 @@ PER_PROCESS = 25
 MESSAGES = 20_000
 
 
-@pytest.fixture
-def load_cluster() -> Cluster:
-    # 100 agents on 2 shared cores: a calmer heartbeat than the other scenarios
-    c = Cluster(heartbeat_interval=0.5, ttl=3.0, request_timeout=30.0)
+@pytest.fixture(params=["off", "acl"])
+def load_cluster(request: pytest.FixtureRequest) -> Cluster:
+    # 100 agents on 2 shared cores: a calmer heartbeat than the other scenarios; acl: the fleet,
+    # the coordinator and the test's sender each as their own Redis user
+    c = Cluster(heartbeat_interval=0.5, ttl=3.0, request_timeout=30.0, security=request.param)
     yield c  # type: ignore[misc]
     c.close()
 
@@ -41,6 +42,12 @@ async def test_100_agents_mixed_load_nothing_lost_nothing_twice(load_cluster: Cl
     for f in fleets:
         await cluster.wait_ready(f, timeout=120)
     assert len(cluster.registered()) == PROCESSES * PER_PROCESS
+    if cluster.settings.secure:  # every process but the test's admin client has its own user
+        users = {c["user"] for c in cluster.sync.client_list()} - {"default"}
+        assert users == {
+            cluster.settings.redis_username,
+            cluster.coordinator_settings.redis_username,
+        }, users
     t0 = time.monotonic()
     async with Bus(cluster.settings) as bus:
         result = await mixed_load(bus, MESSAGES, roles)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
 from redis.exceptions import NoPermissionError
 
-from agent_sdk.errors import InvalidInput
+from agent_sdk.errors import InvalidInput, PermissionDenied
 from agent_sdk.messaging import Message
 from coordinator import Coordinator
 from tests.security.conftest import World
@@ -102,3 +103,27 @@ async def test_spoofed_sender_on_a_broadcast_and_a_topic(world: World, coord: Co
                 topic.append((await news.get(timeout=5)).payload)
                 assert [(m.sender, m.payload) for m in got] == [("alice", 1), ("alice", 3)]
                 assert topic == [2, 4]
+
+
+async def test_a_topic_the_policy_refuses_fails_the_subscription_at_once(
+    world: World, coord: Coordinator
+) -> None:
+    """Before: Redis's NOPERM reply to the PSUBSCRIBE was dropped as an unknown push and the
+    subscription waited 10 s, then raised TimeoutError (and every reconnect asked again). Now it
+    raises PermissionDenied (code ``permission``) at once, and the hub goes on serving what it
+    was allowed: a topic of the policy still arrives."""
+    async with world.agent("bob", "bob") as bob, world.agent("alice", "alice") as alice:
+        if world.secure:
+            started = time.monotonic()
+            with pytest.raises(PermissionDenied) as e:
+                async with bob.subscribe("secret.*"):
+                    pass
+            assert time.monotonic() - started < 2.0
+            assert e.value.code == "permission"
+            assert "secret.*" in str(e.value)
+        else:  # documented: no topic is refused
+            async with bob.subscribe("secret.*"):
+                pass
+        async with bob.subscribe("news.*") as news:
+            await alice.publish("news.eu", 5)
+            assert (await news.get(timeout=5)).payload == 5
