@@ -34,8 +34,14 @@ MEMORY_SLACK = 8 * 1024 * 1024
 
 async def _keys(r: aioredis.Redis, keys: KeySpace) -> set[str]:
     found = {k async for k in r.scan_iter(match=keys.all_keys_pattern(), count=1000)}
-    # a reply list lives only while a reply waits in it; a version's entry is named after it
-    return {re.sub(r"version:1\.0\.\d+$", "version:V", k) for k in found if ":replies:" not in k}
+    # a reply list lives only while a reply waits in it; a version's entry is named after it;
+    # a coordinator's health key lives by its TTL (on a loaded machine it can lapse a moment)
+    health = keys.coordinator_health("")
+    return {
+        re.sub(r"version:1\.0\.\d+$", "version:V", k)
+        for k in found
+        if ":replies:" not in k and not k.startswith(health)
+    }
 
 
 async def _consumers(r: aioredis.Redis, keys: KeySpace) -> dict[str, int]:
