@@ -10,7 +10,8 @@ a victim's). Then:
 * an **announce** must also fit the policy (``R:policy``): the identity that owns the name may
   take the card's role and capabilities (else ``forbidden``) and has fewer than ``max_agents``
   live names (else ``quota``); both are answered, as any refusal. The host that reads the
-  announce's ``reply_to`` becomes the name's **lessee** (``R:lessees``);
+  announce's ``reply_to`` becomes the name's **lessee**: the field ``lessee`` of the record,
+  written with it by the control script (it goes when the record goes);
 * a **lease** (heartbeats of a host's agents) renews only the names whose lessee is the lease's
   proved sender: a beat for any other name is dropped and counted.
 
@@ -21,13 +22,14 @@ read, a SHA-1, a ``ZMSCORE`` member and an ``XACK`` per entry, not a dead letter
 each: it is read through several times faster, so new agents wait less behind it
 (docs/SECURITY.md).
 
-The price: one round trip per batch (a ``ZMSCORE`` per claimed sender, and the lessees of the
-names its leases beat for in one ``HMGET``, packed by hiredis) and one SHA-1 per entry
-(docs/SECURITY.md).
+The price: one round trip per batch (a ``ZMSCORE`` per claimed sender, and the lessee of each
+name its leases beat for, read from the records by one script call, packed by hiredis) and one
+SHA-1 per entry (docs/SECURITY.md).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Iterator
@@ -37,7 +39,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 
 from agent_sdk.cluster_lane import AnyLane, open_lane
 from agent_sdk.security import proof_digest
@@ -54,6 +56,15 @@ log = logging.getLogger("agentbus.coordinator.authn")
 
 _POLICY_REFRESH = 2.0  # seconds between reads of R:policy
 
+#: The ``lessee`` field of each record in KEYS (false where none): one command for the names of
+#: a lease (as many pipelined HGETs cost Redis and the coordinator a command each).
+_LESSEES_LUA = """
+local out = {}
+for i, key in ipairs(KEYS) do out[i] = redis.call('HGET', key, 'lessee') end
+return out
+"""
+_LESSEES_SHA = hashlib.sha1(_LESSEES_LUA.encode(), usedforsecurity=False).hexdigest()
+
 
 @dataclass(slots=True)
 class Verdicts:
@@ -65,6 +76,8 @@ class Verdicts:
     lessees: dict[str, bytes] = field(default_factory=dict)
     #: entry id -> the proved sender (leases; raw, as lessees are compared)
     senders: dict[str, bytes] = field(default_factory=dict)
+    #: entry id -> the host an accepted announce makes its name's lessee (written in the record)
+    lessee_of: dict[str, str] = field(default_factory=dict)
     dropped_beats: int = 0
 
     def beats(self, eid: str, beats: list[Any]) -> list[Any]:
@@ -152,24 +165,31 @@ class Screen:
         self, digests: dict[str, list[str]], names: list[str]
     ) -> tuple[dict[str, Iterator[Any]], list[bytes | None]]:
         """One round trip: the score of each digest in its sender's proof zset (None: no proof),
-        one ``ZMSCORE`` per sender, and the lessee of each name (``HMGET``, raw bytes). Packed
+        one ``ZMSCORE`` per sender, and the lessee of each name (its record's ``lessee``, raw
+        bytes, read by one script call). Packed
         by hiredis on a lane of its own: redis-py's encoder cost more than the check itself
         for a lease of 1,000 names."""
         commands: list[tuple[Any, ...]] = [
             ("ZMSCORE", self.keys.proofs(s), *d) for s, d in digests.items()
         ]
-        if names:
-            commands.append(("HMGET", self.keys.lessees(), *names))
+        records = [self.keys.record(n) for n in names]
+        if records:  # one command for them all: a lease names up to 1,000
+            commands.append(("EVALSHA", _LESSEES_SHA, len(records), *records))
         if not commands:
             return {}, []
         if self._lane is None:
             self._lane = open_lane(self.client)
         replies = await self._lane.execute(commands)
+        if records and isinstance(replies[-1], NoScriptError):  # first use, or Redis restarted
+            (replies[-1],) = await self._lane.execute(
+                [("EVAL", _LESSEES_LUA, len(records), *records)]
+            )
         for reply in replies:
             if isinstance(reply, ResponseError):
                 raise reply
-        lessees: list[bytes | None] = replies.pop() if names else []
-        return {sender: iter(r) for sender, r in zip(digests, replies, strict=True)}, lessees
+        lessees: list[bytes | None] = replies[-1] if records else []
+        scores = replies[: len(digests)]
+        return {sender: iter(r) for sender, r in zip(digests, scores, strict=True)}, lessees
 
     async def _announces(
         self, announces: list[tuple[str, str, dict[bytes, bytes]]], out: Verdicts
@@ -186,7 +206,7 @@ class Screen:
             host = name
             if reply_to.startswith(prefix) and "}:" in reply_to:
                 host = reply_to[len(prefix) : reply_to.index("}:")]
-            await self.client.hset(self.keys.lessees(), name, host)
+            out.lessee_of[eid] = host
 
     async def _allowed(
         self, policy: Policy, name: str, fields: dict[bytes, bytes]

@@ -611,6 +611,8 @@ class ControlConsumer:
             )
             self._refuse(out, eid, reply_to, prepared.name, env.id, info)
             return
+        if self._verdicts is not None and eid in self._verdicts.lessee_of:  # acl mode
+            prepared.fields["lessee"] = self._verdicts.lessee_of[eid]
         batch.announce(eid, fields, prepared, reply_to, env.id)
 
     def _leave(

@@ -37,7 +37,6 @@ R:events                               stream  MAXLEN ~ (settings)         coord
 R:coordinators                         zset    none (score = last tick)    coordinator    CLI
 R:coordinator:<id>                     string  PX 3 x tick                 coordinator    ``check``
 R:policy                               string  none (JSON: the acl policy) ``acl --apply`` coordinator
-R:lessees                              hash    none (name -> host name)    coordinator    coordinator
 R:identity:<identity>:names            set     none (pruned lazily)        coordinator    coordinator
 R:proofs                               zset    proofs pruned after         coordinator    reply routers
                                                proof_keep (acl mode)
@@ -189,10 +188,6 @@ class KeySpace:
     def policy(self) -> str:
         """The acl policy in force (JSON written by ``agentbus acl --apply``; acl mode)."""
         return f"{self.registry_prefix}policy"
-
-    def lessees(self) -> str:
-        """Which host (lease sender) may heartbeat for each name (acl mode)."""
-        return f"{self.registry_prefix}lessees"
 
     def identity_names(self, identity: str) -> str:
         """The names an identity registered (its ``max_agents`` quota; acl mode)."""

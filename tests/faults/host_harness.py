@@ -132,8 +132,11 @@ def registry_leftovers(cluster: Cluster, names: set[str]) -> dict[str, set[str]]
     for name in names:
         if r.exists(keys.record(name)):
             out[keys.record(name)] = {name}
+    quota = keys.identity_names("")  # acl mode's quota count: pruned when full (SECURITY.md)
     for raw_key in r.scan_iter(match=f"{keys.registry_prefix}*", count=1000):
         key = _text(raw_key)
+        if key.startswith(quota.removesuffix(":names")):
+            continue
         kind = _text(r.type(key))
         if kind == "set":
             members = {_text(m) for m in r.smembers(key)}

@@ -53,6 +53,7 @@ def events_of(cluster: Cluster, names: set[str], kind: RegistryEventType) -> lis
 
 
 # -- a. SIGKILL -------------------------------------------------------------------------------
+@pytest.mark.parametrize("cluster", ["off", "acl"], indirect=True)  # acl: each its own user
 async def test_sigkilled_host_expires_every_agent_and_its_role_work_is_redone(
     cluster: Cluster,
 ) -> None:
@@ -261,6 +262,7 @@ async def steady_load(
         await asyncio.sleep(0.002)  # pacing the load, not synchronising
 
 
+@pytest.mark.parametrize("cluster", ["off", "acl"], indirect=True)  # acl: each its own user
 async def test_sigterm_during_load_every_agent_leaves_and_nothing_is_lost(
     cluster: Cluster,
 ) -> None:
