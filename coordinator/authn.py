@@ -45,6 +45,7 @@ from agent_sdk.cluster_lane import AnyLane, open_lane
 from agent_sdk.security import proof_digest
 from coordinator.acl.policy import Policy
 from coordinator.outbox import queue_dead_letter
+from coordinator.scripts import script_source
 from coordinator.settings import CoordinatorSettings
 from coordinator.validation import is_identifier
 from schemas.display import safe_text
@@ -56,13 +57,8 @@ log = logging.getLogger("agentbus.coordinator.authn")
 
 _POLICY_REFRESH = 2.0  # seconds between reads of R:policy
 
-#: The ``lessee`` field of each record in KEYS (false where none): one command for the names of
-#: a lease (as many pipelined HGETs cost Redis and the coordinator a command each).
-_LESSEES_LUA = """
-local out = {}
-for i, key in ipairs(KEYS) do out[i] = redis.call('HGET', key, 'lessee') end
-return out
-"""
+#: coordinator/lua/lessees.lua: the lessee of each record, in one command
+_LESSEES_LUA = script_source("lessees")
 _LESSEES_SHA = hashlib.sha1(_LESSEES_LUA.encode(), usedforsecurity=False).hexdigest()
 
 
@@ -166,9 +162,8 @@ class Screen:
     ) -> tuple[dict[str, Iterator[Any]], list[bytes | None]]:
         """One round trip: the score of each digest in its sender's proof zset (None: no proof),
         one ``ZMSCORE`` per sender, and the lessee of each name (its record's ``lessee``, raw
-        bytes, read by one script call). Packed
-        by hiredis on a lane of its own: redis-py's encoder cost more than the check itself
-        for a lease of 1,000 names."""
+        bytes: ``lessees.lua``). Packed by hiredis on a lane of its own: redis-py's encoder cost
+        more than the check itself for a lease of 1,000 names."""
         commands: list[tuple[Any, ...]] = [
             ("ZMSCORE", self.keys.proofs(s), *d) for s, d in digests.items()
         ]
