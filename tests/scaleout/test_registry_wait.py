@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import redis
+from pydantic import SecretStr
 
 from agent_sdk import Agent, Settings
 from coordinator import Coordinator
@@ -76,6 +77,12 @@ async def test_an_announce_is_answered_once_a_replica_holds_it(
     settings = scaled.model_copy(update={"replica_acks": 1, "replica_ack_timeout": 30.0})
     keys = settings.keys
     masters, replicas = _replicas(topology)
+    registry = topology_master(topology, keys.agents())  # asked now: a stopped node answers nothing
+    if isinstance(topology, LocalCluster):
+        # An earlier failover test may have left a replica among the URL's seed nodes; the
+        # agent's client must find the cluster through nodes that answer while replicas stop.
+        seeds = ",".join(f"127.0.0.1:{port}" for port in masters)
+        scaled = scaled.model_copy(update={"redis_url": SecretStr(f"redis+cluster://{seeds}")})
     async with Coordinator(coordinator_settings_for(settings)):
         agent = Agent("waited", "svc", settings=scaled)  # no WAIT of its own: the coordinator's
         pids = [replica.process.pid for replica in replicas]
@@ -93,7 +100,7 @@ async def test_an_announce_is_answered_once_a_replica_holds_it(
                     ports = [r.port for r in replicas]
                     raise AssertionError(
                         f"{e}; start done: {start.done()}, masters {masters}, stopped {ports}, "
-                        f"registry on {topology_master(topology, keys.agents())}"
+                        f"registry on {registry}"
                     ) from None
                 assert not start.done(), "announce answered before a replica held it"
             finally:
