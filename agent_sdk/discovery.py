@@ -12,7 +12,7 @@ unexpected falls back to full pydantic validation (``decode_record``).
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 
@@ -56,6 +56,7 @@ FIELD_ORDER: tuple[str, ...] = (
     "ttl_ms",
     "epoch",
 )
+_N_FIELDS = len(FIELD_ORDER)
 if set(FIELD_ORDER) != _RECORD_FIELDS or len(FIELD_ORDER) != len(_RECORD_FIELDS):
     raise RuntimeError("discovery.FIELD_ORDER is out of step with AgentRecord's fields")
 
@@ -87,15 +88,27 @@ _READY = AgentStatus.READY
 _set = object.__setattr__
 
 
+def _seen(last_seen: str, deadline: Any, ttl_ms: int) -> datetime:
+    """The record's ``last_seen``, or the last renewal (``deadline - ttl_ms``) if later."""
+    seen = datetime.fromisoformat(last_seen)
+    if deadline is False or deadline is None:
+        return seen
+    renewed = datetime.fromtimestamp((float(deadline) - ttl_ms) / 1000, UTC)
+    return renewed if renewed > seen else seen
+
+
 def _lean(row: Any) -> AgentRecord:
     """Build a record from a coordinator-written row without re-validating it.
 
-    ``row``: the ``FIELD_ORDER`` values, ``False`` for an absent field. What
+    ``row``: the ``FIELD_ORDER`` values, ``False`` for an absent field, optionally followed by
+    the name's deadline (ms; ``last_seen`` is then the later of the record's and the deadline
+    minus ``ttl_ms``: a host's lease renews deadlines, not records). What
     ``model_construct`` does, minus its per-field default handling (which costs as much as
     validation). Raises ``KeyError``/``ValueError``/``TypeError`` on anything it does not
     expect; the callers then validate. ``tests/test_discovery.py`` checks the result equals
     ``AgentRecord.from_hash`` (full validation) field for field.
     """
+    deadline = row[_N_FIELDS] if len(row) > _N_FIELDS else None
     (
         name,
         status,
@@ -116,7 +129,7 @@ def _lean(row: Any) -> AgentRecord:
         heartbeat_ms,
         ttl_ms,
         epoch,
-    ) = row
+    ) = row[:_N_FIELDS]
     if False in (name, role, instance_id, registered_at, last_seen, heartbeat_ms, ttl_ms):
         raise ValueError("a required field is absent")
     values: dict[str, Any] = {
@@ -135,7 +148,7 @@ def _lean(row: Any) -> AgentRecord:
         "status": _READY if status is False else _STATUS[status],
         "load": 0 if load is False else int(load),
         "registered_at": datetime.fromisoformat(registered_at),
-        "last_seen": datetime.fromisoformat(last_seen),
+        "last_seen": _seen(last_seen, deadline, int(ttl_ms)),
         "heartbeat_ms": int(heartbeat_ms),
         "ttl_ms": int(ttl_ms),
         "epoch": 0 if epoch is False else int(epoch),
@@ -150,20 +163,25 @@ def _lean(row: Any) -> AgentRecord:
     return record
 
 
-def _validated(d: dict[str, str]) -> AgentRecord:
+def _validated(d: dict[str, str], deadline: Any = None) -> AgentRecord:
     try:
-        return AgentRecord.from_hash({k: v for k, v in d.items() if k in _RECORD_FIELDS})
-    except ValueError as e:
+        record = AgentRecord.from_hash({k: v for k, v in d.items() if k in _RECORD_FIELDS})
+        seen = _seen(record.last_seen.isoformat(), deadline, record.ttl_ms)
+    except (ValueError, TypeError) as e:
         raise ProtocolError(f"invalid registry record {d.get('name')!r}: {e}") from e
+    return record if seen == record.last_seen else record.model_copy(update={"last_seen": seen})
 
 
-def decode_record(raw: Sequence[bytes | str] | dict[str, str]) -> AgentRecord:
-    """Decode a registry hash (a flat ``HGETALL`` array or a dict) into an ``AgentRecord``."""
+def decode_record(
+    raw: Sequence[bytes | str] | dict[str, str], deadline: float | None = None
+) -> AgentRecord:
+    """Decode a registry hash (a flat ``HGETALL`` array or a dict) into an ``AgentRecord``;
+    ``deadline``: the name's deadline (ms) in ``R:deadlines``, if read (see ``_lean``)."""
     d = raw if isinstance(raw, dict) else _pairs(raw)
     try:
-        return _lean([d.get(f, False) for f in FIELD_ORDER])
+        return _lean([*(d.get(f, False) for f in FIELD_ORDER), deadline])
     except (KeyError, ValueError, TypeError):
-        return _validated(d)
+        return _validated(d, deadline)
 
 
 def _from_row(row: Any) -> AgentRecord:
@@ -172,9 +190,11 @@ def _from_row(row: Any) -> AgentRecord:
         return _lean(row)
     except (KeyError, ValueError, TypeError):
         pass
-    if not isinstance(row, list) or len(row) != len(FIELD_ORDER):
+    if not isinstance(row, list) or len(row) not in (_N_FIELDS, _N_FIELDS + 1):
         raise ProtocolError(f"unexpected discovery row {row!r}")
-    return _validated({f: v for f, v in zip(FIELD_ORDER, row, strict=True) if isinstance(v, str)})
+    fields = zip(FIELD_ORDER, row[:_N_FIELDS], strict=True)
+    deadline = row[_N_FIELDS] if len(row) > _N_FIELDS else None
+    return _validated({f: v for f, v in fields if isinstance(v, str)}, deadline)
 
 
 def _records(reply: bytes | str) -> list[AgentRecord]:
@@ -253,6 +273,7 @@ class Discovery:
             ",".join(s.value for s in statuses),
             "" if max_load is None else int(max_load),
             0 if (limit is None or rng is not None) else limit,
+            k.deadlines(),
             *FIELD_ORDER,
         ]
         with redis_errors(self.settings, "discovering agents"):
@@ -269,10 +290,13 @@ class Discovery:
         """The live agent called ``name``, or ``None``."""
         _identifiers(name, "name")
         with redis_errors(self.settings, f"reading agent {name!r}"):
-            raw = await self.client.hgetall(self.keys.record(name))
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.hgetall(self.keys.record(name))
+                pipe.zscore(self.keys.deadlines(), name)
+                raw, deadline = await pipe.execute()
         if not raw:
             return None
-        return decode_record({_text(k): _text(v) for k, v in raw.items()})
+        return decode_record({_text(k): _text(v) for k, v in raw.items()}, deadline)
 
 
 def _text(value: bytes | str) -> str:

@@ -51,12 +51,20 @@ class Heartbeats:
     """Heartbeats every member of one host. ``start``/``stop`` are idempotent."""
 
     def __init__(
-        self, client: aioredis.Redis, settings: Settings, *, host: str, reply_to: str
+        self,
+        client: aioredis.Redis,
+        settings: Settings,
+        *,
+        host: str,
+        reply_to: str,
+        lease: str | None = None,
     ) -> None:
         self.client = client
         self.settings = settings
         self.host = host
         self.reply_to = reply_to
+        #: The host's lease id: members announced under it are renewed by name (``renew``).
+        self.lease = lease
         self.members: dict[str, Membership] = {}
         self._reannouncing: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
@@ -210,15 +218,29 @@ class Heartbeats:
             await xadd_control(self.client, self.settings, env, doing)
             self.sent += 1
             return
+        lease = self.lease
         for k in range(0, len(due), LEASE_MAX_BEATS):
             part = due[k : k + LEASE_MAX_BEATS]
+            beats, renew, changed = [], [], []
+            for m in part:
+                beat = m.beat()
+                if lease is not None and m.lease == lease and m.reported == (beat[3], beat[2]):
+                    renew.append((beat[0], beat[1]))
+                else:
+                    beats.append(beat)
+                    changed.append((m, (beat[3], beat[2])))
+            payload: dict[str, object] = {"host": self.host, "beats": beats}
+            if lease is not None:
+                payload.update(lease=lease, ttl_ms=self.settings.ttl_ms, renew=renew)
             env = Envelope(  # schemas.agent.Lease, built without validating our own values
                 kind=Kind.CONTROL,
                 type=ControlType.LEASE.value,
                 sender=self.host,
                 reply_to=self.reply_to,
-                payload={"host": self.host, "beats": [m.beat() for m in part]},
+                payload=payload,
             )
             doing = f"sending the lease of host {self.host!r} ({len(part)} agents)"
             await xadd_control(self.client, self.settings, env, doing)
+            for m, values in changed:
+                m.reported = values
             self.sent += 1

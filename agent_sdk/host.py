@@ -48,7 +48,7 @@ from agent_sdk.verbs import Lookups, Verbs
 from schemas.agent import ControlType
 from schemas.envelope import Envelope, new_id
 from schemas.errors import InvalidInput, NameLost
-from schemas.names import check_identifier
+from schemas.names import check_identifier, lease_id
 
 if TYPE_CHECKING:
     from agent_sdk.agent import Agent
@@ -126,6 +126,12 @@ class Host(Lookups, Verbs):
 
     def __repr__(self) -> str:
         return f"Host(name={self.name!r}, agents={len(self.agents)})"
+
+    @property
+    def lease(self) -> str:
+        """This host's lease id (``<name>:<instance id>``): its agents announce under it, and
+        its lease entries renew every name it holds at once (docs/PROTOCOL.md, "Hosts")."""
+        return lease_id(self.name, self.instance_id)
 
     @property
     def running(self) -> bool:
@@ -243,8 +249,9 @@ class Host(Lookups, Verbs):
                 await self.bus.start()
                 await self.router.start()
                 self.heartbeats = Heartbeats(
-                    self.bus.client, self.settings, host=self.name, reply_to=self.router.key
-                )
+                    self.bus.client, self.settings, host=self.name, reply_to=self.router.key,
+                    lease=self.lease,
+                )  # fmt: skip
                 await self.heartbeats.start()
                 self.plane = Plane(self.bus.client, self.settings)
                 await self.plane.start()

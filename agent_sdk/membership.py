@@ -91,6 +91,7 @@ class Membership:
         fence: Fence | None = None,
         on_lost: Callable[[NameLost], None] | None = None,
         batcher: Batcher | None = None,
+        lease: str | None = None,
     ) -> None:
         self.client = client
         self.settings = settings
@@ -104,6 +105,11 @@ class Membership:
         self._on_lost = on_lost
         self.status = AgentStatus.READY
         self.load = 0
+        #: The host lease this instance announces under (its renewals keep it alive).
+        self.lease = lease
+        #: (status, load) as the registry last heard them: a lease renews a member whose values
+        #: are unchanged, and carries a full beat only for a changed one.
+        self.reported: tuple[str, int] | None = None
         self.record: AgentRecord | None = None
         self.reannounces = 0
         #: Heartbeats the coordinator answered with an error (``heartbeat_result``).
@@ -145,7 +151,7 @@ class Membership:
         if self._card_json[0] is not card:  # the card is immutable; a new one replaces it
             self._card_json = (card, card.model_dump(mode="json", exclude_none=True))
         s = self.settings
-        return {
+        payload = {
             "card": self._card_json[1],
             "instance_id": self.instance_id,
             "status": self.status.value,
@@ -153,6 +159,9 @@ class Membership:
             "heartbeat_ms": s.heartbeat_ms,
             "ttl_ms": s.ttl_ms,
         }
+        if self.lease is not None:
+            payload["lease"] = self.lease
+        return payload
 
     async def announce(self, *, wait: bool = True) -> AgentRecord:
         """Join the registry (retrying ``name_taken`` for up to ``name_wait``, or raising it at
@@ -213,6 +222,7 @@ class Membership:
         except ValueError as e:
             raise ProtocolError(f"the coordinator answered with an invalid record: {e}") from e
         self._announced_at = sent
+        self.reported = (record.status.value, record.load)
         self.fence.renew(sent, record.epoch)
         return record
 

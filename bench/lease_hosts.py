@@ -6,10 +6,12 @@ at 100,000 agents is about), and with exactly its control traffic:
 
 * each agent announces (a real ``announce`` envelope, ``reply_to`` = the host's reply list, as
   ``Host`` agents share its reply router), at most ``ramp`` announces in flight per host;
-* every ``heartbeat`` seconds the host writes its ``lease`` entries (``schemas.agent.Lease``: a
-  beat ``[name, instance_id, load, status, epoch]`` per registered agent, the epoch its
-  ``announce_result`` gave; ``max_beats`` per entry, ``agent_sdk.heartbeats.LEASE_MAX_BEATS``
-  in the SDK) to the control stream, as ``agent_sdk.heartbeats`` does;
+* every ``heartbeat`` seconds the host writes its ``lease`` entries (``schemas.agent.Lease``,
+  ``max_beats`` agents per entry, ``agent_sdk.heartbeats.LEASE_MAX_BEATS`` in the SDK) to the
+  control stream, as ``agent_sdk.heartbeats`` does: with ``renew`` (protocol 1.2, the SDK's
+  way) the agents announce under the host's lease and each entry renews them by name
+  (``[name, instance_id]``: their status and load never change here); without it, a full beat
+  ``[name, instance_id, load, status, epoch]`` per agent (protocol 1.1, the baseline);
 * its reply list is drained on every tick: ``announce_result`` marks an agent registered, a
   ``reannounce`` makes that agent announce again (and leave the lease until it is answered).
 
@@ -34,6 +36,7 @@ from bench.protocol import SimAgent, announce_fields
 from schemas.agent import AgentCard, ControlType
 from schemas.envelope import Envelope, Kind, encode_fields, new_id
 from schemas.keys import KeySpace
+from schemas.names import lease_id
 
 __all__ = ["LeaseHostSpec", "card_100k", "lease_hosts_worker", "query_100k"]
 
@@ -75,14 +78,23 @@ class LeaseHostSpec:
 
 class _Host:
     def __init__(
-        self, r: Any, keys: KeySpace, spec: LeaseHostSpec, hb_ms: int, ttl_ms: int, max_beats: int
+        self,
+        r: Any,
+        keys: KeySpace,
+        spec: LeaseHostSpec,
+        hb_ms: int,
+        ttl_ms: int,
+        max_beats: int,
+        renew: bool,
     ) -> None:
         self.r = r
         self.max_beats = max_beats
         self.keys = keys
         self.spec = spec
         self.hb_ms, self.ttl_ms = hb_ms, ttl_ms
-        self.reply_to = keys.replies(spec.name, new_id())
+        instance = new_id()
+        self.reply_to = keys.replies(spec.name, instance)
+        self.lease_id = lease_id(spec.name, instance) if renew else None
         self.agents = {
             (card := card_100k(i, spec.name)).name: SimAgent(card, new_id(), self.reply_to)
             for i in range(spec.first, spec.first + spec.count)
@@ -102,7 +114,8 @@ class _Host:
             pipe = self.r.pipeline(transaction=False)
             now = time.monotonic()
             for name in names[k : k + _PIPE]:
-                fields = announce_fields(self.agents[name], self.hb_ms, self.ttl_ms)
+                agent = self.agents[name]
+                fields = announce_fields(agent, self.hb_ms, self.ttl_ms, self.lease_id)
                 pipe.xadd(self.keys.control(), fields, maxlen=CONTROL_MAXLEN, approximate=True)
                 self.in_flight[name] = now
             await pipe.execute()
@@ -133,15 +146,25 @@ class _Host:
         if not self.epochs:
             return
         agents = self.agents
-        beats = [[n, agents[n].instance_id, 0, "ready", e] for n, e in self.epochs.items()]
+        if self.lease_id is None:
+            items: list[list[Any]] = [
+                [n, agents[n].instance_id, 0, "ready", e] for n, e in self.epochs.items()
+            ]
+        else:
+            items = [[n, agents[n].instance_id] for n in self.epochs]
         t0 = time.perf_counter()
-        for k in range(0, len(beats), self.max_beats):  # as agent_sdk.heartbeats does
+        for k in range(0, len(items), self.max_beats):  # as agent_sdk.heartbeats does
+            part = items[k : k + self.max_beats]
+            payload: dict[str, Any] = {"host": self.spec.name, "beats": part}
+            if self.lease_id is not None:
+                payload = {"host": self.spec.name, "beats": [], "lease": self.lease_id,
+                           "ttl_ms": self.ttl_ms, "renew": part}  # fmt: skip
             env = Envelope(  # a schemas.agent.Lease payload
                 kind=Kind.CONTROL,
                 type=ControlType.LEASE.value,
                 sender=self.spec.name,
                 reply_to=self.reply_to,
-                payload={"host": self.spec.name, "beats": beats[k : k + self.max_beats]},
+                payload=payload,
             )
             await self.r.xadd(
                 self.keys.control(), encode_fields(env), maxlen=CONTROL_MAXLEN, approximate=True
@@ -183,6 +206,7 @@ async def lease_hosts_worker(
     ttl: float,
     ramp: int,
     max_beats: int,
+    renew: bool = True,
 ) -> None:
     """Simulated hosts ``specs`` (module docstring): start on ``go``, run until ``stop``, then
     put one result per host."""
@@ -193,7 +217,7 @@ async def lease_hosts_worker(
     keys = KeySpace(ns)
     clients = [make_client(settings, max_connections=4) for _ in specs]
     hosts = [
-        _Host(r, keys, spec, round(heartbeat * 1000), round(ttl * 1000), max_beats)
+        _Host(r, keys, spec, round(heartbeat * 1000), round(ttl * 1000), max_beats, renew)
         for r, spec in zip(clients, specs, strict=True)
     ]
     for r in clients:

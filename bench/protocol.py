@@ -80,10 +80,14 @@ def sim_agents(keys: KeySpace, start: int, count: int, prefix: str = "sim") -> l
     return out
 
 
-def announce_fields(agent: SimAgent, heartbeat_ms: int, ttl_ms: int) -> dict[Any, Any]:
+def announce_fields(
+    agent: SimAgent, heartbeat_ms: int, ttl_ms: int, lease: str | None = None
+) -> dict[Any, Any]:
+    """An announce as the SDK writes it; ``lease``: the host lease it joins (protocol 1.2)."""
     payload = Announce(
-        card=agent.card, instance_id=agent.instance_id, heartbeat_ms=heartbeat_ms, ttl_ms=ttl_ms
-    ).model_dump(mode="json", exclude_none=True)
+        card=agent.card, instance_id=agent.instance_id, heartbeat_ms=heartbeat_ms, ttl_ms=ttl_ms,
+        lease=lease,
+    ).model_dump(mode="json", exclude_none=True)  # fmt: skip
     env = Envelope(
         kind=Kind.CONTROL,
         type=ControlType.ANNOUNCE.value,

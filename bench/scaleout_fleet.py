@@ -103,6 +103,7 @@ async def fleet_run(
     max_beats: int = LEASE_MAX_BEATS,
     register_timeout: float = 60.0,
     loop: str = "asyncio",
+    renew: bool = True,
 ) -> dict[str, Any]:
     """The fleet described in the module docstring; ``nodes``: the redis-servers to watch."""
     from agent_sdk import Bus, Settings
@@ -115,6 +116,7 @@ async def fleet_run(
     out: dict[str, Any] = {
         "agents": agents, "hosts": hosts, "processes": procs, "coordinators": coordinators,
         "window_s": window, "heartbeat_s": heartbeat, "ttl_s": ttl, "lease_max_beats": max_beats,
+        "lease_renew": renew,
     }  # fmt: skip
     ctx = context()
     go, stop = ctx.Event(), ctx.Event()
@@ -131,7 +133,7 @@ async def fleet_run(
             for k in range(procs):
                 mine = specs[k::procs]
                 if mine:
-                    args = (url, ns, mine, go, stop, heartbeat, ttl, ramp, max_beats)
+                    args = (url, ns, mine, go, stop, heartbeat, ttl, ramp, max_beats, renew)
                     workers.append(spawn(lease_hosts_worker, *args, loop=loop))
             coord_cpu0 = sum(c.cpu_seconds() for c in coords)
             t0 = time.perf_counter()

@@ -2,9 +2,10 @@
 
 * ``fleet``: ``--agents`` (default 100,000) agents on ``--hosts`` simulated hosts speaking the
   host lease protocol (``bench.scaleout_fleet``), heartbeat 1 s / TTL 3 s, first on one
-  ``redis-server`` (the baseline), then on a local 3-master + 3-replica cluster, in the same
-  run: false expiries over the ``--window``, CPU of every Redis node and of the coordinators,
-  discovery latency among the fleet.
+  ``redis-server`` with a full beat per agent per interval (protocol 1.1: the baseline), then
+  with lease renewals (1.2, what the SDK sends) on one server and on a local 3-master +
+  3-replica cluster, in the same run: false expiries over the ``--window``, CPU of every Redis
+  node and of the coordinators, discovery latency among the fleet.
 * ``failover``: ``--rate`` (default 1,000) requests/s held against a cluster and a Sentinel
   deployment while a master is SIGKILLed (``bench.scaleout_failover``): acknowledged vs
   received, time until service is back.
@@ -59,14 +60,17 @@ async def _fleet(args: argparse.Namespace) -> dict[str, Any]:
         "max_beats": args.lease_beats, "register_timeout": args.register_timeout,
     }  # fmt: skip
     out: dict[str, Any] = {}
-    if "single" in args.topologies:
+    for label, renew in (("single-beats", False), ("single", True)):
+        if label not in args.topologies:
+            continue
         single = RedisServer().start()
         try:
-            out["single"] = await fleet_run(single.url, [("server", _pid(single))], **common)
+            node = [("server", _pid(single))]
+            out[label] = await fleet_run(single.url, node, renew=renew, **common)
         finally:
             single.stop()
             single.cleanup()
-        _print_fleet("one server", out["single"])
+        _print_fleet("one server" + ("" if renew else ", full beats (protocol 1.1)"), out[label])
     if "cluster" not in args.topologies:
         return out
     cluster = LocalCluster().start()
@@ -158,8 +162,10 @@ def main() -> None:
     p.add_argument(
         "--topologies",
         type=lambda v: v.split(","),
-        default=["single", "cluster", "sentinel"],
-        help="of single,cluster,sentinel (fleet: single, cluster; failover: cluster, sentinel)",
+        default=["single-beats", "single", "cluster", "sentinel"],
+        help="of single-beats,single,cluster,sentinel (fleet: single-beats, the baseline of "
+        "full beats per agent, then single and cluster with lease renewals; failover: cluster, "
+        "sentinel)",
     )
     p.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
     p.add_argument("--json", type=Path, help="write every figure there (bench/results/...)")

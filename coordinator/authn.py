@@ -13,7 +13,10 @@ a victim's). Then:
   announce's ``reply_to`` becomes the name's **lessee**: the field ``lessee`` of the record,
   written with it by the control script (it goes when the record goes);
 * a **lease** (heartbeats of a host's agents) renews only the names whose lessee is the lease's
-  proved sender: a beat for any other name is dropped and counted.
+  proved sender: a beat for any other name is dropped and counted. Its renewal part (protocol
+  1.2) is kept only if the lease id is the sender's own (``<sender>:<instance>``): a lease's
+  set holds only names whose announcements named that lease, and an announcement may name only
+  a lease of its lessee, so no per-name lookup is needed.
 
 Unproved entries are refused **in bulk** (``queue_unproved``): per batch, one dead letter per
 claimed sender (the first such entry, whole, with ``count`` and ``last_source_id``) and one log
@@ -47,9 +50,10 @@ from coordinator.acl.policy import Policy
 from coordinator.outbox import queue_dead_letter
 from coordinator.scripts import script_source
 from coordinator.settings import CoordinatorSettings
-from coordinator.validation import is_identifier
+from coordinator.validation import FastLease, is_identifier
 from schemas.display import safe_text
 from schemas.errors import ErrorCode, ErrorInfo
+from schemas.names import lease_host
 
 __all__ = ["Screen", "Verdicts", "queue_unproved"]
 
@@ -76,19 +80,27 @@ class Verdicts:
     lessee_of: dict[str, str] = field(default_factory=dict)
     dropped_beats: int = 0
 
-    def beats(self, eid: str, beats: list[Any]) -> list[Any]:
-        """The beats of lease ``eid`` its sender may give (``(eid, name, ...)`` tuples)."""
+    def lease(self, eid: str, lease: FastLease) -> FastLease:
+        """What lease ``eid``'s proved sender may give: the beats of names it is the lessee
+        of, and the renewal only if the lease is the sender's own (``<sender>:<instance>``:
+        a lease set holds only names whose announcements named that lease, and acl mode
+        accepts those only from the lease's host)."""
         host = self.senders.get(eid)
         if host is None:
-            kept = []
+            beats: list[Any] = []
         else:
             lessee = self.lessees.get
-            kept = [b for b in beats if lessee(b[1]) == host]
-        if len(kept) != len(beats):
-            self.dropped_beats += len(beats) - len(kept)
+            beats = [b for b in lease.beats if lessee(b[1]) == host]
+        renew = lease.renew
+        if lease.lease is not None and (host is None or lease_host(lease.lease) != _text(host)):
+            renew = []
+        dropped = len(lease.beats) - len(beats) + len(lease.renew) - len(renew)
+        if dropped:
+            self.dropped_beats += dropped
             log.warning("lease %s of %s: %d beat(s) for names it does not hold dropped", eid,
-                        safe_text(_text(host) or "?"), len(beats) - len(kept))  # fmt: skip
-        return kept
+                        safe_text(_text(host) or "?"), dropped)  # fmt: skip
+            return FastLease(beats, lease.lease, lease.ttl_ms, renew)
+        return lease
 
 
 def _text(v: bytes | str | None) -> str:

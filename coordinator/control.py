@@ -44,6 +44,7 @@ from coordinator.settings import CoordinatorSettings
 from coordinator.stats import CoordinatorStats
 from coordinator.validation import (
     FastHeartbeat,
+    FastLease,
     PreparedAnnounce,
     fast_heartbeat,
     fast_lease,
@@ -55,6 +56,7 @@ from schemas.agent import ControlType, Heartbeat, Lease, Leave
 from schemas.envelope import Envelope, decode_fields
 from schemas.errors import ErrorCode, ErrorInfo, ProtocolError
 from schemas.keys import COORDINATOR_GROUP
+from schemas.names import lease_host
 
 __all__ = ["MAX_SCRIPT_ENTRIES", "ControlConsumer", "Entry"]
 
@@ -124,7 +126,7 @@ class _Leave:
 
 @dataclass(frozen=True, slots=True)
 class _Lease:
-    beats: list[FastHeartbeat]
+    lease: FastLease
     reply_to: str | None  # where the host reads: reannounce requests for its agents go there
 
 
@@ -157,13 +159,9 @@ class _Batch:
         self.weight += 1
 
     def lease(
-        self,
-        eid: str,
-        fields: dict[bytes, bytes],
-        beats: list[FastHeartbeat],
-        reply_to: str | None,
+        self, eid: str, fields: dict[bytes, bytes], lease: FastLease, reply_to: str | None
     ) -> None:
-        self.add((eid, fields, _Lease(beats, reply_to)))
+        self.add((eid, fields, _Lease(lease, reply_to)))
 
     def lease_reply_to(self, eid: str) -> str | None:
         for item_eid, _, op in self.items:
@@ -203,9 +201,15 @@ class _Batch:
             self.leaves += 1
             self.weight += 1
         elif isinstance(op, _Lease):
-            for hb in op.beats:
+            lease = op.lease
+            for hb in lease.beats:
                 self.script.heartbeat(hb)
-            self.weight += len(op.beats)
+            if lease.lease is not None and lease.renew:
+                self.script.renew(eid, lease.lease, lease.ttl_ms, lease.renew)
+            elif not lease.beats:  # nothing to apply: acknowledged by the script all the same
+                self.script.renew(eid, "", 0, [])
+            # a renewal costs the script far less than a beat (two native commands per 1,000)
+            self.weight += len(lease.beats) + len(lease.renew) // 8
         else:
             self.script.heartbeat(op)
             self.weight += 1
@@ -220,7 +224,7 @@ class _Batch:
             if isinstance(op, tuple):
                 n += 1
             elif isinstance(op, _Lease):
-                n += len(op.beats)
+                n += len(op.lease.beats) + len(op.lease.renew)
         return n
 
 
@@ -451,10 +455,10 @@ class ControlConsumer:
                 hb = fast_heartbeat(eid, fields)
                 if hb is not None:
                     batch.heartbeat(eid, fields, hb)
-                elif (beats := fast_lease(eid, fields)) is not None:
+                elif (lease := fast_lease(eid, fields)) is not None:
                     if verdicts is not None:
-                        beats = verdicts.beats(eid, beats)
-                    batch.lease(eid, fields, beats, self._raw_reply_address(fields))
+                        lease = verdicts.lease(eid, lease)
+                    batch.lease(eid, fields, lease, self._raw_reply_address(fields))
                 else:
                     self._entry(eid, fields, batch, out)
                 if batch.weight >= MAX_SCRIPT_ENTRIES:
@@ -560,9 +564,10 @@ class ControlConsumer:
             (eid, name, inst, str(load), status.value, str(epoch or 0))
             for name, inst, load, status, epoch in lease.beats
         ]
+        fast = FastLease(beats, lease.lease, lease.ttl_ms or 0, list(lease.renew))
         if self._verdicts is not None:
-            beats = self._verdicts.beats(eid, beats)
-        batch.lease(eid, fields, beats, self._reply_address(env))
+            fast = self._verdicts.lease(eid, fast)
+        batch.lease(eid, fields, fast, self._reply_address(env))
 
     def _reply_address(self, env: Envelope) -> str | None:
         to = env.reply_to
@@ -612,7 +617,17 @@ class ControlConsumer:
             self._refuse(out, eid, reply_to, prepared.name, env.id, info)
             return
         if self._verdicts is not None and eid in self._verdicts.lessee_of:  # acl mode
-            prepared.fields["lessee"] = self._verdicts.lessee_of[eid]
+            lessee = prepared.fields["lessee"] = self._verdicts.lessee_of[eid]
+            lease = prepared.fields.get("lease")
+            if lease is not None and lease_host(lease) != lessee:
+                info = ErrorInfo(
+                    code=ErrorCode.FORBIDDEN,
+                    description=f"announce names lease {lease!r}, which is not a lease of "
+                    f"host {lessee!r} (the host reading its reply_to)",
+                    details={"lease": lease, "lessee": lessee},
+                )
+                self._refuse(out, eid, reply_to, prepared.name, env.id, info)
+                return
         batch.announce(eid, fields, prepared, reply_to, env.id)
 
     def _leave(

@@ -87,6 +87,12 @@ class ControlBatch:
             self.args += ("a", "\0".join(parts) + "\0")
         self.entries += 1
 
+    def renew(self, entry_id: str, lease: str, ttl_ms: int, pairs: list[tuple[str, str]]) -> None:
+        """The renewal part of a lease entry: the deadlines of the names ``lease`` holds."""
+        self._close_run()
+        self.args += ("r", entry_id, lease, str(ttl_ms), "\n".join(f"{n} {i}" for n, i in pairs))
+        self.entries += 1
+
     def leave(
         self,
         entry_id: str,
@@ -186,6 +192,7 @@ class Registry:
             settings.stall_ms,
             max(settings.ttl_ms, settings.stall_ms),  # the grace after a stall
             settings.tombstone_keep_ms,
+            keys.lease_prefix,
         ]
         self._control_keys = [*self._keys, keys.epoch()]
         #: on a cluster the script returns its replies instead of pushing them (other slots);

@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,6 +23,7 @@ from schemas.errors import ErrorCode, ErrorInfo, validation_summary
 
 __all__ = [
     "FastHeartbeat",
+    "FastLease",
     "PreparedAnnounce",
     "fast_heartbeat",
     "fast_lease",
@@ -42,7 +43,7 @@ _HB_ENVELOPE_FIELDS = frozenset(
 #: a lease names the host's reply list (answers to its beats go there)
 _LEASE_ENVELOPE_FIELDS = _HB_ENVELOPE_FIELDS | {b"reply_to"}
 _HB_PAYLOAD_FIELDS = frozenset({"instance_id", "load", "status", "epoch"})
-_LEASE_PAYLOAD_FIELDS = frozenset({"host", "beats"})
+_LEASE_PAYLOAD_FIELDS = frozenset({"host", "beats", "lease", "ttl_ms", "renew"})
 _MAX_BEATS = 100_000  # schemas.agent.Lease
 
 #: (entry id, name, instance id, load, status, epoch or "0"): what the heartbeat script takes,
@@ -121,16 +122,27 @@ def fast_heartbeat(entry_id: str, fields: dict[bytes, bytes]) -> FastHeartbeat |
     )
 
 
-def fast_lease(entry_id: str, fields: dict[bytes, bytes]) -> list[FastHeartbeat] | None:
-    """Parse a plain ``lease`` entry (one heartbeat per hosted agent) into heartbeats, or
-    ``None`` when it needs the full (slow) validation."""
+@dataclass(frozen=True, slots=True)
+class FastLease:
+    """A ``lease`` entry's parts: full beats, and the renewal (lease id, TTL, name/instance
+    pairs; none when ``lease`` is ``None``)."""
+
+    beats: list[FastHeartbeat]
+    lease: str | None = None
+    ttl_ms: int = 0
+    renew: list[tuple[str, str]] = field(default_factory=list)
+
+
+def fast_lease(entry_id: str, fields: dict[bytes, bytes]) -> FastLease | None:
+    """Parse a plain ``lease`` entry (full beats and/or a renewal), or ``None`` when it needs
+    the full (slow) validation."""
     plain = _plain_control(b"lease", fields, _LEASE_ENVELOPE_FIELDS)
     if plain is None:
         return None
     _, payload = plain
-    if type(payload) is not dict or payload.keys() != _LEASE_PAYLOAD_FIELDS:
+    if type(payload) is not dict or not payload.keys() <= _LEASE_PAYLOAD_FIELDS:
         return None
-    beats, host = payload["beats"], payload["host"]
+    beats, host = payload.get("beats", []), payload.get("host")
     if type(beats) is not list or len(beats) > _MAX_BEATS:
         return None
     if type(host) is not str or not _IDENT_RE.match(host):
@@ -143,7 +155,30 @@ def fast_lease(entry_id: str, fields: dict[bytes, bytes]) -> list[FastHeartbeat]
         if hb is None:
             return None
         out.append(hb)
-    return out
+    lease, ttl, renew = payload.get("lease"), payload.get("ttl_ms"), payload.get("renew", [])
+    if lease is None:
+        return FastLease(out) if not renew and ttl is None else None
+    if type(lease) is not str or lease.partition(":")[0] != host or type(ttl) is not int:
+        return None
+    inst = lease.partition(":")[2]
+    if not _IDENT_RE.match(inst) or len(inst) > 64 or not 300 <= ttl <= 86_400_000:
+        return None
+    if type(renew) is not list or len(renew) > _MAX_BEATS:
+        return None
+    pairs: list[tuple[str, str]] = []
+    for pair in renew:
+        if type(pair) is not list or len(pair) != 2:
+            return None
+        name, instance = pair
+        if (
+            type(name) is not str
+            or type(instance) is not str
+            or not _IDENT_RE.match(name)
+            or not _IDENT_RE.match(instance)
+        ):
+            return None
+        pairs.append((name, instance))
+    return FastLease(out, lease, ttl, pairs)
 
 
 def validation_error_info(e: ValidationError, what: str) -> ErrorInfo:
@@ -223,6 +258,8 @@ def prepare_announce(payload: Any, entry_ms: int) -> PreparedAnnounce | ErrorInf
             details={"size": size, "limit": MAX_RECORD_BYTES},
         )
     record_json = orjson.dumps(plain)
+    if ann.lease is not None:  # the hash only: which lease renews the name (not in the record)
+        fields["lease"] = ann.lease
     # the last occurrence: every field after ``metadata`` is ours (names, numbers, times)
     offset = record_json.rindex(_REGISTERED_AT) + len(_REGISTERED_AT)
     return PreparedAnnounce(

@@ -29,7 +29,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
-from schemas.names import Identifier
+from schemas.names import Identifier, LeaseId, lease_host
 from schemas.semver import check_version
 
 __all__ = [
@@ -145,10 +145,13 @@ class AgentRecord(AgentCard):
 
     @classmethod
     def from_hash(cls, raw: dict[bytes, bytes] | dict[str, str]) -> AgentRecord:
-        """Decode a registry hash (as returned by ``HGETALL``)."""
+        """Decode a registry hash (as returned by ``HGETALL``); the registry's own fields that
+        are not part of the record (``REGISTRY_ONLY_FIELDS``) are skipped."""
         data: dict[str, Any] = {}
         for k, v in raw.items():
             key = k.decode() if isinstance(k, bytes) else k
+            if key in REGISTRY_ONLY_FIELDS:
+                continue
             text = v.decode() if isinstance(v, bytes) else v
             if key in _JSON_FIELDS:
                 data[key] = orjson.loads(text)
@@ -158,6 +161,9 @@ class AgentRecord(AgentCard):
 
 
 _JSON_FIELDS = frozenset({"capabilities", "tags", "metadata"})
+#: Fields of a registry hash that are not record fields: the host lease that renews the name
+#: (``lease``) and, in acl mode, the host that may heartbeat for it (``lessee``).
+REGISTRY_ONLY_FIELDS = frozenset({"lease", "lessee"})
 
 
 class Announce(BaseModel):
@@ -171,6 +177,11 @@ class Announce(BaseModel):
     load: int = Field(default=0, ge=0)
     heartbeat_ms: int = Field(ge=100, le=3_600_000)
     ttl_ms: int = Field(ge=300, le=86_400_000)
+    lease: LeaseId | None = Field(
+        default=None,
+        description="The host lease that renews this agent (protocol 1.2, docs/PROTOCOL.md "
+        "'Hosts'): its renewals extend the deadline of the names it holds.",
+    )
 
     @model_validator(mode="after")
     def _ttl_covers_heartbeats(self) -> Announce:
@@ -205,12 +216,25 @@ LeaseBeat = tuple[Identifier, Identifier, int, AgentStatus, int | None]
 class Lease(BaseModel):
     """Payload of a ``lease`` control message: the heartbeats of every agent a process hosts,
     in one entry per interval (docs/PROTOCOL.md, "Hosts"). Each beat is applied exactly as a
-    ``heartbeat`` of that agent written at the entry's time."""
+    ``heartbeat`` of that agent written at the entry's time; each ``renew`` pair only extends
+    the deadline of a name the ``lease`` holds to the entry's time + ``ttl_ms`` (protocol 1.2:
+    a host sends a full beat only for an agent whose status or load changed)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     host: Identifier = Field(description="The hosting process's id (for logs and tools).")
-    beats: list[LeaseBeat] = Field(max_length=100_000)
+    beats: list[LeaseBeat] = Field(default_factory=list, max_length=100_000)
+    lease: LeaseId | None = Field(default=None, description="The host's lease id: host:instance")
+    ttl_ms: int | None = Field(default=None, ge=300, le=86_400_000)
+    renew: list[tuple[Identifier, Identifier]] = Field(default_factory=list, max_length=100_000)
+
+    @model_validator(mode="after")
+    def _renewal(self) -> Lease:
+        if self.renew and (self.lease is None or self.ttl_ms is None):
+            raise ValueError("renew needs the lease id and ttl_ms")
+        if self.lease is not None and lease_host(self.lease) != self.host:
+            raise ValueError(f"lease {self.lease!r} is not a lease of host {self.host!r}")
+        return self
 
     @field_validator("beats")
     @classmethod

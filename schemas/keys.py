@@ -170,6 +170,15 @@ class KeySpace:
     def deadlines(self) -> str:
         return f"{self.registry_prefix}deadlines"
 
+    def lease_members(self, lease: str) -> str:
+        """The names a host's lease holds (a set, kept by the control script): its renewals
+        extend exactly these names' deadlines (docs/PROTOCOL.md, "Hosts")."""
+        return f"{self.lease_prefix}{lease}"
+
+    @property
+    def lease_prefix(self) -> str:
+        return f"{self.registry_prefix}lease:"
+
     def clock(self) -> str:
         return f"{self.registry_prefix}clock"
 

@@ -15,10 +15,14 @@ from pydantic import AfterValidator
 __all__ = [
     "MAX_NAME_LENGTH",
     "Identifier",
+    "LeaseId",
     "TopicName",
     "check_identifier",
+    "check_lease_id",
     "check_topic",
     "check_topic_pattern",
+    "lease_host",
+    "lease_id",
 ]
 
 MAX_NAME_LENGTH = 128
@@ -46,6 +50,27 @@ def check_identifier(value: str, what: str = "name") -> str:
     return value
 
 
+def lease_id(host: str, instance_id: str) -> str:
+    """The id of a host's lease: ``<host>:<instance>`` (``:`` is in no name, so the host part
+    is unambiguous: acl mode checks it against the lease's proved sender)."""
+    return f"{host}:{instance_id}"
+
+
+def check_lease_id(value: str) -> str:
+    """``<host name>:<instance id>``, each part an identifier (``lease_id``)."""
+    host, sep, inst = value.partition(":") if isinstance(value, str) else ("", "", "")
+    if not sep or not host or not inst or len(inst) > 64:
+        raise ValueError(f"invalid lease id {value!r}: expected <host name>:<instance id>")
+    check_identifier(host, "lease host")
+    check_identifier(inst, "lease instance")
+    return value
+
+
+def lease_host(lease: str) -> str:
+    """The host part of a lease id."""
+    return lease.partition(":")[0]
+
+
 def check_topic(value: str) -> str:
     """A topic: dot-separated words of letters, digits, '_' and '-' (``news.eu``)."""
     if not value or len(value) > 256 or not _TOPIC_RE.match(value):
@@ -67,4 +92,5 @@ def check_topic_pattern(value: str) -> str:
 
 
 Identifier = Annotated[str, AfterValidator(check_identifier)]
+LeaseId = Annotated[str, AfterValidator(check_lease_id)]
 TopicName = Annotated[str, AfterValidator(check_topic)]

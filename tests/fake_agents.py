@@ -38,6 +38,7 @@ class FakeAgent:
         instance_id: str | None = None,
         heartbeat_ms: int = 100,
         ttl_ms: int = 500,
+        lease: str | None = None,
         **card: Any,
     ) -> None:
         self.r = r
@@ -46,6 +47,8 @@ class FakeAgent:
         self.instance_id = instance_id or uuid.uuid4().hex[:16]
         self.heartbeat_ms = heartbeat_ms
         self.ttl_ms = ttl_ms
+        #: the host lease it announces under (renewed by name: protocol 1.2)
+        self.lease = lease
         self.card: dict[str, Any] = {"name": name, "role": role, **card}
         self.heartbeats_sent = 0
         self._task: asyncio.Task[None] | None = None
@@ -55,12 +58,15 @@ class FakeAgent:
         return self.keys.replies(self.name, self.instance_id)
 
     def announce_payload(self, **overrides: Any) -> dict[str, Any]:
-        return {
+        payload = {
             "card": {**self.card, **overrides},
             "instance_id": self.instance_id,
             "heartbeat_ms": self.heartbeat_ms,
             "ttl_ms": self.ttl_ms,
         }
+        if self.lease is not None:
+            payload["lease"] = self.lease
+        return payload
 
     async def send(self, type: str, payload: Any, **extra: Any) -> str:
         fields = {

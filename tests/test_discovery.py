@@ -6,7 +6,7 @@ import asyncio
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -117,9 +117,7 @@ def fleet(coordinator_settings: CoordinatorSettings, settings: Settings) -> Iter
                 await register_raw(r, settings.keys, random_cards(random.Random(7), FLEET_SIZE))
             names = sorted(n.decode() for n in await r.smembers(settings.keys.agents()))
             assert len(names) == FLEET_SIZE
-            records = [
-                AgentRecord.from_hash(await r.hgetall(settings.keys.record(n))) for n in names
-            ]
+            records = [await stored_record(r, settings.keys, n) for n in names]
         finally:
             await r.aclose()
         return await Bus(settings).start(), records
@@ -130,6 +128,17 @@ def fleet(coordinator_settings: CoordinatorSettings, settings: Settings) -> Iter
     finally:
         loop.run_until_complete(bus.stop())
         loop.close()
+
+
+async def stored_record(r: aioredis.Redis, keys: KeySpace, name: str) -> AgentRecord:
+    """The record as stored, fully validated, its ``last_seen`` the later of the hash's and the
+    deadline's renewal time (deadline - ttl_ms: a host lease renews deadlines only)."""
+    rec = AgentRecord.from_hash(await r.hgetall(keys.record(name)))
+    deadline = await r.zscore(keys.deadlines(), name)
+    if deadline is None:
+        return rec
+    renewed = datetime.fromtimestamp((deadline - rec.ttl_ms) / 1000, UTC)
+    return rec.model_copy(update={"last_seen": max(rec.last_seen, renewed)})
 
 
 def brute_force(records: list[AgentRecord], q: dict[str, Any]) -> list[AgentRecord]:
@@ -382,9 +391,7 @@ async def test_discover_returns_awkward_text_exactly_as_stored(
     async with Bus(settings) as bus:
         found = await bus.discover(role="odd")
         by_tag = await bus.discover(tags=["t-1"])
-    expected = [
-        AgentRecord.from_hash(await r.hgetall(settings.keys.record(n))) for n in ("odd", "plain")
-    ]
+    expected = [await stored_record(r, settings.keys, n) for n in ("odd", "plain")]
     assert found == expected
     assert by_tag == expected[:1]
     assert found[0].description == awkward
@@ -407,7 +414,7 @@ async def test_discover_validates_an_unexpected_record_and_reports_a_bad_one(
     await r.hdel(key, "status", "version")  # optional fields absent: their defaults, as validated
     async with Bus(settings) as bus:
         found = await bus.discover(role="x")
-        assert found[0] == AgentRecord.from_hash(await r.hgetall(key))
+        assert found[0] == await stored_record(r, settings.keys, "bad")
         assert (found[0].status, found[0].version) == (AgentStatus.READY, "0.0.0")
         await r.hset(key, "max_concurrency", "0")  # the lean path refuses it; validation too
         with pytest.raises(ProtocolError, match="bad"):

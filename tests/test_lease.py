@@ -44,10 +44,14 @@ def _raw(fields: dict[str, str]) -> dict[bytes, bytes]:
 
 def test_fast_lease_parses_every_beat() -> None:
     beats = [["a", "i1", 0, "ready", 7], ["b", "i2", 3, "busy", None]]
-    assert fast_lease("5-0", _raw(_lease_fields("h1", beats))) == [
+    lease = fast_lease("5-0", _raw(_lease_fields("h1", beats)))
+    assert lease is not None
+    assert lease.beats == [
         ("5-0", "a", "i1", "0", "ready", "7"),
         ("5-0", "b", "i2", "3", "busy", "0"),
     ]
+    assert lease.lease is None
+    assert lease.renew == []
 
 
 def test_fast_lease_takes_the_lease_a_host_sends() -> None:
@@ -60,7 +64,9 @@ def test_fast_lease_takes_the_lease_a_host_sends() -> None:
     raw = {
         k.encode(): v if isinstance(v, bytes) else v.encode() for k, v in encode_fields(env).items()
     }
-    assert fast_lease("5-0", raw) == [("5-0", "a", "i1", "0", "ready", "7")]
+    lease = fast_lease("5-0", raw)
+    assert lease is not None
+    assert lease.beats == [("5-0", "a", "i1", "0", "ready", "7")]
 
 
 @pytest.mark.parametrize(

@@ -38,8 +38,10 @@ async def test_a_large_host_splits_its_lease(
         )
         assert set(await r.smembers(keys.agents())) == names
         entries: Any = await r.xrevrange(keys.control(), count=200)
+        # one item per agent: a full beat, or a renewal ([name, instance]) of an unchanged one
         leases = [
-            orjson.loads(f["payload"])["beats"] for _, f in entries if f.get("type") == "lease"
+            [*p["beats"], *p.get("renew", [])]
+            for p in (orjson.loads(f["payload"]) for _, f in entries if f.get("type") == "lease")
         ]
         assert leases, "no lease entry left in the control stream"
         assert max(len(b) for b in leases) == 10

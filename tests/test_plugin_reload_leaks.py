@@ -36,12 +36,18 @@ async def _keys(r: aioredis.Redis, keys: KeySpace) -> set[str]:
     found = {k async for k in r.scan_iter(match=keys.all_keys_pattern(), count=1000)}
     # a reply list lives only while a reply waits in it; a version's entry is named after it;
     # a coordinator's health key lives by its TTL (on a loaded machine it can lapse a moment)
+    # the live host's lease set is named after its instance (one per live host process: counted
+    # by the test, below)
     health = keys.coordinator_health("")
     return {
-        re.sub(r"version:1\.0\.\d+$", "version:V", k)
+        re.sub(r"version:1\.0\.\d+$", "version:V", re.sub(r"lease:.*$", "lease:L", k))
         for k in found
         if ":replies:" not in k and not k.startswith(health)
     }
+
+
+async def _lease_sets(r: aioredis.Redis, keys: KeySpace) -> int:
+    return len([k async for k in r.scan_iter(match=keys.lease_members("*"), count=1000)])
 
 
 async def _consumers(r: aioredis.Redis, keys: KeySpace) -> dict[str, int]:
@@ -100,6 +106,7 @@ async def test_100_reloads_in_a_row_leak_nothing(
         assert after["fds"] - before["fds"] <= 3, (before, after)
         assert after["rss"] - before["rss"] < MEMORY_SLACK, (before, after)
         assert keys_after == keys_before
+        assert await _lease_sets(r, keys) <= 1  # the live version's host: none left behind
         # one live instance: one consumer in the groups of its inbox and of the role queue,
         # none left behind by the 100 instances that stopped
         consumers = await _consumers(r, keys)

@@ -7,10 +7,12 @@
 -- ARGV[3] statuses to keep, comma-separated ("" = any)
 -- ARGV[4] max_load ("" = any): keep agents whose load <= max_load
 -- ARGV[5] limit (0 = no limit)
--- ARGV[6 ..] the record fields to return, in this order; the first three must be
+-- ARGV[6] the deadlines zset (R:deadlines, same slot as the records)
+-- ARGV[7 ..] the record fields to return, in this order; the first three must be
 --         'name', 'status', 'load'
--- Returns one JSON text: an array with one array per match, the HMGET values in ARGV[6 ..]
--- order (false for an absent field). One bulk string instead of a nested reply: about the same
+-- Returns one JSON text: an array with one array per match, the HMGET values in ARGV[7 ..]
+-- order (false for an absent field), then the name's deadline (ms, or false): a host's lease
+-- renews deadlines without writing the records, so the last renewal is deadline - ttl_ms. One bulk string instead of a nested reply: about the same
 -- work in Redis (cjson instead of a RESP item per value), and the client parses one string with
 -- a JSON parser instead of building and decoding one bytes object per value.
 -- A name whose hash is gone (a sweep in progress) is skipped.
@@ -18,8 +20,9 @@ local prefix = ARGV[1]
 local n_all = tonumber(ARGV[2])
 local max_load = tonumber(ARGV[4])
 local limit = tonumber(ARGV[5])
+local deadlines = ARGV[6]
 local fields = {}
-for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 7, #ARGV do fields[#fields + 1] = ARGV[i] end
 
 local statuses = nil
 if ARGV[3] ~= '' then
@@ -59,6 +62,7 @@ for _, name in ipairs(candidates) do
       keep = false
     end
     if keep then
+      h[#fields + 1] = redis.call('ZSCORE', deadlines, name)
       out[#out + 1] = h
       if limit > 0 and #out >= limit then break end
     end

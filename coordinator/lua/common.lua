@@ -5,13 +5,14 @@
 -- ARGV[1] record prefix (R:agent:)  ARGV[2] role index prefix  ARGV[3] capability index prefix
 -- ARGV[4] tag index prefix  ARGV[5] events MAXLEN  ARGV[6] events pub/sub channel
 -- ARGV[7] consumer group of the coordinators  ARGV[8] stall threshold ms  ARGV[9] grace ms
--- ARGV[10] how long tombstones are kept (ms)
+-- ARGV[10] how long tombstones are kept (ms)  ARGV[11] lease set prefix (R:lease:)
 local P = {
   agents = KEYS[1], deadlines = KEYS[2], events = KEYS[3], control = KEYS[4], clock = KEYS[5],
   tombstones = KEYS[6],
   record = ARGV[1], role = ARGV[2], cap = ARGV[3], tag = ARGV[4],
   maxlen = ARGV[5], channel = ARGV[6], group = ARGV[7],
   stall = tonumber(ARGV[8]), grace = tonumber(ARGV[9]), keep = tonumber(ARGV[10]),
+  lease = ARGV[11],
 }
 local RAW_JSON = { changes = true, record = true }
 
@@ -82,6 +83,7 @@ local function unindex(name, h)
   if h.role then redis.call('SREM', P.role .. h.role, name) end
   for _, c in ipairs(json_list(h.capabilities)) do redis.call('SREM', P.cap .. c, name) end
   for _, t in ipairs(json_list(h.tags)) do redis.call('SREM', P.tag .. t, name) end
+  if h.lease then redis.call('SREM', P.lease .. h.lease, name) end
   redis.call('ZREM', P.deadlines, name)
   redis.call('DEL', P.record .. name)
 end

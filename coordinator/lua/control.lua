@@ -1,9 +1,9 @@
 -- control: apply a batch of control entries in stream order, answer them and XACK them.
--- KEYS[1..6] and ARGV[1..10]: see common.lua.  KEYS[7] R:epoch (the registration counter)
--- ARGV[11] PEXPIRE (ms) of the reply lists this script pushes to, or 'return' on a Redis
+-- KEYS[1..6] and ARGV[1..11]: see common.lua.  KEYS[7] R:epoch (the registration counter)
+-- ARGV[12] PEXPIRE (ms) of the reply lists this script pushes to, or 'return' on a Redis
 --          Cluster: the reply lists live in other slots, so the replies are not pushed here but
 --          returned ({list, text} pairs, the 6th element of the result) for the caller to push
--- ARGV[12..] the entries in stream order, each starting with its kind:
+-- ARGV[13..] the entries in stream order, each starting with its kind:
 --   'h' <lines>    a run of heartbeats, one line per entry "<entry id> <name> <instance_id>
 --                  <load> <status> <epoch>" (names never hold spaces; epoch 0: not given),
 --                  lines joined by newlines
@@ -15,6 +15,17 @@
 --       <record JSON>, then the record hash as field, value, field, value...; <offset>
 --       (0-based) is where the value of the JSON's "registered_at" starts
 --   'l' <entry id> <name> <instance_id> <reply list or ''> <reply head>    a leave
+--   'r' <entry id> <lease> <ttl_ms> <lines>    the renewal part of a host's `lease` entry: one
+--                  line "<name> <instance_id>" per agent; the deadline of every name the
+--                  lease holds (R:lease:<lease>) becomes entry time + ttl_ms if that is later
+--                  (one SMISMEMBER, one EXISTS and one ZADD XX GT per 1,000 names); a name it
+--                  does not hold, or whose record is gone (deleted by hand), is reported as a
+--                  heartbeat of an unknown instance is (its instance announces again: with
+--                  the lease, it joins it). The set holds names, not
+--                  instances: names are unique on a host, and a name another host takes
+--                  leaves this lease's set first (its record is removed: expiry, replacement)
+-- An accepted announce whose record hash has a `lease` field joins that lease's set; removing
+-- the record (leave, expiry, replacement) takes it out.
 -- An accepted announce is answered on its reply list (LPUSH, then PEXPIRE) with
 -- <reply head> .. record JSON (with its "epoch" appended) .. '}', a leave that has a reply list
 -- with <reply head> .. '{"removed":true}}' (or false).
@@ -36,9 +47,9 @@
 --           number of leaves that removed their instance,
 --           { {entry id, error}, ... } (entries Redis refused: not applied, or partly),
 --           { entry id, ... } (announces refused as stale),
---           { {reply list, text}, ... } (the replies, when ARGV[11] is 'return'; else empty) }.
+--           { {reply list, text}, ... } (the replies, when ARGV[12] is 'return'; else empty) }.
 -- @include common
-local epoch_key, reply_ttl = KEYS[7], ARGV[11]
+local epoch_key, reply_ttl = KEYS[7], ARGV[12]
 local acks = {}
 local unknown = {}
 local refused = {}
@@ -109,7 +120,8 @@ local function heartbeat(eid, name, inst, load, status, epoch)
   end
 end
 
-local IGNORED = { load = true, last_seen = true, registered_at = true, epoch = true }
+local IGNORED = { load = true, last_seen = true, registered_at = true, epoch = true,
+  lease = true }
 local RAW = { capabilities = true, tags = true, metadata = true, pid = true,
   max_concurrency = true, heartbeat_ms = true, ttl_ms = true }
 local function enc(k, v)
@@ -191,6 +203,7 @@ local function announce(p)
   end
   redis.call(unpack(hset))
   redis.call('SADD', P.agents, name)
+  if new.lease then redis.call('SADD', P.lease .. new.lease, name) end
   redis.call('SADD', P.role .. new.role, name)
   for _, c in ipairs(json_list(new.capabilities)) do redis.call('SADD', P.cap .. c, name) end
   for _, t in ipairs(json_list(new.tags)) do redis.call('SADD', P.tag .. t, name) end
@@ -248,7 +261,56 @@ local function try(eid, fn, ...)
   return ok
 end
 
-local i = 12
+-- the renewal part of a lease: one SMISMEMBER and one ZADD per 1,000 names, no per-name script
+-- work for the names the lease holds
+local function renew(eid, lease, ttl, run)
+  local names, insts = {}, {}
+  for name, inst in string.gmatch(run, '(%S+) (%S+)') do
+    names[#names + 1] = name
+    insts[#insts + 1] = inst
+  end
+  local ems = entry_ms(eid)
+  local dl = ems + tonumber(ttl)
+  local key = P.lease .. lease
+  for a = 1, #names, 1000 do
+    local b = math.min(#names, a + 999)
+    local held = redis.call('SMISMEMBER', key, unpack(names, a, b))
+    -- a record deleted by hand (or partly lost) leaves its name in the set: one EXISTS for
+    -- all the held names, and one per name only if some record is missing
+    local records = {}
+    for k = a, b do
+      if held[k - a + 1] == 1 then records[#records + 1] = P.record .. names[k] end
+    end
+    if #records > 0 and redis.call('EXISTS', unpack(records)) < #records then
+      for k = a, b do
+        if held[k - a + 1] == 1 and redis.call('EXISTS', P.record .. names[k]) == 0 then
+          held[k - a + 1] = 0
+          redis.call('SREM', key, names[k])
+          redis.call('ZREM', P.deadlines, names[k])
+        end
+      end
+    end
+    local z = { 'ZADD', P.deadlines, 'XX', 'GT' }
+    for k = a, b do
+      if held[k - a + 1] == 1 then
+        z[#z + 1] = dl
+        z[#z + 1] = names[k]
+      else
+        -- not this lease's: gone (expired, left), held by another instance, or registered
+        -- under no lease or another one; the instance is told to announce again, naming the
+        -- other holder if there is one (unless the entry predates its tombstone)
+        local cur = redis.call('HGET', P.record .. names[k], 'instance_id')
+        if not fenced(insts[k], ems) then
+          local other = (cur and cur ~= insts[k]) and cur or ''
+          unknown[#unknown + 1] = { eid, names[k], insts[k], other }
+        end
+      end
+    end
+    if #z > 4 then redis.call(unpack(z)) end
+  end
+end
+
+local i = 13
 while i <= #ARGV do
   local kind = ARGV[i]
   if kind == 'h' then
@@ -288,6 +350,12 @@ while i <= #ARGV do
     for j = i + 10, last do p[#p + 1] = ARGV[j] end
     try(p[1], announce, p)
     i = last + 1
+  elseif kind == 'r' then
+    if try(ARGV[i + 1], renew, ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4])
+      and acks[#acks] ~= ARGV[i + 1] then
+      acks[#acks + 1] = ARGV[i + 1]
+    end
+    i = i + 5
   elseif kind == 'l' then
     try(ARGV[i + 1], leave, ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5])
     i = i + 6

@@ -1,9 +1,9 @@
 -- sweep: expire agents whose deadline is older than the fair cutoff (docs/PROTOCOL.md).
--- KEYS[1..6] and ARGV[1..10]: see common.lua.  ARGV[11] max expiries
+-- KEYS[1..6] and ARGV[1..11]: see common.lua.  ARGV[12] max expiries
 -- Also drops tombstones older than they are kept (ARGV[10]).
 -- Returns {expired count, cutoff ms, now ms, watermark ms or -1, 1 if a stall began now else 0}.
 -- @include common
-local limit = tonumber(ARGV[11])
+local limit = tonumber(ARGV[12])
 local now = now_ms()
 local cutoff, wm, began = fair_cutoff(now)
 
