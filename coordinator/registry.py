@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, ResponseError
 
@@ -90,7 +91,9 @@ class ControlBatch:
     def renew(self, entry_id: str, lease: str, ttl_ms: int, pairs: list[tuple[str, str]]) -> None:
         """The renewal part of a lease entry: the deadlines of the names ``lease`` holds."""
         self._close_run()
-        self.args += ("r", entry_id, lease, str(ttl_ms), "\n".join(f"{n} {i}" for n, i in pairs))
+        names = orjson.dumps([n for n, _ in pairs])
+        insts = orjson.dumps([i for _, i in pairs])
+        self.args += ("r", entry_id, lease, str(ttl_ms), names, insts)
         self.entries += 1
 
     def leave(

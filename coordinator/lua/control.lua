@@ -15,10 +15,10 @@
 --       <record JSON>, then the record hash as field, value, field, value...; <offset>
 --       (0-based) is where the value of the JSON's "registered_at" starts
 --   'l' <entry id> <name> <instance_id> <reply list or ''> <reply head>    a leave
---   'r' <entry id> <lease> <ttl_ms> <lines>    the renewal part of a host's `lease` entry: one
---                  line "<name> <instance_id>" per agent; the deadline of every name the
---                  lease holds (R:lease:<lease>) becomes entry time + ttl_ms if that is later
---                  (one SMISMEMBER, one EXISTS and one ZADD XX GT per 1,000 names); a name it
+--   'r' <entry id> <lease> <ttl_ms> <names> <instances>    the renewal part of a host's
+--                  `lease` entry (names and instance ids as JSON arrays); the deadline of every
+--                  name the lease holds (R:lease:<lease>) becomes entry time + ttl_ms if that
+--                  is later (two SMISMEMBERs and one ZADD XX GT per 1,000 names); a name it
 --                  does not hold, or whose record is gone (deleted by hand), is reported as a
 --                  heartbeat of an unknown instance is (its instance announces again: with
 --                  the lease, it joins it). The set holds names, not
@@ -261,44 +261,35 @@ local function try(eid, fn, ...)
   return ok
 end
 
--- the renewal part of a lease: one SMISMEMBER and one ZADD per 1,000 names, no per-name script
--- work for the names the lease holds
-local function renew(eid, lease, ttl, run)
-  local names, insts = {}, {}
-  for name, inst in string.gmatch(run, '(%S+) (%S+)') do
-    names[#names + 1] = name
-    insts[#insts + 1] = inst
-  end
+-- the renewal part of a lease: per 1,000 names one SMISMEMBER of the lease's set, one of
+-- R:agents (a record deleted by hand, or lost, leaves its name in the set) and one ZADD; no
+-- per-name script work for the names the lease holds. The names and instances come as JSON
+-- arrays (cjson decodes them in C); the instances are decoded only if a name is not held.
+local function renew(eid, lease, ttl, names_json, insts_json)
+  local names = cjson.decode(names_json)
   local ems = entry_ms(eid)
   local dl = ems + tonumber(ttl)
   local key = P.lease .. lease
+  local insts = nil
   for a = 1, #names, 1000 do
     local b = math.min(#names, a + 999)
     local held = redis.call('SMISMEMBER', key, unpack(names, a, b))
-    -- a record deleted by hand (or partly lost) leaves its name in the set: one EXISTS for
-    -- all the held names, and one per name only if some record is missing
-    local records = {}
-    for k = a, b do
-      if held[k - a + 1] == 1 then records[#records + 1] = P.record .. names[k] end
-    end
-    if #records > 0 and redis.call('EXISTS', unpack(records)) < #records then
-      for k = a, b do
-        if held[k - a + 1] == 1 and redis.call('EXISTS', P.record .. names[k]) == 0 then
-          held[k - a + 1] = 0
-          redis.call('SREM', key, names[k])
-          redis.call('ZREM', P.deadlines, names[k])
-        end
-      end
-    end
+    local known = redis.call('SMISMEMBER', P.agents, unpack(names, a, b))
     local z = { 'ZADD', P.deadlines, 'XX', 'GT' }
     for k = a, b do
-      if held[k - a + 1] == 1 then
+      local j = k - a + 1
+      if held[j] == 1 and known[j] == 1 then
         z[#z + 1] = dl
         z[#z + 1] = names[k]
       else
         -- not this lease's: gone (expired, left), held by another instance, or registered
         -- under no lease or another one; the instance is told to announce again, naming the
         -- other holder if there is one (unless the entry predates its tombstone)
+        insts = insts or cjson.decode(insts_json)
+        if held[j] == 1 then  -- the record is gone: the name leaves the lease
+          redis.call('SREM', key, names[k])
+          redis.call('ZREM', P.deadlines, names[k])
+        end
         local cur = redis.call('HGET', P.record .. names[k], 'instance_id')
         if not fenced(insts[k], ems) then
           local other = (cur and cur ~= insts[k]) and cur or ''
@@ -351,11 +342,11 @@ while i <= #ARGV do
     try(p[1], announce, p)
     i = last + 1
   elseif kind == 'r' then
-    if try(ARGV[i + 1], renew, ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4])
+    if try(ARGV[i + 1], renew, ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5])
       and acks[#acks] ~= ARGV[i + 1] then
       acks[#acks + 1] = ARGV[i + 1]
     end
-    i = i + 5
+    i = i + 6
   elseif kind == 'l' then
     try(ARGV[i + 1], leave, ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5])
     i = i + 6

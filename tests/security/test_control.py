@@ -75,6 +75,28 @@ async def test_forged_heartbeat_and_lease(world: World, coord: Coordinator) -> N
             await client.aclose()
         await wait_for(lambda: _dropped(coord) >= 1, message="the beat dropped")
         assert await world.admin.hget(record, "status") == "ready"
+        # a renewal of alice's own lease (its host named in the payload), proved under
+        # mallory's name, asking a one-day TTL: the lease is not mallory's, so it is dropped
+        alice_lease = await world.admin.hget(record, "lease")
+        assert alice_lease is not None
+        renew = {"host": "alice", "beats": [], "lease": alice_lease, "ttl_ms": 86_400_000,
+                 "renew": [["alice", instance]]}  # fmt: skip
+        client = make_client(settings)
+        try:
+            env = Envelope(kind="control", type="lease", sender="mallory", payload=renew)
+            await xadd_control(client, settings, env, "renewing")
+        finally:
+            await client.aclose()
+        await wait_for(lambda: _dropped(coord) >= 2, message="the renewal dropped")
+        deadline = await world.admin.zscore(world.keys.deadlines(), "alice")
+        assert deadline is not None
+        ttl_ms = int(await world.admin.hget(record, "ttl_ms"))
+        assert deadline < (await _redis_ms(world)) + 2 * ttl_ms  # not a day away
+
+
+async def _redis_ms(world: World) -> float:
+    sec, usec = await world.admin.time()
+    return sec * 1000 + usec / 1000
 
 
 async def _status(world: World, record: str, status: str) -> bool:
