@@ -107,7 +107,7 @@ class _Host:
         self.late_max = self.xadd_max = 0.0
 
     async def announce_some(self, ramp: int) -> None:
-        names = []
+        names: list[str] = []
         while self.todo and len(self.in_flight) + len(names) < ramp:
             names.append(self.todo.pop())
         for k in range(0, len(names), _PIPE):

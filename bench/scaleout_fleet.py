@@ -6,7 +6,9 @@ spread over ``procs`` worker processes) against ``coordinators`` real coordinato
 * registration: every agent announced (at most ``ramp`` in flight per host), timed until the
   registry holds them all, or ``register_timeout`` passed (the window then starts anyway: a
   fleet still registering is measured as it is, with how many had registered);
-* after ``settle`` seconds, a window of ``window`` seconds: CPU of every ``redis-server``
+* after ``settle`` seconds, a quiet window of ``quiet`` seconds: CPU of every ``redis-server``
+  while only the fleet's leases run (what heartbeating costs);
+* then a window of ``window`` seconds: CPU of every ``redis-server``
   (psutil on its pid, user + system) and of the coordinators, the control stream's lag, the
   hosts' lateness, and ``Bus.discover`` sampled all along (a role + 2 capabilities query that
   matches 1 % of the fleet, and one with a third capability matching 0.1 %);
@@ -104,6 +106,7 @@ async def fleet_run(
     register_timeout: float = 60.0,
     loop: str = "asyncio",
     renew: bool = True,
+    quiet: float = 30.0,
 ) -> dict[str, Any]:
     """The fleet described in the module docstring; ``nodes``: the redis-servers to watch."""
     from agent_sdk import Bus, Settings
@@ -147,6 +150,19 @@ async def fleet_run(
             out["register_s"] = time.perf_counter() - t0
             out["register_coordinator_cpu_s"] = sum(c.cpu_seconds() for c in coords) - coord_cpu0
             await asyncio.sleep(settle)  # the registration burst drains before the window
+            # the heartbeats' own cost: a quiet window first, with no discovery
+            q_cpu0 = {label: _cpu(pid) for label, pid in nodes}
+            q_added0, q_read0 = await _control_counts(bus, keys)
+            q0 = time.perf_counter()
+            await asyncio.sleep(quiet)  # nothing but the fleet's leases meanwhile: measured
+            q_elapsed = time.perf_counter() - q0
+            q_added1, q_read1 = await _control_counts(bus, keys)
+            out["quiet_s"] = q_elapsed
+            out["quiet_node_cpu_pct"] = {
+                label: 100 * (_cpu(pid) - q_cpu0[label]) / q_elapsed for label, pid in nodes
+            }
+            out["quiet_control_entries_read_per_s"] = (q_read1 - q_read0) / q_elapsed
+            out["quiet_control_entries_added_per_s"] = (q_added1 - q_added0) / q_elapsed
             since = await _last_event(bus, keys)
             cpu0 = {label: _cpu(pid) for label, pid in nodes}
             ccpu0 = [c.cpu_seconds() for c in coords]

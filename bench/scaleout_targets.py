@@ -90,8 +90,13 @@ def _print_fleet(name: str, r: dict[str, Any]) -> None:
         f"false expiries: {r['expired_in_window']} in the window, {r['expired_total']} in the "
         f"run; reannounces {r['reannounces']}; registered at the end {r['registered_end']:,}"
     )
+    quiet = r["quiet_node_cpu_pct"]
+    print(f"  heartbeats alone ({r['quiet_s']:.0f} s, no discovery): leases applied "
+          f"{r['quiet_control_entries_read_per_s']:.0f}/s of "
+          f"{r['quiet_control_entries_added_per_s']:.0f}/s added")  # fmt: skip
     for label, pct in r["node_cpu_pct"].items():
-        print(f"  redis {label}: {pct:.1f} % of a core")
+        print(f"  redis {label}: {quiet[label]:.1f} % of a core heartbeating alone, {pct:.1f} % "
+              "with discovery sampled ~10 times a second")  # fmt: skip
     cc = ", ".join(f"{p:.1f} %" for p in r["coordinator_cpu_pct"])
     print(f"  coordinators: {cc}; control entries added {r['control_entries_added_per_s']:.0f}/s, "
           f"applied {r['control_entries_read_per_s']:.0f}/s (lease entries of "
