@@ -25,6 +25,7 @@ agent leaves: its record is gone when ``__aexit__`` returns.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import socket
@@ -55,6 +56,12 @@ from schemas.keys import KeySpace
 __all__ = ["Agent", "Component"]
 
 log = logging.getLogger("agentbus.agent")
+
+
+@functools.cache
+def _hostname() -> str | None:
+    """This machine's name for agent cards (asked once per process, not once per agent)."""
+    return socket.gethostname()[:255] or None
 
 
 @runtime_checkable
@@ -116,7 +123,7 @@ class Agent(Lookups, Verbs):
                 version=version,
                 description=description,
                 region=region,
-                host=socket.gethostname()[:255] or None,
+                host=_hostname(),
                 pid=os.getpid(),
                 max_concurrency=max_concurrency,
                 metadata=dict(metadata or {}),

@@ -52,8 +52,10 @@ class Version:
         return self._key() < other._key()
 
 
+@lru_cache(maxsize=1024)
 def check_version(text: str) -> str:
-    """Return ``text`` if it is valid SemVer 2.0, else raise ``ValueError``."""
+    """Return ``text`` if it is valid SemVer 2.0, else raise ``ValueError`` (cached: every
+    card validation checks its version, and a fleet shares a few)."""
     Version.parse(text)
     return text
 

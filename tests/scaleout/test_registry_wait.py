@@ -15,7 +15,7 @@ import pytest
 import redis
 from pydantic import SecretStr
 
-from agent_sdk import Agent, Settings
+from agent_sdk import Host, Settings
 from coordinator import Coordinator
 from tests.scaleout.conftest import coordinator_settings_for
 from tests.support import wait_for
@@ -59,6 +59,16 @@ def _clients_in_wait(ports: list[int]) -> int:
     return waiting
 
 
+def _control_len(port: int, key: str) -> int:
+    c = redis.Redis(port=port, socket_timeout=2)
+    try:
+        return int(c.xlen(key))
+    except redis.RedisError:
+        return -1
+    finally:
+        c.close()
+
+
 def _has_record(port: int, key: str) -> bool:
     c = redis.Redis(port=port, decode_responses=True)
     with contextlib.suppress(redis.ResponseError):  # not a cluster node
@@ -83,8 +93,13 @@ async def test_an_announce_is_answered_once_a_replica_holds_it(
         # agent's client must find the cluster through nodes that answer while replicas stop.
         seeds = ",".join(f"127.0.0.1:{port}" for port in masters)
         scaled = scaled.model_copy(update={"redis_url": SecretStr(f"redis+cluster://{seeds}")})
-    async with Coordinator(coordinator_settings_for(settings)):
-        agent = Agent("waited", "svc", settings=scaled)  # no WAIT of its own: the coordinator's
+    async with (
+        Coordinator(coordinator_settings_for(settings)),
+        Host(scaled, name="waiting") as host,
+    ):
+        # the host's connections, reply list and pub/sub are open before the replicas freeze:
+        # what is under test is the announcement, not connecting to a cluster with frozen nodes
+        agent = host.agent("waited", "svc")  # no WAIT of its own: the coordinator's
         pids = [replica.process.pid for replica in replicas]
         for pid in pids:
             os.kill(pid, signal.SIGSTOP)
@@ -100,7 +115,8 @@ async def test_an_announce_is_answered_once_a_replica_holds_it(
                     ports = [r.port for r in replicas]
                     raise AssertionError(
                         f"{e}; start done: {start.done()}, masters {masters}, stopped {ports}, "
-                        f"registry on {registry}"
+                        f"registry on {registry}, control entries "
+                        f"{_control_len(registry, keys.control())}"
                     ) from None
                 assert not start.done(), "announce answered before a replica held it"
             finally:
