@@ -62,17 +62,7 @@ async def test_forged_heartbeat_and_lease(world: World, coord: Coordinator) -> N
         await wait_for(lambda: world.admin.xlen(world.keys.deadletter()), message="letter")
         # a lease proved under mallory's own name, with a beat for alice: the beat is dropped
         lease = {"host": "mallory", "beats": [["alice", instance, 0, "draining", epoch]]}
-        settings = world.settings("mallory")
-        from agent_sdk.connection import make_client
-        from agent_sdk.membership import xadd_control
-        from schemas.envelope import Envelope
-
-        client = make_client(settings)
-        try:
-            env = Envelope(kind="control", type="lease", sender="mallory", payload=lease)
-            await xadd_control(client, settings, env, "leasing")
-        finally:
-            await client.aclose()
+        await _lease_as_mallory(world, lease)
         await wait_for(lambda: _dropped(coord) >= 1, message="the beat dropped")
         assert await world.admin.hget(record, "status") == "ready"
         # a renewal of alice's own lease (its host named in the payload), proved under
@@ -81,17 +71,27 @@ async def test_forged_heartbeat_and_lease(world: World, coord: Coordinator) -> N
         assert alice_lease is not None
         renew = {"host": "alice", "beats": [], "lease": alice_lease, "ttl_ms": 86_400_000,
                  "renew": [["alice", instance]]}  # fmt: skip
-        client = make_client(settings)
-        try:
-            env = Envelope(kind="control", type="lease", sender="mallory", payload=renew)
-            await xadd_control(client, settings, env, "renewing")
-        finally:
-            await client.aclose()
+        await _lease_as_mallory(world, renew)
         await wait_for(lambda: _dropped(coord) >= 2, message="the renewal dropped")
         deadline = await world.admin.zscore(world.keys.deadlines(), "alice")
         assert deadline is not None
         ttl_ms = int(await world.admin.hget(record, "ttl_ms"))
         assert deadline < (await _redis_ms(world)) + 2 * ttl_ms  # not a day away
+
+
+async def _lease_as_mallory(world: World, payload: dict[str, Any]) -> None:
+    """A ``lease`` entry written and proved as mallory's own (her user, her name)."""
+    from agent_sdk.connection import make_client
+    from agent_sdk.membership import xadd_control
+    from schemas.envelope import Envelope
+
+    settings = world.settings("mallory")
+    client = make_client(settings)
+    try:
+        env = Envelope(kind="control", type="lease", sender="mallory", payload=payload)
+        await xadd_control(client, settings, env, "leasing")
+    finally:
+        await client.aclose()
 
 
 async def _redis_ms(world: World) -> float:
