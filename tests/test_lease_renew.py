@@ -9,6 +9,7 @@ instance is, on the host's reply list. Leaving or expiring takes the name out of
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -116,8 +117,6 @@ async def test_renewals_keep_the_leases_names_alive_without_writing_their_record
 
 
 async def _paced() -> None:
-    import asyncio
-
     await asyncio.sleep(0.1)  # the host's interval: the pacing under test
 
 
