@@ -358,24 +358,35 @@ class Agent(Lookups, Verbs):
         await self._shutdown()
 
     async def _shutdown(self) -> None:
+        """Drain and leave. Every step that needs Redis is bounded (``announce_timeout``, plus
+        ``shutdown_grace`` for a component's handlers to finish), so a stop while Redis is
+        unreachable still ends: the record then expires after the TTL."""
         self._state = "stopping"
         membership = self._membership
+        bound = self.settings.announce_timeout
+        grace = self.settings.shutdown_grace
         try:
             if self._started and membership is not None and membership.registered:
                 self.set_status(AgentStatus.DRAINING)
                 await self._send_draining(membership)
             for component in reversed(self._started):
                 try:
-                    await component.stop(self.settings.shutdown_grace)
+                    async with asyncio.timeout(grace + bound):
+                        await component.stop(grace)
+                except TimeoutError:
+                    log.warning("%s: component %r did not stop within %.1fs", self.name,
+                                component, grace + bound)  # fmt: skip
                 except Exception:
                     log.exception("%s: stopping component %r failed", self.name, component)
             self._started.clear()
             if membership is not None:
                 await membership.stop()
                 try:
-                    await membership.leave()
-                except AgentbusError as e:
-                    log.warning("%s: could not leave the registry cleanly: %s", self.name, e)
+                    async with asyncio.timeout(bound + 1.0):
+                        await membership.leave()
+                except (AgentbusError, TimeoutError) as e:
+                    why = str(e) or f"no answer within {bound + 1.0:.1f}s (is Redis reachable?)"
+                    log.warning("%s: could not leave the registry cleanly: %s", self.name, why)
         finally:
             self.host.detach(self)
             try:
@@ -390,10 +401,13 @@ class Agent(Lookups, Verbs):
         beats = self.host.heartbeats
         if beats is None or not membership.beating:
             return
+        bound = self.settings.announce_timeout
         try:
-            await beats.send_now(membership)
-        except AgentbusError as e:
-            log.warning("%s: could not report draining: %s", self.name, e)
+            async with asyncio.timeout(bound):
+                await beats.send_now(membership)
+        except (AgentbusError, TimeoutError) as e:
+            why = str(e) or f"no answer within {bound:.1f}s (is Redis reachable?)"
+            log.warning("%s: could not report draining: %s", self.name, why)
 
     async def wait_stopped(self) -> None:
         """Return once stopped (``stopped`` is the underlying event)."""

@@ -214,9 +214,14 @@ class ClusterLane:
             node.release(conn)
 
     async def aclose(self) -> None:
-        """Hand every held connection back to its node."""
+        """Hand every held connection back to its node; one held to a node the client no
+        longer knows (dropped from the slot map by a failover) is closed instead: nobody would
+        ever close it in that node's pool."""
+        known = self.client.nodes_manager.nodes_cache
         for name, (node, conn) in list(self._conns.items()):
             del self._conns[name]
+            if known.get(name) is not node:
+                await conn.disconnect()
             node.release(conn)
 
 

@@ -198,6 +198,7 @@ class FleetProc(Child):
         label: str | None = None,
         capabilities: tuple[str, ...] = (),
         tags: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
     ) -> None:
         self.names = names
         self.role = role
@@ -211,7 +212,7 @@ class FleetProc(Child):
             "--hold", str(hold), "--topic", topic, "--caps", ",".join(capabilities),
             "--tags", ",".join(tags),
         ]  # fmt: skip
-        super().__init__(argv, fleet_env(settings), tmp, label)
+        super().__init__(argv, fleet_env(settings, **(env or {})), tmp, label)
 
     def ledger(self) -> Ledger:
         return Ledger.read([self.log])
