@@ -274,6 +274,7 @@ class Discovery:
             "" if max_load is None else int(max_load),
             0 if (limit is None or rng is not None) else limit,
             k.deadlines(),
+            k.leases(),
             *FIELD_ORDER,
         ]
         with redis_errors(self.settings, "discovering agents"):
@@ -294,9 +295,12 @@ class Discovery:
                 pipe.hgetall(self.keys.record(name))
                 pipe.zscore(self.keys.deadlines(), name)
                 raw, deadline = await pipe.execute()
-        if not raw:
-            return None
-        return decode_record({_text(k): _text(v) for k, v in raw.items()}, deadline)
+            if not raw:
+                return None
+            fields = {_text(k): _text(v) for k, v in raw.items()}
+            if deadline is None and "lease" in fields:  # it lives by its host's lease
+                deadline = await self.client.zscore(self.keys.leases(), fields["lease"])
+        return decode_record(fields, deadline)
 
 
 def _text(value: bytes | str) -> str:

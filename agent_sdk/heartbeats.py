@@ -232,7 +232,8 @@ class Heartbeats:
                     changed.append((m, (beat[3], beat[2])))
             payload: dict[str, object] = {"host": self.host, "beats": beats}
             if lease is not None:
-                payload.update(lease=lease, ttl_ms=self.settings.ttl_ms, renew=renew)
+                payload.update(lease=lease, ttl_ms=self.settings.ttl_ms, renew=renew,
+                               members=len(self.members))  # fmt: skip
             env = Envelope(  # schemas.agent.Lease, built without validating our own values
                 kind=Kind.CONTROL,
                 type=ControlType.LEASE.value,

@@ -111,6 +111,9 @@ class Membership:
         #: are unchanged, and carries a full beat only for a changed one.
         self.reported: tuple[str, int] | None = None
         self.record: AgentRecord | None = None
+        #: An announcement went unanswered before any was accepted: the registry may still
+        #: apply it (answered just after we gave up), so ``leave`` takes it back.
+        self._unanswered = False
         self.reannounces = 0
         #: Heartbeats the coordinator answered with an error (``heartbeat_result``).
         self.refused_heartbeats = 0
@@ -212,6 +215,8 @@ class Membership:
                 async with asyncio.timeout(timeout):
                     reply = await answer
             except TimeoutError:
+                if self.record is None:
+                    self._unanswered = True
                 raise self._no_coordinator(timeout) from None
         finally:
             self.router.discard(env.id)
@@ -359,8 +364,17 @@ class Membership:
 
     # -- leave -------------------------------------------------------------------------------
     async def leave(self, reason: str = "shutdown") -> None:
-        """Deregister, then wait (bounded) until the record is gone or no longer ours."""
+        """Deregister, then wait (bounded) until the record is gone or no longer ours. Never
+        registered: nothing, unless an announcement went unanswered (then a leave follows it on
+        the control stream, unanswered: if the registry applied it after all, the leave, applied
+        after it, removes it; a name under a host's lease would otherwise live as long as the
+        host)."""
         if self.record is None:
+            if self._unanswered:
+                self._unanswered = False
+                payload = Leave(instance_id=self.instance_id, reason=reason).model_dump(mode="json")
+                env = self._control(ControlType.LEAVE, payload, reply=False, timeout=0)
+                await self._xadd(env, f"taking back the announcement of {self.card.name!r}")
             return
         self.record = None
         payload = Leave(instance_id=self.instance_id, reason=reason).model_dump(mode="json")

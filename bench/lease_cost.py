@@ -3,10 +3,16 @@
 ``python -m bench.lease_cost [--agents N] [--rounds R]``: one ``redis-server``; ``N`` agents
 (default 10,000) registered under one host lease through the coordinator's own ``Registry``;
 then ``R`` intervals of the host's lease entries (1,000 agents each, as ``LEASE_MAX_BEATS``)
-applied by the control script, first as renewals (protocol 2.1: ``renew`` pairs), then as full
-beats (``beats``, what every agent cost before 2.1 and what a changed agent costs now). The
-figure is Redis's own time in the script (``INFO commandstats``, ``cmdstat_evalsha``) per agent
-per interval: nothing else runs on that server meanwhile.
+applied by the control script, in three ways:
+
+* renewal: ``renew`` pairs with the host's count of agents (protocol 2.2: one ``ZADD`` of the
+  lease's deadline per entry, the names not checked since the lease holds as many);
+* renewal, names checked: the same pairs without the count (a 2.1 host), so every name is
+  looked up in the lease's set and ``R:agents`` (what 2.1 did, less its per-name ``ZADD``);
+* full beat: ``beats`` (what every agent cost before 2.1 and what a changed agent costs now).
+
+The figure is Redis's own time in the script (``INFO commandstats``, ``cmdstat_evalsha``) per
+agent per interval: nothing else runs on that server meanwhile.
 """
 
 from __future__ import annotations
@@ -41,13 +47,14 @@ async def _register(registry: Registry, agents: int, now: int) -> None:
         await registry.apply(batch)
 
 
-async def _interval(registry: Registry, agents: int, at_ms: int, renew: bool) -> None:
+async def _interval(registry: Registry, agents: int, at_ms: int, mode: str) -> None:
     for first in range(0, agents, LEASE_MAX_BEATS):
         names = range(first, min(agents, first + LEASE_MAX_BEATS))
         batch = ControlBatch()
         eid = f"{at_ms}-{first}"
-        if renew:
-            batch.renew(eid, _LEASE, 3000, [(f"a-{i:06d}", f"i{i}") for i in names])
+        if mode != "beat":
+            pairs = [(f"a-{i:06d}", f"i{i}") for i in names]
+            batch.renew(eid, _LEASE, 3000, pairs, agents if mode == "count" else len(pairs))
         else:
             for i in names:
                 batch.heartbeat((eid, f"a-{i:06d}", f"i{i}", "0", "ready", "0"))
@@ -64,10 +71,12 @@ async def _run(url: str, agents: int, rounds: int) -> dict[str, float]:
     try:
         now = int(time.time() * 1000)
         await _register(registry, agents, now)
-        for label, renew in (("renewal", True), ("full beat", False)):
+        modes = (("renewal", "count"), ("renewal, names checked", "check"), ("full beat", "beat"))
+        for j, (label, mode) in enumerate(modes):
             await client.config_resetstat()
             for k in range(rounds):
-                await _interval(registry, agents, now + 1000 * (k + 1), renew)
+                at = now + 1000 * (j * rounds + k + 1)
+                await _interval(registry, agents, at, mode)
             stats = (await client.info("commandstats"))["cmdstat_evalsha"]
             out[label] = float(stats["usec"]) / (rounds * agents)
     finally:
@@ -87,7 +96,7 @@ def main() -> None:
           f"{args.rounds} intervals, entries of {LEASE_MAX_BEATS:,}):")  # fmt: skip
     for label, us in out.items():
         print(f"  {label}: {us:.2f} us")
-    print(f"  full beat / renewal: {out['full beat'] / out['renewal']:.2f}x")
+    print(f"  full beat / renewal: {out['full beat'] / out['renewal']:.1f}x")
 
 
 if __name__ == "__main__":

@@ -91,15 +91,17 @@ class Verdicts:
         else:
             lessee = self.lessees.get
             beats = [b for b in lease.beats if lessee(b[1]) == host]
-        renew = lease.renew
-        if lease.lease is not None and (host is None or lease_host(lease.lease) != _text(host)):
-            renew = []
+        renew, lease_id = lease.renew, lease.lease
+        if lease_id is not None and (host is None or lease_host(lease_id) != _text(host)):
+            renew, lease_id = [], None  # another host's lease: neither renewed nor extended
         dropped = len(lease.beats) - len(beats) + len(lease.renew) - len(renew)
-        if dropped:
+        if dropped or lease_id != lease.lease:
             self.dropped_beats += dropped
-            log.warning("lease %s of %s: %d beat(s) for names it does not hold dropped", eid,
-                        safe_text(_text(host) or "?"), dropped)  # fmt: skip
-            return FastLease(beats, lease.lease, lease.ttl_ms, renew)
+            not_own = "" if lease_id == lease.lease else ", and the lease is not its own"
+            log.warning("lease %s of %s: %d beat(s) for names it does not hold dropped%s", eid,
+                        safe_text(_text(host) or "?"), dropped, not_own)  # fmt: skip
+            return FastLease(beats, lease_id, lease.ttl_ms if lease_id else 0, renew,
+                             lease.members if lease_id else None)  # fmt: skip
         return lease
 
 

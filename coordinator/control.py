@@ -204,12 +204,16 @@ class _Batch:
             lease = op.lease
             for hb in lease.beats:
                 self.script.heartbeat(hb)
-            if lease.lease is not None and lease.renew:
-                self.script.renew(eid, lease.lease, lease.ttl_ms, lease.renew)
+            if lease.lease is not None and (lease.renew or lease.ttl_ms):
+                members = lease.members
+                if members is None:  # a 2.1 host: one entry per interval, all its agents
+                    members = len(lease.beats) + len(lease.renew)
+                self.script.renew(eid, lease.lease, lease.ttl_ms, lease.renew, members)
             elif not lease.beats:  # nothing to apply: acknowledged by the script all the same
-                self.script.renew(eid, "", 0, [])
-            # a renewal costs the script far less than a beat (two native commands per 1,000)
-            self.weight += len(lease.beats) + len(lease.renew) // 8
+                self.script.renew(eid, "", 0, [], 0)
+            # a renewal costs the script one command for the lease (names checked only when
+            # the lease does not hold as many as the entry carries)
+            self.weight += len(lease.beats) + len(lease.renew) // 64
         else:
             self.script.heartbeat(op)
             self.weight += 1
@@ -564,7 +568,7 @@ class ControlConsumer:
             (eid, name, inst, str(load), status.value, str(epoch or 0))
             for name, inst, load, status, epoch in lease.beats
         ]
-        fast = FastLease(beats, lease.lease, lease.ttl_ms or 0, list(lease.renew))
+        fast = FastLease(beats, lease.lease, lease.ttl_ms or 0, list(lease.renew), lease.members)
         if self._verdicts is not None:
             fast = self._verdicts.lease(eid, fast)
         batch.lease(eid, fields, fast, self._reply_address(env))

@@ -88,12 +88,15 @@ class ControlBatch:
             self.args += ("a", "\0".join(parts) + "\0")
         self.entries += 1
 
-    def renew(self, entry_id: str, lease: str, ttl_ms: int, pairs: list[tuple[str, str]]) -> None:
-        """The renewal part of a lease entry: the deadlines of the names ``lease`` holds."""
+    def renew(
+        self, entry_id: str, lease: str, ttl_ms: int, pairs: list[tuple[str, str]], members: int
+    ) -> None:
+        """The renewal part of a lease entry: the deadline of ``lease``, which the names it
+        holds live by; ``members``: how many names the entry carries (renewed or beating)."""
         self._close_run()
         names = orjson.dumps([n for n, _ in pairs])
         insts = orjson.dumps([i for _, i in pairs])
-        self.args += ("r", entry_id, lease, str(ttl_ms), names, insts)
+        self.args += ("r", entry_id, lease, str(ttl_ms), names, insts, str(members))
         self.entries += 1
 
     def leave(
@@ -183,6 +186,7 @@ class Registry:
             self._control,
             keys.clock(),
             keys.tombstones(),
+            keys.leases(),
         ]
         self._args: list[str | int] = [
             keys.record_prefix,

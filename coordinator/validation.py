@@ -43,7 +43,7 @@ _HB_ENVELOPE_FIELDS = frozenset(
 #: a lease names the host's reply list (answers to its beats go there)
 _LEASE_ENVELOPE_FIELDS = _HB_ENVELOPE_FIELDS | {b"reply_to"}
 _HB_PAYLOAD_FIELDS = frozenset({"instance_id", "load", "status", "epoch"})
-_LEASE_PAYLOAD_FIELDS = frozenset({"host", "beats", "lease", "ttl_ms", "renew"})
+_LEASE_PAYLOAD_FIELDS = frozenset({"host", "beats", "lease", "ttl_ms", "renew", "members"})
 _MAX_BEATS = 100_000  # schemas.agent.Lease
 
 #: (entry id, name, instance id, load, status, epoch or "0"): what the heartbeat script takes,
@@ -131,6 +131,8 @@ class FastLease:
     lease: str | None = None
     ttl_ms: int = 0
     renew: list[tuple[str, str]] = field(default_factory=list)
+    #: how many agents the host carries under the lease (``None``: not said, a 2.1 host)
+    members: int | None = None
 
 
 def fast_lease(entry_id: str, fields: dict[bytes, bytes]) -> FastLease | None:
@@ -178,7 +180,10 @@ def fast_lease(entry_id: str, fields: dict[bytes, bytes]) -> FastLease | None:
         ):
             return None
         pairs.append((name, instance))
-    return FastLease(out, lease, ttl, pairs)
+    members = payload.get("members")
+    if members is not None and (type(members) is not int or not 0 <= members <= 10_000_000):
+        return None
+    return FastLease(out, lease, ttl, pairs, members)
 
 
 def validation_error_info(e: ValidationError, what: str) -> ErrorInfo:

@@ -162,8 +162,9 @@ class AgentRecord(AgentCard):
 
 _JSON_FIELDS = frozenset({"capabilities", "tags", "metadata"})
 #: Fields of a registry hash that are not record fields: the host lease that renews the name
-#: (``lease``) and, in acl mode, the host that may heartbeat for it (``lessee``).
-REGISTRY_ONLY_FIELDS = frozenset({"lease", "lessee"})
+#: (``lease``), the time of its last beat under that lease (``seen_ms``) and, in acl mode, the
+#: host that may heartbeat for it (``lessee``).
+REGISTRY_ONLY_FIELDS = frozenset({"lease", "lessee", "seen_ms"})
 
 
 class Announce(BaseModel):
@@ -216,9 +217,10 @@ LeaseBeat = tuple[Identifier, Identifier, int, AgentStatus, int | None]
 class Lease(BaseModel):
     """Payload of a ``lease`` control message: the heartbeats of every agent a process hosts,
     in one entry per interval (docs/PROTOCOL.md, "Hosts"). Each beat is applied exactly as a
-    ``heartbeat`` of that agent written at the entry's time; each ``renew`` pair only extends
-    the deadline of a name the ``lease`` holds to the entry's time + ``ttl_ms`` (protocol 1.2:
-    a host sends a full beat only for an agent whose status or load changed)."""
+    ``heartbeat`` of that agent written at the entry's time; the entry extends the deadline of
+    the ``lease``, which the names it holds live by, to the entry's time + ``ttl_ms`` (protocol
+    2.2); ``renew`` names the agents that did not change (a host sends a full beat only for an
+    agent whose status or load changed)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -227,6 +229,11 @@ class Lease(BaseModel):
     lease: LeaseId | None = Field(default=None, description="The host's lease id: host:instance")
     ttl_ms: int | None = Field(default=None, ge=300, le=86_400_000)
     renew: list[tuple[Identifier, Identifier]] = Field(default_factory=list, max_length=100_000)
+    members: int | None = Field(
+        default=None, ge=0, le=10_000_000,
+        description="How many agents the host carries under its lease now, over all its entries "
+        "(protocol 2.2): when the lease's set holds as many, the names are not checked one by one",
+    )  # fmt: skip
 
     @model_validator(mode="after")
     def _renewal(self) -> Lease:

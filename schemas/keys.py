@@ -170,6 +170,11 @@ class KeySpace:
     def deadlines(self) -> str:
         return f"{self.registry_prefix}deadlines"
 
+    def leases(self) -> str:
+        """The deadlines of hosts' leases (zset lease id -> ms, Redis clock): a name registered
+        under a lease lives as long as its lease (docs/PROTOCOL.md, "Hosts")."""
+        return f"{self.registry_prefix}leases"
+
     def lease_members(self, lease: str) -> str:
         """The names a host's lease holds (a set, kept by the control script): its renewals
         extend exactly these names' deadlines (docs/PROTOCOL.md, "Hosts")."""

@@ -7,10 +7,11 @@ import inspect
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import TypeVar, overload
+from typing import Any, TypeVar, overload
 
 from agent_sdk.settings import Settings
 from coordinator import CoordinatorSettings
+from schemas.keys import KeySpace
 
 T = TypeVar("T")
 
@@ -89,3 +90,23 @@ def fast_coordinator_settings(settings: Settings) -> CoordinatorSettings:
         read_block=0.5,
         drain_timeout=5.0,
     )
+
+
+async def deadline_of(r: Any, keys: KeySpace, name: str) -> float | None:
+    """A registered name's deadline (ms): its own, or its host's lease's (protocol 2.2)."""
+    own = await r.zscore(keys.deadlines(), name)
+    if own is not None:
+        return float(own)
+    lease = await r.hget(keys.record(name), "lease")
+    found = None if lease is None else await r.zscore(keys.leases(), lease)
+    return None if found is None else float(found)
+
+
+def deadline_of_sync(r: Any, keys: KeySpace, name: str) -> float | None:
+    """``deadline_of`` with a synchronous client."""
+    own = r.zscore(keys.deadlines(), name)
+    if own is not None:
+        return float(own)
+    lease = r.hget(keys.record(name), "lease")
+    found = None if lease is None else r.zscore(keys.leases(), lease)
+    return None if found is None else float(found)

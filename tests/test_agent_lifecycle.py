@@ -10,7 +10,9 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import orjson
 import pytest
 import redis.asyncio as aioredis
 from click.testing import CliRunner
@@ -148,6 +150,22 @@ async def test_no_coordinator_names_url_and_namespace(
     ran = CliRunner().invoke(cli, [*hint[1:], "--help"])
     assert ran.exit_code == 0, ran.output
     assert "Run the coordinator daemon" in ran.output
+
+
+async def test_an_unanswered_announcement_is_taken_back_by_a_leave(
+    settings: Settings, r: aioredis.Redis, keys: KeySpace
+) -> None:
+    """Given up on, an announcement may still be applied (answered just after the timeout):
+    the agent follows it with a leave of the same instance, applied after it. Otherwise a name
+    under its host's lease would live as long as the host, held by nobody."""
+    agent = Agent(
+        "orphan", "worker", settings=settings.model_copy(update={"announce_timeout": 0.3})
+    )
+    with pytest.raises(NoCoordinator):
+        await agent.start()
+    rows: Any = await r.xrange(keys.control())
+    sent = [(f["type"], orjson.loads(f["payload"])["instance_id"]) for _, f in rows]
+    assert sent == [("announce", agent.instance_id), ("leave", agent.instance_id)]
 
 
 async def test_no_coordinator_message_hides_the_password(settings: Settings) -> None:

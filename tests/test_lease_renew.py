@@ -87,8 +87,10 @@ async def test_renewals_keep_the_leases_names_alive_without_writing_their_record
     await _registered(agents)
     assert await r.smembers(keys.lease_members(LEASE)) == {a.name for a in agents}
     seen = await r.hget(keys.record(agents[0].name), "last_seen")
-    first = await r.zscore(keys.deadlines(), agents[0].name)
+    # the names live by the lease's deadline: none has one of its own
+    first = await r.zscore(keys.leases(), LEASE)
     assert first is not None
+    assert [await r.zscore(keys.deadlines(), a.name) for a in agents] == [None] * 3
     renew = [[a.name, a.instance_id] for a in agents]
     host_reply = keys.replies("host-r", "h1")
     # renewal-only entries for more than two TTLs
@@ -97,9 +99,10 @@ async def test_renewals_keep_the_leases_names_alive_without_writing_their_record
         await _paced()
     for agent in agents:
         assert await r.exists(keys.record(agent.name)), f"{agent.name} expired under its lease"
-    last = await r.zscore(keys.deadlines(), agents[0].name)
+    last = await r.zscore(keys.leases(), LEASE)
     assert last is not None
     assert last > first + 600
+    assert [await r.zscore(keys.deadlines(), a.name) for a in agents] == [None] * 3
     # no record was written: its last_seen is the announcement's; readers derive the renewal
     assert await r.hget(keys.record(agents[0].name), "last_seen") == seen
     async with Bus(settings) as bus:
@@ -114,6 +117,11 @@ async def test_renewals_keep_the_leases_names_alive_without_writing_their_record
     for agent in agents:
         await wait_for(lambda a=agent: _gone(r, keys, a.name), timeout=5, message="expired")
     assert not await r.exists(keys.lease_members(LEASE))
+    assert await r.zscore(keys.leases(), LEASE) is None  # the lapsed lease is gone too
+    events: Any = await r.xrange(keys.events())
+    expired = [f for _, f in events if f["type"] == "agent_expired"]
+    assert sorted(f["name"] for f in expired) == sorted(a.name for a in agents)
+    assert {f["reason"] for f in expired} == {"heartbeat_missed"}
 
 
 async def _paced() -> None:
@@ -170,17 +178,19 @@ async def test_a_renewal_never_moves_a_deadline_back_and_leaving_leaves_the_leas
         assert isinstance(prepared, PreparedAnnounce)
         assert prepared.fields["lease"] == LEASE
         assert await registry.announce(f"{now_ms}-0", prepared) is None
-        deadline = await r.zscore(keys.deadlines(), agent.name)
+        deadline = await r.zscore(keys.leases(), LEASE)
+        assert deadline is not None
         old = ControlBatch()
-        old.renew(f"{now_ms - 5000}-0", LEASE, 600, [(agent.name, agent.instance_id)])
+        old.renew(f"{now_ms - 5000}-0", LEASE, 600, [(agent.name, agent.instance_id)], 1)
         result = await registry.apply(old)
         assert result.unknown == []
         assert result.failed == []
-        assert await r.zscore(keys.deadlines(), agent.name) == deadline
+        assert await r.zscore(keys.leases(), LEASE) == deadline
         fresh = ControlBatch()
-        fresh.renew(f"{now_ms + 1000}-0", LEASE, 600, [(agent.name, agent.instance_id)])
+        fresh.renew(f"{now_ms + 1000}-0", LEASE, 600, [(agent.name, agent.instance_id)], 1)
         await registry.apply(fresh)
-        assert await r.zscore(keys.deadlines(), agent.name) == now_ms + 1600
+        assert await r.zscore(keys.leases(), LEASE) == now_ms + 1600
+        assert await r.zscore(keys.deadlines(), agent.name) is None
         assert await registry.leave(agent.name, agent.instance_id, f"{now_ms + 1001}-0")
         assert not await r.sismember(keys.lease_members(LEASE), agent.name)
     finally:
@@ -222,3 +232,44 @@ async def test_a_host_renews_unchanged_agents_and_beats_changed_ones(
 
 async def _field(r: aioredis.Redis, key: str, field: str, value: str) -> bool:
     return bool(await r.hget(key, field) == value)
+
+
+async def test_a_name_registered_under_protocol_2_1_is_handed_to_its_lease(
+    coordinator: Coordinator, r: aioredis.Redis, keys: KeySpace
+) -> None:
+    """A 2.1 registry gave a leased name a deadline of its own: when it passes while the lease
+    lives, the sweeper hands the name to the lease instead of expiring it."""
+    agents = [FakeAgent(r, keys, f"old-{i}", ttl_ms=600, lease=LEASE) for i in range(2)]
+    await _registered(agents)
+    await r.zadd(keys.deadlines(), {agents[0].name: int(time.time() * 1000) + 100})
+    renew = [[a.name, a.instance_id] for a in agents]
+
+    async def handed_over() -> bool:
+        await xadd_control(r, keys, _renewal("host-r", renew))
+        await _paced()
+        return await r.zscore(keys.deadlines(), agents[0].name) is None
+
+    await wait_for(handed_over, timeout=5, message="the own deadline dropped")
+    for agent in agents:
+        assert await r.exists(keys.record(agent.name)), f"{agent.name} expired"
+    events: Any = await r.xrange(keys.events())
+    assert not [f for _, f in events if f["type"] == "agent_expired"]
+
+
+async def test_a_name_taken_out_of_its_lease_is_told_to_announce_again(
+    coordinator: Coordinator, r: aioredis.Redis, keys: KeySpace
+) -> None:
+    """A renewal checks names only when the lease's set does not hold as many as the entry
+    carries: a name missing from the set (taken out by hand) is found that way."""
+    agents = [FakeAgent(r, keys, f"kept-{i}", lease=LEASE) for i in range(3)]
+    await _registered(agents)
+    await r.srem(keys.lease_members(LEASE), agents[1].name)
+    host_reply = keys.replies("host-r", "h1")
+    renew = [[a.name, a.instance_id] for a in agents]
+    await xadd_control(r, keys, _renewal("host-r", renew, reply_to=host_reply))
+    popped: Any = await r.blpop([host_reply], timeout=10)
+    assert popped is not None, "the missing name was not told"
+    env = orjson.loads(popped[1])
+    assert (env["type"], env["target"]) == ("reannounce", agents[1].name)
+    assert env["payload"]["reason"] == "unknown_agent"
+    assert await r.llen(host_reply) == 0  # the two it holds are fine

@@ -8,11 +8,13 @@
 -- ARGV[4] max_load ("" = any): keep agents whose load <= max_load
 -- ARGV[5] limit (0 = no limit)
 -- ARGV[6] the deadlines zset (R:deadlines, same slot as the records)
--- ARGV[7 ..] the record fields to return, in this order; the first three must be
+-- ARGV[7] the leases zset (R:leases, same slot)
+-- ARGV[8 ..] the record fields to return, in this order; the first three must be
 --         'name', 'status', 'load'
--- Returns one JSON text: an array with one array per match, the HMGET values in ARGV[7 ..]
--- order (false for an absent field), then the name's deadline (ms, or false): a host's lease
--- renews deadlines without writing the records, so the last renewal is deadline - ttl_ms. One bulk string instead of a nested reply: about the same
+-- Returns one JSON text: an array with one array per match, the HMGET values in ARGV[8 ..]
+-- order (false for an absent field), then the name's deadline (ms, or false): its own, or its
+-- host's lease's (the record's `lease` field); a lease is renewed without writing the records,
+-- so the last renewal is deadline - ttl_ms. One bulk string instead of a nested reply: about the same
 -- work in Redis (cjson instead of a RESP item per value), and the client parses one string with
 -- a JSON parser instead of building and decoding one bytes object per value.
 -- A name whose hash is gone (a sweep in progress) is skipped.
@@ -20,9 +22,10 @@ local prefix = ARGV[1]
 local n_all = tonumber(ARGV[2])
 local max_load = tonumber(ARGV[4])
 local limit = tonumber(ARGV[5])
-local deadlines = ARGV[6]
+local deadlines, leases = ARGV[6], ARGV[7]
 local fields = {}
-for i = 7, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 8, #ARGV do fields[#fields + 1] = ARGV[i] end
+local lease_deadline = {}
 
 local statuses = nil
 if ARGV[3] ~= '' then
@@ -62,7 +65,18 @@ for _, name in ipairs(candidates) do
       keep = false
     end
     if keep then
-      h[#fields + 1] = redis.call('ZSCORE', deadlines, name)
+      local d = redis.call('ZSCORE', deadlines, name)
+      if not d then
+        local lease = redis.call('HGET', prefix .. name, 'lease')
+        if lease then
+          d = lease_deadline[lease]
+          if d == nil then
+            d = redis.call('ZSCORE', leases, lease)
+            lease_deadline[lease] = d
+          end
+        end
+      end
+      h[#fields + 1] = d
       out[#out + 1] = h
       if limit > 0 and #out >= limit then break end
     end

@@ -85,19 +85,29 @@ async def check_registration(ctx: Context) -> bool:
 
 
 # -- heartbeats --------------------------------------------------------------------------------
+async def _deadline(ctx: Context) -> Any:
+    """The agent's deadline: its own, or its host's lease's (protocol 2.2)."""
+    client = ctx.probe.client
+    own = await client.zscore(ctx.keys.deadlines(), ctx.name)
+    if own is not None:
+        return own
+    lease: Any = await client.hget(ctx.keys.record(ctx.name), "lease")
+    return None if lease is None else await client.zscore(ctx.keys.leases(), lease)
+
+
 async def _watch_record(ctx: Context, window: float) -> tuple[float | None, tuple[Any, Any]]:
     """Seconds until ``last_seen`` advanced (``None``: it did not), and the deadline before and
     after."""
     client, key = ctx.probe.client, ctx.keys.record(ctx.name)
     first_seen: Any = await client.hget(key, "last_seen")
-    first_deadline = await client.zscore(ctx.keys.deadlines(), ctx.name)
+    first_deadline = await _deadline(ctx)
     started = time.monotonic()
     advanced: float | None = None
     deadline = first_deadline
     while time.monotonic() - started < window:
         await asyncio.sleep(0.02)
         seen: Any = await client.hget(key, "last_seen")
-        deadline = await client.zscore(ctx.keys.deadlines(), ctx.name)
+        deadline = await _deadline(ctx)
         if advanced is None and seen and first_seen and _after(seen, first_seen):
             advanced = time.monotonic() - started
         if advanced is not None and deadline != first_deadline:

@@ -1,14 +1,14 @@
 -- Shared helpers, pasted by coordinator/scripts.py where a script says "-- @include common".
 -- Convention of every registry script:
 -- KEYS[1] R:agents  KEYS[2] R:deadlines  KEYS[3] R:events  KEYS[4] R:control  KEYS[5] R:clock
--- KEYS[6] R:tombstones
+-- KEYS[6] R:tombstones  KEYS[7] R:leases
 -- ARGV[1] record prefix (R:agent:)  ARGV[2] role index prefix  ARGV[3] capability index prefix
 -- ARGV[4] tag index prefix  ARGV[5] events MAXLEN  ARGV[6] events pub/sub channel
 -- ARGV[7] consumer group of the coordinators  ARGV[8] stall threshold ms  ARGV[9] grace ms
 -- ARGV[10] how long tombstones are kept (ms)  ARGV[11] lease set prefix (R:lease:)
 local P = {
   agents = KEYS[1], deadlines = KEYS[2], events = KEYS[3], control = KEYS[4], clock = KEYS[5],
-  tombstones = KEYS[6],
+  tombstones = KEYS[6], leases = KEYS[7],
   record = ARGV[1], role = ARGV[2], cap = ARGV[3], tag = ARGV[4],
   maxlen = ARGV[5], channel = ARGV[6], group = ARGV[7],
   stall = tonumber(ARGV[8]), grace = tonumber(ARGV[9]), keep = tonumber(ARGV[10]),
@@ -101,10 +101,18 @@ local function fenced(inst, ems)
   return fence ~= false and ems < tonumber(fence)
 end
 
+-- A name's deadline: its own (R:deadlines), or, for a name registered under a host's lease
+-- (the record's `lease` field), the lease's (R:leases); nil if it has neither.
+local function deadline_of(name, h)
+  local d = redis.call('ZSCORE', P.deadlines, name)
+  if not d and h.lease then d = redis.call('ZSCORE', P.leases, h.lease) end
+  return d and tonumber(d) or nil
+end
+
 local function expire(name, h, reason, now)
   -- fence: the deadline that passed; every announce of this registration applied so far was
   -- written before it (an accepted announce sets the deadline a TTL past its own entry time)
-  local dl = tonumber(redis.call('ZSCORE', P.deadlines, name) or now)
+  local dl = deadline_of(name, h) or now
   unindex(name, h)
   tombstone(h.instance_id, math.min(dl, now))
   local fields = { 'type', 'agent_expired', 'name', name, 'instance_id', h.instance_id or '',

@@ -1,5 +1,5 @@
 -- control: apply a batch of control entries in stream order, answer them and XACK them.
--- KEYS[1..6] and ARGV[1..11]: see common.lua.  KEYS[7] R:epoch (the registration counter)
+-- KEYS[1..7] and ARGV[1..11]: see common.lua.  KEYS[8] R:epoch (the registration counter)
 -- ARGV[12] PEXPIRE (ms) of the reply lists this script pushes to, or 'return' on a Redis
 --          Cluster: the reply lists live in other slots, so the replies are not pushed here but
 --          returned ({list, text} pairs, the 6th element of the result) for the caller to push
@@ -15,17 +15,22 @@
 --       <record JSON>, then the record hash as field, value, field, value...; <offset>
 --       (0-based) is where the value of the JSON's "registered_at" starts
 --   'l' <entry id> <name> <instance_id> <reply list or ''> <reply head>    a leave
---   'r' <entry id> <lease> <ttl_ms> <names> <instances>    the renewal part of a host's
---                  `lease` entry (names and instance ids as JSON arrays); the deadline of every
---                  name the lease holds (R:lease:<lease>) becomes entry time + ttl_ms if that
---                  is later (two SMISMEMBERs and one ZADD XX GT per 1,000 names); a name it
---                  does not hold, or whose record is gone (deleted by hand), is reported as a
+--   'r' <entry id> <lease> <ttl_ms> <names> <instances> <members>    the renewal part of a
+--                  host's `lease` entry (names and instance ids as JSON arrays; <members>: how
+--                  many names the entry carries, renewed or beating). The lease's deadline
+--                  (R:leases) becomes entry time + ttl_ms if that is later, if the lease holds
+--                  any name: one ZADD for the whole lease, however many names. Only when the
+--                  lease's set (R:lease:<lease>) does not hold as many names as the entry
+--                  carries are the names checked (two SMISMEMBERs per 1,000): a name it does
+--                  not hold, or whose record is gone (deleted by hand), is reported as a
 --                  heartbeat of an unknown instance is (its instance announces again: with
---                  the lease, it joins it). The set holds names, not
---                  instances: names are unique on a host, and a name another host takes
---                  leaves this lease's set first (its record is removed: expiry, replacement)
--- An accepted announce whose record hash has a `lease` field joins that lease's set; removing
--- the record (leave, expiry, replacement) takes it out.
+--                  the lease, it joins it). The set holds names, not instances: names are
+--                  unique on a host, and a name another host takes leaves this lease's set
+--                  first (its record is removed: expiry, replacement)
+-- An accepted announce whose record hash has a `lease` field joins that lease's set and lives
+-- by the lease's deadline (it has none of its own in R:deadlines); removing the record (leave,
+-- expiry, replacement) takes it out. The hash field `seen_ms` (Redis clock) orders the beats
+-- of such a name as its own deadline orders the beats of a name without a lease.
 -- An accepted announce is answered on its reply list (LPUSH, then PEXPIRE) with
 -- <reply head> .. record JSON (with its "epoch" appended) .. '}', a leave that has a reply list
 -- with <reply head> .. '{"removed":true}}' (or false).
@@ -49,7 +54,7 @@
 --           { entry id, ... } (announces refused as stale),
 --           { {reply list, text}, ... } (the replies, when ARGV[12] is 'return'; else empty) }.
 -- @include common
-local epoch_key, reply_ttl = KEYS[7], ARGV[12]
+local epoch_key, reply_ttl = KEYS[8], ARGV[12]
 local acks = {}
 local unknown = {}
 local refused = {}
@@ -92,7 +97,8 @@ end
 -- one heartbeat: extend the deadline, refresh last_seen/load/status
 local function heartbeat(eid, name, inst, load, status, epoch)
   local rkey = P.record .. name
-  local cur = redis.call('HMGET', rkey, 'instance_id', 'ttl_ms', 'status', 'load', 'role', 'epoch')
+  local cur = redis.call('HMGET', rkey, 'instance_id', 'ttl_ms', 'status', 'load', 'role', 'epoch',
+    'lease', 'seen_ms')
   local ttl = tonumber(cur[2])
   local ems = entry_ms(eid)
   if cur[1] ~= inst or not ttl then
@@ -105,23 +111,36 @@ local function heartbeat(eid, name, inst, load, status, epoch)
   -- apply a heartbeat at least as new as the deadline (an announce sets it from its own
   -- processing time, which a heartbeat written in the same millisecond equals); an older one
   -- (claimed late from a dead coordinator) must not roll status or load back
-  local dl = tonumber(redis.call('ZSCORE', P.deadlines, name) or '0')
-  if ems + ttl < dl then return end
-  if ems + ttl > dl then redis.call('ZADD', P.deadlines, ems + ttl, name) end
+  local seen = iso(ems)
+  local hset = { 'HSET', rkey, 'last_seen', seen }
+  if cur[7] then
+    -- under a lease: the name lives by the lease, which the beat extends; `seen_ms` orders it
+    if ems < (tonumber(cur[8]) or 0) then return end
+    redis.call('ZADD', P.leases, 'GT', ems + ttl, cur[7])
+    hset[5], hset[6] = 'seen_ms', ems
+  else
+    local dl = tonumber(redis.call('ZSCORE', P.deadlines, name) or '0')
+    if ems + ttl < dl then return end
+    if ems + ttl > dl then redis.call('ZADD', P.deadlines, ems + ttl, name) end
+  end
+  if cur[4] ~= load then
+    hset[#hset + 1] = 'load'
+    hset[#hset + 1] = load
+  end
   if cur[3] ~= status then
-    redis.call('HSET', rkey, 'last_seen', iso(ems), 'load', load, 'status', status)
+    hset[#hset + 1] = 'status'
+    hset[#hset + 1] = status
+    redis.call(unpack(hset))
     emit({ 'type', 'agent_updated', 'name', name, 'instance_id', inst, 'role', cur[5] or '',
       'at', now_iso(), 'changes',
       '{"status":[' .. cjson.encode(cur[3] or '') .. ',' .. cjson.encode(status) .. ']}' })
-  elseif cur[4] ~= load then
-    redis.call('HSET', rkey, 'last_seen', iso(ems), 'load', load)
   else
-    redis.call('HSET', rkey, 'last_seen', iso(ems))
+    redis.call(unpack(hset))
   end
 end
 
 local IGNORED = { load = true, last_seen = true, registered_at = true, epoch = true,
-  lease = true }
+  lease = true, seen_ms = true }
 local RAW = { capabilities = true, tags = true, metadata = true, pid = true,
   max_concurrency = true, heartbeat_ms = true, ttl_ms = true }
 local function enc(k, v)
@@ -147,7 +166,7 @@ local function announce(p)
     -- holder's heartbeats written before it count, and a clock that ran while Redis or every
     -- coordinator was stopped does not
     local judged_at = math.min(cutoff(), ems)
-    local dl = tonumber(redis.call('ZSCORE', P.deadlines, name) or '0')
+    local dl = deadline_of(name, old) or 0
     if dl >= judged_at then
       refused[#refused + 1] = { eid, old.instance_id, old.host or '', old.pid or '',
         old.last_seen or '', tostring(math.max(0, dl - now())) }
@@ -190,16 +209,26 @@ local function announce(p)
     end
     for _, k in ipairs(order) do diff(k) end
     for k, _ in pairs(old) do diff(k) end
-    old_deadline = tonumber(redis.call('ZSCORE', P.deadlines, name) or '0')
+    old_deadline = deadline_of(name, old) or 0
+    if old.lease then old_deadline = math.max(old_deadline, (tonumber(old.seen_ms) or 0) + ttl) end
     unindex(name, old)
   elseif next(old) ~= nil then  -- a hash without an instance_id (edited by hand)
     redis.call('DEL', rkey)
   end
 
+  -- The agent starts heartbeating when it hears it was accepted, so its first deadline counts
+  -- from now (processing time), not from the announce's entry time: behind a backlog (a fleet
+  -- starting at once) the entry time may already be a TTL old. A re-announce processed after
+  -- newer heartbeats never moves the deadline back.
+  local deadline = math.max(now() + ttl, entry_ms(eid) + ttl, old_deadline)
   local hset = { 'HSET', rkey }
   for _, k in ipairs(order) do
     hset[#hset + 1] = k
     hset[#hset + 1] = new[k]
+  end
+  if new.lease then
+    hset[#hset + 1] = 'seen_ms'
+    hset[#hset + 1] = deadline - ttl
   end
   redis.call(unpack(hset))
   redis.call('SADD', P.agents, name)
@@ -207,11 +236,11 @@ local function announce(p)
   redis.call('SADD', P.role .. new.role, name)
   for _, c in ipairs(json_list(new.capabilities)) do redis.call('SADD', P.cap .. c, name) end
   for _, t in ipairs(json_list(new.tags)) do redis.call('SADD', P.tag .. t, name) end
-  -- The agent starts heartbeating when it hears it was accepted, so its first deadline counts
-  -- from now (processing time), not from the announce's entry time: behind a backlog (a fleet
-  -- starting at once) the entry time may already be a TTL old. A re-announce processed after
-  -- newer heartbeats never moves the deadline back.
-  redis.call('ZADD', P.deadlines, math.max(now() + ttl, entry_ms(eid) + ttl, old_deadline), name)
+  if new.lease then
+    redis.call('ZADD', P.leases, 'GT', deadline, new.lease)
+  else
+    redis.call('ZADD', P.deadlines, deadline, name)
+  end
 
   local base = { 'name', name, 'instance_id', inst, 'role', new.role, 'at', now_iso() }
   if not same then
@@ -261,27 +290,29 @@ local function try(eid, fn, ...)
   return ok
 end
 
--- the renewal part of a lease: per 1,000 names one SMISMEMBER of the lease's set, one of
--- R:agents (a record deleted by hand, or lost, leaves its name in the set) and one ZADD; no
--- per-name script work for the names the lease holds. The names and instances come as JSON
--- arrays (cjson decodes them in C); the instances are decoded only if a name is not held.
-local function renew(eid, lease, ttl, names_json, insts_json)
-  local names = cjson.decode(names_json)
+-- the renewal part of a lease: one ZADD of the lease's deadline; the names are checked (per
+-- 1,000 names one SMISMEMBER of the lease's set and one of R:agents: a record deleted by hand,
+-- or lost, leaves its name in the set) only when the set does not hold as many names as the
+-- entry carries, or for about one entry in ten. The names and instances come as JSON arrays
+-- (cjson decodes them in C), and only then.
+local function renew(eid, lease, ttl, names_json, insts_json, members)
   local ems = entry_ms(eid)
   local dl = ems + tonumber(ttl)
   local key = P.lease .. lease
+  local held_count = redis.call('SCARD', key)
+  if held_count > 0 then redis.call('ZADD', P.leases, 'GT', dl, lease) end
+  -- about one entry in ten (by its time) is checked all the same: a record deleted by hand
+  -- leaves its name in the set, and is found that way within about ten entries
+  if held_count == tonumber(members) and ems % 10 ~= 0 then return end
+  local names = cjson.decode(names_json)
   local insts = nil
   for a = 1, #names, 1000 do
     local b = math.min(#names, a + 999)
     local held = redis.call('SMISMEMBER', key, unpack(names, a, b))
     local known = redis.call('SMISMEMBER', P.agents, unpack(names, a, b))
-    local z = { 'ZADD', P.deadlines, 'XX', 'GT' }
     for k = a, b do
       local j = k - a + 1
-      if held[j] == 1 and known[j] == 1 then
-        z[#z + 1] = dl
-        z[#z + 1] = names[k]
-      else
+      if held[j] ~= 1 or known[j] ~= 1 then
         -- not this lease's: gone (expired, left), held by another instance, or registered
         -- under no lease or another one; the instance is told to announce again, naming the
         -- other holder if there is one (unless the entry predates its tombstone)
@@ -297,7 +328,6 @@ local function renew(eid, lease, ttl, names_json, insts_json)
         end
       end
     end
-    if #z > 4 then redis.call(unpack(z)) end
   end
 end
 
@@ -342,11 +372,11 @@ while i <= #ARGV do
     try(p[1], announce, p)
     i = last + 1
   elseif kind == 'r' then
-    if try(ARGV[i + 1], renew, ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5])
-      and acks[#acks] ~= ARGV[i + 1] then
+    if try(ARGV[i + 1], renew, ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5],
+        ARGV[i + 6]) and acks[#acks] ~= ARGV[i + 1] then
       acks[#acks + 1] = ARGV[i + 1]
     end
-    i = i + 6
+    i = i + 7
   elseif kind == 'l' then
     try(ARGV[i + 1], leave, ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5])
     i = i + 6

@@ -32,6 +32,7 @@ class Snapshot:
     at: float  # Redis time of the EXEC, seconds
     agents: frozenset[str]
     deadlines: frozenset[str]
+    leases: frozenset[str]  # the leases that have a deadline (R:leases)
     indexes: dict[str, frozenset[str]]  # index key -> members, for every known index key
     records: dict[str, dict[str, str]]  # name -> hash, names whose record exists
     keys: frozenset[str]  # every record and index key under the registry prefix
@@ -60,6 +61,7 @@ async def take_snapshot(
         pipe.time()
         pipe.smembers(keys.agents())
         pipe.zrange(keys.deadlines(), 0, -1)
+        pipe.zrange(keys.leases(), 0, -1)
         for k in indexes:
             pipe.smembers(k)
         for n in names:
@@ -68,14 +70,15 @@ async def take_snapshot(
         pipe.xrevrange(keys.events(), count=1)
         res: list[Any] = await pipe.execute()
     secs, micros = res[0]
-    members = res[3 : 3 + len(indexes)]
-    hashes = res[3 + len(indexes) : 3 + len(indexes) + len(names)]
+    members = res[4 : 4 + len(indexes)]
+    hashes = res[4 + len(indexes) : 4 + len(indexes) + len(names)]
     prefixes = tuple(keys.registry_prefix + k for k in _INDEX_KINDS)
     head = res[-1]
     return Snapshot(
         at=int(secs) + int(micros) / 1e6,
         agents=frozenset(res[1]),
         deadlines=frozenset(res[2]),
+        leases=frozenset(res[3]),
         indexes={k: frozenset(m) for k, m in zip(indexes, members, strict=True)},
         records={n: h for n, h in zip(names, hashes, strict=True) if h},
         keys=frozenset(k for k in res[-2] if k.startswith(prefixes)),

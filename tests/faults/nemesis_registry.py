@@ -72,8 +72,13 @@ class RegistryChecks:
         for name, rec in snap.records.items():
             if not rec.get("instance_id"):
                 self.v.add("index", f"hash:{name}", f"record of {name} has no instance_id", at)
-            for key in (k.agents(), k.deadlines(), k.role_index(rec.get("role", ""))):
+            for key in (k.agents(), k.role_index(rec.get("role", ""))):
                 expected[key].add(name)
+            lease = rec.get("lease")
+            if lease is None:
+                expected[k.deadlines()].add(name)  # a deadline of its own
+            elif lease not in snap.leases:  # it lives by its lease's: which must have one
+                self.v.add("index", f"lease:{name}", f"{name}'s lease {lease} has no deadline", at)
             for c in _json_list(rec.get("capabilities")):
                 expected[k.capability_index(c)].add(name)
             for t in _json_list(rec.get("tags")):

@@ -45,7 +45,7 @@ from schemas.envelope import decode_fields
 from schemas.events import RegistryEvent, RegistryEventType
 from schemas.keys import COORDINATOR_GROUP, KeySpace
 from tests.faults.harness import TTL, Cluster, report
-from tests.support import wait_for
+from tests.support import deadline_of_sync, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -167,7 +167,7 @@ async def test_redis_outage_does_not_hand_a_live_name_to_another_instance(
 
     # the holder heartbeats again after the outage, and still holds its name
     def beat_since_outage() -> bool:
-        score = cluster.sync.zscore(keys.deadlines(), "h0")
+        score = deadline_of_sync(cluster.sync, keys, "h0")
         return score is not None and score - s.ttl_ms > woke_ms
 
     await wait_for(beat_since_outage, timeout=15, interval=0.02, message="h0 beats after outage")
@@ -200,7 +200,7 @@ async def test_killed_agent_expires_in_time_while_a_coordinator_is_frozen(
     )
 
     def deadline() -> float:
-        score = sync.zscore(keys.deadlines(), "k0")
+        score = deadline_of_sync(sync, keys, "k0")
         assert score is not None
         return score
 

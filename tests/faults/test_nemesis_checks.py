@@ -43,6 +43,7 @@ def snapshot(at: float, records: dict[str, dict[str, str]], **overrides: Any) ->
         "at": at,
         "agents": names,
         "deadlines": names,
+        "leases": frozenset(),
         "indexes": {KEYS.role_index("r"): names, KEYS.capability_index("c"): names},
         "records": records,
         "keys": frozenset(
@@ -98,6 +99,19 @@ def test_index_checks_pass_a_consistent_registry_and_catch_each_kind_of_drift() 
     assert f"ghost in {KEYS.agents()} (no record)" in details
     assert f"record of a but not in {KEYS.capability_index('c')}" in details
     assert f"registry key {KEYS.tag_index('old')}" in details
+
+
+def test_a_leased_name_lives_by_its_lease_which_must_have_a_deadline() -> None:
+    v = Violations()
+    checks = RegistryChecks(KEYS, v)
+    leased = {**record("i1"), "lease": "h:1"}
+    fine = snapshot(1.0, {"a": leased}, deadlines=frozenset(), leases=frozenset({"h:1"}))
+    checks.check_indexes(fine)
+    assert not v
+    checks.check_indexes(snapshot(2.0, {"a": leased}, leases=frozenset()))
+    details = " | ".join(v.lines())
+    assert "a's lease h:1 has no deadline" in details
+    assert f"a in {KEYS.deadlines()} (not in its record)" in details
 
 
 # -- invariant 3 -------------------------------------------------------------------------------

@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from typing import Any
 
 import pytest
 
 from agent_sdk import Bus
 from tests.faults.harness import TTL, Cluster, report
-from tests.support import wait_for
+from tests.support import deadline_of_sync, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -55,11 +54,8 @@ async def test_redis_debug_sleep_does_not_expire_the_fleet(cluster: Cluster) -> 
     redis_now_ms = int(cluster.sync.time()[0]) * 1000  # the stall is over
 
     def everyone_heartbeated_since() -> bool:
-        raw: Any = cluster.sync.zrange(cluster.keys.deadlines(), 0, -1, withscores=True)
-        deadlines = dict(raw)
-        return set(deadlines) == set(names) and all(
-            d - cluster.settings.ttl_ms > redis_now_ms for d in deadlines.values()
-        )
+        deadlines = [deadline_of_sync(cluster.sync, cluster.keys, n) for n in names]
+        return all(d is not None and d - cluster.settings.ttl_ms > redis_now_ms for d in deadlines)
 
     t0 = time.monotonic()
     await wait_for(everyone_heartbeated_since, timeout=30, message="fleet heartbeats again")

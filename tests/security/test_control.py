@@ -13,7 +13,7 @@ from coordinator import Coordinator
 from schemas.envelope import new_id
 from schemas.errors import Refused
 from tests.security.conftest import World
-from tests.support import wait_for
+from tests.support import deadline_of, wait_for
 
 
 def control(kind: str, sender: str, payload: dict[str, Any], **extra: str) -> dict[str, str]:
@@ -73,7 +73,7 @@ async def test_forged_heartbeat_and_lease(world: World, coord: Coordinator) -> N
                  "renew": [["alice", instance]]}  # fmt: skip
         await _lease_as_mallory(world, renew)
         await wait_for(lambda: _dropped(coord) >= 2, message="the renewal dropped")
-        deadline = await world.admin.zscore(world.keys.deadlines(), "alice")
+        deadline = await deadline_of(world.admin, world.keys, "alice")
         assert deadline is not None
         ttl_ms = int(await world.admin.hget(record, "ttl_ms"))
         assert deadline < (await _redis_ms(world)) + 2 * ttl_ms  # not a day away
