@@ -51,7 +51,8 @@ async def _interval(registry: Registry, agents: int, at_ms: int, mode: str) -> N
     for first in range(0, agents, LEASE_MAX_BEATS):
         names = range(first, min(agents, first + LEASE_MAX_BEATS))
         batch = ControlBatch()
-        eid = f"{at_ms}-{first}"
+        # the entries of an interval a few ms apart, as a host's are (one in ten is checked)
+        eid = f"{at_ms + first // LEASE_MAX_BEATS}-0"
         if mode != "beat":
             pairs = [(f"a-{i:06d}", f"i{i}") for i in names]
             batch.renew(eid, _LEASE, 3000, pairs, agents if mode == "count" else len(pairs))

@@ -8,8 +8,9 @@ at 100,000 agents is about), and with exactly its control traffic:
   ``Host`` agents share its reply router), at most ``ramp`` announces in flight per host;
 * every ``heartbeat`` seconds the host writes its ``lease`` entries (``schemas.agent.Lease``,
   ``max_beats`` agents per entry, ``agent_sdk.heartbeats.LEASE_MAX_BEATS`` in the SDK) to the
-  control stream, as ``agent_sdk.heartbeats`` does: with ``renew`` (protocol 1.2, the SDK's
-  way) the agents announce under the host's lease and each entry renews them by name
+  control stream, as ``agent_sdk.heartbeats`` does: with ``renew`` (protocol 2.2, the SDK's
+  way) the agents announce under the host's lease and each entry renews them by name, with
+  the count of agents the host carries (``members``)
   (``[name, instance_id]``: their status and load never change here); without it, a full beat
   ``[name, instance_id, load, status, epoch]`` per agent (protocol 1.1, the baseline);
 * its reply list is drained on every tick: ``announce_result`` marks an agent registered, a
@@ -158,7 +159,8 @@ class _Host:
             payload: dict[str, Any] = {"host": self.spec.name, "beats": part}
             if self.lease_id is not None:
                 payload = {"host": self.spec.name, "beats": [], "lease": self.lease_id,
-                           "ttl_ms": self.ttl_ms, "renew": part}  # fmt: skip
+                           "ttl_ms": self.ttl_ms, "renew": part,
+                           "members": len(items)}  # fmt: skip
             env = Envelope(  # a schemas.agent.Lease payload
                 kind=Kind.CONTROL,
                 type=ControlType.LEASE.value,
