@@ -12,6 +12,7 @@ from pydantic import SecretStr
 from agent_sdk import Agent
 from agent_sdk.connection import make_client, redis_errors
 from agent_sdk.settings import Settings, redact_url
+from coordinator import Coordinator
 from coordinator.acl.apply import acl_command
 from schemas.errors import AuthFailed, ConfigurationError, PermissionDenied
 from tests.security.conftest import World
@@ -130,3 +131,15 @@ async def test_a_name_outside_the_identity_fails_at_once_with_code_permission(
     assert world.keys.agent_prefix("zed") in str(e.value)
     assert "reply list" in str(e.value)
     assert agent.stopped.is_set()
+
+
+async def test_an_agent_discovers_and_gets_others_under_its_own_credential(
+    world: World, coord: Coordinator
+) -> None:
+    """Discovery reads the records, the indexes and each match's deadline (its own or its
+    host's lease's): an agent's policy user may read them all, in both modes."""
+    async with world.agent("alice", "alice") as alice, world.agent("bob", "bob"):
+        assert {a.name for a in await alice.discover(role="worker")} == {"alice", "bob"}
+        record = await alice.get("bob")
+        assert record is not None
+        assert record.name == "bob"
