@@ -267,6 +267,11 @@ class Discovery:
         any_of = [k.tag_index(t) for t in tag_list]
         if not all_of and not any_of:
             all_of = [k.agents()]
+        # one role and capabilities: the role x capability sets, smaller (used once the
+        # registry's layout says they are complete)
+        composite: list[str] = []
+        if len(roles) == 1 and caps:
+            composite = [k.layout(), *(k.role_capability_index(roles[0], c) for c in caps)]
         args: list[str | int] = [
             k.record_prefix,
             len(all_of),
@@ -275,10 +280,11 @@ class Discovery:
             0 if (limit is None or rng is not None) else limit,
             k.deadlines(),
             k.leases(),
+            len(composite),
             *FIELD_ORDER,
         ]
         with redis_errors(self.settings, "discovering agents"):
-            reply = await self._script(keys=all_of + any_of, args=args)
+            reply = await self._script(keys=all_of + any_of + composite, args=args)
         records = _records(reply)
         if rng is not None:
             records = [r for r in records if r.version in rng]

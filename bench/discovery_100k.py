@@ -5,7 +5,9 @@
 zones) written with their indexes and deadlines as the coordinator writes them; then, for the
 query of role + skill + language + zone (0.1 % of the fleet) and of role + skill + language
 (1 %): ``Bus.discover`` p50 over 60 queries, Redis's time per call in the discovery script, and
-Redis's time for the bare ``SINTER`` of the same index sets (``INFO commandstats``).
+Redis's time for the bare ``SINTER`` of the role and capability sets (what discovery
+intersected before protocol 2.2) and of the role x capability sets (what it intersects now;
+``INFO commandstats``).
 """
 
 from __future__ import annotations
@@ -44,11 +46,13 @@ def _fill(r: redis.Redis, keys: KeySpace, agents: int) -> None:
         pipe.sadd(keys.role_index(card.role), card.name)
         for cap in card.capabilities:
             pipe.sadd(keys.capability_index(cap), card.name)
+            pipe.sadd(keys.role_capability_index(card.role, cap), card.name)
         for tag in card.tags:
             pipe.sadd(keys.tag_index(tag), card.name)
         pipe.zadd(keys.deadlines(), {card.name: now + 3_600_000})
         if i % 2000 == 1999:
             pipe.execute()
+    pipe.set(keys.layout(), "2")  # every record in its role x capability sets
     pipe.execute()
 
 
@@ -76,9 +80,16 @@ async def _run(url: str, agents: int) -> None:
                 role, caps = query_100k(j, zone)
                 r.sinter([keys.role_index(role), *(keys.capability_index(c) for c in caps)])
             sinter = _usec_per_call(r, "sinter") / 1000
+            r.config_resetstat()
+            for j in range(_QUERIES):
+                role, caps = query_100k(j, zone)
+                r.sinter([keys.role_capability_index(role, c) for c in caps])
+            pairs = _usec_per_call(r, "sinter") / 1000
             p50 = statistics.median(lat)
             print(f"{label}, {found} matches: discover p50 {p50:.2f} ms; Redis {script:.2f} "
-                  f"ms in the script, {sinter:.2f} ms for SINTER alone")  # fmt: skip
+                  f"ms in the script; SINTER alone {sinter:.2f} ms of the role and "
+                  f"capability sets, {pairs:.2f} ms of the role x capability sets (the "
+                  "script's)")  # fmt: skip
     r.close()
 
 

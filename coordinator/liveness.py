@@ -31,6 +31,10 @@ log = logging.getLogger("agentbus.coordinator.liveness")
 SWEEP_LIMIT = 1000
 
 
+#: Sweeps between two checks of the registry's layout (``Registry.reindex``).
+_LAYOUT_EVERY = 50
+
+
 class Sweeper:
     """Runs the sweep script periodically and counts expiries."""
 
@@ -41,9 +45,18 @@ class Sweeper:
         self.settings = settings
         self.stats = stats
         self.last: SweepResult | None = None
+        self._sweeps = 0
 
     async def sweep_once(self) -> int:
-        """Sweep until nothing more is due now; return how many agents expired."""
+        """Sweep until nothing more is due now; return how many agents expired. The first
+        sweep, then one in ``_LAYOUT_EVERY``, also makes sure the registry's role x capability
+        sets exist (built once for records written before them, or after Redis lost its
+        data)."""
+        if self._sweeps % _LAYOUT_EVERY == 0:
+            built = await self._registry.reindex()
+            if built:
+                log.info("built the role x capability sets of the registry (%d steps)", built)
+        self._sweeps += 1
         total = 0
         while True:
             result = await self._registry.sweep(SWEEP_LIMIT)

@@ -282,6 +282,24 @@ class Registry:
         batch.leave(entry_id, name, instance_id)
         return (await self.apply(batch)).removed == 1
 
+    async def reindex(self, count: int = 1000) -> int:
+        """Build the role x capability sets of records written before them (``reindex.lua``),
+        ``count`` names per call, until the layout is 2; how many calls it took (0: nothing to
+        do)."""
+        keys = self.settings.keys
+        layout = await self._client.get(keys.layout())
+        if layout in ("2", b"2"):
+            return 0
+        cursor, calls = "0", 0
+        while True:
+            cursor = _text(await self._scripts.reindex(
+                keys=[keys.agents(), keys.layout()],
+                args=[keys.record_prefix, keys.role_index_prefix, cursor, count],
+            ))  # fmt: skip
+            calls += 1
+            if cursor == "0":
+                return calls
+
     async def trim_control(self) -> int:
         """Drop processed control entries, cap the rest at ``control_maxlen``; how many went."""
         n = await self._scripts.trim(

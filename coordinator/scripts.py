@@ -39,6 +39,7 @@ class Scripts:
     control: AsyncScript
     sweep: AsyncScript
     trim: AsyncScript
+    reindex: AsyncScript
 
     @classmethod
     def register(cls, client: aioredis.Redis) -> Scripts:
@@ -46,4 +47,5 @@ class Scripts:
             control=client.register_script(script_source("control")),
             sweep=client.register_script(script_source("sweep")),
             trim=client.register_script(script_source("trim")),
+            reindex=client.register_script(script_source("reindex")),
         )

@@ -149,6 +149,17 @@ class KeySpace:
     def role_index(self, role: str) -> str:
         return f"{self.registry_prefix}role:{role}"
 
+    def role_capability_index(self, role: str, capability: str) -> str:
+        """The names of ``role`` with ``capability`` (``R:role:<role>:cap:<capability>``, kept
+        beside the role and capability sets): a discovery by role and capabilities starts its
+        intersection from these smaller sets (docs/PROTOCOL.md, "Registry")."""
+        return f"{self.registry_prefix}role:{role}:cap:{capability}"
+
+    def layout(self) -> str:
+        """The registry layout's version: ``2`` once every record's role × capability sets
+        exist (a coordinator builds them for records written before them)."""
+        return f"{self.registry_prefix}layout"
+
     @property
     def role_index_prefix(self) -> str:
         return f"{self.registry_prefix}role:"

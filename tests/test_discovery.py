@@ -463,3 +463,44 @@ records = st.builds(
 def test_lean_decode_round_trips_any_record(record: AgentRecord) -> None:
     raw = record.to_hash()
     assert decode_record(raw) == AgentRecord.from_hash(raw) == record
+
+
+async def test_role_and_capabilities_use_the_role_capability_sets_once_complete(
+    coordinator: Coordinator, coordinator_settings: CoordinatorSettings, r: aioredis.Redis,
+    keys: KeySpace, settings: Settings,
+) -> None:  # fmt: skip
+    """A registry written before the role x capability sets (protocol 2.1) is answered from
+    the role and capability sets until a coordinator built them; then from them."""
+    from coordinator.registry import Registry
+    from tests.fake_agents import FakeAgent
+
+    agents = [
+        FakeAgent(r, keys, f"rc-{i}", role="worker" if i % 2 else "planner",
+                  capabilities=["pdf", "ocr"] if i % 3 else ["pdf"], ttl_ms=60_000)
+        for i in range(12)
+    ]  # fmt: skip
+    for agent in agents:
+        reply = await agent.register()
+        assert "error" not in reply, reply
+    want = sorted(a.name for i, a in enumerate(agents) if i % 2 and i % 3)
+    assert await r.get(keys.layout()) == "2"  # built by the coordinator's first sweep
+    assert await r.smembers(keys.role_capability_index("worker", "ocr")) == set(want)
+    # as 2.1 left it: no role x capability sets, no layout
+    stale = [k async for k in r.scan_iter(match=keys.role_capability_index("*", "*"))]
+    await r.delete(keys.layout(), *stale)
+    async with Bus(settings) as bus:
+        found = [a.name for a in await bus.discover(role="worker", capabilities=["pdf", "ocr"])]
+        assert found == want  # from R:role:worker, R:cap:pdf, R:cap:ocr
+        client = aioredis.Redis.from_url(settings.url)
+        registry = Registry(client, coordinator_settings)
+        try:
+            assert await registry.reindex(count=5) >= 1  # slices of R:agents (one if small)
+            assert await registry.reindex() == 0  # the layout says it is done
+        finally:
+            await registry.aclose()
+            await client.aclose()
+        assert await r.get(keys.layout()) == "2"
+        # proof the sets are what is read now: the role's own set emptied, same answer
+        await r.delete(keys.role_index("worker"))
+        found = [a.name for a in await bus.discover(role="worker", capabilities=["pdf", "ocr"])]
+        assert found == want

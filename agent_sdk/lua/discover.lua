@@ -9,9 +9,13 @@
 -- ARGV[5] limit (0 = no limit)
 -- ARGV[6] the deadlines zset (R:deadlines, same slot as the records)
 -- ARGV[7] the leases zset (R:leases, same slot)
--- ARGV[8 ..] the record fields to return, in this order; the first three must be
+-- ARGV[8] n_comp: 0, or how many keys end KEYS (after the tag sets): R:layout, then the
+--         role x capability sets (R:role:<r>:cap:<c>) of the query's one role and its
+--         capabilities; when R:layout is '2' (every record is in them) the candidates are
+--         their intersection instead of the role's and capabilities' (fewer names to look up)
+-- ARGV[9 ..] the record fields to return, in this order; the first three must be
 --         'name', 'status', 'load'
--- Returns one JSON text: an array with one array per match, the HMGET values in ARGV[8 ..]
+-- Returns one JSON text: an array with one array per match, the HMGET values in ARGV[9 ..]
 -- order (false for an absent field), then the name's deadline (ms, or false): its own, or its
 -- host's lease's (the record's `lease` field); a lease is renewed without writing the records,
 -- so the last renewal is deadline - ttl_ms. One bulk string instead of a nested reply: about the same
@@ -23,8 +27,9 @@ local n_all = tonumber(ARGV[2])
 local max_load = tonumber(ARGV[4])
 local limit = tonumber(ARGV[5])
 local deadlines, leases = ARGV[6], ARGV[7]
+local n_comp = tonumber(ARGV[8])
 local fields = {}
-for i = 8, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 9, #ARGV do fields[#fields + 1] = ARGV[i] end
 local lease_deadline = {}
 
 local statuses = nil
@@ -34,8 +39,12 @@ if ARGV[3] ~= '' then
 end
 
 local candidates
-local n_tags = #KEYS - n_all
-if n_all == 0 then
+local n_tags = #KEYS - n_all - n_comp
+if n_comp > 0 and redis.call('GET', KEYS[#KEYS - n_comp + 1]) == '2' then
+  local sets = {}
+  for i = #KEYS - n_comp + 2, #KEYS do sets[#sets + 1] = KEYS[i] end
+  candidates = #sets == 1 and redis.call('SMEMBERS', sets[1]) or redis.call('SINTER', unpack(sets))
+elseif n_all == 0 then
   candidates = redis.call('SUNION', unpack(KEYS))
   n_tags = 0
 elseif n_all == 1 then
@@ -51,7 +60,7 @@ for _, name in ipairs(candidates) do
   local keep = true
   if n_tags > 0 then
     keep = false
-    for i = n_all + 1, #KEYS do
+    for i = n_all + 1, n_all + n_tags do
       if redis.call('SISMEMBER', KEYS[i], name) == 1 then keep = true break end
     end
   end

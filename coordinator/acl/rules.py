@@ -108,7 +108,7 @@ def _agent_rules(ident: Identity, keys: KeySpace) -> list[str]:
         root += [f"~{ns}:gateway:*", f"%R~{keys.deadletter()}"]
     registry = [  # what discovery reads (the deadlines: each match's last renewal)
         f"{reg}agent:*", f"{reg}agents", f"{reg}role:*", f"{reg}cap:*", f"{reg}tag:*",
-        f"{reg}deadlines", f"{reg}leases",
+        f"{reg}deadlines", f"{reg}leases", f"{reg}layout",
     ]  # fmt: skip
     scripts = _sel(
         "+evalsha", "+evalsha_ro", *own, *proofs, *targets, *(f"~{k}" for k in registry),

@@ -80,8 +80,12 @@ end
 -- remove a record (given as a table of its hash fields) from every index and delete it
 local function unindex(name, h)
   redis.call('SREM', P.agents, name)
-  if h.role then redis.call('SREM', P.role .. h.role, name) end
-  for _, c in ipairs(json_list(h.capabilities)) do redis.call('SREM', P.cap .. c, name) end
+  local caps = json_list(h.capabilities)
+  if h.role then
+    redis.call('SREM', P.role .. h.role, name)
+    for _, c in ipairs(caps) do redis.call('SREM', P.role .. h.role .. ':cap:' .. c, name) end
+  end
+  for _, c in ipairs(caps) do redis.call('SREM', P.cap .. c, name) end
   for _, t in ipairs(json_list(h.tags)) do redis.call('SREM', P.tag .. t, name) end
   if h.lease then redis.call('SREM', P.lease .. h.lease, name) end
   redis.call('ZREM', P.deadlines, name)

@@ -234,7 +234,10 @@ local function announce(p)
   redis.call('SADD', P.agents, name)
   if new.lease then redis.call('SADD', P.lease .. new.lease, name) end
   redis.call('SADD', P.role .. new.role, name)
-  for _, c in ipairs(json_list(new.capabilities)) do redis.call('SADD', P.cap .. c, name) end
+  for _, c in ipairs(json_list(new.capabilities)) do
+    redis.call('SADD', P.cap .. c, name)
+    redis.call('SADD', P.role .. new.role .. ':cap:' .. c, name)  -- the role x capability set
+  end
   for _, t in ipairs(json_list(new.tags)) do redis.call('SADD', P.tag .. t, name) end
   if new.lease then
     redis.call('ZADD', P.leases, 'GT', deadline, new.lease)

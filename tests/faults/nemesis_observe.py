@@ -50,6 +50,7 @@ def index_keys(keys: KeySpace, roles: set[str], caps: set[str], tags: set[str]) 
     return sorted(
         {keys.role_index(r) for r in roles}
         | {keys.capability_index(c) for c in caps}
+        | {keys.role_capability_index(r, c) for r in roles for c in caps}
         | {keys.tag_index(t) for t in tags}
     )
 

@@ -81,6 +81,7 @@ class RegistryChecks:
                 self.v.add("index", f"lease:{name}", f"{name}'s lease {lease} has no deadline", at)
             for c in _json_list(rec.get("capabilities")):
                 expected[k.capability_index(c)].add(name)
+                expected[k.role_capability_index(rec.get("role", ""), c)].add(name)
             for t in _json_list(rec.get("tags")):
                 expected[k.tag_index(t)].add(name)
         actual = {**snap.indexes, k.agents(): snap.agents, k.deadlines(): snap.deadlines}

@@ -44,10 +44,19 @@ def snapshot(at: float, records: dict[str, dict[str, str]], **overrides: Any) ->
         "agents": names,
         "deadlines": names,
         "leases": frozenset(),
-        "indexes": {KEYS.role_index("r"): names, KEYS.capability_index("c"): names},
+        "indexes": {
+            KEYS.role_index("r"): names,
+            KEYS.capability_index("c"): names,
+            KEYS.role_capability_index("r", "c"): names,
+        },
         "records": records,
         "keys": frozenset(
-            {KEYS.record(n) for n in names} | {KEYS.role_index("r"), KEYS.capability_index("c")}
+            {KEYS.record(n) for n in names}
+            | {
+                KEYS.role_index("r"),
+                KEYS.capability_index("c"),
+                KEYS.role_capability_index("r", "c"),
+            }
             if names
             else set()
         ),
@@ -91,7 +100,11 @@ def test_index_checks_pass_a_consistent_registry_and_catch_each_kind_of_drift() 
         2.0,
         {"a": record("i1")},
         agents=frozenset({"a", "ghost"}),  # a member without a record
-        indexes={KEYS.role_index("r"): frozenset({"a"}), KEYS.capability_index("c"): frozenset()},
+        indexes={
+            KEYS.role_index("r"): frozenset({"a"}),
+            KEYS.capability_index("c"): frozenset(),
+            KEYS.role_capability_index("r", "c"): frozenset({"a"}),
+        },
         keys=frozenset({KEYS.record("a"), KEYS.tag_index("old")}),  # a stray index
     )
     checks.check_indexes(drifted)
