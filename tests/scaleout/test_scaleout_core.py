@@ -30,6 +30,10 @@ async def test_register_heartbeat_expire(scaled: Settings, scaled_coordinator: C
         ):
             await silent.register()
             assert {a.name for a in await bus.discover(capabilities="x")} == {"alpha", "silent"}
+            # one role and capabilities: the role x capability sets, once the layout says so
+            await wait_for(lambda: _layout(r, scaled), message="the registry's layout")
+            found = await bus.discover(role="worker", capabilities="x")
+            assert {a.name for a in found} == {"alpha", "silent"}
             seen = (await bus.discover(role="worker"))[0].last_seen
             await wait_for(lambda: _last_seen_moved(bus, seen), timeout=5, message="a heartbeat")
 
@@ -48,6 +52,10 @@ async def test_register_heartbeat_expire(scaled: Settings, scaled_coordinator: C
             assert [a.name for a in await bus.discover(role="worker")] == ["alpha"]
     finally:
         await r.aclose()
+
+
+async def _layout(r: Any, settings: Settings) -> bool:
+    return bool(await r.get(settings.keys.layout()) == "2")
 
 
 async def _last_seen_moved(bus: Bus, before: Any) -> bool:
