@@ -14,7 +14,9 @@ early, so one agent of a 10,000-agent host changing its status does not send the
   carries a single agent whose own reply list (named after it) is the host's (a lone ``Agent``:
   the wire of protocol 1), else a ``lease`` (docs/PROTOCOL.md, "Hosts") whose ``reply_to`` is
   the host's reply list: a member whose status and load the registry already has is renewed by
-  name (``renew``, protocol 2.1: the host's lease holds it), any other goes as a full beat.
+  name (``renew``: the host's lease holds it), any other goes as a full beat; every entry says
+  how many members the host carries (``members``, protocol 2.2: the lease's one deadline is
+  extended without checking the names when the lease holds as many).
   When Redis took the entry, every member in it renews its fence from the time it was sent.
 
 The loop never dies on an error: it logs, backs off and continues (``agent_sdk.retry``); a

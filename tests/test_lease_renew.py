@@ -228,6 +228,7 @@ async def test_a_host_renews_unchanged_agents_and_beats_changed_ones(
     assert full["lease"] == host.lease
     assert full["beats"] == []
     assert {n for n, _ in full["renew"]} == {"r-0", "r-1", "r-2"}
+    assert full["members"] == 3  # the lease's set holds as many: its deadline alone moves
 
 
 async def _field(r: aioredis.Redis, key: str, field: str, value: str) -> bool:
