@@ -79,11 +79,13 @@ class Heartbeats:
         self.sent = 0
         self._send_lock = asyncio.Lock()
 
-    def add(self, member: Membership) -> None:
-        """Carry ``member``: its first heartbeat goes out at once (with the other members added
-        meanwhile, not with every member of the host)."""
+    def add(self, member: Membership, *, urgent: bool = True) -> None:
+        """Carry ``member``: with ``urgent``, its first heartbeat goes out at once (with the
+        other members added meanwhile, not with every member of the host); else with the loop's
+        next round."""
         self.members[member.card.name] = member
-        self.wake(member)
+        if urgent:
+            self.wake(member)
 
     def remove(self, member: Membership) -> None:
         """Stop carrying ``member`` (a re-announcement under way is left to finish)."""

@@ -347,14 +347,19 @@ class Membership:
             self._beats.wake(self)  # a heartbeat at once renews the fence
 
     async def start(self, beats: Heartbeats) -> None:
-        """Be carried by the host's heartbeat loop (after ``announce`` succeeded): a heartbeat
-        goes out at once. Its fence runs from when that heartbeat (or the announce) was sent;
-        the stall check from now: behind a backlog (a fleet starting at once) the answer may
-        come more than a TTL after the announce left, which is no stall."""
+        """Be carried by the host's heartbeat loop (after ``announce`` succeeded). Its fence
+        runs from when the announce was sent; the stall check from now: behind a backlog (a
+        fleet starting at once) the answer may come more than a TTL after the announce left,
+        which is no stall. A heartbeat goes out at once only if the answer took longer than an
+        interval (the fence would lapse before the loop's next round) or the status or load
+        changed meanwhile; else the loop's next round carries it (the registry's deadline runs
+        a TTL from when it applied the announce)."""
         if self._beats is None and self.fence.lost is None:
-            self.last_ok = time.monotonic()
+            now = time.monotonic()
+            self.last_ok = now
             self._beats = beats
-            beats.add(self)  # wakes the loop
+            late = now - self._announced_at > self.settings.heartbeat_interval
+            beats.add(self, urgent=late or self.reported != (self.status.value, self.load))
 
     async def stop(self) -> None:
         """Stop heartbeating (before ``leave``)."""
