@@ -32,6 +32,7 @@ __all__ = ["FIELD_ORDER", "Discovery", "StatusFilter", "decode_record", "normali
 StatusFilter = AgentStatus | str | Iterable[AgentStatus | str] | None
 
 _SCRIPT = resources.files("agent_sdk").joinpath("lua/discover.lua").read_text()
+_GET = resources.files("agent_sdk").joinpath("lua/get.lua").read_text()
 _RECORD_FIELDS = frozenset(AgentRecord.model_fields)
 #: The fields discover.lua reads (HMGET), in the order ``_from_row`` unpacks them; the script
 #: requires ``name``, ``status``, ``load`` first. Checked against ``AgentRecord`` just below.
@@ -235,6 +236,7 @@ class Discovery:
         self.settings = settings
         self.keys = settings.keys
         self._script = client.register_script(_SCRIPT)
+        self._get = client.register_script(_GET)
 
     async def discover(
         self,
@@ -297,16 +299,13 @@ class Discovery:
         """The live agent called ``name``, or ``None``."""
         _identifiers(name, "name")
         with redis_errors(self.settings, f"reading agent {name!r}"):
-            async with self.client.pipeline(transaction=False) as pipe:
-                pipe.hgetall(self.keys.record(name))
-                pipe.zscore(self.keys.deadlines(), name)
-                raw, deadline = await pipe.execute()
-            if not raw:
-                return None
-            fields = {_text(k): _text(v) for k, v in raw.items()}
-            if deadline is None and "lease" in fields:  # it lives by its host's lease
-                deadline = await self.client.zscore(self.keys.leases(), fields["lease"])
-        return decode_record(fields, deadline)
+            k = self.keys
+            flat, deadline = await self._get(
+                keys=[k.record(name), k.deadlines(), k.leases()], args=[name]
+            )
+        if not flat:
+            return None
+        return decode_record(flat, None if deadline is None else float(deadline))
 
 
 def _text(value: bytes | str) -> str:
