@@ -30,14 +30,16 @@ import contextlib
 import logging
 import time
 
+import orjson
 import redis.asyncio as aioredis
 
 from agent_sdk.membership import Membership, xadd_control
+from agent_sdk.messaging.codec import Outgoing
 from agent_sdk.retry import keep_running, retrying
 from agent_sdk.settings import Settings
 from agent_sdk.tasks import cancel_all, cancel_and_wait
 from schemas.agent import ControlType
-from schemas.envelope import Envelope, Kind
+from schemas.envelope import Kind
 
 __all__ = ["LEASE_MAX_BEATS", "Heartbeats"]
 
@@ -238,12 +240,12 @@ class Heartbeats:
             if lease is not None:
                 payload.update(lease=lease, ttl_ms=self.settings.ttl_ms, renew=renew,
                                members=len(self.members))  # fmt: skip
-            env = Envelope(  # schemas.agent.Lease, built without validating our own values
+            env = Outgoing(  # schemas.agent.Lease, built without validating our own values
+                ControlType.LEASE.value,
+                self.host,
+                orjson.dumps(payload),
                 kind=Kind.CONTROL,
-                type=ControlType.LEASE.value,
-                sender=self.host,
                 reply_to=self.reply_to,
-                payload=payload,
             )
             doing = f"sending the lease of host {self.host!r} ({len(part)} agents)"
             await xadd_control(self.client, self.settings, env, doing)

@@ -30,15 +30,16 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
 from agent_sdk.connection import redis_errors
 from agent_sdk.fence import Fence
 from agent_sdk.messaging.batcher import Batcher, Op
+from agent_sdk.messaging.codec import Outgoing
 from agent_sdk.messaging.scripts import registered, script_text
 from agent_sdk.replies import ReplyRouter
 from agent_sdk.settings import Settings
@@ -47,10 +48,9 @@ from schemas.agent import (
     AgentRecord,
     AgentStatus,
     ControlType,
-    Heartbeat,
     Leave,
 )
-from schemas.envelope import Envelope, Kind, encode_fields, utcnow
+from schemas.envelope import Envelope, Kind
 from schemas.errors import (
     ErrorCode,
     NameLost,
@@ -133,17 +133,19 @@ class Membership:
     # -- control envelopes -------------------------------------------------------------------
     def _control(
         self, ctype: ControlType, payload: Any, *, reply: bool, timeout: float
-    ) -> Envelope:
-        return Envelope(
+    ) -> Outgoing:
+        """A control envelope from this instance (built by the send path's encoder: its
+        values are ours, validated already)."""
+        return Outgoing(
+            ctype.value,
+            self.card.name,
+            orjson.dumps(payload),
             kind=Kind.CONTROL,
-            type=ctype.value,
-            sender=self.card.name,
             reply_to=self.router.key if reply else None,
-            deadline=utcnow() + timedelta(seconds=timeout) if reply else None,
-            payload=payload,
+            timeout=timeout if reply else None,
         )
 
-    async def _xadd(self, env: Envelope, doing: str) -> None:
+    async def _xadd(self, env: Outgoing, doing: str) -> None:
         await xadd_control(self.client, self.settings, env, doing, batcher=self.batcher)
 
     # -- announce ----------------------------------------------------------------------------
@@ -205,8 +207,9 @@ class Membership:
 
     async def _announce_attempt(self) -> AgentRecord:
         timeout = self.settings.announce_timeout
-        env = self._control(ControlType.ANNOUNCE, self.announce_payload(), reply=True,
-                            timeout=timeout)  # fmt: skip
+        env = self._control(
+            ControlType.ANNOUNCE, self.announce_payload(), reply=True, timeout=timeout
+        )
         answer = self.router.expect(env.id)
         sent = time.monotonic()
         try:
@@ -305,18 +308,15 @@ class Membership:
         """This instance's line of a heartbeat: name, instance id, load, status, epoch."""
         return (self.card.name, self.instance_id, self.load, self.status.value, self.fence.epoch)
 
-    def heartbeat_envelope(self) -> Envelope:
-        """A ``heartbeat`` of this instance alone (what a host of one sends)."""
-        payload = Heartbeat(
-            instance_id=self.instance_id, load=self.load, status=self.status,
-            epoch=self.fence.epoch,
-        )  # fmt: skip
-        return self._control(
-            ControlType.HEARTBEAT,
-            payload.model_dump(mode="json", exclude_none=True),
-            reply=False,
-            timeout=0,
-        )
+    def heartbeat_envelope(self) -> Outgoing:
+        """A ``heartbeat`` of this instance alone (what a host of one sends):
+        ``schemas.agent.Heartbeat``, built from our own values."""
+        payload: dict[str, Any] = {
+            "instance_id": self.instance_id, "load": self.load, "status": self.status.value,
+        }  # fmt: skip
+        if self.fence.epoch is not None:
+            payload["epoch"] = self.fence.epoch
+        return self._control(ControlType.HEARTBEAT, payload, reply=False, timeout=0)
 
     def beat_sent(self, sent_at: float) -> None:
         """A heartbeat carrying this instance, sent at ``sent_at``, reached Redis."""
@@ -417,7 +417,7 @@ class Membership:
 async def xadd_control(
     client: aioredis.Redis,
     settings: Settings,
-    env: Envelope,
+    env: Outgoing,
     doing: str,
     *,
     batcher: Batcher | None = None,
@@ -425,9 +425,9 @@ async def xadd_control(
     """Append a control envelope to the control stream (capped like the coordinators cap it);
     through ``batcher`` when given (concurrent entries share a round trip); in acl mode through
     ``xadd_proved.lua``, proved under the envelope's sender."""
+    flat = env.stream_args()
     if settings.secure:
         keys = settings.keys
-        flat = [x for pair in encode_fields(env).items() for x in pair]
         script = registered(client, script_text("xadd_proved"))
         script_keys = [keys.control(), keys.proofs(env.sender)]
         args = [CONTROL_MAXLEN, settings.proof_keep * 1000, "", *flat]
@@ -440,19 +440,17 @@ async def xadd_control(
             except NoScriptError:  # Redis restarted, or SCRIPT FLUSH
                 await script(keys=script_keys, args=args)
         return
+    command = ("XADD", settings.keys.control(), "MAXLEN", "~", CONTROL_MAXLEN, "*", *flat)
     with redis_errors(settings, doing):
         if batcher is None:
             await client.xadd(
                 settings.keys.control(),
-                encode_fields(env),  # type: ignore[arg-type]
+                env.stream_fields(),
                 maxlen=CONTROL_MAXLEN,
                 approximate=True,
             )
             return
-        flat = [x for pair in encode_fields(env).items() for x in pair]
-        await batcher.run(
-            Op(("XADD", settings.keys.control(), "MAXLEN", "~", CONTROL_MAXLEN, "*", *flat))
-        )
+        await batcher.run(Op(command))
 
 
 def _text(value: bytes | str) -> str:

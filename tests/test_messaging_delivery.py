@@ -162,6 +162,38 @@ async def test_takeover_of_entries_left_by_the_previous_instance(
         assert (await r.xpending(inbox, "agent"))["pending"] == 0
 
 
+async def test_a_name_new_to_redis_needs_no_takeover(
+    settings: Settings, r: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The join made the inbox's group: nothing is pending there and no consumer was left,
+    so nothing is claimed or pruned (a burst of new agents costs no round trip each); what
+    was queued before the agent existed is still delivered."""
+    from agent_sdk.messaging.consumer import Consumer
+
+    pruned: list[str] = []
+    real_prune = Consumer.prune_consumers
+
+    async def prune(self: Consumer, s: Any, idle_limit: int | None = None) -> list[str]:
+        pruned.append(s.key)
+        return await real_prune(self, s, idle_limit)
+
+    monkeypatch.setattr(Consumer, "prune_consumers", prune)
+    got: list[Any] = []
+    inbox = settings.keys.inbox("w")
+    async with node(settings, "c", "client", r=r) as c:
+        await c.send("w", "job", {"n": 1}, queue_if_absent=True)  # a stream with no group yet
+        async with node(settings, "w", r=r) as w:
+
+            @w.on("job")
+            async def job(payload: Any) -> None:
+                got.append(payload["n"])
+
+            await wait_for(lambda: got == [1], timeout=5)
+            assert w.consumer is not None
+            assert w.consumer not in w.consumer.reader._takeovers
+            assert inbox not in pruned
+
+
 async def test_poison_entries_are_dead_lettered_and_the_reader_goes_on(
     settings: Settings, r: aioredis.Redis
 ) -> None:

@@ -265,8 +265,14 @@ class Reader:
                     if exists:
                         await self._add_source(fam, p)
         self._consumers[consumer] = None
+        # a group this join created has no pending entries and no consumers: nothing to take
+        # over there (a name new to Redis, the usual case, costs no claim and no prune)
+        created = {src for src, result in zip(new, results, strict=False)
+                   if not isinstance(result, Exception)}  # fmt: skip
         inbox = self.sources.families[consumer.inbox.key]
-        self._takeovers[consumer] = [(src, "0-0") for src in inbox.sources.values()]
+        left = [(src, "0-0") for src in inbox.sources.values() if src not in created]
+        if left:
+            self._takeovers[consumer] = left
         for family_key in consumer.families:
             self.sources.mark_family(self.sources.families[family_key])
         self._wake.set()
