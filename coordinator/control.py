@@ -431,8 +431,8 @@ class ControlConsumer:
     async def _prepare(self, entries: list[Entry], *, overlap: bool = False) -> _Prepared:
         """Check every entry and sort it into script batches (or answer it): no I/O. The ids
         are in hand from here until ``_finish`` is done. With ``overlap`` the event loop gets
-        a turn every ``_OVERLAP_EVERY`` entries, so a script being sent (hundreds of KB) goes
-        out while we work and Redis runs it meanwhile."""
+        a turn before the first entry and every ``_OVERLAP_EVERY`` entries, so the script of
+        the batch in hand (hundreds of KB) goes out while we work and Redis runs it meanwhile."""
         ids = [_text(raw_id) for raw_id, _ in entries]
         self.in_hand.update(ids)
         try:
@@ -442,7 +442,9 @@ class ControlConsumer:
             batches = [_Batch()]
             unproved: list[tuple[str, dict[bytes, bytes]]] = []  # refused in bulk (authn)
             for i, (eid, (_, fields)) in enumerate(zip(ids, entries, strict=True)):
-                if overlap and i % _OVERLAP_EVERY == _OVERLAP_EVERY - 1:
+                if overlap and i % _OVERLAP_EVERY == 0:
+                    # first before any work: the script call of the batch in hand was only
+                    # scheduled; it goes out now, and Redis runs it while we check these
                     await asyncio.sleep(0)
                 if fields is None:  # deleted while pending: nothing to apply
                     out.acks.append(eid)

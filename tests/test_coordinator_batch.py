@@ -6,6 +6,7 @@ entries of a test are certainly applied as one batch.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -17,7 +18,7 @@ from redis.exceptions import ResponseError
 
 from agent_sdk.connection import make_client
 from coordinator import Coordinator, CoordinatorSettings
-from coordinator.control import ControlConsumer, Entry
+from coordinator.control import ANSWER_CHUNK, ControlConsumer, Entry
 from coordinator.registry import ControlBatch, ControlResult, Registry
 from coordinator.stats import CoordinatorStats
 from schemas.envelope import Envelope, encode_json
@@ -324,3 +325,41 @@ async def test_backlog_read_ahead_keeps_stream_order(
     expected = ["agent_registered"] * 10 + ["agent_updated"] * 10
     expected += ["agent_deregistered"] * 5 + ["agent_registered"] * 2
     assert types == expected
+
+
+async def test_a_slice_script_goes_out_before_the_next_slice_is_checked(
+    consumer: ControlConsumer, r: aioredis.Redis, keys: KeySpace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A burst of announcements is answered a slice at a time; Redis runs a slice's script
+    while the next slice is checked (before, the next slice was checked first whenever it held
+    fewer than 32 entries: Python and Redis took turns)."""
+    order: list[str] = []
+    real_apply = CountingRegistry.apply
+    real_entry = ControlConsumer._entry
+
+    async def apply(self: CountingRegistry, batch: ControlBatch) -> ControlResult:
+        order.append("apply")
+        return await real_apply(self, batch)
+
+    def entry(self: ControlConsumer, eid: str, fields: Any, batch: Any, out: Any) -> None:
+        order.append("check")
+        real_entry(self, eid, fields, batch, out)
+
+    monkeypatch.setattr(CountingRegistry, "apply", apply)
+    monkeypatch.setattr(ControlConsumer, "_entry", entry)
+    later = Later(r, keys)
+    for i in range(2 * ANSWER_CHUNK + 1):
+        await later.announce(FakeAgent(r, keys, f"s{i}"))
+    stopping = asyncio.Event()
+    running = asyncio.create_task(consumer.run(stopping))
+    try:
+
+        async def all_applied() -> bool:
+            return await nothing_pending(r, keys) and len(await r.smembers(keys.agents())) == 33
+
+        await wait_for(all_applied, message="the burst applied")
+    finally:
+        stopping.set()
+        await running
+    assert order[: order.index("apply")] == ["check"] * ANSWER_CHUNK
+    assert order.count("apply") == 3
