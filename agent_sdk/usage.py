@@ -55,7 +55,7 @@ from agent_sdk.tasks import cancel_and_wait
 if TYPE_CHECKING:
     from agent_sdk.messaging.batcher import Batcher
     from agent_sdk.usage_flusher import UsageFlusher
-from schemas.envelope import format_time, utcnow
+from schemas.envelope import format_ms, format_time, utcnow
 
 __all__ = [
     "BUCKETS_MS",
@@ -136,7 +136,7 @@ class UsageRecorder:
         #: The instance counted ("": none, the hash is only added to, never cleared).
         self.instance_id = instance_id
         self.interval = interval
-        self.started_at = _iso()
+        self.started_at = format_ms(time.time_ns() // 1_000_000)  # _iso(), cheaper
         self._pending: dict[str, _Delta] = defaultdict(_Delta)
         self._task: asyncio.Task[None] | None = None
         self._claimed = not instance_id  # the hash is ours (cleared for this instance)

@@ -97,23 +97,12 @@ class Consumer:
             client, settings, scripts, name=name, handlers=handlers, ack=self._ack,
             batcher=reply_batcher, on_retry=self._retry_later,
         )  # fmt: skip
-        #: Handlers of stream entries, no task per entry. A slot is handed back when its
-        #: handler returns, before the reply or ack round trip: up to ``max_concurrency``
-        #: handlers run while as many entries may still be settling, hence twice the workers.
-        self.entries: WorkerPool[tuple[StreamState, str, Fields, int]] = WorkerPool(
-            self._process_item, workers=2 * max_concurrency, what="entry handler"
-        )
-        #: Handlers of broadcasts (pub/sub): a bounded queue and a few workers.
-        self.live: WorkerPool[Message] = WorkerPool(
-            self.dispatcher.live, queue_max=BROADCAST_QUEUE_MAX, workers=BROADCAST_WORKERS,
-            what="broadcast handler",
-        )  # fmt: skip
-        #: Requests sent with ``durable=False`` (pub/sub, at-most-once): a bounded queue,
-        #: ``max_concurrency`` workers of their own.
-        self.direct: WorkerPool[Message] = WorkerPool(
-            self._direct_item, queue_max=BROADCAST_QUEUE_MAX, workers=max_concurrency,
-            what="direct request handler",
-        )  # fmt: skip
+        # The handler pools are made when first needed: many agents of a host never get a
+        # broadcast or a direct request, and a pool is ~2 KB (10,000 agents: ~60 MB for three)
+        self._max_concurrency = max_concurrency
+        self._entries: WorkerPool[tuple[StreamState, str, Fields, int]] | None = None
+        self._live: WorkerPool[Message] | None = None
+        self._direct: WorkerPool[Message] | None = None
         #: Entries read beyond the free slots (a read asks for one more than it has room for,
         #: so that it knows whether the stream holds more without reading it again).
         self.parked: deque[tuple[StreamState, str, Fields, int]] = deque()
@@ -132,6 +121,39 @@ class Consumer:
 
     def __repr__(self) -> str:
         return f"Consumer({self.name!r}, {self.instance_id!r})"
+
+    # -- handler pools (made on first use) -----------------------------------------------------
+    @property
+    def entries(self) -> WorkerPool[tuple[StreamState, str, Fields, int]]:
+        """Handlers of stream entries, no task per entry. A slot is handed back when its
+        handler returns, before the reply or ack round trip: up to ``max_concurrency``
+        handlers run while as many entries may still be settling, hence twice the workers."""
+        if self._entries is None:
+            self._entries = WorkerPool(
+                self._process_item, workers=2 * self._max_concurrency, what="entry handler"
+            )
+        return self._entries
+
+    @property
+    def live(self) -> WorkerPool[Message]:
+        """Handlers of broadcasts (pub/sub): a bounded queue and a few workers."""
+        if self._live is None:
+            self._live = WorkerPool(
+                self.dispatcher.live, queue_max=BROADCAST_QUEUE_MAX, workers=BROADCAST_WORKERS,
+                what="broadcast handler",
+            )  # fmt: skip
+        return self._live
+
+    @property
+    def direct(self) -> WorkerPool[Message]:
+        """Requests sent with ``durable=False`` (pub/sub, at-most-once): a bounded queue,
+        ``max_concurrency`` workers of their own."""
+        if self._direct is None:
+            self._direct = WorkerPool(
+                self._direct_item, queue_max=BROADCAST_QUEUE_MAX,
+                workers=self._max_concurrency, what="direct request handler",
+            )  # fmt: skip
+        return self._direct
 
     # -- lifecycle -----------------------------------------------------------------------------
     def prepare(self, channels: dict[str, ChannelCallback] | None = None) -> None:
@@ -174,9 +196,8 @@ class Consumer:
         for st, eid, _, _ in self.parked:  # never started: handed back below (role) or left
             st.held.discard(eid)  # pending for the name's next instance (inbox)
         self.parked.clear()
-        await asyncio.gather(
-            self.entries.stop(grace), self.live.stop(grace), self.direct.stop(grace)
-        )
+        pools = (self._entries, self._live, self._direct)
+        await asyncio.gather(*(pool.stop(grace) for pool in pools if pool is not None))
         if self._fence_watch is not None:
             await cancel_and_wait(self._fence_watch)
         try:

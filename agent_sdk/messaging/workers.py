@@ -47,6 +47,9 @@ class WorkerPool(Generic[T]):
     ``asyncio.Queue`` does, less its per-item bookkeeping (≈ 1 µs an item).
     """
 
+    __slots__ = ("_idle", "_max_workers", "_poked", "_queue", "_queue_max", "_run", "_settled",
+                 "_waiting", "_what", "_workers", "dropped")  # fmt: skip
+
     def __init__(
         self,
         run: Callable[[T], Awaitable[None]],
