@@ -313,7 +313,7 @@ class Agent(Lookups, Verbs):
             self.bus.client, self.settings, self.card, self.instance_id, self.router,
             fence=self.fence, on_lost=self._name_was_lost,
             batcher=self.host.plane.send_batcher if self.host.plane is not None else None,
-            lease=self.host.lease,
+            lease=self.host.lease, writer=self.host.control,
         )  # fmt: skip
         membership.status, membership.load = self._status, self._load
         self._membership = membership

@@ -38,6 +38,7 @@ from agent_sdk.messaging.codec import Outgoing
 from agent_sdk.retry import keep_running, retrying
 from agent_sdk.settings import Settings
 from agent_sdk.tasks import cancel_all, cancel_and_wait
+from agent_sdk.writethrough import WriteThrough
 from schemas.agent import ControlType
 from schemas.envelope import Kind
 
@@ -63,8 +64,11 @@ class Heartbeats:
         host: str,
         reply_to: str,
         lease: str | None = None,
+        writer: WriteThrough | None = None,
     ) -> None:
         self.client = client
+        #: The host's control connection (its entries written at once), if it has one.
+        self.writer = writer
         self.settings = settings
         self.host = host
         self.reply_to = reply_to
@@ -222,7 +226,7 @@ class Heartbeats:
         if len(due) == 1 and alone:
             env = only.heartbeat_envelope()
             doing = f"sending a heartbeat for {only.card.name!r}"
-            await xadd_control(self.client, self.settings, env, doing)
+            await xadd_control(self.client, self.settings, env, doing, writer=self.writer)
             self.sent += 1
             return
         lease = self.lease
@@ -248,7 +252,7 @@ class Heartbeats:
                 reply_to=self.reply_to,
             )
             doing = f"sending the lease of host {self.host!r} ({len(part)} agents)"
-            await xadd_control(self.client, self.settings, env, doing)
+            await xadd_control(self.client, self.settings, env, doing, writer=self.writer)
             for m, values in changed:
                 m.reported = values
             self.sent += 1

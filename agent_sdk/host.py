@@ -16,8 +16,8 @@ target), ONE heartbeat loop that carries every agent in one control entry per in
 ``lease``, docs/PROTOCOL.md "Hosts"), and ONE data plane (``agent_sdk.messaging.plane``): one
 reader for every inbox and role queue (woken by doorbells), one connection for acks, one send
 batcher, one reply batcher and one pub/sub connection. Its connections do not grow with the
-number of agents: ``HELD_CONNECTIONS`` held for good, plus ``command_connections`` (2) for
-commands in between (registrations, discovery, heartbeats): 8 in all. Each agent still has its
+number of agents: ``HELD_CONNECTIONS`` held for good, plus ``command_connections`` (1) for
+commands in between (discovery, the checks of a leave): 8 in all. Each agent still has its
 own card, instance id, epoch, fence (``agent_sdk.fence``), handler slots and consumer name: one
 agent losing its name stops that agent only, and one slow handler holds only its own agent's
 slots.
@@ -37,6 +37,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from agent_sdk.bus import Bus, resolve_settings
+from agent_sdk.connection import is_cluster
 from agent_sdk.heartbeats import Heartbeats
 from agent_sdk.messaging import Messaging
 from agent_sdk.messaging.plane import Plane
@@ -45,6 +46,7 @@ from agent_sdk.replies import ReplyRouter
 from agent_sdk.settings import Settings
 from agent_sdk.usage_flusher import UsageFlusher
 from agent_sdk.verbs import Lookups, Verbs
+from agent_sdk.writethrough import WriteThrough
 from schemas.agent import ControlType
 from schemas.envelope import Envelope, new_id
 from schemas.errors import InvalidInput, NameLost
@@ -61,8 +63,8 @@ log = logging.getLogger("agentbus.host")
 START_WAVE = 250
 
 #: Connections a running host holds for good: its reply list's blocking read, the reader, the
-#: acks, the send and reply batchers, and pub/sub.
-HELD_CONNECTIONS = 6
+#: acks, the send and reply batchers, pub/sub, and its control connection (``control``).
+HELD_CONNECTIONS = 7
 
 
 class Host(Lookups, Verbs):
@@ -80,7 +82,7 @@ class Host(Lookups, Verbs):
         bus: Bus | None = None,
         max_agents: int = 100_000,
         instance_id: str | None = None,
-        command_connections: int = 2,
+        command_connections: int = 1,
         **overrides: Any,
     ) -> None:
         if bus is not None and (settings is not None or overrides):
@@ -112,6 +114,12 @@ class Host(Lookups, Verbs):
             owner=self.name,
         )
         self.heartbeats: Heartbeats | None = None
+        #: Its control connection: the announcements, leaves and leases of its agents are
+        #: written on it as each is made, so the coordinator answers the first agents of a
+        #: burst while the host is still making the others (``agent_sdk.writethrough``). A
+        #: host of one, a cluster, acl mode and ``replica_acks`` send them in the data plane's
+        #: batches instead.
+        self.control: WriteThrough | None = None
         #: The data plane its agents share (exists once the host runs).
         self.plane: Plane | None = None
         #: Flushes the usage stats of every agent it carries, from one loop.
@@ -248,9 +256,15 @@ class Host(Lookups, Verbs):
             try:
                 await self.bus.start()
                 await self.router.start()
+                s = self.settings
+                if self.max_agents > 1 and not (
+                    s.secure or s.replica_acks or is_cluster(self.bus.client)
+                ):
+                    self.control = WriteThrough(self.bus.client)
+                    await self.control.start()
                 self.heartbeats = Heartbeats(
                     self.bus.client, self.settings, host=self.name, reply_to=self.router.key,
-                    lease=self.lease,
+                    lease=self.lease, writer=self.control,
                 )  # fmt: skip
                 await self.heartbeats.start()
                 self.plane = Plane(self.bus.client, self.settings)
@@ -286,6 +300,8 @@ class Host(Lookups, Verbs):
                 await self.plane.stop()
             if self.heartbeats is not None:
                 await self.heartbeats.stop()
+            if self.control is not None:
+                await self.control.aclose()
             await self.router.stop()
         finally:
             if self._owns_bus:

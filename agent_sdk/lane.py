@@ -35,7 +35,14 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError, ResponseError
 
-__all__ = ["UNREPLICATED_HOLD", "Lane", "hiredis_reader", "incomplete", "read_replies"]
+__all__ = [
+    "UNREPLICATED_HOLD",
+    "Lane",
+    "hiredis_reader",
+    "incomplete",
+    "read_replies",
+    "write_now",
+]
 
 Command = Sequence[Any]
 _READ_SIZE = 65_536
@@ -59,6 +66,18 @@ def hiredis_reader(conn: AbstractConnection) -> tuple[Any, Any] | None:
     if reader is None or stream is None or _NOT_ENOUGH_DATA is None:
         return None
     return reader, stream
+
+
+def write_now(conn: AbstractConnection, data: bytes) -> bool:
+    """Write ``data`` on ``conn`` now, in the caller's turn of the event loop (the transport
+    buffers what the socket does not take at once); False when the connection is not one that
+    can be written this way (closed, or another redis-py): send it with
+    ``send_packed_command`` then."""
+    writer = getattr(conn, "_writer", None)
+    if writer is None or writer.is_closing():
+        return False
+    writer.write(data)
+    return True
 
 
 async def read_replies(conn: AbstractConnection, n: int) -> list[Any]:

@@ -43,6 +43,7 @@ from agent_sdk.messaging.codec import Outgoing
 from agent_sdk.messaging.scripts import registered, script_text
 from agent_sdk.replies import ReplyRouter
 from agent_sdk.settings import Settings
+from agent_sdk.writethrough import WriteThrough
 from schemas.agent import (
     AgentCard,
     AgentRecord,
@@ -92,12 +93,15 @@ class Membership:
         on_lost: Callable[[NameLost], None] | None = None,
         batcher: Batcher | None = None,
         lease: str | None = None,
+        writer: WriteThrough | None = None,
     ) -> None:
         self.client = client
         self.settings = settings
         self.card = card
-        #: Control entries of agents starting together leave in one pipeline (the host's).
+        #: Control entries of agents starting together leave in one pipeline (the host's), or
+        #: each at once on the host's control connection (``writer``).
         self.batcher = batcher
+        self.writer = writer
         self.instance_id = instance_id
         self.router = router
         #: The instance's lease (read by its consumer before it handles anything).
@@ -146,7 +150,9 @@ class Membership:
         )
 
     async def _xadd(self, env: Outgoing, doing: str) -> None:
-        await xadd_control(self.client, self.settings, env, doing, batcher=self.batcher)
+        await xadd_control(
+            self.client, self.settings, env, doing, batcher=self.batcher, writer=self.writer
+        )
 
     # -- announce ----------------------------------------------------------------------------
     def announce_payload(self) -> dict[str, Any]:
@@ -421,10 +427,12 @@ async def xadd_control(
     doing: str,
     *,
     batcher: Batcher | None = None,
+    writer: WriteThrough | None = None,
 ) -> None:
-    """Append a control envelope to the control stream (capped like the coordinators cap it);
-    through ``batcher`` when given (concurrent entries share a round trip); in acl mode through
-    ``xadd_proved.lua``, proved under the envelope's sender."""
+    """Append a control envelope to the control stream (capped like the coordinators cap it):
+    written at once on ``writer`` when given (a host's control connection), else through
+    ``batcher`` when given (concurrent entries share a round trip); in acl mode through
+    ``xadd_proved.lua``, proved under the envelope's sender (a host has no ``writer`` then)."""
     flat = env.stream_args()
     if settings.secure:
         keys = settings.keys
@@ -442,6 +450,9 @@ async def xadd_control(
         return
     command = ("XADD", settings.keys.control(), "MAXLEN", "~", CONTROL_MAXLEN, "*", *flat)
     with redis_errors(settings, doing):
+        if writer is not None:
+            await writer.run(command)
+            return
         if batcher is None:
             await client.xadd(
                 settings.keys.control(),

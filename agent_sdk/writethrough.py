@@ -1,0 +1,179 @@
+"""A connection whose commands are written the moment they are submitted, answered in order.
+
+A ``Lane`` (and the batchers on it) runs one round trip at a time: what a burst submits in one
+turn of the event loop leaves in one write after the burst's turn ends. That is right for the
+data plane (fewer, larger writes), wrong for a host's control entries: 100 agents started at
+once spend their turn building themselves, and their announcements would reach the coordinator
+only after the last one is built. Written here as each is submitted, they reach Redis, and the
+coordinator, while the others are still being built: the coordinator works in parallel with the
+host instead of after it.
+
+``submit`` packs and writes a command at once when the connection is up and nothing submitted
+earlier is still unwritten (else it is queued, and written in order by the reading task); one
+task reads the replies in order and resolves each command's future (an error reply as its
+``ResponseError``). A broken connection is reconnected and the commands not answered yet are
+written again (at-least-once, as ``Lane`` retries); after ``_RECONNECTS`` failed attempts they
+fail with the connection error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+import hiredis
+import redis.asyncio as aioredis
+from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from agent_sdk.lane import read_replies, write_now
+from agent_sdk.tasks import cancel_and_wait
+
+__all__ = ["WriteThrough"]
+
+log = logging.getLogger("agentbus.writethrough")
+
+#: Reconnection attempts before the commands in hand fail, and the pause before each.
+_RECONNECTS = 3
+_BACKOFF = 0.05
+
+_BROKEN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+
+
+class _Item:
+    __slots__ = ("future", "packed", "written")
+
+    def __init__(self, packed: bytes, future: asyncio.Future[Any]) -> None:
+        self.packed = packed
+        self.future = future
+        self.written = False
+
+
+class WriteThrough:
+    """One connection of ``client``'s pool (from ``start`` to ``aclose``)."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.client = client
+        self._conn: AbstractConnection | None = None
+        self._items: deque[_Item] = deque()  # submitted, not answered, in order
+        self._unwritten = 0
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        #: Commands written in the caller's turn (the rest waited for the reading task).
+        self.written_now = 0
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="agentbus-writethrough")
+
+    def submit(self, command: Sequence[Any]) -> asyncio.Future[Any]:
+        """Write ``command`` now if possible; its reply (a future)."""
+        if self._task is None:
+            raise RuntimeError("WriteThrough is not started")
+        item = _Item(
+            hiredis.pack_command(tuple(command)), asyncio.get_running_loop().create_future()
+        )
+        self._items.append(item)
+        conn = self._conn
+        if not self._unwritten and conn is not None and write_now(conn, item.packed):
+            item.written = True
+            self.written_now += 1
+        else:
+            self._unwritten += 1
+        self._wake.set()
+        return item.future
+
+    async def run(self, command: Sequence[Any]) -> Any:
+        """Write ``command`` now if possible and return its reply; an error reply is raised."""
+        reply = await self.submit(command)
+        return reply
+
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            if not self._items:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            try:
+                conn = await self._connection()
+                if self._unwritten:
+                    await self._write_unwritten(conn)
+                (reply,) = await read_replies(conn, 1)
+            except _BROKEN as e:
+                failures += 1
+                await self._broken(e, failures)
+                continue
+            failures = 0
+            item = self._items.popleft()
+            if item.future.done():  # its caller gave up (cancelled)
+                continue
+            if isinstance(reply, ResponseError):
+                item.future.set_exception(reply)
+            else:
+                item.future.set_result(reply)
+
+    async def _connection(self) -> AbstractConnection:
+        if self._conn is None:
+            self._conn = await self.client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
+        if not self._conn.is_connected:
+            await self._conn.connect()
+        return self._conn
+
+    async def _write_unwritten(self, conn: AbstractConnection) -> None:
+        """Write what is queued, in order, before anything submitted later is written."""
+        while self._unwritten:
+            batch = [item for item in self._items if not item.written]
+            data = b"".join(item.packed for item in batch)
+            if not write_now(conn, data):  # not writable in this turn: the public API (awaits;
+                await conn.send_packed_command(data, check_health=False)  # what comes meanwhile
+            for item in batch:  # is queued behind, and written by the next pass)
+                item.written = True
+            self._unwritten -= len(batch)
+
+    async def _broken(self, error: Exception, failures: int) -> None:
+        """The connection broke: everything not answered is written again on a new one, or
+        fails after ``_RECONNECTS`` attempts."""
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                await self._conn.disconnect()
+        for item in self._items:
+            item.written = False
+        self._unwritten = len(self._items)
+        if failures > _RECONNECTS:
+            log.warning("control connection lost (%s); %d command(s) failed", error,
+                        len(self._items))  # fmt: skip
+            items, self._items = self._items, deque()
+            self._unwritten = 0
+            for item in items:
+                if not item.future.done():
+                    item.future.set_exception(RedisConnectionError(f"connection lost: {error}"))
+            return
+        await asyncio.sleep(_BACKOFF * failures)
+
+    async def aclose(self) -> None:
+        """Stop reading; commands not answered fail; the connection goes back to the pool."""
+        task, self._task = self._task, None
+        if task is not None:
+            await cancel_and_wait(task)
+        items, self._items = self._items, deque()
+        self._unwritten = 0
+        for item in items:
+            if not item.future.done():
+                item.future.set_exception(RedisConnectionError("the control connection closed"))
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            if items:  # replies may still come: never hand it back as it is
+                with contextlib.suppress(Exception):
+                    await conn.disconnect()
+            await self.client.connection_pool.release(conn)
