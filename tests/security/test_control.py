@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import orjson
 import pytest
 
 from agent_sdk import Agent
@@ -83,12 +84,13 @@ async def _lease_as_mallory(world: World, payload: dict[str, Any]) -> None:
     """A ``lease`` entry written and proved as mallory's own (her user, her name)."""
     from agent_sdk.connection import make_client
     from agent_sdk.membership import xadd_control
-    from schemas.envelope import Envelope
+    from agent_sdk.messaging.codec import Outgoing
+    from schemas.envelope import Kind
 
     settings = world.settings("mallory")
     client = make_client(settings)
     try:
-        env = Envelope(kind="control", type="lease", sender="mallory", payload=payload)
+        env = Outgoing("lease", "mallory", orjson.dumps(payload), kind=Kind.CONTROL)
         await xadd_control(client, settings, env, "leasing")
     finally:
         await client.aclose()

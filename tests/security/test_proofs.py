@@ -10,10 +10,11 @@ import redis.asyncio as aioredis
 
 from agent_sdk.connection import make_client
 from agent_sdk.membership import xadd_control
+from agent_sdk.messaging.codec import Outgoing
 from agent_sdk.messaging.scripts import script_text
 from agent_sdk.security import proof_digest
 from agent_sdk.settings import Settings
-from schemas.envelope import Envelope
+from schemas.envelope import Kind
 from schemas.keys import AGENT_GROUP, KeySpace
 
 KEEP_MS = 60_000
@@ -55,7 +56,7 @@ async def test_a_proved_control_entry_survives_a_script_flush(
 ) -> None:
     secure = settings.model_copy(update={"security": "acl"})
     client = make_client(secure)
-    env = Envelope(kind="control", type="heartbeat", sender="alice", payload={"load": 0})
+    env = Outgoing("heartbeat", "alice", b'{"load":0}', kind=Kind.CONTROL)
     try:
         await xadd_control(client, secure, env, "beating")
         await r.script_flush()  # Redis restarted, say: EVALSHA gets NOSCRIPT, the script loads
