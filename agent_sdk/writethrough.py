@@ -8,12 +8,14 @@ only after the last one is built. Written here as each is submitted, they reach 
 coordinator, while the others are still being built: the coordinator works in parallel with the
 host instead of after it.
 
-``submit`` packs and writes a command at once when the connection is up and nothing submitted
-earlier is still unwritten (else it is queued, and written in order by the reading task); one
-task reads the replies in order and resolves each command's future (an error reply as its
-``ResponseError``). A broken connection is reconnected and the commands not answered yet are
-written again (at-least-once, as ``Lane`` retries); after ``_RECONNECTS`` failed attempts they
-fail with the connection error.
+``submit`` packs a command and writes it at once, with whatever was queued before it, unless
+the last write was less than ``_COALESCE`` seconds ago: then it is queued, and goes with the
+next write (a later ``submit``, or the reading task's once the turn ends). A burst thus writes
+every half millisecond or so instead of once per command (a write is a system call), and a
+command alone goes at once. One task reads the replies in order and resolves each command's
+future (an error reply as its ``ResponseError``). A broken connection is reconnected and the
+commands not answered yet are written again (at-least-once, as ``Lane`` retries); after
+``_RECONNECTS`` failed attempts they fail with the connection error.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
@@ -42,17 +45,18 @@ log = logging.getLogger("agentbus.writethrough")
 #: Reconnection attempts before the commands in hand fail, and the pause before each.
 _RECONNECTS = 3
 _BACKOFF = 0.05
+#: A command submitted less than this long (seconds) after the last write waits for the next.
+_COALESCE = 0.0005
 
 _BROKEN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 
 
 class _Item:
-    __slots__ = ("future", "packed", "written")
+    __slots__ = ("future", "packed")
 
     def __init__(self, packed: bytes, future: asyncio.Future[Any]) -> None:
         self.packed = packed
         self.future = future
-        self.written = False
 
 
 class WriteThrough:
@@ -61,12 +65,15 @@ class WriteThrough:
     def __init__(self, client: aioredis.Redis) -> None:
         self.client = client
         self._conn: AbstractConnection | None = None
-        self._items: deque[_Item] = deque()  # submitted, not answered, in order
-        self._unwritten = 0
+        #: Submitted and not answered, in order; the last ones (``_queued``) not written yet.
+        self._items: deque[_Item] = deque()
+        self._queued: list[_Item] = []
+        self._writing = False  # the reading task is in an awaited write
+        self._last_write = 0.0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        #: Commands written in the caller's turn (the rest waited for the reading task).
-        self.written_now = 0
+        #: Writes made in a submitter's turn (the rest were the reading task's).
+        self.writes_now = 0
 
     @property
     def running(self) -> bool:
@@ -77,26 +84,30 @@ class WriteThrough:
             self._task = asyncio.create_task(self._run(), name="agentbus-writethrough")
 
     def submit(self, command: Sequence[Any]) -> asyncio.Future[Any]:
-        """Write ``command`` now if possible; its reply (a future)."""
+        """Write ``command`` now (or with the next write, if the last was just now); its reply
+        (a future)."""
         if self._task is None:
             raise RuntimeError("WriteThrough is not started")
-        item = _Item(
-            hiredis.pack_command(tuple(command)), asyncio.get_running_loop().create_future()
-        )
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        item = _Item(hiredis.pack_command(tuple(command)), future)
         self._items.append(item)
+        self._queued.append(item)
         conn = self._conn
-        if not self._unwritten and conn is not None and write_now(conn, item.packed):
-            item.written = True
-            self.written_now += 1
-        else:
-            self._unwritten += 1
+        if conn is not None and not self._writing:
+            now = time.monotonic()
+            if now - self._last_write >= _COALESCE:
+                queued = self._queued
+                data = queued[0].packed if len(queued) == 1 else b"".join(i.packed for i in queued)
+                if write_now(conn, data):
+                    self._queued = []
+                    self._last_write = now
+                    self.writes_now += 1
         self._wake.set()
-        return item.future
+        return future
 
     async def run(self, command: Sequence[Any]) -> Any:
-        """Write ``command`` now if possible and return its reply; an error reply is raised."""
-        reply = await self.submit(command)
-        return reply
+        """Write ``command`` (``submit``) and return its reply; an error reply is raised."""
+        return await self.submit(command)
 
     async def _run(self) -> None:
         failures = 0
@@ -107,8 +118,7 @@ class WriteThrough:
                 continue
             try:
                 conn = await self._connection()
-                if self._unwritten:
-                    await self._write_unwritten(conn)
+                await self._write_queued(conn)
                 (reply,) = await read_replies(conn, 1)
             except _BROKEN as e:
                 failures += 1
@@ -130,16 +140,18 @@ class WriteThrough:
             await self._conn.connect()
         return self._conn
 
-    async def _write_unwritten(self, conn: AbstractConnection) -> None:
-        """Write what is queued, in order, before anything submitted later is written."""
-        while self._unwritten:
-            batch = [item for item in self._items if not item.written]
+    async def _write_queued(self, conn: AbstractConnection) -> None:
+        """Write what is queued, in order (what is submitted meanwhile queues behind)."""
+        while self._queued:
+            batch, self._queued = self._queued, []
             data = b"".join(item.packed for item in batch)
-            if not write_now(conn, data):  # not writable in this turn: the public API (awaits;
-                await conn.send_packed_command(data, check_health=False)  # what comes meanwhile
-            for item in batch:  # is queued behind, and written by the next pass)
-                item.written = True
-            self._unwritten -= len(batch)
+            if not write_now(conn, data):  # not writable in this turn: the public API
+                self._writing = True
+                try:
+                    await conn.send_packed_command(data, check_health=False)
+                finally:
+                    self._writing = False
+            self._last_write = time.monotonic()
 
     async def _broken(self, error: Exception, failures: int) -> None:
         """The connection broke: everything not answered is written again on a new one, or
@@ -147,14 +159,11 @@ class WriteThrough:
         if self._conn is not None:
             with contextlib.suppress(Exception):
                 await self._conn.disconnect()
-        for item in self._items:
-            item.written = False
-        self._unwritten = len(self._items)
+        self._queued = list(self._items)
         if failures > _RECONNECTS:
             log.warning("control connection lost (%s); %d command(s) failed", error,
                         len(self._items))  # fmt: skip
-            items, self._items = self._items, deque()
-            self._unwritten = 0
+            items, self._items, self._queued = self._items, deque(), []
             for item in items:
                 if not item.future.done():
                     item.future.set_exception(RedisConnectionError(f"connection lost: {error}"))
@@ -166,8 +175,7 @@ class WriteThrough:
         task, self._task = self._task, None
         if task is not None:
             await cancel_and_wait(task)
-        items, self._items = self._items, deque()
-        self._unwritten = 0
+        items, self._items, self._queued = self._items, deque(), []
         for item in items:
             if not item.future.done():
                 item.future.set_exception(RedisConnectionError("the control connection closed"))

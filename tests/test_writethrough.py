@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
+from agent_sdk import writethrough
 from agent_sdk.connection import make_client
 from agent_sdk.settings import Settings
 from agent_sdk.writethrough import WriteThrough
@@ -29,11 +30,12 @@ async def writer(settings: Settings) -> AsyncIterator[WriteThrough]:
 
 
 async def test_commands_reach_redis_before_the_submitting_turn_ends(
-    writer: WriteThrough, settings: Settings
+    writer: WriteThrough, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """What a burst submits in one turn is on the wire while the burst goes on: a blocking
     read by another client, made in the same turn (the event loop cannot run meanwhile), gets
     what was submitted just before it."""
+    monkeypatch.setattr(writethrough, "_COALESCE", 0.0)  # every submit writes
     key = f"{settings.namespace}:wt"
     assert await writer.run(("PING",)) in (b"PONG", "PONG")  # connected
     other = redis.Redis.from_url(settings.url)
@@ -46,6 +48,20 @@ async def test_commands_reach_redis_before_the_submitting_turn_ends(
         assert other.llen(key) == 100
     finally:
         other.close()
+
+
+async def test_commands_submitted_right_after_a_write_go_with_the_next(
+    writer: WriteThrough, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Within ``_COALESCE`` of a write, commands queue (one system call for many); the reading
+    task writes them once the turn ends, in order."""
+    await writer.run(("PING",))  # connected
+    monkeypatch.setattr(writethrough, "_COALESCE", 3600.0)
+    writes = writer.writes_now
+    key = f"{settings.namespace}:wt-coalesce"
+    futures = [writer.submit(("RPUSH", key, str(i))) for i in range(50)]
+    assert [await f for f in futures] == list(range(1, 51))
+    assert writer.writes_now == writes  # none written in the submitting turn: all in one
 
 
 async def test_an_error_reply_fails_its_command_only(
