@@ -144,8 +144,8 @@ async def host_worker(ctx: WorkerContext, url: str, ns: str, spec: HostSpec, com
     host = Host(settings(url, ns, spec.heartbeat, spec.ttl, spec.announce_timeout), name=spec.name)
     held = asyncio.Event()  # never set: a held item is never finished
 
-    def make(i: int, prefix: str) -> Any:
-        card = card_for(i, prefix)
+    def make(i: int, prefix: str, card: Any = None) -> Any:
+        card = card or card_for(i, prefix)
         agent = host.agent(
             f"{prefix}-{i}", spec.role or card.role, capabilities=card.capabilities,
             tags=card.tags, max_concurrency=spec.max_concurrency,
@@ -180,11 +180,13 @@ async def host_worker(ctx: WorkerContext, url: str, ns: str, spec: HostSpec, com
             ctx.put({"register_s": time.perf_counter() - t0, "agents": len(host.agents)})
         elif cmd[0] == "add":
             first, added = added, added + cmd[1]
+            # the bench's own cards (what a server knows already) are made before the clock
+            cards = {i: card_for(i, f"{spec.prefix}-u") for i in range(first, added)}
 
-            async def timed(i: int) -> tuple[float, dict[str, float]]:
+            async def timed(i: int, card: Any) -> tuple[float, dict[str, float]]:
                 # as a server adding an agent per request: made and started in the same task
                 t = time.perf_counter()
-                agent = make(i, f"{spec.prefix}-u")
+                agent = make(i, f"{spec.prefix}-u", card)
                 made = time.perf_counter()
                 await agent.start()
                 spent = phases.take(asyncio.current_task())
@@ -195,7 +197,7 @@ async def host_worker(ctx: WorkerContext, url: str, ns: str, spec: HostSpec, com
             ticker = asyncio.create_task(_loop_lag(lags))
             cpu0 = time.process_time()
             results = await asyncio.gather(
-                *(asyncio.create_task(timed(i)) for i in range(first, added))
+                *(asyncio.create_task(timed(i, cards[i])) for i in range(first, added))
             )
             ticker.cancel()
             ctx.put({

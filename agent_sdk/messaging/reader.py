@@ -217,8 +217,13 @@ class Reader:
         listen.update(dict.fromkeys(bells, self._on_bell))
         families = self.sources.families
         wanted: list[tuple[Family, list[Priority]]] = []  # priority streams not read here yet
+        joined = {src.family for src in new}
         for k in consumer.families:
             fam = families[k]
+            if fam not in joined:
+                # read here already: its priority streams were looked for when it was
+                # joined, and one made since rings its doorbell (``_on_bell`` adds it)
+                continue
             missing = [p for p in PRIORITIES if p not in fam.sources]
             if missing:
                 wanted.append((fam, missing))
