@@ -15,7 +15,8 @@ every half millisecond or so instead of once per command (a write is a system ca
 command alone goes at once. One task reads the replies in order and resolves each command's
 future (an error reply as its ``ResponseError``). A broken connection is reconnected and the
 commands not answered yet are written again (at-least-once, as ``Lane`` retries); after
-``_RECONNECTS`` failed attempts they fail with the connection error.
+``_RECONNECTS`` failed attempts they fail with the connection error. A ``READONLY`` reply (the
+master was demoted) counts as a broken connection: the next one goes to the new master.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import hiredis
 import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from agent_sdk.lane import read_replies, write_now
@@ -120,6 +121,10 @@ class WriteThrough:
                 conn = await self._connection()
                 await self._write_queued(conn)
                 (reply,) = await read_replies(conn, 1)
+                if isinstance(reply, ReadOnlyError):
+                    # the server was demoted (a Sentinel failover): nothing was written there;
+                    # reconnecting asks the sentinels for the new master (as ``Lane`` does)
+                    raise RedisConnectionError("Redis is a read-only replica now; reconnecting")
             except _BROKEN as e:
                 failures += 1
                 await self._broken(e, failures)

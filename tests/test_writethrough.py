@@ -15,6 +15,7 @@ from redis.exceptions import ResponseError
 
 from agent_sdk import writethrough
 from agent_sdk.connection import make_client
+from agent_sdk.embedded import RedisServer
 from agent_sdk.settings import Settings
 from agent_sdk.writethrough import WriteThrough
 
@@ -106,3 +107,27 @@ async def test_close_fails_what_was_not_answered(settings: Settings) -> None:
         await blocked
     with pytest.raises(RuntimeError):
         w.submit(("PING",))
+
+
+async def test_a_demoted_server_is_a_broken_connection_not_an_error_reply(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A ``READONLY`` reply (a Sentinel failover demoted the master) is retried on a new
+    connection, as a broken one is; a server that stays read-only fails the command with a
+    connection error, which the SDK reports as Redis being unavailable."""
+    monkeypatch.setattr(writethrough, "_BACKOFF", 0.001)
+    with RedisServer() as server:
+        client = aioredis.Redis.from_url(server.url)
+        w = WriteThrough(client)
+        await w.start()
+        try:
+            assert await w.run(("SET", "k", "1")) in (b"OK", True)
+            # a replica of nothing that answers: writes are refused with READONLY from now on
+            await client.execute_command("REPLICAOF", "127.0.0.1", "1")
+            with pytest.raises(RedisConnectionError, match="read-only"):
+                await w.run(("SET", "k", "2"))
+            await client.execute_command("REPLICAOF", "NO", "ONE")
+            assert await w.run(("GET", "k")) == b"1"
+        finally:
+            await w.aclose()
+            await client.aclose()
