@@ -81,7 +81,11 @@ class WriteThrough:
         return self._task is not None
 
     async def start(self) -> None:
+        """Connect (so that the first burst is written as it is made, too) and start reading;
+        if Redis cannot be reached now, the first command connects."""
         if self._task is None:
+            with contextlib.suppress(*_BROKEN):
+                await self._connection()
             self._task = asyncio.create_task(self._run(), name="agentbus-writethrough")
 
     def submit(self, command: Sequence[Any]) -> asyncio.Future[Any]:
