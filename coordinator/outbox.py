@@ -27,7 +27,7 @@ from agent_sdk.security import publish_digest
 from coordinator.settings import CoordinatorSettings
 from coordinator.validation import is_identifier
 from schemas.agent import ControlType
-from schemas.envelope import Kind, format_time, new_id, utcnow
+from schemas.envelope import Kind, format_ms, new_id
 from schemas.errors import ErrorCode, ErrorInfo
 
 __all__ = [
@@ -51,13 +51,14 @@ def _reply_plain(
     type: str, kind: Kind, target: str | None, correlation_id: str | None
 ) -> dict[str, Any]:
     # the keys and their order of schemas.envelope.encode_json (no reply_to, deadline, headers)
+    ms = time.time_ns() // 1_000_000  # one clock read for the id and sent_at, as Outgoing
     out: dict[str, Any] = {
         "v": 1,
-        "id": new_id(),
+        "id": new_id(ms),
         "kind": kind.value,
         "type": type,
         "sender": COORDINATOR_SENDER,
-        "sent_at": format_time(utcnow()),
+        "sent_at": format_ms(ms),
     }
     if target is not None:
         out["target"] = target

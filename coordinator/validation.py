@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from pydantic import ValidationError
 
 from schemas.agent import MAX_RECORD_BYTES, AgentStatus, Announce
+from schemas.envelope import format_ms
 from schemas.errors import ErrorCode, ErrorInfo, validation_summary
 
 __all__ = [
@@ -58,8 +58,7 @@ def is_identifier(value: str) -> bool:
 
 def iso_ms(ms: int) -> str:
     """Milliseconds since the epoch as ISO-8601 UTC with milliseconds (the Lua scripts' form)."""
-    dt = datetime.fromtimestamp(ms / 1000, UTC)
-    return dt.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return format_ms(ms)
 
 
 def _plain_control(
@@ -253,9 +252,14 @@ def prepare_announce(payload: Any, entry_ms: int) -> PreparedAnnounce | ErrorInf
     fields: dict[str, str] = {}
     size = 0
     for key, value in plain.items():
-        text = orjson.dumps(value).decode() if isinstance(value, (list, dict)) else str(value)
+        if type(value) is str:  # most of them: the exact type is the cheapest check
+            text = value
+        elif isinstance(value, (list, dict)):
+            text = orjson.dumps(value).decode()
+        else:
+            text = str(value)
         fields[key] = text
-        size += len(key) + len(text.encode())
+        size += len(key) + (len(text) if text.isascii() else len(text.encode()))
     if size > MAX_RECORD_BYTES:
         return ErrorInfo(
             code=ErrorCode.TOO_LARGE,
