@@ -15,7 +15,9 @@ A host owns the Redis client (a ``Bus``), ONE reply list read by one loop (annou
 target), ONE heartbeat loop that carries every agent in one control entry per interval (a
 ``lease``, docs/PROTOCOL.md "Hosts"), and ONE data plane (``agent_sdk.messaging.plane``): one
 reader for every inbox and role queue (woken by doorbells), one connection for acks, one send
-batcher, one reply batcher and one pub/sub connection. Its connections do not grow with the
+batcher, one reply batcher and one pub/sub connection; and ONE control connection, on which its
+agents' announcements, leaves and leases are written as they are made
+(``agent_sdk.writethrough``). Its connections do not grow with the
 number of agents: ``HELD_CONNECTIONS`` held for good, plus ``command_connections`` (1) for
 commands in between (discovery, the checks of a leave): 8 in all. Each agent still has its
 own card, instance id, epoch, fence (``agent_sdk.fence``), handler slots and consumer name: one
