@@ -66,6 +66,9 @@ class WriteThrough:
     def __init__(self, client: aioredis.Redis) -> None:
         self.client = client
         self._conn: AbstractConnection | None = None
+        #: Connected, its handshake done: a submitter may write on it (never in the middle of
+        #: a (re)connection's handshake, whose replies would then be read as ours).
+        self._ready = False
         #: Submitted and not answered, in order; the last ones (``_queued``) not written yet.
         self._items: deque[_Item] = deque()
         self._queued: list[_Item] = []
@@ -98,7 +101,7 @@ class WriteThrough:
         self._items.append(item)
         self._queued.append(item)
         conn = self._conn
-        if conn is not None and not self._writing:
+        if conn is not None and self._ready and not self._writing:
             now = time.monotonic()
             if now - self._last_write >= _COALESCE:
                 queued = self._queued
@@ -143,11 +146,16 @@ class WriteThrough:
                 item.future.set_result(reply)
 
     async def _connection(self) -> AbstractConnection:
-        if self._conn is None:
-            self._conn = await self.client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
-        if not self._conn.is_connected:
-            await self._conn.connect()
-        return self._conn
+        conn = self._conn
+        if conn is not None and self._ready and conn.is_connected:
+            return conn
+        self._ready = False  # submitters queue until the handshake is done
+        if conn is None:
+            conn = self._conn = await self.client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
+        if not conn.is_connected:
+            await conn.connect()
+        self._ready = True
+        return conn
 
     async def _write_queued(self, conn: AbstractConnection) -> None:
         """Write what is queued, in order (what is submitted meanwhile queues behind)."""
@@ -165,6 +173,7 @@ class WriteThrough:
     async def _broken(self, error: Exception, failures: int) -> None:
         """The connection broke: everything not answered is written again on a new one, or
         fails after ``_RECONNECTS`` attempts."""
+        self._ready = False
         if self._conn is not None:
             with contextlib.suppress(Exception):
                 await self._conn.disconnect()
@@ -182,6 +191,7 @@ class WriteThrough:
     async def aclose(self) -> None:
         """Stop reading; commands not answered fail; the connection goes back to the pool."""
         task, self._task = self._task, None
+        self._ready = False
         if task is not None:
             await cancel_and_wait(task)
         items, self._items, self._queued = self._items, deque(), []
