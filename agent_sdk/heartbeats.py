@@ -53,6 +53,16 @@ LEASE_MAX_BEATS = 1000
 log = logging.getLogger("agentbus.heartbeats")
 
 
+class _Report:
+    """Members whose heartbeat ``send_now`` sends in one go, and its outcome."""
+
+    __slots__ = ("done", "members")
+
+    def __init__(self, done: asyncio.Future[None]) -> None:
+        self.members: dict[Membership, None] = {}
+        self.done = done
+
+
 class Heartbeats:
     """Heartbeats every member of one host. ``start``/``stop`` are idempotent."""
 
@@ -84,6 +94,9 @@ class Heartbeats:
         #: Entries written (a ``heartbeat`` or a ``lease``): for tests and stats.
         self.sent = 0
         self._send_lock = asyncio.Lock()
+        #: The next ``send_now`` report (members joining it until it is sent).
+        self._report: _Report | None = None
+        self._report_lock = asyncio.Lock()
 
     def add(self, member: Membership, *, urgent: bool = True) -> None:
         """Carry ``member``: with ``urgent``, its first heartbeat goes out at once (with the
@@ -113,11 +126,31 @@ class Heartbeats:
         self._wake.set()
 
     async def send_now(self, member: Membership) -> None:
-        """Heartbeat ``member`` alone, now, and return once Redis has it (its ``draining``
-        status before it leaves, which a wake-up could lose to the stop that follows)."""
-        attempt = time.monotonic()
-        await self._send([member])
-        member.beat_sent(attempt)
+        """Heartbeat ``member`` now and return once Redis has it (its ``draining`` status
+        before it leaves, which a wake-up could lose to the stop that follows). Members asking
+        while a report is under way go together in the next one: a host of 10,000 stopping
+        reports its agents in a few entries, not in 10,000 round trips one after the other."""
+        report = self._report
+        if report is None:
+            report = self._report = _Report(asyncio.get_running_loop().create_future())
+        report.members[member] = None
+        async with self._report_lock:  # one report at a time; the first caller in it sends it
+            if self._report is report:
+                self._report = None
+                attempt = time.monotonic()
+                try:
+                    await self._send(list(report.members))
+                except BaseException as e:
+                    # the others in it learn it failed (a cancelled sender: as not answered)
+                    failed = e if isinstance(e, Exception) else TimeoutError()
+                    report.done.set_exception(failed)
+                    report.done.exception()  # retrieved: the waiters, if any, raise it
+                    raise
+                for m in report.members:
+                    m.beat_sent(attempt)
+                report.done.set_result(None)
+                return
+        await report.done  # sent by another member's call
 
     async def start(self) -> None:
         if self._task is None:

@@ -222,6 +222,39 @@ async def test_an_agent_reports_draining_before_it_leaves(
     assert [u.changes.get("status") for u in updates] == [["ready", "draining"]]
 
 
+async def test_a_host_stopping_reports_its_agents_draining_together(
+    coordinator: Coordinator,
+    settings: Settings,
+    r: aioredis.Redis,
+    keys: KeySpace,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Agents stopping together report ``draining`` in shared entries (one report at a time,
+    joined by every agent that asked meanwhile), not one round trip each in a row: a host of
+    10,000 stopping used to run out of its 5 s bound for most of them."""
+    from agent_sdk.heartbeats import Heartbeats
+
+    reports: list[int] = []
+    real_send = Heartbeats._send
+
+    async def send(self: Heartbeats, due: list[Any]) -> None:
+        reports.append(len(due))
+        await real_send(self, due)
+
+    host = Host(settings, name="h-drain")
+    for i in range(60):
+        host.agent(f"d-{i}", "worker")
+    await host.start()
+    monkeypatch.setattr(Heartbeats, "_send", send)
+    await host.stop()
+    assert sum(reports) >= 60  # every agent's draining went out
+    assert len(reports) <= 10  # in a few reports, not 60 in a row
+    events = [e for e in await _events(r, keys) if e.name.startswith("d-")]
+    drained = {e.name for e in events if e.type is RegistryEventType.AGENT_UPDATED
+               and e.changes.get("status") == ["ready", "draining"]}  # fmt: skip
+    assert drained == {f"d-{i}" for i in range(60)}
+
+
 async def test_a_reader_whose_stream_is_deleted_recovers_without_a_traceback(
     coordinator: Coordinator,
     settings: Settings,
