@@ -75,6 +75,9 @@ log = logging.getLogger("agentbus.membership")
 CONTROL_MAXLEN = 300_000
 #: Longest wait (seconds) for the record to go after ``leave``.
 _LEAVE_WAIT_MAX = 2.0
+#: Seconds a leave waits for its answer before it also polls the record (an answer is lost
+#: only with a coordinator stopped mid-way, or one older than leave answers).
+_ACK_FIRST = 1.0
 #: Announcements refused as ``stale`` sent again at once, at most this many times in a row.
 _STALE_RETRIES = 3
 
@@ -399,8 +402,16 @@ class Membership:
             self.router.discard(env.id)
 
     async def _wait_gone(self, ack: asyncio.Future[Envelope] | None, wait: float) -> None:
+        """Until the leave's answer comes (``ack``) or the record is gone. With an answer on
+        its way the record is not polled for the first ``_ACK_FIRST`` seconds: a host of 10,000
+        stopping would otherwise poll 10,000 records every few ms while its leaves queue."""
         key = self._keys.record(self.card.name)
         give_up = time.monotonic() + wait
+        if ack is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(ack), min(_ACK_FIRST, wait))
+            if ack.done():
+                return
         pause = 0.002
         while time.monotonic() < give_up:
             with redis_errors(self.settings, "checking the leave"):
