@@ -136,7 +136,7 @@ class UsageRecorder:
         #: The instance counted ("": none, the hash is only added to, never cleared).
         self.instance_id = instance_id
         self.interval = interval
-        self.started_at = format_ms(time.time_ns() // 1_000_000)  # _iso(), cheaper
+        self.started_at = format_ms(time.time_ns() // 1_000_000)  # what _iso() gives, cheaper
         self._pending: dict[str, _Delta] = defaultdict(_Delta)
         self._task: asyncio.Task[None] | None = None
         self._claimed = not instance_id  # the hash is ours (cleared for this instance)

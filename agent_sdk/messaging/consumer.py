@@ -98,7 +98,8 @@ class Consumer:
             batcher=reply_batcher, on_retry=self._retry_later,
         )  # fmt: skip
         # The handler pools are made when first needed: many agents of a host never get a
-        # broadcast or a direct request, and a pool is ~2 KB (10,000 agents: ~60 MB for three)
+        # broadcast or a direct request (made lazily, a started hosted agent is 20.1 KB against
+        # 23.6: docs/BENCHMARKS.md, run F)
         self._max_concurrency = max_concurrency
         self._entries: WorkerPool[tuple[StreamState, str, Fields, int]] | None = None
         self._live: WorkerPool[Message] | None = None
