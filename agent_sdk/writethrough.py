@@ -135,6 +135,8 @@ class WriteThrough:
             except _BROKEN as e:
                 failures += 1
                 await self._broken(e, failures)
+                if not self._items:  # they failed: the next command gets its own attempts
+                    failures = 0
                 continue
             failures = 0
             item = self._items.popleft()
