@@ -107,6 +107,18 @@ class Client:
         return time.monotonic() - started
 
 
+async def gone(bus: Bus, old: set[str], since: str, timeout: float = 30.0) -> None:
+    """Until the instances ``old`` have left the registry, read off the change feed from the
+    revision ``since`` (taken before they were told to go)."""
+    left = set(old)
+    async with asyncio.timeout(timeout):
+        async for event in bus.watch(since, roles=["greeter"],
+                                     types=["agent_deregistered", "agent_expired"]):  # fmt: skip
+            left.discard(event.instance_id or "")
+            if not left:
+                return
+
+
 async def next_failure(bus: Bus, feed: str, after: Any) -> str:
     """The reason of the next ``plugin_failed`` event on the change feed after ``after``."""
     async with asyncio.timeout(30):
@@ -167,9 +179,12 @@ async def walk_through(bus: Bus, settings: Any, plugin: Path) -> int:
     client.start()
 
     print("\n== live reload: saving greeter 1.1.0")
+    old = {r.instance_id for r in await bus.discover(role="greeter")}
+    since: Any = (await bus.client.xinfo_stream(settings.keys.events()))["last-generated-id"]
     save(plugin, "1.1.0", "hi")
     took = await client.until_version("1.1.0")
     print(f"1.1.0 answers {took:.2f} s after the save (then 1.0.0 drains and leaves)")
+    await gone(bus, old, since.decode())  # until then a request may still reach 1.0.0
     print("greeter 1.1.0:", await bus.request(role="greeter", type="greet", payload="ada"))
 
     print("\n== rollback: saving a broken greeter 1.2.0")
