@@ -25,8 +25,9 @@ from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
+from redis.asyncio.connection import SSLConnection
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import Sentinel, SentinelManagedConnection
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import (
     AuthenticationError,
@@ -152,6 +153,7 @@ def make_client(
         client: aioredis.Redis = sentinel.master_for(
             target.master,
             redis_class=_SentinelMaster,
+            connection_class=_MasterSSLConnection if target.tls else _MasterConnection,
             db=target.db,
             max_connections=size,
             retry=_retry(settings),
@@ -186,6 +188,36 @@ class _SentinelMaster(aioredis.Redis):
         manager = getattr(self.connection_pool, "sentinel_manager", None)
         for sentinel in getattr(manager, "sentinels", ()):
             await sentinel.aclose()
+
+
+class _MasterConnection(SentinelManagedConnection):
+    """A connection to a Sentinel deployment's master that asks the sentinels where the master
+    is before every socket it opens.
+
+    redis-py asks them only in ``connect()``. A command that fails in flight (the master was
+    killed) is retried by reconnecting through ``connect_check_health``, which reuses the
+    address the connection had: the dead master's, refused on every attempt of the retry
+    policy, for seconds after the sentinels named a new master (measured under
+    ``tests/scaleout/test_failover.py``: a coordinator's read came back 2-3 s after its
+    sweeper, long enough for the fleet's heartbeats to miss the grace after a failover)."""
+
+    _resolved = False
+
+    async def connect_to(self, address: tuple[str, int]) -> None:
+        self._resolved = True  # redis-py's own path: the address was just asked for
+        try:
+            await super().connect_to(address)  # type: ignore[no-untyped-call]
+        finally:
+            self._resolved = False
+
+    async def _connect(self) -> None:
+        if not self._resolved and self.connection_pool.is_master:
+            self.host, self.port = await self.connection_pool.get_master_address()
+        await super()._connect()  # type: ignore[no-untyped-call]
+
+
+class _MasterSSLConnection(_MasterConnection, SSLConnection):
+    """``_MasterConnection`` over TLS (``rediss+sentinel://``)."""
 
 
 def is_cluster(client: Any) -> bool:

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import redis
 
 from agent_sdk import Agent, Bus, Settings
 from agent_sdk.connection import make_client
@@ -42,7 +43,8 @@ def _names(topo: LocalCluster | LocalSentinel, ns: str) -> list[str]:
     if isinstance(topo, LocalSentinel):
         return [f"svc-{i}" for i in range(4)]
     victim = topo.master_of(f"{ns}:{{registry}}:agents").port
-    same, other = [], []
+    same: list[str] = []
+    other: list[str] = []
     for i in range(200):
         name = f"svc-{i}"
         port = topo.master_of(f"{ns}:agent:{{{name}}}:inbox").port
@@ -131,3 +133,51 @@ async def test_master_killed_under_load(fresh: LocalCluster | LocalSentinel) -> 
             await asyncio.gather(*(a.stop() for a in agents), return_exceptions=True)
             with contextlib.suppress(Exception):
                 await r.aclose()
+
+
+async def test_command_in_flight_when_the_master_dies_is_retried_on_the_new_master() -> None:
+    """A blocking read in flight when the master is SIGKILLed is retried on the promoted
+    replica: redis-py alone retries it on the dead master's address until its retries run out
+    (it asks the sentinels only for a connection taken from the pool), which left a
+    coordinator's control reader seconds behind its sweeper after a failover."""
+    deployment = LocalSentinel()
+    deployment.start()
+    try:
+        settings = Settings(
+            redis_url=deployment.url, namespace=f"t{uuid.uuid4().hex[:10]}",
+            retry_attempts=8, retry_max_backoff=0.2,
+        )  # fmt: skip
+        reader: Any = make_client(settings)
+        writer = make_client(settings)
+        try:
+            stream = f"{settings.namespace}:in-flight"
+            await reader.ping()
+            read = asyncio.create_task(reader.xread({stream: "$"}, block=0))
+            await wait_for(
+                lambda: _blocked(deployment), timeout=10, message="the read blocking on the master"
+            )
+            await asyncio.to_thread(deployment.kill_and_wait_failover)
+            # retried on the dead master's address, it never blocks on the new one (and raises
+            # ConnectionError once its 8 commands x 8 connects are spent)
+            await wait_for(
+                lambda: _blocked(deployment),
+                timeout=30,
+                message="the read retried on the new master",
+            )
+            entry_id = await writer.xadd(stream, {"n": "1"})
+            got = await asyncio.wait_for(read, 10)
+            assert got[0][1][0][0] == entry_id
+        finally:
+            await reader.aclose()
+            await writer.aclose()
+    finally:
+        deployment.stop()
+
+
+def _blocked(deployment: LocalSentinel) -> bool:
+    """Whether a client of the master is blocked in a command."""
+    info = redis.Redis(port=deployment.master().port, decode_responses=True)
+    try:
+        return int(info.info("clients")["blocked_clients"]) > 0
+    finally:
+        info.close()
