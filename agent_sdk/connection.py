@@ -4,8 +4,8 @@
 exponential backoff (redis-py's own retry, which reconnects). The URL picks the topology
 (``agent_sdk.topology``): one server (``redis.asyncio.Redis``), a Redis Cluster
 (``redis.asyncio.RedisCluster``: redirections and topology refreshes are redis-py's) or a
-Sentinel deployment (a ``Redis`` over a ``SentinelConnectionPool``, which asks the sentinels for
-the master on every new connection and drops connections to a demoted one).
+Sentinel deployment (a ``Redis`` over a blocking ``SentinelConnectionPool``, whose connections
+ask the sentinels for the master before every socket they open and drop a demoted one).
 
 A ``RedisCluster`` is not a subclass of ``Redis``: it is returned typed as ``Redis`` because it
 offers the same commands, scripts and pipelines agentbus uses. The few places that need more
@@ -25,9 +25,9 @@ from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
-from redis.asyncio.connection import SSLConnection
+from redis.asyncio.connection import BlockingConnectionPool, SSLConnection
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel, SentinelManagedConnection
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import (
     AuthenticationError,
@@ -117,11 +117,11 @@ def make_client(
 ) -> aioredis.Redis:
     """An asyncio Redis client configured from ``settings`` (not yet connected).
 
-    On one server its pool blocks when all ``settings.max_connections`` connections are busy
-    (a caller waits up to ``settings.pool_timeout`` for one) instead of failing with "Too many
-    connections", so hundreds of concurrent sends share a bounded number of sockets. On a
-    cluster the bound is per node; under Sentinel the pool does not block (redis-py has no
-    blocking Sentinel pool): past the bound a call fails with ``ConnectionFailed``.
+    Its pool blocks when all ``settings.max_connections`` connections are busy (a caller waits
+    up to ``settings.pool_timeout`` for one) instead of failing with "Too many connections", so
+    hundreds of concurrent sends share a bounded number of sockets: on one server and under
+    Sentinel (``_BlockingSentinelPool``). On a cluster the bound is per node and redis-py's
+    cluster pool does not wait: past it a call fails with ``ConnectionFailed``.
     """
     target = settings.target
     size = max_connections or settings.max_connections
@@ -153,9 +153,11 @@ def make_client(
         client: aioredis.Redis = sentinel.master_for(
             target.master,
             redis_class=_SentinelMaster,
+            connection_pool_class=_BlockingSentinelPool,
             connection_class=_MasterSSLConnection if target.tls else _MasterConnection,
             db=target.db,
             max_connections=size,
+            timeout=settings.pool_timeout,
             retry=_retry(settings),
             health_check_interval=30,
             **common,
@@ -188,6 +190,13 @@ class _SentinelMaster(aioredis.Redis):
         manager = getattr(self.connection_pool, "sentinel_manager", None)
         for sentinel in getattr(manager, "sentinels", ()):
             await sentinel.aclose()
+
+
+class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
+    """redis-py's Sentinel pool with the blocking pool's waiting: past ``max_connections`` a
+    caller waits up to ``timeout`` for a connection instead of failing with "Too many
+    connections" (a host holds one command connection; after a failover its agents settling
+    at once, or its read loop, failed with it)."""
 
 
 class _MasterConnection(SentinelManagedConnection):
