@@ -25,9 +25,8 @@ from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
-from redis.asyncio.connection import BlockingConnectionPool, SSLConnection
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import (
     AuthenticationError,
@@ -39,6 +38,12 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from agent_sdk.pools import (
+    BlockingSentinelPool,
+    MasterConnection,
+    MasterSSLConnection,
+    WaitingCluster,
+)
 from agent_sdk.settings import Settings
 from agent_sdk.topology import Topology
 from schemas.errors import AuthFailed, ConnectionFailed, PermissionDenied
@@ -119,16 +124,16 @@ def make_client(
 
     Its pool blocks when all ``settings.max_connections`` connections are busy (a caller waits
     up to ``settings.pool_timeout`` for one) instead of failing with "Too many connections", so
-    hundreds of concurrent sends share a bounded number of sockets: on one server and under
-    Sentinel (``_BlockingSentinelPool``). On a cluster the bound is per node and redis-py's
-    cluster pool does not wait: past it a call fails with ``ConnectionFailed``.
+    hundreds of concurrent sends share a bounded number of sockets; on a cluster the bound is
+    per node (``agent_sdk.pools``: what redis-py's Sentinel and cluster pools lack).
     """
     target = settings.target
     size = max_connections or settings.max_connections
     if target.topology is Topology.CLUSTER:
-        cluster = RedisCluster(
+        cluster = WaitingCluster(
             startup_nodes=[ClusterNode(host, port) for host, port in target.nodes],
             max_connections=size,
+            pool_timeout=settings.pool_timeout,
             retry=_retry(settings),
             **_credentials(settings),
             **_common(settings, decode_responses),
@@ -153,8 +158,8 @@ def make_client(
         client: aioredis.Redis = sentinel.master_for(
             target.master,
             redis_class=_SentinelMaster,
-            connection_pool_class=_BlockingSentinelPool,
-            connection_class=_MasterSSLConnection if target.tls else _MasterConnection,
+            connection_pool_class=BlockingSentinelPool,
+            connection_class=MasterSSLConnection if target.tls else MasterConnection,
             db=target.db,
             max_connections=size,
             timeout=settings.pool_timeout,
@@ -190,43 +195,6 @@ class _SentinelMaster(aioredis.Redis):
         manager = getattr(self.connection_pool, "sentinel_manager", None)
         for sentinel in getattr(manager, "sentinels", ()):
             await sentinel.aclose()
-
-
-class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
-    """redis-py's Sentinel pool with the blocking pool's waiting: past ``max_connections`` a
-    caller waits up to ``timeout`` for a connection instead of failing with "Too many
-    connections" (a host holds one command connection; after a failover its agents settling
-    at once, or its read loop, failed with it)."""
-
-
-class _MasterConnection(SentinelManagedConnection):
-    """A connection to a Sentinel deployment's master that asks the sentinels where the master
-    is before every socket it opens.
-
-    redis-py asks them only in ``connect()``. A command that fails in flight (the master was
-    killed) is retried by reconnecting through ``connect_check_health``, which reuses the
-    address the connection had: the dead master's, refused on every attempt of the retry
-    policy, for seconds after the sentinels named a new master (measured under
-    ``tests/scaleout/test_failover.py``: a coordinator's read came back 2-3 s after its
-    sweeper, long enough for the fleet's heartbeats to miss the grace after a failover)."""
-
-    _resolved = False
-
-    async def connect_to(self, address: tuple[str, int]) -> None:
-        self._resolved = True  # redis-py's own path: the address was just asked for
-        try:
-            await super().connect_to(address)  # type: ignore[no-untyped-call]
-        finally:
-            self._resolved = False
-
-    async def _connect(self) -> None:
-        if not self._resolved and self.connection_pool.is_master:
-            self.host, self.port = await self.connection_pool.get_master_address()
-        await super()._connect()  # type: ignore[no-untyped-call]
-
-
-class _MasterSSLConnection(_MasterConnection, SSLConnection):
-    """``_MasterConnection`` over TLS (``rediss+sentinel://``)."""
 
 
 def is_cluster(client: Any) -> bool:

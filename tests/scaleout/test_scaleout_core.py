@@ -4,7 +4,6 @@ expiry, discovery, send and request by name and by role, priorities, broadcasts,
 from __future__ import annotations
 
 import asyncio
-import uuid
 from typing import Any
 
 import pytest
@@ -16,7 +15,6 @@ from coordinator import Coordinator
 from schemas.errors import AgentNotFound, NoResponders
 from tests.fake_agents import FakeAgent
 from tests.support import wait_for
-from tests.topologies import LocalSentinel
 
 
 async def test_register_heartbeat_expire(scaled: Settings, scaled_coordinator: Coordinator) -> None:
@@ -112,17 +110,15 @@ class contextlib_all:
         await asyncio.gather(*(a.stop() for a in self.agents))
 
 
-async def test_sentinel_pool_waits_for_a_connection_past_its_bound(
-    local_sentinel: LocalSentinel,
-) -> None:
+async def test_pool_waits_for_a_connection_past_its_bound(scaled: Settings) -> None:
     """Past ``max_connections`` a call waits for a connection (up to ``pool_timeout``) under
-    Sentinel as on one server, instead of failing with "Too many connections" (a host holds
-    one command connection: after a failover its agents settling at once failed with it)."""
-    settings = Settings(redis_url=local_sentinel.url, namespace=f"t{uuid.uuid4().hex[:10]}")
-    client: Any = make_client(settings, max_connections=1)
-    key = f"{settings.namespace}:pool-bound"
+    Sentinel and on a cluster as on one server, instead of failing with "Too many
+    connections" (a host holds one command connection: its agents settling at once on stop,
+    or after a failover, failed with it). redis-py's Sentinel and cluster pools do not wait."""
+    client: Any = make_client(scaled, max_connections=1)
+    key = f"{scaled.namespace}:pool-bound"
     try:
-        # 20 commands at once on a pool of one connection: each waits its turn
+        # 20 commands at once on a pool of one connection (per node): each waits its turn
         lengths = await asyncio.gather(*(client.rpush(key, i) for i in range(20)))
         assert sorted(lengths) == list(range(1, 21))
     finally:
