@@ -142,7 +142,7 @@ def _size_rows(ctx: Context, res: dict[str, Any], lone: Latency) -> None:
         f"{res['loop_blocked_s']:.2f} s in all (sleeps late by > 10 ms), at most "
         f"{res['loop_lag_max_s'] * 1e3:.0f} ms at once",
     ))  # fmt: skip
-    rr: dict[str, Latency] = res["rr"]
+    rr: dict[str, Any] = res["rr"]
     host_rr, lone_rr = rr["host"], rr["lone"]
     title = f"request-reply to one agent of a host of {n}, 2 processes, sequential"
     ctx.add(Row(
@@ -156,7 +156,8 @@ def _size_rows(ctx: Context, res: dict[str, Any], lone: Latency) -> None:
             key=f"host.{n}.rr.vs.nats_rr", title=title, value=host_rr,
             baseline_name="NATS request-reply (nats-py)", baseline=nats,
             target=target("ahead of NATS (p50)"), met=met(host_rr.p50 < nats.p50),
-            note=f"a lone agent: {lone_rr.text()} ({lone_rr.p50 / nats.p50:.2f}× NATS)",
+            note=f"a lone agent: {lone_rr.text()} ({lone_rr.p50 / nats.p50:.2f}× NATS); "
+            + _rounds_text(rr, "host", "nats_rr"),
         ))  # fmt: skip
     for key, name in (("pubsub_rr", "raw pub/sub reply"), ("lpush_blpop_rr", "raw LPUSH+BLPOP")):
         ctx.add(Row(key=f"host.{n}.rr.vs.{key}", title=title, value=host_rr,
@@ -168,8 +169,17 @@ def _size_rows(ctx: Context, res: dict[str, Any], lone: Latency) -> None:
             title=f"request-reply durable=False to one agent of a host of {n}",
             value=direct, baseline_name="NATS request-reply (nats-py)", baseline=nats,
             target=target("ahead of NATS (p50)"), met=met(direct.p50 < nats.p50),
-            note="the non-durable request mode (pub/sub both ways, at-most-once)",
+            note="the non-durable request mode (pub/sub both ways, at-most-once); "
+            + _rounds_text(rr, "host_direct", "nats_rr"),
         ))  # fmt: skip
+
+
+def _rounds_text(rr: dict[str, Any], kind: str, base: str) -> str:
+    """Each round's p50 of ``kind`` over ``base`` (the figures are the rounds' medians)."""
+    rounds = rr.get("rounds", {})
+    pairs = zip(rounds.get(kind, []), rounds.get(base, []), strict=False)
+    ratios = "/".join(f"{a / b:.2f}" for a, b in pairs if b)
+    return f"{len(rounds.get(kind, []))} interleaved rounds, p50 ratio per round {ratios}"
 
 
 def _failed_row(ctx: Context, res: dict[str, Any]) -> None:

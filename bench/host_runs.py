@@ -12,10 +12,13 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import random
 import signal
+import statistics
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import psutil
@@ -129,20 +132,56 @@ async def _rr_to(
     return Latency.from_ns(res["lat"])
 
 
+#: Rounds of the request-reply comparison (each with a third of the samples), in alternating
+#: order: a machine whose speed drifts over a minute (this one's does, by ±20 %) then weighs on
+#: every kind alike instead of on whichever ran last.
+RR_ROUNDS = 3
+
+
 async def _rr_side_by_side(
     url: str, ns: str, target: str, sizes: Sizes, loop: str, nats_url: str | None
-) -> dict[str, Latency]:
+) -> dict[str, Any]:
     """Request-reply to ``target`` (a hosted agent), to a lone agent, raw pub/sub and
-    LPUSH+BLPOP, and NATS: one after another, while the host runs."""
-    out = {"host": await _rr_to(url, ns, target, sizes, loop)}
-    out["host_direct"] = await _rr_to(url, ns, target, sizes, loop, "rr_direct")
-    out["lone"], _ = await messaging.agentbus_rr(url, ns, sizes, loop)
+    LPUSH+BLPOP, and NATS, while the host runs: ``RR_ROUNDS`` rounds, each kind once per round
+    (the order reversed every other round). Each kind's figure is the median of its rounds'
+    (``median_of``); ``rounds`` keeps every round's p50s."""
     keys = KeySpace(ns)
-    out["pubsub_rr"] = await raw.pubsub_rr(url, keys, sizes, loop)
-    out["lpush_blpop_rr"] = await raw.lpush_blpop_rr(url, keys, sizes, loop)
+    part = dataclasses.replace(sizes, samples=max(100, sizes.samples // RR_ROUNDS))
+    kinds: dict[str, Callable[[], Awaitable[Latency]]] = {
+        "host": lambda: _rr_to(url, ns, target, part, loop),
+        "host_direct": lambda: _rr_to(url, ns, target, part, loop, "rr_direct"),
+        "lone": lambda: _first(messaging.agentbus_rr(url, ns, part, loop)),
+        "pubsub_rr": lambda: raw.pubsub_rr(url, keys, part, loop),
+        "lpush_blpop_rr": lambda: raw.lpush_blpop_rr(url, keys, part, loop),
+    }
     if nats_url:
-        out["nats_rr"] = await raw.nats_rr(nats_url, sizes, loop)
+        kinds["nats_rr"] = lambda: raw.nats_rr(nats_url, part, loop)
+    rounds: dict[str, list[Latency]] = {k: [] for k in kinds}
+    for r in range(RR_ROUNDS):
+        for kind in list(kinds) if r % 2 == 0 else list(reversed(kinds)):
+            rounds[kind].append(await kinds[kind]())
+    out: dict[str, Any] = {k: median_of(v) for k, v in rounds.items()}
+    out["rounds"] = {k: [round(x.p50, 1) for x in v] for k, v in rounds.items()}
     return out
+
+
+async def _first(pair: Awaitable[tuple[Latency, Any]]) -> Latency:
+    return (await pair)[0]
+
+
+def median_of(rounds: list[Latency]) -> Latency:
+    """One figure for several rounds of one measurement: each statistic the median of the
+    rounds' (``n`` their total)."""
+
+    def med(values: list[float]) -> float:
+        return statistics.median(values)
+
+    return Latency(
+        n=sum(x.n for x in rounds), p50=med([x.p50 for x in rounds]),
+        p90=med([x.p90 for x in rounds]), p99=med([x.p99 for x in rounds]),
+        mean=med([x.mean for x in rounds]), min=min(x.min for x in rounds),
+        max=max(x.max for x in rounds),
+    )  # fmt: skip
 
 
 async def size_run(
