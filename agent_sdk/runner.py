@@ -6,13 +6,16 @@ signal, then stops it gracefully: no new work is taken, in-flight handlers finis
 refused). A second signal exits at once (status 128 + signal number). This module is the only
 place the SDK installs signal handlers; library code never does.
 
-Exit status: 0 after a clean stop; 1 when the service could not start (one line on stderr: no
-traceback) or stopped on its own (an agent that lost its name to another instance).
+It also sets Python's garbage collector for a process that carries many objects for long
+(``tune_gc``). Exit status: 0 after a clean stop; 1 when the service could not start (one line
+on stderr: no traceback) or stopped on its own (an agent that lost its name to another
+instance).
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -20,9 +23,9 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
-from schemas.errors import AgentbusError
+from schemas.errors import AgentbusError, InvalidInput
 
-__all__ = ["Service", "run", "serve"]
+__all__ = ["Service", "run", "serve", "tune_gc"]
 
 log = logging.getLogger("agentbus.run")
 
@@ -111,8 +114,40 @@ def configure_logging(level: int | str = logging.INFO) -> None:
     root.setLevel(level)
 
 
+#: The collector's thresholds ``tune_gc`` sets (``AGENTBUS_GC_THRESHOLD`` names the first).
+GC_THRESHOLDS = (50_000, 20, 20)
+
+
+def tune_gc() -> None:
+    """Collect garbage cycles less often than Python's default (every 700 new objects, and the
+    whole heap every 100 such collections at most): ``GC_THRESHOLDS``, or
+    ``AGENTBUS_GC_THRESHOLD`` (the first threshold; ``0`` leaves Python's). A host of 1,100
+    agents adding 100 at once spent about a sixth of its CPU in the collector, most of it
+    walking the long-lived agents again (docs/BENCHMARKS.md, session 11). Left alone when the
+    program set its own thresholds. ``agentbus run``, ``agent.run()``, ``host.run()`` and the
+    coordinator call it; a program that embeds a host may call it at start too."""
+    raw = os.environ.get("AGENTBUS_GC_THRESHOLD", "").strip()
+    try:
+        first = int(raw) if raw else GC_THRESHOLDS[0]
+    except ValueError:
+        first = -1
+    if first < 0:
+        raise InvalidInput(
+            f"AGENTBUS_GC_THRESHOLD must be a whole number >= 0 (0: Python's own), got {raw!r}"
+        )
+    if first == 0 or gc.get_threshold() != (700, 10, 10):
+        return
+    gc.set_threshold(first, *GC_THRESHOLDS[1:])
+
+
 def run_coroutine(coro: Coroutine[Any, Any, int]) -> int:
-    """Run on uvloop when installed (the ``fast`` extra), else asyncio's loop."""
+    """Run on uvloop when installed (the ``fast`` extra), else asyncio's loop (``tune_gc``
+    first)."""
+    try:
+        tune_gc()
+    except InvalidInput:
+        coro.close()
+        raise
     try:
         import uvloop
     except ImportError:
