@@ -195,12 +195,15 @@ class Heartbeats:
         """The members of ``among`` to heartbeat now; re-announcements started for those that
         need one."""
         ttl = self.settings.ttl
+        members = self.members
+        every = among is members  # the interval's round: all carried, no lookup needed
+        stale_before = now - ttl
         due = []
         stalled: list[str] = []
         for name, member in list(among.items()):
-            if member.fence.lost is not None or self.members.get(name) is not member:
+            if member.fence.lost is not None or (not every and members.get(name) is not member):
                 continue
-            late = now - member.last_ok > ttl
+            late = member.last_ok < stale_before
             if member.needs_announce or late:
                 if late and not member.needs_announce:
                     stalled.append(member.card.name)
@@ -267,12 +270,21 @@ class Heartbeats:
             part = due[k : k + LEASE_MAX_BEATS]
             beats, renew, changed = [], [], []
             for m in part:
+                # most members of a host renew by name every interval: checked without
+                # building their beat (a StrEnum status equals its value)
+                reported = m.reported
+                if (
+                    lease is not None
+                    and reported is not None
+                    and m.lease == lease
+                    and reported[1] == m.load
+                    and reported[0] == m.status
+                ):
+                    renew.append((m.card.name, m.instance_id))
+                    continue
                 beat = m.beat()
-                if lease is not None and m.lease == lease and m.reported == (beat[3], beat[2]):
-                    renew.append((beat[0], beat[1]))
-                else:
-                    beats.append(beat)
-                    changed.append((m, (beat[3], beat[2])))
+                beats.append(beat)
+                changed.append((m, (beat[3], beat[2])))
             payload: dict[str, object] = {"host": self.host, "beats": beats}
             if lease is not None:
                 payload.update(lease=lease, ttl_ms=self.settings.ttl_ms, renew=renew,

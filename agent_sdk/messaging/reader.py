@@ -592,9 +592,16 @@ class Reader:
         """Reset the idle time of every entry a handler holds (one pipeline for the host)."""
         jobs = []
         for c in self._consumers:
+            for s in c.streams:  # most agents hold nothing: that is checked first, cheaply
+                if s.held:
+                    break
+            else:
+                continue
             if not c.may_renew():
                 continue  # the name's holder must be able to claim them
             for s in c.streams:
+                if not s.held:
+                    continue
                 ids = list(s.held)
                 for i in range(0, len(ids), _LEASE_CHUNK):
                     jobs.append((c, s, ids[i : i + _LEASE_CHUNK]))
