@@ -147,19 +147,20 @@ async def _rr_side_by_side(
     (``median_of``); ``rounds`` keeps every round's p50s."""
     keys = KeySpace(ns)
     part = dataclasses.replace(sizes, samples=max(100, sizes.samples // RR_ROUNDS))
-    kinds: dict[str, Callable[[], Awaitable[Latency]]] = {
-        "host": lambda: _rr_to(url, ns, target, part, loop),
-        "host_direct": lambda: _rr_to(url, ns, target, part, loop, "rr_direct"),
-        "lone": lambda: _first(messaging.agentbus_rr(url, ns, part, loop)),
-        "pubsub_rr": lambda: raw.pubsub_rr(url, keys, part, loop),
-        "lpush_blpop_rr": lambda: raw.lpush_blpop_rr(url, keys, part, loop),
+    kinds: dict[str, Callable[[int], Awaitable[Latency]]] = {
+        "host": lambda r: _rr_to(url, ns, target, part, loop),
+        "host_direct": lambda r: _rr_to(url, ns, target, part, loop, "rr_direct"),
+        # a lone agent of its own each round (the last one's name is held until its TTL ends)
+        "lone": lambda r: _first(messaging.agentbus_rr(url, ns, part, loop, name=f"lone-{r}")),
+        "pubsub_rr": lambda r: raw.pubsub_rr(url, keys, part, loop),
+        "lpush_blpop_rr": lambda r: raw.lpush_blpop_rr(url, keys, part, loop),
     }
     if nats_url:
-        kinds["nats_rr"] = lambda: raw.nats_rr(nats_url, part, loop)
+        kinds["nats_rr"] = lambda r: raw.nats_rr(nats_url, part, loop)
     rounds: dict[str, list[Latency]] = {k: [] for k in kinds}
     for r in range(RR_ROUNDS):
         for kind in list(kinds) if r % 2 == 0 else list(reversed(kinds)):
-            rounds[kind].append(await kinds[kind]())
+            rounds[kind].append(await kinds[kind](r))
     out: dict[str, Any] = {k: median_of(v) for k, v in rounds.items()}
     out["rounds"] = {k: [round(x.p50, 1) for x in v] for k, v in rounds.items()}
     return out

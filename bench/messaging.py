@@ -127,12 +127,14 @@ async def client_worker(
 
 
 async def agentbus_rr(
-    url: str, ns: str, sizes: Sizes, loop: str, tracing: str = "off", *, durable: bool = True
-) -> tuple[Latency, dict[str, Any]]:
+    url: str, ns: str, sizes: Sizes, loop: str, tracing: str = "off", *, durable: bool = True,
+    name: str | None = None,
+) -> tuple[Latency, dict[str, Any]]:  # fmt: skip
     """Sequential request-reply: Bus.request in one process → Agent handler in another
-    (``durable=False``: the direct, at-most-once mode)."""
+    (``durable=False``: the direct, at-most-once mode). ``name``: the receiver's (a new one
+    for each run in one namespace: a stopped receiver's name is held until its TTL ends)."""
     mode = "rr" if durable else "rr_direct"
-    name = f"rx-{mode}-{tracing}"
+    name = name or f"rx-{mode}-{tracing}"
     receiver = spawn(receiver_worker, url, ns, name, 0, 1, tracing, loop=loop)
     before = await command_calls(url)
     try:
