@@ -87,6 +87,8 @@ class WaitingCluster(RedisCluster):
         self._waiters: deque[asyncio.Future[None]] = deque()
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        """redis-py's own method, with its signature: every typed command of the client
+        (``xadd``, ``evalsha``...) calls it, so users never call this one by name."""
         give_up: float | None = None
         while True:
             try:
