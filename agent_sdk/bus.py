@@ -31,6 +31,7 @@ from agent_sdk.settings import Settings
 from agent_sdk.verbs import SELECTABLE, Lookups, Verbs
 from agent_sdk.watch import watch_registry
 from schemas.envelope import new_id
+from schemas.errors import InvalidInput
 from schemas.events import ActivityEvent, RegistryEvent, RegistryEventType
 from schemas.keys import KeySpace
 
@@ -43,6 +44,12 @@ def resolve_settings(settings: Settings | None, overrides: dict[str, Any]) -> Se
     """``settings`` (or the environment and defaults) with keyword ``overrides`` applied."""
     if settings is None:
         return Settings.load(**overrides)
+    if not isinstance(settings, Settings):
+        hint = " (a function or method: call it, as in `env.settings()`)"
+        hint = hint if callable(settings) else ""
+        raise InvalidInput(
+            f"settings must be an agent_sdk.Settings, got {type(settings).__name__}{hint}"
+        )
     if not overrides:
         return settings
     return type(settings).load(**{**settings.model_dump(), **overrides})

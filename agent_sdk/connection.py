@@ -18,6 +18,7 @@ a refused credential or command (never retried) as ``AuthFailed`` / ``Permission
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,7 +27,6 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import (
     AuthenticationError,
@@ -42,6 +42,7 @@ from agent_sdk.pools import (
     BlockingSentinelPool,
     MasterConnection,
     MasterSSLConnection,
+    Sentinels,
     WaitingCluster,
 )
 from agent_sdk.settings import Settings
@@ -146,7 +147,7 @@ def make_client(
         # the sentinels are reached with the URL's credentials (AGENTBUS_REDIS_USERNAME and
         # ..._PASSWORD name the process's user on the data nodes, which sentinels do not hold)
         sentinel_auth = {"username": target.username, "password": target.password}
-        sentinel = Sentinel(
+        sentinel = Sentinels(
             list(target.nodes),
             sentinel_kwargs={
                 **credentials,
@@ -191,10 +192,13 @@ class _SentinelMaster(aioredis.Redis):
     its pool opened to the sentinels (redis-py leaves them open)."""
 
     async def aclose(self, close_connection_pool: bool | None = None) -> None:
-        await super().aclose(close_connection_pool)
-        manager = getattr(self.connection_pool, "sentinel_manager", None)
-        for sentinel in getattr(manager, "sentinels", ()):
-            await sentinel.aclose()
+        try:
+            await super().aclose(close_connection_pool)
+        finally:  # each sentinel closed, whatever failed before it
+            manager = getattr(self.connection_pool, "sentinel_manager", None)
+            for sentinel in getattr(manager, "sentinels", ()):
+                with contextlib.suppress(Exception):
+                    await sentinel.aclose()
 
 
 def is_cluster(client: Any) -> bool:

@@ -15,11 +15,12 @@ A host owns the Redis client (a ``Bus``), ONE reply list read by one loop (annou
 target), ONE heartbeat loop that carries every agent in one control entry per interval (a
 ``lease``, docs/PROTOCOL.md "Hosts"), and ONE data plane (``agent_sdk.messaging.plane``): one
 reader for every inbox and role queue (woken by doorbells), one connection for acks, one send
-batcher, one reply batcher and one pub/sub connection; and ONE control connection, on which its
-agents' announcements, leaves and leases are written as they are made
-(``agent_sdk.writethrough``). Its connections do not grow with the
-number of agents: ``HELD_CONNECTIONS`` held for good, plus ``command_connections`` (1) for
-commands in between (discovery, the checks of a leave): 8 in all. Each agent still has its
+batcher, one reply batcher and one pub/sub connection; and ONE writer connection, on which its
+agents' announcements, leaves and leases are written as they are made, and its
+``durable=False`` requests and answers (``agent_sdk.writethrough``). Its connections do not
+grow with the number of agents: ``HELD_CONNECTIONS`` held for good, plus
+``command_connections`` (1) for commands in between (discovery, the checks of a leave): 8 in
+all. Each agent still has its
 own card, instance id, epoch, fence (``agent_sdk.fence``), handler slots and consumer name: one
 agent losing its name stops that agent only, and one slow handler holds only its own agent's
 slots.
@@ -39,7 +40,6 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from agent_sdk.bus import Bus, resolve_settings
-from agent_sdk.connection import is_cluster
 from agent_sdk.heartbeats import Heartbeats
 from agent_sdk.messaging import Messaging
 from agent_sdk.messaging.plane import Plane
@@ -48,7 +48,7 @@ from agent_sdk.replies import ReplyRouter
 from agent_sdk.settings import Settings
 from agent_sdk.usage_flusher import UsageFlusher
 from agent_sdk.verbs import Lookups, Verbs
-from agent_sdk.writethrough import WriteThrough
+from agent_sdk.writethrough import WriteThrough, direct_writer
 from schemas.agent import ControlType
 from schemas.envelope import Envelope, new_id
 from schemas.errors import InvalidInput, NameLost
@@ -65,7 +65,8 @@ log = logging.getLogger("agentbus.host")
 START_WAVE = 250
 
 #: Connections a running host holds for good: its reply list's blocking read, the reader, the
-#: acks, the send and reply batchers, pub/sub, and its control connection (``control``).
+#: acks, the send and reply batchers, pub/sub, and its writer (``writer``; a host that writes
+#: neither control entries nor direct requests on it never takes that one).
 HELD_CONNECTIONS = 7
 
 
@@ -116,11 +117,13 @@ class Host(Lookups, Verbs):
             owner=self.name,
         )
         self.heartbeats: Heartbeats | None = None
-        #: Its control connection: the announcements, leaves and leases of its agents are
-        #: written on it as each is made, so the coordinator answers the first agents of a
-        #: burst while the host is still making the others (``agent_sdk.writethrough``). A
-        #: host of one, a cluster, acl mode and ``replica_acks`` send them in the data plane's
-        #: batches instead.
+        #: Its writer connection (None on a cluster): ``durable=False`` requests and answers
+        #: (``WriteThrough.post``), and its control entries (``control``).
+        self.writer: WriteThrough | None = None
+        #: ``writer``, when the announcements, leaves and leases of its agents are written on
+        #: it as each is made, so the coordinator answers the first agents of a burst while the
+        #: host is still making the others (``agent_sdk.writethrough``). A host of one, acl
+        #: mode and ``replica_acks`` send them in the data plane's batches instead.
         self.control: WriteThrough | None = None
         #: The data plane its agents share (exists once the host runs).
         self.plane: Plane | None = None
@@ -259,17 +262,20 @@ class Host(Lookups, Verbs):
                 await self.bus.start()
                 await self.router.start()
                 s = self.settings
-                if self.max_agents > 1 and not (
-                    s.secure or s.replica_acks or is_cluster(self.bus.client)
+                self.writer = direct_writer(self.bus.client)
+                if (
+                    self.writer is not None
+                    and self.max_agents > 1
+                    and not (s.secure or s.replica_acks)
                 ):
-                    self.control = WriteThrough(self.bus.client)
+                    self.control = self.writer
                     await self.control.start()
                 self.heartbeats = Heartbeats(
                     self.bus.client, self.settings, host=self.name, reply_to=self.router.key,
                     lease=self.lease, writer=self.control,
                 )  # fmt: skip
                 await self.heartbeats.start()
-                self.plane = Plane(self.bus.client, self.settings)
+                self.plane = Plane(self.bus.client, self.settings, direct=self.writer)
                 await self.plane.start()
                 self.usage_flusher.batcher = self.plane.send_batcher
                 await self.usage_flusher.start()
@@ -302,8 +308,8 @@ class Host(Lookups, Verbs):
                 await self.plane.stop()
             if self.heartbeats is not None:
                 await self.heartbeats.stop()
-            if self.control is not None:
-                await self.control.aclose()
+            if self.writer is not None:
+                await self.writer.aclose()
             await self.router.stop()
         finally:
             if self._owns_bus:

@@ -24,7 +24,7 @@ replies read straight off the connection.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import hiredis
@@ -38,6 +38,7 @@ from redis.exceptions import ReadOnlyError, ResponseError
 __all__ = [
     "UNREPLICATED_HOLD",
     "Lane",
+    "hand_over_replies",
     "hiredis_reader",
     "incomplete",
     "read_replies",
@@ -66,6 +67,40 @@ def hiredis_reader(conn: AbstractConnection) -> tuple[Any, Any] | None:
     if reader is None or stream is None or _NOT_ENOUGH_DATA is None:
         return None
     return reader, stream
+
+
+def hand_over_replies(conn: AbstractConnection, sink: Callable[[Any], None]) -> bool:
+    """From now on, give each reply ``conn`` receives to ``sink`` as the transport receives it
+    (in the event loop's read callback: no task woken per reply); what was received before
+    stays for the usual reads, which from now on end only with the connection (EOF, or the
+    error of a reply hiredis cannot parse). For a connection only we read (pub/sub); False
+    when its parser is not the hiredis one we know: read it as before then.
+
+    ``sink`` must not raise: it runs inside the transport's callback."""
+    fast = hiredis_reader(conn)
+    if fast is None:
+        return False
+    reader, stream = fast
+    if getattr(stream, "_agentbus_sink", None) is sink:
+        return True
+
+    def feed_data(data: bytes) -> None:
+        replies: list[Any] = []
+        error: Exception | None = None
+        try:
+            reader.feed(data)
+            while not incomplete(reply := reader.gets()):
+                replies.append(reply)
+        except Exception as e:  # unparsable: the connection is done for
+            error = e
+        for reply in replies:
+            sink(reply)
+        if error is not None:
+            stream.set_exception(RedisConnectionError(f"unreadable reply from Redis: {error}"))
+
+    stream.feed_data = feed_data  # the protocol calls it for every chunk it receives
+    stream._agentbus_sink = sink
+    return True
 
 
 def write_now(conn: AbstractConnection, data: bytes) -> bool:

@@ -7,6 +7,7 @@ Sentinel pool and its cluster's per-node pools raise "Too many connections" inst
 Sentinel a reconnection inside a command's retries also goes back to the address the connection
 had, which after a failover is the dead master's. The classes here fix both:
 
+* ``Sentinels``: redis-py's ``Sentinel`` whose master discovery may run many times at once;
 * ``BlockingSentinelPool``: the Sentinel pool with the blocking pool's waiting;
 * ``MasterConnection`` (``MasterSSLConnection`` over TLS): asks the sentinels where the master
   is before every socket it opens;
@@ -27,10 +28,50 @@ from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import BlockingConnectionPool, SSLConnection
-from redis.asyncio.sentinel import SentinelConnectionPool, SentinelManagedConnection
-from redis.exceptions import MaxConnectionsError
+from redis.asyncio.sentinel import (
+    MasterNotFoundError,
+    Sentinel,
+    SentinelConnectionPool,
+    SentinelManagedConnection,
+)
+from redis.exceptions import ConnectionError, MaxConnectionsError, ResponseError, TimeoutError
 
-__all__ = ["BlockingSentinelPool", "MasterConnection", "MasterSSLConnection", "WaitingCluster"]
+__all__ = [
+    "BlockingSentinelPool",
+    "MasterConnection",
+    "MasterSSLConnection",
+    "Sentinels",
+    "WaitingCluster",
+]
+
+
+class Sentinels(Sentinel):
+    """redis-py's ``Sentinel`` whose master discovery may run many times at once.
+
+    redis-py moves the sentinel that named the master to the front of its list by swapping two
+    slots, one of them read before an ``await``. Discoveries running at once (every connection a
+    host opens asks, and after a failover they all reconnect together) then write one sentinel
+    into two slots and drop another from the list: never asked again, and never closed, so its
+    sockets outlive the client. Here each discovery asks the sentinels of a snapshot of the
+    list and moves the one that answered to the front by identity, with no ``await`` between
+    reading and writing the list."""
+
+    async def discover_master(self, service_name: str) -> tuple[str, int]:
+        errors: list[str] = []
+        for sentinel in list(self.sentinels):
+            try:
+                masters: dict[str, Any] = await sentinel.sentinel_masters()  # type: ignore[assignment]
+            except (ConnectionError, ResponseError, TimeoutError) as e:
+                errors.append(f"{sentinel} - {e!r}")
+                continue
+            state = masters.get(service_name)
+            if state and self.check_master_state(state, service_name):
+                self.sentinels.remove(sentinel)
+                self.sentinels.insert(0, sentinel)
+                forced = getattr(self, "_force_master_ip", None)  # redis-py >= 5.1
+                return (state["ip"] if forced is None else forced), state["port"]
+        detail = f": {', '.join(errors)}" if errors else ""
+        raise MasterNotFoundError(f"No master found for {service_name!r}{detail}")
 
 
 class BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):

@@ -19,11 +19,13 @@ from bench.procs import pick_loop, run
 from bench.servers import NatsServer, RedisServer, nats_available
 from bench.stats import Row, merge_runs
 
-__all__ = ["Context", "main"]
+__all__ = ["Context", "main", "results_path"]
 
 log = logging.getLogger("bench")
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
+#: Where ``--quick`` writes unless told: a smoke run never replaces the published results.
+QUICK_JSON = DEFAULT_JSON.with_name("quick.json")
 GROUPS = (
     "raw", "registry", "messaging", "failure", "fleet", "scaling", "tracing", "host", "plugins",
     "gateway",
@@ -52,7 +54,11 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     p.add_argument("--quick", action="store_true", help="tiny sizes (the smoke test)")
     p.add_argument("--only", default="", help=f"comma list of groups: {','.join(GROUPS)}")
-    p.add_argument("--json", type=Path, default=DEFAULT_JSON, help="results file")
+    p.add_argument(
+        "--json",
+        type=Path,
+        help="results file (default bench/results/latest.json; with --quick, quick.json)",
+    )
     p.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto")
     p.add_argument("--samples", type=int, help="sequential latency samples")
     p.add_argument("--messages", type=int, help="messages per throughput run")
@@ -150,8 +156,17 @@ async def _run_groups(ctx: Context, selected: list[str], label: str) -> None:
         }
 
 
+def results_path(given: Path | None, *, quick: bool) -> Path:
+    """Where the results go: ``given``, else ``latest.json``, or ``quick.json`` for a smoke run
+    (which must not replace the published results)."""
+    if given is not None:
+        return given
+    return QUICK_JSON if quick else DEFAULT_JSON
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    args.json = results_path(args.json, quick=args.quick)
     if args.docs_from:
         if not args.write_docs:
             print("--docs-from needs --write-docs", file=sys.stderr)

@@ -32,6 +32,7 @@ class Sizes:
     settle: float = 2.0  # seconds between a fleet's registration burst and its measured window
     hosts: tuple[int, ...] = (100, 1000, 10_000)  # agents per host (the host group)
     host_added: int = 100  # agents added at once to a running host
+    host_bursts: int = 5  # times ``host_added`` are added at once (one burst is noisy)
     host_kill: int = 1000  # agents of the host that is SIGKILLed
     host_spread: tuple[int, int] = (4462, 100)  # agents over 3 hosts, single-agent processes
     host_ttl: tuple[float, float] = (1.0, 3.0)  # heartbeat interval and TTL of the host group
@@ -53,6 +54,7 @@ class Sizes:
             settle=0.2,
             hosts=(20,),
             host_added=10,
+            host_bursts=2,
             host_kill=6,
             host_spread=(30, 2),
             host_ttl=(0.2, 0.6),

@@ -23,6 +23,7 @@ from bench.cli import Context
 from bench.coord import CoordinatorProcess
 from bench.host_runs import kill_run, size_run, spread_run
 from bench.host_workers import NESTED, PHASES, settings
+from bench.rr_paired import block_ratios, cpu_text
 from bench.stats import Latency, Row, Scalar
 
 __all__ = ["host_group", "phase_shares"]
@@ -137,7 +138,9 @@ def _size_rows(ctx: Context, res: dict[str, Any], lone: Latency) -> None:
         f"host of {n}: host.agent() + start() p50 / p99",
         value=added, baseline_name="a lone Agent.start(), one at a time", baseline=lone,
         target="p50 ≤ 10 ms, p99 ≤ 25 ms", met=added.p50 <= 10_000 and added.p99 <= 25_000,
-        note=f"{_shares_text(shares)}; host CPU during the {len(res['added_s_list'])} starts "
+        note=f"{len(res['added_burst_p50s_s'])} bursts, p50 of each: "
+        + ", ".join(f"{p * 1e3:.1f}" for p in res["added_burst_p50s_s"])
+        + f" ms; {_shares_text(shares)}; host CPU during the {len(res['added_s_list'])} starts "
         f"{res['add_cpu_s'] * 1e3:.0f} ms; the host's event loop blocked "
         f"{res['loop_blocked_s']:.2f} s in all (sleeps late by > 10 ms), at most "
         f"{res['loop_lag_max_s'] * 1e3:.0f} ms at once",
@@ -157,7 +160,7 @@ def _size_rows(ctx: Context, res: dict[str, Any], lone: Latency) -> None:
             baseline_name="NATS request-reply (nats-py)", baseline=nats,
             target=target("ahead of NATS (p50)"), met=met(host_rr.p50 < nats.p50),
             note=f"a lone agent: {lone_rr.text()} ({lone_rr.p50 / nats.p50:.2f}× NATS); "
-            + _rounds_text(rr, "host", "nats_rr"),
+            + block_ratios(rr, "host", "nats_rr") + "; " + cpu_text(rr, "host", "nats_rr"),
         ))  # fmt: skip
     for key, name in (("pubsub_rr", "raw pub/sub reply"), ("lpush_blpop_rr", "raw LPUSH+BLPOP")):
         ctx.add(Row(key=f"host.{n}.rr.vs.{key}", title=title, value=host_rr,
@@ -170,16 +173,9 @@ def _size_rows(ctx: Context, res: dict[str, Any], lone: Latency) -> None:
             value=direct, baseline_name="NATS request-reply (nats-py)", baseline=nats,
             target=target("ahead of NATS (p50)"), met=met(direct.p50 < nats.p50),
             note="the non-durable request mode (pub/sub both ways, at-most-once); "
-            + _rounds_text(rr, "host_direct", "nats_rr"),
+            + block_ratios(rr, "host_direct", "nats_rr") + "; "
+            + cpu_text(rr, "host_direct", "nats_rr"),
         ))  # fmt: skip
-
-
-def _rounds_text(rr: dict[str, Any], kind: str, base: str) -> str:
-    """Each round's p50 of ``kind`` over ``base`` (the figures are the rounds' medians)."""
-    rounds = rr.get("rounds", {})
-    pairs = zip(rounds.get(kind, []), rounds.get(base, []), strict=False)
-    ratios = "/".join(f"{a / b:.2f}" for a, b in pairs if b)
-    return f"{len(rounds.get(kind, []))} interleaved rounds, p50 ratio per round {ratios}"
 
 
 def _failed_row(ctx: Context, res: dict[str, Any]) -> None:

@@ -3,7 +3,8 @@
 * ``size_run``: a host of N agents in a worker process: ``async with host`` (all registered,
   timed); an idle window (host and coordinator CPU, host RSS, connections held, false
   expiries); request-reply to one of its agents beside a lone agent, raw redis-py and NATS,
-  measured back to back while the host runs; ``added`` agents started at once on it.
+  asked by one client process in alternating blocks while the host runs (``bench.rr_paired``);
+  ``added`` agents started at once on it, ``host_bursts`` times (a pause between bursts).
 * ``kill_run``: a host whose agents hold role-queue items is SIGKILLed: when each of its agents
   is reported expired, when each item is redelivered to the surviving host.
 * ``spread_run``: agents over 3 hosts plus single-agent processes: discovery among them.
@@ -12,23 +13,22 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import random
 import signal
 import statistics
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import psutil
 
-from bench import discovery, messaging, raw
+from bench import discovery
 from bench.common import Sizes, client, now_ns
 from bench.coord import CoordinatorProcess
 from bench.failure import wait_expired
 from bench.host_workers import HostSpec, host_worker, lone_agent_worker, settings
 from bench.procs import Worker, context, spawn
+from bench.rr_paired import rr_paired
 from bench.stats import Latency
 from schemas.keys import KeySpace
 
@@ -38,6 +38,9 @@ __all__ = ["HostDriver", "kill_run", "size_run", "spread_run"]
 #: Agents a spread host starts at a time: ~1,500 at once on each of 3 hosts at the same time
 #: exceed the 5 s announce timeout on 2 cores (the 10,000-agent run shows why).
 _SPREAD_WAVE = 500
+#: A quiet gap between two bursts of agents added at once (a pause, not a wait for anything:
+#: the bursts are independent).
+_BURST_GAP = 0.3
 
 
 class HostDriver:
@@ -118,73 +121,6 @@ def _port(url: str) -> int:
     return int(url.rsplit(":", 1)[1].split("/", 1)[0])
 
 
-async def _rr_to(
-    url: str, ns: str, target: str, sizes: Sizes, loop: str, mode: str = "rr"
-) -> Latency:
-    """Sequential ``Bus.request`` from a client process to ``target`` (``rr_direct``:
-    ``durable=False``)."""
-    worker = spawn(messaging.client_worker, url, ns, target, mode, sizes.samples, sizes.warmup,
-                   "off", loop=loop)  # fmt: skip
-    try:
-        res = await asyncio.to_thread(worker.result, 300)
-    finally:
-        worker.stop()
-    return Latency.from_ns(res["lat"])
-
-
-#: Rounds of the request-reply comparison (each with a third of the samples), in alternating
-#: order: a machine whose speed drifts over a minute (this one's does, by ±20 %) then weighs on
-#: every kind alike instead of on whichever ran last.
-RR_ROUNDS = 3
-
-
-async def _rr_side_by_side(
-    url: str, ns: str, target: str, sizes: Sizes, loop: str, nats_url: str | None
-) -> dict[str, Any]:
-    """Request-reply to ``target`` (a hosted agent), to a lone agent, raw pub/sub and
-    LPUSH+BLPOP, and NATS, while the host runs: ``RR_ROUNDS`` rounds, each kind once per round
-    (the order reversed every other round). Each kind's figure is the median of its rounds'
-    (``median_of``); ``rounds`` keeps every round's p50s."""
-    keys = KeySpace(ns)
-    part = dataclasses.replace(sizes, samples=max(100, sizes.samples // RR_ROUNDS))
-    kinds: dict[str, Callable[[int], Awaitable[Latency]]] = {
-        "host": lambda r: _rr_to(url, ns, target, part, loop),
-        "host_direct": lambda r: _rr_to(url, ns, target, part, loop, "rr_direct"),
-        # a lone agent of its own each round (the last one's name is held until its TTL ends)
-        "lone": lambda r: _first(messaging.agentbus_rr(url, ns, part, loop, name=f"lone-{r}")),
-        "pubsub_rr": lambda r: raw.pubsub_rr(url, keys, part, loop),
-        "lpush_blpop_rr": lambda r: raw.lpush_blpop_rr(url, keys, part, loop),
-    }
-    if nats_url:
-        kinds["nats_rr"] = lambda r: raw.nats_rr(nats_url, part, loop)
-    rounds: dict[str, list[Latency]] = {k: [] for k in kinds}
-    for r in range(RR_ROUNDS):
-        for kind in list(kinds) if r % 2 == 0 else list(reversed(kinds)):
-            rounds[kind].append(await kinds[kind](r))
-    out: dict[str, Any] = {k: median_of(v) for k, v in rounds.items()}
-    out["rounds"] = {k: [round(x.p50, 1) for x in v] for k, v in rounds.items()}
-    return out
-
-
-async def _first(pair: Awaitable[tuple[Latency, Any]]) -> Latency:
-    return (await pair)[0]
-
-
-def median_of(rounds: list[Latency]) -> Latency:
-    """One figure for several rounds of one measurement: each statistic the median of the
-    rounds' (``n`` their total)."""
-
-    def med(values: list[float]) -> float:
-        return statistics.median(values)
-
-    return Latency(
-        n=sum(x.n for x in rounds), p50=med([x.p50 for x in rounds]),
-        p90=med([x.p90 for x in rounds]), p99=med([x.p99 for x in rounds]),
-        mean=med([x.mean for x in rounds]), min=min(x.min for x in rounds),
-        max=max(x.max for x in rounds),
-    )  # fmt: skip
-
-
 async def size_run(
     url: str, n: int, sizes: Sizes, loop: str, nats_url: str | None, window: float, wave: int = 0
 ) -> dict[str, Any]:
@@ -231,13 +167,10 @@ async def size_run(
                     r, host.pid, _port(url)
                 )
                 out["expired_in_window"] = await _count_expired(r, keys, window_since, "h")
-                out["rr"] = await _rr_side_by_side(url, ns, f"h-{n // 2}", sizes, loop, nats_url)
-                res = await host.call(("add", sizes.host_added), "added_s", timeout=120)
-                out["added"] = Latency.from_us([t * 1e6 for t in res["added_s"]])
-                out["added_phases"], out["added_s_list"] = res["phases"], res["added_s"]
-                out["loop_lag_max_s"] = res["loop_lag_max_s"]
-                out["loop_blocked_s"] = res["loop_blocked_s"]
-                out["add_cpu_s"] = res["cpu_s"]
+                out["rr"] = await rr_paired(
+                    url, ns, f"h-{n // 2}", sizes, loop, nats_url, host_pid=host.pid
+                )
+                out.update(await _bursts(host, sizes))
                 out["expired_total"] = await _count_expired(r, keys, since, "h")
                 out["registered_end"] = int(await r.scard(keys.agents()))
                 res = await host.call(("stop",), "stopped_s", timeout=120)
@@ -248,6 +181,34 @@ async def size_run(
         await r.flushdb()
         await r.aclose()
     return out
+
+
+async def _bursts(host: HostDriver, sizes: Sizes) -> dict[str, Any]:
+    """``sizes.host_bursts`` times ``sizes.host_added`` agents added at once to the running
+    host, a pause between two: every start's latency, and the p50 of each burst."""
+    starts: list[float] = []
+    phases: list[dict[str, float]] = []
+    burst_p50s: list[float] = []
+    lag_max = blocked = cpu = 0.0
+    for b in range(sizes.host_bursts):
+        if b:
+            await asyncio.sleep(_BURST_GAP)
+        res = await host.call(("add", sizes.host_added), "added_s", timeout=120)
+        starts += res["added_s"]
+        phases += res["phases"]
+        burst_p50s.append(statistics.median(res["added_s"]))
+        lag_max = max(lag_max, res["loop_lag_max_s"])
+        blocked += res["loop_blocked_s"]
+        cpu += res["cpu_s"]
+    return {
+        "added": Latency.from_us([t * 1e6 for t in starts]),
+        "added_phases": phases,
+        "added_s_list": starts,
+        "added_burst_p50s_s": burst_p50s,
+        "loop_lag_max_s": lag_max,
+        "loop_blocked_s": blocked,
+        "add_cpu_s": cpu,
+    }
 
 
 async def kill_run(url: str, sizes: Sizes, loop: str) -> dict[str, Any]:

@@ -303,7 +303,7 @@ async def pubsub_responder_worker(ctx: WorkerContext, url: str, channel: str) ->
             await r.publish(req["reply_to"], msg["data"])
 
 
-async def _next_message(ps: Any, timeout: float) -> Any:
+async def next_message(ps: Any, timeout: float) -> Any:
     """The next published message (subscribe confirmations are skipped), or None."""
     deadline = now_ns() + int(timeout * 1e9)
     while True:
@@ -328,7 +328,7 @@ async def pubsub_rr(url: str, keys: KeySpace, sizes: Sizes, loop: str) -> Latenc
         for i in range(sizes.warmup + sizes.samples):
             t0 = now_ns()
             await r.publish(request_channel, body)
-            msg = await _next_message(ps, 5.0)
+            msg = await next_message(ps, 5.0)
             t1 = now_ns()
             if msg is None:
                 raise RuntimeError("pub/sub request-reply baseline: no reply in 5 s")

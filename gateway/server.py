@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import ipaddress
 import logging
 import signal
@@ -24,10 +25,14 @@ from gateway.api_streams import with_direct_send
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
 from gateway.tokens import TokenStore
+from schemas.errors import ConfigurationError
 
 __all__ = ["is_loopback", "running", "serve"]
 
 log = logging.getLogger("agentbus.gateway")
+
+#: Pending connections the listening socket queues (uvicorn's default).
+_BACKLOG = 2048
 
 
 def is_loopback(host: str) -> bool:
@@ -85,7 +90,7 @@ async def serve(settings: GatewaySettings, say: Callable[[str], None] = print) -
         with_direct_send(app), host=host, port=settings.gateway_port, log_level="warning",
         access_log=False, lifespan="on", proxy_headers=False, timeout_graceful_shutdown=5,
     )  # fmt: skip
-    sock = config.bind_socket()  # bound before serving: the printed URL has the real port
+    sock = _listening(host, settings.gateway_port, fallback=False)  # the URL has the real port
     bound_host, bound_port = sock.getsockname()[:2]
     base = f"http://{bound_host}:{bound_port}"
     say(f"agentbus gateway: dashboard {base}/  API {base}/api  OpenAPI {base}/openapi.json")
@@ -112,18 +117,39 @@ class _Embedded(uvicorn.Server):
             self.listening.set()
 
 
-def _bind(port: int, fallback: bool) -> socket.socket:
-    """A socket bound to 127.0.0.1:``port``; any free port instead when it is taken and
-    ``fallback``."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+def _listening(host: str, port: int, *, fallback: bool) -> socket.socket:
+    """A socket listening on ``host``:``port``; on any free port instead when that one is taken
+    and ``fallback``. A taken port without ``fallback`` is a ``ConfigurationError`` naming it.
+
+    It listens here, before the server gets it: two processes may both *bind* one port with
+    ``SO_REUSEADDR`` while neither listens yet, and the second ``listen()`` then fails. Under
+    uvloop that failure inside the server closes the socket without a word (the gateway would
+    run deaf); here it is an error, or the cue to take another port.
+    """
     try:
-        sock.bind(("127.0.0.1", port))
-    except OSError:
-        if not fallback or port == 0:
-            sock.close()
+        return _listen_on(host, port)
+    except OSError as e:
+        if e.errno != errno.EADDRINUSE or port == 0:
             raise
-        sock.bind(("127.0.0.1", 0))
+        if not fallback:
+            raise ConfigurationError(
+                f"port {port} on {host} is in use: stop what listens there or pick another "
+                "port (`agentbus gateway --port`, `agentbus up --gateway-port`, "
+                "AGENTBUS_GATEWAY_PORT; 0 takes any free port)"
+            ) from e
+    return _listen_on(host, 0)
+
+
+def _listen_on(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(_BACKLOG)
+    except OSError:
+        sock.close()
+        raise
     sock.set_inheritable(True)
     return sock
 
@@ -139,7 +165,8 @@ async def running(settings: GatewaySettings, *, fallback: bool = False) -> Async
         with_direct_send(app), host="127.0.0.1", port=settings.gateway_port, log_level="warning",
         access_log=False, lifespan="on", proxy_headers=False, timeout_graceful_shutdown=2,
     )  # fmt: skip
-    sock = _bind(settings.gateway_port, fallback)
+    sock = _listening("127.0.0.1", settings.gateway_port, fallback=fallback)
+    port = sock.getsockname()[1]
     server = _Embedded(config)
     task = asyncio.create_task(server.serve(sockets=[sock]), name="agentbus-gateway")
     listening = asyncio.create_task(server.listening.wait())
@@ -148,7 +175,7 @@ async def running(settings: GatewaySettings, *, fallback: bool = False) -> Async
         if not server.listening.is_set():
             task.result()  # its error, if it failed to start
             raise RuntimeError("the gateway stopped while starting")
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+        yield f"http://127.0.0.1:{port}"
     finally:
         listening.cancel()
         server.should_exit = True

@@ -32,8 +32,16 @@ _TOPIC_RE = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
 _TOPIC_PATTERN_RE = re.compile(r"^[A-Za-z0-9_*-]+(\.[A-Za-z0-9_*-]+)*$")
 
 
+#: Identifiers found valid lately (a sender names the same few agents and roles again and
+#: again: a dict lookup instead of the pattern's match), emptied when full.
+_VALID: dict[str, None] = {}
+_VALID_MAX = 4096
+
+
 def check_identifier(value: str, what: str = "name") -> str:
     """Return ``value`` if it is a valid identifier, else raise ``ValueError`` saying why."""
+    if type(value) is str and value in _VALID:
+        return value
     if not isinstance(value, str):
         raise ValueError(f"{what} must be a string, got {type(value).__name__}")
     if not value:
@@ -47,6 +55,10 @@ def check_identifier(value: str, what: str = "name") -> str:
             f"{what} {value!r} has characters that cannot be part of a Redis key ({shown}); "
             "use letters, digits, '.', '_', '-', '@', '/', starting with a letter or digit"
         )
+    if type(value) is str:  # a subclass may compare equal and hash alike, yet not be one
+        if len(_VALID) >= _VALID_MAX:
+            _VALID.clear()
+        _VALID[value] = None
     return value
 
 

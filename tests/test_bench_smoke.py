@@ -50,3 +50,12 @@ def test_quick_bench_runs_and_writes_well_formed_results(tmp_path: Path) -> None
             assert value["rate"] > 0
     raw_keys = {r["key"] for r in rows if r["key"].startswith("raw.") and r["value"]}
     assert {"raw.ping", "raw.stream_throughput", "raw.lpush_blpop_rr"} <= raw_keys
+
+
+def test_a_quick_run_never_replaces_the_published_results() -> None:
+    from bench.cli import DEFAULT_JSON, QUICK_JSON, results_path
+
+    assert results_path(None, quick=False) == DEFAULT_JSON
+    assert results_path(None, quick=True) == QUICK_JSON != DEFAULT_JSON
+    chosen = Path("elsewhere.json")
+    assert results_path(chosen, quick=True) == chosen

@@ -85,6 +85,15 @@ async def test_names_are_unique_on_a_host_and_max_agents_holds(settings: Setting
         Host(settings, name="not a name")
 
 
+def test_settings_that_are_not_settings_are_refused_with_a_hint(settings: Settings) -> None:
+    """``Host(env.settings)`` (the method, not its result) said only ``'function' object has
+    no attribute 'model_copy'`` from deep inside the host."""
+    with pytest.raises(InvalidInput, match=r"got method \(a function or method: call it"):
+        Host(settings.model_copy)  # type: ignore[arg-type]
+    with pytest.raises(InvalidInput, match=r"must be an agent_sdk\.Settings, got dict"):
+        Agent("x", "worker", settings={"namespace": "n"})  # type: ignore[arg-type]
+
+
 async def test_an_agent_needs_its_host_running(settings: Settings) -> None:
     host = Host(settings, name="h4")
     agent = host.agent("early", "worker")

@@ -336,3 +336,42 @@ def test_a_state_dir_whose_redis_still_runs_is_refused(
     third = run_up("up", "--port", "0", "--state-dir", str(state))
     third.read_until(URL_RE)
     assert third.stop() == 0, third.output
+
+
+def test_an_os_error_is_one_line_and_its_traceback_is_behind_debug(tmp_path: Path) -> None:
+    """A state dir inside a file: one line by default; where it failed with debug logging."""
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+
+    def up(*options: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "coordinator.cli", *options, "up"]
+        command += ["--state-dir", str(a_file / "state")]
+        return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+
+    quiet = up()
+    assert quiet.returncode != 0
+    assert quiet.stderr.startswith("agentbus: error [internal]: "), quiet.stderr
+    assert "Traceback" not in quiet.stderr
+    loud = up("--log-level", "debug")
+    assert loud.returncode != 0
+    assert "Traceback" in loud.stderr, loud.stderr
+    assert "_claim_state_dir" in loud.stderr, loud.stderr
+
+
+async def test_without_the_gateway_extra_up_says_which_extra_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The hint names the extra in full: rich markup once ate ``[gateway]`` from it."""
+    import io
+
+    from rich.console import Console
+
+    from coordinator.cli.up import _gateway, _Web
+    from coordinator.settings import CoordinatorSettings
+
+    monkeypatch.setitem(sys.modules, "gateway.server", None)  # import fails: no extra
+    out = io.StringIO()
+    console = Console(file=out, highlight=False)
+    async with _gateway(CoordinatorSettings(), _Web(enabled=True, port=None), console) as url:
+        assert url is None
+    assert "pip install 'agentbus[gateway]'" in out.getvalue(), out.getvalue()

@@ -1,6 +1,7 @@
 """``agent_sdk.writethrough``: commands written in the caller's turn, replies in order, errors as
 exceptions of their own command, a broken connection written again, a close that fails what is
-left."""
+left, and posted commands (``CLIENT REPLY SKIP``, or their replies dropped where it is
+refused)."""
 
 from __future__ import annotations
 
@@ -54,15 +55,15 @@ async def test_commands_reach_redis_before_the_submitting_turn_ends(
 async def test_commands_submitted_right_after_a_write_go_with_the_next(
     writer: WriteThrough, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Within ``_COALESCE`` of a write, commands queue (one system call for many); the reading
-    task writes them once the turn ends, in order."""
+    """Within ``_COALESCE`` of a write made in the same turn, commands queue (one system call
+    for many); the reading task writes them once the turn ends, in order."""
     await writer.run(("PING",))  # connected
     monkeypatch.setattr(writethrough, "_COALESCE", 3600.0)
     writes = writer.writes_now
     key = f"{settings.namespace}:wt-coalesce"
     futures = [writer.submit(("RPUSH", key, str(i))) for i in range(50)]
     assert [await f for f in futures] == list(range(1, 51))
-    assert writer.writes_now == writes  # none written in the submitting turn: all in one
+    assert writer.writes_now == writes + 1  # the turn's first at once, the other 49 together
 
 
 async def test_an_error_reply_fails_its_command_only(
@@ -131,3 +132,85 @@ async def test_a_demoted_server_is_a_broken_connection_not_an_error_reply(
         finally:
             await w.aclose()
             await client.aclose()
+
+
+async def _posts_and_submits(w: WriteThrough, r: aioredis.Redis, channel: str) -> None:
+    """Posts interleaved with submits: every post delivered, every submit answered in order."""
+    pubsub = r.pubsub()
+    await pubsub.subscribe(channel)
+    try:
+        assert (await pubsub.get_message(timeout=5))["type"] == "subscribe"  # type: ignore[index]
+        answers = []
+        for i in range(20):
+            w.post(("PUBLISH", channel, f"post-{i}"))
+            answers.append(w.submit(("ECHO", f"echo-{i}")))
+        assert [await a for a in answers] == [f"echo-{i}".encode() for i in range(20)]
+        got = []
+        while len(got) < 20:
+            msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5)
+            assert msg is not None, f"only {len(got)} of 20 posts arrived"
+            data = msg["data"]
+            got.append(data.decode() if isinstance(data, bytes) else data)
+        assert got == [f"post-{i}" for i in range(20)]
+    finally:
+        await pubsub.aclose()  # type: ignore[attr-defined]
+
+
+async def test_posted_commands_get_no_reply(
+    writer: WriteThrough, settings: Settings, r: aioredis.Redis
+) -> None:
+    """A post is written with ``CLIENT REPLY SKIP``: Redis sends nothing back for it, so the
+    replies of the submits around it stay in order and nothing waits for one."""
+    await writer.run(("PING",))  # connected, and asked about CLIENT REPLY
+    assert writer._skip is True
+    await _posts_and_submits(writer, r, f"{settings.namespace}:wt-post")
+    assert not writer._items  # nothing left waiting for a reply
+
+
+async def test_a_post_written_at_once_leaves_the_reading_task_asleep(
+    writer: WriteThrough, settings: Settings, r: aioredis.Redis
+) -> None:
+    """The answer to a direct request is written in the answering turn; with no reply to read
+    and nothing queued, the reading task is not woken for it (a loop turn per answer)."""
+    await writer.run(("PING",))  # connected, and asked about CLIENT REPLY
+    await asyncio.sleep(0)  # the next turn: the first write of this one goes at once
+    key = f"{settings.namespace}:wt-asleep"
+    writer.post(("RPUSH", key, "a"))
+    assert not writer._wake.is_set()
+    assert await r.blpop([key], timeout=5) == (key, "a")
+    writer.submit(("PING",))
+    assert writer._wake.is_set()  # a reply to read: woken
+
+
+async def test_posts_where_client_reply_is_refused_have_their_replies_dropped(
+    settings: Settings, r: aioredis.Redis, redis_server: RedisServer
+) -> None:
+    """A user without ``+client|reply`` (or a proxy) refuses ``CLIENT REPLY``: the connection
+    is asked first, and a post there is a submit whose reply is dropped."""
+    user = f"{settings.namespace}-noreply"
+    await r.execute_command(
+        "ACL", "SETUSER", user, "on", ">pw", "~*", "&*", "+@all", "-client|reply"
+    )
+    client = aioredis.Redis.from_url(redis_server.url.replace("redis://", f"redis://{user}:pw@", 1))
+    w = WriteThrough(client)
+    await w.start()
+    try:
+        await w.run(("PING",))
+        assert w._skip is False
+        await _posts_and_submits(w, r, f"{settings.namespace}:wt-post-refused")
+    finally:
+        await w.aclose()
+        await client.aclose()
+        await r.execute_command("ACL", "DELUSER", user)
+
+
+async def test_posts_go_on_after_the_connection_is_killed(
+    writer: WriteThrough, settings: Settings, r: aioredis.Redis
+) -> None:
+    """A new connection is asked again before anything is posted on it (what was posted on the
+    dead one before its death was seen is lost: at-most-once)."""
+    await writer.run(("CLIENT", "SETNAME", "writethrough-post-under-test"))
+    await r.execute_command("CLIENT", "KILL", "SKIPME", "yes", "TYPE", "normal")
+    assert await writer.run(("ECHO", "again")) == b"again"  # on a new connection
+    await _posts_and_submits(writer, r, f"{settings.namespace}:wt-post-kill")
+    assert writer._skip is True

@@ -151,7 +151,7 @@ class Outgoing:
         out: dict[str, Any] = {
             "v": PROTOCOL_VERSION,
             "id": self.id,
-            "kind": self.kind.value,
+            "kind": self.kind,  # a str enum: orjson writes its value
             "type": self.type,
             "sender": self.sender,
             "sent_at": format_ms(self.sent_ms),

@@ -23,6 +23,7 @@ still pending for this instance are made claimable at once (``XCLAIM ... IDLE``)
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import redis.asyncio as aioredis
 
 from agent_sdk.fence import Fence
+from agent_sdk.messaging.batcher import Op
 from agent_sdk.messaging.dispatch import MAX_DELIVERIES_CODE, Dispatcher, Fields, StreamState, text
 from agent_sdk.messaging.handlers import HandlerRegistry, Message
 from agent_sdk.messaging.scripts import Scripts
@@ -39,6 +41,7 @@ from agent_sdk.messaging.workers import BROADCAST_QUEUE_MAX, BROADCAST_WORKERS, 
 from agent_sdk.security import UNVERIFIED
 from agent_sdk.settings import Settings
 from agent_sdk.tasks import cancel_and_wait
+from agent_sdk.writethrough import WriteThrough
 from schemas.envelope import Envelope, Kind
 from schemas.keys import AGENT_GROUP
 
@@ -73,6 +76,7 @@ class Consumer:
         on_load: Callable[[int], None] | None = None,
         fence: Fence | None = None,
         reply_batcher: Batcher | None = None,
+        direct: WriteThrough | None = None,
     ) -> None:
         self.client = client
         self.fence = fence
@@ -95,8 +99,9 @@ class Consumer:
         self._by_key = {s.key: s for s in self.streams}
         self.dispatcher = Dispatcher(
             client, settings, scripts, name=name, handlers=handlers, ack=self._ack,
-            batcher=reply_batcher, on_retry=self._retry_later,
+            batcher=reply_batcher, on_retry=self._retry_later, direct=direct,
         )  # fmt: skip
+        self._publish_reply = self.dispatcher.replier.publish_reply
         # The handler pools are made when first needed: many agents of a host never get a
         # broadcast or a direct request (made lazily, a started hosted agent is 20.1 KB against
         # 23.6: docs/BENCHMARKS.md, run F)
@@ -214,12 +219,13 @@ class Consumer:
         """Delete this instance's consumer from each of its streams' groups where it holds
         nothing (a clean stop): consumers of stopped instances do not pile up in the groups
         (``prune_consumers`` catches those of crashed ones). Returns how many were deleted."""
-        deleted = 0
-        for family in self.families:  # one call per family: one hash slot each
-            keys = [s.key for s in self.streams if s.key.startswith(family)]
-            n: Any = await self.scripts.leave(keys=keys, args=[AGENT_GROUP, self.instance_id])
-            deleted += int(n)
-        return deleted
+        ops = [  # one call per family (one hash slot each), through the host's batcher: the
+            # agents of a host stopping together share its round trips
+            Op([AGENT_GROUP, self.instance_id], self.scripts.leave,
+               [s.key for s in self.streams if s.key.startswith(family)])
+            for family in self.families
+        ]  # fmt: skip
+        return sum(int(n) for n in await self.reader.batcher.run_many(ops))
 
     @property
     def in_flight(self) -> int:
@@ -291,16 +297,20 @@ class Consumer:
         others at once (``XCLAIM <ids> IDLE``): the instance lost its name, or stopped."""
         released = 0
         idle = 10 * self.settings.ttl_ms
-        for s in self.streams if streams is None else streams:
-            rows: Any = await self.client.xpending_range(
-                s.key, s.group, min="-", max="+", count=10_000, consumername=self.instance_id
-            )
-            ids: list[Any] = [i for i in (text(r["message_id"]) for r in rows) if i not in s.held]
+        streams = self.streams if streams is None else streams
+        batcher = self.reader.batcher  # shared with the agents stopping together
+        pending = await batcher.run_many(
+            [Op(("XPENDING", s.key, s.group, "-", "+", 10_000, self.instance_id)) for s in streams]
+        )
+        claims = []
+        for s, rows in zip(streams, pending, strict=True):
+            ids = [i for i in (text(r[0]) for r in rows) if i not in s.held]
             if ids:
-                await self.client.xclaim(
-                    s.key, s.group, self.instance_id, 0, ids, idle=idle, justid=True
-                )
+                claims.append(Op(("XCLAIM", s.key, s.group, self.instance_id, 0, *ids,
+                                  "IDLE", idle, "JUSTID")))  # fmt: skip
                 released += len(ids)
+        if claims:
+            await batcher.run_many(claims)
         if released:
             log.info("agent %s: %d pending entries handed back", self.name, released)
         return released
@@ -437,8 +447,7 @@ class Consumer:
         env = msg.envelope
         if env.expired():  # its caller gave up already
             return
-        outcome = await self.handlers.handle(msg)
-        await self.dispatcher.replier.publish_reply(env, outcome)
+        await self.handlers.handle(msg, functools.partial(self._publish_reply, env))
 
     def handle_live(self, env: Envelope, channel: str) -> None:
         """Queue the handler of a broadcast received on pub/sub (no ack, no reply)."""

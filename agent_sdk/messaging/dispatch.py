@@ -24,6 +24,7 @@ from agent_sdk.messaging.replier import Replier
 from agent_sdk.messaging.scripts import Scripts
 from agent_sdk.security import UNVERIFIED
 from agent_sdk.settings import Settings
+from agent_sdk.writethrough import WriteThrough
 from schemas.display import safe_text
 from schemas.envelope import Envelope, Kind, decode_fields
 from schemas.errors import ErrorCode, ProtocolError
@@ -76,6 +77,7 @@ class Dispatcher:
         ack: Callable[[StreamState, str], None],
         batcher: Batcher | None = None,
         on_retry: Callable[[StreamState], None] | None = None,
+        direct: WriteThrough | None = None,
     ) -> None:
         self.client = client
         self.settings = settings
@@ -85,7 +87,7 @@ class Dispatcher:
         self.ack = ack
         #: Told when an entry is left pending for a redelivery (claimed once idle for a TTL).
         self.on_retry = on_retry
-        self.replier = Replier(client, settings, scripts, name, batcher=batcher)
+        self.replier = Replier(client, settings, scripts, name, batcher=batcher, direct=direct)
 
     async def to_dead_letter(
         self, s: StreamState, entry_id: str, fields: Fields, reason: str, code: str
@@ -142,6 +144,8 @@ class Dispatcher:
             env.target or self.name, env.type, headers=env.headers, message_id=env.id,
             conversation_id=env.correlation_id or (env.id if env.kind is Kind.REQUEST else None),
         ) as span:  # fmt: skip
+            # observed before the reply is settled (unlike a direct request's answer, whose
+            # write does not wait): once a durable request returns, its handler's usage is in
             outcome = await self.handlers.handle(msg)
             if handled is not None:  # once the settling write below is out, not before it
                 asyncio.get_running_loop().call_soon(handled)

@@ -224,20 +224,32 @@ class HandlerRegistry:
         """``(type, handler)`` pairs, in registration order (to copy them onto another agent)."""
         return [(type, entry.func) for type, entry in self._handlers.items()]
 
-    async def handle(self, msg: Message) -> Outcome:
-        """Run the handler for ``msg``; every failure becomes an ``Outcome`` with an error."""
+    async def handle(
+        self, msg: Message, settle: Callable[[Outcome], Awaitable[None]] | None = None
+    ) -> Outcome:
+        """Run the handler for ``msg``; every failure becomes an ``Outcome`` with an error.
+        ``settle`` (a direct request's answer, posted without waiting for Redis) is awaited
+        with the outcome before the observers are told: their bookkeeping is not on the
+        answer's path."""
         if self.observer is None and self.task_observer is None:
-            return await self._handle(msg)
+            outcome = await self._handle(msg)
+            if settle is not None:
+                await settle(outcome)
+            return outcome
         started = time.time()
         t0 = time.perf_counter()
         outcome = await self._handle(msg)
         seconds = time.perf_counter() - t0
-        self.observe(msg.type, seconds, failed=not outcome.ok)
-        if self.task_observer is not None:
-            try:
-                self.task_observer(msg, started, seconds, outcome.error)
-            except Exception:
-                log.exception("task observer failed")
+        try:
+            if settle is not None:
+                await settle(outcome)
+        finally:
+            self.observe(msg.type, seconds, failed=not outcome.ok)
+            if self.task_observer is not None:
+                try:
+                    self.task_observer(msg, started, seconds, outcome.error)
+                except Exception:
+                    log.exception("task observer failed")
         return outcome
 
     def observe(self, type: str, seconds: float, *, failed: bool) -> None:

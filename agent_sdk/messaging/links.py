@@ -9,7 +9,8 @@
   (Redis Cluster forwards a ``PUBLISH`` to every node): one more connection, to any node. A
   host thus holds one pub/sub connection per master its agents' streams live on, plus one.
 
-Both read the pushes straight off their connections' hiredis readers (see ``read``). Any
+Both read the pushes straight off their connections' hiredis readers (see ``read``); on one
+server they are handed to the hub as the connection receives them (``read(sink)``). Any
 failure, or a shard channel the server dropped (``sunsubscribe``: its slot moved to another
 node, as after a failover), is raised by ``read``: the hub then closes everything, refreshes
 the slot map and subscribes again from scratch (and rings every stream, since rings may have
@@ -21,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, cast
 
 import redis.asyncio as aioredis
@@ -29,7 +30,7 @@ from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import RedisCluster
 
 from agent_sdk.connection import is_cluster, node_client
-from agent_sdk.lane import hiredis_reader, incomplete
+from agent_sdk.lane import hand_over_replies, hiredis_reader, incomplete
 from agent_sdk.settings import Settings
 
 __all__ = ["ClusterLinks", "Links", "SingleLink", "open_links"]
@@ -49,7 +50,7 @@ def _chunks(items: list[str]) -> Iterable[list[str]]:
         yield items[i : i + _CHUNK]
 
 
-async def read_pushes(pubsub: PubSub) -> list[Any]:
+async def read_pushes(pubsub: PubSub, sink: Callable[[Any], None] | None = None) -> list[Any]:
     """The pushes of the connection, as Redis sent them (``[b"message", channel, data]``,
     ``[b"pmessage", pattern, channel, data]``, ``[b"subscribe", channel, count]``, ...):
     every one already received, waiting for the socket only when none is.
@@ -59,10 +60,16 @@ async def read_pushes(pubsub: PubSub) -> list[Any]:
     ``read_response`` costs ≈ 5 µs a message in timeout and push-type checks. With hiredis
     (a dependency) the parser's reader is drained directly: one ``gets()`` per push.
     Reconnecting is ours anyway.
+
+    With ``sink``, the pushes received from now on go to it as they arrive
+    (``hand_over_replies``: no task switch per message); this returns what had arrived before,
+    and then only ends with the connection.
     """
     conn = pubsub.connection
     if conn is None:
         raise ConnectionError("the pub/sub connection is closed")
+    if sink is not None:
+        hand_over_replies(conn, sink)
     fast = hiredis_reader(conn)
     if fast is None:  # not the parser we know: the slow path
         return [await conn.read_response(timeout=math.inf, push_request=True)]
@@ -121,10 +128,11 @@ class SingleLink:
         if self.pubsub is not None:
             await self.pubsub.punsubscribe(pattern)
 
-    async def read(self) -> list[Any]:
+    async def read(self, sink: Callable[[Any], None]) -> list[Any]:
+        """Pushes received before ``sink`` was handed the connection; raises when it ends."""
         if self.pubsub is None:
             raise ConnectionError("the pub/sub connection is closed")
-        return await read_pushes(self.pubsub)
+        return await read_pushes(self.pubsub, sink)
 
     async def close(self) -> None:
         pubsub, self.pubsub = self.pubsub, None
@@ -239,7 +247,9 @@ class ClusterLinks:
             assert self._global is not None
             await self._nodes[self._global][1].punsubscribe(pattern)
 
-    async def read(self) -> list[Any]:
+    async def read(self, sink: Callable[[Any], None]) -> list[Any]:
+        """The pushes of every link, from one queue (their pumps check for moved shard
+        channels first, so ``sink`` is not used here)."""
         first = await self._pushes.get()
         out: list[Any] = []
         item: list[Any] | BaseException = first

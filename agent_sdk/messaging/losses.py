@@ -5,9 +5,11 @@ or ``XTRIM`` another agent's inbox (and in ``off`` mode every sender caps an inb
 ``inbox_maxlen``). Redis ACLs cannot tell an ``XADD`` with ``MAXLEN`` from one without, and a
 script or Function runs its commands with its caller's permissions, so this cannot be prevented
 by the generated users; it is **detected**: every ``loss_check`` seconds a host runs ``lost.lua``
-on each stream it reads (one pipelined round trip). On Redis 7 the group's ``lag`` keeps counting
-entries trimmed before delivery, so ``lag`` minus the entries after the group's last-delivered id
-is the number lost. Each new loss is reported once (the count reported so far lives in
+on each stream it reads (through its batcher, ``_CHUNK`` streams a round trip: packed by
+hiredis, and no round trip of others waits behind more than one chunk). On Redis 7 the
+group's ``lag`` keeps counting entries trimmed before delivery, so ``lag`` minus the entries
+after the group's last-delivered id is the number lost. Each new loss is reported once (the
+count reported so far lives in
 ``<stream>:lost``, which only the stream's readers may write): a warning in the log and a record
 in the dead-letter stream (code ``messages_lost``, ``source`` the stream, ``count``), where
 ``agentbus deadletter`` shows it. Redis 6.2 has no ``lag``: nothing is detected there.
@@ -22,7 +24,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from agent_sdk.connection import is_cluster
+from agent_sdk.messaging.batcher import Batcher, Op
 from agent_sdk.messaging.scripts import script_text
 from agent_sdk.settings import Settings
 from schemas.display import safe_text
@@ -34,17 +36,17 @@ __all__ = ["LossWatch"]
 
 log = logging.getLogger("agentbus.messaging")
 
-_CHUNK = 500
+_CHUNK = 200
 
 
 class LossWatch:
     """Checks streams for entries trimmed before they were read; reports each loss once."""
 
-    def __init__(self, client: aioredis.Redis, settings: Settings) -> None:
+    def __init__(self, client: aioredis.Redis, settings: Settings, batcher: Batcher) -> None:
         self.client = client
         self.settings = settings
+        self.batcher = batcher
         self._script = client.register_script(script_text("lost"))
-        self._cluster = is_cluster(client)
         #: Entries found lost (and reported) by this watch.
         self.lost = 0
 
@@ -59,14 +61,9 @@ class LossWatch:
         found = 0
         for i in range(0, len(streams), _CHUNK):
             chunk = streams[i : i + _CHUNK]
-            results: list[Any]
-            if self._cluster:  # each call in its stream's slot
-                results = [await self._call(s) for s in chunk]
-            else:
-                async with self.client.pipeline(transaction=False) as pipe:
-                    for s in chunk:
-                        await self._call(s, pipe)
-                    results = await pipe.execute()
+            keys = self.settings.keys
+            ops = [Op((AGENT_GROUP,), self._script, (s, keys.losses(s))) for s in chunk]
+            results: list[Any] = await self.batcher.run_many(ops)
             for stream, result in zip(chunk, results, strict=True):
                 new, total = int(result[0]), int(result[1])
                 if new > 0:
@@ -74,11 +71,6 @@ class LossWatch:
                     await self._report(stream, new, total)
         self.lost += found
         return found
-
-    async def _call(self, stream: str, client: aioredis.Redis | None = None) -> object:
-        """``lost.lua`` on ``stream`` (queued on ``client`` when it is a pipeline)."""
-        keys = [stream, self.settings.keys.losses(stream)]
-        return await self._script(keys=keys, args=[AGENT_GROUP], client=client)
 
     async def _report(self, stream: str, n: int, total: int) -> None:
         reason = (

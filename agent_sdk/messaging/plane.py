@@ -20,6 +20,7 @@ from agent_sdk.messaging.reader import Reader
 from agent_sdk.messaging.scripts import Scripts
 from agent_sdk.messaging.topics import ChannelCallback, PubSubHub
 from agent_sdk.settings import Settings
+from agent_sdk.writethrough import WriteThrough, direct_writer
 from schemas.envelope import Envelope, decode_json
 from schemas.errors import ProtocolError
 
@@ -31,7 +32,9 @@ log = logging.getLogger("agentbus.messaging")
 class Plane:
     """Connections and loops shared by every agent of a host."""
 
-    def __init__(self, client: aioredis.Redis, settings: Settings) -> None:
+    def __init__(
+        self, client: aioredis.Redis, settings: Settings, *, direct: WriteThrough | None = None
+    ) -> None:
         self.client = client
         self.settings = settings
         self.scripts = Scripts.register(client)
@@ -41,6 +44,10 @@ class Plane:
         self.reply_batcher = Batcher(
             client, join_turn=False, replica_acks=acks, replica_timeout=timeout
         )
+        #: ``durable=False`` requests and their answers (None on a cluster): the host's writer
+        #: (``Host.writer``), or one of its own, which takes its connection at first use.
+        self._owns_direct = direct is None
+        self.direct = direct or direct_writer(client)
         self.hub = PubSubHub(client, settings)
         self.reader = Reader(client, settings, self.scripts, self.hub, self.send_batcher)
         #: Broadcast channel -> the agents it reaches here.
@@ -64,6 +71,8 @@ class Plane:
         await self.hub.stop()
         await self.send_batcher.aclose()
         await self.reply_batcher.aclose()
+        if self.direct is not None and self._owns_direct:
+            await self.direct.aclose()
 
     def prepare(self, consumer: Consumer) -> None:
         """Begin ``join`` without waiting (the plane runs): its groups made and its channels

@@ -57,6 +57,8 @@ __all__ = ["Reader", "nogroup"]
 log = logging.getLogger("agentbus.messaging")
 
 _LEASE_CHUNK = 500
+#: Agents looked at per turn of the event loop in a pass over all of them (``renew_leases``).
+_SCAN_CHUNK = 1000
 #: Bytes an envelope may add to its payload (ids, times, headers) under acl-mode byte limits.
 _ENVELOPE_ALLOWANCE = 64 * 1024
 _PRUNE_EVERY = 50  # claim rounds
@@ -144,7 +146,7 @@ class Reader:
         #: True while the reader waits for a doorbell (nothing to read).
         self.idle = False
         #: Entries trimmed before they were read: detected and reported (``losses``).
-        self.losses = LossWatch(client, settings)
+        self.losses = LossWatch(client, settings, batcher)
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -591,13 +593,16 @@ class Reader:
     async def renew_leases(self) -> None:
         """Reset the idle time of every entry a handler holds (one pipeline for the host)."""
         jobs = []
-        for c in self._consumers:
+        consumers = self._consumers
+        for i, c in enumerate(list(consumers)):
+            if i and not i % _SCAN_CHUNK:
+                await asyncio.sleep(0)  # a host of 10,000: not one long hold of the loop
             for s in c.streams:  # most agents hold nothing: that is checked first, cheaply
                 if s.held:
                     break
             else:
                 continue
-            if not c.may_renew():
+            if c not in consumers or not c.may_renew():
                 continue  # the name's holder must be able to claim them
             for s in c.streams:
                 if not s.held:

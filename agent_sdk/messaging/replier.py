@@ -22,6 +22,7 @@ from agent_sdk.messaging.codec import Outgoing, encode_payload
 from agent_sdk.messaging.handlers import Outcome
 from agent_sdk.messaging.scripts import Scripts
 from agent_sdk.settings import Settings
+from agent_sdk.writethrough import WriteThrough
 from schemas.envelope import Envelope, Kind
 from schemas.errors import AgentbusError, ErrorCode, ErrorInfo, PayloadTooLarge
 
@@ -42,11 +43,14 @@ class Replier:
         sender: str,
         *,
         batcher: Batcher | None = None,
+        direct: WriteThrough | None = None,
     ) -> None:
         self.client = client
         self.settings = settings
         self.scripts = scripts
         self.sender = sender
+        #: Answers to ``durable=False`` requests, posted (``WriteThrough.post``) when given.
+        self.direct = direct
         self._reply_prefix = f"{settings.keys.ns}:"
         self._agents_prefix = settings.keys.agents_prefix
         #: Replies of concurrent handlers share round trips (one in flight, on its own lane;
@@ -86,16 +90,22 @@ class Replier:
 
     async def publish_reply(self, request: Envelope, outcome: Outcome) -> None:
         """Answer a ``durable=False`` request: ``PUBLISH`` on the channel named like its
-        ``reply_to`` (at-most-once, as the request was; ``SPUBLISH`` on a cluster: the channel
-        has the requester's hash tag, a sharded channel like a doorbell)."""
+        ``reply_to`` (at-most-once, as the request was), posted on the direct writer: nothing
+        comes back, the handler's slot is free at once. Without one (a cluster) ``SPUBLISH``
+        through the batcher: the channel has the requester's hash tag, a sharded channel like
+        a doorbell."""
         assert request.reply_to is not None
         reply_to = request.reply_to
         if not reply_to.startswith(self._reply_prefix) or ":replies:" not in reply_to:
             log.warning("request %s has a reply_to outside this namespace's reply lists: %r",
                         request.id, reply_to)  # fmt: skip
             return
+        data = self.build(request, outcome)
+        if self.direct is not None:  # nothing comes back: no Redis error to report here
+            await self.direct.start()
+            self.direct.post(("PUBLISH", reply_to, data))
+            return
         with redis_errors(self.settings, f"replying to {request.sender}"):
-            data = self.build(request, outcome)
             await self.batcher.run(Op((publish_command(self.client), reply_to, data)))
 
     async def reply(

@@ -15,6 +15,7 @@ pipeline); replies are collected until all answered, ``max_replies`` arrived, or
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -179,7 +180,7 @@ class Requester:
                         target, out, queue_if_absent=False, priority=priority
                     )
                 else:
-                    where = await self._direct(target, out)
+                    where = await self._direct(target, out, fut)
                 watch = _Watch(self, fut, where, timeout, out)
                 try:
                     env = await fut
@@ -195,12 +196,15 @@ class Requester:
             self.replies.discard(out.id)
             telemetry.record_request_duration(type, time.perf_counter() - started, outcome)
 
-    async def _direct(self, target: Target, out: Outgoing) -> Target:
+    async def _direct(
+        self, target: Target, out: Outgoing, answer: asyncio.Future[Envelope]
+    ) -> Target:
         """A request that skips the streams: ``PUBLISH`` on the agent's direct channel (for a
         role, on that of one live member picked at random), answered by ``PUBLISH`` on the
         channel named like our reply list. At-most-once: nothing is stored,
-        so a request that reaches nobody fails at once (``AgentNotFound``, ``NoResponders``) and
-        one its agent could not take is answered with an error or lost to the timeout."""
+        so a request that reaches nobody fails at once (``AgentNotFound``, ``NoResponders``:
+        ``answer`` fails when the ``PUBLISH`` count says so) and one its agent could not take
+        is answered with an error or lost to the timeout."""
         if self.settings.secure:
             raise InvalidInput(
                 "request(..., durable=False) is not available with AGENTBUS_SECURITY=acl: a "
@@ -224,18 +228,38 @@ class Requester:
                     details={"role": target.role},
                 )
             name = picked.decode() if isinstance(picked, bytes) else str(picked)
-        if await self.sender.direct(name, out) == 0:
+        count = await self.sender.direct(name, out)
+        count.add_done_callback(functools.partial(self._delivered, answer, target, name, out))
+        return Target(name, None)
+
+    def _delivered(self, answer: asyncio.Future[Envelope], target: Target, name: str,
+                   out: Outgoing, count: asyncio.Future[Any]) -> None:  # fmt: skip
+        """The count of a direct request's ``PUBLISH``: ``answer`` fails at once when nobody
+        received it, or when it could not be written."""
+        if answer.done() or count.cancelled():
+            return
+        error = count.exception()
+        if error is None:
+            if int(count.result()) > 0:
+                return
             if target.name is not None:
-                raise AgentNotFound(
+                error = AgentNotFound(
                     f"agent {name!r} does not listen for direct requests (not alive, or its SDK "
                     "predates protocol 2); send it durably instead",
                     details={"agent": name},
                 )
-            raise NoResponders(
-                f"member {name!r} of role {target.role!r} does not listen for direct requests",
-                details={"role": target.role, "agent": name},
-            )
-        return Target(name, None)
+            else:
+                error = NoResponders(
+                    f"member {name!r} of role {target.role!r} does not listen for direct requests",
+                    details={"role": target.role, "agent": name},
+                )
+        elif not isinstance(error, AgentbusError):
+            try:  # a Redis error: as every verb reports it
+                with redis_errors(self.settings, f"sending {out.type!r} to {name}"):
+                    raise error
+            except Exception as e:
+                error = e
+        answer.set_exception(error)
 
     async def _check_alive(self, target: Target, out: Outgoing) -> None:
         client, keys = self.sender.client, self.sender.keys

@@ -16,6 +16,7 @@ trip is in flight leave together in the next pipeline, in call order, each with 
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import Iterable
 from typing import Any
@@ -32,6 +33,7 @@ from agent_sdk.messaging.scripts import Scripts
 from agent_sdk.messaging.versions import ATTEMPTS, VersionRouter, check_range
 from agent_sdk.security import refusal_of, secure_id
 from agent_sdk.settings import Settings
+from agent_sdk.writethrough import WriteThrough, direct_writer
 from schemas.envelope import Kind
 from schemas.errors import AgentNotFound, InvalidInput, NoResponders
 from schemas.keys import AGENT_GROUP
@@ -92,12 +94,16 @@ class Sender:
         sender: str,
         *,
         batcher: Batcher | None = None,
+        direct: WriteThrough | None = None,
     ) -> None:
         self.client = client
         self.settings = settings
         self.scripts = scripts
         self.sender = sender
         self.keys = settings.keys
+        #: ``durable=False`` requests (``direct``): the host's writer, or one of its own; None
+        #: on a cluster (``direct_writer``).
+        self.direct_writer = direct or direct_writer(client)
         #: Sends of every agent of a host share one batcher (one connection).
         self.batcher = batcher or Batcher(
             client,
@@ -297,12 +303,18 @@ class Sender:
             ) from None
         return out.id
 
-    async def direct(self, name: str, out: Outgoing) -> int:
-        """``PUBLISH`` ``out`` on agent ``name``'s direct channel (a ``durable=False`` request;
-        ``SPUBLISH`` on a cluster: the channel has the agent's hash tag, a sharded channel like
-        a doorbell); how many hosts received it (0: nobody listens)."""
-        op = Op((publish_command(self.client), self.keys.direct_channel(name), out.json()))
-        return int(await self._run(op, "sending %r to %s", out.type, name))
+    async def direct(self, name: str, out: Outgoing) -> asyncio.Future[Any]:
+        """``PUBLISH`` ``out`` on agent ``name``'s direct channel (a ``durable=False``
+        request), written at once; a future of how many hosts received it (0: nobody listens).
+        On one server through the direct writer, whose own task reads that count: the caller
+        waits for the answer only. On a cluster ``SPUBLISH`` (the channel has the agent's hash
+        tag, a sharded channel like a doorbell) through the batcher."""
+        channel, data = self.keys.direct_channel(name), out.json()
+        if self.direct_writer is not None:
+            await self.direct_writer.start()
+            return self.direct_writer.submit(("PUBLISH", channel, data))
+        op = Op((publish_command(self.client), channel, data))
+        return asyncio.ensure_future(self._run(op, "sending %r to %s", out.type, name))
 
     async def members(self, role: str | None) -> list[str]:
         """Live agents of a role (every live agent when ``role`` is None), from the registry."""

@@ -67,6 +67,7 @@ class Messaging(Verbs):
         self.sender = Sender(
             client, settings, self.scripts, name,
             batcher=plane.send_batcher if plane is not None else None,
+            direct=plane.direct if plane is not None else None,
         )  # fmt: skip
         self._replies = replies
         self.consumer: Consumer | None = None
@@ -76,7 +77,7 @@ class Messaging(Verbs):
                 client, settings, self.scripts, plane.reader, name=name,
                 instance_id=instance_id, role=role, handlers=self.handlers,
                 max_concurrency=max_concurrency, on_load=on_load, fence=fence,
-                reply_batcher=plane.reply_batcher,
+                reply_batcher=plane.reply_batcher, direct=plane.direct,
             )  # fmt: skip
         self.hub = plane.hub if plane is not None else PubSubHub(client, settings)
         self._started = False
@@ -112,6 +113,8 @@ class Messaging(Verbs):
         if self.plane is None:
             await self.hub.stop()
             await self.sender.batcher.aclose()
+            if self.sender.direct_writer is not None:
+                await self.sender.direct_writer.aclose()
         elif self._owns_plane:
             await self.plane.stop()
 

@@ -4,7 +4,9 @@ a Redis Cluster, one per master its doorbells live on plus one: ``agent_sdk.mess
 ``subscribe("news.*")`` returns a ``Subscription``: an async context manager and an async iterator
 of ``Message``. It is active when the ``async with`` body starts (the ``PSUBSCRIBE`` is
 confirmed). Channels a host listens to (broadcasts, the doorbells of the streams its agents
-read) are ``SUBSCRIBE``d with ``listen`` and each routed to its callback, raw.
+read) are ``SUBSCRIBE``d with ``listen`` and each routed to its callback, raw. On one server
+the pushes are routed as the connection receives them (``SingleLink.read``'s sink), not by a
+task woken for each: the hub's task only opens, reconnects and waits for the connection's end.
 
 Delivery is at-most-once: messages published while the connection is down are lost. When the
 connection breaks, the loop logs, backs off, opens a new connection and subscribes again to every
@@ -117,6 +119,11 @@ class PubSubHub:
         self._queued: list[str] = []
         self._queued_waiters: list[asyncio.Future[None]] = []
         self._subscriber: asyncio.Task[None] | None = None
+        #: Channels ``unlisten`` dropped, for the next ``UNSUBSCRIBE`` (agents stopping together
+        #: share one), and the future of that ``UNSUBSCRIBE``.
+        self._unqueued: list[str] = []
+        self._unsubscribed: asyncio.Future[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
         self._names: dict[Any, str] = {}  # channel as received -> its name
         self._pubsub: Links | None = None
         self._task: asyncio.Task[None] | None = None
@@ -142,6 +149,8 @@ class PubSubHub:
     async def stop(self) -> None:
         if self._subscriber is not None:
             await cancel_and_wait(self._subscriber)
+        for pending in list(self._background):
+            await cancel_and_wait(pending)
         task, self._task = self._task, None
         if task is None:
             return
@@ -177,6 +186,9 @@ class PubSubHub:
         if not new:
             done.set_result(None)
             return done
+        if self._unqueued:  # listened again before its UNSUBSCRIBE left: it must not leave
+            again = set(new)
+            self._unqueued = [c for c in self._unqueued if c not in again]
         self._queued.extend(new)
         self._queued_waiters.append(done)
         if self._subscriber is None:
@@ -215,13 +227,35 @@ class PubSubHub:
             self._subscriber = None
 
     async def unlisten(self, channels: list[str]) -> None:
-        """``UNSUBSCRIBE`` ``channels``."""
+        """``UNSUBSCRIBE`` ``channels`` (nothing more is routed to their callbacks from now
+        on); the channels dropped in one turn of the event loop (a host's agents stopping
+        together) leave in one ``UNSUBSCRIBE``, which this returns after."""
         gone = [c for c in channels if self._listeners.pop(c, None) is not None]
-        if gone and self._pubsub is not None:
-            with contextlib.suppress(Exception):
-                await self._pubsub.unsubscribe(gone)
         for c in gone:
             self._names.pop(c.encode(), None)
+        if not gone or self._pubsub is None:
+            return
+        self._unqueued.extend(gone)
+        done = self._unsubscribed
+        if done is None:
+            done = self._unsubscribed = asyncio.get_running_loop().create_future()
+            task = asyncio.create_task(self._unsubscribe_queued(done), name="agentbus-unsub")
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        await asyncio.shield(done)
+
+    async def _unsubscribe_queued(self, done: asyncio.Future[None]) -> None:
+        """One ``UNSUBSCRIBE`` for what ``unlisten`` queued until now (a failure is left to
+        the reconnection, which subscribes the listened channels only)."""
+        try:
+            gone, self._unqueued = self._unqueued, []
+            self._unsubscribed = None
+            if gone and self._pubsub is not None:
+                with contextlib.suppress(Exception):
+                    await self._pubsub.unsubscribe(gone)
+        finally:
+            if not done.done():
+                done.set_result(None)
 
     async def _add(self, sub: Subscription) -> None:
         await self.start()
@@ -306,13 +340,10 @@ class PubSubHub:
                     self._ready.set()
                     if self.reconnects and self.on_reconnect is not None:
                         self.on_reconnect()
-                replies = await self._pubsub.read()
+                replies = await self._pubsub.read(self._push)
                 backoff = 0.05
                 for reply in replies:
-                    if isinstance(reply, list) and reply:
-                        self._route(reply)
-                    elif isinstance(reply, ResponseError):
-                        self._on_error_reply(reply)
+                    self._push(reply)
             except asyncio.CancelledError:
                 raise
             except Exception as e:
@@ -322,6 +353,20 @@ class PubSubHub:
                 self.reconnects += 1
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.settings.retry_max_backoff)
+
+    def _push(self, reply: Any) -> None:
+        """One push of the connection (from ``_run``, or straight from the transport: see
+        ``SingleLink.read``); never raises. Nothing is routed once the hub stops (the
+        connection may still receive while it closes)."""
+        if self._task is None:
+            return
+        try:
+            if isinstance(reply, list) and reply:
+                self._route(reply)
+            elif isinstance(reply, ResponseError):
+                self._on_error_reply(reply)
+        except Exception:
+            log.exception("pub/sub: handling a push failed")
 
     def _route(self, raw: list[Any]) -> None:
         kind = raw[0]

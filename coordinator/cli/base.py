@@ -142,6 +142,8 @@ class AgentbusGroup(click.Group):
         except RedisError as e:
             fail(AgentbusError(f"Redis error: {e}", code=ErrorCode.CONNECTION))
         except OSError as e:
+            # One line for the user; where it came from with --log-level debug.
+            logging.getLogger("agentbus.cli").debug("%s failed", ctx.info_name, exc_info=True)
             fail(AgentbusError(str(e), code=ErrorCode.INTERNAL))
         except KeyboardInterrupt:
             click.echo("agentbus: interrupted", err=True)

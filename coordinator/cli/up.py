@@ -221,7 +221,9 @@ async def _gateway(
         from gateway.server import running
         from gateway.settings import GatewaySettings
     except ImportError:
-        console.print("(no gateway: it needs its extra, pip install 'agentbus[gateway]')")
+        console.print(
+            "(no gateway: it needs its extra, pip install 'agentbus[gateway]')", markup=False
+        )
         yield None
         return
     values = settings.model_dump(include=set(GatewaySettings.model_fields))

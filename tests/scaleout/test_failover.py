@@ -143,9 +143,9 @@ async def test_command_in_flight_when_the_master_dies_is_retried_on_the_new_mast
     deployment = LocalSentinel()
     deployment.start()
     try:
-        settings = Settings(
+        settings = Settings(  # a retry budget (≈ 20 s) well past a failover on a busy machine
             redis_url=deployment.url, namespace=f"t{uuid.uuid4().hex[:10]}",
-            retry_attempts=8, retry_max_backoff=0.2,
+            retry_attempts=40, retry_max_backoff=0.5,
         )  # fmt: skip
         reader: Any = make_client(settings)
         writer = make_client(settings)
@@ -158,12 +158,14 @@ async def test_command_in_flight_when_the_master_dies_is_retried_on_the_new_mast
             )
             await asyncio.to_thread(deployment.kill_and_wait_failover)
             # retried on the dead master's address, it never blocks on the new one (and raises
-            # ConnectionError once its 8 commands x 8 connects are spent)
+            # ConnectionError once its retries are spent)
             await wait_for(
-                lambda: _blocked(deployment),
+                lambda: read.done() or _blocked(deployment),
                 timeout=30,
                 message="the read retried on the new master",
             )
+            if read.done():  # its retries ran out before it reached the new master
+                raise AssertionError(f"the read failed instead: {read.exception()!r}")
             entry_id = await writer.xadd(stream, {"n": "1"})
             got = await asyncio.wait_for(read, 10)
             assert got[0][1][0][0] == entry_id

@@ -4,17 +4,20 @@ expiry, discovery, send and request by name and by role, priorities, broadcasts,
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any
 
 import pytest
 
 from agent_sdk import Agent, Bus, Settings
 from agent_sdk.connection import make_client
+from agent_sdk.embedded import free_port
 from agent_sdk.messaging import Message
 from coordinator import Coordinator
 from schemas.errors import AgentNotFound, NoResponders
 from tests.fake_agents import FakeAgent
 from tests.support import wait_for
+from tests.topologies import LocalSentinel
 
 
 async def test_register_heartbeat_expire(scaled: Settings, scaled_coordinator: Coordinator) -> None:
@@ -124,3 +127,28 @@ async def test_pool_waits_for_a_connection_past_its_bound(scaled: Settings) -> N
     finally:
         await client.delete(key)
         await client.aclose()
+
+
+async def test_master_lookups_at_once_keep_every_sentinel(local_sentinel: LocalSentinel) -> None:
+    """Every connection opened asks the sentinels where the master is, and a host opens many
+    at once (after a failover they all reconnect together). With the first sentinel down,
+    redis-py's discovery wrote the sentinel that answered into two slots of its list and
+    dropped the other: never asked again, and its sockets never closed (the unclosed-socket
+    warnings of a failover under load)."""
+    dead = free_port()
+    url = local_sentinel.url.replace("://", f"://127.0.0.1:{dead},", 1)
+    settings = Settings(redis_url=url, namespace=f"t{uuid.uuid4().hex[:10]}")
+    client: Any = make_client(settings, max_connections=20)
+    manager = client.connection_pool.sentinel_manager
+    asked = list(manager.sentinels)
+    assert len(asked) == 4
+    try:
+        assert all(await asyncio.gather(*(client.ping() for _ in range(20))))
+        assert sorted(map(id, manager.sentinels)) == sorted(map(id, asked))
+        assert manager.sentinels[0] is not asked[0]  # the one that answered came first
+    finally:
+        await client.aclose()
+    for sentinel in asked:  # closing the client closed every sentinel's sockets
+        pool = sentinel.connection_pool
+        held = [*pool._available_connections, *pool._in_use_connections]
+        assert [c for c in held if c.is_connected] == []
