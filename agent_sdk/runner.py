@@ -7,9 +7,9 @@ refused). A second signal exits at once (status 128 + signal number). This modul
 place the SDK installs signal handlers; library code never does.
 
 It also sets Python's garbage collector for a process that carries many objects for long
-(``tune_gc``). Exit status: 0 after a clean stop; 1 when the service could not start (one line
-on stderr: no traceback) or stopped on its own (an agent that lost its name to another
-instance).
+(``tune_gc``), and collects while the event loop is idle (``paced``: ``agent_sdk._gcpace``).
+Exit status: 0 after a clean stop; 1 when the service could not start (one line on stderr: no
+traceback) or stopped on its own (an agent that lost its name to another instance).
 """
 
 from __future__ import annotations
@@ -21,13 +21,15 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from schemas.errors import AgentbusError, InvalidInput
 
-__all__ = ["Service", "run", "serve", "tune_gc"]
+__all__ = ["Service", "paced", "run", "serve", "tune_gc"]
 
 log = logging.getLogger("agentbus.run")
+
+T = TypeVar("T")
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -118,14 +120,15 @@ def configure_logging(level: int | str = logging.INFO) -> None:
 GC_THRESHOLDS = (50_000, 20, 20)
 
 
-def tune_gc() -> None:
+def tune_gc() -> bool:
     """Collect garbage cycles less often than Python's default (every 700 new objects, and the
     whole heap every 100 such collections at most): ``GC_THRESHOLDS``, or
     ``AGENTBUS_GC_THRESHOLD`` (the first threshold; ``0`` leaves Python's). A host of 1,100
     agents adding 100 at once spent about a sixth of its CPU in the collector, most of it
     walking the long-lived agents again (docs/BENCHMARKS.md, session 11). Left alone when the
     program set its own thresholds. ``agentbus run``, ``agent.run()``, ``host.run()`` and the
-    coordinator call it; a program that embeds a host may call it at start too."""
+    coordinator call it (and run ``paced``); a program that embeds a host may call it at start
+    too. Whether it set the thresholds."""
     raw = os.environ.get("AGENTBUS_GC_THRESHOLD", "").strip()
     try:
         first = int(raw) if raw else GC_THRESHOLDS[0]
@@ -136,23 +139,38 @@ def tune_gc() -> None:
             f"AGENTBUS_GC_THRESHOLD must be a whole number >= 0 (0: Python's own), got {raw!r}"
         )
     if first == 0 or gc.get_threshold() != (700, 10, 10):
-        return
+        return False
     gc.set_threshold(first, *GC_THRESHOLDS[1:])
+    return True
+
+
+async def paced(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` with the collector paced (``agent_sdk._gcpace``: young collections in the
+    idle moments of the loop rather than in the middle of a burst of work)."""
+    from agent_sdk._gcpace import pace
+
+    pacer = asyncio.create_task(pace(), name="agentbus-gc-pacer")
+    try:
+        return await coro
+    finally:
+        pacer.cancel()
+        await asyncio.gather(pacer, return_exceptions=True)
 
 
 def run_coroutine(coro: Coroutine[Any, Any, int]) -> int:
     """Run on uvloop when installed (the ``fast`` extra), else asyncio's loop (``tune_gc``
-    first)."""
+    first, and ``paced`` if it set the collector)."""
     try:
-        tune_gc()
+        tuned = tune_gc()
     except InvalidInput:
         coro.close()
         raise
+    main = paced(coro) if tuned else coro
     try:
         import uvloop
     except ImportError:
-        return asyncio.run(coro)
-    result: int = uvloop.run(coro)
+        return asyncio.run(main)
+    result: int = uvloop.run(main)
     return result
 
 

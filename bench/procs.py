@@ -39,11 +39,12 @@ def pick_loop(preference: str = "auto") -> str:
 
 def run(coro: Coroutine[Any, Any, T], loop: str) -> T:
     """Run ``coro`` to completion on a new event loop of the given kind, with the garbage
-    collector set as ``agentbus run`` sets it (``agent_sdk.runner.tune_gc``: every process of
-    the bench, agentbus's and the baselines' alike)."""
-    from agent_sdk.runner import tune_gc
+    collector set and paced as ``agentbus run`` does (``agent_sdk.runner.tune_gc`` and
+    ``paced``: every process of the bench, agentbus's and the baselines' alike)."""
+    from agent_sdk.runner import paced, tune_gc
 
-    tune_gc()
+    if tune_gc():
+        coro = paced(coro)
     factory: Callable[[], asyncio.AbstractEventLoop] | None = None
     if loop == "uvloop":
         import uvloop
