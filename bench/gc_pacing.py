@@ -80,14 +80,16 @@ async def _phase(url: str, ns: str, rounds: int, paced: bool, marks: _Collection
                 await asyncio.sleep(_GAP)
                 cards = {i: card_for(i, "u") for i in range(r * _BURST, (r + 1) * _BURST)}
 
-                async def timed(i: int) -> float:
+                async def timed(i: int, card: Any) -> float:
                     t = time.perf_counter()
-                    await make(i, "u", cards[i]).start()
+                    await make(i, "u", card).start()
                     return time.perf_counter() - t
 
                 marks.in_burst = True
                 try:
-                    took = await asyncio.gather(*(asyncio.create_task(timed(i)) for i in cards))
+                    took = await asyncio.gather(
+                        *(asyncio.create_task(timed(i, c)) for i, c in cards.items())
+                    )
                 finally:
                     marks.in_burst = False
                 bursts.append(took)
