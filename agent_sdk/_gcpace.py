@@ -8,10 +8,14 @@ added at once allocate some 16,000 objects that live on). A host's agents rarely
 cycles: those collections find nothing, they only move the young agents to the next generation.
 
 ``pace`` wakes every ``_INTERVAL`` seconds. If it woke on time (the loop had nothing else to
-run) and the collector is ``_SHARE`` of the way to its own trigger, it collects now, in the
-quiet, what Python would collect later in the middle of work: the same generation Python would
-choose (an older one once its count passed its threshold), in smaller pieces. A loop that is
-busy is left alone: then Python's own trigger still applies, as without pacing.
+run) and the youngest generation is ``_SHARE`` of the way to its threshold, it collects now,
+in the quiet, what Python would collect later in the middle of work, in smaller pieces. A loop
+that is busy is left alone: then Python's own trigger still applies, as without pacing.
+
+An older generation's count is the number of collections of the one below since its own last
+collection, and a paced collection covers ``_SHARE`` of the objects one of Python's covers: so
+an older generation is collected once its count passes its threshold divided by ``_SHARE``
+(the whole heap no more often than Python would walk it).
 """
 
 from __future__ import annotations
@@ -31,12 +35,12 @@ _BUSY = 0.001
 
 def due(count: tuple[int, int, int], threshold: tuple[int, ...], late: float) -> int | None:
     """The generation to collect now, or ``None``: the oldest whose count passed its threshold
-    (as Python chooses), or the youngest once it holds ``_SHARE`` of its threshold; nothing if
-    the loop woke ``late`` (busy) or collection is off (threshold 0)."""
+    divided by ``_SHARE`` (module docstring), or the youngest once it holds ``_SHARE`` of its
+    threshold; nothing if the loop woke ``late`` (busy) or collection is off (threshold 0)."""
     if late > _BUSY or not threshold or threshold[0] <= 0:
         return None
     for generation in (2, 1):
-        if generation < len(threshold) and count[generation] > threshold[generation]:
+        if generation < len(threshold) and count[generation] > threshold[generation] / _SHARE:
             return generation
     if count[0] >= threshold[0] * _SHARE:
         return 0

@@ -23,10 +23,13 @@ TUNED = GC_THRESHOLDS
         ((0, 0, 0), 0.0, None),  # nothing young
         ((12_499, 0, 0), 0.0, None),  # under a quarter of the threshold
         ((12_500, 0, 0), 0.0, 0),  # a quarter: the young generation, in the quiet
-        ((49_000, 21, 0), 0.0, 1),  # past the middle one's threshold: that one, as Python would
-        ((49_000, 21, 21), 0.0, 2),  # past the oldest one's: the whole heap
-        ((100, 21, 0), 0.0, 1),  # an older generation is due whatever the young count
-        ((49_000, 21, 21), 0.002, None),  # woken late: the loop is busy, Python's own trigger
+        # an older generation: once its count passed its threshold / the share (20 / 0.25):
+        # a paced young collection covers a quarter of the objects one of Python's covers
+        ((12_500, 21, 0), 0.0, 0),
+        ((12_500, 81, 0), 0.0, 1),
+        ((12_500, 81, 81), 0.0, 2),  # the whole heap
+        ((100, 81, 0), 0.0, 1),  # an older generation is due whatever the young count
+        ((49_000, 81, 81), 0.002, None),  # woken late: the loop is busy, Python's own trigger
     ],
 )
 def test_the_generation_due(count: tuple[int, int, int], late: float, expected: int | None) -> None:
