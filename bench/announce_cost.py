@@ -34,7 +34,7 @@ from agent_sdk.embedded import RedisServer
 from agent_sdk.messaging.codec import Outgoing
 from agent_sdk.settings import Settings
 from bench.coord import CoordinatorProcess
-from bench.protocol import card_for
+from bench.protocol import card_for, echo_agent
 from schemas.agent import AgentCard, ControlType
 from schemas.envelope import Kind, new_id
 
@@ -74,20 +74,8 @@ async def _host_part(settings: Settings, burst: int, rounds: int, cpu: _Cpu) -> 
 
     host = Host(settings, name="cost")
 
-    def make(i: int, prefix: str) -> Any:
-        card = card_for(i, prefix)
-        agent = host.agent(
-            f"{prefix}-{i}", card.role, capabilities=card.capabilities, tags=card.tags
-        )
-
-        @agent.on("echo")
-        async def echo(payload: Any) -> Any:
-            return payload
-
-        return agent
-
     for i in range(100):
-        make(i, "base")
+        echo_agent(host, i, "base")
     p50s: list[float] = []
     async with host:
         for r in range(rounds):
@@ -95,7 +83,7 @@ async def _host_part(settings: Settings, burst: int, rounds: int, cpu: _Cpu) -> 
 
             async def timed(i: int) -> float:
                 t = time.perf_counter()
-                await make(i, "u").start()
+                await echo_agent(host, i, "u").start()
                 return time.perf_counter() - t
 
             cpu.begin()

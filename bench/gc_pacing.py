@@ -27,7 +27,7 @@ from agent_sdk.embedded import RedisServer
 from agent_sdk.runner import tune_gc
 from agent_sdk.settings import Settings
 from bench.coord import CoordinatorProcess
-from bench.protocol import card_for
+from bench.protocol import card_for, echo_agent
 
 __all__ = ["main"]
 
@@ -59,19 +59,8 @@ async def _phase(url: str, ns: str, rounds: int, paced: bool, marks: _Collection
 
     host = Host(Settings(redis_url=url, namespace=ns), name=f"gc-{ns}")
 
-    def make(i: int, prefix: str, card: Any) -> Any:
-        agent = host.agent(
-            f"{prefix}-{i}", card.role, capabilities=card.capabilities, tags=card.tags
-        )
-
-        @agent.on("echo")
-        async def echo(payload: Any) -> Any:
-            return payload
-
-        return agent
-
     for i in range(_BASE):
-        make(i, "base", card_for(i, "base"))
+        echo_agent(host, i, "base")
     pacer = asyncio.create_task(pace()) if paced else None
     bursts: list[list[float]] = []
     try:
@@ -82,7 +71,7 @@ async def _phase(url: str, ns: str, rounds: int, paced: bool, marks: _Collection
 
                 async def timed(i: int, card: Any) -> float:
                     t = time.perf_counter()
-                    await make(i, "u", card).start()
+                    await echo_agent(host, i, "u", card).start()
                     return time.perf_counter() - t
 
                 marks.in_burst = True

@@ -33,6 +33,7 @@ __all__ = [
     "announce_all",
     "card_for",
     "collect_results",
+    "echo_agent",
     "heartbeat_fields",
     "query_for",
     "sim_agents",
@@ -53,6 +54,19 @@ def card_for(i: int, prefix: str = "sim") -> AgentCard:
         pid=1,
         max_concurrency=4,
     )
+
+
+def echo_agent(host: Any, i: int, prefix: str, card: AgentCard | None = None) -> Any:
+    """Agent ``<prefix>-<i>`` made on ``host`` (an ``agent_sdk.Host``) with ``card_for``'s card
+    (or ``card``), answering ``echo``."""
+    card = card or card_for(i, prefix)
+    agent = host.agent(f"{prefix}-{i}", card.role, capabilities=card.capabilities, tags=card.tags)
+
+    @agent.on("echo")
+    async def echo(payload: Any) -> Any:
+        return payload
+
+    return agent
 
 
 def query_for(j: int) -> tuple[str, tuple[str, str]]:
