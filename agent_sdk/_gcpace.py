@@ -7,7 +7,9 @@ on whichever allocation crosses the threshold, most often in the middle of a bur
 added at once allocate some 16,000 objects that live on). A host's agents rarely form garbage
 cycles: those collections find nothing, they only move the young agents to the next generation.
 
-``pace`` wakes every ``_INTERVAL`` seconds. If it woke on time (the loop had nothing else to
+``pace`` looks every ``_INTERVAL`` seconds while the youngest generation is at least half way
+to that share, every ``_QUIET_INTERVAL`` seconds otherwise (an idle process wakes rarely). If
+it woke on time (the loop had nothing else to
 run) and the youngest generation is ``_SHARE`` of the way to its threshold, it collects now,
 in the quiet, what Python would collect later in the middle of work, in smaller pieces. A loop
 that is busy is left alone: then Python's own trigger still applies, as without pacing.
@@ -23,10 +25,12 @@ from __future__ import annotations
 import asyncio
 import gc
 
-__all__ = ["due", "pace"]
+__all__ = ["due", "next_look", "pace"]
 
-#: Seconds between two looks at the collector's counts.
+#: Seconds between two looks at the collector's counts: while objects pile up, and while few
+#: have (below half of ``_SHARE``).
 _INTERVAL = 0.05
+_QUIET_INTERVAL = 0.25
 #: The share of the youngest generation's threshold from which an idle loop collects.
 _SHARE = 0.25
 #: Woken later than this (seconds): the loop was busy, nothing is collected this time.
@@ -47,14 +51,23 @@ def due(count: tuple[int, int, int], threshold: tuple[int, ...], late: float) ->
     return None
 
 
+def next_look(count: tuple[int, int, int], threshold: tuple[int, ...]) -> float:
+    """Seconds until the next look: soon while young objects pile up, later while few have."""
+    piling = bool(threshold) and count[0] >= threshold[0] * _SHARE / 2
+    return _INTERVAL if piling else _QUIET_INTERVAL
+
+
 async def pace() -> None:
     """Collect in the idle moments of this event loop (module docstring), until cancelled."""
     loop = asyncio.get_running_loop()
+    interval = _QUIET_INTERVAL
     while True:
         before = loop.time()
-        await asyncio.sleep(_INTERVAL)
-        if not gc.isenabled():
-            continue
-        generation = due(gc.get_count(), gc.get_threshold(), loop.time() - before - _INTERVAL)
-        if generation is not None:
-            gc.collect(generation)
+        await asyncio.sleep(interval)
+        late = loop.time() - before - interval
+        threshold = gc.get_threshold()
+        if gc.isenabled():
+            generation = due(gc.get_count(), threshold, late)
+            if generation is not None:
+                gc.collect(generation)
+        interval = next_look(gc.get_count(), threshold)

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from agent_sdk import _gcpace
-from agent_sdk._gcpace import due, pace
+from agent_sdk._gcpace import due, next_look, pace
 from agent_sdk.runner import GC_THRESHOLDS, run_coroutine
 from tests.support import wait_for
 
@@ -36,6 +36,12 @@ def test_the_generation_due(count: tuple[int, int, int], late: float, expected: 
     assert due(count, TUNED, late) == expected
 
 
+def test_a_quiet_process_looks_rarely_and_a_busy_one_often() -> None:
+    assert next_look((100, 0, 0), TUNED) == _gcpace._QUIET_INTERVAL
+    assert next_look((6_250, 0, 0), TUNED) == _gcpace._INTERVAL  # half way to a quarter
+    assert _gcpace._QUIET_INTERVAL > _gcpace._INTERVAL
+
+
 def test_nothing_is_due_when_collection_is_off() -> None:
     assert due((10**6, 100, 100), (0, 10, 10), 0.0) is None
 
@@ -55,6 +61,7 @@ async def test_an_idle_loop_collects_the_young_before_python_would(
     tuned_collector: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(_gcpace, "_INTERVAL", 0.01)
+    monkeypatch.setattr(_gcpace, "_QUIET_INTERVAL", 0.01)
     collections = gc.get_stats()[0]["collections"]
     # long-lived objects, as a host's new agents: 20,000 of 50,000, so Python's own trigger
     # does not fire; the pacer collects once they pass a quarter of it
