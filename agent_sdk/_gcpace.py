@@ -7,12 +7,12 @@ on whichever allocation crosses the threshold, most often in the middle of a bur
 added at once allocate some 16,000 objects that live on). A host's agents rarely form garbage
 cycles: those collections find nothing, they only move the young agents to the next generation.
 
-``pace`` looks every ``_INTERVAL`` seconds while the youngest generation is at least half way
-to that share, every ``_QUIET_INTERVAL`` seconds otherwise (an idle process wakes rarely). If
-it woke on time (the loop had nothing else to
-run) and the youngest generation is ``_SHARE`` of the way to its threshold, it collects now,
-in the quiet, what Python would collect later in the middle of work, in smaller pieces. A loop
-that is busy is left alone: then Python's own trigger still applies, as without pacing.
+``pace`` looks at the collector's counts every ``_INTERVAL`` seconds while young objects pile
+up, every ``_QUIET_INTERVAL`` seconds otherwise (an idle process wakes rarely). If it woke on
+time (the loop had nothing else to run) and the youngest generation is ``_SHARE`` of the way to
+its threshold, it collects now, in the quiet, what Python would collect later in the middle of
+work, in smaller pieces. A loop that is busy is left alone: then Python's own trigger still
+applies, as without pacing.
 
 An older generation's count is the number of collections of the one below since its own last
 collection, and a paced collection covers ``_SHARE`` of the objects one of Python's covers: so

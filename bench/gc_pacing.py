@@ -22,9 +22,8 @@ from typing import Any
 
 import orjson
 
-from agent_sdk._gcpace import pace
 from agent_sdk.embedded import RedisServer
-from agent_sdk.runner import tune_gc
+from agent_sdk.runner import paced, tune_gc
 from agent_sdk.settings import Settings
 from bench.coord import CoordinatorProcess
 from bench.protocol import card_for, echo_agent
@@ -54,38 +53,31 @@ class _Collections:
             self._start = None
 
 
-async def _phase(url: str, ns: str, rounds: int, paced: bool, marks: _Collections) -> list[Any]:
+async def _phase(url: str, ns: str, rounds: int, marks: _Collections) -> list[Any]:
     from agent_sdk import Host
 
     host = Host(Settings(redis_url=url, namespace=ns), name=f"gc-{ns}")
-
     for i in range(_BASE):
         echo_agent(host, i, "base")
-    pacer = asyncio.create_task(pace()) if paced else None
     bursts: list[list[float]] = []
-    try:
-        async with host:
-            for r in range(rounds):
-                await asyncio.sleep(_GAP)
-                cards = {i: card_for(i, "u") for i in range(r * _BURST, (r + 1) * _BURST)}
+    async with host:
+        for r in range(rounds):
+            await asyncio.sleep(_GAP)
+            cards = {i: card_for(i, "u") for i in range(r * _BURST, (r + 1) * _BURST)}
 
-                async def timed(i: int, card: Any) -> float:
-                    t = time.perf_counter()
-                    await echo_agent(host, i, "u", card).start()
-                    return time.perf_counter() - t
+            async def timed(i: int, card: Any) -> float:
+                t = time.perf_counter()
+                await echo_agent(host, i, "u", card).start()
+                return time.perf_counter() - t
 
-                marks.in_burst = True
-                try:
-                    took = await asyncio.gather(
-                        *(asyncio.create_task(timed(i, c)) for i, c in cards.items())
-                    )
-                finally:
-                    marks.in_burst = False
-                bursts.append(took)
-    finally:
-        if pacer is not None:
-            pacer.cancel()
-            await asyncio.gather(pacer, return_exceptions=True)
+            marks.in_burst = True
+            try:
+                took = await asyncio.gather(
+                    *(asyncio.create_task(timed(i, c)) for i, c in cards.items())
+                )
+            finally:
+                marks.in_burst = False
+            bursts.append(took)
     return bursts
 
 
@@ -116,7 +108,8 @@ async def _run(url: str, rounds: int) -> dict[str, Any]:
         marks = _Collections()
         gc.callbacks.append(marks)
         try:
-            bursts = await _phase(url, f"gcpace{n}", rounds, kind == "paced", marks)
+            phase = _phase(url, f"gcpace{n}", rounds, marks)
+            bursts = await (paced(phase) if kind == "paced" else phase)
         finally:
             gc.callbacks.remove(marks)
         kinds[kind][0].extend(bursts)
