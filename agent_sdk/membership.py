@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -221,15 +222,27 @@ class Membership:
         )
         answer = self.router.expect(env.id)
         sent = time.monotonic()
+        doing = f"announcing {self.card.name!r}"
         try:
-            await self._xadd(env, f"announcing {self.card.name!r}")
+            if self.writer is not None and not self.settings.secure:
+                # written at once, not awaited: a failure to write fails ``answer`` (one wakeup
+                # of this task per announcement, not two: a host starting 100 agents at once)
+                written = self.writer.submit(control_xadd(self.settings, env))
+                written.add_done_callback(
+                    functools.partial(_fail_with, answer, self.settings, doing)
+                )
+            else:
+                await self._xadd(env, doing)
+            # the answer fails with TimeoutError when it is late (cheaper than a Timeout scope)
+            timer = asyncio.get_running_loop().call_later(timeout, _time_out, answer)
             try:
-                async with asyncio.timeout(timeout):
-                    reply = await answer
+                reply = await answer
             except TimeoutError:
                 if self.record is None:
                     self._unanswered = True
                 raise self._no_coordinator(timeout) from None
+            finally:
+                timer.cancel()
         finally:
             self.router.discard(env.id)
         if reply.error is not None:
@@ -444,8 +457,8 @@ async def xadd_control(
     written at once on ``writer`` when given (a host's control connection), else through
     ``batcher`` when given (concurrent entries share a round trip); in acl mode through
     ``xadd_proved.lua``, proved under the envelope's sender (a host has no ``writer`` then)."""
-    flat = env.stream_args()
     if settings.secure:
+        flat = env.stream_args()
         keys = settings.keys
         script = registered(client, script_text("xadd_proved"))
         script_keys = [keys.control(), keys.proofs(env.sender)]
@@ -459,7 +472,7 @@ async def xadd_control(
             except NoScriptError:  # Redis restarted, or SCRIPT FLUSH
                 await script(keys=script_keys, args=args)
         return
-    command = ("XADD", settings.keys.control(), "MAXLEN", "~", CONTROL_MAXLEN, "*", *flat)
+    command = control_xadd(settings, env)
     with redis_errors(settings, doing):
         if writer is not None:
             await writer.run(command)
@@ -473,6 +486,33 @@ async def xadd_control(
             )
             return
         await batcher.run(Op(command))
+
+
+def control_xadd(settings: Settings, env: Outgoing) -> tuple[Any, ...]:
+    """The ``XADD`` of ``env`` to the control stream, capped like the coordinators cap it."""
+    return ("XADD", settings.keys.control(), "MAXLEN", "~", CONTROL_MAXLEN, "*", *env.stream_args())
+
+
+def _time_out(answer: asyncio.Future[Any]) -> None:
+    if not answer.done():
+        answer.set_exception(TimeoutError())
+
+
+def _fail_with(
+    answer: asyncio.Future[Any], settings: Settings, doing: str, written: asyncio.Future[Any]
+) -> None:
+    """A done callback of a control write nobody awaits: its failure (as ``redis_errors`` says
+    it) fails ``answer``, the future its writer waits on."""
+    if written.cancelled():
+        return
+    error = written.exception()
+    if error is None or answer.done():
+        return
+    try:
+        with redis_errors(settings, doing):
+            raise error
+    except Exception as mapped:
+        answer.set_exception(mapped)
 
 
 def _text(value: bytes | str) -> str:

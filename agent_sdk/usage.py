@@ -130,8 +130,6 @@ class UsageRecorder:
     ) -> None:
         self._client = client
         self._settings = settings
-        self._key = settings.keys.stats(name)
-        self._tasks_key = settings.keys.tasks(name)
         self.name = name
         #: The instance counted ("": none, the hash is only added to, never cleared).
         self.instance_id = instance_id
@@ -145,7 +143,8 @@ class UsageRecorder:
         #: Handled messages not yet written to the task history (``settings.task_history``
         #: at most; ``add`` to it, the flush writes it).
         self.tasks = TaskBuffer(settings.task_history, instance_id)
-        self._script = registered(client, _SCRIPT)
+        # its keys and script are looked up when it flushes: a host starting many agents at
+        # once does not pay for them in each start
 
     def record(self, message_type: str, seconds: float, error: bool = False) -> None:
         """One handled message (no I/O: the next flush writes it)."""
@@ -182,12 +181,14 @@ class UsageRecorder:
                 self.instance_id, self.started_at, deltas,
                 self.tasks.limit, self.tasks.wire(tasks) if tasks else b"",
             ]  # fmt: skip
-            keys = [self._key, self._tasks_key]
+            space = self._settings.keys
+            keys = [space.stats(self.name), space.tasks(self.name)]
+            script = registered(self._client, _SCRIPT)
             with redis_errors(self._settings, f"writing usage stats of {self.name!r}"):
                 if batcher is not None:
-                    added = await batcher.run(Op(args, self._script, keys))
+                    added = await batcher.run(Op(args, script, keys))
                 else:
-                    added = await self._script(keys=keys, args=args, client=self._client)
+                    added = await script(keys=keys, args=args, client=self._client)
         except BaseException:
             for mtype, d in batch.items():  # keep them for the next flush
                 self._pending[mtype].merge(d)

@@ -22,7 +22,7 @@ from typing import Any
 from bench.cli import Context
 from bench.coord import CoordinatorProcess
 from bench.host_runs import kill_run, size_run, spread_run
-from bench.host_workers import NESTED, PHASES, settings
+from bench.host_workers import PHASES, settings
 from bench.rr_paired import block_ratios, cpu_text
 from bench.stats import Latency, Row, Scalar
 
@@ -55,7 +55,7 @@ def phase_shares(phases: list[dict[str, float]], totals: list[float]) -> dict[st
     for phase in PHASES:
         spent = [p.get(phase, 0.0) for p in phases]
         mean = statistics.fmean(spent) if spent else 0.0
-        timed += 0.0 if phase in NESTED else mean
+        timed += mean
         out[phase] = {
             "mean_ms": round(mean * 1e3, 2),
             "p50_ms": round(statistics.median(spent) * 1e3, 2) if spent else 0.0,

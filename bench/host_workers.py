@@ -29,7 +29,6 @@ from bench.procs import WorkerContext
 from bench.protocol import card_for
 
 __all__ = [
-    "NESTED",
     "PHASES",
     "HostSpec",
     "StartPhases",
@@ -75,14 +74,10 @@ class HostSpec:
 PHASES = {
     "create": "host.agent(...) and its handlers (the agent made in the task that starts it)",
     "announce": "announce: control XADD → coordinator → announce_result (Membership.announce)",
-    "xadd": "of which the announce's control XADD itself (Membership._xadd)",
     "usage": "usage stats (UsageRecorder.start: marks it for the host's flusher)",
     "activate": "groups and doorbells ready, reads begin (Reader.activate; made and subscribed "
     "in the announcement's round trips)",
 }
-
-#: Phases timed inside another one (not added up).
-NESTED = frozenset({"xadd"})
 
 
 async def _loop_lag(lags: list[float]) -> None:
@@ -111,7 +106,6 @@ class StartPhases:
 
         for cls, attr, phase in (
             (Membership, "announce", "announce"),
-            (Membership, "_xadd", "xadd"),
             (UsageRecorder, "start", "usage"),
             (Reader, "activate", "activate"),
         ):

@@ -364,3 +364,19 @@ async def test_a_hosts_usage_stats_are_flushed_by_one_loop(
 
 async def _echo(payload: Any) -> Any:
     return payload
+
+
+async def test_an_announcement_redis_refuses_fails_its_start_at_once(
+    settings: Settings, r: aioredis.Redis, keys: KeySpace
+) -> None:
+    """A hosted agent's announcement is written without being awaited (its answer is): a
+    write Redis refuses fails the start with that error, not with ``NoCoordinator`` after the
+    announce timeout (no coordinator runs here: only the write's failure can end the start)."""
+    from agent_sdk.errors import ConnectionFailed
+
+    patient = settings.model_copy(update={"announce_timeout": 600.0})
+    async with Host(patient, name="h-refused") as host:
+        await r.set(keys.control(), "not a stream")  # every XADD to it: WRONGTYPE
+        with pytest.raises(ConnectionFailed, match=r"announcing 'refused-1'.*WRONGTYPE"):
+            await host.agent("refused-1", "worker").start()
+        assert "refused-1" not in host.agents
