@@ -181,19 +181,36 @@ class UsageRecorder:
                 self.instance_id, self.started_at, deltas,
                 self.tasks.limit, self.tasks.wire(tasks) if tasks else b"",
             ]  # fmt: skip
-            space = self._settings.keys
-            keys = [space.stats(self.name), space.tasks(self.name)]
-            script = registered(self._client, _SCRIPT)
+            op = self._op(args)
             with redis_errors(self._settings, f"writing usage stats of {self.name!r}"):
                 if batcher is not None:
-                    added = await batcher.run(Op(args, script, keys))
+                    added = await batcher.run(op)
                 else:
-                    added = await script(keys=keys, args=args, client=self._client)
+                    script = registered(self._client, _SCRIPT)
+                    added = await script(keys=op.keys, args=args, client=self._client)
         except BaseException:
             for mtype, d in batch.items():  # keep them for the next flush
                 self._pending[mtype].merge(d)
             self.tasks.give_back(tasks)
             raise
+        self.flushed(added)
+
+    def _op(self, args: list[Any]) -> Op:
+        space = self._settings.keys
+        keys = (space.stats(self.name), space.tasks(self.name))
+        return Op(args, registered(self._client, _SCRIPT), keys)
+
+    def claim_op(self) -> Op | None:
+        """What a flush writes when all it has to write is the claim of the hash for this
+        instance (a new agent's first flush), else None: a host's flusher sends the claims of
+        the agents that just started together, with no flush of their own (``flushed``
+        takes the answer)."""
+        if self._claimed or self._pending or self.tasks:
+            return None
+        return self._op([self.instance_id, self.started_at, b"{}", self.tasks.limit, b""])
+
+    def flushed(self, added: Any) -> None:
+        """Redis's answer to a flush (or a claim): 1 if the hash is this instance's."""
         self._claimed = True
         if not added:
             log.info("usage stats of %s: a newer instance holds them; not added", self.name)

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from agent_sdk.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
-    from agent_sdk.messaging.batcher import Batcher
+    from agent_sdk.messaging.batcher import Batcher, Op
     from agent_sdk.usage import UsageRecorder
 
 __all__ = ["UsageFlusher"]
@@ -63,9 +63,34 @@ class UsageFlusher:
     async def flush_due(self) -> None:
         """Flush every recorder marked since the last round (a failed one stays marked)."""
         due, self._due = list(self._due), {}
-        results = await asyncio.gather(
-            *(r.flush(self.batcher) for r in due), return_exceptions=True
+        claims: list[tuple[UsageRecorder, Op]] = []
+        if self.batcher is not None:  # claims only: one future for all, no flush each
+            for r in due:
+                op = r.claim_op()
+                if op is not None:
+                    claims.append((r, op))
+        claiming = {r for r, _ in claims}
+        rest = [r for r in due if r not in claiming] if claims else due
+        answering = None
+        if claims:
+            assert self.batcher is not None
+            answering = self.batcher.submit([op for _, op in claims])
+        results: list[Any] = await asyncio.gather(
+            *(r.flush(self.batcher) for r in rest), return_exceptions=True
         )
+        answers: list[Any] = []
+        if answering is not None:
+            try:
+                answers = await answering
+            except Exception as e:  # the round trip failed: every claim did
+                answers = [e] * len(claims)
+        for (r, _), answer in zip(claims, answers, strict=True):
+            if isinstance(answer, Exception):
+                results.append(answer)
+            else:
+                r.flushed(answer)
+                results.append(None)
+        due = rest + [r for r, _ in claims]
         failed = [r for r, res in zip(due, results, strict=True) if isinstance(res, Exception)]
         for recorder in failed:
             self._due[recorder] = None  # kept, tried again next round

@@ -362,6 +362,43 @@ async def test_a_hosts_usage_stats_are_flushed_by_one_loop(
         assert await r.hget(keys.stats("u7"), "instance_id") == host.agents["u7"].instance_id
 
 
+async def test_a_hosts_new_agents_claim_their_stats_together(
+    coordinator: Coordinator,
+    settings: Settings,
+    r: aioredis.Redis,
+    keys: KeySpace,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Agents that just started have nothing to flush but the claim of their stats hash (a
+    previous instance's counts cleared): the flusher sends those claims together, with no
+    flush of each agent's own."""
+    from agent_sdk.usage import UsageRecorder
+
+    for i in range(30):  # what earlier instances of these names left
+        await r.hset(keys.stats(f"c{i}"), mapping={"instance_id": "old", "started_at": "2000",
+                                                   "ping.invocations": 5})  # fmt: skip
+    flushes: list[str] = []
+    flush = UsageRecorder.flush
+
+    async def counted(self: UsageRecorder, batcher: Any = None) -> None:
+        flushes.append(self.name)
+        await flush(self, batcher)
+
+    monkeypatch.setattr(UsageRecorder, "flush", counted)
+    host = Host(settings, name="h-claims")
+    for i in range(30):
+        host.agent(f"c{i}", "claim-role")
+    async with host:
+
+        async def claimed() -> bool:
+            held = [await r.hget(keys.stats(f"c{i}"), "instance_id") for i in range(30)]
+            return held == [host.agents[f"c{i}"].instance_id for i in range(30)]
+
+        await wait_for(claimed, message="every new instance claimed its stats hash")
+        assert not await r.hexists(keys.stats("c3"), "ping.invocations")  # cleared
+        assert flushes == []
+
+
 async def _echo(payload: Any) -> Any:
     return payload
 
