@@ -131,6 +131,7 @@ def _size_rows(ctx: Context, res: dict[str, Any], lone: Latency) -> None:
         "registered at the end",
     ))  # fmt: skip
     added: Latency = res["added"]
+    bursts = zip(res["added_burst_p50s_s"], res["added_burst_cpu_s"], strict=True)
     shares = phase_shares(res["added_phases"], res["added_s_list"])
     ctx.details[f"host_{n}_add_phases"] = shares
     ctx.add(Row(
@@ -138,9 +139,9 @@ def _size_rows(ctx: Context, res: dict[str, Any], lone: Latency) -> None:
         f"host of {n}: host.agent() + start() p50 / p99",
         value=added, baseline_name="a lone Agent.start(), one at a time", baseline=lone,
         target="p50 ≤ 10 ms, p99 ≤ 25 ms", met=added.p50 <= 10_000 and added.p99 <= 25_000,
-        note=f"{len(res['added_burst_p50s_s'])} bursts, p50 of each: "
-        + ", ".join(f"{p * 1e3:.1f}" for p in res["added_burst_p50s_s"])
-        + f" ms; {_shares_text(shares)}; host CPU during the {len(res['added_s_list'])} starts "
+        note=f"{len(res['added_burst_p50s_s'])} bursts, p50 of each (host CPU per start): "
+        + ", ".join(f"{p * 1e3:.1f} ms ({c * 1e6:.0f} µs)" for p, c in bursts)
+        + f"; {_shares_text(shares)}; host CPU during the {len(res['added_s_list'])} starts "
         f"{res['add_cpu_s'] * 1e3:.0f} ms; the host's event loop blocked "
         f"{res['loop_blocked_s']:.2f} s in all (sleeps late by > 10 ms), at most "
         f"{res['loop_lag_max_s'] * 1e3:.0f} ms at once",

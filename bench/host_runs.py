@@ -185,10 +185,11 @@ async def size_run(
 
 async def _bursts(host: HostDriver, sizes: Sizes) -> dict[str, Any]:
     """``sizes.host_bursts`` times ``sizes.host_added`` agents added at once to the running
-    host, a pause between two: every start's latency, and the p50 of each burst."""
+    host, a pause between two: every start's latency, and the p50 and host CPU of each burst."""
     starts: list[float] = []
     phases: list[dict[str, float]] = []
     burst_p50s: list[float] = []
+    burst_cpus: list[float] = []
     lag_max = blocked = cpu = 0.0
     for b in range(sizes.host_bursts):
         if b:
@@ -200,11 +201,13 @@ async def _bursts(host: HostDriver, sizes: Sizes) -> dict[str, Any]:
         lag_max = max(lag_max, res["loop_lag_max_s"])
         blocked += res["loop_blocked_s"]
         cpu += res["cpu_s"]
+        burst_cpus.append(res["cpu_s"] / sizes.host_added)
     return {
         "added": Latency.from_us([t * 1e6 for t in starts]),
         "added_phases": phases,
         "added_s_list": starts,
         "added_burst_p50s_s": burst_p50s,
+        "added_burst_cpu_s": burst_cpus,
         "loop_lag_max_s": lag_max,
         "loop_blocked_s": blocked,
         "add_cpu_s": cpu,
