@@ -494,6 +494,7 @@ def control_xadd(settings: Settings, env: Outgoing) -> tuple[Any, ...]:
 
 
 def _time_out(answer: asyncio.Future[Any]) -> None:
+    """The announcement's deadline passed: its answer fails with ``TimeoutError``."""
     if not answer.done():
         answer.set_exception(TimeoutError())
 
@@ -502,7 +503,7 @@ def _fail_with(
     answer: asyncio.Future[Any], settings: Settings, doing: str, written: asyncio.Future[Any]
 ) -> None:
     """A done callback of a control write nobody awaits: its failure (as ``redis_errors`` says
-    it) fails ``answer``, the future its writer waits on."""
+    it) fails ``answer``, the future the announcing task waits on."""
     if written.cancelled():
         return
     error = written.exception()

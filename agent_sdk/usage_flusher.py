@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from agent_sdk.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
-    from agent_sdk.messaging.batcher import Batcher, Op
+    from agent_sdk.messaging.batcher import Batcher
     from agent_sdk.usage import UsageRecorder
 
 __all__ = ["UsageFlusher"]
@@ -61,40 +61,30 @@ class UsageFlusher:
                 await self.flush_due()
 
     async def flush_due(self) -> None:
-        """Flush every recorder marked since the last round (a failed one stays marked)."""
+        """Flush every recorder marked since the last round (a failed one stays marked). The
+        recorders whose only write is the claim of their stats hash (agents that just started)
+        send their claims together, with no flush of their own."""
         due, self._due = list(self._due), {}
-        claims: list[tuple[UsageRecorder, Op]] = []
-        if self.batcher is not None:  # claims only: one future for all, no flush each
-            for r in due:
-                op = r.claim_op()
-                if op is not None:
-                    claims.append((r, op))
+        batcher = self.batcher
+        claims = [(r, op) for r in due if (op := r.claim_op()) is not None] if batcher else []
         claiming = {r for r, _ in claims}
-        rest = [r for r in due if r not in claiming] if claims else due
-        answering = None
-        if claims:
-            assert self.batcher is not None
-            answering = self.batcher.submit([op for _, op in claims])
-        results: list[Any] = await asyncio.gather(
-            *(r.flush(self.batcher) for r in rest), return_exceptions=True
-        )
-        answers: list[Any] = []
+        rest = [r for r in due if r not in claiming]
+        answering = batcher.submit([op for _, op in claims]) if batcher and claims else None
+        results = await asyncio.gather(*(r.flush(batcher) for r in rest), return_exceptions=True)
+        failed = [(r, e) for r, e in zip(rest, results, strict=True) if isinstance(e, Exception)]
         if answering is not None:
             try:
-                answers = await answering
+                answers: list[Any] = await answering
             except Exception as e:  # the round trip failed: every claim did
                 answers = [e] * len(claims)
-        for (r, _), answer in zip(claims, answers, strict=True):
-            if isinstance(answer, Exception):
-                results.append(answer)
-            else:
-                r.flushed(answer)
-                results.append(None)
-        due = rest + [r for r, _ in claims]
-        failed = [r for r, res in zip(due, results, strict=True) if isinstance(res, Exception)]
-        for recorder in failed:
+            for (r, _), answer in zip(claims, answers, strict=True):
+                if isinstance(answer, Exception):
+                    failed.append((r, answer))
+                else:
+                    r.flushed(answer)
+        for recorder, _ in failed:
             self._due[recorder] = None  # kept, tried again next round
         if failed:
             log.warning("usage stats: %d agent(s) could not be flushed (%s); again in %.1fs",
-                        len(failed), results[due.index(failed[0])], self.interval)  # fmt: skip
+                        len(failed), failed[0][1], self.interval)  # fmt: skip
         self.rounds += 1

@@ -399,6 +399,29 @@ async def test_a_hosts_new_agents_claim_their_stats_together(
         assert flushes == []
 
 
+async def test_a_claim_redis_refuses_is_tried_again(
+    coordinator: Coordinator, settings: Settings, r: aioredis.Redis, keys: KeySpace
+) -> None:
+    """A claim that fails (here the stats key is not a hash: WRONGTYPE) fails alone: the other
+    agents' claims of the same batch hold, and the failed one is tried again next round."""
+    await r.set(keys.stats("k0"), "not a hash")
+    host = Host(settings, name="h-claim-retry")
+    for i in range(3):
+        host.agent(f"k{i}", "claim-role")
+    async with host:
+
+        async def held(name: str) -> bool:
+            if await r.type(keys.stats(name)) != "hash":
+                return False
+            return await r.hget(keys.stats(name), "instance_id") == host.agents[name].instance_id
+
+        await wait_for(lambda: held("k1"), message="k1 claimed its stats hash")
+        assert await held("k2")
+        assert await r.get(keys.stats("k0")) == "not a hash"  # refused, left as it was
+        await r.delete(keys.stats("k0"))
+        await wait_for(lambda: held("k0"), message="k0's claim tried again and held")
+
+
 async def _echo(payload: Any) -> Any:
     return payload
 
