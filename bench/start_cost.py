@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -120,6 +121,9 @@ def main() -> None:
     if args.worker:
         _worker(args.worker, args.rounds, args.burst, args.cards)
         return
+    if shutil.which("valgrind") is None:
+        sys.exit("bench.start_cost counts instructions with valgrind, which is not installed "
+                 "(Debian: apt-get install valgrind)")  # fmt: skip
     starts = args.rounds * args.burst
     with RedisServer() as server, CoordinatorProcess(server.url, _NS):
         empty = _run(server.url, 0, args.burst, starts, callgrind=True)
