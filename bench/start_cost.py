@@ -35,7 +35,7 @@ import orjson
 
 from agent_sdk.embedded import RedisServer
 from bench.coord import CoordinatorProcess
-from bench.protocol import card_for
+from bench.protocol import card_for, echo_agent
 
 __all__ = ["main"]
 
@@ -57,14 +57,7 @@ async def _host(url: str, rounds: int, burst: int, cards: int) -> dict[str, Any]
     made = {i: card_for(i, "u") for i in range(cards)}  # what a server knows already
 
     async def start(i: int) -> None:
-        card = made[i]
-        agent = host.agent(f"u-{i}", card.role, capabilities=card.capabilities, tags=card.tags)
-
-        @agent.on("echo")
-        async def echo(payload: Any) -> Any:
-            return payload
-
-        await agent.start()
+        await echo_agent(host, i, "u", made[i]).start()
 
     cpu = 0.0
     async with host:
