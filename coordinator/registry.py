@@ -63,29 +63,22 @@ class ControlBatch:
         reply_to: str = "",
         correlation_id: str | None = None,
     ) -> None:
+        """An announce as separate arguments (control.lua's header): the script passes the
+        record hash to ``HSET`` as it comes, with no parsing of its own."""
         self._close_run()
         head = ""
         if reply_to:
             head = reply_head(
                 type=ControlType.ANNOUNCE_RESULT, target=ann.name, correlation_id=correlation_id
             ).decode()
-        parts = [
-            entry_id,
-            ann.name,
-            ann.instance_id,
-            str(ann.ttl_ms),
-            str(ann.registered_at_offset),
-            reply_to,
-            head,
-            ann.record_json.decode(),
-        ]
-        record = "\0".join(chain.from_iterable(ann.fields.items()))
-        if "\0" in reply_to or record.count("\0") != 2 * len(ann.fields) - 1:
-            # a value holds a NUL byte: the parts as separate arguments
-            self.args += ("A", *parts, len(ann.fields), *chain.from_iterable(ann.fields.items()))
-        else:
-            parts.append(record)
-            self.args += ("a", "\0".join(parts) + "\0")
+        fields = ann.fields
+        tail: tuple[str, ...] = ("seen_ms", "", "epoch", "") if ann.lease else ("epoch", "")
+        self.args += (
+            "a", entry_id, ann.name, ann.instance_id, ann.ttl_ms, ann.registered_at_offset,
+            reply_to, head, ann.record_json[:-1], ann.lease or "", ann.role,
+            len(ann.capabilities), *ann.capabilities, len(ann.tags), *ann.tags,
+            len(fields) + len(tail) // 2, *chain.from_iterable(fields.items()), *tail,
+        )  # fmt: skip
         self.entries += 1
 
     def renew(

@@ -210,7 +210,8 @@ class PreparedAnnounce:
     ``fields`` is the registry hash (flat strings), ``record_json`` the record as the reply and
     the change feed carry it; the value of its ``registered_at`` (24 characters) starts at byte
     ``registered_at_offset`` (0-based), so the script can keep an earlier ``registered_at`` of
-    the same instance without searching the JSON (``metadata`` may hold any text).
+    the same instance without searching the JSON (``metadata`` may hold any text). ``role``,
+    ``capabilities``, ``tags`` and ``lease`` name the indexes the record joins (identifiers).
     """
 
     name: str
@@ -219,6 +220,10 @@ class PreparedAnnounce:
     fields: dict[str, str]
     record_json: bytes
     registered_at_offset: int
+    role: str = ""
+    capabilities: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    lease: str | None = None
 
 
 _REGISTERED_AT = b'"registered_at":"'
@@ -278,4 +283,8 @@ def prepare_announce(payload: Any, entry_ms: int) -> PreparedAnnounce | ErrorInf
         fields=fields,
         record_json=record_json,
         registered_at_offset=offset,
+        role=ann.card.role,
+        capabilities=ann.card.capabilities,
+        tags=ann.card.tags,
+        lease=ann.lease,
     )

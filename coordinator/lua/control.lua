@@ -7,13 +7,14 @@
 --   'h' <lines>    a run of heartbeats, one line per entry "<entry id> <name> <instance_id>
 --                  <load> <status> <epoch>" (names never hold spaces; epoch 0: not given),
 --                  lines joined by newlines
---   'a' <announce>  an announce as ONE argument: the parts below, each followed by a NUL
---                  byte (one argument instead of ~40 keeps the caller's packing cheap)
---   'A' <parts>... <n> <field> <value>...  the same as separate arguments (used when a value
---                  holds a NUL byte)
---       parts: <entry id> <name> <instance_id> <ttl_ms> <offset> <reply list> <reply head>
---       <record JSON>, then the record hash as field, value, field, value...; <offset>
---       (0-based) is where the value of the JSON's "registered_at" starts
+--   'a' <entry id> <name> <instance_id> <ttl_ms> <offset> <reply list> <reply head>
+--       <record JSON open> <lease or ''> <role> <c> <capability>... (c of them) <t> <tag>...
+--       (t of them) <n> <field> <value>... (n pairs)    an announce. The record JSON comes
+--       without its closing brace (the script appends the epoch); <offset> (0-based) is where
+--       the value of its "registered_at" starts. The n pairs are the record hash; the last pair
+--       is 'epoch' '' and, with a lease, the one before it 'seen_ms' '' (the script fills both
+--       values). Name, instance_id, role, capabilities, tags and lease are identifiers (the
+--       coordinator validated them): they go into keys and JSON strings as they are.
 --   'l' <entry id> <name> <instance_id> <reply list or ''> <reply head>    a leave
 --   'r' <entry id> <lease> <ttl_ms> <names> <instances> <members>    the renewal part of a
 --                  host's `lease` entry (names and instance ids as JSON arrays; <members>: how
@@ -78,10 +79,12 @@ local function cutoff()
 end
 
 local function next_epoch()
-  if redis.call('EXISTS', epoch_key) == 0 then
+  local e = redis.call('INCR', epoch_key)
+  if e == 1 then  -- it was missing: seed it from Redis TIME (epochs keep growing after a loss)
     redis.call('SET', epoch_key, string.format('%.0f', now() * 1000))
+    e = redis.call('INCR', epoch_key)
   end
-  return string.format('%.0f', redis.call('INCR', epoch_key))
+  return string.format('%.0f', e)
 end
 
 local deferred = {}
@@ -149,10 +152,14 @@ local function enc(k, v)
   return cjson.encode(v)
 end
 
--- one announce: p holds its parts (see the header), the record hash from p[9] on
-local function announce(p)
-  local eid, name, inst, ttl = p[1], p[2], p[3], tonumber(p[4])
-  local offset, reply_to, head, record_json = tonumber(p[5]), p[6], p[7], p[8]
+-- one announce: its parts from ARGV[i] on (see the header); c, t, n: its counts, at ARGV[ci],
+-- ARGV[ti], ARGV[ni]
+local function announce(i, ci, ti, ni)
+  local eid, name, inst, ttl = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
+  local offset, reply_to, head, record_json = tonumber(ARGV[i + 4]), ARGV[i + 5], ARGV[i + 6],
+    ARGV[i + 7]
+  local lease, role = ARGV[i + 8], ARGV[i + 9]
+  if lease == '' then lease = nil end
   local ems = entry_ms(eid)
   if now() - ems > P.keep or fenced(inst, ems) then  -- applied late: must not register again
     stale_announces[#stale_announces + 1] = eid
@@ -176,28 +183,30 @@ local function announce(p)
     old = {}
   end
 
+  -- the record hash: ARGV[f0 + 1 .. fn], field, value, ...; its last pair is the epoch's
+  local f0, fn = ni, ni + 2 * tonumber(ARGV[ni])
   local same = old.instance_id == inst
-  local new = {}
-  local order = {}
-  for j = 9, #p - 1, 2 do
-    new[p[j]] = p[j + 1]
-    order[#order + 1] = p[j]
-  end
-  if same and old.registered_at then
-    -- keep the first registration time, in the hash and in the JSON (value up to its quote)
-    new.registered_at = old.registered_at
-    local close = string.find(record_json, '"', offset + 1, true)
-    record_json = string.sub(record_json, 1, offset) .. old.registered_at
-      .. string.sub(record_json, close)
-  end
-  -- the registration's epoch: kept by a re-announce of the holder, the next one otherwise
-  new.epoch = (same and old.epoch) or next_epoch()
-  order[#order + 1] = 'epoch'
-  record_json = string.sub(record_json, 1, -2) .. ',"epoch":' .. new.epoch .. '}'
-
-  local changes = {}
+  local epoch = (same and old.epoch) or next_epoch()
+  ARGV[fn] = epoch
+  local changes = nil
   local old_deadline = 0
   if same then
+    local new, order = {}, {}
+    for j = f0 + 1, fn - 1, 2 do
+      new[ARGV[j]] = ARGV[j + 1]
+      order[#order + 1] = ARGV[j]
+    end
+    if old.registered_at then
+      -- keep the first registration time, in the hash and in the JSON (value up to its quote)
+      for j = f0 + 1, fn - 1, 2 do
+        if ARGV[j] == 'registered_at' then ARGV[j + 1] = old.registered_at end
+      end
+      new.registered_at = old.registered_at
+      local close = string.find(record_json, '"', offset + 1, true)
+      record_json = string.sub(record_json, 1, offset) .. old.registered_at
+        .. string.sub(record_json, close)
+    end
+    changes = {}
     local seen = {}
     local function diff(k)
       if seen[k] or IGNORED[k] then return end
@@ -215,51 +224,49 @@ local function announce(p)
   elseif next(old) ~= nil then  -- a hash without an instance_id (edited by hand)
     redis.call('DEL', rkey)
   end
+  record_json = record_json .. ',"epoch":' .. epoch .. '}'
 
   -- The agent starts heartbeating when it hears it was accepted, so its first deadline counts
   -- from now (processing time), not from the announce's entry time: behind a backlog (a fleet
   -- starting at once) the entry time may already be a TTL old. A re-announce processed after
   -- newer heartbeats never moves the deadline back.
-  local deadline = math.max(now() + ttl, entry_ms(eid) + ttl, old_deadline)
-  local hset = { 'HSET', rkey }
-  for _, k in ipairs(order) do
-    hset[#hset + 1] = k
-    hset[#hset + 1] = new[k]
-  end
-  if new.lease then
-    hset[#hset + 1] = 'seen_ms'
-    hset[#hset + 1] = deadline - ttl
-  end
-  redis.call(unpack(hset))
+  local deadline = math.max(now() + ttl, ems + ttl, old_deadline)
+  if lease then ARGV[fn - 2] = deadline - ttl end  -- seen_ms
+  redis.call('HSET', rkey, unpack(ARGV, f0 + 1, fn))
   redis.call('SADD', P.agents, name)
-  if new.lease then redis.call('SADD', P.lease .. new.lease, name) end
-  redis.call('SADD', P.role .. new.role, name)
-  for _, c in ipairs(json_list(new.capabilities)) do
-    redis.call('SADD', P.cap .. c, name)
-    redis.call('SADD', P.role .. new.role .. ':cap:' .. c, name)  -- the role x capability set
+  local rset = P.role .. role
+  redis.call('SADD', rset, name)
+  for j = ci + 1, ci + tonumber(ARGV[ci]) do
+    redis.call('SADD', P.cap .. ARGV[j], name)
+    redis.call('SADD', rset .. ':cap:' .. ARGV[j], name)  -- the role x capability set
   end
-  for _, t in ipairs(json_list(new.tags)) do redis.call('SADD', P.tag .. t, name) end
-  if new.lease then
-    redis.call('ZADD', P.leases, 'GT', deadline, new.lease)
+  for j = ti + 1, ti + tonumber(ARGV[ti]) do redis.call('SADD', P.tag .. ARGV[j], name) end
+  if lease then
+    redis.call('SADD', P.lease .. lease, name)
+    redis.call('ZADD', P.leases, 'GT', deadline, lease)
   else
     redis.call('ZADD', P.deadlines, deadline, name)
   end
 
-  local base = { 'name', name, 'instance_id', inst, 'role', new.role, 'at', now_iso() }
-  if not same then
-    local f = { 'type', 'agent_registered' }
-    for _, v in ipairs(base) do f[#f + 1] = v end
-    f[#f + 1] = 'record'
-    f[#f + 1] = record_json
-    emit(f)
-  elseif #changes > 0 then
-    local f = { 'type', 'agent_updated' }
-    for _, v in ipairs(base) do f[#f + 1] = v end
-    f[#f + 1] = 'changes'
-    f[#f + 1] = '{' .. table.concat(changes, ',') .. '}'
-    f[#f + 1] = 'record'
-    f[#f + 1] = record_json
-    emit(f)
+  if not same or #changes > 0 then
+    -- the change-feed entry, and its JSON mirror built here (the values are identifiers, an
+    -- ISO time and JSON already: nothing to escape)
+    local at = now_iso()
+    local kind = same and 'agent_updated' or 'agent_registered'
+    local id, extra
+    if same then
+      local text = '{' .. table.concat(changes, ',') .. '}'
+      id = redis.call('XADD', P.events, 'MAXLEN', '~', P.maxlen, '*', 'type', kind, 'name', name,
+        'instance_id', inst, 'role', role, 'at', at, 'changes', text, 'record', record_json)
+      extra = ',"changes":' .. text
+    else
+      id = redis.call('XADD', P.events, 'MAXLEN', '~', P.maxlen, '*', 'type', kind, 'name', name,
+        'instance_id', inst, 'role', role, 'at', at, 'record', record_json)
+      extra = ''
+    end
+    redis.call('PUBLISH', P.channel, '{"revision":"' .. id .. '","type":"' .. kind
+      .. '","name":"' .. name .. '","instance_id":"' .. inst .. '","role":"' .. role
+      .. '","at":"' .. at .. '"' .. extra .. ',"record":' .. record_json .. '}')
   end
   if reply_to ~= '' then reply(reply_to, head .. record_json .. '}') end
   acks[#acks + 1] = eid
@@ -363,25 +370,11 @@ while i <= #ARGV do
     end
     i = i + 2
   elseif kind == 'a' then
-    local p = {}
-    -- split at each NUL: a plain find (memchr) is ~10 % of an announce cheaper than gmatch
-    local s, pos, n = ARGV[i + 1], 1, 0
-    while true do
-      local z = string.find(s, '\0', pos, true)
-      if not z then break end
-      n = n + 1
-      p[n] = string.sub(s, pos, z - 1)
-      pos = z + 1
-    end
-    try(p[1], announce, p)
-    i = i + 2
-  elseif kind == 'A' then
-    local p = {}
-    for j = i + 1, i + 8 do p[#p + 1] = ARGV[j] end
-    local last = i + 9 + 2 * tonumber(ARGV[i + 9])
-    for j = i + 10, last do p[#p + 1] = ARGV[j] end
-    try(p[1], announce, p)
-    i = last + 1
+    local ci = i + 11
+    local ti = ci + 1 + tonumber(ARGV[ci])
+    local ni = ti + 1 + tonumber(ARGV[ti])
+    try(ARGV[i + 1], announce, i + 1, ci, ti, ni)
+    i = ni + 1 + 2 * tonumber(ARGV[ni])
   elseif kind == 'r' then
     if try(ARGV[i + 1], renew, ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5],
         ARGV[i + 6]) and acks[#acks] ~= ARGV[i + 1] then
