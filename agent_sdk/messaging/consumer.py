@@ -97,11 +97,10 @@ class Consumer:
             self.families.append(keys.role_queue(role))
             self.streams.append(StreamState(keys.role_queue(role), AGENT_GROUP))
         self._by_key = {s.key: s for s in self.streams}
-        self.dispatcher = Dispatcher(
-            client, settings, scripts, name=name, handlers=handlers, ack=self._ack,
-            batcher=reply_batcher, on_retry=self._retry_later, direct=direct,
-        )  # fmt: skip
-        self._publish_reply = self.dispatcher.replier.publish_reply
+        # its dispatcher is made on first use, too (the replies it sends go out as ``name``)
+        self._dispatcher: Dispatcher | None = None
+        self._reply_batcher = reply_batcher
+        self._direct_writer = direct
         # The handler pools are made when first needed: many agents of a host never get a
         # broadcast or a direct request (made lazily, a started hosted agent is 20.1 KB against
         # 23.6: docs/BENCHMARKS.md, run F)
@@ -129,6 +128,18 @@ class Consumer:
         return f"Consumer({self.name!r}, {self.instance_id!r})"
 
     # -- handler pools (made on first use) -----------------------------------------------------
+    @property
+    def dispatcher(self) -> Dispatcher:
+        """Runs this agent's handlers and settles what they took (made on first use: a host
+        starting many agents at once does not pay for it in each start)."""
+        if self._dispatcher is None:
+            self._dispatcher = Dispatcher(
+                self.client, self.settings, self.scripts, name=self.name,
+                handlers=self.handlers, ack=self._ack, batcher=self._reply_batcher,
+                on_retry=self._retry_later, direct=self._direct_writer,
+            )  # fmt: skip
+        return self._dispatcher
+
     @property
     def entries(self) -> WorkerPool[tuple[StreamState, str, Fields, int]]:
         """Handlers of stream entries, no task per entry. A slot is handed back when its
@@ -447,7 +458,8 @@ class Consumer:
         env = msg.envelope
         if env.expired():  # its caller gave up already
             return
-        await self.handlers.handle(msg, functools.partial(self._publish_reply, env))
+        publish = self.dispatcher.replier.publish_reply
+        await self.handlers.handle(msg, functools.partial(publish, env))
 
     def handle_live(self, env: Envelope, channel: str) -> None:
         """Queue the handler of a broadcast received on pub/sub (no ack, no reply)."""
