@@ -15,6 +15,7 @@ import typing
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
+from types import FunctionType
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -149,20 +150,20 @@ _SHAPES_MAX = 1024
 
 
 def _inspect(func: Handler) -> _Entry:
-    if not inspect.iscoroutinefunction(func):
-        raise TypeError(f"handler {func!r} must be an async function")
-    code = getattr(func, "__code__", None)
     key: tuple[Any, ...] | None = None
-    if code is not None:
-        annotations = getattr(func, "__annotations__", {})
-        key = (code, id(getattr(func, "__globals__", None)), getattr(func, "__defaults__", None),
-               tuple(annotations.items()))  # fmt: skip
+    if type(func) is FunctionType and (code := func.__code__).co_flags & inspect.CO_COROUTINE:
+        # a plain ``async def`` (its code's flags say it: what ``iscoroutinefunction`` checks,
+        # without its unwrapping): its shape may be known already
+        annotations = func.__annotations__
+        key = (code, id(func.__globals__), func.__defaults__, tuple(annotations.items()))
         try:
             shape = _SHAPES.get(key)
         except TypeError:  # an unhashable default or annotation: not cached
             key, shape = None, None
         if shape is not None:
             return _Entry(func, *shape)
+    if not inspect.iscoroutinefunction(func):
+        raise TypeError(f"handler {func!r} must be an async function")
     entry = _inspect_uncached(func)
     if key is not None:
         if len(_SHAPES) >= _SHAPES_MAX:
