@@ -220,10 +220,10 @@ class PreparedAnnounce:
     fields: dict[str, str]
     record_json: bytes
     registered_at_offset: int
-    role: str = ""
-    capabilities: tuple[str, ...] = ()
-    tags: tuple[str, ...] = ()
-    lease: str | None = None
+    role: str
+    capabilities: tuple[str, ...]
+    tags: tuple[str, ...]
+    lease: str | None
 
 
 _REGISTERED_AT = b'"registered_at":"'

@@ -255,7 +255,8 @@ async def test_failed_script_call_is_retried_entry_by_entry(
 async def test_values_with_nul_bytes_are_stored_as_sent(
     consumer: ControlConsumer, r: aioredis.Redis, keys: KeySpace
 ) -> None:
-    """An announce is packed as one NUL-separated argument unless a value holds a NUL byte."""
+    """Every part of an announce is an argument of its own (the script splits nothing): a value
+    holding a NUL byte is stored, answered and published as sent."""
     odd = FakeAgent(r, keys, "odd", description="a\x00b", metadata={"k": "\x00"})
     plain = FakeAgent(r, keys, "plain", description="ab")
     await odd.announce()
