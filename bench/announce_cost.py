@@ -38,7 +38,7 @@ from bench.protocol import card_for, echo_agent
 from schemas.agent import AgentCard, ControlType
 from schemas.envelope import Kind, new_id
 
-__all__ = ["main"]
+__all__ = ["announcement_args", "main"]
 
 #: A quiet gap between bursts (a pause, not a wait for anything: the bursts are independent).
 _GAP = 0.3
@@ -95,7 +95,8 @@ async def _host_part(settings: Settings, burst: int, rounds: int, cpu: _Cpu) -> 
     return {"p50_ms": statistics.median(p50s), "p50s_ms": p50s}
 
 
-def _announcement(settings: Settings, k: int, reply_to: str) -> list[Any]:
+def announcement_args(settings: Settings, k: int, reply_to: str) -> list[Any]:
+    """The stream fields of announcement ``k``, as an SDK writes it (an ``Outgoing``)."""
     c = card_for(k, "solo")
     card = AgentCard(name=f"solo-{k}", role=c.role, capabilities=c.capabilities, tags=c.tags,
                      host="bench", pid=os.getpid())  # fmt: skip
@@ -123,7 +124,7 @@ async def _coordinator_part(
             pipe = client.pipeline(transaction=False)
             for k in range(r * burst, (r + 1) * burst):
                 pipe.execute_command(
-                    "XADD", keys.control(), "*", *_announcement(settings, k, reply_to)
+                    "XADD", keys.control(), "*", *announcement_args(settings, k, reply_to)
                 )
             cpu.begin()
             t0 = time.perf_counter()

@@ -114,7 +114,9 @@ def _count(n: int, batch: int) -> int:
                 server.kill()
                 server.wait()
         text = out.read_text()
-    found = re.search(r"^(?:summary|totals):\s*(\d+)", text, re.MULTILINE)
+    found = re.search(r"^totals:\s*(\d+)", text, re.MULTILINE) or re.search(
+        r"^summary:\s*(\d+)", text, re.MULTILINE
+    )
     if found is None:
         raise RuntimeError(f"callgrind wrote no total: {err[-2000:]}")
     return int(found.group(1))

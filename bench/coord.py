@@ -44,10 +44,18 @@ class CoordinatorProcess:
     """One coordinator daemon for namespace ``ns``; ready when its health key exists."""
 
     def __init__(
-        self, url: str, ns: str, coordinator_id: str | None = None, **settings: str
+        self,
+        url: str,
+        ns: str,
+        coordinator_id: str | None = None,
+        *,
+        wrapper: tuple[str, ...] = (),
+        **settings: str,
     ) -> None:
         self.url = url
         self.ns = ns
+        #: What the command runs under (``valgrind ...``: ``bench.coordinator_cost``).
+        self.wrapper = wrapper
         self.coordinator_id = coordinator_id or f"bench-{ns}"
         self.settings = settings
         self.process: subprocess.Popen[bytes] | None = None
@@ -70,7 +78,7 @@ class CoordinatorProcess:
         module = "coordinator" if (ROOT / "coordinator" / "__main__.py").exists() else None
         self.module = module or "bench.run_coordinator"
         self.process = subprocess.Popen(
-            [sys.executable, "-m", self.module],
+            [*self.wrapper, sys.executable, "-m", self.module],
             cwd=ROOT,
             env=env,
             stdout=log,

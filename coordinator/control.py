@@ -43,9 +43,11 @@ from coordinator.registry import ControlBatch, ControlResult, Registry, name_tak
 from coordinator.settings import CoordinatorSettings
 from coordinator.stats import CoordinatorStats
 from coordinator.validation import (
+    AnnounceEntry,
     FastHeartbeat,
     FastLease,
     PreparedAnnounce,
+    fast_announce,
     fast_heartbeat,
     fast_lease,
     is_identifier,
@@ -494,6 +496,10 @@ class ControlConsumer:
     def _entry(self, eid: str, fields: dict[bytes, bytes], batch: _Batch, out: _Outbox) -> None:
         """Sort one entry that is not a plain heartbeat into the batch, or answer it here."""
         try:
+            plain = fast_announce(eid, fields)
+            if plain is not None:  # an SDK's announce: no envelope to build
+                self._announce(eid, plain, fields, batch, out)
+                return
             env = decode_fields(fields, eid)
         except ProtocolError as e:
             self._dead(out, eid, fields, e.info)
@@ -510,7 +516,7 @@ class ControlConsumer:
                 else:
                     batch.heartbeat(eid, fields, (eid, *slow))
             elif env.type == ControlType.ANNOUNCE:
-                self._announce(eid, env, fields, batch, out)
+                self._announce(eid, AnnounceEntry.of(env), fields, batch, out)
             elif env.type == ControlType.LEAVE:
                 self._leave(eid, env, fields, batch, out)
             elif env.type == ControlType.LEASE:
@@ -573,10 +579,9 @@ class ControlConsumer:
         fast = FastLease(beats, lease.lease, lease.ttl_ms or 0, list(lease.renew), lease.members)
         if self._verdicts is not None:
             fast = self._verdicts.lease(eid, fast)
-        batch.lease(eid, fields, fast, self._reply_address(env))
+        batch.lease(eid, fields, fast, self._reply_address(env.reply_to))
 
-    def _reply_address(self, env: Envelope) -> str | None:
-        to = env.reply_to
+    def _reply_address(self, to: str | None) -> str | None:
         if to and to.startswith(self._reply_prefix):
             return to
         return None
@@ -592,14 +597,19 @@ class ControlConsumer:
         return to if to.startswith(self._reply_prefix) else None
 
     def _announce(
-        self, eid: str, env: Envelope, fields: dict[bytes, bytes], batch: _Batch, out: _Outbox
+        self,
+        eid: str,
+        env: AnnounceEntry,
+        fields: dict[bytes, bytes],
+        batch: _Batch,
+        out: _Outbox,
     ) -> None:
-        if env.expired():  # the agent gave up waiting (NoCoordinator): do not register it
+        if env.expired:  # the agent gave up waiting (NoCoordinator): do not register it
             log.info("dropping announcement %s of %s: its deadline passed", eid, env.sender)
             self.stats.stale += 1
             out.acks.append(eid)
             return
-        reply_to = self._reply_address(env)
+        reply_to = self._reply_address(env.reply_to)
         if reply_to is None:
             info = ErrorInfo(
                 code=ErrorCode.INVALID_RECORD,
@@ -644,7 +654,9 @@ class ControlConsumer:
         except ValidationError as e:
             self._dead(out, eid, fields, validation_error_info(e, "leave"))
             return
-        batch.leave(eid, fields, env.sender, leave.instance_id, self._reply_address(env), env.id)
+        batch.leave(
+            eid, fields, env.sender, leave.instance_id, self._reply_address(env.reply_to), env.id
+        )
 
     def _refuse(
         self,

@@ -63,21 +63,20 @@ class ControlBatch:
         reply_to: str = "",
         correlation_id: str | None = None,
     ) -> None:
-        """An announce as separate arguments (control.lua's header): the script passes the
-        record hash to ``HSET`` as it comes, with no parsing of its own."""
+        """An announce (control.lua's header): its parts as arguments, its record hash as one
+        JSON array the script decodes in C and hands to ``HSET`` as it is."""
         self._close_run()
         head = ""
         if reply_to:
             head = reply_head(
                 type=ControlType.ANNOUNCE_RESULT, target=ann.name, correlation_id=correlation_id
             ).decode()
-        fields = ann.fields
         tail: tuple[str, ...] = ("seen_ms", "", "epoch", "") if ann.lease else ("epoch", "")
+        record = orjson.dumps([*chain.from_iterable(ann.fields.items()), *tail])
         self.args += (
             "a", entry_id, ann.name, ann.instance_id, ann.ttl_ms, ann.registered_at_offset,
             reply_to, head, ann.record_json[:-1], ann.lease or "", ann.role,
-            len(ann.capabilities), *ann.capabilities, len(ann.tags), *ann.tags,
-            len(fields) + len(tail) // 2, *chain.from_iterable(fields.items()), *tail,
+            len(ann.capabilities), *ann.capabilities, len(ann.tags), *ann.tags, record,
         )  # fmt: skip
         self.entries += 1
 

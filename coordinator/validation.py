@@ -12,19 +12,22 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from pydantic import ValidationError
 
 from schemas.agent import MAX_RECORD_BYTES, AgentStatus, Announce
-from schemas.envelope import format_ms
+from schemas.envelope import Envelope, format_ms
 from schemas.errors import ErrorCode, ErrorInfo, validation_summary
 
 __all__ = [
+    "AnnounceEntry",
     "FastHeartbeat",
     "FastLease",
     "PreparedAnnounce",
+    "fast_announce",
     "fast_heartbeat",
     "fast_lease",
     "is_identifier",
@@ -42,6 +45,12 @@ _HB_ENVELOPE_FIELDS = frozenset(
 )
 #: a lease names the host's reply list (answers to its beats go there)
 _LEASE_ENVELOPE_FIELDS = _HB_ENVELOPE_FIELDS | {b"reply_to"}
+#: what an SDK's announce carries (``Membership``): the fast path takes these, and only these
+_ANNOUNCE_ENVELOPE_FIELDS = frozenset(
+    {b"v", b"id", b"kind", b"type", b"sender", b"sent_at", b"reply_to", b"deadline", b"payload"}
+)
+#: a wire time as the SDKs write it (``format_ms``); any other form goes the full way
+_WIRE_TIME_RE = re.compile(rb"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,6})?Z$")
 _HB_PAYLOAD_FIELDS = frozenset({"instance_id", "load", "status", "epoch"})
 _LEASE_PAYLOAD_FIELDS = frozenset({"host", "beats", "lease", "ttl_ms", "renew", "members"})
 _MAX_BEATS = 100_000  # schemas.agent.Lease
@@ -119,6 +128,54 @@ def fast_heartbeat(entry_id: str, fields: dict[bytes, bytes]) -> FastHeartbeat |
         payload.get("status", "ready"),
         payload.get("epoch"),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class AnnounceEntry:
+    """What the coordinator reads of an ``announce`` entry besides its payload's record: from
+    the decoded envelope (``of``), or straight from a plain entry's fields (``fast_announce``,
+    with the same outcome)."""
+
+    sender: str
+    id: str
+    reply_to: str | None
+    expired: bool
+    payload: Any
+
+    @classmethod
+    def of(cls, env: Envelope) -> AnnounceEntry:
+        return cls(env.sender, env.id, env.reply_to, env.expired(), env.payload)
+
+
+def fast_announce(entry_id: str, fields: dict[bytes, bytes]) -> AnnounceEntry | None:
+    """A plain ``announce`` entry (what an SDK writes) read without building its envelope, or
+    ``None`` when it needs the full decoding: any field, kind, id, time or address the envelope
+    model might judge otherwise goes that way (a third of the coordinator's work per
+    announcement was building and validating the envelope)."""
+    plain = _plain_control(b"announce", fields, _ANNOUNCE_ENVELOPE_FIELDS)
+    if plain is None:
+        return None
+    sender, payload = plain
+    kind = fields.get(b"kind")
+    if kind is not None and kind != b"control":
+        return None
+    for key in (b"sent_at", b"deadline"):
+        value = fields.get(key)
+        if value is not None and not _WIRE_TIME_RE.match(value):
+            return None
+    try:
+        raw_id, raw_to = fields.get(b"id"), fields.get(b"reply_to")
+        eid = raw_id.decode() if raw_id is not None else entry_id
+        reply_to = raw_to.decode() if raw_to is not None else None
+    except UnicodeDecodeError:
+        return None
+    if not 0 < len(eid) <= 128 or (reply_to is not None and len(reply_to) > 512):
+        return None
+    deadline = fields.get(b"deadline")
+    expired = deadline is not None and datetime.now(UTC) >= datetime.fromisoformat(
+        deadline.decode()
+    )
+    return AnnounceEntry(sender.decode(), eid, reply_to, expired, payload)
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,12 +9,13 @@
 --                  lines joined by newlines
 --   'a' <entry id> <name> <instance_id> <ttl_ms> <offset> <reply list> <reply head>
 --       <record JSON open> <lease or ''> <role> <c> <capability>... (c of them) <t> <tag>...
---       (t of them) <n> <field> <value>... (n pairs)    an announce. The record JSON comes
---       without its closing brace (the script appends the epoch); <offset> (0-based) is where
---       the value of its "registered_at" starts. The n pairs are the record hash; the last pair
---       is 'epoch' '' and, with a lease, the one before it 'seen_ms' '' (the script fills both
---       values). Name, instance_id, role, capabilities, tags and lease are identifiers (the
---       coordinator validated them): they go into keys and JSON strings as they are.
+--       (t of them) <hash>    an announce. The record JSON comes without its closing brace
+--       (the script appends the epoch); <offset> (0-based) is where the value of its
+--       "registered_at" starts. <hash> is the record hash as a JSON array of strings, field,
+--       value, field, value... (decoded by cjson in C: one argument, cheap to pack); its last
+--       pair is "epoch","" and, with a lease, the one before it "seen_ms","" (the script fills
+--       both values). Name, instance_id, role, capabilities, tags and lease are identifiers
+--       (the coordinator validated them): they go into keys and JSON strings as they are.
 --   'l' <entry id> <name> <instance_id> <reply list or ''> <reply head>    a leave
 --   'r' <entry id> <lease> <ttl_ms> <names> <instances> <members>    the renewal part of a
 --                  host's `lease` entry (names and instance ids as JSON arrays; <members>: how
@@ -152,9 +153,9 @@ local function enc(k, v)
   return cjson.encode(v)
 end
 
--- one announce: its parts from ARGV[i] on (see the header); c, t, n: its counts, at ARGV[ci],
--- ARGV[ti], ARGV[ni]
-local function announce(i, ci, ti, ni)
+-- one announce: its parts from ARGV[i] on (see the header); c, t: its counts, at ARGV[ci],
+-- ARGV[ti]; its record hash at ARGV[hi]
+local function announce(i, ci, ti, hi)
   local eid, name, inst, ttl = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
   local offset, reply_to, head, record_json = tonumber(ARGV[i + 4]), ARGV[i + 5], ARGV[i + 6],
     ARGV[i + 7]
@@ -183,23 +184,24 @@ local function announce(i, ci, ti, ni)
     old = {}
   end
 
-  -- the record hash: ARGV[f0 + 1 .. fn], field, value, ...; its last pair is the epoch's
-  local f0, fn = ni, ni + 2 * tonumber(ARGV[ni])
+  -- the record hash: field, value, ...; its last pair is the epoch's
+  local kv = cjson.decode(ARGV[hi])
+  local fn = #kv
   local same = old.instance_id == inst
   local epoch = (same and old.epoch) or next_epoch()
-  ARGV[fn] = epoch
+  kv[fn] = epoch
   local changes = nil
   local old_deadline = 0
   if same then
     local new, order = {}, {}
-    for j = f0 + 1, fn - 1, 2 do
-      new[ARGV[j]] = ARGV[j + 1]
-      order[#order + 1] = ARGV[j]
+    for j = 1, fn - 1, 2 do
+      new[kv[j]] = kv[j + 1]
+      order[#order + 1] = kv[j]
     end
     if old.registered_at then
       -- keep the first registration time, in the hash and in the JSON (value up to its quote)
-      for j = f0 + 1, fn - 1, 2 do
-        if ARGV[j] == 'registered_at' then ARGV[j + 1] = old.registered_at end
+      for j = 1, fn - 1, 2 do
+        if kv[j] == 'registered_at' then kv[j + 1] = old.registered_at end
       end
       new.registered_at = old.registered_at
       local close = string.find(record_json, '"', offset + 1, true)
@@ -231,8 +233,8 @@ local function announce(i, ci, ti, ni)
   -- starting at once) the entry time may already be a TTL old. A re-announce processed after
   -- newer heartbeats never moves the deadline back.
   local deadline = math.max(now() + ttl, ems + ttl, old_deadline)
-  if lease then ARGV[fn - 2] = deadline - ttl end  -- seen_ms
-  redis.call('HSET', rkey, unpack(ARGV, f0 + 1, fn))
+  if lease then kv[fn - 2] = deadline - ttl end  -- seen_ms
+  redis.call('HSET', rkey, unpack(kv))
   redis.call('SADD', P.agents, name)
   local rset = P.role .. role
   redis.call('SADD', rset, name)
@@ -372,9 +374,9 @@ while i <= #ARGV do
   elseif kind == 'a' then
     local ci = i + 11
     local ti = ci + 1 + tonumber(ARGV[ci])
-    local ni = ti + 1 + tonumber(ARGV[ti])
-    try(ARGV[i + 1], announce, i + 1, ci, ti, ni)
-    i = ni + 1 + 2 * tonumber(ARGV[ni])
+    local hi = ti + 1 + tonumber(ARGV[ti])
+    try(ARGV[i + 1], announce, i + 1, ci, ti, hi)
+    i = hi + 1
   elseif kind == 'r' then
     if try(ARGV[i + 1], renew, ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5],
         ARGV[i + 6]) and acks[#acks] ~= ARGV[i + 1] then
