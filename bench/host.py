@@ -67,6 +67,13 @@ def phase_shares(phases: list[dict[str, float]], totals: list[float]) -> dict[st
     return out
 
 
+def _wall(wall: float | None, cpu: float) -> str:
+    """``; wall 18.0 ms, 84 % on CPU`` (nothing for results that did not time it)."""
+    if not wall:
+        return ""
+    return f"; wall {wall * 1e3:.1f} ms, {min(1.0, cpu / wall) * 100:.0f} % on CPU"
+
+
 def _shares_text(shares: dict[str, Any]) -> str:
     parts = [
         f"{name} {shares[name]['mean_ms']:.1f} ms ({shares[name]['share'] * 100:.0f} %)"
@@ -131,7 +138,9 @@ def _size_rows(ctx: Context, res: dict[str, Any], lone: Latency) -> None:
         "registered at the end",
     ))  # fmt: skip
     added: Latency = res["added"]
-    bursts = zip(res["added_burst_p50s_s"], res["added_burst_cpu_s"], strict=True)
+    p50s, cpus = res["added_burst_p50s_s"], res["added_burst_cpu_s"]
+    walls = res.get("added_burst_wall_s") or [None] * len(p50s)  # results before session 17
+    bursts = zip(p50s, cpus, walls, strict=True)
     shares = phase_shares(res["added_phases"], res["added_s_list"])
     ctx.details[f"host_{n}_add_phases"] = shares
     ctx.add(Row(
@@ -139,8 +148,10 @@ def _size_rows(ctx: Context, res: dict[str, Any], lone: Latency) -> None:
         f"host of {n}: host.agent() + start() p50 / p99",
         value=added, baseline_name="a lone Agent.start(), one at a time", baseline=lone,
         target="p50 ≤ 10 ms, p99 ≤ 25 ms", met=added.p50 <= 10_000 and added.p99 <= 25_000,
-        note=f"{len(res['added_burst_p50s_s'])} bursts, p50 of each (host CPU per start): "
-        + ", ".join(f"{p * 1e3:.1f} ms ({c * 1e6:.0f} µs)" for p, c in bursts)
+        note=f"{len(p50s)} bursts, p50 of each (host CPU per start; the burst's wall time, "
+        "of which on the host's CPU): "
+        + ", ".join(f"{p * 1e3:.1f} ms ({c * 1e6:.0f} µs{_wall(w, c * ctx.sizes.host_added)})"
+                    for p, c, w in bursts)
         + f"; {_shares_text(shares)}; host CPU during the {len(res['added_s_list'])} starts "
         f"{res['add_cpu_s'] * 1e3:.0f} ms; the host's event loop blocked "
         f"{res['loop_blocked_s']:.2f} s in all (sleeps late by > 10 ms), at most "

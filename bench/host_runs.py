@@ -190,6 +190,7 @@ async def _bursts(host: HostDriver, sizes: Sizes) -> dict[str, Any]:
     phases: list[dict[str, float]] = []
     burst_p50s: list[float] = []
     burst_cpus: list[float] = []
+    burst_walls: list[float] = []
     lag_max = blocked = cpu = 0.0
     for b in range(sizes.host_bursts):
         if b:
@@ -202,12 +203,16 @@ async def _bursts(host: HostDriver, sizes: Sizes) -> dict[str, Any]:
         blocked += res["loop_blocked_s"]
         cpu += res["cpu_s"]
         burst_cpus.append(res["cpu_s"] / sizes.host_added)
+        burst_walls.append(res["wall_s"])
     return {
         "added": Latency.from_us([t * 1e6 for t in starts]),
         "added_phases": phases,
         "added_s_list": starts,
         "added_burst_p50s_s": burst_p50s,
         "added_burst_cpu_s": burst_cpus,
+        #: each burst from its first start to its last: its host CPU, plus the time the host
+        #: waited for answers or for a core
+        "added_burst_wall_s": burst_walls,
         "loop_lag_max_s": lag_max,
         "loop_blocked_s": blocked,
         "add_cpu_s": cpu,

@@ -189,16 +189,17 @@ async def host_worker(ctx: WorkerContext, url: str, ns: str, spec: HostSpec, com
 
             lags: list[float] = []
             ticker = asyncio.create_task(_loop_lag(lags))
-            cpu0 = time.process_time()
+            cpu0, wall0 = time.process_time(), time.perf_counter()
             results = await asyncio.gather(
                 *(asyncio.create_task(timed(i, cards[i])) for i in range(first, added))
             )
+            wall = time.perf_counter() - wall0
             ticker.cancel()
             ctx.put({
                 "added_s": [s for s, _ in results], "phases": [p for _, p in results],
                 "loop_lag_max_s": max(lags, default=0.0),
                 "loop_blocked_s": sum(x for x in lags if x > 0.01),
-                "cpu_s": time.process_time() - cpu0,
+                "cpu_s": time.process_time() - cpu0, "wall_s": wall,
             })  # fmt: skip
         elif cmd[0] == "stop":
             t0 = time.perf_counter()
