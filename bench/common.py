@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import redis.asyncio as aioredis
 
 from schemas.envelope import Envelope, Kind
 
-__all__ = ["Sizes", "body_envelope", "client", "command_calls", "now_ns", "per_op"]
+__all__ = [
+    "Sizes", "body_envelope", "callgrind_total", "client", "command_calls", "now_ns", "per_op",
+]  # fmt: skip
 
 #: CLOCK_MONOTONIC: one clock for every process on the machine, so one-way latencies between
 #: processes can be taken from a timestamp carried in the message.
@@ -97,3 +101,13 @@ def body_envelope(sender: str = "bench-tx", target: str = "bench-rx") -> Envelop
         target=target,
         payload={"text": "x" * 64, "n": 1},
     )
+
+
+def callgrind_total(out: Path) -> int | None:
+    """The instructions a callgrind output file counted (``totals:``, else ``summary:``, which
+    is 0 when counting started off); ``None`` if it holds neither."""
+    text = out.read_text()
+    found = re.search(r"^totals:\s*(\d+)", text, re.MULTILINE) or re.search(
+        r"^summary:\s*(\d+)", text, re.MULTILINE
+    )
+    return int(found.group(1)) if found is not None else None

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import re
 import shutil
 import subprocess
 import sys
@@ -34,6 +33,7 @@ import redis
 from agent_sdk.connection import make_client
 from agent_sdk.embedded import find_redis_server, free_port
 from agent_sdk.settings import Settings
+from bench.common import callgrind_total
 from bench.protocol import card_for
 from coordinator.registry import ControlBatch, Registry
 from coordinator.settings import CoordinatorSettings
@@ -113,13 +113,10 @@ def _count(n: int, batch: int) -> int:
             if server.poll() is None:
                 server.kill()
                 server.wait()
-        text = out.read_text()
-    found = re.search(r"^totals:\s*(\d+)", text, re.MULTILINE) or re.search(
-        r"^summary:\s*(\d+)", text, re.MULTILINE
-    )
-    if found is None:
+        total = callgrind_total(out)
+    if total is None:
         raise RuntimeError(f"callgrind wrote no total: {err[-2000:]}")
-    return int(found.group(1))
+    return total
 
 
 def main() -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 import shutil
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from agent_sdk.connection import make_client
 from agent_sdk.embedded import RedisServer
 from agent_sdk.settings import Settings
 from bench.announce_cost import announcement_args
+from bench.common import callgrind_total
 from bench.coord import CoordinatorProcess
 
 __all__ = ["main"]
@@ -83,17 +83,14 @@ def main() -> None:
             asyncio.run(_bursts(server.url, coordinator.process.pid, args.rounds, args.burst))
         finally:
             coordinator.stop(timeout=120)
-        text = out.read_text()
-    found = re.search(r"^totals:\s*(\d+)", text, re.MULTILINE) or re.search(
-        r"^summary:\s*(\d+)", text, re.MULTILINE
-    )
-    if found is None:
+        total = callgrind_total(out)
+    if total is None:
         raise RuntimeError("callgrind wrote no total (did the coordinator exit cleanly?)")
     n = args.rounds * args.burst
-    per = int(found.group(1)) / n
+    per = total / n
     print(f"{n} announcements ({args.rounds} pipelines of {args.burst}): {per / 1000:.0f} "
           f"thousand instructions per announcement in the coordinator (callgrind)")  # fmt: skip
-    print(f'{{"rounds":{args.rounds},"burst":{args.burst},"instructions":{found.group(1)},'
+    print(f'{{"rounds":{args.rounds},"burst":{args.burst},"instructions":{total},'
           f'"instructions_per_announce":{round(per)}}}')  # fmt: skip
 
 
